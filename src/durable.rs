@@ -1,0 +1,285 @@
+//! The fsync discipline: every file that must survive a crash is created,
+//! replaced, renamed or removed through these helpers, and nowhere else.
+//!
+//! The rules, each for a reason:
+//! - New contents go to a temporary file in the same directory, which is
+//!   fsynced before it is renamed over the final name: a crash leaves either
+//!   the old file or the new one, never a torn mix.
+//! - The directory is fsynced after a rename or unlink: until then the new
+//!   name itself may vanish in a crash.
+//! - A failed fsync is reported, never retried: after it the kernel may have
+//!   dropped the dirty pages, so retrying can "succeed" with data lost.
+//! - [`DirLock`] (an `flock` on a lock file) keeps two processes from
+//!   writing one directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use thiserror::Error;
+
+/// An I/O failure on a named file, saying what was being done.
+#[derive(Debug, Error)]
+#[error("could not {action} {}: {source}", path.display())]
+pub struct FileError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FileError {
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> FileError {
+        FileError {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for attaching a path and an action to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T, FileError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T, FileError> {
+        self.map_err(|e| FileError::new(action, path, e))
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn temp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_of(path).join(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+/// Makes a directory's entries (new names, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), FileError> {
+    let d = File::open(dir).at("open directory", dir)?;
+    d.sync_all().at("fsync directory", dir)
+}
+
+/// Creates a directory (and its parents) and makes its name durable.
+pub fn create_dir(dir: &Path) -> Result<(), FileError> {
+    fs::create_dir_all(dir).at("create directory", dir)?;
+    fsync_dir(parent_of(dir))
+}
+
+/// Atomically replaces (or creates) `path` with `contents`: temp file,
+/// fsync, rename, fsync of the directory.
+pub fn replace_file(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    write_new_file(path, |f| f.write_all(contents), Publish::Replace)
+}
+
+/// Creates `path` with contents written by `fill` under a temporary name,
+/// fsynced, then renamed into place only if `path` does not exist yet.
+/// Returns `Ok(false)` (and removes the temporary file) when it did.
+pub fn create_file_exclusive(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<bool, FileError> {
+    match write_new_file(path, fill, Publish::NoReplace) {
+        Ok(()) => Ok(true),
+        Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Replace,
+    NoReplace,
+}
+
+fn write_new_file(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+    publish: Publish,
+) -> Result<(), FileError> {
+    let tmp = temp_path_for(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .at("create", &tmp)?;
+        fill(&mut f).at("write", &tmp)?;
+        f.sync_all().at("fsync", &tmp)?;
+        match publish {
+            Publish::Replace => fs::rename(&tmp, path).at("rename into place", path),
+            Publish::NoReplace => rename_noreplace(&tmp, path),
+        }
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    fsync_dir(parent_of(path))
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> Result<(), FileError> {
+    nix::fcntl::renameat2(
+        None,
+        from,
+        None,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| FileError::new("rename into place", to, io::Error::from(e)))
+}
+
+/// Renames a file whose contents are already durable, then fsyncs the
+/// directory (or both, when they differ).
+pub fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
+    fs::rename(from, to).at("rename", from)?;
+    fsync_dir(parent_of(to))?;
+    if parent_of(from) != parent_of(to) {
+        fsync_dir(parent_of(from))?;
+    }
+    Ok(())
+}
+
+/// Removes a file and makes the removal durable. A file already gone is fine.
+pub fn remove_file(path: &Path) -> Result<(), FileError> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_dir(parent_of(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FileError::new("remove", path, e)),
+    }
+}
+
+/// Writes zeros over `file[offset..offset + len]` and fdatasyncs it.
+pub fn zero_range(file: &mut File, path: &Path, offset: u64, len: u64) -> Result<(), FileError> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    file.seek(SeekFrom::Start(offset)).at("seek in", path)?;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        file.write_all(&zeros[..n]).at("write zeros to", path)?;
+        left -= n as u64;
+    }
+    file.sync_data().at("fdatasync", path)
+}
+
+/// Writes `len` zero bytes to a new file (so that every block is allocated
+/// and later writes need no metadata update: fdatasync suffices).
+pub fn fill_zeros(file: &mut File, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a directory, held as long as this value lives.
+///
+/// The lock file records the holder's pid, so a refused process can say
+/// who holds it.
+pub struct DirLock {
+    _lock: Flock<File>,
+}
+
+#[derive(Debug, Error)]
+pub enum LockError {
+    #[error("{} is in use by another process (pid {holder}); stop it first, or use another directory", dir.display())]
+    Busy { dir: PathBuf, holder: String },
+    #[error(transparent)]
+    Io(#[from] FileError),
+}
+
+impl DirLock {
+    /// The name of the lock file inside a locked directory.
+    pub const FILE_NAME: &'static str = "walship.lock";
+
+    /// Takes the lock or fails at once, naming the holder.
+    pub fn acquire(dir: &Path) -> Result<DirLock, LockError> {
+        let path = dir.join(Self::FILE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .at("open lock file", &path)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "unknown".to_string(),
+                    pid => pid.to_string(),
+                };
+                return Err(LockError::Busy {
+                    dir: dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err((_, e)) => return Err(FileError::new("lock", &path, io::Error::from(e)).into()),
+        };
+        lock.set_len(0).at("truncate lock file", &path)?;
+        lock.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .at("write lock file", &path)?;
+        Ok(DirLock { _lock: lock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_is_atomic_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("control");
+        replace_file(&p, b"one").unwrap();
+        replace_file(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn exclusive_create_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("epoch");
+        assert!(create_file_exclusive(&p, |f| f.write_all(b"1")).unwrap());
+        assert!(!create_file_exclusive(&p, |f| f.write_all(b"2")).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"1");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DirLock::acquire(dir.path()).unwrap();
+        match DirLock::acquire(dir.path()) {
+            Err(LockError::Busy { holder, .. }) => {
+                assert_eq!(holder, std::process::id().to_string())
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("second lock was granted"),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Segment files on disk: creating them zero-filled, mapping them for
+//! writing or reading, and finding them in a directory.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapRaw};
+
+use super::error::WalError;
+use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
+use super::name::{SegmentName, WalFileName};
+use crate::durable::{self, FileError, IoContext};
+
+/// Creates a zero-filled segment file under a temporary name and durably
+/// renames it into place, unless a file of that name already exists.
+pub fn create_zeroed(path: &Path, size: SegmentSize) -> Result<(), FileError> {
+    durable::create_file_exclusive(path, |f| durable::fill_zeros(f, size.bytes()))?;
+    Ok(())
+}
+
+fn check_size(path: &Path, file: &File, size: SegmentSize) -> Result<(), WalError> {
+    let actual = file.metadata().at("stat", path)?.len();
+    if actual != size.bytes() {
+        return Err(WalError::SegmentFileSize {
+            path: path.to_path_buf(),
+            actual,
+            expected: size.bytes(),
+        });
+    }
+    Ok(())
+}
+
+/// A segment mapped for writing.
+///
+/// Invariant: the file is exactly one segment long and stays so while
+/// mapped: only the [`super::writer::WalWriter`] that holds the WAL
+/// directory's lock maps it for writing, and nothing truncates segments
+/// under that lock.
+pub struct WritableSegment {
+    pub path: PathBuf,
+    pub start: Lsn,
+    map: MmapRaw,
+}
+
+impl WritableSegment {
+    pub fn open(path: &Path, segno: SegNo, size: SegmentSize) -> Result<WritableSegment, WalError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .at("open segment", path)?;
+        check_size(path, &file, size)?;
+        let map = MmapRaw::map_raw(&file).at("memory-map segment", path)?;
+        Ok(WritableSegment {
+            path: path.to_path_buf(),
+            start: segno.start_lsn(size),
+            map,
+        })
+    }
+
+    /// One past the last LSN this segment holds.
+    pub fn end(&self) -> Lsn {
+        Lsn(self.start.0 + self.map.len() as u64)
+    }
+
+    /// Copies `bytes` to the segment's `offset`.
+    ///
+    /// # Safety
+    ///
+    /// The caller must be the only writer of this range (the writer's
+    /// insert lock guarantees it), and `offset + bytes.len()` must not exceed
+    /// the segment's length (checked here). Readers in other processes may
+    /// see the bytes at any time; they rely on CRCs, not on this call.
+    pub unsafe fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset + bytes.len() <= self.map.len(),
+            "write past segment end"
+        );
+        // SAFETY: in bounds (asserted above); the mapping is live for `self`'s
+        // lifetime, and the insert lock makes this the only writer of the range.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// Makes `[offset, offset + len)` durable (msync with MS_SYNC, which
+    /// Linux turns into an fdatasync of that range).
+    pub fn flush(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.map.flush_range(offset, len)
+    }
+}
+
+/// A segment's bytes, mapped read-only.
+pub struct SegmentData {
+    pub path: PathBuf,
+    map: Mmap,
+}
+
+impl SegmentData {
+    /// Maps a whole segment file, checking its size.
+    pub fn open(path: &Path, size: SegmentSize) -> Result<SegmentData, WalError> {
+        let file = File::open(path).at("open segment", path)?;
+        check_size(path, &file, size)?;
+        // SAFETY: the mapping is read-only. Another process (the writer)
+        // may append to the file while it is mapped: the decoder treats every
+        // byte as untrusted and checks CRCs, so a concurrent write can at worst
+        // look like the end of WAL. Nothing truncates segment files, so no
+        // SIGBUS.
+        let map = unsafe { Mmap::map(&file) }.at("memory-map segment", path)?;
+        Ok(SegmentData {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+}
+
+impl Deref for SegmentData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// The segments of one timeline in a directory, by number. A complete
+/// segment is preferred over a `.partial` copy of it.
+pub fn list_segments(
+    dir: &Path,
+    size: SegmentSize,
+    timeline: TimelineId,
+) -> Result<BTreeMap<SegNo, PathBuf>, FileError> {
+    let mut found = BTreeMap::new();
+    let mut partial = BTreeMap::new();
+    for entry in fs::read_dir(dir).at("read directory", dir)? {
+        let entry = entry.at("read directory", dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match WalFileName::parse(name, size) {
+            Ok(WalFileName::Segment(s)) if s.timeline == timeline => {
+                found.insert(s.segno, entry.path());
+            }
+            Ok(WalFileName::Partial(s)) if s.timeline == timeline => {
+                partial.insert(s.segno, entry.path());
+            }
+            _ => {}
+        }
+    }
+    for (segno, path) in partial {
+        found.entry(segno).or_insert(path);
+    }
+    Ok(found)
+}
+
+/// The path of a segment in a WAL directory.
+pub fn segment_path(dir: &Path, timeline: TimelineId, segno: SegNo, size: SegmentSize) -> PathBuf {
+    dir.join(SegmentName::new(timeline, segno).file_name(size))
+}

@@ -1,0 +1,670 @@
+//! The WAL writer: appends records into memory-mapped, preallocated segment
+//! files in PostgreSQL 15's layout, and makes them durable with group commit.
+//!
+//! Invariants:
+//! - `flushed <= insert position`: every byte below `flushed` is durable.
+//! - Records are appended under one insert lock, so the stream is a single
+//!   chain of prev-links; the bytes below the insert position are complete.
+//! - Segments are zero-filled under a temporary name and renamed into place
+//!   before they are mapped, so a flush needs only an msync of the written
+//!   range (an fdatasync of data, never of metadata).
+//! - After a failed flush the writer is poisoned: every later call fails and
+//!   nothing more is acknowledged (the kernel may have dropped the pages).
+//! - On open, the writer resumes exactly at the end of valid WAL and zeroes
+//!   everything after it before writing, so stale bytes can never be read as
+//!   a continuation of new WAL.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::decoder::{Decoder, EndOfWal, Expect};
+use super::error::WalError;
+use super::format::{
+    self, LongHeader, PageHeader, LONG_PAGE_HEADER, MAX_RECORD_LEN, PAGE_MAGIC, PAGE_SIZE,
+    RECORD_HEADER, RM_XLOG_ID, SHORT_PAGE_HEADER, XLOG_SWITCH, XLP_BKP_REMOVABLE,
+    XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER,
+};
+use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
+use super::reader::{walk, SegmentFiles, WalkEnd};
+use super::segment::{self, WritableSegment};
+use crate::durable::{self, DirLock, FileError, IoContext};
+
+/// What a writer needs to know about the cluster.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// The WAL directory (a node's `wal/`).
+    pub dir: PathBuf,
+    pub seg_size: SegmentSize,
+    pub system_id: u64,
+    pub timeline: TimelineId,
+}
+
+/// Where an appended record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's LSN (where its header begins).
+    pub lsn: Lsn,
+    /// Where the next record may begin; flush up to here to make it durable.
+    pub end: Lsn,
+}
+
+/// What the writer found when it opened the directory.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    /// Where the next record goes (past a page header when it begins a page).
+    pub end: Lsn,
+    /// The last valid record, if any.
+    pub last_record: Option<Lsn>,
+    /// Valid records found from the scan's start.
+    pub records: u64,
+    /// Why the scan stopped, when it found anything but the end of the
+    /// last segment.
+    pub stopped_by: Option<EndOfWal>,
+}
+
+/// See the module documentation.
+pub struct WalWriter {
+    config: WriterConfig,
+    insert: Mutex<Insert>,
+    /// Serializes flushes; whoever holds it flushes for everyone waiting.
+    flush_lock: Mutex<()>,
+    flushed: AtomicU64,
+    poisoned: AtomicBool,
+    _lock: DirLock,
+}
+
+struct Insert {
+    /// The next byte to write. Always MAXALIGNed between appends.
+    pos: Lsn,
+    /// The last record's LSN.
+    prev: Lsn,
+    /// Mapped segments, contiguous: the oldest may hold unflushed bytes, the
+    /// newest is where `pos` falls (or about to be).
+    segments: VecDeque<Arc<WritableSegment>>,
+    /// The following segment's file, being zero-filled in the background.
+    preallocating: Option<(SegNo, JoinHandle<Result<(), FileError>>)>,
+}
+
+thread_local! {
+    /// Each appending thread builds its record here, outside the insert lock.
+    static RECORD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl WalWriter {
+    /// Locks the WAL directory and resumes at the end of its valid WAL:
+    /// scanned from `scan_from` (the LSN of a record known to be valid, such
+    /// as a checkpoint's redo point) or, when `None`, from the start of the
+    /// oldest segment. An empty directory starts at segment 1, as
+    /// PostgreSQL does.
+    pub fn open(
+        config: WriterConfig,
+        scan_from: Option<Lsn>,
+    ) -> Result<(WalWriter, Resumed), WalError> {
+        let lock = DirLock::acquire(&config.dir)?;
+        let size = config.seg_size;
+        let files = SegmentFiles {
+            size,
+            files: segment::list_segments(&config.dir, size, config.timeline)?
+                .into_iter()
+                .filter(|(_, p)| p.extension().is_none())
+                .collect(),
+        };
+        let expect = Expect {
+            sysid: Some(config.system_id),
+            max_timeline: Some(config.timeline.get()),
+        };
+        let first = files.files.keys().next().copied();
+        let (resumed, prev) = match (scan_from, first) {
+            (_, None) => (
+                Resumed {
+                    end: Lsn(SegNo(1).start_lsn(size).0 + LONG_PAGE_HEADER as u64),
+                    last_record: None,
+                    records: 0,
+                    stopped_by: None,
+                },
+                Lsn::INVALID,
+            ),
+            (from, Some(first)) => {
+                let mut decoder = match from {
+                    Some(lsn) => Decoder::at_record(size, lsn, None, expect),
+                    None => Decoder::at_page_start(size, first.start_lsn(size), expect),
+                };
+                let mut last = None;
+                let mut end = decoder.pos();
+                let mut records = 0;
+                let outcome = walk(&files, &mut decoder, None, |r| {
+                    last = Some(r.lsn);
+                    end = r.end;
+                    records += 1;
+                    ControlFlow::Continue(())
+                })?;
+                if last.is_none() {
+                    end = decoder.next_record_lsn();
+                }
+                let stopped_by = match outcome {
+                    WalkEnd::EndOfWal { end, .. } => Some(end),
+                    _ => None,
+                };
+                (
+                    Resumed {
+                        end,
+                        last_record: last,
+                        records,
+                        stopped_by,
+                    },
+                    last.unwrap_or(Lsn::INVALID),
+                )
+            }
+        };
+        // A page header followed by nothing may not have been written (the
+        // page was never reached, or only zeros follow it): resume at the
+        // page's start so the header is written (again) with the next record.
+        let mut resumed = resumed;
+        let page = Lsn(resumed.end.0 - resumed.end.page_offset());
+        let header = page_header_len(size, page) as u64;
+        let pos = match resumed.end.page_offset() {
+            0 => {
+                resumed.end.0 += header;
+                page
+            }
+            off if off == header => page,
+            _ => resumed.end,
+        };
+        discard_after(&config, &files, pos)?;
+        let writer = WalWriter {
+            flushed: AtomicU64::new(pos.0),
+            insert: Mutex::new(Insert {
+                pos,
+                prev,
+                segments: VecDeque::new(),
+                preallocating: None,
+            }),
+            flush_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+            config,
+            _lock: lock,
+        };
+        {
+            let mut ins = writer.lock_insert();
+            writer.map_segment(&mut ins, pos.segno(size))?;
+        }
+        Ok((writer, resumed))
+    }
+
+    pub fn config(&self) -> &WriterConfig {
+        &self.config
+    }
+
+    fn lock_insert(&self) -> MutexGuard<'_, Insert> {
+        // A panic while holding the lock cannot leave bytes below `pos`
+        // incomplete (pos moves only after a copy), so the state is usable.
+        self.insert.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Err(WalError::Poisoned(self.flushed_lsn()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Everything below this LSN is durable.
+    pub fn flushed_lsn(&self) -> Lsn {
+        Lsn(self.flushed.load(Ordering::Acquire))
+    }
+
+    /// Where the next record will be written.
+    pub fn insert_lsn(&self) -> Lsn {
+        self.lock_insert().pos
+    }
+
+    /// Appends one record whose main data is `data`, under resource manager
+    /// `rmid` with kind `info`. Returns where it landed; it is durable once
+    /// [`WalWriter::flush`] up to `end` returns.
+    pub fn append(&self, rmid: u8, info: u8, xid: u32, data: &[u8]) -> Result<Appended, WalError> {
+        if data.len() + RECORD_HEADER + 5 > MAX_RECORD_LEN as usize {
+            return Err(WalError::RecordTooLarge(data.len()));
+        }
+        RECORD.with(|cell| {
+            let mut record = cell.borrow_mut();
+            // The body's CRC needs no lock; the header's part is added under
+            // it, once the prev-link is known.
+            let body_crc = format::build_record(&mut record, xid, info, rmid, data);
+            self.insert_record(&mut record, body_crc, false)
+        })
+    }
+
+    /// Ends the current segment with an `XLOG_SWITCH` record, as
+    /// `pg_switch_wal()` does, so the next record begins the next segment.
+    /// Returns the new insert position (unchanged when the current segment
+    /// holds no WAL yet).
+    pub fn switch_segment(&self) -> Result<Lsn, WalError> {
+        RECORD.with(|cell| {
+            let mut record = cell.borrow_mut();
+            let body_crc = format::build_record(&mut record, 0, XLOG_SWITCH, RM_XLOG_ID, &[]);
+            self.insert_record(&mut record, body_crc, true)
+                .map(|appended| appended.end)
+        })
+    }
+
+    /// Links, seals and copies in one built record under the insert lock.
+    /// A `switch` record also moves the insert position to the next segment;
+    /// in an empty segment it is not written at all.
+    fn insert_record(
+        &self,
+        record: &mut [u8],
+        body_crc: u32,
+        switch: bool,
+    ) -> Result<Appended, WalError> {
+        let size = self.config.seg_size;
+        let mut ins = self.lock_insert();
+        self.check_poisoned()?;
+        if switch && ins.pos.segment_offset(size) == 0 {
+            return Ok(Appended {
+                lsn: ins.prev,
+                end: ins.pos,
+            });
+        }
+        format::seal_record(record, ins.prev, body_crc);
+        let lsn = self.record_start(ins.pos);
+        self.reserve(&mut ins, record.len())?;
+        self.copy_in(&mut ins, record);
+        ins.prev = lsn;
+        ins.pos = if switch && ins.pos.segment_offset(size) != 0 {
+            ins.pos.segno(size).next().start_lsn(size)
+        } else {
+            ins.pos.align()
+        };
+        Ok(Appended { lsn, end: ins.pos })
+    }
+
+    fn page_header_len(&self, page: Lsn) -> usize {
+        page_header_len(self.config.seg_size, page)
+    }
+
+    fn record_start(&self, pos: Lsn) -> Lsn {
+        if pos.page_offset() == 0 {
+            Lsn(pos.0 + self.page_header_len(pos) as u64)
+        } else {
+            pos
+        }
+    }
+
+    /// Maps every segment a record of `len` bytes written at the insert
+    /// position will touch, before a byte of it is written: a failure here
+    /// (a full disk) leaves the WAL as it was.
+    fn reserve(&self, ins: &mut Insert, len: usize) -> Result<(), WalError> {
+        let mut pos = ins.pos;
+        let mut left = len;
+        while left > 0 {
+            if pos.page_offset() == 0 {
+                pos.0 += self.page_header_len(pos) as u64;
+            }
+            let n = left.min(PAGE_SIZE - pos.page_offset() as usize);
+            pos.0 += n as u64;
+            left -= n;
+        }
+        let last = Lsn(pos.0 - 1).segno(self.config.seg_size);
+        let mut segno = ins.pos.segno(self.config.seg_size);
+        while segno <= last {
+            if !ins
+                .segments
+                .iter()
+                .any(|s| s.start.segno(self.config.seg_size) == segno)
+            {
+                self.map_segment(ins, segno)?;
+            }
+            segno = segno.next();
+        }
+        Ok(())
+    }
+
+    /// Copies record bytes at the insert position, writing page headers as
+    /// pages begin. [`WalWriter::reserve`] has mapped every segment needed.
+    fn copy_in(&self, ins: &mut Insert, bytes: &[u8]) {
+        let size = self.config.seg_size;
+        let mut done = 0;
+        while done < bytes.len() {
+            let pos = ins.pos;
+            let Some(seg) = ins
+                .segments
+                .iter()
+                .find(|s| s.start <= pos && pos < s.end())
+            else {
+                unreachable!("reserve() mapped the segment for {pos}")
+            };
+            let seg = Arc::clone(seg);
+            let mut off = pos.segment_offset(size) as usize;
+            if pos.page_offset() == 0 {
+                let long = (off == 0).then_some(LongHeader {
+                    sysid: self.config.system_id,
+                    seg_size: size.as_u32(),
+                    blcksz: PAGE_SIZE as u32,
+                });
+                let cont = done > 0;
+                let header = PageHeader {
+                    magic: PAGE_MAGIC,
+                    info: XLP_BKP_REMOVABLE
+                        | if long.is_some() { XLP_LONG_HEADER } else { 0 }
+                        | if cont { XLP_FIRST_IS_CONTRECORD } else { 0 },
+                    tli: self.config.timeline.get(),
+                    pageaddr: pos,
+                    rem_len: if cont { (bytes.len() - done) as u32 } else { 0 },
+                    long,
+                };
+                let mut buf = [0u8; LONG_PAGE_HEADER];
+                header.encode(&mut buf);
+                let len = header.size();
+                // SAFETY: the insert lock is held; the header lies within the segment.
+                unsafe { seg.write(off, &buf[..len]) };
+                off += len;
+                ins.pos.0 += len as u64;
+            }
+            let room = PAGE_SIZE - (off % PAGE_SIZE);
+            let n = room.min(bytes.len() - done);
+            // SAFETY: the insert lock is held; `n` stops at the page's end.
+            unsafe { seg.write(off, &bytes[done..done + n]) };
+            ins.pos.0 += n as u64;
+            done += n;
+        }
+    }
+
+    /// Maps segment `segno`, creating it if absent, and starts zero-filling
+    /// a spare for the one after it in the background.
+    ///
+    /// Spares live under a name no WAL reader takes for a segment
+    /// (`SEGNAME.next`), so a file with a segment's name always holds WAL:
+    /// pg_waldump and the archiver never meet an all-zero "segment".
+    fn map_segment(&self, ins: &mut Insert, segno: SegNo) -> Result<(), WalError> {
+        let size = self.config.seg_size;
+        let path = segment::segment_path(&self.config.dir, self.config.timeline, segno, size);
+        if let Some((pending, handle)) = ins.preallocating.take() {
+            let result = handle.join().unwrap_or_else(|_| {
+                Err(FileError::new(
+                    "zero-fill",
+                    &path,
+                    std::io::Error::other("preallocation thread panicked"),
+                ))
+            });
+            // A failed spare is no failure of this segment: it is made below.
+            if pending != segno {
+                result.ok();
+            }
+        }
+        if !path.exists() {
+            let spare = spare_path(&path);
+            if spare.exists() {
+                durable::rename(&spare, &path)?;
+            } else {
+                segment::create_zeroed(&path, size)?;
+            }
+        }
+        let seg = Arc::new(WritableSegment::open(&path, segno, size)?);
+        ins.segments.push_back(seg);
+        let next = segno.next();
+        let next_spare = spare_path(&segment::segment_path(
+            &self.config.dir,
+            self.config.timeline,
+            next,
+            size,
+        ));
+        if !next_spare.exists() {
+            let handle = std::thread::Builder::new()
+                .name("wal-prealloc".into())
+                .spawn(move || segment::create_zeroed(&next_spare, size))
+                .at("start preallocation thread for", &path)?;
+            ins.preallocating = Some((next, handle));
+        }
+        Ok(())
+    }
+
+    /// Makes every record that ends at or before `upto` durable, and
+    /// returns the LSN below which everything now is.
+    ///
+    /// Group commit: concurrent callers queue on one lock; whoever holds it
+    /// flushes everything appended so far, so one msync serves every record
+    /// appended before it began, and the callers behind it usually find
+    /// their records already durable.
+    pub fn flush(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        self.check_poisoned()?;
+        if self.flushed_lsn() >= upto {
+            return Ok(self.flushed_lsn());
+        }
+        let _flushing = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_poisoned()?;
+        let from = self.flushed_lsn();
+        if from >= upto {
+            return Ok(from);
+        }
+        let (target, segments) = {
+            let ins = self.lock_insert();
+            (ins.pos, ins.segments.iter().cloned().collect::<Vec<_>>())
+        };
+        for seg in segments {
+            let start = from.max(seg.start);
+            let end = target.min(seg.end());
+            if start >= end {
+                continue;
+            }
+            let off = (start.0 - seg.start.0) as usize;
+            if let Err(e) = seg.flush(off, (end.0 - start.0) as usize) {
+                self.poisoned.store(true, Ordering::Release);
+                return Err(FileError::new("msync", &seg.path, e).into());
+            }
+        }
+        self.flushed.store(target.0, Ordering::Release);
+        let mut ins = self.lock_insert();
+        while ins.segments.len() > 1 && ins.segments[0].end() <= target {
+            ins.segments.pop_front();
+        }
+        Ok(target)
+    }
+
+    /// Flushes everything appended so far.
+    pub fn flush_all(&self) -> Result<Lsn, WalError> {
+        let pos = self.insert_lsn();
+        self.flush(pos)
+    }
+}
+
+impl Drop for WalWriter {
+    fn drop(&mut self) {
+        if let Some((_, handle)) = self.lock_insert().preallocating.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Where the zero-filled spare for the segment at `segment` waits.
+fn spare_path(segment: &Path) -> PathBuf {
+    let mut name = segment.as_os_str().to_owned();
+    name.push(".next");
+    PathBuf::from(name)
+}
+
+fn page_header_len(size: SegmentSize, page: Lsn) -> usize {
+    if page.segment_offset(size) == 0 {
+        LONG_PAGE_HEADER
+    } else {
+        SHORT_PAGE_HEADER
+    }
+}
+
+/// Zeroes the segment at `end` from `end` on, and removes later segments,
+/// so that nothing beyond the end of valid WAL survives to be misread.
+fn discard_after(config: &WriterConfig, files: &SegmentFiles, end: Lsn) -> Result<(), WalError> {
+    let size = config.seg_size;
+    let segno = end.segno(size);
+    for path in files.files.range(segno.next()..).map(|(_, p)| p) {
+        durable::remove_file(path)?;
+    }
+    if let Some(path) = files.files.get(&segno) {
+        zero_tail(path, end.segment_offset(size), size)?;
+    }
+    Ok(())
+}
+
+fn zero_tail(path: &Path, offset: u64, size: SegmentSize) -> Result<(), WalError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .at("open segment", path)?;
+    let len = file.metadata().at("stat", path)?.len();
+    if len != size.bytes() {
+        return Err(WalError::SegmentFileSize {
+            path: path.to_path_buf(),
+            actual: len,
+            expected: size.bytes(),
+        });
+    }
+    durable::zero_range(&mut file, path, offset, size.bytes() - offset)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::format::RM_WALSHIP_ID;
+    use crate::wal::payload::Payload;
+    use rand::{Rng, SeedableRng};
+
+    fn config(dir: &Path) -> WriterConfig {
+        WriterConfig {
+            dir: dir.to_path_buf(),
+            seg_size: SegmentSize::from_mib(1).unwrap(),
+            system_id: 7_000_000_000_000_000_001,
+            timeline: TimelineId::FIRST,
+        }
+    }
+
+    fn read_all(cfg: &WriterConfig) -> (Vec<(Lsn, Vec<u8>)>, WalkEnd) {
+        let files = SegmentFiles {
+            size: cfg.seg_size,
+            files: segment::list_segments(&cfg.dir, cfg.seg_size, cfg.timeline).unwrap(),
+        };
+        let first = *files.files.keys().next().unwrap();
+        let mut d = Decoder::at_page_start(
+            cfg.seg_size,
+            first.start_lsn(cfg.seg_size),
+            Expect::default(),
+        );
+        let mut out = Vec::new();
+        let end = walk(&files, &mut d, None, |r| {
+            if r.header.rmid == RM_WALSHIP_ID {
+                out.push((r.lsn, r.main_data().unwrap().to_vec()));
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        (out, end)
+    }
+
+    #[test]
+    fn records_of_every_size_round_trip_across_pages_and_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut written = Vec::new();
+        {
+            let (w, resumed) = WalWriter::open(cfg.clone(), None).unwrap();
+            assert_eq!(resumed.end, Lsn(0x100028));
+            for i in 0..3000 {
+                let len = match i % 10 {
+                    0 => rng.gen_range(8000..40000),
+                    1 => 0,
+                    _ => rng.gen_range(1..300),
+                };
+                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                let a = w.append(RM_WALSHIP_ID, 0x20, i, &data).unwrap();
+                assert!(a.end > a.lsn);
+                written.push((a.lsn, data));
+                if i == 1500 {
+                    w.switch_segment().unwrap();
+                }
+            }
+            let flushed = w.flush_all().unwrap();
+            assert_eq!(flushed, w.insert_lsn());
+        }
+        let (read, end) = read_all(&cfg);
+        assert_eq!(read.len(), written.len());
+        assert!(read == written, "records differ after reading back");
+        assert!(
+            matches!(end, WalkEnd::EndOfWal { ref end, .. } if end.is_clean()),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn reopening_resumes_at_the_end_and_zeroes_the_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let mut msg = Vec::new();
+        Payload::Message(b"first").encode(&mut msg);
+        let (first_end, tail) = {
+            let (w, _) = WalWriter::open(cfg.clone(), None).unwrap();
+            let a = w.append(RM_WALSHIP_ID, 0x20, 0, &msg).unwrap();
+            w.flush(a.end).unwrap();
+            let b = w.append(RM_WALSHIP_ID, 0x20, 0, &[5u8; 20000]).unwrap();
+            w.flush(b.end).unwrap();
+            (a.end, b.lsn)
+        };
+        // Tear the second record: flip a byte in its middle.
+        let seg = segment::segment_path(&cfg.dir, cfg.timeline, SegNo(1), cfg.seg_size);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[(tail.0 - 0x100000) as usize + 9000] ^= 0xFF;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (w, resumed) = WalWriter::open(cfg.clone(), None).unwrap();
+        assert_eq!(resumed.end, first_end);
+        assert_eq!(resumed.records, 1);
+        assert!(resumed.stopped_by.is_some_and(|e| !e.is_clean()));
+        let c = w.append(RM_WALSHIP_ID, 0x20, 0, b"after").unwrap();
+        assert_eq!(c.lsn, first_end);
+        w.flush(c.end).unwrap();
+        drop(w);
+        let (read, end) = read_all(&cfg);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[1].1, b"after");
+        assert!(
+            matches!(end, WalkEnd::EndOfWal { ref end, .. } if end.is_clean()),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn group_commit_serves_concurrent_appenders() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (w, _) = WalWriter::open(cfg.clone(), None).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let w = &w;
+                s.spawn(move || {
+                    for i in 0..200u32 {
+                        let a = w.append(RM_WALSHIP_ID, 0x20, t, &i.to_le_bytes()).unwrap();
+                        assert!(w.flush(a.end).unwrap() >= a.end);
+                    }
+                });
+            }
+        });
+        drop(w);
+        let (read, _) = read_all(&cfg);
+        assert_eq!(read.len(), 1600);
+    }
+
+    #[test]
+    fn a_second_writer_on_one_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_w, _) = WalWriter::open(config(dir.path()), None).unwrap();
+        let err = WalWriter::open(config(dir.path()), None).err().unwrap();
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+    }
+}
