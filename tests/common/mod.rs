@@ -1,13 +1,195 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the walship binary, and
+//! PostgreSQL 15 clusters each test starts and stops itself.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// PostgreSQL 15's binaries, where Debian puts them.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// The path of a PostgreSQL 15 program, if installed.
-pub fn pg_bin(name: &str) -> Option<PathBuf> {
+/// The path of a PostgreSQL 15 program; tests that need one fail with the
+/// install hint when it is missing.
+pub fn pg_bin(name: &str) -> PathBuf {
     let p = PathBuf::from(PG_BIN).join(name);
-    p.exists().then_some(p)
+    assert!(
+        p.exists(),
+        "{} is missing: PostgreSQL 15 is required for interop tests (apt-get install postgresql-15)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the real `walship` binary.
+pub fn walship(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(args)
+        .output()
+        .expect("run walship")
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A command that runs as the `postgres` user when we are root
+/// (PostgreSQL refuses to run as root), as ourselves otherwise.
+pub fn pg_command(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn check(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A temporary PostgreSQL 15 cluster listening only on a unix socket in its
+/// own directory; stopped and removed on drop.
+pub struct PgCluster {
+    pub root: tempfile::TempDir,
+    pub data: PathBuf,
+    running: bool,
+}
+
+impl PgCluster {
+    /// initdb with the given WAL segment size (MiB).
+    pub fn init(wal_segsize_mib: u32) -> PgCluster {
+        let root = tempfile::Builder::new()
+            .prefix("walship-pg-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        if is_root() {
+            let out = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(root.path())
+                .output()
+                .expect("chown");
+            check("chown", out);
+        }
+        let data = root.path().join("data");
+        let out = pg_command(&pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .arg(format!("--wal-segsize={wal_segsize_mib}"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        check("initdb", out);
+        PgCluster {
+            root,
+            data,
+            running: false,
+        }
+    }
+
+    pub fn socket_dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn start(&mut self) {
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_wal_size=64MB -c wal_keep_size=64MB",
+            self.socket_dir().display()
+        );
+        let out = pg_command(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-l"])
+            .arg(self.root.path().join("log"))
+            .args(["-o", &opts, "start"])
+            .output()
+            .expect("run pg_ctl start");
+        check("pg_ctl start", out);
+        self.running = true;
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let out = pg_command(&pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-m", "fast", "stop"])
+                .output()
+                .expect("run pg_ctl stop");
+            self.running = false;
+            check("pg_ctl stop", out);
+        }
+    }
+
+    /// Runs SQL with psql; returns its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = pg_command(&pg_bin("psql"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-U", "postgres", "-d", "postgres", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        check("psql", out).trim().to_string()
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data.join("pg_wal")
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = pg_command(&pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-m", "immediate", "stop"])
+                .output();
+        }
+    }
+}
+
+/// A mixed workload: DDL, inserts, updates, deletes, a large row, TOAST,
+/// an index, segment switches and a checkpoint.
+pub fn mixed_workload(pg: &PgCluster) {
+    pg.psql("CREATE TABLE t (id int primary key, v text)");
+    pg.psql("INSERT INTO t SELECT g, repeat('x', g % 200) FROM generate_series(1, 5000) g");
+    pg.psql("SELECT pg_switch_wal()");
+    pg.psql("UPDATE t SET v = v || 'y' WHERE id % 3 = 0");
+    pg.psql("DELETE FROM t WHERE id % 7 = 0");
+    pg.psql("INSERT INTO t VALUES (100000, repeat(md5('a'), 5000))");
+    pg.psql("CREATE INDEX ON t (v)");
+    pg.psql("CHECKPOINT");
+    pg.psql("BEGIN; INSERT INTO t VALUES (100001, 'rolled back'); ROLLBACK");
+    pg.psql("SELECT pg_switch_wal()");
+    pg.psql("INSERT INTO t SELECT g, 'z' FROM generate_series(200000, 201000) g");
+}
+
+/// Counts the record lines pg_waldump prints walking the segments of `dir`
+/// from its first to its last.
+pub fn pg_waldump_records(dir: &Path) -> usize {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read WAL directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24)
+        .collect();
+    names.sort();
+    let out = Command::new(pg_bin("pg_waldump"))
+        .arg("--path")
+        .arg(dir)
+        .arg(names.first().expect("a segment"))
+        .arg(names.last().expect("a segment"))
+        .output()
+        .expect("run pg_waldump");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("rmgr:"))
+        .count()
 }

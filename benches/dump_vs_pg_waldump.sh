@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Times `walship dump --verify SEGMENT` against `pg_waldump --quiet SEGMENT`
+# on one complete 16 MiB segment written by a real PostgreSQL 15 server.
+#
+# What it does:
+#   1. initdb a throw-away cluster in a temp dir (default 16 MiB segments),
+#      start it on a unix socket in that dir (no TCP),
+#   2. run `pgbench -i -s 5`, then pgbench transactions until the WAL has
+#      moved at least two segments past the start of the transactions, so the
+#      segment before the current one is complete and holds the mixed
+#      (UPDATE/SELECT/INSERT, with full-page images) workload,
+#   3. copy that segment out, stop the server,
+#   4. check both tools walk the same number of records in it, then time
+#      both (hyperfine if installed, else a bash `time` loop) and print the
+#      ratio. The goal is walship >= 2x faster.
+#   5. stop the server and remove the temp dir, also on failure (trap).
+#
+# Both tools are given only the one segment file: pg_waldump then stops at
+# the segment's end (it sets its end LSN to the end of the last file given),
+# and walship stops there too ("end of the given segments"), so both walk
+# exactly the records that begin and end inside the segment; the script
+# checks that the counts agree.
+#
+# Usage: benches/dump_vs_pg_waldump.sh        (as root or as a normal user)
+# Environment:
+#   PGBIN      PostgreSQL 15 binaries   (default /usr/lib/postgresql/15/bin)
+#   WALSHIP    walship binary           (default target/release/walship; built if absent)
+#   RUNS       timed runs per tool      (default 20)
+#   KEEP_SEGMENT_DIR  where a copy of the segment is kept for `cargo bench
+#              --bench wal` (decoder benchmark); default target/bench-pg-wal,
+#              empty to keep nothing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+WALSHIP=${WALSHIP:-$ROOT/target/release/walship}
+RUNS=${RUNS:-20}
+KEEP_SEGMENT_DIR=${KEEP_SEGMENT_DIR-$ROOT/target/bench-pg-wal}
+SEG_BYTES=$((16 * 1024 * 1024))
+
+if [[ ! -x $WALSHIP ]]; then
+    (cd "$ROOT" && cargo build --release --bin walship)
+fi
+for tool in initdb pg_ctl psql pgbench pg_waldump; do
+    [[ -x $PGBIN/$tool ]] || { echo "missing $PGBIN/$tool" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/walship-pgbench.XXXXXX)
+DATA=$WORK/data
+if [[ $(id -u) == 0 ]]; then
+    # PostgreSQL refuses to run as root.
+    chown postgres: "$WORK"
+    as_pg() { runuser -u postgres -- "$@"; }
+else
+    as_pg() { "$@"; }
+fi
+
+cleanup() {
+    local status=$?
+    if [[ -f $DATA/postmaster.pid ]]; then
+        as_pg "$PGBIN/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "== cluster in $WORK"
+as_pg "$PGBIN/initdb" -D "$DATA" -U postgres -A trust --no-sync >"$WORK/initdb.log" 2>&1 \
+    || { cat "$WORK/initdb.log" >&2; exit 1; }
+as_pg "$PGBIN/pg_ctl" -D "$DATA" -w -l "$WORK/server.log" \
+    -o "-c listen_addresses='' -c unix_socket_directories='$WORK' -c port=5432" start >/dev/null \
+    || { cat "$WORK/server.log" >&2; exit 1; }
+
+psql_q() { as_pg "$PGBIN/psql" -h "$WORK" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
+seg_of() { psql_q "SELECT pg_walfile_name('$1')"; }
+lsn_diff() { psql_q "SELECT pg_wal_lsn_diff('$1', '$2')::bigint"; }
+
+echo "== pgbench -i -s 5"
+as_pg "$PGBIN/pgbench" -h "$WORK" -U postgres -i -s 5 -q postgres >"$WORK/pgbench-init.log" 2>&1 \
+    || { cat "$WORK/pgbench-init.log" >&2; exit 1; }
+
+start_lsn=$(psql_q "SELECT pg_current_wal_lsn()")
+echo "== pgbench transactions from $start_lsn until the WAL has moved two segments"
+for round in $(seq 1 30); do
+    as_pg "$PGBIN/pgbench" -h "$WORK" -U postgres -c 4 -j 2 -T 5 -n postgres >"$WORK/pgbench.log" 2>&1 \
+        || { cat "$WORK/pgbench.log" >&2; exit 1; }
+    now=$(psql_q "SELECT pg_current_wal_lsn()")
+    moved=$(lsn_diff "$now" "$start_lsn")
+    echo "   round $round: $now, $((moved / 1024 / 1024)) MiB of WAL since $start_lsn"
+    if ((moved >= 3 * SEG_BYTES)); then break; fi
+done
+((moved >= 3 * SEG_BYTES)) || { echo "WAL did not grow by three segments" >&2; exit 1; }
+
+# The segment before the current one is complete, began after the bulk load
+# (the WAL moved three segments), and every byte of it is written out (a
+# commit in a later segment flushed the WAL past it).
+flush=$(psql_q "SELECT pg_current_wal_flush_lsn()")
+cur_seg=$(seg_of "$flush")
+prev_seg=$(seg_of "$(psql_q "SELECT '$flush'::pg_lsn - $SEG_BYTES")")
+[[ $prev_seg != "$cur_seg" ]] || { echo "no complete segment" >&2; exit 1; }
+mkdir "$WORK/seg"
+cp "$DATA/pg_wal/$prev_seg" "$WORK/seg/"
+SEG=$WORK/seg/$prev_seg
+[[ $(stat -c %s "$SEG") == "$SEG_BYTES" ]] || { echo "$SEG is not 16 MiB" >&2; exit 1; }
+echo "== stopping the server; timing on $prev_seg (flush LSN was $flush)"
+as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+
+# Both tools must walk the same records.
+pg_records=$("$PGBIN/pg_waldump" "$SEG" | wc -l)
+pg_stats=$("$PGBIN/pg_waldump" --stats "$SEG" | awk '/^Total/ {print $2}')
+walship_report=$("$WALSHIP" dump --verify "$SEG")
+walship_records=$(sed -n 's/^verified \([0-9]*\) record.*/\1/p' <<<"$walship_report")
+echo "   pg_waldump: $pg_records records (--stats total $pg_stats)"
+echo "   walship:    $walship_report"
+if [[ $pg_records != "$walship_records" || $pg_stats != "$walship_records" ]]; then
+    echo "record counts differ: pg_waldump $pg_records/$pg_stats, walship $walship_records" >&2
+    exit 1
+fi
+"$PGBIN/pg_waldump" --quiet "$SEG"   # fails the script if it reports an error
+
+if [[ -n $KEEP_SEGMENT_DIR ]]; then
+    mkdir -p "$KEEP_SEGMENT_DIR"
+    rm -f "$KEEP_SEGMENT_DIR"/[0-9A-F]*
+    cp "$SEG" "$KEEP_SEGMENT_DIR/"
+    echo "   kept a copy in $KEEP_SEGMENT_DIR/$prev_seg"
+fi
+
+WALSHIP_CMD="$WALSHIP dump --verify $SEG"
+PG_CMD="$PGBIN/pg_waldump --quiet $SEG"
+echo "== timing, $RUNS runs each"
+if command -v hyperfine >/dev/null; then
+    hyperfine --warmup 3 --runs "$RUNS" --export-json "$WORK/times.json" \
+        -n walship "$WALSHIP_CMD" -n pg_waldump "$PG_CMD"
+    mean() { jq -r ".results[] | select(.command == \"$1\") | .mean" "$WORK/times.json"; }
+    walship_s=$(mean walship)
+    pg_s=$(mean pg_waldump)
+else
+    # Mean wall time of $RUNS runs after 3 warm-up runs, in seconds.
+    time_loop() {
+        local i start end
+        for i in 1 2 3; do "$@" >/dev/null; done
+        start=$(date +%s%N)
+        for ((i = 0; i < RUNS; i++)); do "$@" >/dev/null; done
+        end=$(date +%s%N)
+        awk -v ns=$((end - start)) -v n="$RUNS" 'BEGIN { printf "%.6f", ns / n / 1e9 }'
+    }
+    walship_s=$(time_loop $WALSHIP_CMD)
+    pg_s=$(time_loop $PG_CMD)
+fi
+awk -v w="$walship_s" -v p="$pg_s" -v n="$walship_records" 'BEGIN {
+    printf "\nrecords walked by each:  %d\n", n
+    printf "walship dump --verify:   %8.2f ms  (%.0f MiB/s)\n", w * 1000, 16 / w
+    printf "pg_waldump --quiet:      %8.2f ms  (%.0f MiB/s)\n", p * 1000, 16 / p
+    printf "ratio (pg_waldump / walship): %.2fx  (goal >= 2x: %s)\n", p / w, (p / w >= 2 ? "met" : "NOT met")
+}'
