@@ -15,7 +15,9 @@ use walship::wal::payload::{Op, Payload};
 use walship::wal::{Lsn, SegmentSize, TimelineId, WalWriter, WriterConfig};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/wal").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/wal")
+        .join(name)
 }
 
 /// Writes the walship sample: commits of one to three operations with keys
@@ -37,9 +39,21 @@ fn write_walship_sample(dir: &Path) -> Lsn {
         let key = format!("key{:05}", i);
         let value = "x".repeat((i % 97) as usize);
         let ops = match i % 3 {
-            0 => vec![Op::Put { key: key.as_bytes(), value: value.as_bytes() }],
-            1 => vec![Op::Put { key: key.as_bytes(), value: value.as_bytes() }, Op::Delete { key: b"key00000" }],
-            _ => vec![Op::Put { key: key.as_bytes(), value: if i % 150 == 2 { &big } else { b"y" } }],
+            0 => vec![Op::Put {
+                key: key.as_bytes(),
+                value: value.as_bytes(),
+            }],
+            1 => vec![
+                Op::Put {
+                    key: key.as_bytes(),
+                    value: value.as_bytes(),
+                },
+                Op::Delete { key: b"key00000" },
+            ],
+            _ => vec![Op::Put {
+                key: key.as_bytes(),
+                value: if i % 150 == 2 { &big } else { b"y" },
+            }],
         };
         let info = Payload::Commit(ops).encode(&mut buf);
         w.append(RM_WALSHIP_ID, info, i + 1, &buf).unwrap();
@@ -48,7 +62,10 @@ fn write_walship_sample(dir: &Path) -> Lsn {
         }
         if i % 1000 == 999 {
             buf.clear();
-            let info = Payload::Checkpoint { redo: Lsn(0x100028) }.encode(&mut buf);
+            let info = Payload::Checkpoint {
+                redo: Lsn(0x100028),
+            }
+            .encode(&mut buf);
             w.append(RM_WALSHIP_ID, info, 0, &buf).unwrap();
         }
     }
@@ -101,7 +118,11 @@ fn both_fixtures_verify_cleanly() {
         let dir = fixture(name);
         let out = walship(&["dump", "--verify", dir.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{name}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             stdout.starts_with(&format!("verified {records} records")),
             "{name}: {stdout}"
@@ -117,15 +138,26 @@ fn pg_waldump_walks_the_walship_fixture() {
     // The WAL ends inside the last segment: find where, and stop pg_waldump there.
     let out = walship(&["dump", "--verify", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let end = stdout.split("end of WAL at ").nth(1).and_then(|s| s.split(':').next()).unwrap();
+    let end = stdout
+        .split("end of WAL at ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap();
     let out = Command::new(common::pg_bin("pg_waldump"))
         .arg("--path")
         .arg(&dir)
         .args(["--end", end, first, last])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("rmgr: custom200")).count();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("rmgr: custom200"))
+        .count();
     assert_eq!(lines, 6006);
 }
 
@@ -146,6 +178,16 @@ fn dump_prints_walship_records_and_stats() {
 
     let out = walship(&["dump", "--stats", dir.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().any(|l| l.starts_with("walship") && l.contains("6006")), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("XLOG") && l.split_whitespace().nth(1) == Some("1")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("walship") && l.contains("6006")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("XLOG") && l.split_whitespace().nth(1) == Some("1")),
+        "{stdout}"
+    );
 }

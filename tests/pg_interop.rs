@@ -14,16 +14,30 @@ fn walship_dump_verifies_wal_of_a_real_postgres_15() {
     let out = walship(&["dump", "--verify", wal.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "walship dump --verify failed: {stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "walship dump --verify failed: {stdout}{stderr}"
+    );
     assert!(stdout.starts_with("verified "), "{stdout}");
 
     // Both tools see the same records.
     let out = walship(&["dump", wal.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ours: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
     let theirs = common::pg_waldump_records(&wal);
     assert!(ours.len() > 1000, "only {} records", ours.len());
-    assert_eq!(ours.len(), theirs, "walship dump and pg_waldump disagree on the record count");
+    assert_eq!(
+        ours.len(),
+        theirs,
+        "walship dump and pg_waldump disagree on the record count"
+    );
     for rmgr in ["Heap ", "Btree", "Transaction", "XLOG"] {
         assert!(
             ours.iter().any(|l| l.starts_with(&format!("rmgr: {rmgr}"))),
@@ -31,5 +45,14 @@ fn walship_dump_verifies_wal_of_a_real_postgres_15() {
         );
     }
     let switches = ours.iter().filter(|l| l.ends_with("desc: SWITCH")).count();
-    assert!(switches >= 1, "no SWITCH record among {}:\n{}", ours.len(), ours.iter().filter(|l| l.starts_with("rmgr: XLOG")).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        switches >= 1,
+        "no SWITCH record among {}:\n{}",
+        ours.len(),
+        ours.iter()
+            .filter(|l| l.starts_with("rmgr: XLOG"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -133,7 +133,20 @@ impl PgCluster {
         let out = pg_command(&pg_bin("psql"))
             .arg("-h")
             .arg(self.socket_dir())
-            .args(["-U", "postgres", "-d", "postgres", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
             .output()
             .expect("run psql");
         check("psql", out).trim().to_string()
