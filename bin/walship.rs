@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use walship::dump::{self, DumpMode, DumpOptions, DumpOutcome};
-use walship::wal::Lsn;
+use walship::node::datadir::{self, InitOptions};
+use walship::node::server::{self, ServerOptions};
+use walship::wal::{Lsn, SegmentSize};
 
 /// A PostgreSQL-style physical WAL-shipping replication toolkit.
 #[derive(Parser)]
@@ -19,7 +21,75 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Init(InitArgs),
+    Server(ServerArgs),
     Dump(DumpArgs),
+}
+
+const INIT_EXAMPLES: &str = "\
+Examples:
+  walship init -D /var/lib/walship/main
+  walship init -D data --wal-segsize 1 --node-name n1 -U admin
+  walship init -D data --pwfile /run/secrets/admin-password";
+
+/// Create a new primary's data directory (initdb's job).
+///
+/// Writes the control file (a new system identifier, the segment size,
+/// timeline 1), the epoch file (epoch 1), walship.conf with every setting and
+/// its default commented out, the users file with the first role (a superuser
+/// allowed to replicate), and the first checkpoint. Refuses a directory that
+/// exists and is not empty.
+#[derive(Args)]
+#[command(after_help = INIT_EXAMPLES)]
+struct InitArgs {
+    /// The data directory to create.
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    dir: PathBuf,
+    /// WAL segment size in MiB: a power of two from 1 to 1024.
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    wal_segsize: u64,
+    /// This node's name (its application_name when it streams from a primary).
+    #[arg(long, value_name = "NAME", default_value = "walship")]
+    node_name: String,
+    /// The first role's name [default: the OS user running init].
+    #[arg(short = 'U', long = "username", value_name = "USER")]
+    user: Option<String>,
+    /// Read the first role's password from this file (first line), for
+    /// authentication = scram-sha-256.
+    #[arg(long, value_name = "FILE")]
+    pwfile: Option<PathBuf>,
+}
+
+const SERVER_EXAMPLES: &str = "\
+Examples:
+  walship server -D /var/lib/walship/main
+  walship server -D data --listen 127.0.0.1:6543
+  walship server -D data --log-format json 2>>/var/log/walship.log";
+
+/// Run a node: recover the data directory and serve PostgreSQL clients.
+///
+/// Replays the WAL after the last checkpoint (so every acknowledged write
+/// survives a crash), then accepts connections. SIGTERM or SIGINT stop it
+/// cleanly; SIGHUP reloads walship.conf and the users file. Logs go to
+/// standard error, one line per event.
+#[derive(Args)]
+#[command(after_help = SERVER_EXAMPLES)]
+struct ServerArgs {
+    /// The data directory.
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    dir: PathBuf,
+    /// Listen on HOST:PORT instead of listen_addresses and port.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 const DUMP_EXAMPLES: &str = "\
@@ -77,7 +147,77 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Init(args) => run_init(args),
+        Command::Server(args) => run_server(args),
         Command::Dump(args) => run_dump(args),
+    }
+}
+
+fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let seg_size = SegmentSize::from_mib(args.wal_segsize).context("invalid --wal-segsize")?;
+    let user = match args.user {
+        Some(u) => u,
+        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .context("could not find the name of the OS user running init; give one with -U")?,
+    };
+    let password = match &args.pwfile {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("could not read password file {}", path.display()))?;
+            let first = text.lines().next().unwrap_or_default().to_string();
+            anyhow::ensure!(
+                !first.is_empty(),
+                "password file {} is empty",
+                path.display()
+            );
+            Some(first)
+        }
+        None => None,
+    };
+    let control = datadir::init(&InitOptions {
+        dir: args.dir.clone(),
+        seg_size,
+        node_name: args.node_name,
+        user: user.clone(),
+        password,
+    })
+    .context("walship init failed")?;
+    println!(
+        "Created data directory {} (system identifier {}, WAL segments of {}, first role \"{}\").\nStart the node with:\n    walship server -D {}",
+        args.dir.display(),
+        control.system_id,
+        control.seg_size,
+        user,
+        args.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let result = server::run(ServerOptions {
+        dir: args.dir,
+        listen: args.listen,
+    });
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    result.context("walship server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_target(false)
+        .with_ansi(io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -155,13 +295,15 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-dump\fR(1), \fBpg_waldump\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands() {
             let name = format!("walship-{}", sub.get_name());
             let extra = match sub.get_name() {
                 "dump" => DUMP_EXTRA,
+                "init" => INIT_EXTRA,
+                "server" => SERVER_EXTRA,
                 _ => "",
             };
             let see_also = r"\fBwalship\fR(1), \fBpg_waldump\fR(1)";
@@ -176,6 +318,33 @@ total length, transaction id, LSN, previous record's LSN and a description.
 walship's own records show as \fBwalship\fR (resource manager 200, which
 PostgreSQL's pg_waldump shows as \fBcustom200\fR). The last line, on standard
 error, says where and why the WAL ended.
+"#;
+
+    const INIT_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR/walship.conf\fR
+Settings, PostgreSQL style (\fBname = value\fR); every setting is listed with its default.
+.TP
+\fIDIR/control\fR
+System identifier, segment size, timeline, last checkpoint; CRC-protected, replaced atomically.
+.TP
+\fIDIR/epoch\fR
+The generation this node writes in (1 for a new cluster).
+.TP
+\fIDIR/users\fR
+Roles, one per line: \fBname:attributes:verifier\fR, the verifier a SCRAM-SHA-256 hash, never the password.
+.TP
+\fIDIR/wal/\fR
+WAL segments in PostgreSQL 15's format.
+"#;
+
+    const SERVER_EXTRA: &str = r#".SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop cleanly: sessions are told, the WAL is flushed, a shutdown checkpoint is written.
+.TP
+\fBSIGHUP\fR
+Reload walship.conf (settings marked "reload") and the users file.
 "#;
 
     #[test]

@@ -84,6 +84,15 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<(), FileError> {
     write_new_file(path, |f| f.write_all(contents), Publish::Replace)
 }
 
+/// Atomically replaces (or creates) `path` with what `fill` writes, for
+/// contents too large to build in memory first.
+pub fn replace_file_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), FileError> {
+    write_new_file(path, fill, Publish::Replace)
+}
+
 /// Creates `path` with contents written by `fill` under a temporary name,
 /// fsynced, then renamed into place only if `path` does not exist yet.
 /// Returns `Ok(false)` (and removes the temporary file) when it did.

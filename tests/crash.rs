@@ -24,6 +24,7 @@ fn config(dir: &Path) -> WriterConfig {
         seg_size: SegmentSize::from_mib(1).unwrap(),
         system_id: 7_400_000_000_000_000_001,
         timeline: TimelineId::FIRST,
+        mark_ready: false,
     }
 }
 
@@ -37,7 +38,7 @@ fn crash_child() {
         return;
     };
     let run: u32 = std::env::var("WALSHIP_CRASH_RUN").unwrap().parse().unwrap();
-    let (w, _) = WalWriter::open(config(Path::new(&dir)), None).unwrap();
+    let (w, _) = WalWriter::open(config(Path::new(&dir)), None, &mut |_| {}).unwrap();
     let out = std::sync::Mutex::new(std::io::stdout());
     std::thread::scope(|s| {
         for t in 0..THREADS {
@@ -119,7 +120,7 @@ fn crash_loop() {
 
         // Resume as the node would, then read everything back.
         let cfg = config(dir.path());
-        let (w, resumed) = WalWriter::open(cfg.clone(), None).unwrap();
+        let (w, resumed) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
         let records = read_records(&cfg);
         assert_eq!(
             records.len() as u64,

@@ -30,8 +30,9 @@ fn write_walship_sample(dir: &Path) -> Lsn {
         seg_size: SegmentSize::from_mib(1).unwrap(),
         system_id: 7_312_345_678_901_234_567,
         timeline: TimelineId::FIRST,
+        mark_ready: false,
     };
-    let (w, _) = WalWriter::open(cfg, None).unwrap();
+    let (w, _) = WalWriter::open(cfg, None, &mut |_| {}).unwrap();
     let mut buf = Vec::new();
     let big = vec![b'v'; 20_000];
     for i in 0..6000u32 {

@@ -17,8 +17,9 @@ fn pg_waldump_walks_walship_segments() {
         seg_size: SegmentSize::from_mib(1).unwrap(),
         system_id: 7_300_000_000_000_000_042,
         timeline: TimelineId::FIRST,
+        mark_ready: false,
     };
-    let (w, resumed) = WalWriter::open(cfg, None).unwrap();
+    let (w, resumed) = WalWriter::open(cfg, None, &mut |_| {}).unwrap();
     let mut records = 0;
     let mut buf = Vec::new();
     let big = vec![b'x'; 20_000];

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::decoder::{Decoder, EndOfWal, Expect};
+use super::decoder::{Decoder, EndOfWal, Expect, Record};
 use super::error::WalError;
 use super::format::{
     self, LongHeader, PageHeader, LONG_PAGE_HEADER, MAX_RECORD_LEN, PAGE_MAGIC, PAGE_SIZE,
@@ -34,6 +34,10 @@ use super::reader::{walk, SegmentFiles, WalkEnd};
 use super::segment::{self, WritableSegment};
 use crate::durable::{self, DirLock, FileError, IoContext};
 
+/// The subdirectory of a WAL directory where archiving state lives
+/// (PostgreSQL's `pg_wal/archive_status`).
+pub const ARCHIVE_STATUS_DIR: &str = "archive_status";
+
 /// What a writer needs to know about the cluster.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
@@ -42,6 +46,9 @@ pub struct WriterConfig {
     pub seg_size: SegmentSize,
     pub system_id: u64,
     pub timeline: TimelineId,
+    /// Mark each segment `archive_status/SEGNAME.ready` once it is complete
+    /// and durable, as PostgreSQL does with `archive_mode = on`.
+    pub mark_ready: bool,
 }
 
 /// Where an appended record landed.
@@ -100,10 +107,12 @@ impl WalWriter {
     /// scanned from `scan_from` (the LSN of a record known to be valid, such
     /// as a checkpoint's redo point) or, when `None`, from the start of the
     /// oldest segment. An empty directory starts at segment 1, as
-    /// PostgreSQL does.
+    /// PostgreSQL does. Every valid record the scan passes is shown to
+    /// `visit` (crash recovery replays them), in order.
     pub fn open(
         config: WriterConfig,
         scan_from: Option<Lsn>,
+        visit: &mut dyn FnMut(&Record<'_>),
     ) -> Result<(WalWriter, Resumed), WalError> {
         let lock = DirLock::acquire(&config.dir)?;
         let size = config.seg_size;
@@ -138,6 +147,7 @@ impl WalWriter {
                 let mut end = decoder.pos();
                 let mut records = 0;
                 let outcome = walk(&files, &mut decoder, None, |r| {
+                    visit(r);
                     last = Some(r.lsn);
                     end = r.end;
                     records += 1;
@@ -219,9 +229,15 @@ impl WalWriter {
         Lsn(self.flushed.load(Ordering::Acquire))
     }
 
-    /// Where the next record will be written.
+    /// Where the next byte will be written (possibly a page boundary,
+    /// before the next page's header).
     pub fn insert_lsn(&self) -> Lsn {
         self.lock_insert().pos
+    }
+
+    /// Where the next record will begin (past a page header).
+    pub fn next_record_lsn(&self) -> Lsn {
+        self.record_start(self.lock_insert().pos)
     }
 
     /// Appends one record whose main data is `data`, under resource manager
@@ -459,11 +475,34 @@ impl WalWriter {
             }
         }
         self.flushed.store(target.0, Ordering::Release);
-        let mut ins = self.lock_insert();
-        while ins.segments.len() > 1 && ins.segments[0].end() <= target {
-            ins.segments.pop_front();
+        let mut done = Vec::new();
+        {
+            let mut ins = self.lock_insert();
+            while ins.segments.len() > 1 && ins.segments[0].end() <= target {
+                done.extend(ins.segments.pop_front());
+            }
+        }
+        if self.config.mark_ready {
+            for seg in done {
+                self.mark_ready(&seg)?;
+            }
         }
         Ok(target)
+    }
+
+    /// Creates `archive_status/SEGNAME.ready` for a complete, durable segment.
+    fn mark_ready(&self, seg: &WritableSegment) -> Result<(), WalError> {
+        let status = self.config.dir.join(ARCHIVE_STATUS_DIR);
+        if !status.exists() {
+            durable::create_dir(&status)?;
+        }
+        let name = seg
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        durable::create_file_exclusive(&status.join(format!("{name}.ready")), |_| Ok(()))?;
+        Ok(())
     }
 
     /// Flushes everything appended so far.
@@ -540,6 +579,7 @@ mod tests {
             seg_size: SegmentSize::from_mib(1).unwrap(),
             system_id: 7_000_000_000_000_000_001,
             timeline: TimelineId::FIRST,
+            mark_ready: false,
         }
     }
 
@@ -572,7 +612,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut written = Vec::new();
         {
-            let (w, resumed) = WalWriter::open(cfg.clone(), None).unwrap();
+            let (w, resumed) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
             assert_eq!(resumed.end, Lsn(0x100028));
             for i in 0..3000 {
                 let len = match i % 10 {
@@ -607,7 +647,7 @@ mod tests {
         let mut msg = Vec::new();
         Payload::Message(b"first").encode(&mut msg);
         let (first_end, tail) = {
-            let (w, _) = WalWriter::open(cfg.clone(), None).unwrap();
+            let (w, _) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
             let a = w.append(RM_WALSHIP_ID, 0x20, 0, &msg).unwrap();
             w.flush(a.end).unwrap();
             let b = w.append(RM_WALSHIP_ID, 0x20, 0, &[5u8; 20000]).unwrap();
@@ -619,7 +659,7 @@ mod tests {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[(tail.0 - 0x100000) as usize + 9000] ^= 0xFF;
         std::fs::write(&seg, &bytes).unwrap();
-        let (w, resumed) = WalWriter::open(cfg.clone(), None).unwrap();
+        let (w, resumed) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
         assert_eq!(resumed.end, first_end);
         assert_eq!(resumed.records, 1);
         assert!(resumed.stopped_by.is_some_and(|e| !e.is_clean()));
@@ -640,7 +680,7 @@ mod tests {
     fn group_commit_serves_concurrent_appenders() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
-        let (w, _) = WalWriter::open(cfg.clone(), None).unwrap();
+        let (w, _) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
         std::thread::scope(|s| {
             for t in 0..8u32 {
                 let w = &w;
@@ -660,8 +700,10 @@ mod tests {
     #[test]
     fn a_second_writer_on_one_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (_w, _) = WalWriter::open(config(dir.path()), None).unwrap();
-        let err = WalWriter::open(config(dir.path()), None).err().unwrap();
+        let (_w, _) = WalWriter::open(config(dir.path()), None, &mut |_| {}).unwrap();
+        let err = WalWriter::open(config(dir.path()), None, &mut |_| {})
+            .err()
+            .unwrap();
         assert!(
             err.to_string().contains("in use by another process"),
             "{err}"

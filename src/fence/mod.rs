@@ -1,0 +1,5 @@
+//! Generations and fencing: the epoch a node writes in.
+
+pub mod epoch;
+
+pub use epoch::{Epoch, EpochFile};

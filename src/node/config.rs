@@ -1,0 +1,520 @@
+//! `walship.conf`: PostgreSQL-style settings (`name = value`, `#` comments,
+//! single-quoted strings), their defaults, and which may change on SIGHUP.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// How long a commit waits before it is acknowledged
+/// (PostgreSQL's `synchronous_commit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncCommit {
+    /// Acknowledge at once; the WAL writer flushes within `wal_writer_delay`.
+    Off,
+    /// Acknowledge once the commit's WAL is flushed locally.
+    Local,
+    /// As `local`, plus written by the synchronous standbys.
+    RemoteWrite,
+    /// As `local`, plus flushed by the synchronous standbys.
+    On,
+    /// As `on`, plus replayed by the synchronous standbys.
+    RemoteApply,
+}
+
+impl FromStr for SyncCommit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "off" | "false" | "no" | "0" => SyncCommit::Off,
+            "local" => SyncCommit::Local,
+            "remote_write" => SyncCommit::RemoteWrite,
+            "on" | "true" | "yes" | "1" => SyncCommit::On,
+            "remote_apply" => SyncCommit::RemoteApply,
+            _ => return Err("expected off, local, remote_write, on or remote_apply".into()),
+        })
+    }
+}
+
+impl fmt::Display for SyncCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SyncCommit::Off => "off",
+            SyncCommit::Local => "local",
+            SyncCommit::RemoteWrite => "remote_write",
+            SyncCommit::On => "on",
+            SyncCommit::RemoteApply => "remote_apply",
+        })
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// Anyone who can connect is who they say (sensible on loopback only).
+    Trust,
+    /// SCRAM-SHA-256 against the verifiers in `DIR/passwords`.
+    ScramSha256,
+}
+
+impl FromStr for AuthMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "trust" => Ok(AuthMethod::Trust),
+            "scram-sha-256" => Ok(AuthMethod::ScramSha256),
+            _ => Err("expected trust or scram-sha-256".into()),
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Trust => "trust",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+        })
+    }
+}
+
+/// Every setting of a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub listen_addresses: String,
+    pub port: u16,
+    pub max_connections: usize,
+    pub authentication: AuthMethod,
+    pub max_message_size: usize,
+    pub synchronous_commit: SyncCommit,
+    pub wal_writer_delay: Duration,
+    pub checkpoint_timeout: Duration,
+    pub max_wal_size: u64,
+    pub archive_mode: bool,
+    pub node_name: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen_addresses: "127.0.0.1".into(),
+            port: 5433,
+            max_connections: 100,
+            authentication: AuthMethod::Trust,
+            max_message_size: 64 << 20,
+            synchronous_commit: SyncCommit::On,
+            wal_writer_delay: Duration::from_millis(200),
+            checkpoint_timeout: Duration::from_secs(300),
+            max_wal_size: 1 << 30,
+            archive_mode: false,
+            node_name: "walship".into(),
+        }
+    }
+}
+
+/// One setting's documentation, for the generated `walship.conf`.
+struct SettingDoc {
+    name: &'static str,
+    reload: bool,
+    help: &'static str,
+}
+
+const DOCS: &[SettingDoc] = &[
+    SettingDoc {
+        name: "listen_addresses",
+        reload: false,
+        help: "comma-separated addresses to listen on; '*' for all (then use scram-sha-256)",
+    },
+    SettingDoc {
+        name: "port",
+        reload: false,
+        help: "TCP port",
+    },
+    SettingDoc {
+        name: "max_connections",
+        reload: false,
+        help: "client sessions at once",
+    },
+    SettingDoc {
+        name: "authentication",
+        reload: true,
+        help: "trust or scram-sha-256 (verifiers in DIR/users)",
+    },
+    SettingDoc {
+        name: "max_message_size",
+        reload: true,
+        help: "largest protocol message a client may send",
+    },
+    SettingDoc {
+        name: "synchronous_commit",
+        reload: true,
+        help: "off, local, remote_write, on or remote_apply",
+    },
+    SettingDoc {
+        name: "wal_writer_delay",
+        reload: true,
+        help: "with synchronous_commit = off, WAL is flushed at least this often",
+    },
+    SettingDoc {
+        name: "checkpoint_timeout",
+        reload: true,
+        help: "time between automatic checkpoints",
+    },
+    SettingDoc {
+        name: "max_wal_size",
+        reload: true,
+        help: "WAL written since the last checkpoint that triggers the next one",
+    },
+    SettingDoc {
+        name: "archive_mode",
+        reload: false,
+        help: "on: mark completed segments .ready and keep them until archived",
+    },
+    SettingDoc {
+        name: "node_name",
+        reload: true,
+        help: "this node's name (application_name when it streams from a primary)",
+    },
+];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{file}:{line}: unrecognized configuration parameter \"{name}\"")]
+    Unknown {
+        file: String,
+        line: usize,
+        name: String,
+    },
+    #[error("{file}:{line}: invalid value for parameter \"{name}\": \"{value}\": {why}")]
+    Value {
+        file: String,
+        line: usize,
+        name: String,
+        value: String,
+        why: String,
+    },
+    #[error("{file}:{line}: syntax error: {why}")]
+    Syntax {
+        file: String,
+        line: usize,
+        why: String,
+    },
+    #[error("could not read {file}: {why}")]
+    Read { file: String, why: String },
+}
+
+impl Settings {
+    /// Reads `walship.conf`: defaults, overridden by each line in order.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Settings::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Settings, ConfigError> {
+        let mut s = Settings::default();
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let Some((name, value)) = split_line(raw).map_err(|why| ConfigError::Syntax {
+                file: file.into(),
+                line,
+                why,
+            })?
+            else {
+                continue;
+            };
+            s.set(&name, &value).map_err(|e| match e {
+                SetError::Unknown => ConfigError::Unknown {
+                    file: file.into(),
+                    line,
+                    name: name.clone(),
+                },
+                SetError::Value(why) => ConfigError::Value {
+                    file: file.into(),
+                    line,
+                    name: name.clone(),
+                    value: value.clone(),
+                    why,
+                },
+            })?;
+        }
+        Ok(s)
+    }
+
+    /// Sets one setting by name.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), SetError> {
+        match name {
+            "listen_addresses" => self.listen_addresses = value.to_string(),
+            "port" => self.port = parse_num(value).map_err(SetError::Value)?,
+            "max_connections" => {
+                self.max_connections = parse_num(value).map_err(SetError::Value)?
+            }
+            "authentication" => self.authentication = value.parse().map_err(SetError::Value)?,
+            "max_message_size" => {
+                self.max_message_size = parse_size(value).map_err(SetError::Value)? as usize
+            }
+            "synchronous_commit" => {
+                self.synchronous_commit = value.parse().map_err(SetError::Value)?
+            }
+            "wal_writer_delay" => {
+                self.wal_writer_delay = parse_duration(value).map_err(SetError::Value)?
+            }
+            "checkpoint_timeout" => {
+                self.checkpoint_timeout = parse_duration(value).map_err(SetError::Value)?
+            }
+            "max_wal_size" => self.max_wal_size = parse_size(value).map_err(SetError::Value)?,
+            "archive_mode" => self.archive_mode = parse_bool(value).map_err(SetError::Value)?,
+            "node_name" => self.node_name = value.to_string(),
+            _ => return Err(SetError::Unknown),
+        }
+        Ok(())
+    }
+
+    /// The settings that differ from `other` but cannot change without a
+    /// restart.
+    pub fn restart_only_changes(&self, other: &Settings) -> Vec<&'static str> {
+        DOCS.iter()
+            .filter(|d| !d.reload && self.show(d.name) != other.show(d.name))
+            .map(|d| d.name)
+            .collect()
+    }
+
+    /// The value of a setting as `SHOW` prints it.
+    pub fn show(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "listen_addresses" => self.listen_addresses.clone(),
+            "port" => self.port.to_string(),
+            "max_connections" => self.max_connections.to_string(),
+            "authentication" => self.authentication.to_string(),
+            "max_message_size" => format_size(self.max_message_size as u64),
+            "synchronous_commit" => self.synchronous_commit.to_string(),
+            "wal_writer_delay" => format_duration(self.wal_writer_delay),
+            "checkpoint_timeout" => format_duration(self.checkpoint_timeout),
+            "max_wal_size" => format_size(self.max_wal_size),
+            "archive_mode" => if self.archive_mode { "on" } else { "off" }.into(),
+            "node_name" => self.node_name.clone(),
+            _ => return None,
+        })
+    }
+
+    /// The text of a new `walship.conf`: every setting, its default
+    /// commented out, as PostgreSQL's `postgresql.conf` lists them.
+    pub fn default_file(overrides: &[(&str, String)]) -> String {
+        let defaults = Settings::default();
+        let mut out = String::from(
+            "# walship.conf: settings of one walship node.\n\
+             # `name = value`; strings in single quotes; durations as 200ms, 30s, 5min;\n\
+             # sizes as 64kB, 16MB, 1GB. Settings marked (reload) change on SIGHUP;\n\
+             # the others need a restart.\n\n",
+        );
+        for doc in DOCS {
+            let value = defaults.show(doc.name).unwrap_or_default();
+            let over = overrides.iter().find(|(n, _)| *n == doc.name);
+            let reload = if doc.reload { " (reload)" } else { "" };
+            match over {
+                Some((_, v)) => out.push_str(&format!(
+                    "{} = {}\t# {}{reload}\n",
+                    doc.name,
+                    quote(v),
+                    doc.help
+                )),
+                None => out.push_str(&format!(
+                    "#{} = {}\t# {}{reload}\n",
+                    doc.name,
+                    quote(&value),
+                    doc.help
+                )),
+            }
+        }
+        out
+    }
+}
+
+/// Why one setting could not be set.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SetError {
+    Unknown,
+    Value(String),
+}
+
+fn quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+/// Splits `name = value # comment` (the `=` is optional, as in
+/// PostgreSQL); `None` for blank and comment lines.
+fn split_line(raw: &str) -> Result<Option<(String, String)>, String> {
+    let line = raw.trim_start();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let name_end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(line.len());
+    if name_end == 0 {
+        return Err(format!(
+            "expected a setting name at \"{}\"",
+            line.trim_end()
+        ));
+    }
+    let name = line[..name_end].to_ascii_lowercase();
+    let mut rest = line[name_end..].trim_start();
+    if let Some(r) = rest.strip_prefix('=') {
+        rest = r.trim_start();
+    }
+    let value = if let Some(r) = rest.strip_prefix('\'') {
+        let mut value = String::new();
+        let mut chars = r.chars().peekable();
+        loop {
+            match chars.next() {
+                None => return Err(format!("unterminated quoted string for \"{name}\"")),
+                Some('\'') if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                Some('\'') => break,
+                Some(c) => value.push(c),
+            }
+        }
+        let tail: String = chars.collect();
+        let tail = tail.trim_start();
+        if !(tail.is_empty() || tail.starts_with('#')) {
+            return Err(format!(
+                "unexpected \"{tail}\" after the value of \"{name}\""
+            ));
+        }
+        value
+    } else {
+        let end = rest.find('#').unwrap_or(rest.len());
+        let value = rest[..end].trim();
+        if value.is_empty() {
+            return Err(format!("missing value for \"{name}\""));
+        }
+        value.to_string()
+    };
+    Ok(Some((name, value)))
+}
+
+fn parse_num<T: FromStr>(v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| "expected a whole number in range".to_string())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
+}
+
+/// Durations as humantime takes them (`200ms`, `30s`, `5min`, `1h`).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v)
+        .map_err(|e| format!("expected a duration such as 200ms, 30s or 5min ({e})"))
+}
+
+fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Sizes with PostgreSQL's units (`B`, `kB`, `MB`, `GB`, `TB`); a bare
+/// number is bytes.
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| "expected a size such as 64kB, 16MB or 1GB".to_string())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit \"{other}\": valid units are B, kB, MB, GB and TB"
+            ))
+        }
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| "size too large".to_string())
+}
+
+fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("TB", 40), ("GB", 30), ("MB", 20), ("kB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postgres_style_lines() {
+        let s = Settings::parse(
+            "# comment\n\nport = 6000\nsynchronous_commit off  # trailing\nnode_name = 'it''s'\nmax_wal_size=64MB\ncheckpoint_timeout = 30s\n",
+            "walship.conf",
+        )
+        .unwrap();
+        assert_eq!(s.port, 6000);
+        assert_eq!(s.synchronous_commit, SyncCommit::Off);
+        assert_eq!(s.node_name, "it's");
+        assert_eq!(s.max_wal_size, 64 << 20);
+        assert_eq!(s.checkpoint_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_setting() {
+        let e = Settings::parse("port = 1\nbogus = 2\n", "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c:2: unrecognized configuration parameter \"bogus\""
+        );
+        let e = Settings::parse("port = lots\n", "c").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c:1: invalid value for parameter \"port\""),
+            "{e}"
+        );
+        assert!(Settings::parse("node_name = 'open\n", "c").is_err());
+        assert!(Settings::parse("max_wal_size = 1XB\n", "c").is_err());
+    }
+
+    #[test]
+    fn the_default_file_parses_to_the_defaults() {
+        let text = Settings::default_file(&[("node_name", "n1".into())]);
+        let s = Settings::parse(&text, "walship.conf").unwrap();
+        assert_eq!(
+            s,
+            Settings {
+                node_name: "n1".into(),
+                ..Settings::default()
+            }
+        );
+        for doc in DOCS {
+            assert!(
+                text.contains(&format!("{} = ", doc.name)),
+                "{} missing",
+                doc.name
+            );
+            assert!(Settings::default().show(doc.name).is_some());
+        }
+    }
+}

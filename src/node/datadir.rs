@@ -1,0 +1,260 @@
+//! The data directory: its layout, `walship init`, and opening it (crash
+//! recovery included).
+//!
+//! ```text
+//! DIR/walship.conf      settings
+//! DIR/control           system identifier, segment size, timeline, last checkpoint, state
+//! DIR/epoch             the generation this node writes in
+//! DIR/users             roles: name, attributes, SCRAM verifier
+//! DIR/wal/              segments; wal/archive_status/
+//! DIR/checkpoints/      snapshot.LSN of the last checkpoint
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use super::config::{ConfigError, Settings};
+use super::control::{ControlFile, NodeState};
+use super::users::{UserError, Users};
+use crate::durable::{self, FileError, IoContext};
+use crate::fence::{Epoch, EpochFile};
+use crate::meta::MetaError;
+use crate::protocol::scram::ScramVerifier;
+use crate::store::snapshot::{self, SnapshotError};
+use crate::store::{Db, KvOp, Store};
+use crate::wal::format::RM_WALSHIP_ID;
+use crate::wal::payload::Payload;
+use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::{Lsn, SegmentSize, TimelineId, WalError, WalWriter, WriterConfig};
+
+/// Paths inside a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+    pub fn conf(&self) -> PathBuf {
+        self.root.join("walship.conf")
+    }
+    pub fn control(&self) -> PathBuf {
+        self.root.join("control")
+    }
+    pub fn epoch(&self) -> PathBuf {
+        self.root.join("epoch")
+    }
+    pub fn users(&self) -> PathBuf {
+        self.root.join("users")
+    }
+    pub fn wal(&self) -> PathBuf {
+        self.root.join("wal")
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum DataDirError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Users(#[from] UserError),
+    #[error(transparent)]
+    Db(#[from] crate::store::DbError),
+    #[error("directory {} exists but is not empty; remove it or give another one", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("{} is not a walship data directory (no control file); create one with walship init", .0.display())]
+    NotDataDir(PathBuf),
+    #[error("WAL record at {lsn} could not be replayed: {why}; the WAL is damaged — restore from a base backup")]
+    Replay { lsn: Lsn, why: String },
+}
+
+/// What `walship init` needs.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub seg_size: SegmentSize,
+    pub node_name: String,
+    /// The first role: a superuser allowed to replicate.
+    pub user: String,
+    /// Its password, if it gets one (stored only as a SCRAM verifier).
+    pub password: Option<String>,
+}
+
+/// A new system identifier, as PostgreSQL makes one: seconds since the epoch
+/// in the high 32 bits, microseconds and process id bits below, plus
+/// randomness so two inits in one microsecond differ.
+fn new_system_id() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let random: u64 = rand::random::<u64>() & 0xFFF;
+    (now.as_secs() << 32) | (u64::from(now.subsec_micros()) << 12) | random
+}
+
+/// Creates a new primary's data directory, with its first checkpoint.
+pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
+    let dir = DataDir::new(&opts.dir);
+    if dir.root.exists() {
+        let mut entries = fs::read_dir(&dir.root).at("read directory", &dir.root)?;
+        if entries.next().is_some() {
+            return Err(DataDirError::NotEmpty(dir.root.clone()));
+        }
+    } else {
+        durable::create_dir(&dir.root)?;
+    }
+    // Like PostgreSQL, keep the data directory to its owner.
+    fs::set_permissions(
+        &dir.root,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .at("set permissions of", &dir.root)?;
+    durable::create_dir(&dir.wal())?;
+    durable::create_dir(&dir.wal().join(ARCHIVE_STATUS_DIR))?;
+    durable::create_dir(&dir.checkpoints())?;
+    durable::replace_file(
+        &dir.conf(),
+        Settings::default_file(&[("node_name", opts.node_name.clone())]).as_bytes(),
+    )?;
+    let mut users = Users::first(&opts.user);
+    if let Some(pw) = &opts.password {
+        users.users[0].verifier = Some(ScramVerifier::new(pw));
+    }
+    users.write(&dir.users())?;
+    let mut control = ControlFile {
+        system_id: new_system_id(),
+        seg_size: opts.seg_size,
+        timeline: TimelineId::FIRST,
+        checkpoint: Lsn::INVALID,
+        state: NodeState::ShutDown,
+    };
+    EpochFile {
+        epoch: Epoch::FIRST,
+        timeline: TimelineId::FIRST,
+        start: Lsn::INVALID,
+    }
+    .write(&dir.epoch())?;
+    let (wal, _) = WalWriter::open(writer_config(&dir, &control, false), None, &mut |_| {})?;
+    let db = Db::new(wal, Store::default());
+    let (lsn, rows) = db.checkpoint()?;
+    snapshot::write(&dir.checkpoints(), lsn, &rows)?;
+    control.checkpoint = lsn;
+    control.write(&dir.control())?;
+    Ok(control)
+}
+
+fn writer_config(dir: &DataDir, control: &ControlFile, mark_ready: bool) -> WriterConfig {
+    WriterConfig {
+        dir: dir.wal(),
+        seg_size: control.seg_size,
+        system_id: control.system_id,
+        timeline: control.timeline,
+        mark_ready,
+    }
+}
+
+/// A data directory opened for running: recovered, its WAL writer locked.
+pub struct Opened {
+    pub control: ControlFile,
+    pub epoch: EpochFile,
+    pub db: Db,
+    /// How many records recovery replayed after the checkpoint.
+    pub replayed: u64,
+    /// Where the WAL ended, and why, when it ended on damage.
+    pub end: Lsn,
+    pub end_note: Option<String>,
+}
+
+/// Opens a data directory: reads the control and epoch files, loads the
+/// last checkpoint's snapshot, replays the WAL after it, and resumes the
+/// WAL writer exactly at the end of valid WAL.
+pub fn open(root: &Path, settings: &Settings) -> Result<Opened, DataDirError> {
+    let dir = DataDir::new(root);
+    if !dir.control().exists() {
+        return Err(DataDirError::NotDataDir(dir.root.clone()));
+    }
+    let control = ControlFile::read(&dir.control())?;
+    let epoch = EpochFile::read(&dir.epoch())?;
+    let mut rows = snapshot::read(&dir.checkpoints(), control.checkpoint)?;
+    let mut replayed = 0;
+    let mut replay_error = None;
+    let checkpoint = control.checkpoint;
+    let (wal, resumed) = WalWriter::open(
+        writer_config(&dir, &control, settings.archive_mode),
+        Some(checkpoint),
+        &mut |r| {
+            if r.lsn <= checkpoint || r.header.rmid != RM_WALSHIP_ID || replay_error.is_some() {
+                return;
+            }
+            let payload = r
+                .main_data()
+                .ok_or_else(|| "record has block references".to_string())
+                .and_then(|d| Payload::decode(r.header.info, d).map_err(|e| e.to_string()));
+            match payload {
+                Ok(Payload::Commit(ops)) => {
+                    match ops
+                        .iter()
+                        .map(KvOp::from_record)
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        Ok(ops) => {
+                            rows.apply(&ops, r.end);
+                            replayed += 1;
+                        }
+                        Err(e) => replay_error = Some((r.lsn, e.to_string())),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => replay_error = Some((r.lsn, e)),
+            }
+        },
+    )?;
+    if let Some((lsn, why)) = replay_error {
+        return Err(DataDirError::Replay { lsn, why });
+    }
+    let mut control = control;
+    control.state = NodeState::InProduction;
+    control.write(&dir.control())?;
+    Ok(Opened {
+        control,
+        epoch,
+        db: Db::new(wal, rows),
+        replayed,
+        end: resumed.end,
+        end_note: resumed
+            .stopped_by
+            .filter(|e| !e.is_clean())
+            .map(|e| e.to_string()),
+    })
+}
+
+/// Records a completed checkpoint: its snapshot is durable, so the control
+/// file may point at it; older snapshots go.
+pub fn record_checkpoint(
+    root: &Path,
+    control: &mut ControlFile,
+    lsn: Lsn,
+    state: NodeState,
+) -> Result<(), DataDirError> {
+    let dir = DataDir::new(root);
+    control.checkpoint = lsn;
+    control.state = state;
+    control.write(&dir.control())?;
+    snapshot::remove_others(&dir.checkpoints(), lsn)?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! A node: its data directory, settings, and the server that runs it.
+
+pub mod config;
+pub mod control;
+pub mod datadir;
+pub mod server;
+pub mod session;
+pub mod users;

@@ -1,0 +1,545 @@
+//! `walship server`: opens (and recovers) a data directory, listens for
+//! clients, runs the background WAL writer and checkpointer, and stops
+//! cleanly on SIGTERM/SIGINT (sessions told, WAL flushed, a shutdown
+//! checkpoint written). SIGHUP reloads `walship.conf` and `users`.
+//!
+//! Every client session is a thread, as every PostgreSQL backend is a
+//! process: a commit runs append → flush → apply on the session's own
+//! thread, with no hand-off to another thread on the way (group commit
+//! shares the flush through the WAL writer's lock).
+
+use std::collections::HashMap;
+use std::io::BufWriter;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use super::config::{ConfigError, Settings};
+use super::control::{ControlFile, NodeState};
+use super::datadir::{self, DataDir, DataDirError};
+use super::users::{User, Users};
+use crate::durable::{DirLock, LockError};
+use crate::fence::EpochFile;
+use crate::sql::exec::{Host, Session};
+use crate::sqlstate::PgError;
+use crate::store::snapshot;
+use crate::store::Db;
+use crate::wal::segment::list_segments;
+use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::Lsn;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {}: {0}", dir.display())]
+    Lock {
+        dir: PathBuf,
+        #[source]
+        source: LockError,
+    },
+    #[error("could not listen on {addr}: {source}; is another server using the port? (set port or listen_addresses in walship.conf, or --listen)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Signal(#[from] nix::Error),
+}
+
+/// A running session, as the node sees it (for cancel and shutdown).
+struct SessionHandle {
+    key: i32,
+    cancel: Arc<AtomicBool>,
+    socket: Option<TcpStream>,
+}
+
+/// A running node: what sessions and background threads share.
+pub struct Node {
+    dir: PathBuf,
+    settings: RwLock<Settings>,
+    users: RwLock<Users>,
+    db: Db,
+    control: Mutex<ControlFile>,
+    epoch: EpochFile,
+    sessions: Mutex<HashMap<i32, SessionHandle>>,
+    next_pid: AtomicI32,
+    shutting_down: AtomicBool,
+    /// Wakes the background threads (shutdown, reload).
+    wake: (Mutex<()>, Condvar),
+    /// The insert LSN at the last checkpoint, for checkpoints by WAL volume.
+    last_checkpoint_lsn: AtomicU64,
+}
+
+impl Node {
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn user(&self, name: &str) -> Option<User> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Registers a session; returns its process id and cancel key.
+    pub fn register(&self, writer: &BufWriter<TcpStream>) -> (i32, i32) {
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        let key: i32 = rand::random();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                pid,
+                SessionHandle {
+                    key,
+                    cancel: Arc::new(AtomicBool::new(false)),
+                    socket: writer.get_ref().try_clone().ok(),
+                },
+            );
+        (pid, key)
+    }
+
+    pub fn unregister(&self, pid: i32) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+        self.wake.1.notify_all();
+    }
+
+    /// A CancelRequest: flags the session if the key matches.
+    pub fn cancel(&self, pid: i32, key: i32) {
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+        {
+            if s.key == key {
+                s.cancel.store(true, Ordering::Release);
+                info!(pid, "cancel request received");
+            }
+        }
+    }
+
+    /// Clears and returns a session's cancel flag.
+    pub fn take_cancel(&self, pid: i32) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .is_some_and(|s| s.cancel.swap(false, Ordering::AcqRel))
+    }
+
+    /// The ParameterStatus messages a PostgreSQL 15 server sends at startup.
+    pub fn startup_parameters(&self, session: &Session) -> Vec<(String, String)> {
+        let p = |n: &str| session.param(n).unwrap_or_default().to_string();
+        vec![
+            ("application_name".into(), p("application_name")),
+            ("client_encoding".into(), p("client_encoding")),
+            ("DateStyle".into(), p("datestyle")),
+            ("default_transaction_read_only".into(), "off".into()),
+            ("in_hot_standby".into(), "off".into()),
+            ("integer_datetimes".into(), "on".into()),
+            ("IntervalStyle".into(), p("intervalstyle")),
+            ("is_superuser".into(), "on".into()),
+            ("server_encoding".into(), "UTF8".into()),
+            ("server_version".into(), SERVER_VERSION.into()),
+            ("session_authorization".into(), String::new()),
+            ("standard_conforming_strings".into(), "on".into()),
+            ("TimeZone".into(), p("timezone")),
+        ]
+    }
+
+    fn wake_all(&self) {
+        let _g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.1.notify_all();
+    }
+
+    /// Sleeps up to `d`, or until woken.
+    fn nap(&self, d: Duration) {
+        let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_shutting_down() {
+            let _ = self.wake.1.wait_timeout(g, d);
+        }
+    }
+
+    /// Runs a checkpoint: record, snapshot, control file, then removes the
+    /// snapshots and WAL segments it made unnecessary.
+    pub fn checkpoint(&self, state: NodeState) -> Result<Lsn, DataDirError> {
+        let started = Instant::now();
+        let (lsn, rows) = self.db.checkpoint()?;
+        let dir = DataDir::new(&self.dir);
+        snapshot::write(&dir.checkpoints(), lsn, &rows)?;
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        datadir::record_checkpoint(&self.dir, &mut control, lsn, state)?;
+        let removed = remove_old_segments(&dir, &control, lsn, self.settings().archive_mode)?;
+        self.last_checkpoint_lsn
+            .store(self.db.wal().insert_lsn().0, Ordering::Release);
+        info!(
+            checkpoint = %lsn,
+            rows = rows.len(),
+            removed_segments = removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint complete"
+        );
+        Ok(lsn)
+    }
+
+    fn reload(&self) {
+        let dir = DataDir::new(&self.dir);
+        match Settings::load(&dir.conf()) {
+            Ok(new) => {
+                let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+                for name in new.restart_only_changes(&current) {
+                    warn!(
+                        setting = name,
+                        "changed in walship.conf, but takes effect only after a restart"
+                    );
+                }
+                let keep = current.clone();
+                *current = Settings {
+                    listen_addresses: keep.listen_addresses,
+                    port: keep.port,
+                    max_connections: keep.max_connections,
+                    archive_mode: keep.archive_mode,
+                    ..new
+                };
+                info!("reloaded walship.conf");
+            }
+            Err(e) => error!("walship.conf not reloaded, the old settings stay in force: {e}"),
+        }
+        match Users::read(&dir.users()) {
+            Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
+            Err(e) => error!("users file not reloaded: {e}"),
+        }
+        self.wake_all();
+    }
+}
+
+/// What `server_version` says: a PostgreSQL 15 server, so clients gated on
+/// the version (pg_receivewal 15, psql) accept it.
+pub const SERVER_VERSION: &str = "15.0";
+
+impl Host for Node {
+    fn db(&self) -> &Db {
+        &self.db
+    }
+    fn settings(&self) -> Settings {
+        Node::settings(self)
+    }
+    fn in_recovery(&self) -> bool {
+        false
+    }
+    fn write_refusal(&self) -> Option<PgError> {
+        None
+    }
+    fn show(&self, name: &str) -> Option<String> {
+        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        Some(match name {
+            "server_version" => SERVER_VERSION.into(),
+            "server_version_num" => "150000".into(),
+            "server_encoding" => "UTF8".into(),
+            "integer_datetimes" => "on".into(),
+            "standard_conforming_strings" => "on".into(),
+            "wal_segment_size" => control.seg_size.to_string(),
+            "wal_block_size" => "8192".into(),
+            "block_size" => "8192".into(),
+            "data_directory" => self.dir.display().to_string(),
+            "data_directory_mode" => "0700".into(),
+            "max_identifier_length" => "63".into(),
+            "system_identifier" => control.system_id.to_string(),
+            "timeline" => control.timeline.to_string(),
+            "epoch" => self.epoch.epoch.to_string(),
+            "in_hot_standby" => "off".into(),
+            "is_superuser" => "on".into(),
+            _ => return None,
+        })
+    }
+    fn last_receive_lsn(&self) -> Option<Lsn> {
+        None
+    }
+    fn last_replay_lsn(&self) -> Option<Lsn> {
+        None
+    }
+}
+
+/// Removes WAL segments wholly before the checkpoint at `lsn`, keeping
+/// those not yet archived when archiving is on. Returns how many went.
+fn remove_old_segments(
+    dir: &DataDir,
+    control: &ControlFile,
+    lsn: Lsn,
+    archive_mode: bool,
+) -> Result<usize, DataDirError> {
+    let keep_from = lsn.segno(control.seg_size);
+    let wal = dir.wal();
+    let status = wal.join(ARCHIVE_STATUS_DIR);
+    let mut removed = 0;
+    for path in list_segments(&wal, control.seg_size, control.timeline)?
+        .range(..keep_from)
+        .map(|(_, p)| p)
+    {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let done = status.join(format!("{name}.done"));
+        if archive_mode && !done.exists() {
+            continue;
+        }
+        crate::durable::remove_file(path)?;
+        crate::durable::remove_file(&done)?;
+        crate::durable::remove_file(&status.join(format!("{name}.ready")))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub dir: PathBuf,
+    /// `HOST:PORT`, overriding `listen_addresses` and `port`.
+    pub listen: Option<String>,
+}
+
+/// Runs a node until SIGTERM or SIGINT. Blocks those signals and SIGHUP in
+/// the calling thread (and so in every thread it starts) and waits for them
+/// on a thread of its own.
+pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+
+    let dir = DataDir::new(&opts.dir);
+    if !dir.control().exists() {
+        return Err(DataDirError::NotDataDir(dir.root.clone()).into());
+    }
+    let _lock = DirLock::acquire(&dir.root).map_err(|source| ServerError::Lock {
+        dir: dir.root.clone(),
+        source,
+    })?;
+    let settings = Settings::load(&dir.conf())?;
+    let users = Users::read(&dir.users()).map_err(DataDirError::from)?;
+    let started = Instant::now();
+    let opened = datadir::open(&dir.root, &settings)?;
+    info!(
+        system_identifier = opened.control.system_id,
+        timeline = %opened.control.timeline,
+        epoch = %opened.epoch.epoch,
+        checkpoint = %opened.control.checkpoint,
+        replayed = opened.replayed,
+        end_of_wal = %opened.end,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovery complete"
+    );
+    if let Some(note) = &opened.end_note {
+        warn!("WAL ended on an incomplete or damaged record (expected after a crash): {note}");
+    }
+    let addrs: Vec<String> = match &opts.listen {
+        Some(l) => vec![l.clone()],
+        None => settings
+            .listen_addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                let host = if a == "*" { "0.0.0.0" } else { a };
+                if host.contains(':') {
+                    format!("[{host}]:{}", settings.port)
+                } else {
+                    format!("{host}:{}", settings.port)
+                }
+            })
+            .collect(),
+    };
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        let l = TcpListener::bind(addr).map_err(|source| ServerError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        info!(address = %l.local_addr()?, "listening");
+        listeners.push(l);
+    }
+    let insert = opened.db.wal().insert_lsn();
+    let node = Arc::new(Node {
+        dir: dir.root.clone(),
+        settings: RwLock::new(settings),
+        users: RwLock::new(users),
+        db: opened.db,
+        control: Mutex::new(opened.control),
+        epoch: opened.epoch,
+        sessions: Mutex::new(HashMap::new()),
+        next_pid: AtomicI32::new(std::process::id() as i32 * 100 % 1_000_000_000 + 1),
+        shutting_down: AtomicBool::new(false),
+        wake: (Mutex::new(()), Condvar::new()),
+        last_checkpoint_lsn: AtomicU64::new(insert.0),
+    });
+    let (wake_rx, wake_tx) = nix::unistd::pipe()?;
+    std::thread::scope(|scope| -> Result<(), ServerError> {
+        let n = node.clone();
+        scope.spawn(move || wal_writer(&n));
+        let n = node.clone();
+        scope.spawn(move || checkpointer(&n));
+        let n = node.clone();
+        scope.spawn(move || loop {
+            match signals.wait() {
+                Ok(Signal::SIGHUP) => {
+                    info!("SIGHUP received: reloading configuration");
+                    n.reload();
+                }
+                Ok(sig) => {
+                    info!(signal = %sig, "shutdown requested: stopping");
+                    n.shutting_down.store(true, Ordering::Release);
+                    let _ = nix::unistd::write(&wake_tx, b"x");
+                    n.wake_all();
+                    return;
+                }
+                Err(e) => {
+                    error!("waiting for signals failed: {e}");
+                    return;
+                }
+            }
+        });
+        accept_loop(&node, &listeners, &wake_rx);
+        // Tell every session to end: shut their sockets so blocked reads
+        // return, then wait for them to finish their current statement.
+        for s in node
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if let Some(sock) = &s.socket {
+                let _ = sock.shutdown(std::net::Shutdown::Read);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.session_count() > 0 && Instant::now() < deadline {
+            node.nap(Duration::from_millis(50));
+        }
+        Ok(())
+    })?;
+    node.db.flush_all().map_err(DataDirError::Db)?;
+    let lsn = node.checkpoint(NodeState::ShutDown)?;
+    info!(checkpoint = %lsn, "shut down cleanly");
+    Ok(())
+}
+
+fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::OwnedFd) {
+    loop {
+        if node.is_shutting_down() {
+            return;
+        }
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+            .collect();
+        fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                error!("poll failed: {e}");
+                return;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            .collect();
+        drop(fds);
+        if ready.last() == Some(&true) {
+            return;
+        }
+        for (l, _) in listeners.iter().zip(&ready).filter(|(_, r)| **r) {
+            match l.accept() {
+                Ok((stream, _)) => {
+                    let node = node.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("session".into())
+                        .spawn(move || super::session::serve(node, stream));
+                    if let Err(e) = spawned {
+                        error!("could not start a session thread: {e}");
+                    }
+                }
+                Err(e) => warn!("accept failed: {e}"),
+            }
+        }
+    }
+}
+
+/// With `synchronous_commit = off`, commits are acknowledged before their
+/// WAL is flushed: this thread flushes at least every `wal_writer_delay`.
+fn wal_writer(node: &Node) {
+    while !node.is_shutting_down() {
+        let delay = node.settings().wal_writer_delay;
+        node.nap(delay);
+        if node.db.wal().flushed_lsn() < node.db.wal().insert_lsn() {
+            if let Err(e) = node.db.flush_all() {
+                error!("WAL writer could not flush: {e}; no further commit will be acknowledged");
+                return;
+            }
+        }
+    }
+}
+
+/// Checkpoints every `checkpoint_timeout` (if anything was written), or
+/// when `max_wal_size` of WAL was written since the last one.
+fn checkpointer(node: &Node) {
+    let mut last = Instant::now();
+    while !node.is_shutting_down() {
+        node.nap(Duration::from_secs(1));
+        if node.is_shutting_down() {
+            return;
+        }
+        let s = node.settings();
+        let since = node
+            .db
+            .wal()
+            .insert_lsn()
+            .0
+            .saturating_sub(node.last_checkpoint_lsn.load(Ordering::Acquire));
+        let by_time = last.elapsed() >= s.checkpoint_timeout && since > 0;
+        let by_volume = since >= s.max_wal_size;
+        if by_time || by_volume {
+            match node.checkpoint(NodeState::InProduction) {
+                Ok(_) => last = Instant::now(),
+                Err(e) => error!("checkpoint failed: {e}; will retry"),
+            }
+        }
+    }
+}

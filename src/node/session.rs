@@ -1,0 +1,652 @@
+//! One client connection: startup, authentication, then the simple and
+//! extended query protocols until the client leaves or the node stops.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use super::server::Node;
+use crate::node::config::AuthMethod;
+use crate::protocol::codec::{self, format_of, Cursor, Out, ProtoError, Startup};
+use crate::protocol::scram::ScramServer;
+use crate::sql::exec::{oid, QueryResult, Session};
+use crate::sql::parse::{self, Statement};
+use crate::sqlstate::{code, PgError};
+
+/// Startup parameters clients commonly send that are not settings.
+const STARTUP_KEYS: &[&str] = &[
+    "user",
+    "database",
+    "replication",
+    "options",
+    "application_name",
+    "fallback_application_name",
+];
+
+type Reader = BufReader<TcpStream>;
+/// An authenticated user and the startup parameters, or `None` when there is no session to run.
+type Started = Option<(String, Vec<(String, String)>)>;
+type Writer = BufWriter<TcpStream>;
+
+/// A prepared statement: `None` is the empty query.
+struct Prepared {
+    stmt: Option<Statement>,
+    param_types: Vec<u32>,
+}
+
+/// A bound portal; its result is kept while a row limit suspends it.
+struct Portal {
+    stmt: Option<Statement>,
+    params: Vec<Option<String>>,
+    formats: Vec<i16>,
+    result: Option<QueryResult>,
+    sent: usize,
+}
+
+fn proto_to_pg(e: &ProtoError) -> PgError {
+    match e {
+        ProtoError::TooLarge { .. } => PgError::fatal(code::PROGRAM_LIMIT_EXCEEDED, e.to_string())
+            .with_hint("raise max_message_size in walship.conf if such messages are intended"),
+        _ => PgError::fatal(code::PROTOCOL_VIOLATION, e.to_string()),
+    }
+}
+
+/// Serves one connection to its end. Errors are logged here.
+pub fn serve(node: Arc<Node>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let _ = stream.set_nodelay(true);
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(16 << 10, stream);
+    let mut writer = BufWriter::with_capacity(16 << 10, write_half);
+    match startup(&node, &mut reader, &mut writer) {
+        Ok(Some((user, params))) => {
+            let span = tracing::info_span!("session", peer = %peer, user = %user);
+            let _enter = span.enter();
+            let (pid, key) = node.register(&writer);
+            let result = run(&node, &mut reader, &mut writer, pid, key, &params);
+            node.unregister(pid);
+            match result {
+                Ok(()) | Err(ProtoError::Closed) => debug!("session ended"),
+                Err(ProtoError::Io(e)) => debug!("connection lost: {e}"),
+                Err(e) => {
+                    warn!("ending session: {e}");
+                    let mut out = Out::default();
+                    out.error(&proto_to_pg(&e));
+                    let _ = out.send(&mut writer);
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            if !matches!(e, ProtoError::Closed) {
+                info!(peer = %peer, "connection refused during startup: {e}");
+                let mut out = Out::default();
+                out.error(&proto_to_pg(&e));
+                let _ = out.send(&mut writer);
+            }
+        }
+    }
+}
+
+/// The startup exchange. Returns the authenticated user and the startup
+/// parameters, or `None` when the connection was a cancel request or was
+/// refused (the refusal already sent).
+fn startup(
+    node: &Node,
+    r: &mut Reader,
+    w: &mut Writer,
+) -> Result<Started, ProtoError> {
+    let max = node.settings().max_message_size;
+    let mut out = Out::default();
+    let params = loop {
+        match codec::read_startup(r, max)? {
+            Startup::SslRequest | Startup::GssEncRequest => {
+                out.raw_byte(b'N');
+                out.send(w)?;
+            }
+            Startup::Cancel { pid, key } => {
+                node.cancel(pid, key);
+                return Ok(None);
+            }
+            Startup::Start { params } => break params,
+        }
+    };
+    let refuse = |w: &mut Writer,
+                  e: PgError|
+     -> Result<Started, ProtoError> {
+        let mut out = Out::default();
+        out.error(&e);
+        out.send(w)?;
+        Ok(None)
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+        return refuse(
+            w,
+            PgError::fatal(
+                code::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ),
+        );
+    };
+    if let Some((name, _)) = params.iter().find(|(n, _)| {
+        !STARTUP_KEYS.contains(&n.as_str())
+            && !n.starts_with("_pq_.")
+            && Session::startup_param_known(n).is_none()
+    }) {
+        return refuse(
+            w,
+            PgError::fatal(
+                code::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{name}\""),
+            ),
+        );
+    }
+    if get("replication").is_some_and(|v| !matches!(v.as_str(), "false" | "off" | "no" | "0")) {
+        return refuse(
+            w,
+            PgError::fatal(
+                code::FEATURE_NOT_SUPPORTED,
+                "replication connections are not supported by this walship yet",
+            )
+            .with_hint("streaming replication arrives with walship's walsender"),
+        );
+    }
+    if node.is_shutting_down() {
+        return refuse(
+            w,
+            PgError::fatal("57P03", "the database system is shutting down"),
+        );
+    }
+    let settings = node.settings();
+    if node.session_count() >= settings.max_connections {
+        return refuse(
+            w,
+            PgError::fatal(
+                code::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            )
+            .with_hint(format!("max_connections is {}", settings.max_connections)),
+        );
+    }
+    let Some(role) = node.user(&user) else {
+        warn!(user = %user, "authentication failed: role does not exist");
+        return refuse(
+            w,
+            PgError::fatal(
+                code::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" does not exist"),
+            ),
+        );
+    };
+    match settings.authentication {
+        AuthMethod::Trust => {}
+        AuthMethod::ScramSha256 => {
+            let failed = || {
+                PgError::fatal(
+                    code::INVALID_PASSWORD,
+                    format!("password authentication failed for user \"{user}\""),
+                )
+            };
+            let Some(verifier) = role.verifier.clone() else {
+                warn!(user = %user, "authentication failed: role has no password");
+                return refuse(w, failed());
+            };
+            let mut scram = ScramServer::new(verifier);
+            out.auth_sasl(&["SCRAM-SHA-256"]);
+            out.send(w)?;
+            let (tag, body) = codec::read_message(r, max)?;
+            if tag != b'p' {
+                return Err(ProtoError::Malformed(format!(
+                    "expected a SASL initial response, got message type '{}'",
+                    tag as char
+                )));
+            }
+            let mut c = Cursor::new(&body);
+            let mechanism = c.cstr()?;
+            let len = c.i32()?;
+            let data = if len < 0 {
+                &[][..]
+            } else {
+                c.bytes(len as usize)?
+            };
+            if mechanism != "SCRAM-SHA-256" {
+                return refuse(w, PgError::fatal(code::PROTOCOL_VIOLATION, format!("client selected an invalid SASL authentication mechanism \"{mechanism}\"")));
+            }
+            let server_first = match scram.client_first(data) {
+                Ok(s) => s,
+                Err(e) => {
+                    return refuse(w, PgError::fatal(code::PROTOCOL_VIOLATION, e.to_string()))
+                }
+            };
+            out.auth(11, server_first.as_bytes());
+            out.send(w)?;
+            let (tag, body) = codec::read_message(r, max)?;
+            if tag != b'p' {
+                return Err(ProtoError::Malformed("expected a SASL response".into()));
+            }
+            match scram.client_final(&body) {
+                Ok(server_final) => out.auth(12, server_final.as_bytes()),
+                Err(e) => {
+                    warn!(user = %user, "password authentication failed: {e}");
+                    return refuse(w, failed());
+                }
+            }
+        }
+    }
+    out.auth(0, &[]);
+    out.send(w)?;
+    Ok(Some((user, params)))
+}
+
+fn send_result(
+    out: &mut Out,
+    result: &QueryResult,
+    formats: &[i16],
+    from: usize,
+    max_rows: usize,
+    describe: bool,
+) -> usize {
+    if describe {
+        if let Some(cols) = &result.columns {
+            let cols: Vec<(String, u32)> =
+                cols.iter().map(|c| (c.name.clone(), c.type_oid)).collect();
+            out.row_description(&cols, formats);
+        }
+    }
+    let types: Vec<u32> = result
+        .columns
+        .iter()
+        .flatten()
+        .map(|c| c.type_oid)
+        .collect();
+    let rows = &result.rows[from.min(result.rows.len())..];
+    let n = if max_rows == 0 {
+        rows.len()
+    } else {
+        rows.len().min(max_rows)
+    };
+    for row in &rows[..n] {
+        let encoded: Vec<Option<Vec<u8>>> = row
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_ref().map(|v| {
+                    if format_of(formats, i) == 1 {
+                        v.to_binary(types.get(i).copied().unwrap_or(oid::TEXT))
+                    } else {
+                        v.to_text().into_bytes()
+                    }
+                })
+            })
+            .collect();
+        out.data_row(encoded.iter().map(|v| v.as_deref()));
+    }
+    n
+}
+
+/// The session proper, after authentication.
+fn run(
+    node: &Arc<Node>,
+    r: &mut Reader,
+    w: &mut Writer,
+    pid: i32,
+    key: i32,
+    params: &[(String, String)],
+) -> Result<(), ProtoError> {
+    let mut session = Session::new(node.clone(), params);
+    let mut out = Out::default();
+    for (name, value) in node.startup_parameters(&session) {
+        out.parameter_status(&name, &value);
+    }
+    out.backend_key(pid, key);
+    out.ready(session.status());
+    out.send(w)?;
+    let mut statements: HashMap<String, Prepared> = HashMap::new();
+    let mut portals: HashMap<String, Portal> = HashMap::new();
+    // After an error in an extended-protocol batch, skip until Sync.
+    let mut skipping = false;
+    loop {
+        let max = node.settings().max_message_size;
+        let (tag, body) = match codec::read_message(r, max) {
+            Ok(m) => m,
+            Err(e) => {
+                session.abandon();
+                if node.is_shutting_down() {
+                    let mut out = Out::default();
+                    out.error(&PgError::fatal(
+                        code::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    ));
+                    let _ = out.send(w);
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        node.take_cancel(pid);
+        let mut c = Cursor::new(&body);
+        if skipping && !matches!(tag, b'S' | b'X') {
+            continue;
+        }
+        let step: Result<(), PgError> = match tag {
+            b'Q' => {
+                let sql = c.cstr()?;
+                simple_query(&mut session, &mut out, &sql);
+                out.ready(session.status());
+                Ok(())
+            }
+            b'P' => (|| {
+                let name = c.cstr()?;
+                let sql = c.cstr()?;
+                let n = c.count16()?;
+                let mut declared = Vec::with_capacity(n);
+                for _ in 0..n {
+                    declared.push(c.i32()? as u32);
+                }
+                Ok::<_, ProtoError>((name, sql, declared))
+            })()
+            .map_err(|e| proto_to_pg(&e))
+            .and_then(|(name, sql, declared)| {
+                let mut parsed = parse::parse(&sql)?;
+                if parsed.len() > 1 {
+                    return Err(PgError::new(
+                        code::SYNTAX_ERROR,
+                        "cannot insert multiple commands into a prepared statement",
+                    ));
+                }
+                let stmt = parsed.pop();
+                let mut param_types = stmt.as_ref().map(Session::param_types).unwrap_or_default();
+                for (i, t) in declared.iter().enumerate() {
+                    if *t != 0 && i < param_types.len() {
+                        param_types[i] = *t;
+                    }
+                }
+                if !name.is_empty() && statements.contains_key(&name) {
+                    return Err(PgError::new(
+                        "42P05",
+                        format!("prepared statement \"{name}\" already exists"),
+                    ));
+                }
+                statements.insert(name, Prepared { stmt, param_types });
+                out.parse_complete();
+                Ok(())
+            }),
+            b'B' => bind(&mut c, &statements, &mut portals).map(|()| out.bind_complete()),
+            b'D' => (|| {
+                let kind = c.u8().map_err(|e| proto_to_pg(&e))?;
+                let name = c.cstr().map_err(|e| proto_to_pg(&e))?;
+                match kind {
+                    b'S' => {
+                        let p = statements.get(&name).ok_or_else(|| {
+                            PgError::new(
+                                code::INVALID_SQL_STATEMENT_NAME,
+                                format!("prepared statement \"{name}\" does not exist"),
+                            )
+                        })?;
+                        out.parameter_description(&p.param_types);
+                        describe_rows(&session, &mut out, p.stmt.as_ref(), &[]);
+                        Ok(())
+                    }
+                    b'P' => {
+                        let p = portals.get(&name).ok_or_else(|| {
+                            PgError::new(
+                                code::INVALID_CURSOR_NAME,
+                                format!("portal \"{name}\" does not exist"),
+                            )
+                        })?;
+                        describe_rows(&session, &mut out, p.stmt.as_ref(), &p.formats);
+                        Ok(())
+                    }
+                    _ => Err(PgError::fatal(
+                        code::PROTOCOL_VIOLATION,
+                        format!("invalid Describe target '{}'", kind as char),
+                    )),
+                }
+            })(),
+            b'E' => (|| {
+                let name = c.cstr().map_err(|e| proto_to_pg(&e))?;
+                let max_rows = c.i32().map_err(|e| proto_to_pg(&e))?.max(0) as usize;
+                let portal = portals.get_mut(&name).ok_or_else(|| {
+                    PgError::new(
+                        code::INVALID_CURSOR_NAME,
+                        format!("portal \"{name}\" does not exist"),
+                    )
+                })?;
+                let Some(stmt) = &portal.stmt else {
+                    out.empty_query();
+                    return Ok(());
+                };
+                if portal.result.is_none() {
+                    match session.execute(stmt, &portal.params) {
+                        Ok(res) => portal.result = Some(res),
+                        Err(e) => {
+                            session.fail_transaction();
+                            return Err(e);
+                        }
+                    }
+                }
+                let Some(res) = &portal.result else {
+                    return Ok(());
+                };
+                let n = send_result(&mut out, res, &portal.formats, portal.sent, max_rows, false);
+                portal.sent += n;
+                if max_rows > 0 && portal.sent < res.rows.len() {
+                    out.portal_suspended();
+                } else {
+                    out.command_complete(&res.tag);
+                }
+                Ok(())
+            })(),
+            b'C' => {
+                let kind = c.u8()?;
+                let name = c.cstr()?;
+                match kind {
+                    b'S' => {
+                        statements.remove(&name);
+                    }
+                    _ => {
+                        portals.remove(&name);
+                    }
+                }
+                out.close_complete();
+                Ok(())
+            }
+            b'S' => {
+                skipping = false;
+                portals.retain(|name, _| !name.is_empty());
+                if session.status() == b'I' {
+                    portals.clear();
+                }
+                out.ready(session.status());
+                Ok(())
+            }
+            b'H' => Ok(()),
+            b'X' => {
+                session.abandon();
+                return Ok(());
+            }
+            b'p' => Err(PgError::fatal(
+                code::PROTOCOL_VIOLATION,
+                "unexpected password message",
+            )),
+            other => Err(PgError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("invalid frontend message type {}", other),
+            )),
+        };
+        if let Err(e) = step {
+            out.error(&e);
+            if e.fatal {
+                let _ = out.send(w);
+                session.abandon();
+                return Ok(());
+            }
+            if tag != b'Q' {
+                skipping = true;
+            }
+        }
+        if matches!(tag, b'Q' | b'S' | b'H') || out.len() > 64 << 10 {
+            out.send(w)?;
+        }
+    }
+}
+
+fn describe_rows(session: &Session, out: &mut Out, stmt: Option<&Statement>, formats: &[i16]) {
+    match stmt.and_then(|s| session.describe(s)) {
+        Some(cols) => {
+            let cols: Vec<(String, u32)> = cols.into_iter().map(|c| (c.name, c.type_oid)).collect();
+            out.row_description(&cols, formats);
+        }
+        None => out.no_data(),
+    }
+}
+
+fn bind(
+    c: &mut Cursor<'_>,
+    statements: &HashMap<String, Prepared>,
+    portals: &mut HashMap<String, Portal>,
+) -> Result<(), PgError> {
+    let pe = |e: ProtoError| proto_to_pg(&e);
+    let portal = c.cstr().map_err(pe)?;
+    let name = c.cstr().map_err(pe)?;
+    let prepared = statements.get(&name).ok_or_else(|| {
+        PgError::new(
+            code::INVALID_SQL_STATEMENT_NAME,
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    })?;
+    let nfmt = c.count16().map_err(pe)?;
+    let mut param_formats = Vec::with_capacity(nfmt);
+    for _ in 0..nfmt {
+        param_formats.push(c.i16().map_err(pe)?);
+    }
+    let n = c.count16().map_err(pe)?;
+    if n != prepared.param_types.len() {
+        return Err(PgError::new(
+            code::PROTOCOL_VIOLATION,
+            format!("bind message supplies {n} parameters, but prepared statement \"{name}\" requires {}", prepared.param_types.len()),
+        ));
+    }
+    let mut params = Vec::with_capacity(n);
+    for i in 0..n {
+        let len = c.i32().map_err(pe)?;
+        if len < 0 {
+            params.push(None);
+            continue;
+        }
+        let raw = c.bytes(len as usize).map_err(pe)?;
+        let binary = format_of(&param_formats, i) == 1;
+        params.push(Some(decode_param(raw, binary, prepared.param_types[i], i)?));
+    }
+    let nres = c.count16().map_err(pe)?;
+    let mut formats = Vec::with_capacity(nres);
+    for _ in 0..nres {
+        formats.push(c.i16().map_err(pe)?);
+    }
+    if formats.iter().any(|f| !matches!(f, 0 | 1)) {
+        return Err(PgError::new(
+            code::PROTOCOL_VIOLATION,
+            "unsupported result format code",
+        ));
+    }
+    portals.insert(
+        portal,
+        Portal {
+            stmt: prepared.stmt.clone(),
+            params,
+            formats,
+            result: None,
+            sent: 0,
+        },
+    );
+    Ok(())
+}
+
+/// A parameter's value as text, from the text or binary format of its type.
+fn decode_param(raw: &[u8], binary: bool, type_oid: u32, i: usize) -> Result<String, PgError> {
+    let bad = || {
+        PgError::new(
+            code::INVALID_TEXT_REPRESENTATION,
+            format!("invalid binary value for parameter ${}", i + 1),
+        )
+    };
+    if binary {
+        match type_oid {
+            oid::INT8 => Ok(i64::from_be_bytes(raw.try_into().map_err(|_| bad())?).to_string()),
+            oid::INT4 => Ok(i32::from_be_bytes(raw.try_into().map_err(|_| bad())?).to_string()),
+            21 => Ok(i16::from_be_bytes(raw.try_into().map_err(|_| bad())?).to_string()),
+            oid::BOOL => Ok(if raw == [1] { "true" } else { "false" }.into()),
+            _ => String::from_utf8(raw.to_vec()).map_err(|_| bad()),
+        }
+    } else {
+        String::from_utf8(raw.to_vec()).map_err(|_| {
+            PgError::new(
+                "22021",
+                format!(
+                    "invalid byte sequence for encoding \"UTF8\" in parameter ${}",
+                    i + 1
+                ),
+            )
+        })
+    }
+}
+
+/// The simple query protocol: every statement of the string in turn; a
+/// string of several statements outside a transaction block runs as one
+/// implicit transaction, as PostgreSQL does.
+fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
+    let statements = match parse::parse(sql) {
+        Ok(s) => s,
+        Err(e) => {
+            session.fail_transaction();
+            out.error(&e);
+            return;
+        }
+    };
+    if statements.is_empty() {
+        out.empty_query();
+        return;
+    }
+    let implicit = statements.len() > 1
+        && session.status() == b'I'
+        && !statements.iter().any(|s| {
+            matches!(
+                s,
+                Statement::Begin | Statement::Commit | Statement::Rollback
+            )
+        });
+    if implicit {
+        let _ = session.execute(&Statement::Begin, &[]);
+    }
+    for stmt in &statements {
+        match session.execute(stmt, &[]) {
+            Ok(result) => {
+                send_result(out, &result, &[], 0, 0, true);
+                out.command_complete(&result.tag);
+            }
+            Err(e) => {
+                session.fail_transaction();
+                out.error(&e);
+                if implicit {
+                    let _ = session.execute(&Statement::Rollback, &[]);
+                }
+                return;
+            }
+        }
+    }
+    if implicit {
+        if let Err(e) = session.execute(&Statement::Commit, &[]) {
+            out.error(&e);
+            let _ = session.execute(&Statement::Rollback, &[]);
+        }
+    }
+}

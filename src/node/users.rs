@@ -1,0 +1,153 @@
+//! `DIR/users`: the roles that may connect, one per line:
+//! `name:attributes:verifier`, attributes a comma list of `superuser` and
+//! `replication`, the verifier PostgreSQL's SCRAM-SHA-256 form
+//! (`SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey`) or empty.
+//! Passwords themselves are never stored.
+
+use std::path::Path;
+
+use thiserror::Error;
+
+use crate::durable::{self, FileError, IoContext};
+use crate::protocol::scram::ScramVerifier;
+
+/// One role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub superuser: bool,
+    pub replication: bool,
+    pub verifier: Option<ScramVerifier>,
+}
+
+#[derive(Debug, Error)]
+pub enum UserError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{file}:{line}: {why}")]
+    Syntax {
+        file: String,
+        line: usize,
+        why: String,
+    },
+}
+
+/// All roles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Users {
+    pub users: Vec<User>,
+}
+
+impl Users {
+    /// The first role of a new cluster: superuser, may replicate.
+    pub fn first(name: &str) -> Users {
+        Users {
+            users: vec![User {
+                name: name.to_string(),
+                superuser: true,
+                replication: true,
+                verifier: None,
+            }],
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn read(path: &Path) -> Result<Users, UserError> {
+        let text = std::fs::read_to_string(path).at("read", path)?;
+        let mut users = Users::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |why: &str| UserError::Syntax {
+                file: path.display().to_string(),
+                line: i + 1,
+                why: why.to_string(),
+            };
+            let mut fields = line.splitn(3, ':');
+            let name = fields.next().unwrap_or_default();
+            let attrs = fields
+                .next()
+                .ok_or_else(|| err("expected name:attributes:verifier"))?;
+            let verifier = fields.next().unwrap_or_default();
+            if name.is_empty() {
+                return Err(err("empty role name"));
+            }
+            let mut user = User {
+                name: name.to_string(),
+                superuser: false,
+                replication: false,
+                verifier: None,
+            };
+            for a in attrs.split(',').filter(|a| !a.is_empty()) {
+                match a {
+                    "superuser" => user.superuser = true,
+                    "replication" => user.replication = true,
+                    _ => {
+                        return Err(err(&format!(
+                            "unknown attribute \"{a}\" (expected superuser or replication)"
+                        )))
+                    }
+                }
+            }
+            if !verifier.is_empty() {
+                user.verifier = Some(
+                    ScramVerifier::parse(verifier)
+                        .ok_or_else(|| err("invalid SCRAM-SHA-256 verifier"))?,
+                );
+            }
+            users.users.push(user);
+        }
+        Ok(users)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), UserError> {
+        let mut text =
+            String::from("# name:attributes:SCRAM-SHA-256 verifier (see walship-init(1))\n");
+        for u in &self.users {
+            let mut attrs = Vec::new();
+            if u.superuser {
+                attrs.push("superuser");
+            }
+            if u.replication {
+                attrs.push("replication");
+            }
+            let verifier = u
+                .verifier
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            text.push_str(&format!("{}:{}:{}\n", u.name, attrs.join(","), verifier));
+        }
+        durable::replace_file(path, text.as_bytes())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("users");
+        let mut u = Users::first("alice");
+        u.users.push(User {
+            name: "bob".into(),
+            superuser: false,
+            replication: false,
+            verifier: Some(ScramVerifier::new("pw")),
+        });
+        u.write(&p).unwrap();
+        assert_eq!(Users::read(&p).unwrap(), u);
+        std::fs::write(&p, "carol:wizard:\n").unwrap();
+        assert!(Users::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains(":1: unknown attribute"));
+    }
+}

@@ -1,0 +1,485 @@
+//! Framing and encoding of protocol messages (PostgreSQL's
+//! "Message Formats" chapter): reading the startup packet and frontend
+//! messages with a size limit, and building backend messages.
+//!
+//! Nothing here trusts the peer: every length is checked before it is used,
+//! and a malformed message is an error naming what was wrong, never a panic.
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+
+use crate::sqlstate::PgError;
+
+/// Protocol 3.0.
+pub const PROTOCOL_3_0: i32 = 196_608;
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+#[derive(Debug, Error)]
+pub enum ProtoError {
+    #[error("connection closed by the client")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("invalid message from the client: {0}")]
+    Malformed(String),
+    #[error("message of {len} bytes exceeds max_message_size ({max} bytes)")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// The first packet of a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Startup {
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, key: i32 },
+    Start { params: Vec<(String, String)> },
+}
+
+fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8]) -> Result<(), ProtoError> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ProtoError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the startup packet (or SSL / GSS / cancel request).
+pub fn read_startup(r: &mut impl Read, max: usize) -> Result<Startup, ProtoError> {
+    let mut len = [0u8; 4];
+    read_exact_or_closed(r, &mut len)?;
+    let len = i32::from_be_bytes(len);
+    if !(8..=10_000).contains(&len) {
+        return Err(ProtoError::Malformed(format!(
+            "invalid startup packet length {len}"
+        )));
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len - 4];
+    read_exact_or_closed(r, &mut body)?;
+    let mut c = Cursor::new(&body);
+    let code = c.i32()?;
+    match code {
+        SSL_REQUEST => Ok(Startup::SslRequest),
+        GSSENC_REQUEST => Ok(Startup::GssEncRequest),
+        CANCEL_REQUEST => Ok(Startup::Cancel {
+            pid: c.i32()?,
+            key: c.i32()?,
+        }),
+        PROTOCOL_3_0 => {
+            let mut params = Vec::new();
+            loop {
+                let name = c.cstr()?;
+                if name.is_empty() {
+                    break;
+                }
+                let value = c.cstr()?;
+                params.push((name, value));
+            }
+            Ok(Startup::Start { params })
+        }
+        v => Err(ProtoError::Malformed(format!(
+            "unsupported frontend protocol {}.{}: server supports 3.0",
+            v >> 16,
+            v & 0xFFFF
+        ))),
+    }
+}
+
+/// Reads one frontend message: its type byte and body.
+pub fn read_message(r: &mut impl Read, max: usize) -> Result<(u8, Vec<u8>), ProtoError> {
+    let mut head = [0u8; 5];
+    read_exact_or_closed(r, &mut head)?;
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len < 4 {
+        return Err(ProtoError::Malformed(format!(
+            "invalid message length {len}"
+        )));
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len - 4];
+    read_exact_or_closed(r, &mut body)?;
+    Ok((head[0], body))
+}
+
+/// Reads fields off a message body, checking every length.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Cursor<'a> {
+        Cursor { buf }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ProtoError> {
+        if self.buf.len() < n {
+            return Err(ProtoError::Malformed(format!(
+                "message too short for its {what}"
+            )));
+        }
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        Ok(h)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(self.take(1, "byte field")?[0])
+    }
+
+    pub fn i16(&mut self) -> Result<i16, ProtoError> {
+        let b = self.take(2, "Int16 field")?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, ProtoError> {
+        let b = self.take(4, "Int32 field")?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn i64(&mut self) -> Result<i64, ProtoError> {
+        let b = self.take(8, "Int64 field")?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        self.take(n, "data")
+    }
+
+    /// A count field (Int16) that must not be negative.
+    pub fn count16(&mut self) -> Result<usize, ProtoError> {
+        let n = self.i16()?;
+        usize::try_from(n).map_err(|_| ProtoError::Malformed(format!("negative count {n}")))
+    }
+
+    /// A NUL-terminated UTF-8 string.
+    pub fn cstr(&mut self) -> Result<String, ProtoError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| ProtoError::Malformed("string is not NUL-terminated".into()))?;
+        let s = std::str::from_utf8(&self.buf[..end])
+            .map_err(|_| ProtoError::Malformed("string is not valid UTF-8".into()))?
+            .to_string();
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Builds backend messages into one buffer, sent with [`Out::send`].
+#[derive(Default)]
+pub struct Out {
+    buf: Vec<u8>,
+}
+
+impl Out {
+    /// Starts a message; returns where its length goes.
+    fn begin(&mut self, tag: u8) -> usize {
+        self.buf.push(tag);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        at
+    }
+
+    fn end(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as i32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    fn cstr(&mut self, s: &str) {
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+    }
+
+    fn i16(&mut self, v: i16) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    fn i32(&mut self, v: i32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything built so far and flushes the socket.
+    pub fn send(&mut self, w: &mut impl Write) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        w.flush()
+    }
+
+    /// A raw single byte (the answer to SSLRequest).
+    pub fn raw_byte(&mut self, b: u8) {
+        self.buf.push(b);
+    }
+
+    /// Authentication request `code` with optional data.
+    pub fn auth(&mut self, code: i32, data: &[u8]) {
+        let at = self.begin(b'R');
+        self.i32(code);
+        self.buf.extend_from_slice(data);
+        self.end(at);
+    }
+
+    pub fn auth_sasl(&mut self, mechanisms: &[&str]) {
+        let at = self.begin(b'R');
+        self.i32(10);
+        for m in mechanisms {
+            self.cstr(m);
+        }
+        self.buf.push(0);
+        self.end(at);
+    }
+
+    pub fn parameter_status(&mut self, name: &str, value: &str) {
+        let at = self.begin(b'S');
+        self.cstr(name);
+        self.cstr(value);
+        self.end(at);
+    }
+
+    pub fn backend_key(&mut self, pid: i32, key: i32) {
+        let at = self.begin(b'K');
+        self.i32(pid);
+        self.i32(key);
+        self.end(at);
+    }
+
+    pub fn ready(&mut self, status: u8) {
+        let at = self.begin(b'Z');
+        self.buf.push(status);
+        self.end(at);
+    }
+
+    /// RowDescription; `formats` as the portal asked (0 text, 1 binary).
+    pub fn row_description(&mut self, columns: &[(String, u32)], formats: &[i16]) {
+        let at = self.begin(b'T');
+        self.i16(columns.len() as i16);
+        for (i, (name, type_oid)) in columns.iter().enumerate() {
+            self.cstr(name);
+            self.i32(0);
+            self.i16(0);
+            self.i32(*type_oid as i32);
+            let size: i16 = match *type_oid {
+                16 => 1,
+                20 | 3220 => 8,
+                23 => 4,
+                _ => -1,
+            };
+            self.i16(size);
+            self.i32(-1);
+            self.i16(format_of(formats, i));
+        }
+        self.end(at);
+    }
+
+    /// DataRow of already-encoded values (`None` is NULL).
+    pub fn data_row<'a>(&mut self, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+        let at = self.begin(b'D');
+        self.i16(values.len() as i16);
+        for v in values {
+            match v {
+                None => self.i32(-1),
+                Some(b) => {
+                    self.i32(b.len() as i32);
+                    self.buf.extend_from_slice(b);
+                }
+            }
+        }
+        self.end(at);
+    }
+
+    pub fn command_complete(&mut self, tag: &str) {
+        let at = self.begin(b'C');
+        self.cstr(tag);
+        self.end(at);
+    }
+
+    pub fn empty_query(&mut self) {
+        let at = self.begin(b'I');
+        self.end(at);
+    }
+
+    pub fn parse_complete(&mut self) {
+        let at = self.begin(b'1');
+        self.end(at);
+    }
+
+    pub fn bind_complete(&mut self) {
+        let at = self.begin(b'2');
+        self.end(at);
+    }
+
+    pub fn close_complete(&mut self) {
+        let at = self.begin(b'3');
+        self.end(at);
+    }
+
+    pub fn no_data(&mut self) {
+        let at = self.begin(b'n');
+        self.end(at);
+    }
+
+    pub fn portal_suspended(&mut self) {
+        let at = self.begin(b's');
+        self.end(at);
+    }
+
+    pub fn parameter_description(&mut self, types: &[u32]) {
+        let at = self.begin(b't');
+        self.i16(types.len() as i16);
+        for t in types {
+            self.i32(*t as i32);
+        }
+        self.end(at);
+    }
+
+    /// ErrorResponse (or, with `notice`, NoticeResponse).
+    pub fn error(&mut self, e: &PgError) {
+        self.error_or_notice(b'E', if e.fatal { "FATAL" } else { "ERROR" }, e);
+    }
+
+    pub fn notice(&mut self, severity: &str, e: &PgError) {
+        self.error_or_notice(b'N', severity, e);
+    }
+
+    fn error_or_notice(&mut self, tag: u8, severity: &str, e: &PgError) {
+        let at = self.begin(tag);
+        for (field, value) in [
+            (b'S', Some(severity)),
+            (b'V', Some(severity)),
+            (b'C', Some(e.code)),
+            (b'M', Some(e.message.as_str())),
+            (b'D', e.detail.as_deref()),
+            (b'H', e.hint.as_deref()),
+        ] {
+            if let Some(v) = value {
+                self.buf.push(field);
+                self.cstr(v);
+            }
+        }
+        self.buf.push(0);
+        self.end(at);
+    }
+
+    /// CopyBothResponse / CopyOutResponse header for `tag` (`W` / `H`),
+    /// binary, no columns.
+    pub fn copy_response(&mut self, tag: u8) {
+        let at = self.begin(tag);
+        self.buf.push(0);
+        self.i16(0);
+        self.end(at);
+    }
+
+    /// CopyData carrying `payload`.
+    pub fn copy_data(&mut self, payload: &[u8]) {
+        let at = self.begin(b'd');
+        self.buf.extend_from_slice(payload);
+        self.end(at);
+    }
+
+    pub fn copy_done(&mut self) {
+        let at = self.begin(b'c');
+        self.end(at);
+    }
+}
+
+/// The format code for result column `i`: none given means text; one
+/// applies to all columns.
+pub fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => formats.get(i).copied().unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_packets() {
+        let mut pkt = Vec::new();
+        let body: Vec<u8> = [
+            &PROTOCOL_3_0.to_be_bytes()[..],
+            b"user\0alice\0database\0db\0\0",
+        ]
+        .concat();
+        pkt.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        pkt.extend_from_slice(&body);
+        assert_eq!(
+            read_startup(&mut &pkt[..], 1 << 20).unwrap(),
+            Startup::Start {
+                params: vec![
+                    ("user".into(), "alice".into()),
+                    ("database".into(), "db".into())
+                ]
+            }
+        );
+        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        assert_eq!(
+            read_startup(&mut &ssl[..], 1 << 20).unwrap(),
+            Startup::SslRequest
+        );
+        assert!(read_startup(&mut &[0u8, 0, 0, 3][..], 1 << 20).is_err());
+        assert!(matches!(
+            read_startup(&mut &[0u8, 0][..], 1 << 20),
+            Err(ProtoError::Closed)
+        ));
+        let bad = [0, 0, 0, 12, 0, 2, 0, 0, b'x', 0, 0, 0];
+        assert!(read_startup(&mut &bad[..], 1 << 20)
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported frontend protocol 2.0"));
+    }
+
+    #[test]
+    fn messages_are_size_checked() {
+        let q = [b'Q', 0, 0, 0, 9, b's', b'e', b'l', 0];
+        assert_eq!(
+            read_message(&mut &q[..], 100).unwrap(),
+            (b'Q', b"sel\0".to_vec())
+        );
+        assert!(matches!(
+            read_message(&mut &q[..], 8),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        let neg = [b'Q', 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_message(&mut &neg[..], 100),
+            Err(ProtoError::Malformed(_))
+        ));
+        let mut c = Cursor::new(b"abc");
+        assert!(c.cstr().is_err());
+        let mut c = Cursor::new(&[0xff, 0xff]);
+        assert!(c.count16().is_err());
+    }
+}

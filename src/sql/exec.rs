@@ -1,0 +1,812 @@
+//! Executing statements for one session: autocommit writes through the
+//! store's commit pipeline, transaction blocks that buffer their writes and
+//! commit them as one record, reads, SET/SHOW and functions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::parse::{Column, Expr, Filter, Func, OnConflict, Projection, Select, Statement};
+use crate::node::config::{Settings, SyncCommit};
+use crate::sqlstate::{code, PgError};
+use crate::store::{Db, DbError, Durability, KvOp, Store};
+use crate::wal::{Lsn, WalError};
+
+/// Type OIDs of the values walship returns (PostgreSQL's `pg_type`).
+pub mod oid {
+    pub const BOOL: u32 = 16;
+    pub const INT8: u32 = 20;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const PG_LSN: u32 = 3220;
+}
+
+/// A value in a result row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Lsn(Lsn),
+}
+
+impl Value {
+    /// PostgreSQL's text output form.
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::Text(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            Value::Bool(b) => if *b { "t" } else { "f" }.into(),
+            Value::Lsn(l) => l.to_string(),
+        }
+    }
+
+    /// PostgreSQL's binary output form for a column of type `oid`.
+    pub fn to_binary(&self, type_oid: u32) -> Vec<u8> {
+        match (self, type_oid) {
+            (Value::Int(i), oid::INT4) => (*i as i32).to_be_bytes().to_vec(),
+            (Value::Int(i), _) => i.to_be_bytes().to_vec(),
+            (Value::Bool(b), _) => vec![u8::from(*b)],
+            (Value::Lsn(l), _) => l.0.to_be_bytes().to_vec(),
+            (Value::Text(s), _) => s.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// A result column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnDesc {
+    pub name: String,
+    pub type_oid: u32,
+}
+
+/// What a statement returns.
+#[derive(Clone, Debug, Default)]
+pub struct QueryResult {
+    /// `Some` for statements that return rows (even zero rows).
+    pub columns: Option<Vec<ColumnDesc>>,
+    pub rows: Vec<Vec<Option<Value>>>,
+    /// The CommandComplete tag, e.g. `INSERT 0 1`.
+    pub tag: String,
+}
+
+/// What the session needs of the node it runs on.
+pub trait Host: Send + Sync {
+    fn db(&self) -> &Db;
+    /// The settings now in force (reloaded on SIGHUP).
+    fn settings(&self) -> Settings;
+    fn in_recovery(&self) -> bool;
+    /// Why writes are refused right now (a standby, a fenced primary), if
+    /// they are.
+    fn write_refusal(&self) -> Option<PgError>;
+    /// Read-only parameters SHOW knows beyond the settings
+    /// (`server_version`, `wal_segment_size`, …).
+    fn show(&self, name: &str) -> Option<String>;
+    /// `pg_last_wal_receive_lsn()` / `pg_last_wal_replay_lsn()` on a standby.
+    fn last_receive_lsn(&self) -> Option<Lsn>;
+    fn last_replay_lsn(&self) -> Option<Lsn>;
+}
+
+/// A transaction block's buffered writes.
+#[derive(Default)]
+struct Txn {
+    /// Each key's newest value in this transaction (`None`: deleted).
+    writes: BTreeMap<String, Option<String>>,
+    ops: Vec<KvOp>,
+    /// Keys a plain INSERT found absent: still absent at COMMIT, or the
+    /// commit fails with a unique violation.
+    must_be_absent: Vec<String>,
+    failed: bool,
+}
+
+/// Session parameters a client may SET, with PostgreSQL's defaults.
+const SESSION_PARAMS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("timezone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("search_path", "\"$user\", public"),
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("intervalstyle", "postgres"),
+    ("default_transaction_isolation", "read committed"),
+    ("transaction_isolation", "read committed"),
+];
+
+/// One client session's state.
+pub struct Session {
+    host: Arc<dyn Host>,
+    params: HashMap<String, String>,
+    synchronous_commit: Option<SyncCommit>,
+    txn: Option<Txn>,
+}
+
+fn resolve(e: &Expr, params: &[Option<String>]) -> Result<Option<String>, PgError> {
+    match e {
+        Expr::Lit(s) => Ok(Some(s.clone())),
+        Expr::Null => Ok(None),
+        Expr::Param(i) => params.get(*i).cloned().ok_or_else(|| {
+            PgError::new(
+                code::PROTOCOL_VIOLATION,
+                format!("there is no parameter ${}", i + 1),
+            )
+        }),
+    }
+}
+
+fn resolve_key(e: &Expr, params: &[Option<String>]) -> Result<String, PgError> {
+    resolve(e, params)?.ok_or_else(|| {
+        PgError::new(
+            code::NOT_NULL_VIOLATION,
+            "null value in column \"key\" of relation \"kv\" violates not-null constraint",
+        )
+    })
+}
+
+fn resolve_value(e: &Expr, params: &[Option<String>]) -> Result<String, PgError> {
+    resolve(e, params)?.ok_or_else(|| {
+        PgError::new(
+            code::FEATURE_NOT_SUPPORTED,
+            "walship's kv does not store NULL values",
+        )
+        .with_hint("store an empty string, or DELETE the key")
+    })
+}
+
+fn unique_violation(key: &str) -> PgError {
+    PgError::new(
+        code::UNIQUE_VIOLATION,
+        "duplicate key value violates unique constraint \"kv_pkey\"",
+    )
+    .with_detail(format!("Key (key)=({key}) already exists."))
+}
+
+/// The SQLSTATE for a failure of the write path.
+pub fn db_error(e: DbError) -> PgError {
+    let DbError::Wal(wal) = e;
+    let disk_full = match &wal {
+        WalError::File(f) => {
+            f.source.raw_os_error() == Some(nix::libc::ENOSPC)
+                || f.source.kind() == io::ErrorKind::StorageFull
+        }
+        _ => false,
+    };
+    if disk_full {
+        PgError::new(
+            code::DISK_FULL,
+            format!("could not write to the WAL: {wal}"),
+        )
+        .with_hint(
+            "free space on the WAL's file system; writes resume once there is room, reads go on",
+        )
+    } else {
+        PgError::new(code::IO_ERROR, format!("could not write to the WAL: {wal}"))
+    }
+}
+
+impl From<DbError> for PgError {
+    fn from(e: DbError) -> PgError {
+        db_error(e)
+    }
+}
+
+impl Session {
+    pub fn new(host: Arc<dyn Host>, startup_params: &[(String, String)]) -> Session {
+        let mut params: HashMap<String, String> = SESSION_PARAMS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in startup_params {
+            let k = k.to_ascii_lowercase();
+            if params.contains_key(&k) {
+                params.insert(k, v.clone());
+            }
+        }
+        Session {
+            host,
+            params,
+            synchronous_commit: None,
+            txn: None,
+        }
+    }
+
+    /// The canonical name of a session parameter a client may send at
+    /// startup or SET, if `name` is one.
+    pub fn startup_param_known(name: &str) -> Option<&'static str> {
+        SESSION_PARAMS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(n, _)| *n)
+    }
+
+    /// `I` (idle), `T` (in a transaction block) or `E` (in a failed one),
+    /// for ReadyForQuery.
+    pub fn status(&self) -> u8 {
+        match &self.txn {
+            None => b'I',
+            Some(t) if t.failed => b'E',
+            Some(_) => b'T',
+        }
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// The session's effective `synchronous_commit`.
+    pub fn synchronous_commit(&self) -> SyncCommit {
+        self.synchronous_commit
+            .unwrap_or_else(|| self.host.settings().synchronous_commit)
+    }
+
+    fn durability(&self) -> Durability {
+        match self.synchronous_commit() {
+            SyncCommit::Off => Durability::Async,
+            _ => Durability::Flushed,
+        }
+    }
+
+    /// Marks the current transaction block failed (after any error in it).
+    pub fn fail_transaction(&mut self) {
+        if let Some(t) = &mut self.txn {
+            t.failed = true;
+        }
+    }
+
+    /// Ends any open transaction block without committing (the client went away).
+    pub fn abandon(&mut self) {
+        self.txn = None;
+    }
+
+    /// The columns a statement returns, without running it (Describe).
+    pub fn describe(&self, stmt: &Statement) -> Option<Vec<ColumnDesc>> {
+        let col = |name: &str, type_oid| ColumnDesc {
+            name: name.into(),
+            type_oid,
+        };
+        match stmt {
+            Statement::Select(s) => Some(match &s.projection {
+                Projection::Count => vec![col("count", oid::INT8)],
+                Projection::Columns(cols) => cols
+                    .iter()
+                    .map(|c| match c {
+                        Column::Key => col("key", oid::TEXT),
+                        Column::Value => col("value", oid::TEXT),
+                    })
+                    .collect(),
+            }),
+            Statement::Functions(items) => Some(
+                items
+                    .iter()
+                    .map(|i| {
+                        let t = match &i.func {
+                            Func::CurrentWalLsn
+                            | Func::CurrentWalInsertLsn
+                            | Func::CurrentWalFlushLsn
+                            | Func::SwitchWal
+                            | Func::LastWalReceiveLsn
+                            | Func::LastWalReplayLsn => oid::PG_LSN,
+                            Func::IsInRecovery => oid::BOOL,
+                            Func::Literal(Expr::Lit(s)) if s.parse::<i32>().is_ok() => oid::INT4,
+                            _ => oid::TEXT,
+                        };
+                        col(&i.name, t)
+                    })
+                    .collect(),
+            ),
+            Statement::Show { name } => Some(vec![col(name, oid::TEXT)]),
+            _ => None,
+        }
+    }
+
+    /// The types of a statement's parameters: `LIMIT $n` is bigint, every
+    /// other parameter text.
+    pub fn param_types(stmt: &Statement) -> Vec<u32> {
+        let mut types = vec![oid::TEXT; stmt.param_count()];
+        if let Statement::Select(Select {
+            limit: Some(Expr::Param(i)),
+            ..
+        }) = stmt
+        {
+            types[*i] = oid::INT8;
+        }
+        types
+    }
+
+    /// Runs one statement. On error inside a transaction block the caller
+    /// must call [`Session::fail_transaction`].
+    pub fn execute(
+        &mut self,
+        stmt: &Statement,
+        params: &[Option<String>],
+    ) -> Result<QueryResult, PgError> {
+        if let Some(t) = &self.txn {
+            if t.failed && !matches!(stmt, Statement::Commit | Statement::Rollback) {
+                return Err(PgError::new(
+                    code::IN_FAILED_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+        }
+        let tag = |t: &str| QueryResult {
+            tag: t.into(),
+            ..Default::default()
+        };
+        match stmt {
+            Statement::Begin => {
+                if self.txn.is_none() {
+                    self.txn = Some(Txn::default());
+                }
+                Ok(tag("BEGIN"))
+            }
+            Statement::Commit => {
+                let Some(txn) = self.txn.take() else {
+                    return Ok(tag("COMMIT"));
+                };
+                if txn.failed {
+                    return Ok(tag("ROLLBACK"));
+                }
+                if !txn.ops.is_empty() {
+                    self.check_writable()?;
+                    let must = txn.must_be_absent;
+                    self.host.db().write(self.durability(), |view| {
+                        if let Some(k) = must.iter().find(|k| view.get(k).is_some()) {
+                            return Err(unique_violation(k));
+                        }
+                        Ok((txn.ops, ()))
+                    })?;
+                }
+                Ok(tag("COMMIT"))
+            }
+            Statement::Rollback => {
+                self.txn = None;
+                Ok(tag("ROLLBACK"))
+            }
+            Statement::Insert { rows, on_conflict } => self.insert(rows, *on_conflict, params),
+            Statement::Update { key, value } => {
+                let key = resolve_key(key, params)?;
+                let value = resolve_value(value, params)?;
+                let n = self.write_one(key, Some(value), |exists| exists)?;
+                Ok(tag(&format!("UPDATE {n}")))
+            }
+            Statement::Delete { key } => {
+                let key = resolve_key(key, params)?;
+                let n = self.write_one(key, None, |exists| exists)?;
+                Ok(tag(&format!("DELETE {n}")))
+            }
+            Statement::Select(s) => self.select(s, params),
+            Statement::Functions(items) => self.functions(stmt, items, params),
+            Statement::Set { name, value } => {
+                self.set(name, value.as_deref())?;
+                Ok(tag("SET"))
+            }
+            Statement::Show { name } => {
+                let value = self.show(name)?;
+                Ok(QueryResult {
+                    columns: self.describe(stmt),
+                    rows: vec![vec![Some(Value::Text(value))]],
+                    tag: "SHOW".into(),
+                })
+            }
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), PgError> {
+        match self.host.write_refusal() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// A key's value as this session sees it.
+    fn lookup(&self, store: &Store, key: &str) -> Option<String> {
+        if let Some(t) = &self.txn {
+            if let Some(v) = t.writes.get(key) {
+                return v.clone();
+            }
+        }
+        store.get(key).map(str::to_string)
+    }
+
+    fn insert(
+        &mut self,
+        rows: &[(Expr, Expr)],
+        on_conflict: OnConflict,
+        params: &[Option<String>],
+    ) -> Result<QueryResult, PgError> {
+        self.check_writable()?;
+        let mut resolved = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            resolved.push((resolve_key(k, params)?, resolve_value(v, params)?));
+        }
+        // Decide each row against `exists`, which sees earlier rows of this
+        // statement too.
+        let decide =
+            |exists: &dyn Fn(&str) -> bool| -> Result<(Vec<KvOp>, Vec<String>, usize), PgError> {
+                let mut ops = Vec::new();
+                let mut absent = Vec::new();
+                let mut mine: HashMap<&str, ()> = HashMap::new();
+                let mut n = 0;
+                for (key, value) in &resolved {
+                    let present = mine.contains_key(key.as_str()) || exists(key);
+                    if present {
+                        match on_conflict {
+                        OnConflict::Error => return Err(unique_violation(key)),
+                        OnConflict::DoNothing => continue,
+                        OnConflict::DoUpdate if mine.contains_key(key.as_str()) => {
+                            return Err(PgError::new(
+                                code::CARDINALITY_VIOLATION,
+                                "ON CONFLICT DO UPDATE command cannot affect row a second time",
+                            )
+                            .with_hint("Ensure that no rows proposed for insertion within the same command have duplicate constrained values."))
+                        }
+                        OnConflict::DoUpdate => {}
+                    }
+                    } else if on_conflict == OnConflict::Error {
+                        absent.push(key.clone());
+                    }
+                    mine.insert(key, ());
+                    ops.push(KvOp::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                    });
+                    n += 1;
+                }
+                Ok((ops, absent, n))
+            };
+        let n = if self.txn.is_some() {
+            let (ops, absent, n) = {
+                let store = self.host.db().read();
+                decide(&|k| self.lookup(&store, k).is_some())?
+            };
+            self.buffer(ops, absent);
+            n
+        } else {
+            let (n, _) = self.host.db().write(self.durability(), |view| {
+                let (ops, _, n) = decide(&|k| view.get(k).is_some())?;
+                Ok::<_, PgError>((ops, n))
+            })?;
+            n
+        };
+        Ok(QueryResult {
+            tag: format!("INSERT 0 {n}"),
+            ..Default::default()
+        })
+    }
+
+    /// UPDATE (value `Some`) or DELETE (`None`) of one key, if `applies`
+    /// to whether it exists. Returns the row count.
+    fn write_one(
+        &mut self,
+        key: String,
+        value: Option<String>,
+        applies: impl Fn(bool) -> bool,
+    ) -> Result<usize, PgError> {
+        self.check_writable()?;
+        let op = match value {
+            Some(value) => KvOp::Put {
+                key: key.clone(),
+                value,
+            },
+            None => KvOp::Delete { key: key.clone() },
+        };
+        if self.txn.is_some() {
+            let exists = self.lookup(&self.host.db().read(), &key).is_some();
+            if !applies(exists) {
+                return Ok(0);
+            }
+            self.buffer(vec![op], vec![]);
+            return Ok(1);
+        }
+        let (n, _) = self.host.db().write(self.durability(), |view| {
+            if applies(view.get(&key).is_some()) {
+                Ok::<_, PgError>((vec![op], 1))
+            } else {
+                Ok((vec![], 0))
+            }
+        })?;
+        Ok(n)
+    }
+
+    fn buffer(&mut self, ops: Vec<KvOp>, absent: Vec<String>) {
+        if let Some(t) = &mut self.txn {
+            for op in &ops {
+                let v = match op {
+                    KvOp::Put { value, .. } => Some(value.clone()),
+                    KvOp::Delete { .. } => None,
+                };
+                t.writes.insert(op.key().to_string(), v);
+            }
+            t.ops.extend(ops);
+            t.must_be_absent.extend(absent);
+        }
+    }
+
+    fn select(&self, s: &Select, params: &[Option<String>]) -> Result<QueryResult, PgError> {
+        let limit = match &s.limit {
+            None => None,
+            Some(e) => match resolve(e, params)? {
+                None => None,
+                Some(v) => Some(
+                    v.trim()
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| {
+                            PgError::new(
+                                code::INVALID_TEXT_REPRESENTATION,
+                                format!(
+                                    "invalid LIMIT \"{v}\": expected a non-negative whole number"
+                                ),
+                            )
+                        })? as usize,
+                ),
+            },
+        };
+        let store = self.host.db().read();
+        let (lo, hi, prefix): (Bound<String>, Bound<String>, Option<String>) = match &s.filter {
+            Filter::All => (Bound::Unbounded, Bound::Unbounded, None),
+            Filter::Key(k) => match resolve(k, params)? {
+                None => (
+                    Bound::Excluded(String::new()),
+                    Bound::Excluded(String::new()),
+                    None,
+                ),
+                Some(k) => (Bound::Included(k.clone()), Bound::Included(k), None),
+            },
+            Filter::Range { lo, hi } => {
+                let b = |x: &Option<(Expr, bool)>| -> Result<Bound<String>, PgError> {
+                    Ok(match x {
+                        None => Bound::Unbounded,
+                        Some((e, incl)) => match resolve(e, params)? {
+                            None => Bound::Excluded(String::new()),
+                            Some(v) if *incl => Bound::Included(v),
+                            Some(v) => Bound::Excluded(v),
+                        },
+                    })
+                };
+                (b(lo)?, b(hi)?, None)
+            }
+            Filter::Like(p) => {
+                let pattern = resolve(p, params)?.unwrap_or_default();
+                match like_prefix(&pattern) {
+                    Some(prefix) => (
+                        Bound::Included(prefix.clone()),
+                        Bound::Unbounded,
+                        Some(prefix),
+                    ),
+                    None => {
+                        return Err(PgError::new(
+                            code::FEATURE_NOT_SUPPORTED,
+                            format!("LIKE pattern '{pattern}' is not supported"),
+                        )
+                        .with_hint("walship supports exact keys and prefixes: key LIKE 'prefix%'"))
+                    }
+                }
+            }
+        };
+        let empty_range = matches!((&lo, &hi), (Bound::Excluded(a), Bound::Excluded(b)) if a.is_empty() && b.is_empty())
+            || matches!((&lo, &hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b);
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut counted = 0usize;
+        if !empty_range {
+            let in_prefix = |k: &str| prefix.as_deref().is_none_or(|p| k.starts_with(p));
+            let own = self
+                .txn
+                .as_ref()
+                .map(|t| &t.writes)
+                .filter(|w| !w.is_empty());
+            let lo_ref = bound_ref(&lo);
+            let hi_ref = bound_ref(&hi);
+            let count_only = s.projection == Projection::Count;
+            match own {
+                None if count_only => {
+                    counted = store
+                        .range(lo_ref, hi_ref)
+                        .take_while(|(k, _)| in_prefix(k))
+                        .count();
+                }
+                None => {
+                    let iter = store.range(lo_ref, hi_ref);
+                    let want = limit.unwrap_or(usize::MAX);
+                    let push = |(k, v): (&str, &str)| rows.push((k.to_string(), v.to_string()));
+                    if s.descending {
+                        iter.rev()
+                            .filter(|(k, _)| in_prefix(k))
+                            .take(want)
+                            .for_each(push);
+                    } else {
+                        iter.take_while(|(k, _)| in_prefix(k))
+                            .take(want)
+                            .for_each(push);
+                    }
+                }
+                Some(own) => {
+                    let mut merged: BTreeMap<String, String> = store
+                        .range(lo_ref, hi_ref)
+                        .filter(|(k, _)| in_prefix(k))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    for (k, v) in own
+                        .range::<String, _>((lo.clone(), hi.clone()))
+                        .filter(|(k, _)| in_prefix(k))
+                    {
+                        match v {
+                            Some(v) => merged.insert(k.clone(), v.clone()),
+                            None => merged.remove(k),
+                        };
+                    }
+                    counted = merged.len();
+                    rows = merged.into_iter().collect();
+                    if s.descending {
+                        rows.reverse();
+                    }
+                    if !count_only {
+                        rows.truncate(limit.unwrap_or(usize::MAX));
+                    }
+                }
+            }
+        }
+        drop(store);
+        let columns = self.describe(&Statement::Select(s.clone()));
+        let result_rows: Vec<Vec<Option<Value>>> = match &s.projection {
+            Projection::Count if limit == Some(0) => vec![],
+            Projection::Count => vec![vec![Some(Value::Int(counted as i64))]],
+            Projection::Columns(cols) => rows
+                .into_iter()
+                .map(|(k, v)| {
+                    cols.iter()
+                        .map(|c| {
+                            Some(Value::Text(match c {
+                                Column::Key => k.clone(),
+                                Column::Value => v.clone(),
+                            }))
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
+        Ok(QueryResult {
+            tag: format!("SELECT {}", result_rows.len()),
+            columns,
+            rows: result_rows,
+        })
+    }
+
+    fn functions(
+        &mut self,
+        stmt: &Statement,
+        items: &[super::parse::FuncItem],
+        params: &[Option<String>],
+    ) -> Result<QueryResult, PgError> {
+        let db = self.host.db();
+        let mut row = Vec::with_capacity(items.len());
+        for item in items {
+            let v = match &item.func {
+                Func::CurrentWalLsn | Func::CurrentWalInsertLsn => {
+                    Some(Value::Lsn(db.wal().insert_lsn()))
+                }
+                Func::CurrentWalFlushLsn => Some(Value::Lsn(db.wal().flushed_lsn())),
+                Func::SwitchWal => {
+                    self.check_writable()?;
+                    Some(Value::Lsn(db.switch_wal()?))
+                }
+                Func::IsInRecovery => Some(Value::Bool(self.host.in_recovery())),
+                Func::LastWalReceiveLsn => self.host.last_receive_lsn().map(Value::Lsn),
+                Func::LastWalReplayLsn => self.host.last_replay_lsn().map(Value::Lsn),
+                Func::Version => Some(Value::Text(format!(
+                    "PostgreSQL 15.0 (walship {})",
+                    env!("CARGO_PKG_VERSION")
+                ))),
+                Func::CurrentSetting(e) => {
+                    let name = resolve(e, params)?.unwrap_or_default();
+                    Some(Value::Text(self.show(&name.to_ascii_lowercase())?))
+                }
+                Func::Literal(e) => resolve(e, params)?.map(|s| match s.parse::<i32>() {
+                    Ok(i) => Value::Int(i64::from(i)),
+                    Err(_) => Value::Text(s),
+                }),
+            };
+            row.push(v);
+        }
+        Ok(QueryResult {
+            columns: self.describe(stmt),
+            rows: vec![row],
+            tag: "SELECT 1".into(),
+        })
+    }
+
+    fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), PgError> {
+        let value = value.filter(|v| !v.eq_ignore_ascii_case("default"));
+        if name == "synchronous_commit" {
+            self.synchronous_commit = match value {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|why: String| {
+                    PgError::new(
+                        code::INVALID_PARAMETER_VALUE,
+                        format!("invalid value for parameter \"synchronous_commit\": \"{v}\""),
+                    )
+                    .with_hint(why)
+                })?),
+            };
+            return Ok(());
+        }
+        let Some((_, default)) = SESSION_PARAMS.iter().find(|(n, _)| *n == name) else {
+            return Err(if self.host.settings().show(name).is_some() {
+                PgError::new(
+                    code::CANT_CHANGE_RUNTIME_PARAM,
+                    format!("parameter \"{name}\" cannot be changed now"),
+                )
+                .with_hint("set it in walship.conf; settings marked (reload) change on SIGHUP")
+            } else {
+                PgError::new(
+                    code::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            });
+        };
+        self.params
+            .insert(name.to_string(), value.unwrap_or(default).to_string());
+        Ok(())
+    }
+
+    fn show(&self, name: &str) -> Result<String, PgError> {
+        if name == "synchronous_commit" {
+            return Ok(self.synchronous_commit().to_string());
+        }
+        if let Some(v) = self.params.get(name) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.host.settings().show(name) {
+            return Ok(v);
+        }
+        self.host.show(name).ok_or_else(|| {
+            PgError::new(
+                code::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+        })
+    }
+}
+
+fn bound_ref(b: &Bound<String>) -> Bound<&str> {
+    match b {
+        Bound::Included(s) => Bound::Included(s.as_str()),
+        Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// `'abc%'` → `abc`: the only LIKE patterns walship serves are a literal
+/// prefix followed by one `%` (with `\` escaping `%`, `_` and `\`).
+fn like_prefix(pattern: &str) -> Option<String> {
+    let mut prefix = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => prefix.push(chars.next()?),
+            '%' => return chars.as_str().is_empty().then_some(prefix),
+            '_' => return None,
+            c => prefix.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_prefixes() {
+        assert_eq!(like_prefix("abc%"), Some("abc".into()));
+        assert_eq!(like_prefix("%"), Some("".into()));
+        assert_eq!(like_prefix("a\\%b%"), Some("a%b".into()));
+        assert_eq!(like_prefix("a%b"), None);
+        assert_eq!(like_prefix("a_%"), None);
+        assert_eq!(like_prefix("abc"), None);
+    }
+}

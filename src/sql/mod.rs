@@ -1,0 +1,5 @@
+//! The SQL subset on the `kv` table: parsing (with sqlparser) and executing
+//! against the store.
+
+pub mod exec;
+pub mod parse;

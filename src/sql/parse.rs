@@ -1,0 +1,862 @@
+//! From SQL text to walship's statements, through sqlparser's PostgreSQL
+//! dialect. Anything outside the `kv` subset is refused with the SQLSTATE
+//! PostgreSQL would use and a message naming what is supported.
+
+use sqlparser::ast::{
+    self, AssignmentTarget, CastKind, ConflictTarget, DataType, FromTable, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GroupByExpr, ObjectName, OnConflictAction, OnInsert,
+    SelectItem, SetExpr, TableFactor, TableWithJoins, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::sqlstate::{code, PgError};
+
+/// What walship supports, for error messages.
+pub const SUPPORTED: &str = "walship supports INSERT, UPDATE, DELETE and SELECT on the table kv (key text primary key, value text), \
+BEGIN/COMMIT/ROLLBACK, SET/SHOW, and the functions pg_current_wal_lsn(), pg_switch_wal(), pg_is_in_recovery(), \
+pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), version() and current_setting()";
+
+/// A value in a statement: a literal, or a parameter filled in at Bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expr {
+    Lit(String),
+    /// `$n`, zero-based.
+    Param(usize),
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Plain INSERT: an existing key is a unique violation.
+    Error,
+    DoNothing,
+    DoUpdate,
+}
+
+/// The columns a SELECT on kv returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    Key,
+    Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Projection {
+    Columns(Vec<Column>),
+    Count,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    Key(Expr),
+    /// Lower and upper bounds, each with "inclusive".
+    Range {
+        lo: Option<(Expr, bool)>,
+        hi: Option<(Expr, bool)>,
+    },
+    /// `key LIKE 'prefix%'`: the pattern.
+    Like(Expr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Select {
+    pub projection: Projection,
+    pub filter: Filter,
+    pub descending: bool,
+    pub limit: Option<Expr>,
+}
+
+/// A function walship evaluates in a FROM-less SELECT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Func {
+    CurrentWalLsn,
+    CurrentWalInsertLsn,
+    CurrentWalFlushLsn,
+    SwitchWal,
+    IsInRecovery,
+    LastWalReceiveLsn,
+    LastWalReplayLsn,
+    Version,
+    CurrentSetting(Expr),
+    Literal(Expr),
+}
+
+/// One item of a FROM-less SELECT, with its output column name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FuncItem {
+    pub name: String,
+    pub func: Func,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Statement {
+    Insert {
+        rows: Vec<(Expr, Expr)>,
+        on_conflict: OnConflict,
+    },
+    Update {
+        key: Expr,
+        value: Expr,
+    },
+    Delete {
+        key: Expr,
+    },
+    Select(Select),
+    Functions(Vec<FuncItem>),
+    Begin,
+    Commit,
+    Rollback,
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    Show {
+        name: String,
+    },
+}
+
+impl Statement {
+    /// The number of parameters (`$n`) the statement uses.
+    pub fn param_count(&self) -> usize {
+        let mut max = 0;
+        let mut see = |e: &Expr| {
+            if let Expr::Param(i) = e {
+                max = max.max(i + 1);
+            }
+        };
+        match self {
+            Statement::Insert { rows, .. } => rows.iter().for_each(|(k, v)| {
+                see(k);
+                see(v)
+            }),
+            Statement::Update { key, value } => {
+                see(key);
+                see(value)
+            }
+            Statement::Delete { key } => see(key),
+            Statement::Select(s) => {
+                match &s.filter {
+                    Filter::All => {}
+                    Filter::Key(e) | Filter::Like(e) => see(e),
+                    Filter::Range { lo, hi } => {
+                        lo.iter().chain(hi.iter()).for_each(|(e, _)| see(e));
+                    }
+                }
+                s.limit.iter().for_each(&mut see);
+            }
+            Statement::Functions(items) => items.iter().for_each(|i| match &i.func {
+                Func::CurrentSetting(e) | Func::Literal(e) => see(e),
+                _ => {}
+            }),
+            _ => {}
+        }
+        max
+    }
+}
+
+fn unsupported(what: impl std::fmt::Display) -> PgError {
+    PgError::new(
+        code::FEATURE_NOT_SUPPORTED,
+        format!("{what} is not supported"),
+    )
+    .with_hint(SUPPORTED)
+}
+
+/// Parses one query string (which may hold several statements, as the
+/// simple query protocol allows).
+pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
+        PgError::new(
+            code::SYNTAX_ERROR,
+            format!("syntax error: {}", strip_parser_prefix(&e.to_string())),
+        )
+    })?;
+    statements.into_iter().map(convert).collect()
+}
+
+fn strip_parser_prefix(msg: &str) -> &str {
+    msg.strip_prefix("sql parser error: ").unwrap_or(msg)
+}
+
+fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
+    match stmt {
+        ast::Statement::Insert(insert) => convert_insert(insert),
+        ast::Statement::Update {
+            table,
+            assignments,
+            from,
+            selection,
+            returning,
+        } => {
+            check_table(&table)?;
+            if from.is_some() || returning.is_some() {
+                return Err(unsupported("UPDATE … FROM / RETURNING"));
+            }
+            let [assignment] = &assignments[..] else {
+                return Err(unsupported("UPDATE of anything but SET value = …"));
+            };
+            let AssignmentTarget::ColumnName(col) = &assignment.target else {
+                return Err(unsupported("tuple assignment"));
+            };
+            match column(col)? {
+                Column::Value => {}
+                Column::Key => {
+                    return Err(unsupported(
+                        "changing a key with UPDATE (DELETE and INSERT instead)",
+                    ))
+                }
+            }
+            let value = expr(&assignment.value)?;
+            let key = key_equals(selection.as_ref(), "UPDATE")?;
+            Ok(Statement::Update { key, value })
+        }
+        ast::Statement::Delete(delete) => {
+            let tables = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let [table] = &tables[..] else {
+                return Err(unsupported("DELETE from several tables"));
+            };
+            check_table(table)?;
+            if delete.using.is_some() || delete.returning.is_some() || delete.limit.is_some() {
+                return Err(unsupported("DELETE … USING / RETURNING / LIMIT"));
+            }
+            let key = key_equals(delete.selection.as_ref(), "DELETE")?;
+            Ok(Statement::Delete { key })
+        }
+        ast::Statement::Query(query) => convert_query(*query),
+        ast::Statement::StartTransaction { .. } => Ok(Statement::Begin),
+        ast::Statement::Commit { .. } => Ok(Statement::Commit),
+        ast::Statement::Rollback {
+            savepoint: None, ..
+        } => Ok(Statement::Rollback),
+        ast::Statement::Rollback { .. } => Err(unsupported("ROLLBACK TO SAVEPOINT")),
+        ast::Statement::SetVariable {
+            variables, value, ..
+        } => {
+            let name = match variables {
+                ast::OneOrManyWithParens::One(n) => object_name(&n),
+                ast::OneOrManyWithParens::Many(_) => {
+                    return Err(unsupported("SET of several variables"))
+                }
+            };
+            let value = match &value[..] {
+                [one] => Some(setting_value(one)?),
+                _ => return Err(unsupported("SET with a list of values")),
+            };
+            Ok(Statement::Set { name, value })
+        }
+        ast::Statement::SetTimeZone { .. } => Ok(Statement::Set {
+            name: "timezone".into(),
+            value: None,
+        }),
+        ast::Statement::ShowVariable { variable } => Ok(Statement::Show {
+            name: variable
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }),
+        other => {
+            let text = other.to_string();
+            let verb: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            Err(unsupported(verb))
+        }
+    }
+}
+
+fn setting_value(e: &ast::Expr) -> Result<String, PgError> {
+    match e {
+        ast::Expr::Value(Value::SingleQuotedString(s)) => Ok(s.clone()),
+        ast::Expr::Value(Value::Number(n, _)) => Ok(n.clone()),
+        ast::Expr::Value(Value::Boolean(b)) => Ok(if *b { "on" } else { "off" }.into()),
+        ast::Expr::Identifier(i) => Ok(i.value.clone()),
+        ast::Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => Ok(format!("-{}", setting_value(expr)?)),
+        other => Err(PgError::new(
+            code::SYNTAX_ERROR,
+            format!("invalid value for SET: {other}"),
+        )),
+    }
+}
+
+fn object_name(n: &ObjectName) -> String {
+    n.0.last()
+        .map(|i| i.value.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn check_table_name(name: &ObjectName) -> Result<(), PgError> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect();
+    match &parts[..] {
+        [t] if t == "kv" => Ok(()),
+        [s, t] if (s == "public") && t == "kv" => Ok(()),
+        _ => Err(PgError::new(
+            code::UNDEFINED_TABLE,
+            format!("relation \"{name}\" does not exist"),
+        )
+        .with_hint("walship has one table: kv (key text primary key, value text)")),
+    }
+}
+
+fn check_table(t: &TableWithJoins) -> Result<(), PgError> {
+    if !t.joins.is_empty() {
+        return Err(unsupported("JOIN"));
+    }
+    match &t.relation {
+        TableFactor::Table {
+            name, args: None, ..
+        } => check_table_name(name),
+        other => Err(unsupported(format!("FROM {other}"))),
+    }
+}
+
+fn column(name: &ObjectName) -> Result<Column, PgError> {
+    column_ident(&object_name(name))
+}
+
+fn column_ident(name: &str) -> Result<Column, PgError> {
+    match name {
+        "key" => Ok(Column::Key),
+        "value" => Ok(Column::Value),
+        _ => Err(PgError::new(
+            code::UNDEFINED_COLUMN,
+            format!("column \"{name}\" does not exist"),
+        )
+        .with_hint("kv has the columns key and value")),
+    }
+}
+
+fn column_of(e: &ast::Expr) -> Option<Column> {
+    match e {
+        ast::Expr::Identifier(i) => column_ident(&i.value.to_ascii_lowercase()).ok(),
+        ast::Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .and_then(|i| column_ident(&i.value.to_ascii_lowercase()).ok()),
+        _ => None,
+    }
+}
+
+/// A value expression: a literal, `$n`, NULL, or one of those cast to text.
+fn expr(e: &ast::Expr) -> Result<Expr, PgError> {
+    match e {
+        ast::Expr::Value(v) => match v {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::DollarQuotedString(ast::DollarQuotedString { value: s, .. }) => {
+                Ok(Expr::Lit(s.clone()))
+            }
+            Value::Number(n, _) => Ok(Expr::Lit(n.clone())),
+            Value::Boolean(b) => Ok(Expr::Lit(b.to_string())),
+            Value::Null => Ok(Expr::Null),
+            Value::Placeholder(p) => {
+                let n: usize = p
+                    .strip_prefix('$')
+                    .and_then(|d| d.parse().ok())
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| {
+                        PgError::new(code::SYNTAX_ERROR, format!("invalid parameter {p}"))
+                    })?;
+                Ok(Expr::Param(n - 1))
+            }
+            other => Err(unsupported(format!("the value {other}"))),
+        },
+        ast::Expr::Cast {
+            expr: inner,
+            data_type,
+            kind: CastKind::DoubleColon | CastKind::Cast,
+            ..
+        } => match data_type {
+            DataType::Text
+            | DataType::Varchar(_)
+            | DataType::String(_)
+            | DataType::CharacterVarying(_) => expr(inner),
+            DataType::Custom(n, _) if object_name(n) == "pg_lsn" => expr(inner),
+            other => Err(unsupported(format!("a cast to {other}"))),
+        },
+        ast::Expr::Nested(inner) => expr(inner),
+        ast::Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr: inner,
+        } => match expr(inner)? {
+            Expr::Lit(n) if n.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+                Ok(Expr::Lit(format!("-{n}")))
+            }
+            _ => Err(unsupported(format!("the expression {e}"))),
+        },
+        other => Err(unsupported(format!("the expression {other}"))),
+    }
+}
+
+fn key_equals(selection: Option<&ast::Expr>, verb: &str) -> Result<Expr, PgError> {
+    if let Some(ast::Expr::BinaryOp {
+        left,
+        op: ast::BinaryOperator::Eq,
+        right,
+    }) = selection
+    {
+        if column_of(left) == Some(Column::Key) {
+            return expr(right);
+        }
+        if column_of(right) == Some(Column::Key) {
+            return expr(left);
+        }
+    }
+    Err(unsupported(format!("{verb} without WHERE key = …")))
+}
+
+fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
+    check_table_name(&insert.table_name)?;
+    if insert.returning.is_some() {
+        return Err(unsupported("INSERT … RETURNING"));
+    }
+    let order: Vec<Column> = if insert.columns.is_empty() {
+        vec![Column::Key, Column::Value]
+    } else {
+        insert
+            .columns
+            .iter()
+            .map(|c| column_ident(&c.value.to_ascii_lowercase()))
+            .collect::<Result<_, _>>()?
+    };
+    let key_at = order
+        .iter()
+        .position(|c| *c == Column::Key)
+        .ok_or_else(|| {
+            PgError::new(
+                code::NOT_NULL_VIOLATION,
+                "null value in column \"key\" of relation \"kv\" violates not-null constraint",
+            )
+        })?;
+    let value_at = order.iter().position(|c| *c == Column::Value);
+    let Some(source) = insert.source else {
+        return Err(unsupported("INSERT without VALUES"));
+    };
+    let SetExpr::Values(values) = *source.body else {
+        return Err(unsupported("INSERT … SELECT"));
+    };
+    let mut rows = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
+        if row.len() != order.len() {
+            return Err(PgError::new(
+                code::SYNTAX_ERROR,
+                format!(
+                    "INSERT has {} expressions for {} target columns",
+                    row.len(),
+                    order.len()
+                ),
+            ));
+        }
+        let key = expr(&row[key_at])?;
+        let value = match value_at {
+            Some(i) => expr(&row[i])?,
+            None => Expr::Null,
+        };
+        rows.push((key, value));
+    }
+    let on_conflict = match insert.on {
+        None => OnConflict::Error,
+        Some(OnInsert::OnConflict(oc)) => {
+            match &oc.conflict_target {
+                None => {}
+                Some(ConflictTarget::Columns(cols))
+                    if cols.len() == 1 && cols[0].value.eq_ignore_ascii_case("key") => {}
+                Some(_) => return Err(unsupported("ON CONFLICT on anything but (key)")),
+            }
+            match oc.action {
+                OnConflictAction::DoNothing => OnConflict::DoNothing,
+                OnConflictAction::DoUpdate(du) => {
+                    let ok = du.selection.is_none()
+                        && du.assignments.len() == 1
+                        && matches!(&du.assignments[0].target, AssignmentTarget::ColumnName(c) if column(c).ok() == Some(Column::Value))
+                        && matches!(&du.assignments[0].value, ast::Expr::CompoundIdentifier(p)
+                            if p.len() == 2 && p[0].value.eq_ignore_ascii_case("excluded") && p[1].value.eq_ignore_ascii_case("value"));
+                    if !ok {
+                        return Err(unsupported(
+                            "ON CONFLICT DO UPDATE other than SET value = excluded.value",
+                        ));
+                    }
+                    OnConflict::DoUpdate
+                }
+            }
+        }
+        Some(OnInsert::DuplicateKeyUpdate(_)) => {
+            return Err(unsupported("ON DUPLICATE KEY UPDATE"))
+        }
+        Some(other) => return Err(unsupported(other)),
+    };
+    Ok(Statement::Insert { rows, on_conflict })
+}
+
+fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
+    if query.with.is_some()
+        || query.offset.is_some()
+        || query.fetch.is_some()
+        || !query.locks.is_empty()
+    {
+        return Err(unsupported("WITH / OFFSET / FETCH / FOR UPDATE"));
+    }
+    let SetExpr::Select(select) = *query.body else {
+        return Err(unsupported("UNION, VALUES or a parenthesized query"));
+    };
+    let select = *select;
+    if select.distinct.is_some()
+        || select.having.is_some()
+        || !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+    {
+        return Err(unsupported("DISTINCT / GROUP BY / HAVING"));
+    }
+    if select.from.is_empty() {
+        if query.order_by.is_some() || select.selection.is_some() {
+            return Err(unsupported("WHERE or ORDER BY without FROM"));
+        }
+        return select
+            .projection
+            .iter()
+            .map(func_item)
+            .collect::<Result<_, _>>()
+            .map(Statement::Functions);
+    }
+    let [table] = &select.from[..] else {
+        return Err(unsupported("SELECT from several tables"));
+    };
+    check_table(table)?;
+    let projection = projection(&select.projection)?;
+    let filter = match &select.selection {
+        None => Filter::All,
+        Some(e) => filter(e)?,
+    };
+    let descending = match &query.order_by {
+        None => false,
+        Some(ob) => match &ob.exprs[..] {
+            [o] if column_of(&o.expr) == Some(Column::Key) => o.asc == Some(false),
+            _ => return Err(unsupported("ORDER BY anything but key")),
+        },
+    };
+    let limit = query.limit.as_ref().map(expr).transpose()?;
+    Ok(Statement::Select(Select {
+        projection,
+        filter,
+        descending,
+        limit,
+    }))
+}
+
+fn projection(items: &[SelectItem]) -> Result<Projection, PgError> {
+    let mut cols = Vec::new();
+    for item in items {
+        let e = match item {
+            SelectItem::Wildcard(_) => {
+                cols.extend([Column::Key, Column::Value]);
+                continue;
+            }
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            SelectItem::QualifiedWildcard(..) => {
+                cols.extend([Column::Key, Column::Value]);
+                continue;
+            }
+        };
+        if let ast::Expr::Function(f) = e {
+            if object_name(&f.name) == "count" && items.len() == 1 {
+                return Ok(Projection::Count);
+            }
+        }
+        match column_of(e) {
+            Some(c) => cols.push(c),
+            None => return Err(unsupported(format!("selecting {e}"))),
+        }
+    }
+    Ok(Projection::Columns(cols))
+}
+
+fn filter(e: &ast::Expr) -> Result<Filter, PgError> {
+    use ast::BinaryOperator as B;
+    match e {
+        ast::Expr::BinaryOp {
+            left,
+            op: B::Eq,
+            right,
+        } if column_of(left) == Some(Column::Key) => Ok(Filter::Key(expr(right)?)),
+        ast::Expr::BinaryOp {
+            left,
+            op: B::Eq,
+            right,
+        } if column_of(right) == Some(Column::Key) => Ok(Filter::Key(expr(left)?)),
+        ast::Expr::Like {
+            negated: false,
+            any: false,
+            expr: col,
+            pattern,
+            escape_char: None,
+        } if column_of(col) == Some(Column::Key) => Ok(Filter::Like(expr(pattern)?)),
+        ast::Expr::Between {
+            expr: col,
+            negated: false,
+            low,
+            high,
+        } if column_of(col) == Some(Column::Key) => Ok(Filter::Range {
+            lo: Some((expr(low)?, true)),
+            hi: Some((expr(high)?, true)),
+        }),
+        ast::Expr::BinaryOp {
+            left,
+            op: B::And,
+            right,
+        } => {
+            let (a, b) = (bound(left)?, bound(right)?);
+            let mut lo = None;
+            let mut hi = None;
+            for (is_lo, v) in [a, b] {
+                let slot = if is_lo { &mut lo } else { &mut hi };
+                if slot.is_some() {
+                    return Err(unsupported("two lower or two upper bounds on key"));
+                }
+                *slot = Some(v);
+            }
+            Ok(Filter::Range { lo, hi })
+        }
+        ast::Expr::Nested(inner) => filter(inner),
+        other => match bound(other) {
+            Ok((true, v)) => Ok(Filter::Range {
+                lo: Some(v),
+                hi: None,
+            }),
+            Ok((false, v)) => Ok(Filter::Range {
+                lo: None,
+                hi: Some(v),
+            }),
+            Err(_) => Err(unsupported(format!(
+                "WHERE {other} (use key = …, key >= … AND key < …, or key LIKE 'prefix%')"
+            ))),
+        },
+    }
+}
+
+/// `key >= x` and friends: (is a lower bound, (value, inclusive)).
+fn bound(e: &ast::Expr) -> Result<(bool, (Expr, bool)), PgError> {
+    use ast::BinaryOperator as B;
+    if let ast::Expr::BinaryOp { left, op, right } = e {
+        let (flip, other) = if column_of(left) == Some(Column::Key) {
+            (false, right)
+        } else if column_of(right) == Some(Column::Key) {
+            (true, left)
+        } else {
+            return Err(unsupported(format!("WHERE {e}")));
+        };
+        let (lower, inclusive) = match op {
+            B::Gt => (true, false),
+            B::GtEq => (true, true),
+            B::Lt => (false, false),
+            B::LtEq => (false, true),
+            _ => return Err(unsupported(format!("WHERE {e}"))),
+        };
+        return Ok((lower != flip, (expr(other)?, inclusive)));
+    }
+    Err(unsupported(format!("WHERE {e}")))
+}
+
+fn func_item(item: &SelectItem) -> Result<FuncItem, PgError> {
+    let (e, alias) = match item {
+        SelectItem::UnnamedExpr(e) => (e, None),
+        SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+        _ => return Err(unsupported("* without FROM")),
+    };
+    let (name, func) = match e {
+        ast::Expr::Function(f) => {
+            let name = object_name(&f.name);
+            let args: Vec<&ast::Expr> = match &f.args {
+                FunctionArguments::None => vec![],
+                FunctionArguments::List(l) => l
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
+                        _ => Err(unsupported(format!("the arguments of {name}()"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                FunctionArguments::Subquery(_) => return Err(unsupported("subqueries")),
+            };
+            let no_args = |func: Func| {
+                if args.is_empty() {
+                    Ok(func)
+                } else {
+                    Err(PgError::new(
+                        code::UNDEFINED_FUNCTION,
+                        format!("function {name} takes no arguments"),
+                    ))
+                }
+            };
+            let func = match name.as_str() {
+                "pg_current_wal_lsn" => no_args(Func::CurrentWalLsn)?,
+                "pg_current_wal_insert_lsn" => no_args(Func::CurrentWalInsertLsn)?,
+                "pg_current_wal_flush_lsn" => no_args(Func::CurrentWalFlushLsn)?,
+                "pg_switch_wal" => no_args(Func::SwitchWal)?,
+                "pg_is_in_recovery" => no_args(Func::IsInRecovery)?,
+                "pg_last_wal_receive_lsn" => no_args(Func::LastWalReceiveLsn)?,
+                "pg_last_wal_replay_lsn" => no_args(Func::LastWalReplayLsn)?,
+                "version" => no_args(Func::Version)?,
+                "current_setting" => match &args[..] {
+                    [a] => Func::CurrentSetting(expr(a)?),
+                    _ => {
+                        return Err(PgError::new(
+                            code::UNDEFINED_FUNCTION,
+                            "current_setting takes one argument",
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(PgError::new(
+                        code::UNDEFINED_FUNCTION,
+                        format!("function {name}() does not exist"),
+                    )
+                    .with_hint(SUPPORTED))
+                }
+            };
+            (name, func)
+        }
+        other => ("?column?".to_string(), Func::Literal(expr(other)?)),
+    };
+    Ok(FuncItem {
+        name: alias.unwrap_or(name),
+        func,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut v = parse(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    fn lit(s: &str) -> Expr {
+        Expr::Lit(s.into())
+    }
+
+    #[test]
+    fn the_supported_subset_parses() {
+        assert_eq!(
+            one("INSERT INTO kv VALUES ('a', 'b'), ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+            Statement::Insert { rows: vec![(lit("a"), lit("b")), (Expr::Param(0), Expr::Param(1))], on_conflict: OnConflict::DoUpdate }
+        );
+        assert_eq!(
+            one("insert into kv (value, key) values ('v', 'k') on conflict do nothing"),
+            Statement::Insert {
+                rows: vec![(lit("k"), lit("v"))],
+                on_conflict: OnConflict::DoNothing
+            }
+        );
+        assert_eq!(
+            one("UPDATE kv SET value = 'x' WHERE key = 'k'"),
+            Statement::Update {
+                key: lit("k"),
+                value: lit("x")
+            }
+        );
+        assert_eq!(
+            one("DELETE FROM kv WHERE key = $1"),
+            Statement::Delete {
+                key: Expr::Param(0)
+            }
+        );
+        assert_eq!(
+            one("SELECT value FROM kv WHERE key = :k::text"
+                .replace(":k", "'7'")
+                .as_str()),
+            Statement::Select(Select {
+                projection: Projection::Columns(vec![Column::Value]),
+                filter: Filter::Key(lit("7")),
+                descending: false,
+                limit: None
+            })
+        );
+        assert_eq!(
+            one("SELECT key, value FROM kv WHERE key >= 'a' AND key < 'b' ORDER BY key DESC LIMIT 10"),
+            Statement::Select(Select {
+                projection: Projection::Columns(vec![Column::Key, Column::Value]),
+                filter: Filter::Range { lo: Some((lit("a"), true)), hi: Some((lit("b"), false)) },
+                descending: true,
+                limit: Some(lit("10")),
+            })
+        );
+        assert!(matches!(
+            one("SELECT count(*) FROM kv WHERE key LIKE 'p%'"),
+            Statement::Select(Select {
+                projection: Projection::Count,
+                filter: Filter::Like(_),
+                ..
+            })
+        ));
+        assert_eq!(one("BEGIN"), Statement::Begin);
+        assert_eq!(one("commit"), Statement::Commit);
+        assert_eq!(
+            one("SET synchronous_commit = off"),
+            Statement::Set {
+                name: "synchronous_commit".into(),
+                value: Some("off".into())
+            }
+        );
+        assert_eq!(
+            one("SET synchronous_commit TO 'local'"),
+            Statement::Set {
+                name: "synchronous_commit".into(),
+                value: Some("local".into())
+            }
+        );
+        assert_eq!(
+            one("SHOW synchronous_commit"),
+            Statement::Show {
+                name: "synchronous_commit".into()
+            }
+        );
+        assert!(
+            matches!(one("SELECT pg_current_wal_lsn()"), Statement::Functions(f) if f[0].func == Func::CurrentWalLsn)
+        );
+        assert!(matches!(one("SELECT 1"), Statement::Functions(_)));
+        assert_eq!(
+            parse("BEGIN; INSERT INTO kv VALUES ('a','b'); COMMIT")
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn everything_else_is_refused_with_the_right_sqlstate() {
+        let code = |sql: &str| parse(sql).unwrap_err().code;
+        assert_eq!(code("SELECT * FROM users"), "42P01");
+        assert_eq!(code("SELECT nope FROM kv"), "0A000");
+        assert_eq!(code("CREATE TABLE t (a int)"), "0A000");
+        assert_eq!(code("UPDATE kv SET value = 'x'"), "0A000");
+        assert_eq!(code("SELEC 1"), "42601");
+        assert_eq!(
+            code("SELECT * FROM kv k JOIN kv j ON k.key = j.key"),
+            "0A000"
+        );
+        assert_eq!(code("SELECT nosuch()"), "42883");
+        assert_eq!(
+            code("INSERT INTO kv (key, nope) VALUES ('a', 'b')"),
+            "42703"
+        );
+        let e = parse("DROP TABLE kv").unwrap_err();
+        assert!(e
+            .hint
+            .unwrap()
+            .contains("INSERT, UPDATE, DELETE and SELECT"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The commit pipeline: decide, log, make durable, then apply.
+//!
+//! A write runs in three steps, and the order is the point:
+//!
+//! 1. Under the queue lock, the transaction's changes are decided against
+//!    the latest state (applied rows plus changes logged but not yet
+//!    applied), encoded as one COMMIT record and appended to the WAL. The
+//!    lock makes decide-and-append atomic, so the WAL order is the order in
+//!    which decisions were made.
+//! 2. Outside every lock, the session waits for its record to be durable
+//!    (one flush serves all the sessions waiting at the time: group commit).
+//!    With `synchronous_commit = off` it does not wait.
+//! 3. The changes of every record up to the durable point are applied, in
+//!    WAL order, under the queue lock and then the rows' write lock (always
+//!    in that order). Readers see a transaction only once it is durable (or
+//!    at once, for `off`, as PostgreSQL does).
+//!
+//! Invariant: `queue` holds exactly the records appended but not applied,
+//! in LSN order; `overlay` maps each key they touch to its newest value.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use thiserror::Error;
+
+use super::Store;
+use crate::wal::format::RM_WALSHIP_ID;
+use crate::wal::payload::{Op, Payload};
+use crate::wal::{Appended, Lsn, WalError, WalWriter};
+
+/// One change, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
+impl KvOp {
+    pub fn key(&self) -> &str {
+        match self {
+            KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+        }
+    }
+
+    fn as_op(&self) -> Op<'_> {
+        match self {
+            KvOp::Put { key, value } => Op::Put {
+                key: key.as_bytes(),
+                value: value.as_bytes(),
+            },
+            KvOp::Delete { key } => Op::Delete {
+                key: key.as_bytes(),
+            },
+        }
+    }
+
+    /// From a decoded record; keys and values must be UTF-8 text.
+    pub fn from_record(op: &Op<'_>) -> Result<KvOp, std::str::Utf8Error> {
+        Ok(match op {
+            Op::Put { key, value } => KvOp::Put {
+                key: std::str::from_utf8(key)?.to_string(),
+                value: std::str::from_utf8(value)?.to_string(),
+            },
+            Op::Delete { key } => KvOp::Delete {
+                key: std::str::from_utf8(key)?.to_string(),
+            },
+        })
+    }
+}
+
+/// How long a commit waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Until its WAL is flushed locally.
+    Flushed,
+    /// Not at all; the background WAL writer flushes it soon.
+    Async,
+}
+
+#[derive(Debug, Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+struct Pending {
+    end: Lsn,
+    ops: Vec<KvOp>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// key → (end of the newest pending record touching it, its value then).
+    overlay: HashMap<String, (Lsn, Option<String>)>,
+}
+
+/// The latest state, as a write decides against it.
+pub struct View<'a> {
+    rows: &'a Store,
+    overlay: &'a HashMap<String, (Lsn, Option<String>)>,
+}
+
+impl View<'_> {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match self.overlay.get(key) {
+            Some((_, v)) => v.as_deref(),
+            None => self.rows.get(key),
+        }
+    }
+}
+
+/// The store behind its WAL. See the module documentation.
+pub struct Db {
+    wal: WalWriter,
+    rows: RwLock<Store>,
+    queue: Mutex<Queue>,
+}
+
+impl Db {
+    /// `rows` must reflect every record of `wal` (recovery has replayed it).
+    pub fn new(wal: WalWriter, rows: Store) -> Db {
+        Db {
+            wal,
+            rows: RwLock::new(rows),
+            queue: Mutex::new(Queue::default()),
+        }
+    }
+
+    pub fn wal(&self) -> &WalWriter {
+        &self.wal
+    }
+
+    /// The rows readers see.
+    pub fn read(&self) -> RwLockReadGuard<'_, Store> {
+        self.rows.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_rows(&self) -> RwLockWriteGuard<'_, Store> {
+        self.rows.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one write: `decide` sees the latest state and returns the
+    /// changes (and a result for the caller); they are logged as one COMMIT
+    /// record, made as durable as `durability` asks, and applied. Returns
+    /// the caller's result and where the record ends. No changes, no record.
+    pub fn write<R, E: From<DbError>>(
+        &self,
+        durability: Durability,
+        decide: impl FnOnce(&View<'_>) -> Result<(Vec<KvOp>, R), E>,
+    ) -> Result<(R, Option<Lsn>), E> {
+        let end = {
+            let mut queue = self.lock_queue();
+            let rows = self.read();
+            let (ops, result) = decide(&View {
+                rows: &rows,
+                overlay: &queue.overlay,
+            })?;
+            drop(rows);
+            if ops.is_empty() {
+                return Ok((result, None));
+            }
+            let appended = self.append_commit(&ops).map_err(DbError::from)?;
+            for op in &ops {
+                let value = match op {
+                    KvOp::Put { value, .. } => Some(value.clone()),
+                    KvOp::Delete { .. } => None,
+                };
+                queue
+                    .overlay
+                    .insert(op.key().to_string(), (appended.end, value));
+            }
+            queue.pending.push_back(Pending {
+                end: appended.end,
+                ops,
+            });
+            (result, appended.end)
+        };
+        let (result, end) = end;
+        let visible = match durability {
+            Durability::Flushed => self.wal.flush(end).map_err(DbError::from)?,
+            Durability::Async => end,
+        };
+        self.apply_upto(visible);
+        Ok((result, Some(end)))
+    }
+
+    fn append_commit(&self, ops: &[KvOp]) -> Result<Appended, WalError> {
+        let ops: Vec<Op<'_>> = ops.iter().map(KvOp::as_op).collect();
+        let mut data = Vec::new();
+        let info = Payload::Commit(ops).encode(&mut data);
+        self.wal.append(RM_WALSHIP_ID, info, 0, &data)
+    }
+
+    /// Applies every pending record that ends at or before `upto`.
+    fn apply_upto(&self, upto: Lsn) {
+        let mut queue = self.lock_queue();
+        if queue.pending.front().is_none_or(|p| p.end > upto) {
+            return;
+        }
+        let mut rows = self.write_rows();
+        while queue.pending.front().is_some_and(|p| p.end <= upto) {
+            let Some(p) = queue.pending.pop_front() else {
+                break;
+            };
+            rows.apply(&p.ops, p.end);
+            for op in &p.ops {
+                if queue
+                    .overlay
+                    .get(op.key())
+                    .is_some_and(|(lsn, _)| *lsn == p.end)
+                {
+                    queue.overlay.remove(op.key());
+                }
+            }
+        }
+    }
+
+    /// Makes everything logged durable and visible (for the background WAL
+    /// writer of `synchronous_commit = off` and for shutdown).
+    pub fn flush_all(&self) -> Result<Lsn, DbError> {
+        let flushed = self.wal.flush_all()?;
+        self.apply_upto(flushed);
+        Ok(flushed)
+    }
+
+    /// Ends the current segment (`pg_switch_wal()`), durably; returns where
+    /// the next segment begins.
+    pub fn switch_wal(&self) -> Result<Lsn, DbError> {
+        let next = {
+            let _queue = self.lock_queue();
+            self.wal.switch_segment()?
+        };
+        self.flush_all()?;
+        Ok(next)
+    }
+
+    /// Writes a checkpoint record and returns its LSN with a snapshot of the
+    /// rows holding exactly every change before it. The caller makes the
+    /// snapshot durable and then records the checkpoint in the control file.
+    pub fn checkpoint(&self) -> Result<(Lsn, Store), DbError> {
+        let queue = self.lock_queue();
+        let redo = self.wal.next_record_lsn();
+        let mut data = Vec::new();
+        let info = Payload::Checkpoint { redo }.encode(&mut data);
+        let appended = self.wal.append(RM_WALSHIP_ID, info, 0, &data)?;
+        debug_assert_eq!(appended.lsn, redo);
+        self.wal.flush(appended.end)?;
+        drop(queue);
+        self.apply_upto(appended.end);
+        let snapshot = self.read().clone();
+        Ok((appended.lsn, snapshot))
+    }
+}
