@@ -5,10 +5,10 @@
 # What it does:
 #   1. initdb a throw-away cluster in a temp dir (default 16 MiB segments),
 #      start it on a unix socket in that dir (no TCP),
-#   2. run `pgbench -i -s 5`, then pgbench transactions until the WAL has
-#      moved at least two segments past the start of the transactions, so the
-#      segment before the current one is complete and holds the mixed
-#      (UPDATE/SELECT/INSERT, with full-page images) workload,
+#   2. run `pgbench -i -s 5`, then pgbench transactions (TPC-B-like:
+#      UPDATE/SELECT/INSERT, with full-page images) until the segment before
+#      the one holding the WAL flush LSN is complete and began after the bulk
+#      load, so it holds the mixed workload,
 #   3. copy that segment out, stop the server,
 #   4. check both tools walk the same number of records in it, then time
 #      both (hyperfine if installed, else a bash `time` loop) and print the
@@ -26,6 +26,7 @@
 #   PGBIN      PostgreSQL 15 binaries   (default /usr/lib/postgresql/15/bin)
 #   WALSHIP    walship binary           (default target/release/walship; built if absent)
 #   RUNS       timed runs per tool      (default 20)
+#   NO_HYPERFINE=1  time with a bash loop even when hyperfine is installed
 #   KEEP_SEGMENT_DIR  where a copy of the segment is kept for `cargo bench
 #              --bench wal` (decoder benchmark); default target/bench-pg-wal,
 #              empty to keep nothing.
@@ -71,36 +72,34 @@ echo "== cluster in $WORK"
 as_pg "$PGBIN/initdb" -D "$DATA" -U postgres -A trust --no-sync >"$WORK/initdb.log" 2>&1 \
     || { cat "$WORK/initdb.log" >&2; exit 1; }
 as_pg "$PGBIN/pg_ctl" -D "$DATA" -w -l "$WORK/server.log" \
-    -o "-c listen_addresses='' -c unix_socket_directories='$WORK' -c port=5432" start >/dev/null \
+    -o "-c listen_addresses='' -c unix_socket_directories='$WORK' -c port=5432 -c synchronous_commit=off" start >/dev/null \
     || { cat "$WORK/server.log" >&2; exit 1; }
 
 psql_q() { as_pg "$PGBIN/psql" -h "$WORK" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
-seg_of() { psql_q "SELECT pg_walfile_name('$1')"; }
 lsn_diff() { psql_q "SELECT pg_wal_lsn_diff('$1', '$2')::bigint"; }
 
 echo "== pgbench -i -s 5"
 as_pg "$PGBIN/pgbench" -h "$WORK" -U postgres -i -s 5 -q postgres >"$WORK/pgbench-init.log" 2>&1 \
     || { cat "$WORK/pgbench-init.log" >&2; exit 1; }
 
+segno_of() { psql_q "SELECT floor(pg_wal_lsn_diff('$1', '0/0') / $SEG_BYTES)::bigint"; }
 start_lsn=$(psql_q "SELECT pg_current_wal_lsn()")
-echo "== pgbench transactions from $start_lsn until the WAL has moved two segments"
-for round in $(seq 1 30); do
+start_segno=$(segno_of "$start_lsn")
+echo "== pgbench transactions from $start_lsn until a whole segment of their WAL is flushed"
+for round in $(seq 1 60); do
     as_pg "$PGBIN/pgbench" -h "$WORK" -U postgres -c 4 -j 2 -T 5 -n postgres >"$WORK/pgbench.log" 2>&1 \
         || { cat "$WORK/pgbench.log" >&2; exit 1; }
-    now=$(psql_q "SELECT pg_current_wal_lsn()")
-    moved=$(lsn_diff "$now" "$start_lsn")
-    echo "   round $round: $now, $((moved / 1024 / 1024)) MiB of WAL since $start_lsn"
-    if ((moved >= 3 * SEG_BYTES)); then break; fi
+    flush=$(psql_q "SELECT pg_current_wal_flush_lsn()")
+    flush_segno=$(segno_of "$flush")
+    echo "   round $round: WAL flushed to $flush, $(($(lsn_diff "$flush" "$start_lsn") / 1024 / 1024)) MiB since $start_lsn"
+    # The segment before the flush LSN's is complete and written out; it
+    # began after the bulk load when it is past the load's last segment.
+    if ((flush_segno >= start_segno + 2)); then break; fi
 done
-((moved >= 3 * SEG_BYTES)) || { echo "WAL did not grow by three segments" >&2; exit 1; }
-
-# The segment before the current one is complete, began after the bulk load
-# (the WAL moved three segments), and every byte of it is written out (a
-# commit in a later segment flushed the WAL past it).
-flush=$(psql_q "SELECT pg_current_wal_flush_lsn()")
-cur_seg=$(seg_of "$flush")
-prev_seg=$(seg_of "$(psql_q "SELECT '$flush'::pg_lsn - $SEG_BYTES")")
-[[ $prev_seg != "$cur_seg" ]] || { echo "no complete segment" >&2; exit 1; }
+((flush_segno >= start_segno + 2)) || { echo "the WAL did not grow by a whole segment" >&2; exit 1; }
+prev_segno=$((flush_segno - 1))
+# Timeline 1 (a new cluster); 256 segments of 16 MiB per 4 GiB "log".
+prev_seg=$(printf '%08X%08X%08X' 1 $((prev_segno / 256)) $((prev_segno % 256)))
 mkdir "$WORK/seg"
 cp "$DATA/pg_wal/$prev_seg" "$WORK/seg/"
 SEG=$WORK/seg/$prev_seg
@@ -128,12 +127,14 @@ if [[ -n $KEEP_SEGMENT_DIR ]]; then
     echo "   kept a copy in $KEEP_SEGMENT_DIR/$prev_seg"
 fi
 
-WALSHIP_CMD="$WALSHIP dump --verify $SEG"
-PG_CMD="$PGBIN/pg_waldump --quiet $SEG"
+WALSHIP_ARGV=("$WALSHIP" dump --verify "$SEG")
+PG_ARGV=("$PGBIN/pg_waldump" --quiet "$SEG")
 echo "== timing, $RUNS runs each"
-if command -v hyperfine >/dev/null; then
-    hyperfine --warmup 3 --runs "$RUNS" --export-json "$WORK/times.json" \
-        -n walship "$WALSHIP_CMD" -n pg_waldump "$PG_CMD"
+if [[ -z ${NO_HYPERFINE-} ]] && command -v hyperfine >/dev/null; then
+    # -N: no intermediate shell. Each command: 3 warm-up runs, then RUNS
+    # timed runs (walship's first, then pg_waldump's).
+    hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/times.json" \
+        -n walship "${WALSHIP_ARGV[*]}" -n pg_waldump "${PG_ARGV[*]}"
     mean() { jq -r ".results[] | select(.command == \"$1\") | .mean" "$WORK/times.json"; }
     walship_s=$(mean walship)
     pg_s=$(mean pg_waldump)
@@ -147,8 +148,9 @@ else
         end=$(date +%s%N)
         awk -v ns=$((end - start)) -v n="$RUNS" 'BEGIN { printf "%.6f", ns / n / 1e9 }'
     }
-    walship_s=$(time_loop $WALSHIP_CMD)
-    pg_s=$(time_loop $PG_CMD)
+    walship_s=$(time_loop "${WALSHIP_ARGV[@]}")
+    pg_s=$(time_loop "${PG_ARGV[@]}")
+    echo "walship dump --verify: mean of $RUNS runs (bash loop, no hyperfine)"
 fi
 awk -v w="$walship_s" -v p="$pg_s" -v n="$walship_records" 'BEGIN {
     printf "\nrecords walked by each:  %d\n", n

@@ -74,7 +74,13 @@ pub struct Outcome {
 /// and whole, and checks that both agree.
 pub fn decode_input(data: &[u8]) -> Option<Outcome> {
     let (setup, stream) = parse_input(data)?;
-    let chunked = decode_stream(&setup, stream);
+    Some(decode_checked(&setup, stream))
+}
+
+/// Decodes `stream` in the setup's chunks and in one piece, and checks that
+/// both give the same records and end.
+pub fn decode_checked(setup: &Setup, stream: &[u8]) -> Outcome {
+    let chunked = decode_stream(setup, stream);
     let whole = decode_stream(
         &Setup {
             chunks: vec![usize::MAX],
@@ -86,7 +92,7 @@ pub fn decode_input(data: &[u8]) -> Option<Outcome> {
         chunked, whole,
         "the decoder's answer depends on how its input is split ({setup:?})"
     );
-    Some(chunked)
+    chunked
 }
 
 /// Splits an input into its setup and its WAL stream.
@@ -130,31 +136,39 @@ pub fn parse_input(data: &[u8]) -> Option<(Setup, &[u8])> {
     ))
 }
 
-/// Builds an input from its parts (the inverse of [`parse_input`], for
-/// seeds): `offset` is within segment `segno`, which must be 1 to 256.
-pub fn make_input(
-    at_record: bool,
-    strict: bool,
-    prev_back: Option<u8>,
-    segno: u64,
-    offset: u32,
-    scale: u8,
-    chunks: [u8; 8],
-    stream: &[u8],
-) -> Vec<u8> {
-    assert!((1..=256).contains(&segno) && offset < (1 << 20) && scale < 8);
-    let flags = u8::from(at_record)
-        | (u8::from(strict) << 1)
-        | (u8::from(prev_back.is_some()) << 2)
-        | (scale << 5);
-    let mut out = Vec::with_capacity(HEADER_LEN + stream.len());
-    out.push(flags);
-    out.push((segno - 1) as u8);
-    out.extend_from_slice(&offset.to_le_bytes()[..3]);
-    out.push(prev_back.unwrap_or(0));
-    out.extend_from_slice(&chunks);
-    out.extend_from_slice(stream);
-    out
+/// An input's header, for building seeds (the inverse of [`parse_input`]).
+#[derive(Clone, Copy, Debug)]
+pub struct InputHeader {
+    pub at_record: bool,
+    pub strict: bool,
+    /// prev = start - 8 * (this + 1)
+    pub prev_back: Option<u8>,
+    /// 1 to 256.
+    pub segno: u64,
+    /// Within the segment, below 1 MiB.
+    pub offset: u32,
+    /// An index into [`CHUNK_SCALES`].
+    pub scale: u8,
+    pub chunks: [u8; 8],
+}
+
+impl InputHeader {
+    /// The header followed by `stream`.
+    pub fn with_stream(&self, stream: &[u8]) -> Vec<u8> {
+        assert!((1..=256).contains(&self.segno) && self.offset < (1 << 20) && self.scale < 8);
+        let flags = u8::from(self.at_record)
+            | (u8::from(self.strict) << 1)
+            | (u8::from(self.prev_back.is_some()) << 2)
+            | (self.scale << 5);
+        let mut out = Vec::with_capacity(HEADER_LEN + stream.len());
+        out.push(flags);
+        out.push((self.segno - 1) as u8);
+        out.extend_from_slice(&self.offset.to_le_bytes()[..3]);
+        out.push(self.prev_back.unwrap_or(0));
+        out.extend_from_slice(&self.chunks);
+        out.extend_from_slice(stream);
+        out
+    }
 }
 
 /// Feeds `stream` (its first byte at the start LSN) to a decoder in the

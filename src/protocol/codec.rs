@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn messages_are_size_checked() {
-        let q = [b'Q', 0, 0, 0, 9, b's', b'e', b'l', 0];
+        let q = [b'Q', 0, 0, 0, 8, b's', b'e', b'l', 0];
         assert_eq!(
             read_message(&mut &q[..], 100).unwrap(),
             (b'Q', b"sel\0".to_vec())
