@@ -469,7 +469,7 @@ mod tests {
             (b'Q', b"sel\0".to_vec())
         );
         assert!(matches!(
-            read_message(&mut &q[..], 8),
+            read_message(&mut &q[..], 7),
             Err(ProtoError::TooLarge { .. })
         ));
         let neg = [b'Q', 0xff, 0xff, 0xff, 0xff];
