@@ -206,3 +206,115 @@ pub fn pg_waldump_records(dir: &Path) -> usize {
         .filter(|l| l.starts_with("rmgr:"))
         .count()
 }
+
+/// A walship node the test runs: `walship init` in a temp dir, then
+/// `walship server` on an ephemeral loopback port. Killed on drop.
+pub struct Node {
+    pub root: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<std::process::Child>,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Node {
+    /// A new data directory (1 MiB segments) with `conf` appended to
+    /// walship.conf; not started.
+    pub fn init(conf: &str) -> Node {
+        Node::init_with(conf, &[])
+    }
+
+    pub fn init_with(conf: &str, init_args: &[&str]) -> Node {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("data");
+        let mut args = vec!["init", "-D", dir.to_str().unwrap(), "--wal-segsize", "1", "-U", "tester"];
+        args.extend_from_slice(init_args);
+        let out = walship(&args);
+        check("walship init", out);
+        if !conf.is_empty() {
+            let path = dir.join("walship.conf");
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            text.push_str(conf);
+            text.push('\n');
+            std::fs::write(&path, text).unwrap();
+        }
+        Node { root, dir, port: 0, child: None, log: Default::default() }
+    }
+
+    /// Starts the server and waits until it listens.
+    pub fn start(&mut self) -> &mut Node {
+        use std::io::BufRead;
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(["server", "-D", self.dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start walship server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    if let Some(port) = line.rsplit("127.0.0.1:").next().and_then(|p| p.trim().parse::<u16>().ok()) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(port);
+                        }
+                    }
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(port) => self.port = port,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("walship server did not start:\n{}", self.log.lock().unwrap());
+            }
+        }
+        self.child = Some(child);
+        self
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=tester dbname=walship connect_timeout=10", self.port)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.conninfo(), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to walship: {e}\n{}", self.log.lock().unwrap()))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// kill -9, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
