@@ -99,11 +99,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
 /// The startup exchange. Returns the authenticated user and the startup
 /// parameters, or `None` when the connection was a cancel request or was
 /// refused (the refusal already sent).
-fn startup(
-    node: &Node,
-    r: &mut Reader,
-    w: &mut Writer,
-) -> Result<Started, ProtoError> {
+fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, ProtoError> {
     let max = node.settings().max_message_size;
     let mut out = Out::default();
     let params = loop {
@@ -119,9 +115,7 @@ fn startup(
             Startup::Start { params } => break params,
         }
     };
-    let refuse = |w: &mut Writer,
-                  e: PgError|
-     -> Result<Started, ProtoError> {
+    let refuse = |w: &mut Writer, e: PgError| -> Result<Started, ProtoError> {
         let mut out = Out::default();
         out.error(&e);
         out.send(w)?;

@@ -175,6 +175,9 @@ pub fn db_error(e: DbError) -> PgError {
         _ => false,
     };
     if disk_full {
+        tracing::error!(
+            "could not write to the WAL, the disk is full: {wal}; writes fail with SQLSTATE 53100 until there is room"
+        );
         PgError::new(
             code::DISK_FULL,
             format!("could not write to the WAL: {wal}"),
@@ -183,6 +186,7 @@ pub fn db_error(e: DbError) -> PgError {
             "free space on the WAL's file system; writes resume once there is room, reads go on",
         )
     } else {
+        tracing::error!("could not write to the WAL: {wal}");
         PgError::new(code::IO_ERROR, format!("could not write to the WAL: {wal}"))
     }
 }

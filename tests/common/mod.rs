@@ -227,7 +227,15 @@ impl Node {
     pub fn init_with(conf: &str, init_args: &[&str]) -> Node {
         let root = tempfile::tempdir().expect("temp dir");
         let dir = root.path().join("data");
-        let mut args = vec!["init", "-D", dir.to_str().unwrap(), "--wal-segsize", "1", "-U", "tester"];
+        let mut args = vec![
+            "init",
+            "-D",
+            dir.to_str().unwrap(),
+            "--wal-segsize",
+            "1",
+            "-U",
+            "tester",
+        ];
         args.extend_from_slice(init_args);
         let out = walship(&args);
         check("walship init", out);
@@ -238,7 +246,13 @@ impl Node {
             text.push('\n');
             std::fs::write(&path, text).unwrap();
         }
-        Node { root, dir, port: 0, child: None, log: Default::default() }
+        Node {
+            root,
+            dir,
+            port: 0,
+            child: None,
+            log: Default::default(),
+        }
     }
 
     /// Starts the server and waits until it listens.
@@ -246,7 +260,13 @@ impl Node {
         use std::io::BufRead;
         assert!(self.child.is_none(), "already running");
         let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
-            .args(["server", "-D", self.dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args([
+                "server",
+                "-D",
+                self.dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -256,9 +276,16 @@ impl Node {
         let log = self.log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if line.contains("listening") {
-                    if let Some(port) = line.rsplit("127.0.0.1:").next().and_then(|p| p.trim().parse::<u16>().ok()) {
+                    if let Some(port) = line
+                        .rsplit("127.0.0.1:")
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok())
+                    {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(port);
                         }
@@ -273,7 +300,10 @@ impl Node {
             Ok(port) => self.port = port,
             Err(_) => {
                 let _ = child.kill();
-                panic!("walship server did not start:\n{}", self.log.lock().unwrap());
+                panic!(
+                    "walship server did not start:\n{}",
+                    self.log.lock().unwrap()
+                );
             }
         }
         self.child = Some(child);
@@ -281,7 +311,10 @@ impl Node {
     }
 
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=tester dbname=walship connect_timeout=10", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=tester dbname=walship connect_timeout=10",
+            self.port
+        )
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -304,12 +337,28 @@ impl Node {
     /// SIGTERM; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
         c.wait().unwrap()
     }
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for the server's log to contain `pattern`.
+    pub fn wait_log(&self, pattern: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.log().contains(pattern) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
     }
 }
 

@@ -1,0 +1,145 @@
+//! Bad input on the wire: malformed, oversized and unexpected messages get
+//! a clear error (and close that connection when PostgreSQL would), and the
+//! server goes on serving everyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Node;
+
+fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    pkt.extend(body);
+    pkt
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Sends `bytes`, returns whatever the server answers until it closes or
+/// goes quiet.
+fn exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// The SQLSTATE of the first ErrorResponse in a byte stream.
+fn sqlstate(bytes: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i + 5 <= bytes.len() {
+        let tag = bytes[i];
+        let len = i32::from_be_bytes(bytes[i + 1..i + 5].try_into().unwrap()) as usize;
+        let body = bytes.get(i + 5..i + 1 + len)?;
+        if tag == b'E' {
+            let mut fields = body.split(|&b| b == 0);
+            return fields
+                .find(|f| f.first() == Some(&b'C'))
+                .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+        }
+        i += 1 + len;
+    }
+    None
+}
+
+#[test]
+fn malformed_input_never_takes_the_server_down() {
+    let mut node = Node::init("max_message_size = 64kB");
+    node.start();
+    let port = node.port;
+    let login = startup_packet(&[("user", "tester"), ("database", "x")]);
+
+    // Garbage instead of a startup packet.
+    let r = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(sqlstate(&r).as_deref(), Some("08P01"), "{r:?}");
+    // A startup packet that claims to be huge.
+    assert_eq!(
+        sqlstate(&exchange(port, &[0x7f, 0, 0, 0, 0, 3, 0, 0])).as_deref(),
+        Some("08P01")
+    );
+    // Unknown startup parameter, no user.
+    assert_eq!(
+        sqlstate(&exchange(
+            port,
+            &startup_packet(&[("user", "tester"), ("frobnicate", "1")])
+        ))
+        .as_deref(),
+        Some("42704")
+    );
+    assert_eq!(
+        sqlstate(&exchange(port, &startup_packet(&[("database", "x")]))).as_deref(),
+        Some("28000")
+    );
+    // After login: an oversized message, a negative length, an unknown type,
+    // a Bind to a statement that does not exist, a truncated Parse.
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            [&[b'Q'][..], &(1_000_000i32).to_be_bytes()].concat(),
+            "54000",
+        ),
+        (vec![b'Q', 0xff, 0xff, 0xff, 0xf0], "08P01"),
+        (vec![b'!', 0, 0, 0, 4], "08P01"),
+        (
+            [msg(b'B', b"\0nope\0\0\0\0\0\0\0"), msg(b'S', b"")].concat(),
+            "26000",
+        ),
+        (
+            [
+                &[b'P'][..],
+                &9i32.to_be_bytes(),
+                b"\0SEL\0",
+                &msg(b'S', b""),
+            ]
+            .concat(),
+            "08P01",
+        ),
+        (
+            [&[b'Q'][..], &9i32.to_be_bytes(), b"\xff\xfe\xfd\0\0"].concat(),
+            "08P01",
+        ),
+    ];
+    for (msg, want) in cases {
+        let mut bytes = login.clone();
+        bytes.extend_from_slice(&msg);
+        let r = exchange(port, &bytes);
+        assert_eq!(sqlstate(&r).as_deref(), Some(want), "for {msg:?}");
+    }
+    // A SSLRequest is declined with 'N' and the session continues.
+    let mut ssl = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    ssl.extend_from_slice(&login);
+    let r = exchange(port, &ssl);
+    assert_eq!(r.first(), Some(&b'N'));
+    // The server still serves.
+    let mut c = node.client();
+    c.batch_execute("INSERT INTO kv VALUES ('still', 'alive')")
+        .unwrap();
+    assert!(
+        node.log().matches("panicked").next().is_none(),
+        "{}",
+        node.log()
+    );
+}
