@@ -1,13 +1,17 @@
-//! The WAL writer: appends records into memory-mapped, preallocated segment
-//! files in PostgreSQL 15's layout, and makes them durable with group commit.
+//! The WAL writer: appends records in PostgreSQL 15's layout into memory
+//! (as PostgreSQL's WAL buffers do), and makes them durable with group
+//! commit: one `pwrite` + `fdatasync` of preallocated segment files serves
+//! every record appended before it. Readers map the segment files
+//! (`segment::SegmentData`) and see everything flushed.
 //!
 //! Invariants:
-//! - `flushed <= insert position`: every byte below `flushed` is durable.
+//! - `flushed <= insert position`: every byte below `flushed` is durable;
+//!   the bytes from `flushed` to the insert position are in `pending`.
 //! - Records are appended under one insert lock, so the stream is a single
 //!   chain of prev-links; the bytes below the insert position are complete.
 //! - Segments are zero-filled under a temporary name and renamed into place
-//!   before they are mapped, so a flush needs only an msync of the written
-//!   range (an fdatasync of data, never of metadata).
+//!   before they are written, so a flush needs only an fdatasync (data,
+//!   never metadata).
 //! - After a failed flush the writer is poisoned: every later call fails and
 //!   nothing more is acknowledged (the kernel may have dropped the pages).
 //! - On open, the writer resumes exactly at the end of valid WAL and zeroes
@@ -31,8 +35,12 @@ use super::format::{
 };
 use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
 use super::reader::{walk, SegmentFiles, WalkEnd};
-use super::segment::{self, WritableSegment};
+use super::segment::{self, OpenSegment};
 use crate::durable::{self, DirLock, FileError, IoContext};
+
+/// Appended bytes held in memory beyond which an append flushes them itself
+/// (with `synchronous_commit = off` nothing else may flush for a while).
+const MAX_PENDING: usize = 16 << 20;
 
 /// The subdirectory of a WAL directory where archiving state lives
 /// (PostgreSQL's `pg_wal/archive_status`).
@@ -90,9 +98,14 @@ struct Insert {
     pos: Lsn,
     /// The last record's LSN.
     prev: Lsn,
-    /// Mapped segments, contiguous: the oldest may hold unflushed bytes, the
+    /// Open segments, contiguous: the oldest may hold unflushed bytes, the
     /// newest is where `pos` falls (or about to be).
-    segments: VecDeque<Arc<WritableSegment>>,
+    segments: VecDeque<Arc<OpenSegment>>,
+    /// Appended bytes not yet written to the files, as runs of contiguous
+    /// bytes (a segment switch starts a new run), in LSN order.
+    pending: Vec<(Lsn, Vec<u8>)>,
+    /// Bytes in `pending`.
+    pending_bytes: usize,
     /// The following segment's file, being zero-filled in the background.
     preallocating: Option<(SegNo, JoinHandle<Result<(), FileError>>)>,
 }
@@ -192,6 +205,8 @@ impl WalWriter {
                 pos,
                 prev,
                 segments: VecDeque::new(),
+                pending: Vec::new(),
+                pending_bytes: 0,
                 preallocating: None,
             }),
             flush_lock: Mutex::new(()),
@@ -292,12 +307,20 @@ impl WalWriter {
         self.reserve(&mut ins, record.len())?;
         self.copy_in(&mut ins, record);
         ins.prev = lsn;
-        ins.pos = if switch && ins.pos.segment_offset(size) != 0 {
-            ins.pos.segno(size).next().start_lsn(size)
+        if switch && ins.pos.segment_offset(size) != 0 {
+            // The rest of the segment stays as it is on disk: zeros.
+            ins.pos = ins.pos.segno(size).next().start_lsn(size);
         } else {
-            ins.pos.align()
-        };
-        Ok(Appended { lsn, end: ins.pos })
+            let pad = (ins.pos.align().0 - ins.pos.0) as usize;
+            push_pending(&mut ins, &[0u8; 8][..pad]);
+        }
+        let appended = Appended { lsn, end: ins.pos };
+        let backlog = ins.pending_bytes;
+        drop(ins);
+        if backlog > MAX_PENDING {
+            self.flush(appended.end)?;
+        }
+        Ok(appended)
     }
 
     fn page_header_len(&self, page: Lsn) -> usize {
@@ -312,7 +335,7 @@ impl WalWriter {
         }
     }
 
-    /// Maps every segment a record of `len` bytes written at the insert
+    /// Opens every segment a record of `len` bytes written at the insert
     /// position will touch, before a byte of it is written: a failure here
     /// (a full disk) leaves the WAL as it was.
     fn reserve(&self, ins: &mut Insert, len: usize) -> Result<(), WalError> {
@@ -341,24 +364,16 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Copies record bytes at the insert position, writing page headers as
-    /// pages begin. [`WalWriter::reserve`] has mapped every segment needed.
+    /// Copies record bytes at the insert position into `pending`, adding
+    /// page headers as pages begin. [`WalWriter::reserve`] has opened every
+    /// segment the bytes fall in.
     fn copy_in(&self, ins: &mut Insert, bytes: &[u8]) {
         let size = self.config.seg_size;
         let mut done = 0;
         while done < bytes.len() {
             let pos = ins.pos;
-            let Some(seg) = ins
-                .segments
-                .iter()
-                .find(|s| s.start <= pos && pos < s.end())
-            else {
-                unreachable!("reserve() mapped the segment for {pos}")
-            };
-            let seg = Arc::clone(seg);
-            let mut off = pos.segment_offset(size) as usize;
             if pos.page_offset() == 0 {
-                let long = (off == 0).then_some(LongHeader {
+                let long = (pos.segment_offset(size) == 0).then_some(LongHeader {
                     sysid: self.config.system_id,
                     seg_size: size.as_u32(),
                     blcksz: PAGE_SIZE as u32,
@@ -376,22 +391,16 @@ impl WalWriter {
                 };
                 let mut buf = [0u8; LONG_PAGE_HEADER];
                 header.encode(&mut buf);
-                let len = header.size();
-                // SAFETY: the insert lock is held; the header lies within the segment.
-                unsafe { seg.write(off, &buf[..len]) };
-                off += len;
-                ins.pos.0 += len as u64;
+                push_pending(ins, &buf[..header.size()]);
             }
-            let room = PAGE_SIZE - (off % PAGE_SIZE);
+            let room = PAGE_SIZE - ins.pos.page_offset() as usize;
             let n = room.min(bytes.len() - done);
-            // SAFETY: the insert lock is held; `n` stops at the page's end.
-            unsafe { seg.write(off, &bytes[done..done + n]) };
-            ins.pos.0 += n as u64;
+            push_pending(ins, &bytes[done..done + n]);
             done += n;
         }
     }
 
-    /// Maps segment `segno`, creating it if absent, and starts zero-filling
+    /// Opens segment `segno`, creating it if absent, and starts zero-filling
     /// a spare for the one after it in the background.
     ///
     /// Spares live under a name no WAL reader takes for a segment
@@ -421,7 +430,7 @@ impl WalWriter {
                 segment::create_zeroed(&path, size)?;
             }
         }
-        let seg = Arc::new(WritableSegment::open(&path, segno, size)?);
+        let seg = Arc::new(OpenSegment::open(&path, segno, size)?);
         ins.segments.push_back(seg);
         let next = segno.next();
         let next_spare = spare_path(&segment::segment_path(
@@ -458,20 +467,39 @@ impl WalWriter {
         if from >= upto {
             return Ok(from);
         }
-        let (target, segments) = {
-            let ins = self.lock_insert();
-            (ins.pos, ins.segments.iter().cloned().collect::<Vec<_>>())
+        let (target, pending, segments) = {
+            let mut ins = self.lock_insert();
+            ins.pending_bytes = 0;
+            (
+                ins.pos,
+                std::mem::take(&mut ins.pending),
+                ins.segments.iter().cloned().collect::<Vec<_>>(),
+            )
         };
-        for seg in segments {
-            let start = from.max(seg.start);
-            let end = target.min(seg.end());
-            if start >= end {
-                continue;
+        let mut touched: Vec<&OpenSegment> = Vec::new();
+        for (start, bytes) in &pending {
+            let mut at = *start;
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let Some(seg) = segments.iter().find(|s| s.start <= at && at < s.end()) else {
+                    unreachable!("reserve() opened the segment for {at}")
+                };
+                let n = rest.len().min((seg.end().0 - at.0) as usize);
+                if let Err(e) = seg.write_at(at, &rest[..n]) {
+                    self.poisoned.store(true, Ordering::Release);
+                    return Err(FileError::new("write", &seg.path, e).into());
+                }
+                if !touched.iter().any(|t| std::ptr::eq(*t, &**seg)) {
+                    touched.push(seg);
+                }
+                at.0 += n as u64;
+                rest = &rest[n..];
             }
-            let off = (start.0 - seg.start.0) as usize;
-            if let Err(e) = seg.flush(off, (end.0 - start.0) as usize) {
+        }
+        for seg in touched {
+            if let Err(e) = seg.sync() {
                 self.poisoned.store(true, Ordering::Release);
-                return Err(FileError::new("msync", &seg.path, e).into());
+                return Err(FileError::new("fdatasync", &seg.path, e).into());
             }
         }
         self.flushed.store(target.0, Ordering::Release);
@@ -491,7 +519,7 @@ impl WalWriter {
     }
 
     /// Creates `archive_status/SEGNAME.ready` for a complete, durable segment.
-    fn mark_ready(&self, seg: &WritableSegment) -> Result<(), WalError> {
+    fn mark_ready(&self, seg: &OpenSegment) -> Result<(), WalError> {
         let status = self.config.dir.join(ARCHIVE_STATUS_DIR);
         if !status.exists() {
             durable::create_dir(&status)?;
@@ -518,6 +546,21 @@ impl Drop for WalWriter {
             let _ = handle.join();
         }
     }
+}
+
+/// Appends bytes at the insert position to `pending` and advances it.
+fn push_pending(ins: &mut Insert, bytes: &[u8]) {
+    let pos = ins.pos;
+    match ins.pending.last_mut() {
+        Some((start, run)) if start.0 + run.len() as u64 == pos.0 => run.extend_from_slice(bytes),
+        _ => {
+            let mut run = Vec::with_capacity(bytes.len().max(64 << 10));
+            run.extend_from_slice(bytes);
+            ins.pending.push((pos, run));
+        }
+    }
+    ins.pending_bytes += bytes.len();
+    ins.pos.0 += bytes.len() as u64;
 }
 
 /// Where the zero-filled spare for the segment at `segment` waits.
