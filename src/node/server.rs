@@ -291,6 +291,15 @@ impl Host for Node {
     fn last_replay_lsn(&self) -> Option<Lsn> {
         None
     }
+    fn checkpoint(&self) -> Result<Lsn, PgError> {
+        Node::checkpoint(self, NodeState::InProduction).map_err(|e| {
+            error!("checkpoint failed: {e}");
+            PgError::new(
+                crate::sqlstate::code::IO_ERROR,
+                format!("checkpoint failed: {e}"),
+            )
+        })
+    }
 }
 
 /// Removes WAL segments wholly before the checkpoint at `lsn`, keeping

@@ -86,6 +86,8 @@ pub trait Host: Send + Sync {
     /// `pg_last_wal_receive_lsn()` / `pg_last_wal_replay_lsn()` on a standby.
     fn last_receive_lsn(&self) -> Option<Lsn>;
     fn last_replay_lsn(&self) -> Option<Lsn>;
+    /// Runs a checkpoint now (the CHECKPOINT command).
+    fn checkpoint(&self) -> Result<Lsn, PgError>;
 }
 
 /// A transaction block's buffered writes.
@@ -386,6 +388,10 @@ impl Session {
             Statement::Set { name, value } => {
                 self.set(name, value.as_deref())?;
                 Ok(tag("SET"))
+            }
+            Statement::Checkpoint => {
+                self.host.checkpoint()?;
+                Ok(tag("CHECKPOINT"))
             }
             Statement::Show { name } => {
                 let value = self.show(name)?;

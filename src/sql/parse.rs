@@ -115,6 +115,8 @@ pub enum Statement {
     Show {
         name: String,
     },
+    /// Run a checkpoint now.
+    Checkpoint,
 }
 
 impl Statement {
@@ -167,6 +169,15 @@ fn unsupported(what: impl std::fmt::Display) -> PgError {
 /// Parses one query string (which may hold several statements, as the
 /// simple query protocol allows).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
+    // sqlparser does not know PostgreSQL's CHECKPOINT command.
+    if sql
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .eq_ignore_ascii_case("checkpoint")
+    {
+        return Ok(vec![Statement::Checkpoint]);
+    }
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
         PgError::new(
             code::SYNTAX_ERROR,
@@ -803,6 +814,7 @@ mod tests {
             })
         ));
         assert_eq!(one("BEGIN"), Statement::Begin);
+        assert_eq!(one(" checkpoint; "), Statement::Checkpoint);
         assert_eq!(one("commit"), Statement::Commit);
         assert_eq!(
             one("SET synchronous_commit = off"),

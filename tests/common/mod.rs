@@ -257,6 +257,11 @@ impl Node {
 
     /// Starts the server and waits until it listens.
     pub fn start(&mut self) -> &mut Node {
+        self.start_with(&[])
+    }
+
+    /// Starts the server with extra arguments.
+    pub fn start_with(&mut self, extra: &[&str]) -> &mut Node {
         use std::io::BufRead;
         assert!(self.child.is_none(), "already running");
         let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
@@ -267,6 +272,7 @@ impl Node {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -281,11 +287,11 @@ impl Node {
                 .map_while(Result::ok)
             {
                 if line.contains("listening") {
-                    if let Some(port) = line
-                        .rsplit("127.0.0.1:")
-                        .next()
-                        .and_then(|p| p.trim().parse::<u16>().ok())
-                    {
+                    if let Some(port) = line.rsplit("127.0.0.1:").next().and_then(|p| {
+                        p.trim_end_matches(|c: char| !c.is_ascii_digit())
+                            .parse::<u16>()
+                            .ok()
+                    }) {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(port);
                         }
@@ -332,6 +338,20 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Appends a line to walship.conf.
+    pub fn configure(&self, line: &str) {
+        let path = self.dir.join("walship.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
     }
 
     /// SIGTERM; returns the exit status.

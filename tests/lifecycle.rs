@@ -1,0 +1,140 @@
+//! Running a node: SIGHUP reloads, JSON logs, CHECKPOINT and WAL retention
+//! with and without archiving, cancel requests.
+
+mod common;
+
+use std::path::Path;
+
+use common::Node;
+use nix::sys::signal::Signal;
+
+fn names(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    names(&dir.join("wal"), "")
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect()
+}
+
+#[test]
+fn sighup_reloads_what_can_change_live() {
+    let mut node = Node::init("");
+    node.start();
+    let v: String = node
+        .client()
+        .query_one("SHOW synchronous_commit", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "on");
+    node.configure("synchronous_commit = off");
+    node.configure("port = 1");
+    node.signal(Signal::SIGHUP);
+    assert!(node.wait_log("reloaded walship.conf"), "{}", node.log());
+    assert!(
+        node.log().contains("setting=\"port\"") || node.log().contains("setting=port"),
+        "{}",
+        node.log()
+    );
+    let v: String = node
+        .client()
+        .query_one("SHOW synchronous_commit", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "off");
+    // A broken file keeps the old settings.
+    node.configure("synchronous_commit = maybe");
+    node.signal(Signal::SIGHUP);
+    assert!(
+        node.wait_log("old settings stay in force"),
+        "{}",
+        node.log()
+    );
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('still', 'serving')")
+        .unwrap();
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut node = Node::init("");
+    node.start_with(&["--log-format", "json"]);
+    node.client().batch_execute("SELECT 1").unwrap();
+    assert!(node.stop().success());
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("recovery complete"))
+        .expect("a recovery line");
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    assert!(log.lines().all(|l| l.starts_with('{')), "{log}");
+}
+
+#[test]
+fn checkpoints_remove_old_wal_unless_it_awaits_archiving() {
+    for archive_mode in [false, true] {
+        let mut node = Node::init(if archive_mode {
+            "archive_mode = on"
+        } else {
+            ""
+        });
+        node.start();
+        let mut c = node.client();
+        for i in 0..4 {
+            c.execute("INSERT INTO kv VALUES ($1, 'x')", &[&format!("k{i}")])
+                .unwrap();
+            c.batch_execute("SELECT pg_switch_wal()").unwrap();
+        }
+        c.batch_execute("INSERT INTO kv VALUES ('last', 'x')")
+            .unwrap();
+        let before = segments(&node.dir);
+        assert!(before.len() >= 5, "{before:?}");
+        let ready = names(&node.dir.join("wal/archive_status"), ".ready");
+        if archive_mode {
+            assert_eq!(
+                ready.len(),
+                4,
+                "each completed segment is marked .ready: {ready:?}"
+            );
+        } else {
+            assert!(ready.is_empty());
+        }
+        c.batch_execute("CHECKPOINT").unwrap();
+        let after = segments(&node.dir);
+        if archive_mode {
+            assert_eq!(after, before, "segments awaiting archiving must stay");
+        } else {
+            assert_eq!(after.len(), 1, "old segments should be gone: {after:?}");
+        }
+        // Everything is still there after a crash and recovery from the new checkpoint.
+        drop(c);
+        node.kill9();
+        node.start();
+        let n: i64 = node
+            .client()
+            .query_one("SELECT count(*) FROM kv", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 5);
+    }
+}
+
+#[test]
+fn cancel_requests_are_accepted() {
+    let mut node = Node::init("");
+    node.start();
+    let mut c = node.client();
+    c.cancel_token().cancel_query(postgres::NoTls).unwrap();
+    assert!(node.wait_log("cancel request received"), "{}", node.log());
+    c.batch_execute("INSERT INTO kv VALUES ('after-cancel', 'ok')")
+        .unwrap();
+}
