@@ -16,6 +16,7 @@ pub mod fence;
 pub mod meta;
 pub mod node;
 pub mod protocol;
+pub mod replication;
 pub mod sql;
 pub mod sqlstate;
 pub mod store;

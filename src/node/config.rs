@@ -93,6 +93,8 @@ pub struct Settings {
     pub max_wal_size: u64,
     pub archive_mode: bool,
     pub node_name: String,
+    pub wal_sender_timeout: Duration,
+    pub max_wal_senders: usize,
 }
 
 impl Default for Settings {
@@ -109,6 +111,8 @@ impl Default for Settings {
             max_wal_size: 1 << 30,
             archive_mode: false,
             node_name: "walship".into(),
+            wal_sender_timeout: Duration::from_secs(60),
+            max_wal_senders: 10,
         }
     }
 }
@@ -175,6 +179,16 @@ const DOCS: &[SettingDoc] = &[
         name: "node_name",
         reload: true,
         help: "this node's name (application_name when it streams from a primary)",
+    },
+    SettingDoc {
+        name: "wal_sender_timeout",
+        reload: true,
+        help: "end a replication connection whose standby has been silent this long (0: never)",
+    },
+    SettingDoc {
+        name: "max_wal_senders",
+        reload: false,
+        help: "replication connections at once",
     },
 ];
 
@@ -268,6 +282,12 @@ impl Settings {
             "max_wal_size" => self.max_wal_size = parse_size(value).map_err(SetError::Value)?,
             "archive_mode" => self.archive_mode = parse_bool(value).map_err(SetError::Value)?,
             "node_name" => self.node_name = value.to_string(),
+            "wal_sender_timeout" => {
+                self.wal_sender_timeout = parse_duration(value).map_err(SetError::Value)?
+            }
+            "max_wal_senders" => {
+                self.max_wal_senders = parse_num(value).map_err(SetError::Value)?
+            }
             _ => return Err(SetError::Unknown),
         }
         Ok(())
@@ -280,6 +300,19 @@ impl Settings {
             .filter(|d| !d.reload && self.show(d.name) != other.show(d.name))
             .map(|d| d.name)
             .collect()
+    }
+
+    /// These settings, but with every restart-only setting as in `running`
+    /// (what a reload may apply).
+    pub fn reloadable_from(self, running: &Settings) -> Settings {
+        Settings {
+            listen_addresses: running.listen_addresses.clone(),
+            port: running.port,
+            max_connections: running.max_connections,
+            archive_mode: running.archive_mode,
+            max_wal_senders: running.max_wal_senders,
+            ..self
+        }
     }
 
     /// The value of a setting as `SHOW` prints it.
@@ -296,6 +329,8 @@ impl Settings {
             "max_wal_size" => format_size(self.max_wal_size),
             "archive_mode" => if self.archive_mode { "on" } else { "off" }.into(),
             "node_name" => self.node_name.clone(),
+            "wal_sender_timeout" => format_duration(self.wal_sender_timeout),
+            "max_wal_senders" => self.max_wal_senders.to_string(),
             _ => return None,
         })
     }
@@ -495,6 +530,28 @@ mod tests {
         );
         assert!(Settings::parse("node_name = 'open\n", "c").is_err());
         assert!(Settings::parse("max_wal_size = 1XB\n", "c").is_err());
+    }
+
+    #[test]
+    fn a_reload_keeps_every_restart_only_setting() {
+        let running = Settings::default();
+        let mut changed = Settings::default();
+        for doc in DOCS.iter().filter(|d| !d.reload) {
+            let value = match doc.name {
+                "listen_addresses" => "0.0.0.0",
+                "archive_mode" => "on",
+                _ => "7",
+            };
+            changed.set(doc.name, value).unwrap();
+        }
+        assert_eq!(
+            changed.restart_only_changes(&running).len(),
+            DOCS.iter().filter(|d| !d.reload).count()
+        );
+        assert!(changed
+            .reloadable_from(&running)
+            .restart_only_changes(&running)
+            .is_empty());
     }
 
     #[test]

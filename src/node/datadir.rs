@@ -58,6 +58,9 @@ impl DataDir {
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
+    pub fn slots(&self) -> PathBuf {
+        self.root.join("slots")
+    }
 }
 
 #[derive(Debug, Error)]

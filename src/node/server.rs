@@ -28,13 +28,15 @@ use super::datadir::{self, DataDir, DataDirError};
 use super::users::{User, Users};
 use crate::durable::{DirLock, LockError};
 use crate::fence::EpochFile;
+use crate::replication::slots::Slots;
+use crate::replication::walsender::WalSenderHost;
 use crate::sql::exec::{Host, Session};
 use crate::sqlstate::PgError;
 use crate::store::snapshot;
 use crate::store::Db;
 use crate::wal::segment::list_segments;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
-use crate::wal::Lsn;
+use crate::wal::{Lsn, SegmentSize, TimelineId, WalWriter};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -62,6 +64,7 @@ pub enum ServerError {
 /// A running session, as the node sees it (for cancel and shutdown).
 struct SessionHandle {
     key: i32,
+    replication: bool,
     cancel: Arc<AtomicBool>,
     socket: Option<TcpStream>,
 }
@@ -74,6 +77,7 @@ pub struct Node {
     db: Db,
     control: Mutex<ControlFile>,
     epoch: EpochFile,
+    slots: Mutex<Slots>,
     sessions: Mutex<HashMap<i32, SessionHandle>>,
     next_pid: AtomicI32,
     shutting_down: AtomicBool,
@@ -103,15 +107,27 @@ impl Node {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Client sessions (walsenders not counted).
     pub fn session_count(&self) -> usize {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.lock_sessions()
+            .values()
+            .filter(|s| !s.replication)
+            .count()
+    }
+
+    pub fn walsender_count(&self) -> usize {
+        self.lock_sessions()
+            .values()
+            .filter(|s| s.replication)
+            .count()
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<i32, SessionHandle>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a session; returns its process id and cancel key.
-    pub fn register(&self, writer: &BufWriter<TcpStream>) -> (i32, i32) {
+    pub fn register(&self, writer: &BufWriter<TcpStream>, replication: bool) -> (i32, i32) {
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
         let key: i32 = rand::random();
         self.sessions
@@ -121,6 +137,7 @@ impl Node {
                 pid,
                 SessionHandle {
                     key,
+                    replication,
                     cancel: Arc::new(AtomicBool::new(false)),
                     socket: writer.get_ref().try_clone().ok(),
                 },
@@ -202,7 +219,11 @@ impl Node {
         snapshot::write(&dir.checkpoints(), lsn, &rows)?;
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         datadir::record_checkpoint(&self.dir, &mut control, lsn, state)?;
-        let removed = remove_old_segments(&dir, &control, lsn, self.settings().archive_mode)?;
+        let keep_from = match self.lock_slots().oldest_needed() {
+            Some(slot) => slot.min(lsn),
+            None => lsn,
+        };
+        let removed = remove_old_segments(&dir, &control, keep_from, self.settings().archive_mode)?;
         self.last_checkpoint_lsn
             .store(self.db.wal().insert_lsn().0, Ordering::Release);
         info!(
@@ -226,14 +247,7 @@ impl Node {
                         "changed in walship.conf, but takes effect only after a restart"
                     );
                 }
-                let keep = current.clone();
-                *current = Settings {
-                    listen_addresses: keep.listen_addresses,
-                    port: keep.port,
-                    max_connections: keep.max_connections,
-                    archive_mode: keep.archive_mode,
-                    ..new
-                };
+                *current = new.reloadable_from(&current);
                 info!("reloaded walship.conf");
             }
             Err(e) => error!("walship.conf not reloaded, the old settings stay in force: {e}"),
@@ -243,6 +257,54 @@ impl Node {
             Err(e) => error!("users file not reloaded: {e}"),
         }
         self.wake_all();
+    }
+}
+
+impl Node {
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl WalSenderHost for Node {
+    fn wal(&self) -> &WalWriter {
+        self.db.wal()
+    }
+    fn system_id(&self) -> u64 {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .system_id
+    }
+    fn timeline(&self) -> TimelineId {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .timeline
+    }
+    fn seg_size(&self) -> SegmentSize {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seg_size
+    }
+    fn wal_dir(&self) -> PathBuf {
+        DataDir::new(&self.dir).wal()
+    }
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.lock_slots()
+    }
+    fn show(&self, name: &str) -> Option<String> {
+        Host::show(self, name).or_else(|| Node::settings(self).show(name))
+    }
+    fn sender_timeout(&self) -> Duration {
+        Node::settings(self).wal_sender_timeout
+    }
+    fn max_message_size(&self) -> usize {
+        Node::settings(self).max_message_size
+    }
+    fn is_shutting_down(&self) -> bool {
+        Node::is_shutting_down(self)
     }
 }
 
@@ -362,6 +424,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     })?;
     let settings = Settings::load(&dir.conf())?;
     let users = Users::read(&dir.users()).map_err(DataDirError::from)?;
+    let slots = Slots::load(&dir.slots()).map_err(DataDirError::from)?;
     let started = Instant::now();
     let opened = datadir::open(&dir.root, &settings)?;
     info!(
@@ -411,6 +474,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         db: opened.db,
         control: Mutex::new(opened.control),
         epoch: opened.epoch,
+        slots: Mutex::new(slots),
         sessions: Mutex::new(HashMap::new()),
         next_pid: AtomicI32::new(std::process::id() as i32 * 100 % 1_000_000_000 + 1),
         shutting_down: AtomicBool::new(false),

@@ -12,6 +12,7 @@ use super::server::Node;
 use crate::node::config::AuthMethod;
 use crate::protocol::codec::{self, format_of, Cursor, Out, ProtoError, Startup};
 use crate::protocol::scram::ScramServer;
+use crate::replication::walsender;
 use crate::sql::exec::{oid, QueryResult, Session};
 use crate::sql::parse::{self, Statement};
 use crate::sqlstate::{code, PgError};
@@ -28,7 +29,7 @@ const STARTUP_KEYS: &[&str] = &[
 
 type Reader = BufReader<TcpStream>;
 /// An authenticated user and the startup parameters, or `None` when there is no session to run.
-type Started = Option<(String, Vec<(String, String)>)>;
+type Started = Option<(String, Vec<(String, String)>, bool)>;
 type Writer = BufWriter<TcpStream>;
 
 /// A prepared statement: `None` is the empty query.
@@ -67,11 +68,22 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
     let mut reader = BufReader::with_capacity(16 << 10, stream);
     let mut writer = BufWriter::with_capacity(16 << 10, write_half);
     match startup(&node, &mut reader, &mut writer) {
-        Ok(Some((user, params))) => {
+        Ok(Some((user, params, replication))) => {
             let span = tracing::info_span!("session", peer = %peer, user = %user);
             let _enter = span.enter();
-            let (pid, key) = node.register(&writer);
-            let result = run(&node, &mut reader, &mut writer, pid, key, &params);
+            let (pid, key) = node.register(&writer, replication);
+            let result = if replication {
+                greet(
+                    &node,
+                    &Session::new(node.clone(), &params),
+                    &mut writer,
+                    pid,
+                    key,
+                )
+                .and_then(|()| walsender::serve(&*node, &mut reader, &mut writer))
+            } else {
+                run(&node, &mut reader, &mut writer, pid, key, &params)
+            };
             node.unregister(pid);
             match result {
                 Ok(()) | Err(ProtoError::Closed) => debug!("session ended"),
@@ -144,16 +156,32 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             ),
         );
     }
-    if get("replication").is_some_and(|v| !matches!(v.as_str(), "false" | "off" | "no" | "0")) {
-        return refuse(
-            w,
-            PgError::fatal(
-                code::FEATURE_NOT_SUPPORTED,
-                "replication connections are not supported by this walship yet",
+    let replication = match get("replication")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("false" | "off" | "no" | "0") => false,
+        Some("true" | "on" | "yes" | "1") => true,
+        Some("database") => {
+            return refuse(
+                w,
+                PgError::fatal(
+                    code::FEATURE_NOT_SUPPORTED,
+                    "logical replication connections are not supported",
+                )
+                .with_hint("walship ships WAL physically: connect with replication=true"),
             )
-            .with_hint("streaming replication arrives with walship's walsender"),
-        );
-    }
+        }
+        Some(other) => {
+            return refuse(
+                w,
+                PgError::fatal(
+                    code::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"replication\": \"{other}\""),
+                ),
+            )
+        }
+    };
     if node.is_shutting_down() {
         return refuse(
             w,
@@ -181,6 +209,25 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             ),
         );
     };
+    if replication {
+        if !(role.replication || role.superuser) {
+            return refuse(
+                w,
+                PgError::fatal(code::INVALID_AUTHORIZATION, format!("role \"{user}\" may not start a walsender"))
+                    .with_hint("only superusers and roles with the replication attribute (DIR/users) may replicate"),
+            );
+        }
+        if node.walsender_count() >= settings.max_wal_senders {
+            return refuse(
+                w,
+                PgError::fatal(
+                    code::TOO_MANY_CONNECTIONS,
+                    "number of requested standby connections exceeds max_wal_senders",
+                )
+                .with_hint(format!("max_wal_senders is {}", settings.max_wal_senders)),
+            );
+        }
+    }
     match settings.authentication {
         AuthMethod::Trust => {}
         AuthMethod::ScramSha256 => {
@@ -238,7 +285,7 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
     }
     out.auth(0, &[]);
     out.send(w)?;
-    Ok(Some((user, params)))
+    Ok(Some((user, params, replication)))
 }
 
 fn send_result(
@@ -297,13 +344,8 @@ fn run(
     params: &[(String, String)],
 ) -> Result<(), ProtoError> {
     let mut session = Session::new(node.clone(), params);
+    greet(node, &session, w, pid, key)?;
     let mut out = Out::default();
-    for (name, value) in node.startup_parameters(&session) {
-        out.parameter_status(&name, &value);
-    }
-    out.backend_key(pid, key);
-    out.ready(session.status());
-    out.send(w)?;
     let mut statements: HashMap<String, Prepared> = HashMap::new();
     let mut portals: HashMap<String, Portal> = HashMap::new();
     // After an error in an extended-protocol batch, skip until Sync.
@@ -492,6 +534,25 @@ fn run(
             out.send(w)?;
         }
     }
+}
+
+/// What follows authentication: the parameters a PostgreSQL 15 server
+/// reports, the cancel key, and ReadyForQuery.
+fn greet(
+    node: &Node,
+    session: &Session,
+    w: &mut Writer,
+    pid: i32,
+    key: i32,
+) -> Result<(), ProtoError> {
+    let mut out = Out::default();
+    for (name, value) in node.startup_parameters(session) {
+        out.parameter_status(&name, &value);
+    }
+    out.backend_key(pid, key);
+    out.ready(session.status());
+    out.send(w)?;
+    Ok(())
 }
 
 fn describe_rows(session: &Session, out: &mut Out, stmt: Option<&Statement>, formats: &[i16]) {

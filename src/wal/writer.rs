@@ -23,7 +23,7 @@ use std::fs::OpenOptions;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::decoder::{Decoder, EndOfWal, Expect, Record};
@@ -90,6 +90,8 @@ pub struct WalWriter {
     flush_lock: Mutex<()>,
     flushed: AtomicU64,
     poisoned: AtomicBool,
+    /// Signalled whenever `flushed` advances (walsenders wait on it).
+    flushed_signal: (Mutex<()>, Condvar),
     _lock: DirLock,
 }
 
@@ -211,6 +213,7 @@ impl WalWriter {
             }),
             flush_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
+            flushed_signal: (Mutex::new(()), Condvar::new()),
             config,
             _lock: lock,
         };
@@ -503,6 +506,14 @@ impl WalWriter {
             }
         }
         self.flushed.store(target.0, Ordering::Release);
+        {
+            let _g = self
+                .flushed_signal
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.flushed_signal.1.notify_all();
+        }
         let mut done = Vec::new();
         {
             let mut ins = self.lock_insert();
@@ -531,6 +542,21 @@ impl WalWriter {
             .unwrap_or_default();
         durable::create_file_exclusive(&status.join(format!("{name}.ready")), |_| Ok(()))?;
         Ok(())
+    }
+
+    /// Waits until the flushed position passes `after`, or `timeout`
+    /// elapses; returns the flushed position either way.
+    pub fn wait_flushed_beyond(&self, after: Lsn, timeout: std::time::Duration) -> Lsn {
+        let g = self
+            .flushed_signal
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.flushed_lsn() > after {
+            return self.flushed_lsn();
+        }
+        let _ = self.flushed_signal.1.wait_timeout(g, timeout);
+        self.flushed_lsn()
     }
 
     /// Flushes everything appended so far.

@@ -1,0 +1,204 @@
+//! Physical replication slots: `DIR/slots/NAME`, each holding the LSN from
+//! which its consumer still needs WAL (`restart_lsn`). A segment is removed
+//! only when every slot is past it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::durable::{self, FileError, IoContext};
+use crate::meta::{Fields, MetaError, MetaKind};
+use crate::sqlstate::{code, PgError};
+use crate::wal::Lsn;
+
+const KIND: MetaKind = MetaKind {
+    what: "replication slot",
+    magic: 0x4c53_5357, // "WSSL"
+    version: 1,
+};
+
+/// One slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// WAL from here on is kept; `None` until the slot reserves WAL or its
+    /// consumer first reports a position.
+    pub restart_lsn: Option<Lsn>,
+    /// Whether a walsender is streaming from it now.
+    pub active: bool,
+}
+
+/// Every slot of a node, persisted in one directory.
+pub struct Slots {
+    dir: PathBuf,
+    slots: BTreeMap<String, Slot>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl Slots {
+    /// Loads the slots in `dir` (created if missing).
+    pub fn load(dir: &Path) -> Result<Slots, MetaError> {
+        if !dir.exists() {
+            durable::create_dir(dir)?;
+        }
+        let mut slots = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).at("read directory", dir)? {
+            let entry = entry.at("read directory", dir)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !valid_name(&name) {
+                continue;
+            }
+            let body = KIND.read(&entry.path())?;
+            let mut f = Fields::new(&body);
+            let restart = f.u64().ok_or_else(|| MetaError::Damaged {
+                path: entry.path(),
+                what: KIND.what,
+            })?;
+            slots.insert(
+                name,
+                Slot {
+                    restart_lsn: (restart != 0).then_some(Lsn(restart)),
+                    active: false,
+                },
+            );
+        }
+        Ok(Slots {
+            dir: dir.to_path_buf(),
+            slots,
+        })
+    }
+
+    fn persist(&self, name: &str, slot: &Slot) -> Result<(), MetaError> {
+        KIND.write(
+            &self.dir.join(name),
+            &slot.restart_lsn.unwrap_or(Lsn::INVALID).0.to_le_bytes(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Slot> {
+        self.slots.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = (&String, &Slot)> {
+        self.slots.iter()
+    }
+
+    pub fn create(&mut self, name: &str, restart_lsn: Option<Lsn>) -> Result<(), PgError> {
+        if !valid_name(name) {
+            return Err(PgError::new(code::INVALID_PARAMETER_VALUE, format!("replication slot name \"{name}\" contains invalid characters"))
+                .with_hint("Replication slot names may only contain lower case letters, numbers, and the underscore character."));
+        }
+        if self.slots.contains_key(name) {
+            return Err(PgError::new(
+                "42710",
+                format!("replication slot \"{name}\" already exists"),
+            ));
+        }
+        let slot = Slot {
+            restart_lsn,
+            active: false,
+        };
+        self.persist(name, &slot).map_err(io_error)?;
+        self.slots.insert(name.to_string(), slot);
+        Ok(())
+    }
+
+    pub fn drop_slot(&mut self, name: &str) -> Result<(), PgError> {
+        match self.slots.get(name) {
+            None => Err(not_found(name)),
+            Some(s) if s.active => Err(PgError::new(
+                "55006",
+                format!("replication slot \"{name}\" is active"),
+            )),
+            Some(_) => {
+                durable::remove_file(&self.dir.join(name))
+                    .map_err(|e: FileError| io_error(e.into()))?;
+                self.slots.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks a slot in use by a walsender; fails if it is missing or busy.
+    pub fn acquire(&mut self, name: &str) -> Result<(), PgError> {
+        match self.slots.get_mut(name) {
+            None => Err(not_found(name)),
+            Some(s) if s.active => Err(PgError::new(
+                "55006",
+                format!("replication slot \"{name}\" is active for another walsender"),
+            )),
+            Some(s) => {
+                s.active = true;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn release(&mut self, name: &str) {
+        if let Some(s) = self.slots.get_mut(name) {
+            s.active = false;
+        }
+    }
+
+    /// Moves a slot's restart point forward (never back) and persists it.
+    pub fn advance(&mut self, name: &str, lsn: Lsn) -> Result<(), MetaError> {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return Ok(());
+        };
+        if slot.restart_lsn.is_some_and(|r| r >= lsn) {
+            return Ok(());
+        }
+        slot.restart_lsn = Some(lsn);
+        let slot = slot.clone();
+        self.persist(name, &slot)
+    }
+
+    /// The oldest LSN any slot still needs.
+    pub fn oldest_needed(&self) -> Option<Lsn> {
+        self.slots.values().filter_map(|s| s.restart_lsn).min()
+    }
+}
+
+fn not_found(name: &str) -> PgError {
+    PgError::new(
+        code::UNDEFINED_OBJECT,
+        format!("replication slot \"{name}\" does not exist"),
+    )
+}
+
+fn io_error(e: MetaError) -> PgError {
+    PgError::new(code::IO_ERROR, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_persist_and_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slots");
+        let mut s = Slots::load(&path).unwrap();
+        s.create("s1", Some(Lsn(100))).unwrap();
+        assert_eq!(s.create("s1", None).unwrap_err().code, "42710");
+        assert_eq!(s.create("Bad-Name", None).unwrap_err().code, "22023");
+        s.advance("s1", Lsn(200)).unwrap();
+        s.advance("s1", Lsn(150)).unwrap();
+        let again = Slots::load(&path).unwrap();
+        assert_eq!(again.get("s1").unwrap().restart_lsn, Some(Lsn(200)));
+        assert_eq!(again.oldest_needed(), Some(Lsn(200)));
+        s.acquire("s1").unwrap();
+        assert_eq!(s.drop_slot("s1").unwrap_err().code, "55006");
+        s.release("s1");
+        s.drop_slot("s1").unwrap();
+        assert!(Slots::load(&path).unwrap().get("s1").is_none());
+        assert_eq!(s.drop_slot("s1").unwrap_err().code, "42704");
+    }
+}

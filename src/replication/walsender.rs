@@ -1,0 +1,445 @@
+//! The walsender: a `replication=true` connection. It answers replication
+//! commands and, on START_REPLICATION, streams WAL in CopyBoth mode —
+//! XLogData messages with the bytes of the segment files, keepalives when
+//! idle — while a reader thread takes the standby's status updates.
+//!
+//! Invariant: only flushed WAL is sent (the bytes below the writer's
+//! flushed LSN, read from the segment files), so a standby never holds WAL
+//! the primary could lose in a crash.
+
+use std::io::{BufReader, BufWriter};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use super::command::{self, ReplicationCommand};
+use super::slots::Slots;
+use crate::protocol::codec::{self, Cursor, Out, ProtoError};
+use crate::sql::exec::oid;
+use crate::sqlstate::{code, PgError};
+use crate::wal::name::history_file_name;
+use crate::wal::segment::{segment_path, SegmentData};
+use crate::wal::{Lsn, SegmentSize, TimelineId, WalWriter};
+
+/// The largest XLogData payload (PostgreSQL's `MAX_SEND_SIZE`, 16 pages).
+const MAX_SEND: u64 = 16 * 8192;
+
+/// What a walsender needs of the node it runs on.
+pub trait WalSenderHost: Send + Sync {
+    fn wal(&self) -> &WalWriter;
+    fn system_id(&self) -> u64;
+    fn timeline(&self) -> TimelineId;
+    fn seg_size(&self) -> SegmentSize;
+    fn wal_dir(&self) -> PathBuf;
+    fn slots(&self) -> MutexGuard<'_, Slots>;
+    /// Read-only parameters for SHOW.
+    fn show(&self, name: &str) -> Option<String>;
+    fn sender_timeout(&self) -> Duration;
+    fn max_message_size(&self) -> usize;
+    fn is_shutting_down(&self) -> bool;
+}
+
+/// Microseconds since 2000-01-01, PostgreSQL's `TimestampTz`.
+pub fn pg_now() -> i64 {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    unix.as_micros() as i64 - 946_684_800_000_000
+}
+
+/// What the standby last reported.
+#[derive(Default)]
+struct Feedback {
+    write: AtomicU64,
+    flush: AtomicU64,
+    apply: AtomicU64,
+    done: AtomicBool,
+}
+
+type Reader = BufReader<TcpStream>;
+type Writer = BufWriter<TcpStream>;
+
+fn text_result(out: &mut Out, columns: &[(&str, u32)], row: &[Option<String>]) {
+    let cols: Vec<(String, u32)> = columns.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+    out.row_description(&cols, &[]);
+    out.data_row(row.iter().map(|v| v.as_deref().map(str::as_bytes)));
+}
+
+/// Serves a replication connection after authentication (and after
+/// ReadyForQuery was sent).
+pub fn serve(host: &dyn WalSenderHost, r: &mut Reader, w: &mut Writer) -> Result<(), ProtoError> {
+    let mut out = Out::default();
+    loop {
+        let (tag, body) = codec::read_message(r, host.max_message_size())?;
+        match tag {
+            b'Q' => {
+                let text = Cursor::new(&body).cstr()?;
+                debug!(command = %text, "replication command");
+                let result = match command::parse(&text) {
+                    Ok(cmd) => run_command(host, cmd, r, w, &mut out),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(e) => out.error(&e),
+                }
+                out.ready(b'I');
+                out.send(w)?;
+            }
+            b'X' => return Ok(()),
+            b'S' => {
+                out.ready(b'I');
+                out.send(w)?;
+            }
+            other => {
+                out.error(&PgError::fatal(
+                    code::PROTOCOL_VIOLATION,
+                    format!("replication connections take only simple queries, not message type {other}"),
+                ));
+                out.send(w)?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn run_command(
+    host: &dyn WalSenderHost,
+    cmd: ReplicationCommand,
+    r: &mut Reader,
+    w: &mut Writer,
+    out: &mut Out,
+) -> Result<(), PgError> {
+    match cmd {
+        ReplicationCommand::IdentifySystem => {
+            text_result(
+                out,
+                &[
+                    ("systemid", oid::TEXT),
+                    ("timeline", oid::INT4),
+                    ("xlogpos", oid::TEXT),
+                    ("dbname", oid::TEXT),
+                ],
+                &[
+                    Some(host.system_id().to_string()),
+                    Some(host.timeline().to_string()),
+                    Some(host.wal().flushed_lsn().to_string()),
+                    None,
+                ],
+            );
+            out.command_complete("IDENTIFY_SYSTEM");
+        }
+        ReplicationCommand::Show(name) => {
+            let value = host.show(&name).ok_or_else(|| {
+                PgError::new(
+                    code::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            })?;
+            text_result(out, &[(name.as_str(), oid::TEXT)], &[Some(value)]);
+            out.command_complete("SHOW");
+        }
+        ReplicationCommand::TimelineHistory(tli) => {
+            let name = history_file_name(tli);
+            let path = host.wal_dir().join(&name);
+            let content = std::fs::read(&path).map_err(|e| {
+                PgError::new(
+                    "58P01",
+                    format!("could not open file \"{}\": {e}", path.display()),
+                )
+            })?;
+            out.row_description(
+                &[("filename".into(), oid::TEXT), ("content".into(), 17)],
+                &[],
+            );
+            out.data_row([Some(name.as_bytes()), Some(&content[..])].into_iter());
+            out.command_complete("TIMELINE_HISTORY");
+        }
+        ReplicationCommand::CreateSlot {
+            name,
+            reserve_wal,
+            temporary: _,
+        } => {
+            let restart = reserve_wal.then(|| host.wal().flushed_lsn());
+            host.slots().create(&name, restart)?;
+            info!(slot = %name, restart_lsn = ?restart.map(|l| l.to_string()), "replication slot created");
+            text_result(
+                out,
+                &[
+                    ("slot_name", oid::TEXT),
+                    ("consistent_point", oid::TEXT),
+                    ("snapshot_name", oid::TEXT),
+                    ("output_plugin", oid::TEXT),
+                ],
+                &[
+                    Some(name),
+                    Some(restart.unwrap_or(Lsn::INVALID).to_string()),
+                    None,
+                    None,
+                ],
+            );
+            out.command_complete("CREATE_REPLICATION_SLOT");
+        }
+        ReplicationCommand::ReadSlot(name) => {
+            let slot = host.slots().get(&name).cloned();
+            let (kind, restart, tli) = match slot {
+                None => (None, None, None),
+                Some(s) => (
+                    Some("physical".to_string()),
+                    s.restart_lsn.map(|l| l.to_string()),
+                    s.restart_lsn.map(|_| host.timeline().to_string()),
+                ),
+            };
+            text_result(
+                out,
+                &[
+                    ("slot_type", oid::TEXT),
+                    ("restart_lsn", oid::TEXT),
+                    ("restart_tli", oid::INT8),
+                ],
+                &[kind, restart, tli],
+            );
+            out.command_complete("READ_REPLICATION_SLOT");
+        }
+        ReplicationCommand::DropSlot(name) => {
+            host.slots().drop_slot(&name)?;
+            info!(slot = %name, "replication slot dropped");
+            out.command_complete("DROP_REPLICATION_SLOT");
+        }
+        ReplicationCommand::StartReplication {
+            slot,
+            start,
+            timeline,
+        } => {
+            if let Some(tli) = timeline {
+                if tli != host.timeline() {
+                    return Err(PgError::new(
+                        code::INVALID_PARAMETER_VALUE,
+                        format!("requested timeline {tli} is not in this server's history (it is on timeline {})", host.timeline()),
+                    ));
+                }
+            }
+            if let Some(name) = &slot {
+                if host.slots().get(name).is_none() {
+                    return Err(PgError::new(
+                        code::UNDEFINED_OBJECT,
+                        format!("replication slot \"{name}\" does not exist"),
+                    ));
+                }
+            }
+            let flushed = host.wal().flushed_lsn();
+            if start > flushed {
+                return Err(PgError::new(
+                    code::INVALID_PARAMETER_VALUE,
+                    format!("requested starting point {start} is ahead of the WAL flush position of this server {flushed}"),
+                ));
+            }
+            let first = segment_path(
+                &host.wal_dir(),
+                host.timeline(),
+                start.segno(host.seg_size()),
+                host.seg_size(),
+            );
+            if !first.exists() {
+                return Err(PgError::new(
+                    "58P01",
+                    format!(
+                        "requested WAL segment {} has already been removed",
+                        first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                    ),
+                )
+                .with_hint("use a replication slot to keep WAL for a standby that is away, or restore from the archive"));
+            }
+            if let Some(name) = &slot {
+                host.slots().acquire(name)?;
+            }
+            info!(start = %start, slot = ?slot, "streaming WAL");
+            let result = stream(host, start, slot.as_deref(), r, w);
+            if let Some(name) = &slot {
+                host.slots().release(name);
+            }
+            match result {
+                Ok(()) => out.command_complete("START_REPLICATION"),
+                Err(StreamEnd::Client(e)) => {
+                    return Err(PgError::fatal(code::PROTOCOL_VIOLATION, e.to_string()))
+                }
+                Err(StreamEnd::Error(e)) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+enum StreamEnd {
+    Client(ProtoError),
+    Error(PgError),
+}
+
+impl From<ProtoError> for StreamEnd {
+    fn from(e: ProtoError) -> Self {
+        StreamEnd::Client(e)
+    }
+}
+
+impl From<std::io::Error> for StreamEnd {
+    fn from(e: std::io::Error) -> Self {
+        StreamEnd::Client(e.into())
+    }
+}
+
+/// CopyBoth: sends WAL from `start` as it is flushed until the standby ends
+/// the copy, goes silent past `wal_sender_timeout`, or the node stops.
+fn stream(
+    host: &dyn WalSenderHost,
+    start: Lsn,
+    slot: Option<&str>,
+    r: &mut Reader,
+    w: &mut Writer,
+) -> Result<(), StreamEnd> {
+    let mut out = Out::default();
+    out.copy_response(b'W');
+    out.send(w)?;
+    let feedback = Arc::new(Feedback::default());
+    let last_heard = Arc::new(AtomicU64::new(0));
+    let max = host.max_message_size();
+    let seg_size = host.seg_size();
+    std::thread::scope(|scope| -> Result<(), StreamEnd> {
+        let fb = feedback.clone();
+        let heard = last_heard.clone();
+        let began = Instant::now();
+        let receiver = scope.spawn(move || -> Result<(), ProtoError> {
+            loop {
+                let (tag, body) = match codec::read_message(r, max) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        fb.done.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                };
+                heard.store(began.elapsed().as_millis() as u64, Ordering::Release);
+                match tag {
+                    b'd' => {
+                        let mut c = Cursor::new(&body);
+                        if c.u8()? == b'r' {
+                            fb.write.store(c.i64()? as u64, Ordering::Release);
+                            fb.flush.store(c.i64()? as u64, Ordering::Release);
+                            fb.apply.store(c.i64()? as u64, Ordering::Release);
+                        }
+                    }
+                    b'c' | b'X' => {
+                        fb.done.store(true, Ordering::Release);
+                        return Ok(());
+                    }
+                    other => {
+                        fb.done.store(true, Ordering::Release);
+                        return Err(ProtoError::Malformed(format!(
+                            "unexpected message type {other} during COPY"
+                        )));
+                    }
+                }
+            }
+        });
+        let mut pos = start;
+        let mut segment: Option<(u64, SegmentData)> = None;
+        let mut last_keepalive = Instant::now();
+        let mut slot_lsn = Lsn::INVALID;
+        let timeout = host.sender_timeout();
+        let outcome = loop {
+            if feedback.done.load(Ordering::Acquire) || host.is_shutting_down() {
+                break Ok(());
+            }
+            let silent_ms = began.elapsed().as_millis() as u64 - last_heard.load(Ordering::Acquire);
+            if !timeout.is_zero() && silent_ms > timeout.as_millis() as u64 {
+                warn!(silent_ms, "terminating walsender: the standby sent nothing for longer than wal_sender_timeout");
+                break Err(StreamEnd::Error(PgError::fatal(
+                    "08006",
+                    "terminating walsender process due to replication timeout",
+                )));
+            }
+            if let Some(name) = slot {
+                let flushed_by_standby = Lsn(feedback.flush.load(Ordering::Acquire));
+                if flushed_by_standby.segno(seg_size) > slot_lsn.segno(seg_size) {
+                    if let Err(e) = host.slots().advance(name, flushed_by_standby) {
+                        warn!(slot = name, "could not persist the slot's position: {e}");
+                    }
+                    slot_lsn = flushed_by_standby;
+                }
+            }
+            let flushed = host.wal().flushed_lsn();
+            if pos < flushed {
+                let segno = pos.segno(seg_size).0;
+                if segment.as_ref().map(|(s, _)| *s) != Some(segno) {
+                    let path = segment_path(
+                        &host.wal_dir(),
+                        host.timeline(),
+                        pos.segno(seg_size),
+                        seg_size,
+                    );
+                    match SegmentData::open(&path, seg_size) {
+                        Ok(d) => segment = Some((segno, d)),
+                        Err(e) => {
+                            break Err(StreamEnd::Error(PgError::new(
+                                code::IO_ERROR,
+                                format!("could not read WAL at {pos}: {e}"),
+                            )))
+                        }
+                    }
+                }
+                let Some((_, data)) = &segment else {
+                    break Ok(());
+                };
+                let seg_end = (segno + 1) * seg_size.bytes();
+                let end = flushed.0.min(seg_end).min(pos.0 + MAX_SEND);
+                let off = pos.segment_offset(seg_size) as usize;
+                let bytes = &data[off..off + (end - pos.0) as usize];
+                let mut payload = Vec::with_capacity(25 + bytes.len());
+                payload.push(b'w');
+                payload.extend_from_slice(&pos.0.to_be_bytes());
+                payload.extend_from_slice(&flushed.0.to_be_bytes());
+                payload.extend_from_slice(&pg_now().to_be_bytes());
+                payload.extend_from_slice(bytes);
+                out.copy_data(&payload);
+                pos = Lsn(end);
+                if out.len() > 1 << 20 {
+                    out.send(w)?;
+                }
+                continue;
+            }
+            out.send(w)?;
+            let keepalive_every = if timeout.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                timeout / 2
+            };
+            if last_keepalive.elapsed() >= keepalive_every.min(Duration::from_secs(10)) {
+                let mut k = vec![b'k'];
+                k.extend_from_slice(&flushed.0.to_be_bytes());
+                k.extend_from_slice(&pg_now().to_be_bytes());
+                k.push(1);
+                out.copy_data(&k);
+                out.send(w)?;
+                last_keepalive = Instant::now();
+            }
+            host.wal()
+                .wait_flushed_beyond(pos, Duration::from_millis(100));
+        };
+        let client_ended = feedback.done.load(Ordering::Acquire);
+        if client_ended {
+            out.copy_done();
+            out.send(w)?;
+        } else {
+            // Stop the receiver: the standby will see the connection end.
+            let _ = w.get_ref().shutdown(std::net::Shutdown::Both);
+        }
+        match receiver.join() {
+            Ok(Ok(())) | Ok(Err(ProtoError::Closed)) => {}
+            Ok(Err(e)) if client_ended && outcome.is_ok() => return Err(e.into()),
+            _ => {}
+        }
+        outcome
+    })
+}

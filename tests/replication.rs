@@ -1,0 +1,224 @@
+//! The walsender, as PostgreSQL 15's own pg_receivewal uses it: segments
+//! streamed from walship are byte-identical to walship's, slots keep WAL,
+//! and bad requests get clear errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Node;
+
+fn pg_receivewal(node: &Node, dir: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(common::pg_bin("pg_receivewal"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.port.to_string(),
+            "-U",
+            "tester",
+            "--no-loop",
+            "--no-password",
+            "-D",
+        ])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn current_lsn(node: &Node) -> String {
+    let rows = node
+        .client()
+        .simple_query("SELECT pg_current_wal_lsn()")
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn create_slot(node: &Node, name: &str) {
+    let repl = format!(
+        "host=127.0.0.1 port={} user=tester replication=true",
+        node.port
+    );
+    let out = Command::new(common::pg_bin("psql"))
+        .args([
+            "-X",
+            "-d",
+            &repl,
+            "-c",
+            &format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wal_segments(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pg_receivewal_streams_byte_identical_segments() {
+    let mut node = Node::init("");
+    node.start();
+    // A slot from the start, so pg_receivewal begins at the first segment.
+    create_slot(&node, "recv");
+    let mut c = node.client();
+    let value = "v".repeat(500);
+    for i in 0..3000 {
+        c.execute(
+            "INSERT INTO kv VALUES ($1, $2)",
+            &[&format!("k{i}"), &value],
+        )
+        .unwrap();
+        if i == 1000 {
+            c.batch_execute("SELECT pg_switch_wal()").unwrap();
+        }
+    }
+    let end = current_lsn(&node);
+    // pg_receivewal stops once it has received WAL beyond --endpos.
+    c.batch_execute("INSERT INTO kv VALUES ('beyond', 'endpos')")
+        .unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = pg_receivewal(&node, out_dir.path(), &["--slot", "recv", "--endpos", &end]);
+    assert!(
+        out.status.success(),
+        "pg_receivewal failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut compared = 0;
+    for entry in std::fs::read_dir(out_dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let segment = name.trim_end_matches(".partial");
+        let theirs = std::fs::read(entry.path()).unwrap();
+        let ours = std::fs::read(node.dir.join("wal").join(segment)).unwrap();
+        assert!(theirs == ours, "{name} differs from walship's {segment}");
+        compared += 1;
+    }
+    assert_eq!(
+        compared,
+        wal_segments(&node.dir.join("wal")).len(),
+        "every segment streamed"
+    );
+    assert!(compared >= 3, "only {compared} segments streamed");
+}
+
+#[test]
+fn a_slot_keeps_wal_for_a_receiver_that_is_away() {
+    let mut node = Node::init("");
+    node.start();
+    create_slot(&node, "away");
+    let mut c = node.client();
+    for i in 0..5 {
+        c.execute("INSERT INTO kv VALUES ($1, 'x')", &[&format!("k{i}")])
+            .unwrap();
+        c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    }
+    c.batch_execute("CHECKPOINT").unwrap();
+    // The slot held every segment since it was created.
+    assert_eq!(wal_segments(&node.dir.join("wal")).len(), 6);
+    let end = current_lsn(&node);
+    c.batch_execute("INSERT INTO kv VALUES ('beyond', 'endpos')")
+        .unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = pg_receivewal(&node, out_dir.path(), &["--slot", "away", "--endpos", &end]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 6);
+    // Dropping the slot lets the next checkpoint remove them.
+    let drop = Command::new(common::pg_bin("pg_receivewal"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.port.to_string(),
+            "-U",
+            "tester",
+            "--slot",
+            "away",
+            "--drop-slot",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        drop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drop.stderr)
+    );
+    node.client().batch_execute("CHECKPOINT").unwrap();
+    assert_eq!(wal_segments(&node.dir.join("wal")).len(), 1);
+}
+
+#[test]
+fn bad_replication_requests_get_clear_errors() {
+    let mut node = Node::init("");
+    node.start();
+    let repl = format!(
+        "host=127.0.0.1 port={} user=tester replication=true",
+        node.port
+    );
+    let run = |sql: &str| -> String {
+        let out = Command::new(common::pg_bin("psql"))
+            .args(["-X", "-A", "-t", "-d", &repl, "-c", sql])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let ident = run("IDENTIFY_SYSTEM");
+    assert!(ident.contains("|1|0/"), "{ident}");
+    assert!(run("START_REPLICATION 7/0").contains("ahead of the WAL flush position"));
+    assert!(run("START_REPLICATION SLOT nosuch 0/0")
+        .contains("replication slot \"nosuch\" does not exist"));
+    assert!(run("START_REPLICATION 0/1000000 TIMELINE 5")
+        .contains("timeline 5 is not in this server's history"));
+    assert!(run("BASE_BACKUP").contains("not supported"));
+    assert!(run("SHOW wal_segment_size").contains("1MB"));
+    // A walsender streams only to roles allowed to replicate.
+    let users = node.dir.join("users");
+    let text = std::fs::read_to_string(&users).unwrap() + "plain::\n";
+    std::fs::write(&users, text).unwrap();
+    node.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(node.wait_log("reloaded"));
+    let out = Command::new(common::pg_bin("psql"))
+        .args([
+            "-X",
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user=plain replication=true",
+                node.port
+            ),
+            "-c",
+            "IDENTIFY_SYSTEM",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not start a walsender"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
