@@ -7,7 +7,9 @@ use common::Node;
 use postgres::error::SqlState;
 
 fn code(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 #[test]
@@ -15,45 +17,95 @@ fn sql_subset_through_a_real_client() {
     let mut node = Node::init("");
     node.start();
     let mut c = node.client();
-    c.batch_execute("INSERT INTO kv VALUES ('a', '1'), ('b', '2'), ('c', '3')").unwrap();
-    assert_eq!(c.execute("INSERT INTO kv VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&"a", &"x"]).unwrap(), 0);
+    c.batch_execute("INSERT INTO kv VALUES ('a', '1'), ('b', '2'), ('c', '3')")
+        .unwrap();
     assert_eq!(
-        c.execute("INSERT INTO kv VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", &[&"a", &"10"]).unwrap(),
+        c.execute(
+            "INSERT INTO kv VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&"a", &"x"]
+        )
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.execute(
+            "INSERT INTO kv VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&"a", &"10"]
+        )
+        .unwrap(),
         1
     );
-    let v: String = c.query_one("SELECT value FROM kv WHERE key = $1", &[&"a"]).unwrap().get(0);
+    let v: String = c
+        .query_one("SELECT value FROM kv WHERE key = $1", &[&"a"])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "10");
-    assert_eq!(c.execute("UPDATE kv SET value = 'z' WHERE key = 'nope'", &[]).unwrap(), 0);
-    assert_eq!(c.execute("DELETE FROM kv WHERE key = $1", &[&"b"]).unwrap(), 1);
+    assert_eq!(
+        c.execute("UPDATE kv SET value = 'z' WHERE key = 'nope'", &[])
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.execute("DELETE FROM kv WHERE key = $1", &[&"b"]).unwrap(),
+        1
+    );
     let n: i64 = c.query_one("SELECT count(*) FROM kv", &[]).unwrap().get(0);
     assert_eq!(n, 2);
     for i in 0..20 {
-        c.execute("INSERT INTO kv VALUES ($1, 'p')", &[&format!("p{i:02}")]).unwrap();
+        c.execute("INSERT INTO kv VALUES ($1, 'p')", &[&format!("p{i:02}")])
+            .unwrap();
     }
     let keys: Vec<String> = c
-        .query("SELECT key FROM kv WHERE key LIKE 'p%' ORDER BY key DESC LIMIT $1", &[&3i64])
+        .query(
+            "SELECT key FROM kv WHERE key LIKE 'p%' ORDER BY key DESC LIMIT $1",
+            &[&3i64],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(keys, ["p19", "p18", "p17"]);
-    let rows = c.query("SELECT key, value FROM kv WHERE key >= 'p05' AND key < 'p08'", &[]).unwrap();
+    let rows = c
+        .query(
+            "SELECT key, value FROM kv WHERE key >= 'p05' AND key < 'p08'",
+            &[],
+        )
+        .unwrap();
     assert_eq!(rows.len(), 3);
-    let lsn: String = c.simple_query("SELECT pg_current_wal_lsn()").unwrap().iter().find_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    }).unwrap();
+    let lsn: String = c
+        .simple_query("SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
     assert!(lsn.contains('/'), "{lsn}");
-    let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    let in_recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
     assert!(!in_recovery);
 
     // SQLSTATEs.
-    let e = c.execute("INSERT INTO kv VALUES ('a', 'dup')", &[]).unwrap_err();
+    let e = c
+        .execute("INSERT INTO kv VALUES ('a', 'dup')", &[])
+        .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNIQUE_VIOLATION));
-    assert_eq!(code(&c.batch_execute("SELECT * FROM accounts").unwrap_err()), "42P01");
-    assert_eq!(code(&c.batch_execute("CREATE TABLE t (a int)").unwrap_err()), "0A000");
+    assert_eq!(
+        code(&c.batch_execute("SELECT * FROM accounts").unwrap_err()),
+        "42P01"
+    );
+    assert_eq!(
+        code(&c.batch_execute("CREATE TABLE t (a int)").unwrap_err()),
+        "0A000"
+    );
     assert_eq!(code(&c.batch_execute("SELEKT 1").unwrap_err()), "42601");
-    assert_eq!(code(&c.batch_execute("SET no_such_thing = 1").unwrap_err()), "42704");
+    assert_eq!(
+        code(&c.batch_execute("SET no_such_thing = 1").unwrap_err()),
+        "42704"
+    );
 }
 
 #[test]
@@ -62,59 +114,111 @@ fn transactions_are_atomic_and_fail_as_postgres_does() {
     node.start();
     let mut c = node.client();
     let mut other = node.client();
-    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t1', 'a'); INSERT INTO kv VALUES ('t2', 'b')").unwrap();
+    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t1', 'a'); INSERT INTO kv VALUES ('t2', 'b')")
+        .unwrap();
     // Not visible to others before COMMIT, visible to itself.
-    assert!(other.query_opt("SELECT value FROM kv WHERE key = 't1'", &[]).unwrap().is_none());
+    assert!(other
+        .query_opt("SELECT value FROM kv WHERE key = 't1'", &[])
+        .unwrap()
+        .is_none());
     let n: i64 = c.query_one("SELECT count(*) FROM kv", &[]).unwrap().get(0);
     assert_eq!(n, 2);
     c.batch_execute("COMMIT").unwrap();
-    let n: i64 = other.query_one("SELECT count(*) FROM kv", &[]).unwrap().get(0);
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM kv", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 
-    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t3', 'c')").unwrap();
+    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t3', 'c')")
+        .unwrap();
     c.batch_execute("ROLLBACK").unwrap();
-    assert!(other.query_opt("SELECT value FROM kv WHERE key = 't3'", &[]).unwrap().is_none());
+    assert!(other
+        .query_opt("SELECT value FROM kv WHERE key = 't3'", &[])
+        .unwrap()
+        .is_none());
 
     // A failed statement aborts the block; COMMIT then rolls back.
-    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t4', 'd')").unwrap();
-    assert_eq!(code(&c.batch_execute("INSERT INTO kv VALUES ('t1', 'dup')").unwrap_err()), "23505");
+    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t4', 'd')")
+        .unwrap();
+    assert_eq!(
+        code(
+            &c.batch_execute("INSERT INTO kv VALUES ('t1', 'dup')")
+                .unwrap_err()
+        ),
+        "23505"
+    );
     assert_eq!(code(&c.batch_execute("SELECT 1").unwrap_err()), "25P02");
     c.batch_execute("COMMIT").unwrap();
-    assert!(other.query_opt("SELECT value FROM kv WHERE key = 't4'", &[]).unwrap().is_none());
+    assert!(other
+        .query_opt("SELECT value FROM kv WHERE key = 't4'", &[])
+        .unwrap()
+        .is_none());
 
     // A multi-statement simple query is one implicit transaction.
-    assert!(c.batch_execute("INSERT INTO kv VALUES ('t5', 'e'); INSERT INTO kv VALUES ('t1', 'dup')").is_err());
-    assert!(other.query_opt("SELECT value FROM kv WHERE key = 't5'", &[]).unwrap().is_none());
+    assert!(c
+        .batch_execute("INSERT INTO kv VALUES ('t5', 'e'); INSERT INTO kv VALUES ('t1', 'dup')")
+        .is_err());
+    assert!(other
+        .query_opt("SELECT value FROM kv WHERE key = 't5'", &[])
+        .unwrap()
+        .is_none());
 
     // A client that vanishes mid-transaction leaves nothing behind.
     {
         let mut gone = node.client();
-        gone.batch_execute("BEGIN; INSERT INTO kv VALUES ('t6', 'f')").unwrap();
+        gone.batch_execute("BEGIN; INSERT INTO kv VALUES ('t6', 'f')")
+            .unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(other.query_opt("SELECT value FROM kv WHERE key = 't6'", &[]).unwrap().is_none());
+    assert!(other
+        .query_opt("SELECT value FROM kv WHERE key = 't6'", &[])
+        .unwrap()
+        .is_none());
 
     // Session settings.
     c.batch_execute("SET synchronous_commit = off").unwrap();
     let v: String = c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0);
     assert_eq!(v, "off");
-    c.execute("INSERT INTO kv VALUES ('async', 'x')", &[]).unwrap();
-    assert_eq!(code(&c.batch_execute("SET synchronous_commit = sometimes").unwrap_err()), "22023");
+    c.execute("INSERT INTO kv VALUES ('async', 'x')", &[])
+        .unwrap();
+    assert_eq!(
+        code(
+            &c.batch_execute("SET synchronous_commit = sometimes")
+                .unwrap_err()
+        ),
+        "22023"
+    );
 }
 
 #[test]
 fn data_survives_a_clean_restart_and_a_second_server_is_refused() {
     let mut node = Node::init("");
     node.start();
-    node.client().batch_execute("INSERT INTO kv VALUES ('k', 'v')").unwrap();
-    let second = common::walship(&["server", "-D", node.dir.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('k', 'v')")
+        .unwrap();
+    let second = common::walship(&[
+        "server",
+        "-D",
+        node.dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("in use by another process") && err.contains(&format!("pid {}", node.pid())), "{err}");
+    assert!(
+        err.contains("in use by another process") && err.contains(&format!("pid {}", node.pid())),
+        "{err}"
+    );
     assert!(node.stop().success(), "{}", node.log());
     assert!(node.log().contains("shut down cleanly"));
     node.start();
-    let v: String = node.client().query_one("SELECT value FROM kv WHERE key = 'k'", &[]).unwrap().get(0);
+    let v: String = node
+        .client()
+        .query_one("SELECT value FROM kv WHERE key = 'k'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(v, "v");
 }
 
@@ -123,15 +227,35 @@ fn scram_sha_256_accepts_the_password_and_nothing_else() {
     let root = tempfile::tempdir().unwrap();
     let pw = root.path().join("pw");
     std::fs::write(&pw, "s3cret\n").unwrap();
-    let mut node = Node::init_with("authentication = scram-sha-256", &["--pwfile", pw.to_str().unwrap()]);
+    let mut node = Node::init_with(
+        "authentication = scram-sha-256",
+        &["--pwfile", pw.to_str().unwrap()],
+    );
     node.start();
-    let ok = postgres::Client::connect(&format!("{} password=s3cret", node.conninfo()), postgres::NoTls);
+    let ok = postgres::Client::connect(
+        &format!("{} password=s3cret", node.conninfo()),
+        postgres::NoTls,
+    );
     assert!(ok.is_ok(), "{:?}", ok.err());
-    let bad = postgres::Client::connect(&format!("{} password=wrong", node.conninfo()), postgres::NoTls).err().unwrap();
+    let bad = postgres::Client::connect(
+        &format!("{} password=wrong", node.conninfo()),
+        postgres::NoTls,
+    )
+    .err()
+    .unwrap();
     assert_eq!(code(&bad), "28P01");
     let users = format!("host=127.0.0.1 port={} user=nobody password=x", node.port);
-    assert_eq!(code(&postgres::Client::connect(&users, postgres::NoTls).err().unwrap()), "28000");
-    assert!(!std::fs::read_to_string(node.dir.join("users")).unwrap().contains("s3cret"));
+    assert_eq!(
+        code(
+            &postgres::Client::connect(&users, postgres::NoTls)
+                .err()
+                .unwrap()
+        ),
+        "28000"
+    );
+    assert!(!std::fs::read_to_string(node.dir.join("users"))
+        .unwrap()
+        .contains("s3cret"));
 }
 
 #[test]
@@ -140,7 +264,11 @@ fn bad_configuration_and_directories_are_refused_clearly() {
     let out = common::walship(&["server", "-D", node.dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("walship.conf:") && err.contains("unrecognized configuration parameter \"bogus_setting\""), "{err}");
+    assert!(
+        err.contains("walship.conf:")
+            && err.contains("unrecognized configuration parameter \"bogus_setting\""),
+        "{err}"
+    );
 
     let out = common::walship(&["init", "-D", node.dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -166,23 +294,66 @@ fn psql_and_pgbench_work_unchanged() {
     let mut node = Node::init("");
     node.start();
     let psql = std::process::Command::new(common::pg_bin("psql"))
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", "tester", "-d", "anydb"])
-        .args(["-c", "INSERT INTO kv VALUES ('from-psql', 'yes')", "-c", "SELECT value FROM kv WHERE key = 'from-psql'"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.port.to_string(),
+            "-U",
+            "tester",
+            "-d",
+            "anydb",
+        ])
+        .args([
+            "-c",
+            "INSERT INTO kv VALUES ('from-psql', 'yes')",
+            "-c",
+            "SELECT value FROM kv WHERE key = 'from-psql'",
+        ])
         .output()
         .unwrap();
-    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    assert!(
+        psql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
     assert!(String::from_utf8_lossy(&psql.stdout).contains("yes"));
     let script = node.root.path().join("upsert.sql");
     std::fs::write(&script, "\\set k random(1, 1000)\nINSERT INTO kv VALUES (:k, 'v') ON CONFLICT (key) DO UPDATE SET value = excluded.value;\nSELECT value FROM kv WHERE key = CAST(:k AS text);\n").unwrap();
     for mode in ["simple", "prepared"] {
         let out = std::process::Command::new(common::pg_bin("pgbench"))
-            .args(["-n", "-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", "tester", "-c", "4", "-t", "50", "-M", mode, "-f"])
+            .args([
+                "-n",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &node.port.to_string(),
+                "-U",
+                "tester",
+                "-c",
+                "4",
+                "-t",
+                "50",
+                "-M",
+                mode,
+                "-f",
+            ])
             .arg(&script)
             .arg("anydb")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "pgbench -M {mode}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("number of transactions actually processed: 200/200"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of transactions actually processed: 200/200"),
+            "{stdout}"
+        );
     }
 }

@@ -81,18 +81,32 @@ fn acknowledged_writes_survive_kill_9_under_load() {
         for (k, v) in &h.acked {
             match rows.get(k) {
                 Some(found) => assert_eq!(found, v, "round {round}: {k} has the wrong value"),
-                None => panic!("round {round}: acknowledged write {k} lost after kill -9\n{}", node.log()),
+                None => panic!(
+                    "round {round}: acknowledged write {k} lost after kill -9\n{}",
+                    node.log()
+                ),
             }
         }
         let present: HashSet<&String> = rows.keys().collect();
         for (a, b) in &h.pairs {
-            assert_eq!(present.contains(a), present.contains(b), "round {round}: transaction {a}/{b} is half there");
+            assert_eq!(
+                present.contains(a),
+                present.contains(b),
+                "round {round}: transaction {a}/{b} is half there"
+            );
         }
         drop(h);
         drop(c);
         node.kill9();
     }
     let h = history.lock().unwrap();
-    eprintln!("{} acknowledged writes survived {rounds} kill -9s", h.acked.len());
-    assert!(h.acked.len() > rounds * 20, "too few acknowledged writes ({}) to mean anything", h.acked.len());
+    eprintln!(
+        "{} acknowledged writes survived {rounds} kill -9s",
+        h.acked.len()
+    );
+    assert!(
+        h.acked.len() > rounds * 20,
+        "too few acknowledged writes ({}) to mean anything",
+        h.acked.len()
+    );
 }
