@@ -62,8 +62,9 @@ pub enum EndReason {
     BadRecord { what: String },
 }
 
-/// The end of valid WAL: `lsn` is where the next record would have begun
-/// (for [`EndReason::BadPageHeader`], the offending page).
+/// The end of valid WAL: `lsn` is where the next record would have begun,
+/// which is where a writer resumes (a record torn or damaged anywhere is
+/// overwritten from its start).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndOfWal {
     pub lsn: Lsn,
@@ -182,7 +183,7 @@ impl Decoder {
         expect: Expect,
         state: State,
     ) -> Decoder {
-        Decoder {
+        let mut d = Decoder {
             seg_size,
             expect,
             pos,
@@ -194,7 +195,19 @@ impl Decoder {
             tot_len: None,
             prev,
             ended: None,
+        };
+        // A record never begins inside a page header: starting there would
+        // take the header's tail for a record and skip its checks.
+        let off = pos.page_offset() as usize;
+        if state == State::BetweenRecords
+            && off > 0
+            && off < d.page_header_len(Lsn(pos.0 - off as u64))
+        {
+            d.bad_record(format!(
+                "start LSN {pos} lies inside a page header; records begin after it"
+            ));
         }
+        d
     }
 
     /// The LSN of the next byte to feed.
@@ -472,7 +485,16 @@ impl Decoder {
                 .or_else(|| self.check_continuation(&h, mid_record))
         };
         match what {
-            Some(what) => self.end(page, EndReason::BadPageHeader { page, what }),
+            // Valid WAL ends before the record the page was to continue, or
+            // where the page's first record would have begun.
+            Some(what) => {
+                let lsn = if mid_record {
+                    record_lsn
+                } else {
+                    self.next_record_lsn_at(page)
+                };
+                self.end(lsn, EndReason::BadPageHeader { page, what })
+            }
             None => {
                 self.last_page_tli = h.tli;
                 if let State::SkippingContinuation { left: 0 } = self.state {
@@ -541,5 +563,24 @@ impl Decoder {
             ));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_inside_a_page_header_is_refused() {
+        let size = SegmentSize::from_mib(1).unwrap();
+        let mut d = Decoder::at_record(size, Lsn(0x100008), None, Expect::default());
+        let (_, step) = d.decode(&[0u8; 64]);
+        match step {
+            Step::End(end) => assert!(
+                !end.is_clean() && end.to_string().contains("inside a page header"),
+                "{end}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use super::decoder::{Decoder, EndOfWal, Record, Step};
+use super::decoder::{Decoder, EndOfWal, EndReason, Record, Step};
 use super::error::WalError;
 use super::lsn::{Lsn, SegNo, SegmentSize};
 use super::segment::SegmentData;
@@ -63,10 +63,18 @@ pub fn walk(
             }
             Step::NeedMore => {}
             Step::End(end) => {
-                return Ok(WalkEnd::EndOfWal {
-                    end,
-                    path: data.path.clone(),
-                })
+                // Name the file where the damage is: a bad page's, or the
+                // one where the failed record begins.
+                let at = match &end.reason {
+                    EndReason::BadPageHeader { page, .. } => *page,
+                    _ => end.lsn,
+                };
+                let path = files
+                    .files
+                    .get(&at.segno(files.size))
+                    .unwrap_or(&data.path)
+                    .clone();
+                return Ok(WalkEnd::EndOfWal { end, path });
             }
         }
     }

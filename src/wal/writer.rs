@@ -168,12 +168,20 @@ impl WalWriter {
                     records += 1;
                     ControlFlow::Continue(())
                 })?;
-                if last.is_none() {
-                    end = decoder.next_record_lsn();
-                }
+                // Resume where the next record would have begun: after the
+                // last valid record, or at the first invalid one (which may
+                // be the very first: a torn first append is overwritten).
                 let stopped_by = match outcome {
-                    WalkEnd::EndOfWal { end, .. } => Some(end),
-                    _ => None,
+                    WalkEnd::EndOfWal { end: eow, .. } => {
+                        end = eow.lsn;
+                        Some(eow)
+                    }
+                    _ => {
+                        if last.is_none() {
+                            end = decoder.next_record_lsn();
+                        }
+                        None
+                    }
                 };
                 (
                     Resumed {
