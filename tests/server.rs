@@ -357,3 +357,18 @@ fn psql_and_pgbench_work_unchanged() {
         );
     }
 }
+
+#[test]
+fn startup_options_set_session_parameters() {
+    let mut node = Node::init("");
+    node.start();
+    let conninfo = format!("{} options='-c synchronous_commit=off'", node.conninfo());
+    let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+    let v: String = c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0);
+    assert_eq!(v, "off");
+    let bad = format!("{} options='-c synchronous_commit=never'", node.conninfo());
+    let e = postgres::Client::connect(&bad, postgres::NoTls)
+        .err()
+        .unwrap();
+    assert_eq!(code(&e), "22023");
+}

@@ -344,6 +344,21 @@ fn run(
     params: &[(String, String)],
 ) -> Result<(), ProtoError> {
     let mut session = Session::new(node.clone(), params);
+    // `options` (libpq's PGOPTIONS): `-c name=value` or `--name=value`.
+    if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
+        for (name, value) in parse_options(options) {
+            let set = Statement::Set {
+                name: name.to_ascii_lowercase(),
+                value: Some(value),
+            };
+            if let Err(e) = session.execute(&set, &[]) {
+                let mut out = Out::default();
+                out.error(&PgError { fatal: true, ..e });
+                out.send(w)?;
+                return Ok(());
+            }
+        }
+    }
     greet(node, &session, w, pid, key)?;
     let mut out = Out::default();
     let mut statements: HashMap<String, Prepared> = HashMap::new();
@@ -534,6 +549,23 @@ fn run(
             out.send(w)?;
         }
     }
+}
+
+/// The settings in a startup `options` string: `-c name=value`,
+/// `-cname=value` or `--name=value`, separated by spaces.
+fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let setting = match word {
+            "-c" => words.next(),
+            w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c")),
+        };
+        if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+            out.push((name.replace('-', "_"), value.to_string()));
+        }
+    }
+    out
 }
 
 /// What follows authentication: the parameters a PostgreSQL 15 server
