@@ -86,12 +86,12 @@ pub struct Resumed {
 pub struct WalWriter {
     config: WriterConfig,
     insert: Mutex<Insert>,
-    /// Serializes flushes; whoever holds it flushes for everyone waiting.
-    flush_lock: Mutex<()>,
     flushed: AtomicU64,
     poisoned: AtomicBool,
-    /// Signalled whenever `flushed` advances (walsenders wait on it).
-    flushed_signal: (Mutex<()>, Condvar),
+    /// Whether a flush is under way; the condition variable is signalled
+    /// whenever one ends (`flushed` advanced, or the writer is poisoned).
+    /// Committers and walsenders wait on it.
+    flushed_signal: (Mutex<bool>, Condvar),
     _lock: DirLock,
 }
 
@@ -219,9 +219,8 @@ impl WalWriter {
                 pending_bytes: 0,
                 preallocating: None,
             }),
-            flush_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
-            flushed_signal: (Mutex::new(()), Condvar::new()),
+            flushed_signal: (Mutex::new(false), Condvar::new()),
             config,
             _lock: lock,
         };
@@ -463,21 +462,51 @@ impl WalWriter {
     /// Makes every record that ends at or before `upto` durable, and
     /// returns the LSN below which everything now is.
     ///
-    /// Group commit: concurrent callers queue on one lock; whoever holds it
-    /// flushes everything appended so far, so one msync serves every record
-    /// appended before it began, and the callers behind it usually find
-    /// their records already durable.
+    /// Group commit: one caller at a time writes and syncs everything
+    /// appended so far; the others wait on a condition variable and are all
+    /// woken together when it is done, so one `fdatasync` serves every
+    /// record appended before it began.
     pub fn flush(&self, upto: Lsn) -> Result<Lsn, WalError> {
         self.check_poisoned()?;
         if self.flushed_lsn() >= upto {
             return Ok(self.flushed_lsn());
         }
-        let _flushing = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.check_poisoned()?;
-        let from = self.flushed_lsn();
-        if from >= upto {
-            return Ok(from);
+        let mut flushing = self.lock_flush_state();
+        loop {
+            self.check_poisoned()?;
+            let flushed = self.flushed_lsn();
+            if flushed >= upto {
+                return Ok(flushed);
+            }
+            if !*flushing {
+                *flushing = true;
+                break;
+            }
+            flushing = self
+                .flushed_signal
+                .1
+                .wait(flushing)
+                .unwrap_or_else(|p| p.into_inner());
         }
+        drop(flushing);
+        let result = self.write_out();
+        let mut flushing = self.lock_flush_state();
+        *flushing = false;
+        self.flushed_signal.1.notify_all();
+        drop(flushing);
+        result
+    }
+
+    fn lock_flush_state(&self) -> MutexGuard<'_, bool> {
+        self.flushed_signal
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes everything appended so far and syncs it; the caller is the
+    /// only one doing so.
+    fn write_out(&self) -> Result<Lsn, WalError> {
         let (target, pending, segments) = {
             let mut ins = self.lock_insert();
             ins.pending_bytes = 0;
@@ -514,14 +543,6 @@ impl WalWriter {
             }
         }
         self.flushed.store(target.0, Ordering::Release);
-        {
-            let _g = self
-                .flushed_signal
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            self.flushed_signal.1.notify_all();
-        }
         let mut done = Vec::new();
         {
             let mut ins = self.lock_insert();
@@ -555,11 +576,7 @@ impl WalWriter {
     /// Waits until the flushed position passes `after`, or `timeout`
     /// elapses; returns the flushed position either way.
     pub fn wait_flushed_beyond(&self, after: Lsn, timeout: std::time::Duration) -> Lsn {
-        let g = self
-            .flushed_signal
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let g = self.lock_flush_state();
         if self.flushed_lsn() > after {
             return self.flushed_lsn();
         }
