@@ -78,6 +78,7 @@ pub struct Node {
     control: Mutex<ControlFile>,
     epoch: EpochFile,
     slots: Mutex<Slots>,
+    checkpointing: Mutex<()>,
     sessions: Mutex<HashMap<i32, SessionHandle>>,
     next_pid: AtomicI32,
     shutting_down: AtomicBool,
@@ -213,6 +214,10 @@ impl Node {
     /// Runs a checkpoint: record, snapshot, control file, then removes the
     /// snapshots and WAL segments it made unnecessary.
     pub fn checkpoint(&self, state: NodeState) -> Result<Lsn, DataDirError> {
+        // One checkpoint at a time (checkpointer, CHECKPOINT, shutdown): an
+        // older one finishing after a newer would move the control file
+        // back to a checkpoint whose WAL the newer one removed.
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let (lsn, rows) = self.db.checkpoint()?;
         let dir = DataDir::new(&self.dir);
@@ -475,6 +480,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         control: Mutex::new(opened.control),
         epoch: opened.epoch,
         slots: Mutex::new(slots),
+        checkpointing: Mutex::new(()),
         sessions: Mutex::new(HashMap::new()),
         next_pid: AtomicI32::new(std::process::id() as i32 * 100 % 1_000_000_000 + 1),
         shutting_down: AtomicBool::new(false),

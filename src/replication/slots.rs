@@ -155,9 +155,14 @@ impl Slots {
         if slot.restart_lsn.is_some_and(|r| r >= lsn) {
             return Ok(());
         }
-        slot.restart_lsn = Some(lsn);
-        let slot = slot.clone();
-        self.persist(name, &slot)
+        // Persist first: WAL is removed on the strength of the in-memory value.
+        let moved = Slot {
+            restart_lsn: Some(lsn),
+            active: slot.active,
+        };
+        self.persist(name, &moved)?;
+        self.slots.insert(name.to_string(), moved);
+        Ok(())
     }
 
     /// The oldest LSN any slot still needs.

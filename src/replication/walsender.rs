@@ -162,8 +162,15 @@ fn run_command(
         ReplicationCommand::CreateSlot {
             name,
             reserve_wal,
-            temporary: _,
+            temporary,
         } => {
+            if temporary {
+                return Err(PgError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    "temporary replication slots are not supported",
+                )
+                .with_hint("create a permanent slot and drop it when done"));
+            }
             let restart = reserve_wal.then(|| host.wal().flushed_lsn());
             host.slots().create(&name, restart)?;
             info!(slot = %name, restart_lsn = ?restart.map(|l| l.to_string()), "replication slot created");
@@ -352,7 +359,8 @@ fn stream(
             if feedback.done.load(Ordering::Acquire) || host.is_shutting_down() {
                 break Ok(());
             }
-            let silent_ms = began.elapsed().as_millis() as u64 - last_heard.load(Ordering::Acquire);
+            let silent_ms = (began.elapsed().as_millis() as u64)
+                .saturating_sub(last_heard.load(Ordering::Acquire));
             if !timeout.is_zero() && silent_ms > timeout.as_millis() as u64 {
                 warn!(silent_ms, "terminating walsender: the standby sent nothing for longer than wal_sender_timeout");
                 break Err(StreamEnd::Error(PgError::fatal(

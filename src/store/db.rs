@@ -13,7 +13,9 @@
 //! 3. The changes of every record up to the durable point are applied, in
 //!    WAL order, under the queue lock and then the rows' write lock (always
 //!    in that order). Readers see a transaction only once it is durable (or
-//!    at once, for `off`, as PostgreSQL does).
+//!    at once, for `off`, as PostgreSQL does). Records apply in WAL order,
+//!    so an `off` commit also makes visible the commits logged before it
+//!    that are still waiting for their flush.
 //!
 //! Invariant: `queue` holds exactly the records appended but not applied,
 //! in LSN order; `overlay` maps each key they touch to its newest value.
@@ -162,6 +164,16 @@ impl Db {
             })?;
             drop(rows);
             if ops.is_empty() {
+                // The decision may rest on commits not yet durable (an
+                // "UPDATE 0", a unique violation): wait for them as a
+                // commit would, so the client never sees a state a crash
+                // could undo.
+                let seen = queue.pending.back().map(|p| p.end);
+                drop(queue);
+                if let (Some(end), Durability::Flushed) = (seen, durability) {
+                    let flushed = self.wal.flush(end).map_err(DbError::from)?;
+                    self.apply_upto(flushed);
+                }
                 return Ok((result, None));
             }
             let appended = self.append_commit(&ops).map_err(DbError::from)?;
@@ -199,6 +211,11 @@ impl Db {
     /// Applies every pending record that ends at or before `upto`.
     fn apply_upto(&self, upto: Lsn) {
         let mut queue = self.lock_queue();
+        self.apply_locked(&mut queue, upto);
+    }
+
+    /// [`Db::apply_upto`] with the queue lock already held.
+    fn apply_locked(&self, queue: &mut Queue, upto: Lsn) {
         if queue.pending.front().is_none_or(|p| p.end > upto) {
             return;
         }
@@ -250,9 +267,12 @@ impl Db {
         let appended = self.wal.append(RM_WALSHIP_ID, info, 0, &data)?;
         debug_assert_eq!(appended.lsn, redo);
         self.wal.flush(appended.end)?;
-        drop(queue);
-        self.apply_upto(appended.end);
+        // Apply and copy under the queue lock: no commit may be appended (and,
+        // if asynchronous, applied) between the record and the snapshot.
+        let mut queue = queue;
+        self.apply_locked(&mut queue, appended.end);
         let snapshot = self.read().clone();
+        drop(queue);
         Ok((appended.lsn, snapshot))
     }
 }

@@ -550,9 +550,16 @@ impl WalWriter {
                 done.extend(ins.segments.pop_front());
             }
         }
+        // The WAL is durable whatever happens here: a failure to mark a
+        // segment is reported loudly, never as a failed flush.
         if self.config.mark_ready {
             for seg in done {
-                self.mark_ready(&seg)?;
+                if let Err(e) = self.mark_ready(&seg) {
+                    tracing::error!(
+                        "could not mark {} ready for archiving: {e}; create its .ready file by hand once the problem is fixed",
+                        seg.path.display()
+                    );
+                }
             }
         }
         Ok(target)
