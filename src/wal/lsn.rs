@@ -71,12 +71,12 @@ impl Lsn {
 
     /// The segment this byte falls in.
     pub fn segno(self, size: SegmentSize) -> SegNo {
-        SegNo(self.0 / size.bytes())
+        SegNo(self.0 >> size.shift())
     }
 
     /// This byte's offset within its segment.
     pub fn segment_offset(self, size: SegmentSize) -> u64 {
-        self.0 % size.bytes()
+        self.0 & (size.bytes() - 1)
     }
 
     /// This byte's offset within its 8 KiB WAL page.
@@ -200,6 +200,12 @@ impl SegmentSize {
 
     pub fn as_u32(self) -> u32 {
         self.0
+    }
+
+    /// log2 of the size (the size is a power of two, so LSN arithmetic on
+    /// segments is shifts and masks, not divisions).
+    pub fn shift(self) -> u32 {
+        self.0.trailing_zeros()
     }
 
     /// Segments per 4 GiB of LSN space (PostgreSQL's `XLogSegmentsPerXLogId`),

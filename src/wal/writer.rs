@@ -489,12 +489,18 @@ impl WalWriter {
                 .unwrap_or_else(|p| p.into_inner());
         }
         drop(flushing);
-        let result = self.write_out();
-        let mut flushing = self.lock_flush_state();
-        *flushing = false;
-        self.flushed_signal.1.notify_all();
-        drop(flushing);
-        result
+        // Whatever happens in write_out (an error, even a panic), the next
+        // flusher must be let in and the waiters woken.
+        struct Done<'a>(&'a WalWriter);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut flushing = self.0.lock_flush_state();
+                *flushing = false;
+                self.0.flushed_signal.1.notify_all();
+            }
+        }
+        let _done = Done(self);
+        self.write_out()
     }
 
     fn lock_flush_state(&self) -> MutexGuard<'_, bool> {
