@@ -11,8 +11,10 @@
 #      load, so it holds the mixed workload,
 #   3. copy that segment out, stop the server,
 #   4. check both tools walk the same number of records in it, then time
-#      both (hyperfine if installed, else a bash `time` loop) and print the
-#      ratio. The goal is walship >= 2x faster.
+#      both (hyperfine if installed, else an alternating bash loop) and print
+#      the ratio (the goal is walship >= 2x faster); also the ratio of CPU
+#      time and, with valgrind, of instructions executed, which load from
+#      other processes disturbs less than wall time.
 #   5. stop the server and remove the temp dir, also on failure (trap).
 #
 # Both tools are given only the one segment file: pg_waldump then stops at
@@ -27,6 +29,7 @@
 #   WALSHIP    walship binary           (default target/release/walship; built if absent)
 #   RUNS       timed runs per tool      (default 20)
 #   NO_HYPERFINE=1  time with a bash loop even when hyperfine is installed
+#   CALLGRIND=0     skip counting instructions with valgrind --tool=callgrind
 #   KEEP_SEGMENT_DIR  where a copy of the segment is kept for `cargo bench
 #              --bench wal` (decoder benchmark); default target/bench-pg-wal,
 #              empty to keep nothing.
@@ -46,7 +49,7 @@ for tool in initdb pg_ctl psql pgbench pg_waldump; do
     [[ -x $PGBIN/$tool ]] || { echo "missing $PGBIN/$tool" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d /tmp/walship-pgbench.XXXXXX)
+WORK=$(mktemp -d /tmp/walship-dumpbench.XXXXXX)
 DATA=$WORK/data
 if [[ $(id -u) == 0 ]]; then
     # PostgreSQL refuses to run as root.
@@ -130,31 +133,55 @@ fi
 WALSHIP_ARGV=("$WALSHIP" dump --verify "$SEG")
 PG_ARGV=("$PGBIN/pg_waldump" --quiet "$SEG")
 echo "== timing, $RUNS runs each"
+cpu_ratio=
 if [[ -z ${NO_HYPERFINE-} ]] && command -v hyperfine >/dev/null; then
     # -N: no intermediate shell. Each command: 3 warm-up runs, then RUNS
     # timed runs (walship's first, then pg_waldump's).
-    hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/times.json" \
+    hyperfine -N --warmup 3 --runs "$RUNS" --export-csv "$WORK/times.csv" \
         -n walship "${WALSHIP_ARGV[*]}" -n pg_waldump "${PG_ARGV[*]}"
-    mean() { jq -r ".results[] | select(.command == \"$1\") | .mean" "$WORK/times.json"; }
-    walship_s=$(mean walship)
-    pg_s=$(mean pg_waldump)
+    # CSV columns: command,mean,stddev,median,user,system,min,max (seconds).
+    field() { awk -F, -v c="$1" -v f="$2" '$1 == c { print $f }' "$WORK/times.csv"; }
+    walship_s=$(field walship 2)
+    pg_s=$(field pg_waldump 2)
+    cpu_ratio=$(awk -v wu="$(field walship 5)" -v ws="$(field walship 6)" \
+        -v pu="$(field pg_waldump 5)" -v ps="$(field pg_waldump 6)" \
+        'BEGIN { printf "%.2f", (pu + ps) / (wu + ws) }')
 else
-    # Mean wall time of $RUNS runs after 3 warm-up runs, in seconds.
-    time_loop() {
-        local i start end
-        for i in 1 2 3; do "$@" >/dev/null; done
-        start=$(date +%s%N)
-        for ((i = 0; i < RUNS; i++)); do "$@" >/dev/null; done
-        end=$(date +%s%N)
-        awk -v ns=$((end - start)) -v n="$RUNS" 'BEGIN { printf "%.6f", ns / n / 1e9 }'
-    }
-    walship_s=$(time_loop "${WALSHIP_ARGV[@]}")
-    pg_s=$(time_loop "${PG_ARGV[@]}")
-    echo "walship dump --verify: mean of $RUNS runs (bash loop, no hyperfine)"
+    # Mean wall time over RUNS rounds, each timing one run of each tool
+    # (alternating, so changing load hits both alike), after 3 warm-ups.
+    now_ns() { date +%s%N; }
+    for i in 1 2 3; do "${WALSHIP_ARGV[@]}" >/dev/null; "${PG_ARGV[@]}" >/dev/null; done
+    walship_ns=0
+    pg_ns=0
+    for ((i = 0; i < RUNS; i++)); do
+        t0=$(now_ns); "${WALSHIP_ARGV[@]}" >/dev/null; t1=$(now_ns)
+        "${PG_ARGV[@]}" >/dev/null; t2=$(now_ns)
+        walship_ns=$((walship_ns + t1 - t0))
+        pg_ns=$((pg_ns + t2 - t1))
+    done
+    walship_s=$(awk -v ns="$walship_ns" -v n="$RUNS" 'BEGIN { printf "%.6f", ns / n / 1e9 }')
+    pg_s=$(awk -v ns="$pg_ns" -v n="$RUNS" 'BEGIN { printf "%.6f", ns / n / 1e9 }')
+    echo "(bash loop, no hyperfine: wall time only)"
 fi
-awk -v w="$walship_s" -v p="$pg_s" -v n="$walship_records" 'BEGIN {
+awk -v w="$walship_s" -v p="$pg_s" -v n="$walship_records" -v cpu="$cpu_ratio" 'BEGIN {
     printf "\nrecords walked by each:  %d\n", n
     printf "walship dump --verify:   %8.2f ms  (%.0f MiB/s)\n", w * 1000, 16 / w
     printf "pg_waldump --quiet:      %8.2f ms  (%.0f MiB/s)\n", p * 1000, 16 / p
-    printf "ratio (pg_waldump / walship): %.2fx  (goal >= 2x: %s)\n", p / w, (p / w >= 2 ? "met" : "NOT met")
+    printf "ratio (pg_waldump / walship, mean wall time): %.2fx  (goal >= 2x: %s)\n", p / w, (p / w >= 2 ? "met" : "NOT met")
+    if (cpu != "") printf "ratio of mean CPU time (user + sys):            %sx\n", cpu
 }'
+
+# Instructions executed, from callgrind: unlike time, not disturbed by other
+# load on the machine (CALLGRIND=0 to skip).
+if [[ ${CALLGRIND-1} != 0 ]] && command -v valgrind >/dev/null; then
+    instructions() {
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null |
+            sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+    }
+    walship_ir=$(instructions "${WALSHIP_ARGV[@]}")
+    pg_ir=$(instructions "${PG_ARGV[@]}")
+    awk -v w="$walship_ir" -v p="$pg_ir" -v n="$walship_records" 'BEGIN {
+        printf "instructions (callgrind): walship %d (%.0f per record), pg_waldump %d (%.0f per record): ratio %.2fx\n",
+            w, w / n, p, p / n, p / w
+    }'
+fi
