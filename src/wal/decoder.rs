@@ -254,7 +254,7 @@ impl Decoder {
     /// Consumes bytes that begin at [`Decoder::pos`]. Returns how many were
     /// consumed and what came of them. After a record, call again with the
     /// rest of the input (from the new `pos`: a segment switch jumps it).
-    pub fn decode(&mut self, input: &[u8]) -> (usize, Step<'_>) {
+    pub fn decode<'a>(&'a mut self, input: &'a [u8]) -> (usize, Step<'a>) {
         let mut used = 0;
         loop {
             if let Some(end) = &self.ended {
@@ -316,6 +316,30 @@ impl Decoder {
                     if rest.is_empty() {
                         return (used, Step::NeedMore);
                     }
+                    // Fast path: the whole record lies on this page and in the
+                    // input, so it is checked in place, without a copy. A record
+                    // that fails any check takes the slow path, which reports it.
+                    if self.rec.is_empty() && rest.len() >= RECORD_HEADER && room >= RECORD_HEADER {
+                        let tot = format::u32_at(rest, 0) as usize;
+                        if tot >= RECORD_HEADER && tot <= room && tot <= rest.len() {
+                            let bytes = &input[used..used + tot];
+                            let h = RecordHeader::decode(bytes);
+                            if self.header_problem(&h).is_none()
+                                && format::record_crc(bytes) == h.crc
+                            {
+                                used += tot;
+                                self.pos.0 += tot as u64;
+                                self.accept(&h);
+                                let record = Record {
+                                    lsn: self.rec_lsn,
+                                    end: self.pos.align(),
+                                    header: h,
+                                    bytes,
+                                };
+                                return (used, Step::Record(record));
+                            }
+                        }
+                    }
                     let want = match self.tot_len {
                         None => 4,
                         Some(_) if self.rec.len() < RECORD_HEADER => RECORD_HEADER,
@@ -371,19 +395,44 @@ impl Decoder {
 
     fn check_record_header(&mut self) {
         let h = RecordHeader::decode(&self.rec);
+        if let Some(what) = self.header_problem(&h) {
+            self.bad_record(what);
+        }
+    }
+
+    /// What is wrong with a record header at `rec_lsn` beyond its length:
+    /// its resource manager or its prev-link.
+    fn header_problem(&self, h: &RecordHeader) -> Option<String> {
         if !format::rmgr_is_valid(h.rmid) {
-            return self.bad_record(format!("invalid resource manager ID {}", h.rmid));
+            return Some(format!("invalid resource manager ID {}", h.rmid));
         }
         match self.prev {
-            Some(prev) if h.prev != prev => self.bad_record(format!(
+            Some(prev) if h.prev != prev => Some(format!(
                 "record's prev-link is {} but the previous record is at {}",
                 h.prev, prev
             )),
-            None if h.prev >= self.rec_lsn => self.bad_record(format!(
+            None if h.prev >= self.rec_lsn => Some(format!(
                 "record's prev-link {} does not point backwards",
                 h.prev
             )),
-            _ => {}
+            _ => None,
+        }
+    }
+
+    /// Moves past a record that checked: it becomes the previous record,
+    /// and a segment switch jumps to the next segment.
+    fn accept(&mut self, header: &RecordHeader) {
+        self.prev = Some(self.rec_lsn);
+        self.state = State::BetweenRecords;
+        if header.rmid == RM_XLOG_ID
+            && header.info & 0xF0 == XLOG_SWITCH
+            && self.pos.segment_offset(self.seg_size) != 0
+        {
+            self.pos = self
+                .pos
+                .segno(self.seg_size)
+                .next()
+                .start_lsn(self.seg_size);
         }
     }
 
@@ -398,14 +447,7 @@ impl Decoder {
             ));
             return false;
         }
-        self.prev = Some(self.rec_lsn);
-        self.state = State::BetweenRecords;
-        if header.rmid == RM_XLOG_ID && header.info & 0xF0 == XLOG_SWITCH {
-            let seg = self.seg_size.bytes();
-            if self.pos.segment_offset(self.seg_size) != 0 {
-                self.pos = Lsn((self.pos.0 / seg + 1) * seg);
-            }
-        }
+        self.accept(&header);
         true
     }
 
