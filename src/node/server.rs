@@ -72,7 +72,7 @@ struct SessionHandle {
 /// A running node: what sessions and background threads share.
 pub struct Node {
     dir: PathBuf,
-    settings: RwLock<Settings>,
+    settings: RwLock<Arc<Settings>>,
     users: RwLock<Users>,
     db: Db,
     control: Mutex<ControlFile>,
@@ -89,7 +89,9 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn settings(&self) -> Settings {
+    /// The settings in force: a shared snapshot, replaced whole on reload,
+    /// so reading them on every message costs a reference count, not a copy.
+    pub fn settings(&self) -> Arc<Settings> {
         self.settings
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -252,7 +254,7 @@ impl Node {
                         "changed in walship.conf, but takes effect only after a restart"
                     );
                 }
-                *current = new.reloadable_from(&current);
+                *current = Arc::new(new.reloadable_from(&current));
                 info!("reloaded walship.conf");
             }
             Err(e) => error!("walship.conf not reloaded, the old settings stay in force: {e}"),
@@ -321,7 +323,7 @@ impl Host for Node {
     fn db(&self) -> &Db {
         &self.db
     }
-    fn settings(&self) -> Settings {
+    fn settings(&self) -> Arc<Settings> {
         Node::settings(self)
     }
     fn in_recovery(&self) -> bool {
@@ -474,7 +476,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     let insert = opened.db.wal().insert_lsn();
     let node = Arc::new(Node {
         dir: dir.root.clone(),
-        settings: RwLock::new(settings),
+        settings: RwLock::new(Arc::new(settings)),
         users: RwLock::new(users),
         db: opened.db,
         control: Mutex::new(opened.control),

@@ -75,7 +75,7 @@ pub struct QueryResult {
 pub trait Host: Send + Sync {
     fn db(&self) -> &Db;
     /// The settings now in force (reloaded on SIGHUP).
-    fn settings(&self) -> Settings;
+    fn settings(&self) -> Arc<Settings>;
     fn in_recovery(&self) -> bool;
     /// Why writes are refused right now (a standby, a fenced primary), if
     /// they are.
