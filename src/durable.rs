@@ -174,20 +174,14 @@ pub fn remove_file(path: &Path) -> Result<(), FileError> {
 
 /// Writes zeros over `file[offset..offset + len]` and fdatasyncs it.
 pub fn zero_range(file: &mut File, path: &Path, offset: u64, len: u64) -> Result<(), FileError> {
-    const CHUNK: usize = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min(len as usize)];
     file.seek(SeekFrom::Start(offset)).at("seek in", path)?;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        file.write_all(&zeros[..n]).at("write zeros to", path)?;
-        left -= n as u64;
-    }
+    fill_zeros(file, len).at("write zeros to", path)?;
     file.sync_data().at("fdatasync", path)
 }
 
-/// Writes `len` zero bytes to a new file (so that every block is allocated
-/// and later writes need no metadata update: fdatasync suffices).
+/// Writes `len` zero bytes at the file's position (into a new file: so that
+/// every block is allocated and later writes need no metadata update, and
+/// fdatasync suffices).
 pub fn fill_zeros(file: &mut File, len: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK.min(len as usize)];

@@ -21,7 +21,8 @@ pub fn create_zeroed(path: &Path, size: SegmentSize) -> Result<(), FileError> {
     Ok(())
 }
 
-fn check_size(path: &Path, file: &File, size: SegmentSize) -> Result<(), WalError> {
+/// Fails unless the open segment file is exactly one segment long.
+pub(crate) fn check_size(path: &Path, file: &File, size: SegmentSize) -> Result<(), WalError> {
     let actual = file.metadata().at("stat", path)?.len();
     if actual != size.bytes() {
         return Err(WalError::SegmentFileSize {

@@ -661,14 +661,7 @@ fn zero_tail(path: &Path, offset: u64, size: SegmentSize) -> Result<(), WalError
         .write(true)
         .open(path)
         .at("open segment", path)?;
-    let len = file.metadata().at("stat", path)?.len();
-    if len != size.bytes() {
-        return Err(WalError::SegmentFileSize {
-            path: path.to_path_buf(),
-            actual: len,
-            expected: size.bytes(),
-        });
-    }
+    segment::check_size(path, &file, size)?;
     durable::zero_range(&mut file, path, offset, size.bytes() - offset)?;
     Ok(())
 }
