@@ -24,7 +24,7 @@ use crate::fence::{Epoch, EpochFile};
 use crate::meta::MetaError;
 use crate::protocol::scram::ScramVerifier;
 use crate::store::snapshot::{self, SnapshotError};
-use crate::store::{Db, KvOp, Store};
+use crate::store::{Db, Store};
 use crate::wal::format::RM_WALSHIP_ID;
 use crate::wal::payload::Payload;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
@@ -209,19 +209,10 @@ pub fn open(root: &Path, settings: &Settings) -> Result<Opened, DataDirError> {
                 .ok_or_else(|| "record has block references".to_string())
                 .and_then(|d| Payload::decode(r.header.info, d).map_err(|e| e.to_string()));
             match payload {
-                Ok(Payload::Commit(ops)) => {
-                    match ops
-                        .iter()
-                        .map(KvOp::from_record)
-                        .collect::<Result<Vec<_>, _>>()
-                    {
-                        Ok(ops) => {
-                            rows.apply(&ops, r.end);
-                            replayed += 1;
-                        }
-                        Err(e) => replay_error = Some((r.lsn, e.to_string())),
-                    }
-                }
+                Ok(Payload::Commit(ops)) => match rows.apply_record(&ops, r.end) {
+                    Ok(()) => replayed += 1,
+                    Err(e) => replay_error = Some((r.lsn, e.to_string())),
+                },
                 Ok(_) => {}
                 Err(e) => replay_error = Some((r.lsn, e)),
             }

@@ -176,10 +176,6 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    pub fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.buf)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
@@ -361,17 +357,10 @@ impl Out {
         self.end(at);
     }
 
-    /// ErrorResponse (or, with `notice`, NoticeResponse).
+    /// ErrorResponse, severity FATAL or ERROR.
     pub fn error(&mut self, e: &PgError) {
-        self.error_or_notice(b'E', if e.fatal { "FATAL" } else { "ERROR" }, e);
-    }
-
-    pub fn notice(&mut self, severity: &str, e: &PgError) {
-        self.error_or_notice(b'N', severity, e);
-    }
-
-    fn error_or_notice(&mut self, tag: u8, severity: &str, e: &PgError) {
-        let at = self.begin(tag);
+        let severity = if e.fatal { "FATAL" } else { "ERROR" };
+        let at = self.begin(b'E');
         for (field, value) in [
             (b'S', Some(severity)),
             (b'V', Some(severity)),

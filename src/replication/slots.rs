@@ -86,10 +86,6 @@ impl Slots {
         self.slots.get(name)
     }
 
-    pub fn all(&self) -> impl Iterator<Item = (&String, &Slot)> {
-        self.slots.iter()
-    }
-
     pub fn create(&mut self, name: &str, restart_lsn: Option<Lsn>) -> Result<(), PgError> {
         if !valid_name(name) {
             return Err(PgError::new(code::INVALID_PARAMETER_VALUE, format!("replication slot name \"{name}\" contains invalid characters"))

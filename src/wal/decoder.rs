@@ -215,16 +215,6 @@ impl Decoder {
         self.pos
     }
 
-    /// The system identifier seen or expected.
-    pub fn sysid(&self) -> Option<u64> {
-        self.expect.sysid
-    }
-
-    /// The previous record's LSN, once one has been decoded.
-    pub fn prev(&self) -> Option<Lsn> {
-        self.prev
-    }
-
     /// True when no record is half-decoded: the next byte belongs to
     /// padding, a page header or the next record's header.
     pub fn at_record_boundary(&self) -> bool {

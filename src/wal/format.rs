@@ -46,8 +46,6 @@ pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 pub const XLP_LONG_HEADER: u16 = 0x0002;
 /// `XLP_BKP_REMOVABLE`.
 pub const XLP_BKP_REMOVABLE: u16 = 0x0004;
-/// `XLP_FIRST_IS_OVERWRITE_CONTRECORD`.
-pub const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 /// `XLP_ALL_FLAGS`.
 pub const XLP_ALL_FLAGS: u16 = 0x000F;
 
@@ -55,12 +53,6 @@ pub const XLP_ALL_FLAGS: u16 = 0x000F;
 pub const BLOCK_ID_DATA_SHORT: u8 = 255;
 /// `XLR_BLOCK_ID_DATA_LONG`.
 pub const BLOCK_ID_DATA_LONG: u8 = 254;
-/// `XLR_BLOCK_ID_ORIGIN`.
-pub const BLOCK_ID_ORIGIN: u8 = 253;
-/// `XLR_BLOCK_ID_TOPLEVEL_XID`.
-pub const BLOCK_ID_TOPLEVEL_XID: u8 = 252;
-/// `XLR_MAX_BLOCK_ID`.
-pub const MAX_BLOCK_ID: u8 = 32;
 
 /// The largest record walship writes or accepts (PostgreSQL 15's
 /// `XLogRecordMaxSize`, 1020 MiB).

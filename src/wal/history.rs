@@ -95,14 +95,6 @@ impl TimelineHistory {
             .find(|e| lsn < e.switchpoint)
             .map_or(current, |e| e.timeline)
     }
-
-    /// Where `timeline` ended, if it is an ancestor in this history.
-    pub fn switchpoint_of(&self, timeline: TimelineId) -> Option<Lsn> {
-        self.entries
-            .iter()
-            .find(|e| e.timeline == timeline)
-            .map(|e| e.switchpoint)
-    }
 }
 
 impl fmt::Display for TimelineHistory {

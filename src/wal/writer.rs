@@ -231,10 +231,6 @@ impl WalWriter {
         Ok((writer, resumed))
     }
 
-    pub fn config(&self) -> &WriterConfig {
-        &self.config
-    }
-
     fn lock_insert(&self) -> MutexGuard<'_, Insert> {
         // A panic while holding the lock cannot leave bytes below `pos`
         // incomplete (pos moves only after a copy), so the state is usable.
