@@ -104,39 +104,6 @@ impl MetaKind {
     }
 }
 
-/// Reads little-endian fields off a body in order.
-pub struct Fields<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Fields<'a> {
-    pub fn new(bytes: &'a [u8]) -> Fields<'a> {
-        Fields { bytes }
-    }
-
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        if self.bytes.len() < N {
-            return None;
-        }
-        let (head, tail) = self.bytes.split_at(N);
-        self.bytes = tail;
-        head.try_into().ok()
-    }
-
-    pub fn u32(&mut self) -> Option<u32> {
-        self.take::<4>().map(u32::from_le_bytes)
-    }
-
-    pub fn u64(&mut self) -> Option<u64> {
-        self.take::<8>().map(u64::from_le_bytes)
-    }
-
-    /// True when every field has been read.
-    pub fn is_done(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::meta::{Fields, MetaError, MetaKind};
+use crate::meta::{MetaError, MetaKind};
+use crate::wal::format::LeReader;
 use crate::wal::{Lsn, TimelineId};
 
 const KIND: MetaKind = MetaKind {
@@ -45,7 +46,7 @@ impl EpochFile {
             path: path.to_path_buf(),
             what: KIND.what,
         };
-        let mut f = Fields::new(&body);
+        let mut f = LeReader::new(&body);
         let (Some(epoch), Some(tli), Some(start)) = (f.u64(), f.u32(), f.u64()) else {
             return Err(damaged());
         };

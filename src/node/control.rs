@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use crate::meta::{Fields, MetaError, MetaKind};
+use crate::meta::{MetaError, MetaKind};
+use crate::wal::format::LeReader;
 use crate::wal::{Lsn, SegmentSize, TimelineId};
 
 const KIND: MetaKind = MetaKind {
@@ -41,7 +42,7 @@ impl ControlFile {
             path: path.to_path_buf(),
             what: KIND.what,
         };
-        let mut f = Fields::new(&body);
+        let mut f = LeReader::new(&body);
         let (Some(system_id), Some(seg), Some(tli), Some(checkpoint), Some(state)) =
             (f.u64(), f.u32(), f.u32(), f.u64(), f.u32())
         else {

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::durable::{self, FileError, IoContext};
-use crate::meta::{Fields, MetaError, MetaKind};
+use crate::meta::{MetaError, MetaKind};
 use crate::sqlstate::{code, PgError};
+use crate::wal::format::LeReader;
 use crate::wal::Lsn;
 
 const KIND: MetaKind = MetaKind {
@@ -56,7 +57,7 @@ impl Slots {
                 continue;
             }
             let body = KIND.read(&entry.path())?;
-            let mut f = Fields::new(&body);
+            let mut f = LeReader::new(&body);
             let restart = f.u64().ok_or_else(|| MetaError::Damaged {
                 path: entry.path(),
                 what: KIND.what,

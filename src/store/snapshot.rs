@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use super::Store;
 use crate::durable::{self, FileError, IoContext};
+use crate::wal::format::LeReader;
 use crate::wal::Lsn;
 
 const MAGIC: u32 = 0x4e53_5357; // "WSSN"
@@ -98,9 +99,7 @@ pub fn read(dir: &Path, lsn: Lsn) -> Result<Store, SnapshotError> {
     if crc32c::crc32c(&bytes[..body_end]) != stored {
         return Err(damaged("CRC mismatch"));
     }
-    let mut r = Reader {
-        bytes: &bytes[..body_end],
-    };
+    let mut r = LeReader::new(&bytes[..body_end]);
     if r.u32() != Some(MAGIC) {
         return Err(damaged("not a snapshot file"));
     }
@@ -113,12 +112,13 @@ pub fn read(dir: &Path, lsn: Lsn) -> Result<Store, SnapshotError> {
     let count = r.u64().ok_or_else(|| damaged("truncated"))?;
     let mut rows = OrdMap::new();
     for _ in 0..count {
-        let (Some(k), Some(v)) = (r.string(), r.string()) else {
+        let mut string = || String::from_utf8(r.prefixed()?.to_vec()).ok();
+        let (Some(k), Some(v)) = (string(), string()) else {
             return Err(damaged("truncated or invalid row"));
         };
         rows.insert(k, v);
     }
-    if !r.bytes.is_empty() {
+    if !r.is_done() {
         return Err(damaged("trailing bytes"));
     }
     Ok(Store::from_rows(rows, lsn))
@@ -138,31 +138,6 @@ pub fn remove_others(dir: &Path, keep: Lsn) -> Result<(), FileError> {
         }
     }
     Ok(())
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (h, t) = self.bytes.split_at(n);
-        self.bytes = t;
-        Some(h)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

@@ -264,6 +264,56 @@ pub fn main_data(body: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Reads little-endian fields off a byte string in order, checking every
+/// length: walship's record payloads and its own metadata files use it.
+pub struct LeReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> LeReader<'a> {
+    pub fn new(bytes: &'a [u8]) -> LeReader<'a> {
+        LeReader { bytes }
+    }
+
+    /// The next `n` bytes, if there are that many.
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    pub fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32_at(b, 0))
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64_at(b, 0))
+    }
+
+    /// A `u32` length, then that many bytes.
+    pub fn prefixed(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    /// Everything not read yet.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// True when every field has been read.
+    pub fn is_done(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }

@@ -13,6 +13,7 @@
 
 use std::fmt;
 
+use super::format::LeReader;
 use super::lsn::Lsn;
 
 const INFO_COMMIT: u8 = 0x00;
@@ -80,7 +81,7 @@ impl<'a> Payload<'a> {
     pub fn decode(info: u8, data: &'a [u8]) -> Result<Payload<'a>, PayloadError> {
         let info = info & 0xF0;
         let err = |why| PayloadError { info, why };
-        let mut r = Cursor { data };
+        let mut r = LeReader::new(data);
         let payload = match info {
             INFO_COMMIT => {
                 let n = r.u32().ok_or(err("truncated operation count"))?;
@@ -88,11 +89,11 @@ impl<'a> Payload<'a> {
                 for _ in 0..n {
                     let op = match r.u8().ok_or(err("truncated operation"))? {
                         OP_PUT => Op::Put {
-                            key: r.bytes().ok_or(err("truncated key"))?,
-                            value: r.bytes().ok_or(err("truncated value"))?,
+                            key: r.prefixed().ok_or(err("truncated key"))?,
+                            value: r.prefixed().ok_or(err("truncated value"))?,
                         },
                         OP_DELETE => Op::Delete {
-                            key: r.bytes().ok_or(err("truncated key"))?,
+                            key: r.prefixed().ok_or(err("truncated key"))?,
                         },
                         _ => return Err(err("unknown operation")),
                     };
@@ -103,14 +104,10 @@ impl<'a> Payload<'a> {
             INFO_CHECKPOINT => Payload::Checkpoint {
                 redo: Lsn(r.u64().ok_or(err("truncated redo LSN"))?),
             },
-            INFO_MESSAGE => {
-                let bytes = r.data;
-                r.data = &[];
-                Payload::Message(bytes)
-            }
+            INFO_MESSAGE => Payload::Message(r.rest()),
             _ => return Err(err("unknown kind")),
         };
-        if !r.data.is_empty() {
+        if !r.is_done() {
             return Err(err("trailing bytes"));
         }
         Ok(payload)
@@ -120,38 +117,6 @@ impl<'a> Payload<'a> {
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
-}
-
-struct Cursor<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.data.len() < n {
-            return None;
-        }
-        let (head, tail) = self.data.split_at(n);
-        self.data = tail;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        let b = self.take(8)?;
-        let mut a = [0; 8];
-        a.copy_from_slice(b);
-        Some(u64::from_le_bytes(a))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
 }
 
 /// Shows at most 32 bytes of a key or value, escaped.
