@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use walship::dump::{self, DumpMode, DumpOptions, DumpOutcome};
 use walship::node::datadir::{self, InitOptions};
 use walship::node::server::{self, ServerOptions};
+use walship::replication::basebackup::{self, BaseBackupOptions};
+use walship::replication::conninfo::ConnInfo;
 use walship::wal::{Lsn, SegmentSize};
 
 /// A PostgreSQL-style physical WAL-shipping replication toolkit.
@@ -24,6 +26,7 @@ enum Command {
     Init(InitArgs),
     Server(ServerArgs),
     Dump(DumpArgs),
+    Basebackup(BaseBackupArgs),
 }
 
 const INIT_EXAMPLES: &str = "\
@@ -126,6 +129,46 @@ struct DumpArgs {
     paths: Vec<PathBuf>,
 }
 
+const BASEBACKUP_EXAMPLES: &str = "\
+Examples:
+  walship basebackup --from 'host=10.0.0.1 port=5433 user=rep' -D /var/lib/walship/s1 --node-name s1
+  walship basebackup --from 'host=127.0.0.1 port=5433' -D s1 --node-name s1 --slot s1 --create-slot";
+
+/// Clone a running primary into a new standby's data directory
+/// (pg_basebackup's job).
+///
+/// Over a replication connection the primary checkpoints and sends a
+/// consistent snapshot with the WAL from that checkpoint. The new directory
+/// gets standby.signal, and walship.conf gets node_name, primary_conninfo
+/// (with application_name = the node name) and primary_slot_name, so
+/// `walship server -D DIR` starts streaming at once. A progress line shows on
+/// a terminal. The control file is written last: an interrupted backup
+/// leaves a directory the server refuses to start.
+#[derive(Args)]
+#[command(after_help = BASEBACKUP_EXAMPLES)]
+struct BaseBackupArgs {
+    /// The primary, as a libpq connection string or URI.
+    #[arg(long, value_name = "CONNINFO")]
+    from: String,
+    /// The new data directory (absent or empty).
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    dir: PathBuf,
+    /// The new standby's name: its application_name on the primary, as
+    /// synchronous_standby_names refers to it.
+    #[arg(long, value_name = "NAME", default_value = "standby")]
+    node_name: String,
+    /// Stream through this physical replication slot on the primary.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+    /// Create the slot first (before the backup, so it holds the WAL the
+    /// standby needs from the start).
+    #[arg(long, requires = "slot")]
+    create_slot: bool,
+    /// Do not show progress.
+    #[arg(long)]
+    no_progress: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -150,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => run_init(args),
         Command::Server(args) => run_server(args),
         Command::Dump(args) => run_dump(args),
+        Command::Basebackup(args) => run_basebackup(args),
     }
 }
 
@@ -219,6 +263,29 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
+    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let summary = basebackup::run(&BaseBackupOptions {
+        from,
+        dir: args.dir.clone(),
+        node_name: args.node_name,
+        slot: args.slot,
+        create_slot: args.create_slot,
+        progress: !args.no_progress,
+    })
+    .context("walship basebackup failed")?;
+    println!(
+        "Base backup written to {} ({} files, {} kB; checkpoint {}, WAL to {}).\nStart the standby with:\n    walship server -D {}",
+        args.dir.display(),
+        summary.files,
+        summary.bytes / 1024,
+        summary.start,
+        summary.end,
+        args.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_dump(args: DumpArgs) -> anyhow::Result<ExitCode> {
@@ -295,7 +362,7 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands() {
@@ -304,6 +371,7 @@ Usage error.
                 "dump" => DUMP_EXTRA,
                 "init" => INIT_EXTRA,
                 "server" => SERVER_EXTRA,
+                "basebackup" => BASEBACKUP_EXTRA,
                 _ => "",
             };
             let see_also = r"\fBwalship\fR(1), \fBpg_waldump\fR(1)";
@@ -336,6 +404,15 @@ Roles, one per line: \fBname:attributes:verifier\fR, the verifier a SCRAM-SHA-25
 .TP
 \fIDIR/wal/\fR
 WAL segments in PostgreSQL 15's format.
+"#;
+
+    const BASEBACKUP_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR/standby.signal\fR
+Makes \fBwalship server\fR start the node as a standby.
+.TP
+\fIDIR/walship.conf\fR
+The primary's settings, followed by \fBnode_name\fR, \fBprimary_conninfo\fR and \fBprimary_slot_name\fR for this standby.
 "#;
 
     const SERVER_EXTRA: &str = r#".SH SIGNALS

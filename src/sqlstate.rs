@@ -80,4 +80,5 @@ pub mod code {
     pub const INVALID_CURSOR_NAME: &str = "34000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 }

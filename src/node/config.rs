@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::replication::conninfo::ConnInfo;
+
 /// How long a commit waits before it is acknowledged
 /// (PostgreSQL's `synchronous_commit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +97,11 @@ pub struct Settings {
     pub node_name: String,
     pub wal_sender_timeout: Duration,
     pub max_wal_senders: usize,
+    /// How a standby reaches its primary (libpq `key=value` or URI); empty
+    /// on a primary.
+    pub primary_conninfo: String,
+    /// The physical slot a standby streams through; empty for none.
+    pub primary_slot_name: String,
 }
 
 impl Default for Settings {
@@ -113,6 +120,8 @@ impl Default for Settings {
             node_name: "walship".into(),
             wal_sender_timeout: Duration::from_secs(60),
             max_wal_senders: 10,
+            primary_conninfo: String::new(),
+            primary_slot_name: String::new(),
         }
     }
 }
@@ -189,6 +198,16 @@ const DOCS: &[SettingDoc] = &[
         name: "max_wal_senders",
         reload: false,
         help: "replication connections at once",
+    },
+    SettingDoc {
+        name: "primary_conninfo",
+        reload: true,
+        help: "on a standby (standby.signal present): how to reach the primary, e.g. 'host=10.0.0.1 port=5433 user=rep'",
+    },
+    SettingDoc {
+        name: "primary_slot_name",
+        reload: true,
+        help: "on a standby: the primary's replication slot to stream through",
     },
 ];
 
@@ -288,6 +307,11 @@ impl Settings {
             "max_wal_senders" => {
                 self.max_wal_senders = parse_num(value).map_err(SetError::Value)?
             }
+            "primary_conninfo" => {
+                ConnInfo::parse(value).map_err(|e| SetError::Value(e.to_string()))?;
+                self.primary_conninfo = value.to_string()
+            }
+            "primary_slot_name" => self.primary_slot_name = value.to_string(),
             _ => return Err(SetError::Unknown),
         }
         Ok(())
@@ -331,6 +355,12 @@ impl Settings {
             "node_name" => self.node_name.clone(),
             "wal_sender_timeout" => format_duration(self.wal_sender_timeout),
             "max_wal_senders" => self.max_wal_senders.to_string(),
+            "primary_conninfo" => match ConnInfo::parse(&self.primary_conninfo) {
+                // Never show a password.
+                Ok(c) if !self.primary_conninfo.is_empty() => c.to_string(),
+                _ => String::new(),
+            },
+            "primary_slot_name" => self.primary_slot_name.clone(),
             _ => return None,
         })
     }

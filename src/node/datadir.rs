@@ -61,6 +61,10 @@ impl DataDir {
     pub fn slots(&self) -> PathBuf {
         self.root.join("slots")
     }
+    /// Present on a standby, as PostgreSQL's `standby.signal`.
+    pub fn standby_signal(&self) -> PathBuf {
+        self.root.join("standby.signal")
+    }
 }
 
 #[derive(Debug, Error)]
@@ -110,9 +114,10 @@ fn new_system_id() -> u64 {
     (now.as_secs() << 32) | (u64::from(now.subsec_micros()) << 12) | random
 }
 
-/// Creates a new primary's data directory, with its first checkpoint.
-pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
-    let dir = DataDir::new(&opts.dir);
+/// Makes `root` a new, empty data directory only its owner may enter (as
+/// PostgreSQL keeps its own): created if absent, refused unless empty.
+pub fn create_empty(root: &Path) -> Result<DataDir, DataDirError> {
+    let dir = DataDir::new(root);
     if dir.root.exists() {
         let mut entries = fs::read_dir(&dir.root).at("read directory", &dir.root)?;
         if entries.next().is_some() {
@@ -121,12 +126,17 @@ pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
     } else {
         durable::create_dir(&dir.root)?;
     }
-    // Like PostgreSQL, keep the data directory to its owner.
     fs::set_permissions(
         &dir.root,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .at("set permissions of", &dir.root)?;
+    Ok(dir)
+}
+
+/// Creates a new primary's data directory, with its first checkpoint.
+pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
+    let dir = create_empty(&opts.dir)?;
     durable::create_dir(&dir.wal())?;
     durable::create_dir(&dir.wal().join(ARCHIVE_STATUS_DIR))?;
     durable::create_dir(&dir.checkpoints())?;
@@ -186,7 +196,10 @@ pub struct Opened {
 /// Opens a data directory: reads the control and epoch files, loads the
 /// last checkpoint's snapshot, replays the WAL after it, and resumes the
 /// WAL writer exactly at the end of valid WAL.
-pub fn open(root: &Path, settings: &Settings) -> Result<Opened, DataDirError> {
+///
+/// A standby (`standby` true) never marks segments for archiving: its WAL
+/// is its primary's, archived there.
+pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, DataDirError> {
     let dir = DataDir::new(root);
     if !dir.control().exists() {
         return Err(DataDirError::NotDataDir(dir.root.clone()));
@@ -198,7 +211,7 @@ pub fn open(root: &Path, settings: &Settings) -> Result<Opened, DataDirError> {
     let mut replay_error = None;
     let checkpoint = control.checkpoint;
     let (wal, resumed) = WalWriter::open(
-        writer_config(&dir, &control, settings.archive_mode),
+        writer_config(&dir, &control, settings.archive_mode && !standby),
         Some(checkpoint),
         &mut |r| {
             if r.lsn <= checkpoint || r.header.rmid != RM_WALSHIP_ID || replay_error.is_some() {

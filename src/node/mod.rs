@@ -5,4 +5,5 @@ pub mod control;
 pub mod datadir;
 pub mod server;
 pub mod session;
+pub mod standby;
 pub mod users;

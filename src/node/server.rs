@@ -25,16 +25,21 @@ use tracing::{error, info, warn};
 use super::config::{ConfigError, Settings};
 use super::control::{ControlFile, NodeState};
 use super::datadir::{self, DataDir, DataDirError};
+use super::standby::StandbyState;
 use super::users::{User, Users};
 use crate::durable::{DirLock, LockError};
 use crate::fence::EpochFile;
+use crate::replication::conninfo::ConnInfo;
 use crate::replication::slots::Slots;
-use crate::replication::walsender::WalSenderHost;
+use crate::replication::walreceiver::{self, ReceiverStatus, WalReceiverHost};
+use crate::replication::walsender::{Backup, WalSenderHost};
 use crate::sql::exec::{Host, Session};
 use crate::sqlstate::PgError;
 use crate::store::snapshot;
 use crate::store::Db;
+use crate::wal::payload::Payload;
 use crate::wal::segment::list_segments;
+use crate::wal::verify::OwnRecord;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
 use crate::wal::{Lsn, SegmentSize, TimelineId, WalWriter};
 
@@ -86,6 +91,8 @@ pub struct Node {
     wake: (Mutex<()>, Condvar),
     /// The insert LSN at the last checkpoint, for checkpoints by WAL volume.
     last_checkpoint_lsn: AtomicU64,
+    /// Present while the node is a standby.
+    standby: Option<StandbyState>,
 }
 
 impl Node {
@@ -171,6 +178,11 @@ impl Node {
         }
     }
 
+    /// The flag a CancelRequest for session `pid` raises.
+    pub fn cancel_flag(&self, pid: i32) -> Option<Arc<AtomicBool>> {
+        self.lock_sessions().get(&pid).map(|s| s.cancel.clone())
+    }
+
     /// Clears and returns a session's cancel flag.
     pub fn take_cancel(&self, pid: i32) -> bool {
         self.sessions
@@ -188,7 +200,10 @@ impl Node {
             ("client_encoding".into(), p("client_encoding")),
             ("DateStyle".into(), p("datestyle")),
             ("default_transaction_read_only".into(), "off".into()),
-            ("in_hot_standby".into(), "off".into()),
+            (
+                "in_hot_standby".into(),
+                if self.standby.is_some() { "on" } else { "off" }.into(),
+            ),
             ("integer_datetimes".into(), "on".into()),
             ("IntervalStyle".into(), p("intervalstyle")),
             ("is_superuser".into(), "on".into()),
@@ -220,8 +235,27 @@ impl Node {
         // older one finishing after a newer would move the control file
         // back to a checkpoint whose WAL the newer one removed.
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_locked(state)
+    }
+
+    /// [`Node::checkpoint`], with the checkpoint lock held.
+    fn checkpoint_locked(&self, state: NodeState) -> Result<Lsn, DataDirError> {
         let started = Instant::now();
-        let (lsn, rows) = self.db.checkpoint()?;
+        let (lsn, rows) = match &self.standby {
+            None => self.db.checkpoint()?,
+            // A standby cannot write a checkpoint record: it makes a
+            // restartpoint at the last checkpoint record it replayed.
+            Some(standby) => match standby.take_restart_point() {
+                Some(point) => point,
+                None => {
+                    return Ok(self
+                        .control
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .checkpoint)
+                }
+            },
+        };
         let dir = DataDir::new(&self.dir);
         snapshot::write(&dir.checkpoints(), lsn, &rows)?;
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
@@ -230,7 +264,8 @@ impl Node {
             Some(slot) => slot.min(lsn),
             None => lsn,
         };
-        let removed = remove_old_segments(&dir, &control, keep_from, self.settings().archive_mode)?;
+        let archived_here = self.settings().archive_mode && self.standby.is_none();
+        let removed = remove_old_segments(&dir, &control, keep_from, archived_here)?;
         self.last_checkpoint_lsn
             .store(self.db.wal().insert_lsn().0, Ordering::Release);
         info!(
@@ -313,6 +348,137 @@ impl WalSenderHost for Node {
     fn is_shutting_down(&self) -> bool {
         Node::is_shutting_down(self)
     }
+    fn base_backup(&self) -> Result<Backup, PgError> {
+        if self.standby.is_some() {
+            return Err(PgError::new(
+                crate::sqlstate::code::FEATURE_NOT_SUPPORTED,
+                "base backups are taken from the primary, not from a standby",
+            ));
+        }
+        // Hold the checkpoint lock throughout: no later checkpoint may
+        // remove the snapshot or the WAL this backup is made of.
+        let _no_checkpoints = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |e: String| PgError::new(crate::sqlstate::code::IO_ERROR, e);
+        let start = self
+            .checkpoint_locked(NodeState::InProduction)
+            .map_err(|e| io(format!("checkpoint for the base backup failed: {e}")))?;
+        let dir = DataDir::new(&self.dir);
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| io(format!("could not read \"{}\": {e}", path.display())))
+        };
+        let mut files = Vec::new();
+        for (name, path) in [
+            ("walship.conf", dir.conf()),
+            ("users", dir.users()),
+            ("epoch", dir.epoch()),
+        ] {
+            files.push((name.to_string(), read(&path)?));
+        }
+        let snap = snapshot::path_for(&dir.checkpoints(), start);
+        let snap_name = snap
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((format!("checkpoints/{snap_name}"), read(&snap)?));
+        let (seg_size, timeline) = (WalSenderHost::seg_size(self), WalSenderHost::timeline(self));
+        let end = self.db.wal().flushed_lsn();
+        let last = Lsn(end.0 - 1).segno(seg_size);
+        let mut segno = start.segno(seg_size);
+        while segno <= last {
+            let path = crate::wal::segment::segment_path(&dir.wal(), timeline, segno, seg_size);
+            let mut bytes = read(&path)?;
+            if segno == last {
+                // Only flushed WAL leaves the primary.
+                let from = (end.0 - segno.start_lsn(seg_size).0) as usize;
+                let from = from.min(bytes.len());
+                bytes[from..].fill(0);
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((format!("wal/{name}"), bytes));
+            segno = segno.next();
+        }
+        // The control file last: it is what makes the copy a data directory.
+        files.push(("control".into(), read(&dir.control())?));
+        Ok(Backup {
+            start,
+            end,
+            timeline,
+            files,
+        })
+    }
+}
+
+impl WalReceiverHost for Node {
+    fn wal(&self) -> &WalWriter {
+        self.db.wal()
+    }
+    fn system_id(&self) -> u64 {
+        WalSenderHost::system_id(self)
+    }
+    fn timeline(&self) -> TimelineId {
+        WalSenderHost::timeline(self)
+    }
+    fn seg_size(&self) -> SegmentSize {
+        WalSenderHost::seg_size(self)
+    }
+    fn primary(&self) -> Option<(ConnInfo, Option<String>)> {
+        let s = Node::settings(self);
+        if s.primary_conninfo.is_empty() {
+            return None;
+        }
+        let mut info = ConnInfo::parse(&s.primary_conninfo).ok()?;
+        if info.application_name.is_none() {
+            info.application_name = Some(s.node_name.clone());
+        }
+        let slot = (!s.primary_slot_name.is_empty()).then(|| s.primary_slot_name.clone());
+        Some((info, slot))
+    }
+    fn replay(&self, records: &[OwnRecord], upto: Lsn) -> Result<(), String> {
+        let Some(standby) = &self.standby else {
+            return Err("replay on a node that is not a standby".into());
+        };
+        self.db.replay(|store| {
+            for r in records {
+                match Payload::decode(r.info, &r.data) {
+                    Ok(Payload::Commit(ops)) => store
+                        .apply_record(&ops, r.end)
+                        .map_err(|e| format!("record at {}: {e}", r.lsn))?,
+                    Ok(Payload::Checkpoint { .. }) => {
+                        standby.offer_restart_point(r.lsn, store.clone())
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("record at {}: {e}", r.lsn)),
+                }
+            }
+            Ok(())
+        })?;
+        if upto != Lsn::INVALID {
+            standby.set_replayed(upto);
+        }
+        Ok(())
+    }
+    fn replayed_lsn(&self) -> Lsn {
+        self.standby
+            .as_ref()
+            .map(StandbyState::replayed)
+            .unwrap_or(Lsn::INVALID)
+    }
+    fn receiver_status(&self) -> std::sync::MutexGuard<'_, ReceiverStatus> {
+        match &self.standby {
+            Some(s) => s.receiver(),
+            None => unreachable!("only a standby runs a walreceiver"),
+        }
+    }
+    fn is_shutting_down(&self) -> bool {
+        Node::is_shutting_down(self)
+    }
+    fn nap(&self, d: Duration) {
+        Node::nap(self, d)
+    }
 }
 
 /// What `server_version` says: a PostgreSQL 15 server, so clients gated on
@@ -327,10 +493,18 @@ impl Host for Node {
         Node::settings(self)
     }
     fn in_recovery(&self) -> bool {
-        false
+        self.standby.is_some()
     }
     fn write_refusal(&self) -> Option<PgError> {
-        None
+        self.standby.as_ref()?;
+        let primary = self.settings().show("primary_conninfo").unwrap_or_default();
+        Some(
+            PgError::new(
+                crate::sqlstate::code::READ_ONLY_TRANSACTION,
+                format!("this node is a standby: it takes no writes (its primary: {primary})"),
+            )
+            .with_hint("send writes to the primary; reads here see what the standby has replayed"),
+        )
     }
     fn show(&self, name: &str) -> Option<String> {
         let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
@@ -349,16 +523,59 @@ impl Host for Node {
             "system_identifier" => control.system_id.to_string(),
             "timeline" => control.timeline.to_string(),
             "epoch" => self.epoch.epoch.to_string(),
-            "in_hot_standby" => "off".into(),
+            "in_hot_standby" => if self.standby.is_some() { "on" } else { "off" }.into(),
             "is_superuser" => "on".into(),
             _ => return None,
         })
     }
     fn last_receive_lsn(&self) -> Option<Lsn> {
-        None
+        self.standby.as_ref().map(|_| self.db.wal().flushed_lsn())
     }
     fn last_replay_lsn(&self) -> Option<Lsn> {
-        None
+        self.standby.as_ref().map(StandbyState::replayed)
+    }
+    fn wait_for_lsn(
+        &self,
+        lsn: Lsn,
+        timeout: Option<Duration>,
+        cancel: &AtomicBool,
+    ) -> Result<(), PgError> {
+        if let Some(standby) = &self.standby {
+            return standby.wait_for_replay(lsn, timeout, cancel);
+        }
+        // A primary: wait for the flush (its WAL is its own, so only an
+        // asynchronous commit's can be behind).
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let flushed = self.db.wal().flushed_lsn();
+            if flushed >= lsn {
+                return Ok(());
+            }
+            if lsn > self.db.wal().insert_lsn() {
+                return Err(PgError::new(
+                    crate::sqlstate::code::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "LSN {lsn} is beyond the end of this primary's WAL ({})",
+                        self.db.wal().insert_lsn()
+                    ),
+                ));
+            }
+            if cancel.swap(false, Ordering::AcqRel) {
+                return Err(PgError::new(
+                    crate::sqlstate::code::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                ));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(PgError::new(
+                    crate::sqlstate::code::QUERY_CANCELED,
+                    format!("timed out while waiting for target LSN {lsn} to be flushed; current flush LSN {flushed}"),
+                ));
+            }
+            self.db
+                .wal()
+                .wait_flushed_beyond(flushed, Duration::from_millis(50));
+        }
     }
     fn checkpoint(&self) -> Result<Lsn, PgError> {
         Node::checkpoint(self, NodeState::InProduction).map_err(|e| {
@@ -433,7 +650,8 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     let users = Users::read(&dir.users()).map_err(DataDirError::from)?;
     let slots = Slots::load(&dir.slots()).map_err(DataDirError::from)?;
     let started = Instant::now();
-    let opened = datadir::open(&dir.root, &settings)?;
+    let is_standby = dir.standby_signal().exists();
+    let opened = datadir::open(&dir.root, &settings, is_standby)?;
     info!(
         system_identifier = opened.control.system_id,
         timeline = %opened.control.timeline,
@@ -488,13 +706,21 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         shutting_down: AtomicBool::new(false),
         wake: (Mutex::new(()), Condvar::new()),
         last_checkpoint_lsn: AtomicU64::new(insert.0),
+        standby: is_standby.then(|| StandbyState::new(opened.end)),
     });
+    if is_standby {
+        info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
+    }
     let (wake_rx, wake_tx) = nix::unistd::pipe()?;
     std::thread::scope(|scope| -> Result<(), ServerError> {
         let n = node.clone();
         scope.spawn(move || wal_writer(&n));
         let n = node.clone();
         scope.spawn(move || checkpointer(&n));
+        if node.standby.is_some() {
+            let n = node.clone();
+            scope.spawn(move || walreceiver::run(&*n));
+        }
         let n = node.clone();
         scope.spawn(move || loop {
             match signals.wait() {
@@ -534,7 +760,9 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         }
         Ok(())
     })?;
-    node.db.flush_all().map_err(DataDirError::Db)?;
+    if node.standby.is_none() {
+        node.db.flush_all().map_err(DataDirError::Db)?;
+    }
     let lsn = node.checkpoint(NodeState::ShutDown)?;
     info!(checkpoint = %lsn, "shut down cleanly");
     Ok(())

@@ -344,6 +344,9 @@ fn run(
     params: &[(String, String)],
 ) -> Result<(), ProtoError> {
     let mut session = Session::new(node.clone(), params);
+    if let Some(flag) = node.cancel_flag(pid) {
+        session.set_cancel_flag(flag);
+    }
     // `options` (libpq's PGOPTIONS): `-c name=value` or `--name=value`.
     if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
         for (name, value) in parse_options(options) {

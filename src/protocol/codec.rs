@@ -398,6 +398,56 @@ impl Out {
         let at = self.begin(b'c');
         self.end(at);
     }
+
+    /// Writes everything built so far without flushing the socket.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    // Frontend messages, for walship's own clients.
+
+    /// The startup packet of protocol 3.0 (it has no type byte).
+    pub fn startup(&mut self, params: &[(&str, String)]) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        self.i32(PROTOCOL_3_0);
+        for (name, value) in params {
+            self.cstr(name);
+            self.cstr(value);
+        }
+        self.buf.push(0);
+        self.end(at);
+    }
+
+    /// A simple Query.
+    pub fn query(&mut self, sql: &str) {
+        let at = self.begin(b'Q');
+        self.cstr(sql);
+        self.end(at);
+    }
+
+    /// A password or SASL response message carrying `data` as is.
+    pub fn password(&mut self, data: &[u8]) {
+        let at = self.begin(b'p');
+        self.buf.extend_from_slice(data);
+        self.end(at);
+    }
+
+    /// SASLInitialResponse.
+    pub fn sasl_initial(&mut self, mechanism: &str, data: &[u8]) {
+        let at = self.begin(b'p');
+        self.cstr(mechanism);
+        self.i32(data.len() as i32);
+        self.buf.extend_from_slice(data);
+        self.end(at);
+    }
+
+    pub fn terminate(&mut self) {
+        let at = self.begin(b'X');
+        self.end(at);
+    }
 }
 
 /// The format code for result column `i`: none given means text; one

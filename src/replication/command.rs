@@ -22,6 +22,10 @@ pub enum ReplicationCommand {
         start: Lsn,
         timeline: Option<TimelineId>,
     },
+    /// A consistent copy of the node (its options, such as LABEL or
+    /// PROGRESS, are accepted and ignored: walship always checkpoints at
+    /// once and always reports sizes).
+    BaseBackup,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -232,12 +236,18 @@ pub fn parse(text: &str) -> Result<ReplicationCommand, PgError> {
             let timeline = if t.eat_word("timeline") { Some(timeline(&t.word("a timeline")?)?) } else { None };
             ReplicationCommand::StartReplication { slot, start, timeline }
         }
+        "base_backup" => {
+            if matches!(t.peek(), Some(Token::Open)) {
+                while !matches!(t.next(), Some(Token::Close) | None) {}
+            }
+            ReplicationCommand::BaseBackup
+        }
         other => {
             return Err(PgError::new(
                 code::FEATURE_NOT_SUPPORTED,
                 format!("replication command \"{}\" is not supported", other.to_ascii_uppercase()),
             )
-            .with_hint("walship's walsender supports IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY, CREATE/READ/DROP_REPLICATION_SLOT and START_REPLICATION"))
+            .with_hint("walship's walsender supports IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY, CREATE/READ/DROP_REPLICATION_SLOT, START_REPLICATION and BASE_BACKUP"))
         }
     };
     t.end()?;
@@ -302,11 +312,15 @@ mod tests {
             parse("TIMELINE_HISTORY 2").unwrap(),
             ReplicationCommand::TimelineHistory(TimelineId::new(2).unwrap())
         );
+        assert_eq!(
+            parse("BASE_BACKUP (LABEL 'x', PROGRESS, CHECKPOINT 'fast')").unwrap(),
+            ReplicationCommand::BaseBackup
+        );
     }
 
     #[test]
     fn rejects_what_it_does_not_support() {
-        assert_eq!(parse("BASE_BACKUP").unwrap_err().code, "0A000");
+        assert_eq!(parse("UPLOAD_MANIFEST").unwrap_err().code, "0A000");
         assert_eq!(parse("START_REPLICATION 0/zz").unwrap_err().code, "42601");
         assert_eq!(
             parse("START_REPLICATION SLOT s LOGICAL 0/0")

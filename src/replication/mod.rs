@@ -2,6 +2,10 @@
 //! replication protocol on the node's own listener), its command parser,
 //! and replication slots.
 
+pub mod basebackup;
+pub mod client;
 pub mod command;
+pub mod conninfo;
 pub mod slots;
+pub mod walreceiver;
 pub mod walsender;

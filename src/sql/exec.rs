@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::Bound;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::parse::{Column, Expr, Filter, Func, OnConflict, Projection, Select, Statement};
@@ -88,6 +89,14 @@ pub trait Host: Send + Sync {
     fn last_replay_lsn(&self) -> Option<Lsn>;
     /// Runs a checkpoint now (the CHECKPOINT command).
     fn checkpoint(&self) -> Result<Lsn, PgError>;
+    /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
+    /// (primary), `timeout` passes, or `cancel` is raised.
+    fn wait_for_lsn(
+        &self,
+        lsn: Lsn,
+        timeout: Option<std::time::Duration>,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), PgError>;
 }
 
 /// A transaction block's buffered writes.
@@ -124,6 +133,8 @@ pub struct Session {
     params: HashMap<String, String>,
     synchronous_commit: Option<SyncCommit>,
     txn: Option<Txn>,
+    /// Raised by a CancelRequest for this session.
+    cancel: Arc<AtomicBool>,
 }
 
 fn resolve(e: &Expr, params: &[Option<String>]) -> Result<Option<String>, PgError> {
@@ -216,7 +227,14 @@ impl Session {
             params,
             synchronous_commit: None,
             txn: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Shares the flag a CancelRequest for this session raises, so long
+    /// waits (WAIT FOR LSN, synchronous commit) can end early.
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = flag;
     }
 
     /// The canonical name of a session parameter a client may send at
@@ -304,6 +322,7 @@ impl Session {
                     .collect(),
             ),
             Statement::Show { name } => Some(vec![col(name, oid::TEXT)]),
+            Statement::WaitForLsn { .. } => Some(vec![col("status", oid::TEXT)]),
             _ => None,
         }
     }
@@ -392,6 +411,14 @@ impl Session {
             Statement::Checkpoint => {
                 self.host.checkpoint()?;
                 Ok(tag("CHECKPOINT"))
+            }
+            Statement::WaitForLsn { lsn, timeout } => {
+                self.host.wait_for_lsn(*lsn, *timeout, &self.cancel)?;
+                Ok(QueryResult {
+                    columns: self.describe(stmt),
+                    rows: vec![vec![Some(Value::Text("success".into()))]],
+                    tag: "WAIT".into(),
+                })
             }
             Statement::Show { name } => {
                 let value = self.show(name)?;
@@ -696,6 +723,18 @@ impl Session {
         let mut row = Vec::with_capacity(items.len());
         for item in items {
             let v = match &item.func {
+                Func::CurrentWalLsn
+                | Func::CurrentWalInsertLsn
+                | Func::CurrentWalFlushLsn
+                | Func::SwitchWal
+                    if self.host.in_recovery() =>
+                {
+                    return Err(PgError::new(
+                        code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        "recovery is in progress",
+                    )
+                    .with_hint("WAL control functions cannot be executed during recovery; use pg_last_wal_receive_lsn() and pg_last_wal_replay_lsn()"));
+                }
                 Func::CurrentWalLsn | Func::CurrentWalInsertLsn => {
                     Some(Value::Lsn(db.wal().insert_lsn()))
                 }
@@ -703,6 +742,14 @@ impl Session {
                 Func::SwitchWal => {
                     self.check_writable()?;
                     Some(Value::Lsn(db.switch_wal()?))
+                }
+                Func::StoreChecksum => {
+                    let store = db.read();
+                    Some(Value::Text(format!(
+                        "{} {:08x}",
+                        store.applied(),
+                        store.checksum()
+                    )))
                 }
                 Func::IsInRecovery => Some(Value::Bool(self.host.in_recovery())),
                 Func::LastWalReceiveLsn => self.host.last_receive_lsn().map(Value::Lsn),

@@ -11,6 +11,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::sqlstate::{code, PgError};
+use crate::wal::Lsn;
 
 /// What walship supports, for error messages.
 pub const SUPPORTED: &str = "walship supports INSERT, UPDATE, DELETE and SELECT on the table kv (key text primary key, value text), \
@@ -79,6 +80,9 @@ pub enum Func {
     LastWalReceiveLsn,
     LastWalReplayLsn,
     Version,
+    /// `walship_store_checksum()`: the store's applied LSN and checksum,
+    /// so two nodes can be compared at the same LSN.
+    StoreChecksum,
     CurrentSetting(Expr),
     Literal(Expr),
 }
@@ -117,6 +121,12 @@ pub enum Statement {
     },
     /// Run a checkpoint now.
     Checkpoint,
+    /// `WAIT FOR LSN 'X/X' [WITH (TIMEOUT '…')]`: wait until this node has
+    /// replayed (a standby) or flushed (a primary) up to `lsn`.
+    WaitForLsn {
+        lsn: Lsn,
+        timeout: Option<std::time::Duration>,
+    },
 }
 
 impl Statement {
@@ -169,6 +179,9 @@ fn unsupported(what: impl std::fmt::Display) -> PgError {
 /// Parses one query string (which may hold several statements, as the
 /// simple query protocol allows).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
+    if let Some(rest) = strip_words(sql.trim(), &["wait", "for", "lsn"]) {
+        return Ok(vec![parse_wait_for_lsn(rest)?]);
+    }
     // sqlparser does not know PostgreSQL's CHECKPOINT command.
     if sql
         .trim()
@@ -185,6 +198,73 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
         )
     })?;
     statements.into_iter().map(convert).collect()
+}
+
+/// `s` without the leading words `words` (any case, any spacing).
+fn strip_words<'a>(s: &'a str, words: &[&str]) -> Option<&'a str> {
+    let mut rest = s;
+    for w in words {
+        let t = rest.trim_start();
+        let head = t.get(..w.len())?;
+        if !head.eq_ignore_ascii_case(w) || t[w.len()..].starts_with(|c: char| c.is_alphanumeric())
+        {
+            return None;
+        }
+        rest = &t[w.len()..];
+    }
+    Some(rest)
+}
+
+/// The rest of `WAIT FOR LSN`: `'X/X' [WITH (TIMEOUT 'duration' | ms)]`.
+fn parse_wait_for_lsn(rest: &str) -> Result<Statement, PgError> {
+    let syntax = || {
+        PgError::new(
+            code::SYNTAX_ERROR,
+            "syntax error: expected WAIT FOR LSN 'X/X' [WITH (TIMEOUT '10s')]",
+        )
+    };
+    let rest = rest.trim().trim_end_matches(';').trim();
+    let quoted = |s: &str| -> Option<(String, usize)> {
+        let body = s.strip_prefix('\'')?;
+        let end = body.find('\'')?;
+        Some((body[..end].to_string(), end + 2))
+    };
+    let (lsn_text, used) = quoted(rest).ok_or_else(syntax)?;
+    let lsn: Lsn = lsn_text.parse().map_err(|e| {
+        PgError::new(
+            code::INVALID_TEXT_REPRESENTATION,
+            format!("invalid input syntax for type pg_lsn: \"{lsn_text}\" ({e})"),
+        )
+    })?;
+    let rest = rest[used..].trim();
+    if rest.is_empty() {
+        return Ok(Statement::WaitForLsn { lsn, timeout: None });
+    }
+    let inner = strip_words(rest, &["with"])
+        .map(str::trim)
+        .and_then(|r| r.strip_prefix('('))
+        .and_then(|r| r.trim_end().strip_suffix(')'))
+        .ok_or_else(syntax)?;
+    let value = strip_words(inner.trim(), &["timeout"])
+        .ok_or_else(syntax)?
+        .trim();
+    let text = match quoted(value) {
+        Some((t, _)) => t,
+        None => value.to_string(),
+    };
+    let timeout = match text.parse::<u64>() {
+        Ok(ms) => std::time::Duration::from_millis(ms),
+        Err(_) => humantime::parse_duration(&text).map_err(|e| {
+            PgError::new(
+                code::INVALID_PARAMETER_VALUE,
+                format!("invalid TIMEOUT \"{text}\": {e} (give milliseconds or a duration such as '5s')"),
+            )
+        })?,
+    };
+    Ok(Statement::WaitForLsn {
+        lsn,
+        timeout: Some(timeout),
+    })
 }
 
 fn strip_parser_prefix(msg: &str) -> &str {
@@ -718,6 +798,7 @@ fn func_item(item: &SelectItem) -> Result<FuncItem, PgError> {
                 "pg_last_wal_receive_lsn" => no_args(Func::LastWalReceiveLsn)?,
                 "pg_last_wal_replay_lsn" => no_args(Func::LastWalReplayLsn)?,
                 "version" => no_args(Func::Version)?,
+                "walship_store_checksum" => no_args(Func::StoreChecksum)?,
                 "current_setting" => match &args[..] {
                     [a] => Func::CurrentSetting(expr(a)?),
                     _ => {

@@ -237,6 +237,12 @@ impl Db {
         }
     }
 
+    /// Applies replayed records (a standby's): `f` changes the store under
+    /// the lock readers take, so a reader sees whole records.
+    pub fn replay<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        f(&mut self.write_rows())
+    }
+
     /// Makes everything logged durable and visible (for the background WAL
     /// writer of `synchronous_commit = off` and for shutdown).
     pub fn flush_all(&self) -> Result<Lsn, DbError> {

@@ -28,6 +28,8 @@ pub enum WalError {
     NotASegment { path: PathBuf, why: String },
     #[error("WAL record of {0} bytes is larger than the maximum WAL record size")]
     RecordTooLarge(usize),
+    #[error("received WAL at {at} does not continue the local WAL, which ends at {local}")]
+    NotContiguous { at: Lsn, local: Lsn },
     #[error("the WAL writer stopped after a failed flush at {0}: nothing after it can be acknowledged; restart the server so that recovery finds the end of durable WAL")]
     Poisoned(Lsn),
 }

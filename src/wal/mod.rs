@@ -8,6 +8,7 @@
 //! - `decoder`: the I/O-free decoder every reader uses
 //! - `segment`, `reader`: segment files and walking them
 //! - `writer`: the memory-mapped, group-committing writer
+//! - `verify`: checking WAL that arrives over the network
 //!
 //! This module knows nothing of the rest of walship.
 
@@ -20,6 +21,7 @@ pub mod name;
 pub mod payload;
 pub mod reader;
 pub mod segment;
+pub mod verify;
 pub mod writer;
 
 pub use decoder::{Decoder, EndOfWal, EndReason, Expect, Record, Step};

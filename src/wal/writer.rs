@@ -277,6 +277,39 @@ impl WalWriter {
         })
     }
 
+    /// The last complete record's LSN (the prev-link of the next one).
+    pub fn last_record_lsn(&self) -> Lsn {
+        self.lock_insert().prev
+    }
+
+    /// Writes WAL received from an upstream server at the insert position,
+    /// byte for byte (page headers included), as a standby's walreceiver
+    /// does; it is durable once [`WalWriter::flush`] returns. The caller
+    /// has verified the bytes; `last_record` is the LSN of the last
+    /// complete record among everything written so far.
+    pub fn write_received(&self, at: Lsn, bytes: &[u8], last_record: Lsn) -> Result<(), WalError> {
+        let mut ins = self.lock_insert();
+        self.check_poisoned()?;
+        if at != ins.pos {
+            return Err(WalError::NotContiguous { at, local: ins.pos });
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let size = self.config.seg_size;
+        let last = Lsn(at.0 + bytes.len() as u64 - 1).segno(size);
+        let mut segno = at.segno(size);
+        while segno <= last {
+            if !ins.segments.iter().any(|s| s.start.segno(size) == segno) {
+                self.map_segment(&mut ins, segno)?;
+            }
+            segno = segno.next();
+        }
+        push_pending(&mut ins, bytes);
+        ins.prev = last_record;
+        Ok(())
+    }
+
     /// Ends the current segment with an `XLOG_SWITCH` record, as
     /// `pg_switch_wal()` does, so the next record begins the next segment.
     /// Returns the new insert position (unchanged when the current segment

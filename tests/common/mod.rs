@@ -255,6 +255,47 @@ impl Node {
         }
     }
 
+    /// A standby of `primary`, cloned with `walship basebackup` (1 MiB
+    /// segments, as the primary's); not started.
+    pub fn basebackup(primary: &Node, name: &str, extra: &[&str]) -> Node {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("data");
+        let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
+        let mut args = vec![
+            "basebackup",
+            "--from",
+            &from,
+            "-D",
+            dir.to_str().unwrap(),
+            "--node-name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        check("walship basebackup", walship(&args));
+        Node {
+            root,
+            dir,
+            port: 0,
+            child: None,
+            log: Default::default(),
+        }
+    }
+
+    /// Runs one query (simple protocol) and returns the first column of
+    /// its first row.
+    pub fn query_one(&self, sql: &str) -> String {
+        let rows = self
+            .client()
+            .simple_query(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}\n{}", self.log()));
+        rows.iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{sql} returned no row"))
+    }
+
     /// Starts the server and waits until it listens.
     pub fn start(&mut self) -> &mut Node {
         self.start_with(&[])

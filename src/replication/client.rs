@@ -1,0 +1,547 @@
+//! A small, blocking PostgreSQL frontend: enough of the protocol for a
+//! replication client (walship's walreceiver, `walship receive`,
+//! `walship basebackup`) and for `walship status` — startup, trust /
+//! cleartext / MD5 / SCRAM-SHA-256 authentication, simple queries with
+//! text results, and CopyBoth / CopyOut streams.
+//!
+//! Every error names the peer. A server that goes silent mid-message is a
+//! timeout, never a hang; a malformed message is an error, never a panic.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use thiserror::Error;
+
+use super::conninfo::ConnInfo;
+use crate::protocol::codec::{self, Cursor, Out, ProtoError};
+
+/// The largest message accepted from a server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// How long a message already begun may take to arrive in full.
+const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An ErrorResponse from the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
+        if let Some(d) = &self.detail {
+            write!(f, "; {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("could not connect to {peer}: {source}")]
+    Connect { peer: String, source: io::Error },
+    #[error("connection to {peer} failed: {source}")]
+    Io { peer: String, source: ProtoError },
+    #[error("{peer} answered: {error}")]
+    Server {
+        peer: String,
+        error: Box<ServerError>,
+    },
+    #[error("{peer} broke the protocol: {what}")]
+    Protocol { peer: String, what: String },
+    #[error("could not authenticate to {peer}: {what}")]
+    Auth { peer: String, what: String },
+}
+
+impl ClientError {
+    /// The server's SQLSTATE, when the server refused something.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+}
+
+/// One result set of a simple query: column names and text (or, for
+/// bytea columns, raw) values.
+#[derive(Clone, Debug, Default)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<Vec<u8>>>>,
+}
+
+impl Rows {
+    /// The text of column `col` in row `row`, if present and not NULL.
+    pub fn text(&self, row: usize, col: &str) -> Option<String> {
+        let i = self.columns.iter().position(|c| c == col)?;
+        let v = self.rows.get(row)?.get(i)?.as_ref()?;
+        Some(String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// A message of a copy stream.
+#[derive(Debug)]
+pub enum CopyMessage {
+    Data(Vec<u8>),
+    /// The server ended the copy (CopyDone).
+    Done,
+}
+
+/// A connection to a PostgreSQL-protocol server.
+pub struct Client {
+    peer: String,
+    r: BufReader<TcpStream>,
+    w: BufWriter<TcpStream>,
+    /// ParameterStatus values the server sent.
+    pub parameters: HashMap<String, String>,
+}
+
+impl Client {
+    /// Connects and authenticates. `replication` is the startup
+    /// parameter's value (`"true"` for a physical replication connection).
+    pub fn connect(info: &ConnInfo, replication: Option<&str>) -> Result<Client, ClientError> {
+        let peer = format!("{}:{}", info.host, info.port);
+        let connect_err = |source| ClientError::Connect {
+            peer: peer.clone(),
+            source,
+        };
+        let addr = (info.host.as_str(), info.port)
+            .to_socket_addrs()
+            .map_err(connect_err)?
+            .next()
+            .ok_or_else(|| connect_err(io::Error::other("the host name resolved to no address")))?;
+        let timeout = Duration::from_secs(info.connect_timeout.unwrap_or(10).max(1));
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
+        stream.set_nodelay(true).map_err(connect_err)?;
+        stream
+            .set_read_timeout(Some(MID_MESSAGE_TIMEOUT))
+            .map_err(connect_err)?;
+        let r = BufReader::with_capacity(256 << 10, stream.try_clone().map_err(connect_err)?);
+        let w = BufWriter::with_capacity(64 << 10, stream);
+        let mut client = Client {
+            peer,
+            r,
+            w,
+            parameters: HashMap::new(),
+        };
+        let user = info
+            .user
+            .clone()
+            .or_else(|| std::env::var("PGUSER").ok())
+            .or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::geteuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .unwrap_or_else(|| "postgres".into());
+        let mut params = vec![("user", user.clone())];
+        params.push((
+            "database",
+            info.dbname.clone().unwrap_or_else(|| user.clone()),
+        ));
+        if let Some(app) = &info.application_name {
+            params.push(("application_name", app.clone()));
+        }
+        if let Some(rep) = replication {
+            params.push(("replication", rep.to_string()));
+        }
+        let mut out = Out::default();
+        out.startup(&params);
+        client.send(&mut out)?;
+        client.authenticate(&user, info.password.as_deref())?;
+        Ok(client)
+    }
+
+    /// The peer, `host:port`, for messages.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    fn io(&self, source: impl Into<ProtoError>) -> ClientError {
+        ClientError::Io {
+            peer: self.peer.clone(),
+            source: source.into(),
+        }
+    }
+
+    fn protocol(&self, what: impl Into<String>) -> ClientError {
+        ClientError::Protocol {
+            peer: self.peer.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn send(&mut self, out: &mut Out) -> Result<(), ClientError> {
+        out.send(&mut self.w).map_err(|e| self.io(e))
+    }
+
+    fn read(&mut self) -> Result<(u8, Vec<u8>), ClientError> {
+        loop {
+            let (tag, body) =
+                codec::read_message(&mut self.r, MAX_MESSAGE).map_err(|e| match e {
+                    ProtoError::Closed => self.io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection",
+                    )),
+                    e => self.io(e),
+                })?;
+            match tag {
+                // NoticeResponse and ParameterStatus may come at any time.
+                b'N' => continue,
+                b'S' => {
+                    let mut c = Cursor::new(&body);
+                    let name = c.cstr().map_err(|e| self.io(e))?;
+                    let value = c.cstr().map_err(|e| self.io(e))?;
+                    self.parameters.insert(name, value);
+                }
+                b'E' => {
+                    return Err(ClientError::Server {
+                        peer: self.peer.clone(),
+                        error: Box::new(parse_error(&body)),
+                    })
+                }
+                _ => return Ok((tag, body)),
+            }
+        }
+    }
+
+    fn authenticate(&mut self, user: &str, password: Option<&str>) -> Result<(), ClientError> {
+        let auth_err = |peer: &str, what: &str| ClientError::Auth {
+            peer: peer.to_string(),
+            what: what.to_string(),
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, body) = self.read()?;
+            match tag {
+                b'R' => {
+                    let mut c = Cursor::new(&body);
+                    let code = c.i32().map_err(|e| self.io(e))?;
+                    let rest = &body[4..];
+                    let need_password = || {
+                        password.ok_or_else(|| {
+                            auth_err(&self.peer, "the server asks for a password; give one with password= in the connection string")
+                        })
+                    };
+                    let mut out = Out::default();
+                    match code {
+                        0 => {}
+                        3 => {
+                            let mut pw = need_password()?.as_bytes().to_vec();
+                            pw.push(0);
+                            out.password(&pw);
+                        }
+                        5 => {
+                            let salt: [u8; 4] = rest
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| self.protocol("MD5 request without a salt"))?;
+                            let mut hash =
+                                md5_hash(user.as_bytes(), need_password()?.as_bytes(), salt)
+                                    .into_bytes();
+                            hash.push(0);
+                            out.password(&hash);
+                        }
+                        10 => {
+                            let offered = String::from_utf8_lossy(rest);
+                            if !offered.split('\0').any(|m| m == SCRAM_SHA_256) {
+                                return Err(auth_err(
+                                    &self.peer,
+                                    &format!("the server offers no SASL mechanism walship supports ({offered})"),
+                                ));
+                            }
+                            let s = ScramSha256::new(
+                                need_password()?.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            out.sasl_initial(SCRAM_SHA_256, s.message());
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| self.protocol("SASL continue before SASL began"))?;
+                            s.update(rest)
+                                .map_err(|e| auth_err(&self.peer, &e.to_string()))?;
+                            out.password(s.message());
+                        }
+                        12 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| self.protocol("SASL final before SASL began"))?;
+                            s.finish(rest).map_err(|e| {
+                                auth_err(
+                                    &self.peer,
+                                    &format!("the server's SCRAM proof is wrong: {e}"),
+                                )
+                            })?;
+                        }
+                        other => {
+                            return Err(auth_err(
+                                &self.peer,
+                                &format!("unsupported authentication method (code {other})"),
+                            ))
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.send(&mut out)?;
+                    }
+                }
+                b'K' => {}
+                b'Z' => return Ok(()),
+                other => {
+                    return Err(self.protocol(format!(
+                        "unexpected message type '{}' during startup",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Runs a simple query and returns its (last) result set.
+    pub fn query(&mut self, sql: &str) -> Result<Rows, ClientError> {
+        let mut out = Out::default();
+        out.query(sql);
+        self.send(&mut out)?;
+        let mut rows = Rows::default();
+        let mut failed = None;
+        loop {
+            let (tag, body) = match self.read() {
+                Ok(m) => m,
+                Err(e @ ClientError::Server { .. }) => {
+                    failed = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match tag {
+                b'T' => rows = self.row_description(&body)?,
+                b'D' => {
+                    let row = self.data_row(&body)?;
+                    rows.rows.push(row);
+                }
+                b'C' | b'I' => {}
+                b'Z' => return failed.map_or(Ok(rows), Err),
+                other => {
+                    return Err(self.protocol(format!(
+                        "unexpected message type '{}' in a query's result",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    fn row_description(&self, body: &[u8]) -> Result<Rows, ClientError> {
+        let mut c = Cursor::new(body);
+        let n = c.count16().map_err(|e| self.io(e))?;
+        let mut columns = Vec::with_capacity(n);
+        for _ in 0..n {
+            columns.push(c.cstr().map_err(|e| self.io(e))?);
+            c.bytes(18).map_err(|e| self.io(e))?;
+        }
+        Ok(Rows {
+            columns,
+            rows: Vec::new(),
+        })
+    }
+
+    fn data_row(&self, body: &[u8]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let mut c = Cursor::new(body);
+        let n = c.count16().map_err(|e| self.io(e))?;
+        let mut row = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = c.i32().map_err(|e| self.io(e))?;
+            row.push(if len < 0 {
+                None
+            } else {
+                Some(c.bytes(len as usize).map_err(|e| self.io(e))?.to_vec())
+            });
+        }
+        Ok(row)
+    }
+
+    /// Sends a command that starts a copy (START_REPLICATION: CopyBoth;
+    /// BASE_BACKUP: result sets, then CopyOut). Result sets that come
+    /// before the copy are returned.
+    pub fn start_copy(&mut self, sql: &str) -> Result<Vec<Rows>, ClientError> {
+        let mut out = Out::default();
+        out.query(sql);
+        self.send(&mut out)?;
+        let mut sets = Vec::new();
+        loop {
+            let (tag, body) = match self.read() {
+                Ok(m) => m,
+                Err(e @ ClientError::Server { .. }) => {
+                    // Let the ReadyForQuery after the error go by.
+                    while let Ok((tag, _)) = self.read() {
+                        if tag == b'Z' {
+                            break;
+                        }
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            match tag {
+                b'T' => sets.push(self.row_description(&body)?),
+                b'D' => {
+                    let row = self.data_row(&body)?;
+                    match sets.last_mut() {
+                        Some(s) => s.rows.push(row),
+                        None => return Err(self.protocol("a data row before its description")),
+                    }
+                }
+                b'C' => {}
+                b'W' | b'H' => return Ok(sets),
+                b'Z' => return Err(self.protocol("the command ended without starting a copy")),
+                other => {
+                    return Err(self.protocol(format!(
+                        "unexpected message type '{}' before a copy",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next copy message; `None` when none
+    /// came in time.
+    pub fn recv_copy(&mut self, timeout: Duration) -> Result<Option<CopyMessage>, ClientError> {
+        if self.r.buffer().is_empty() && !self.wait_readable(timeout)? {
+            return Ok(None);
+        }
+        let (tag, body) = self.read()?;
+        match tag {
+            b'd' => Ok(Some(CopyMessage::Data(body))),
+            b'c' => Ok(Some(CopyMessage::Done)),
+            other => Err(self.protocol(format!(
+                "unexpected message type '{}' in a copy stream",
+                other as char
+            ))),
+        }
+    }
+
+    /// True when a whole message may be read without waiting on the network.
+    pub fn has_buffered(&self) -> bool {
+        self.r.buffer().len() >= 5
+    }
+
+    fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let fd = self.r.get_ref().as_fd();
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(self.io(io::Error::from(e))),
+        }
+    }
+
+    /// Sends one CopyData message (buffered until [`Client::flush`]).
+    pub fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), ClientError> {
+        let mut out = Out::default();
+        out.copy_data(payload);
+        out.write_to(&mut self.w).map_err(|e| self.io(e))
+    }
+
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.w.flush().map_err(|e| self.io(e))
+    }
+
+    /// Ends our side of a copy (after the server's CopyDone, or to stop
+    /// streaming) and reads what follows up to ReadyForQuery: the result
+    /// sets are returned (START_REPLICATION's end-of-timeline set).
+    pub fn end_copy(&mut self) -> Result<Vec<Rows>, ClientError> {
+        let mut out = Out::default();
+        out.copy_done();
+        self.send(&mut out)?;
+        self.result_sets()
+    }
+
+    /// Reads the messages after a CopyOut the server ended, up to
+    /// ReadyForQuery; returns the result sets among them (BASE_BACKUP's
+    /// end position).
+    pub fn finish_copy_out(&mut self) -> Result<Vec<Rows>, ClientError> {
+        self.result_sets()
+    }
+
+    fn result_sets(&mut self) -> Result<Vec<Rows>, ClientError> {
+        let mut sets = Vec::new();
+        loop {
+            let (tag, body) = self.read()?;
+            match tag {
+                b'd' | b'c' => {}
+                b'T' => sets.push(self.row_description(&body)?),
+                b'D' => {
+                    let row = self.data_row(&body)?;
+                    if let Some(s) = sets.last_mut() {
+                        s.rows.push(row);
+                    }
+                }
+                b'C' => {}
+                b'Z' => return Ok(sets),
+                other => {
+                    return Err(self.protocol(format!(
+                        "unexpected message type '{}' after a copy",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Says goodbye (Terminate) and closes.
+    pub fn close(mut self) {
+        let mut out = Out::default();
+        out.terminate();
+        let _ = self.send(&mut out);
+    }
+}
+
+/// Parses an ErrorResponse body.
+pub fn parse_error(body: &[u8]) -> ServerError {
+    let mut e = ServerError {
+        severity: "ERROR".into(),
+        code: "XX000".into(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let value = String::from_utf8_lossy(&field[1..]).into_owned();
+        match field[0] {
+            b'S' => e.severity = value,
+            b'C' => e.code = value,
+            b'M' => e.message = value,
+            b'D' => e.detail = Some(value),
+            b'H' => e.hint = Some(value),
+            _ => {}
+        }
+    }
+    e
+}

@@ -1,0 +1,324 @@
+//! The walreceiver of a standby: streams WAL from the primary named by
+//! `primary_conninfo`, verifies every record as it arrives, writes it byte
+//! for byte into the node's own `wal/`, fsyncs it, hands the flushed
+//! records to replay, and reports write/flush/apply positions back — after
+//! every flush, so a synchronous primary waits no longer than it must.
+//!
+//! It reconnects with backoff (100 ms doubling to 5 s) whenever the
+//! primary goes away, and never follows a primary of another system.
+
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::client::{Client, ClientError, CopyMessage};
+use super::conninfo::ConnInfo;
+use super::walsender::pg_now;
+use crate::wal::verify::{OwnRecord, StreamVerifier};
+use crate::wal::{EndOfWal, Expect, Lsn, SegmentSize, TimelineId, WalError, WalWriter};
+
+/// How often the standby reports its positions when nothing else makes it.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What `pg_stat_wal_receiver` shows.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiverStatus {
+    /// `streaming`, `starting`, `waiting` (between attempts), or `stopped`.
+    pub status: &'static str,
+    pub receive_start_lsn: Lsn,
+    pub flushed_lsn: Lsn,
+    pub latest_end_lsn: Lsn,
+    /// When the primary last sent something (microseconds since 2000).
+    pub last_msg_send_time: i64,
+    pub last_msg_receipt_time: i64,
+    pub slot_name: Option<String>,
+    pub sender_host: Option<String>,
+    pub sender_port: Option<u16>,
+    pub conninfo: Option<String>,
+    /// The last failure, for the log and for operators.
+    pub last_error: Option<String>,
+}
+
+/// What the walreceiver needs of the node it runs in.
+pub trait WalReceiverHost: Send + Sync {
+    fn wal(&self) -> &WalWriter;
+    fn system_id(&self) -> u64;
+    fn timeline(&self) -> TimelineId;
+    fn seg_size(&self) -> SegmentSize;
+    /// The primary to stream from and the slot to use, from the settings
+    /// in force (they may change on SIGHUP).
+    fn primary(&self) -> Option<(ConnInfo, Option<String>)>;
+    /// Applies walship records that are flushed, in WAL order; `upto` is
+    /// the end of the last record of any kind among them.
+    fn replay(&self, records: &[OwnRecord], upto: Lsn) -> Result<(), String>;
+    /// The end of the last replayed record.
+    fn replayed_lsn(&self) -> Lsn;
+    fn receiver_status(&self) -> MutexGuard<'_, ReceiverStatus>;
+    fn is_shutting_down(&self) -> bool;
+    /// Sleeps up to `d`, or until the node is told to stop or reload.
+    fn nap(&self, d: Duration);
+}
+
+#[derive(Debug, Error)]
+pub enum ReceiveError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{peer} is of another system (system identifier {theirs}, this standby's is {ours}); this standby never follows it: check primary_conninfo")]
+    WrongSystem {
+        peer: String,
+        theirs: String,
+        ours: u64,
+    },
+    #[error("{peer} is on timeline {theirs}, this standby on timeline {ours}; following a timeline switch needs a new base backup for now")]
+    WrongTimeline {
+        peer: String,
+        theirs: String,
+        ours: TimelineId,
+    },
+    #[error("{peer} sent WAL that fails verification: {end}; nothing from that record on was written or replayed")]
+    BadWal { peer: String, end: EndOfWal },
+    #[error("{peer} sent WAL at {got}, but the standby expected {expected}")]
+    OutOfOrder {
+        peer: String,
+        got: Lsn,
+        expected: Lsn,
+    },
+    #[error("{peer} sent a malformed replication message: {what}")]
+    Malformed { peer: String, what: String },
+    #[error("could not write received WAL: {0}")]
+    Wal(#[from] WalError),
+    #[error("replay failed: {0}")]
+    Replay(String),
+}
+
+/// Runs until the node stops: stream, and on any failure wait and retry.
+pub fn run(host: &dyn WalReceiverHost) {
+    let mut backoff = Duration::from_millis(100);
+    while !host.is_shutting_down() {
+        let Some((info, slot)) = host.primary() else {
+            host.receiver_status().status = "waiting";
+            host.nap(Duration::from_secs(1));
+            continue;
+        };
+        let began = Instant::now();
+        match stream(host, &info, slot.as_deref()) {
+            Ok(()) => info!(primary = %info, "streaming ended"),
+            Err(e) => {
+                warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
+                host.receiver_status().last_error = Some(e.to_string());
+            }
+        }
+        host.receiver_status().status = "waiting";
+        if began.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        host.nap(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    host.receiver_status().status = "stopped";
+}
+
+fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// One streaming session, until the connection ends or fails.
+fn stream(
+    host: &dyn WalReceiverHost,
+    info: &ConnInfo,
+    slot: Option<&str>,
+) -> Result<(), ReceiveError> {
+    host.receiver_status().status = "starting";
+    let mut client = Client::connect(info, Some("true"))?;
+    let peer = client.peer().to_string();
+    let ident = client.query("IDENTIFY_SYSTEM")?;
+    let theirs = ident.text(0, "systemid").unwrap_or_default();
+    if theirs != host.system_id().to_string() {
+        return Err(ReceiveError::WrongSystem {
+            peer,
+            theirs,
+            ours: host.system_id(),
+        });
+    }
+    let their_tli = ident.text(0, "timeline").unwrap_or_default();
+    if their_tli != host.timeline().to_string() {
+        return Err(ReceiveError::WrongTimeline {
+            peer,
+            theirs: their_tli,
+            ours: host.timeline(),
+        });
+    }
+    let wal = host.wal();
+    let start = wal.insert_lsn();
+    let slot_clause = slot.map(|s| format!("SLOT \"{s}\" ")).unwrap_or_default();
+    client.start_copy(&format!(
+        "START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {}",
+        host.timeline()
+    ))?;
+    info!(primary = %info, start = %start, slot = ?slot, "started streaming WAL");
+    {
+        let mut st = host.receiver_status();
+        st.status = "streaming";
+        st.receive_start_lsn = start;
+        st.flushed_lsn = start;
+        st.slot_name = slot.map(str::to_string);
+        st.sender_host = Some(info.host.clone());
+        st.sender_port = Some(info.port);
+        st.conninfo = Some(info.to_string());
+        st.last_error = None;
+    }
+    let last = wal.last_record_lsn();
+    let mut verifier = StreamVerifier::new(
+        host.seg_size(),
+        start,
+        (last != Lsn::INVALID).then_some(last),
+        Expect {
+            sysid: Some(host.system_id()),
+            max_timeline: Some(host.timeline().get()),
+        },
+    );
+    let mut to_replay: Vec<OwnRecord> = Vec::new();
+    let mut replay_upto = Lsn::INVALID;
+    let mut unflushed = false;
+    let mut reply_due = false;
+    let mut last_reply = Instant::now();
+    let mut reported_apply = host.replayed_lsn();
+    let mut settings_checked = Instant::now();
+    loop {
+        if host.is_shutting_down() {
+            let _ = client.end_copy();
+            return Ok(());
+        }
+        // A reload that points the standby elsewhere ends this stream; the
+        // next attempt uses the new settings.
+        if settings_checked.elapsed() >= Duration::from_secs(1) {
+            settings_checked = Instant::now();
+            let now = host.primary();
+            if now.as_ref().map(|(i, s)| (i, s.as_deref())) != Some((info, slot)) {
+                info!(primary = %info, "primary_conninfo or primary_slot_name changed: reconnecting");
+                let _ = client.end_copy();
+                return Ok(());
+            }
+        }
+        // Wait briefly when replay may move (so remote_apply hears soon).
+        let wait = if unflushed || client.has_buffered() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        match client.recv_copy(wait)? {
+            Some(CopyMessage::Data(msg)) => {
+                let malformed = |what: &str| ReceiveError::Malformed {
+                    peer: peer.clone(),
+                    what: what.to_string(),
+                };
+                match msg.first() {
+                    Some(b'w') => {
+                        let (Some(at), Some(end), Some(sent)) =
+                            (be_u64(&msg, 1), be_u64(&msg, 9), be_u64(&msg, 17))
+                        else {
+                            return Err(malformed("XLogData shorter than its header"));
+                        };
+                        let at = Lsn(at);
+                        let bytes = &msg[25..];
+                        let expected = wal.insert_lsn();
+                        if at != expected {
+                            return Err(ReceiveError::OutOfOrder {
+                                peer,
+                                got: at,
+                                expected,
+                            });
+                        }
+                        match verifier.check(at, bytes) {
+                            Ok(checked) => {
+                                wal.write_received(at, bytes, verifier.last_record())?;
+                                to_replay.extend(checked.own);
+                                if let Some(e) = checked.last_end {
+                                    replay_upto = e;
+                                }
+                            }
+                            Err(rejected) => {
+                                wal.write_received(
+                                    at,
+                                    &bytes[..rejected.valid],
+                                    verifier.last_record(),
+                                )?;
+                                flush_and_replay(host, &mut to_replay, replay_upto)?;
+                                return Err(ReceiveError::BadWal {
+                                    peer,
+                                    end: rejected.end,
+                                });
+                            }
+                        }
+                        unflushed = true;
+                        let mut st = host.receiver_status();
+                        st.latest_end_lsn = Lsn(end);
+                        st.last_msg_send_time = sent as i64;
+                        st.last_msg_receipt_time = pg_now();
+                    }
+                    Some(b'k') => {
+                        let (Some(end), Some(sent)) = (be_u64(&msg, 1), be_u64(&msg, 9)) else {
+                            return Err(malformed("keepalive shorter than its fields"));
+                        };
+                        reply_due |= msg.get(17) == Some(&1);
+                        let mut st = host.receiver_status();
+                        st.latest_end_lsn = Lsn(end);
+                        st.last_msg_send_time = sent as i64;
+                        st.last_msg_receipt_time = pg_now();
+                    }
+                    _ => return Err(malformed("unknown CopyData message type")),
+                }
+            }
+            Some(CopyMessage::Done) => {
+                flush_and_replay(host, &mut to_replay, replay_upto)?;
+                let _ = client.end_copy();
+                info!(primary = %info, "the primary ended streaming");
+                return Ok(());
+            }
+            None => {}
+        }
+        // Flush when no more WAL is waiting in the socket buffer: one fsync
+        // for everything that arrived together.
+        if unflushed && !client.has_buffered() {
+            flush_and_replay(host, &mut to_replay, replay_upto)?;
+            unflushed = false;
+            reply_due = true;
+        }
+        let applied = host.replayed_lsn();
+        if applied != reported_apply {
+            reply_due = true;
+        }
+        if reply_due || last_reply.elapsed() >= STATUS_INTERVAL {
+            let flushed = wal.flushed_lsn();
+            let mut reply = Vec::with_capacity(34);
+            reply.push(b'r');
+            reply.extend_from_slice(&flushed.0.to_be_bytes());
+            reply.extend_from_slice(&flushed.0.to_be_bytes());
+            reply.extend_from_slice(&applied.0.to_be_bytes());
+            reply.extend_from_slice(&pg_now().to_be_bytes());
+            reply.push(0);
+            client.send_copy_data(&reply)?;
+            client.flush()?;
+            reported_apply = applied;
+            reply_due = false;
+            last_reply = Instant::now();
+        }
+    }
+}
+
+/// Makes everything received durable, then replays it.
+fn flush_and_replay(
+    host: &dyn WalReceiverHost,
+    to_replay: &mut Vec<OwnRecord>,
+    upto: Lsn,
+) -> Result<(), ReceiveError> {
+    let flushed = host.wal().flush_all()?;
+    host.receiver_status().flushed_lsn = flushed;
+    if upto != Lsn::INVALID || !to_replay.is_empty() {
+        host.replay(to_replay, upto).map_err(ReceiveError::Replay)?;
+    }
+    to_replay.clear();
+    Ok(())
+}

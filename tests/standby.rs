@@ -1,0 +1,253 @@
+//! Standbys: cloned with `walship basebackup`, streaming from a primary
+//! under a concurrent write load. Their WAL is byte-identical to the
+//! primary's, their stores equal the primary's at the same LSN, they serve
+//! reads and refuse writes, and they survive kill -9 and a vanishing
+//! primary.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::Node;
+
+fn message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs `threads` writers, each committing `commits` upserts and deletes.
+fn write_load(node: &Node, threads: usize, commits: usize, tag: &str) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let mut c = node.client();
+                for i in 0..commits {
+                    let key = format!("{tag}-{t}-{}", i % 50);
+                    if i % 7 == 6 {
+                        c.execute("DELETE FROM kv WHERE key = $1", &[&key]).unwrap();
+                    } else {
+                        c.execute(
+                            "INSERT INTO kv VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            &[&key, &format!("value {i} {}", "x".repeat(i % 300))],
+                        )
+                        .unwrap();
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Waits until `standby` has replayed everything `primary` flushed.
+fn catch_up(primary: &Node, standby: &Node) -> String {
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    let status = standby.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '30s')"));
+    assert_eq!(status, "success");
+    lsn
+}
+
+/// Segment files both directories hold are identical, byte for byte;
+/// returns how many were compared.
+fn assert_same_wal(primary: &Path, standby: &Path) -> usize {
+    let mut compared = 0;
+    for entry in std::fs::read_dir(standby.join("wal")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.len() != 24 {
+            continue;
+        }
+        let Ok(theirs) = std::fs::read(primary.join("wal").join(&name)) else {
+            continue;
+        };
+        let ours = std::fs::read(standby.join("wal").join(&name)).unwrap();
+        assert!(
+            ours == theirs,
+            "segment {name} differs between primary and standby"
+        );
+        compared += 1;
+    }
+    compared
+}
+
+#[test]
+fn two_standbys_replay_a_concurrent_load_byte_for_byte() {
+    let mut primary = Node::init("checkpoint_timeout = 2s");
+    primary.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('before', 'the backup')")
+        .unwrap();
+    let mut s1 = Node::basebackup(&primary, "s1", &["--slot", "s1", "--create-slot"]);
+    let mut s2 = Node::basebackup(&primary, "s2", &[]);
+    assert!(s1.dir.join("standby.signal").exists());
+    let conf = std::fs::read_to_string(s1.dir.join("walship.conf")).unwrap();
+    assert!(conf.contains("application_name=s1"), "{conf}");
+    assert!(conf.contains("primary_slot_name = 's1'"), "{conf}");
+    s1.start();
+    s2.start();
+    write_load(&primary, 4, 300, "load");
+    // Cross a segment switch too.
+    primary.query_one("SELECT pg_switch_wal()");
+    write_load(&primary, 2, 50, "after-switch");
+    for s in [&s1, &s2] {
+        catch_up(&primary, s);
+        assert_eq!(
+            s.query_one("SELECT walship_store_checksum()"),
+            primary.query_one("SELECT walship_store_checksum()"),
+            "standby's store differs from the primary's at the same LSN\n{}",
+            s.log()
+        );
+        assert_eq!(
+            s.query_one("SELECT value FROM kv WHERE key = 'before'"),
+            "the backup"
+        );
+        assert_eq!(s.query_one("SELECT pg_is_in_recovery()"), "t");
+        let compared = assert_same_wal(&primary.dir, &s.dir);
+        assert!(compared >= 2, "only {compared} segments in common");
+    }
+    // Reads see replayed state; writes are refused with 25006.
+    let err = s1
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('no', 'writes')")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err:?}");
+    assert!(message(&err).contains("standby"), "{err:?}");
+    let err = s1
+        .client()
+        .batch_execute("SELECT pg_current_wal_lsn()")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err:?}");
+    // pg_last_wal_receive_lsn / replay_lsn report where the standby is.
+    let flushed = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    assert_eq!(s2.query_one("SELECT pg_last_wal_receive_lsn()"), flushed);
+    assert_eq!(s2.query_one("SELECT pg_last_wal_replay_lsn()"), flushed);
+}
+
+#[test]
+fn wait_for_lsn_times_out_with_a_clear_error() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    let err = s1
+        .client()
+        .batch_execute("WAIT FOR LSN '5/0' WITH (TIMEOUT '200ms')")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    assert!(message(&err).contains("5/0"), "{err:?}");
+    let err = s1
+        .client()
+        .batch_execute("WAIT FOR LSN 'nonsense'")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err:?}");
+    // Read-your-writes across nodes.
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('ryw', 'seen')")
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_lsn()");
+    s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT 10000)"));
+    assert_eq!(
+        s1.query_one("SELECT value FROM kv WHERE key = 'ryw'"),
+        "seen"
+    );
+}
+
+#[test]
+fn a_standby_killed_under_load_catches_up() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &["--slot", "s1", "--create-slot"]);
+    s1.start();
+    for round in 0..5 {
+        std::thread::scope(|s| {
+            s.spawn(|| write_load(&primary, 2, 100, &format!("round{round}")));
+            std::thread::sleep(Duration::from_millis(30 + 20 * round as u64));
+            s1.kill9();
+        });
+        s1.start();
+        catch_up(&primary, &s1);
+        assert_eq!(
+            s1.query_one("SELECT walship_store_checksum()"),
+            primary.query_one("SELECT walship_store_checksum()"),
+            "round {round}\n{}",
+            s1.log()
+        );
+    }
+    assert_same_wal(&primary.dir, &s1.dir);
+}
+
+#[test]
+fn a_standby_reconnects_to_a_restarted_primary_and_refuses_another_system() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    primary.stop();
+    primary.start();
+    // The primary came back on another port: point the standby at it.
+    s1.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
+        primary.port
+    ));
+    s1.signal(nix::sys::signal::SIGHUP);
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'restart')")
+        .unwrap();
+    catch_up(&primary, &s1);
+    assert_eq!(
+        s1.query_one("SELECT value FROM kv WHERE key = 'after'"),
+        "restart"
+    );
+
+    // A primary of another system is never followed.
+    let mut other = Node::init("");
+    other.start();
+    s1.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
+        other.port
+    ));
+    s1.signal(nix::sys::signal::SIGHUP);
+    assert!(
+        s1.wait_log("is of another system"),
+        "no refusal in the log:\n{}",
+        s1.log()
+    );
+    assert_eq!(
+        s1.query_one("SELECT value FROM kv WHERE key = 'after'"),
+        "restart"
+    );
+}
+
+#[test]
+fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
+    let mut primary = Node::init("");
+    primary.start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("something"), b"x").unwrap();
+    let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let empty = tempfile::tempdir().unwrap();
+    let target = empty.path().join("s");
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        "host=127.0.0.1 port=1 user=tester",
+        "-D",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not connect to 127.0.0.1:1"), "{err:?}");
+    assert!(!target.join("control").exists());
+}
