@@ -9,6 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::replication::conninfo::ConnInfo;
+use crate::replication::syncrep::SyncStandbyNames;
 
 /// How long a commit waits before it is acknowledged
 /// (PostgreSQL's `synchronous_commit`).
@@ -102,6 +103,9 @@ pub struct Settings {
     pub primary_conninfo: String,
     /// The physical slot a standby streams through; empty for none.
     pub primary_slot_name: String,
+    /// The standbys whose confirmation a commit at `remote_write`, `on` or
+    /// `remote_apply` waits for; empty: commits wait for none.
+    pub synchronous_standby_names: SyncStandbyNames,
 }
 
 impl Default for Settings {
@@ -122,6 +126,7 @@ impl Default for Settings {
             max_wal_senders: 10,
             primary_conninfo: String::new(),
             primary_slot_name: String::new(),
+            synchronous_standby_names: SyncStandbyNames::default(),
         }
     }
 }
@@ -198,6 +203,11 @@ const DOCS: &[SettingDoc] = &[
         name: "max_wal_senders",
         reload: false,
         help: "replication connections at once",
+    },
+    SettingDoc {
+        name: "synchronous_standby_names",
+        reload: true,
+        help: "standbys a commit waits for: 's1', 'FIRST 1 (s1, s2)', 'ANY 2 (s1, s2, s3)' or '*'; empty: none",
     },
     SettingDoc {
         name: "primary_conninfo",
@@ -312,6 +322,10 @@ impl Settings {
                 self.primary_conninfo = value.to_string()
             }
             "primary_slot_name" => self.primary_slot_name = value.to_string(),
+            "synchronous_standby_names" => {
+                self.synchronous_standby_names =
+                    SyncStandbyNames::parse(value).map_err(SetError::Value)?
+            }
             _ => return Err(SetError::Unknown),
         }
         Ok(())
@@ -361,6 +375,7 @@ impl Settings {
                 _ => String::new(),
             },
             "primary_slot_name" => self.primary_slot_name.clone(),
+            "synchronous_standby_names" => self.synchronous_standby_names.to_string(),
             _ => return None,
         })
     }

@@ -7,3 +7,4 @@ pub mod server;
 pub mod session;
 pub mod standby;
 pub mod users;
+mod views;

@@ -22,7 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::config::{ConfigError, Settings};
+use super::config::{ConfigError, Settings, SyncCommit};
 use super::control::{ControlFile, NodeState};
 use super::datadir::{self, DataDir, DataDirError};
 use super::standby::StandbyState;
@@ -31,9 +31,11 @@ use crate::durable::{DirLock, LockError};
 use crate::fence::EpochFile;
 use crate::replication::conninfo::ConnInfo;
 use crate::replication::slots::Slots;
+use crate::replication::syncrep::WalSenders;
 use crate::replication::walreceiver::{self, ReceiverStatus, WalReceiverHost};
 use crate::replication::walsender::{Backup, WalSenderHost};
-use crate::sql::exec::{Host, Session};
+use crate::sql::exec::{Host, Session, Value};
+use crate::sql::views::SystemView;
 use crate::sqlstate::PgError;
 use crate::store::snapshot;
 use crate::store::Db;
@@ -93,6 +95,7 @@ pub struct Node {
     last_checkpoint_lsn: AtomicU64,
     /// Present while the node is a standby.
     standby: Option<StandbyState>,
+    senders: WalSenders,
 }
 
 impl Node {
@@ -176,6 +179,11 @@ impl Node {
                 info!(pid, "cancel request received");
             }
         }
+    }
+
+    /// The walreceiver's status, on a standby.
+    pub fn receiver_snapshot(&self) -> Option<ReceiverStatus> {
+        self.standby.as_ref().map(|s| s.receiver().clone())
     }
 
     /// The flag a CancelRequest for session `pid` raises.
@@ -347,6 +355,9 @@ impl WalSenderHost for Node {
     }
     fn is_shutting_down(&self) -> bool {
         Node::is_shutting_down(self)
+    }
+    fn senders(&self) -> &WalSenders {
+        &self.senders
     }
     fn base_backup(&self) -> Result<Backup, PgError> {
         if self.standby.is_some() {
@@ -577,6 +588,27 @@ impl Host for Node {
                 .wait_flushed_beyond(flushed, Duration::from_millis(50));
         }
     }
+    fn view_rows(&self, view: SystemView) -> Vec<Vec<Option<Value>>> {
+        self.rows_of(view)
+    }
+    fn wait_for_sync(
+        &self,
+        lsn: Lsn,
+        level: SyncCommit,
+        cancel: &AtomicBool,
+    ) -> Result<Option<PgError>, PgError> {
+        let settings = Node::settings(self);
+        if self.standby.is_some() || settings.synchronous_standby_names.is_empty() {
+            return Ok(None);
+        }
+        self.senders.wait(
+            lsn,
+            level,
+            &settings.synchronous_standby_names,
+            cancel,
+            &|| self.is_shutting_down(),
+        )
+    }
     fn checkpoint(&self) -> Result<Lsn, PgError> {
         Node::checkpoint(self, NodeState::InProduction).map_err(|e| {
             error!("checkpoint failed: {e}");
@@ -707,6 +739,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         wake: (Mutex::new(()), Condvar::new()),
         last_checkpoint_lsn: AtomicU64::new(insert.0),
         standby: is_standby.then(|| StandbyState::new(opened.end)),
+        senders: WalSenders::default(),
     });
     if is_standby {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");

@@ -80,7 +80,20 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                     pid,
                     key,
                 )
-                .and_then(|()| walsender::serve(&*node, &mut reader, &mut writer))
+                .and_then(|()| {
+                    let app = params
+                        .iter()
+                        .find(|(k, _)| k == "application_name")
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or("");
+                    let client_addr = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
+                    let who = walsender::Peer {
+                        pid,
+                        application_name: app,
+                        client_addr,
+                    };
+                    walsender::serve(&*node, &who, &mut reader, &mut writer)
+                })
             } else {
                 run(&node, &mut reader, &mut writer, pid, key, &params)
             };
@@ -296,6 +309,11 @@ fn send_result(
     max_rows: usize,
     describe: bool,
 ) -> usize {
+    if from == 0 {
+        for notice in &result.notices {
+            out.warning(notice);
+        }
+    }
     if describe {
         if let Some(cols) = &result.columns {
             let cols: Vec<(String, u32)> =

@@ -360,7 +360,16 @@ impl Out {
     /// ErrorResponse, severity FATAL or ERROR.
     pub fn error(&mut self, e: &PgError) {
         let severity = if e.fatal { "FATAL" } else { "ERROR" };
-        let at = self.begin(b'E');
+        self.report(b'E', severity, e);
+    }
+
+    /// NoticeResponse at severity WARNING.
+    pub fn warning(&mut self, e: &PgError) {
+        self.report(b'N', "WARNING", e);
+    }
+
+    fn report(&mut self, tag: u8, severity: &str, e: &PgError) {
+        let at = self.begin(tag);
         for (field, value) in [
             (b'S', Some(severity)),
             (b'V', Some(severity)),

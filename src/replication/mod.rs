@@ -7,5 +7,6 @@ pub mod client;
 pub mod command;
 pub mod conninfo;
 pub mod slots;
+pub mod syncrep;
 pub mod walreceiver;
 pub mod walsender;

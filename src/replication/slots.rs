@@ -83,6 +83,11 @@ impl Slots {
         )
     }
 
+    /// Every slot, by name.
+    pub fn list(&self) -> impl Iterator<Item = (&String, &Slot)> {
+        self.slots.iter()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Slot> {
         self.slots.get(name)
     }

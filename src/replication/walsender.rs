@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::command::{self, ReplicationCommand};
 use super::slots::Slots;
+use super::syncrep::WalSenders;
 use crate::protocol::codec::{self, Cursor, Out, ProtoError};
 use crate::sql::exec::oid;
 use crate::sqlstate::{code, PgError};
@@ -41,6 +42,8 @@ pub trait WalSenderHost: Send + Sync {
     fn sender_timeout(&self) -> Duration;
     fn max_message_size(&self) -> usize;
     fn is_shutting_down(&self) -> bool;
+    /// The node's walsenders and the commits waiting on them.
+    fn senders(&self) -> &WalSenders;
     /// A consistent copy of the node for `BASE_BACKUP`.
     fn base_backup(&self) -> Result<Backup, PgError>;
 }
@@ -70,9 +73,7 @@ pub fn pg_now() -> i64 {
 /// What the standby last reported.
 #[derive(Default)]
 struct Feedback {
-    write: AtomicU64,
     flush: AtomicU64,
-    apply: AtomicU64,
     done: AtomicBool,
 }
 
@@ -85,9 +86,31 @@ fn text_result(out: &mut Out, columns: &[(&str, u32)], row: &[Option<String>]) {
     out.data_row(row.iter().map(|v| v.as_deref().map(str::as_bytes)));
 }
 
+/// Who is at the other end of a walsender.
+pub struct Peer<'a> {
+    /// The session's process id (`pg_stat_replication.pid`).
+    pub pid: i32,
+    pub application_name: &'a str,
+    pub client_addr: &'a str,
+}
+
 /// Serves a replication connection after authentication (and after
 /// ReadyForQuery was sent).
-pub fn serve(host: &dyn WalSenderHost, r: &mut Reader, w: &mut Writer) -> Result<(), ProtoError> {
+pub fn serve(
+    host: &dyn WalSenderHost,
+    peer: &Peer<'_>,
+    r: &mut Reader,
+    w: &mut Writer,
+) -> Result<(), ProtoError> {
+    host.senders()
+        .register(peer.pid, peer.application_name, peer.client_addr);
+    struct Unregister<'a>(&'a WalSenders, i32);
+    impl Drop for Unregister<'_> {
+        fn drop(&mut self) {
+            self.0.unregister(self.1);
+        }
+    }
+    let _unregister = Unregister(host.senders(), peer.pid);
     let mut out = Out::default();
     loop {
         let (tag, body) = codec::read_message(r, host.max_message_size())?;
@@ -96,7 +119,7 @@ pub fn serve(host: &dyn WalSenderHost, r: &mut Reader, w: &mut Writer) -> Result
                 let text = Cursor::new(&body).cstr()?;
                 debug!(command = %text, "replication command");
                 let result = match command::parse(&text) {
-                    Ok(cmd) => run_command(host, cmd, r, w, &mut out),
+                    Ok(cmd) => run_command(host, peer.pid, cmd, r, w, &mut out),
                     Err(e) => Err(e),
                 };
                 match result {
@@ -125,6 +148,7 @@ pub fn serve(host: &dyn WalSenderHost, r: &mut Reader, w: &mut Writer) -> Result
 
 fn run_command(
     host: &dyn WalSenderHost,
+    pid: i32,
     cmd: ReplicationCommand,
     r: &mut Reader,
     w: &mut Writer,
@@ -291,7 +315,8 @@ fn run_command(
                 host.slots().acquire(name)?;
             }
             info!(start = %start, slot = ?slot, "streaming WAL");
-            let result = stream(host, start, slot.as_deref(), r, w);
+            host.senders().streaming(pid, start);
+            let result = stream(host, pid, start, slot.as_deref(), r, w);
             if let Some(name) = &slot {
                 host.slots().release(name);
             }
@@ -376,6 +401,7 @@ impl From<std::io::Error> for StreamEnd {
 /// the copy, goes silent past `wal_sender_timeout`, or the node stops.
 fn stream(
     host: &dyn WalSenderHost,
+    pid: i32,
     start: Lsn,
     slot: Option<&str>,
     r: &mut Reader,
@@ -391,6 +417,7 @@ fn stream(
     std::thread::scope(|scope| -> Result<(), StreamEnd> {
         let fb = feedback.clone();
         let heard = last_heard.clone();
+        let senders = host.senders();
         let began = Instant::now();
         let receiver = scope.spawn(move || -> Result<(), ProtoError> {
             loop {
@@ -406,9 +433,12 @@ fn stream(
                     b'd' => {
                         let mut c = Cursor::new(&body);
                         if c.u8()? == b'r' {
-                            fb.write.store(c.i64()? as u64, Ordering::Release);
-                            fb.flush.store(c.i64()? as u64, Ordering::Release);
-                            fb.apply.store(c.i64()? as u64, Ordering::Release);
+                            let write = Lsn(c.i64()? as u64);
+                            let flush = Lsn(c.i64()? as u64);
+                            let apply = Lsn(c.i64()? as u64);
+                            let time = c.i64()?;
+                            fb.flush.store(flush.0, Ordering::Release);
+                            senders.reply(pid, write, flush, apply, time);
                         }
                     }
                     b'c' | b'X' => {
@@ -486,6 +516,7 @@ fn stream(
                 payload.extend_from_slice(bytes);
                 out.copy_data(&payload);
                 pos = Lsn(end);
+                host.senders().sent(pid, pos);
                 if out.len() > 1 << 20 {
                     out.send(w)?;
                 }

@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::parse::{Column, Expr, Filter, Func, OnConflict, Projection, Select, Statement};
+use super::views::SystemView;
 use crate::node::config::{Settings, SyncCommit};
 use crate::sqlstate::{code, PgError};
-use crate::store::{Db, DbError, Durability, KvOp, Store};
+use crate::store::{Db, DbError, Durability, KvOp, Store, View};
 use crate::wal::{Lsn, WalError};
 
 /// Type OIDs of the values walship returns (PostgreSQL's `pg_type`).
@@ -21,6 +22,8 @@ pub mod oid {
     pub const INT4: u32 = 23;
     pub const TEXT: u32 = 25;
     pub const PG_LSN: u32 = 3220;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const INTERVAL: u32 = 1186;
 }
 
 /// A value in a result row.
@@ -30,6 +33,9 @@ pub enum Value {
     Int(i64),
     Bool(bool),
     Lsn(Lsn),
+    Interval(std::time::Duration),
+    /// Microseconds since 2000-01-01 UTC (PostgreSQL's `timestamptz`).
+    Timestamp(i64),
 }
 
 impl Value {
@@ -40,6 +46,18 @@ impl Value {
             Value::Int(i) => i.to_string(),
             Value::Bool(b) => if *b { "t" } else { "f" }.into(),
             Value::Lsn(l) => l.to_string(),
+            Value::Interval(d) => {
+                let us = d.as_micros();
+                let secs = us / 1_000_000;
+                format!(
+                    "{:02}:{:02}:{:02}.{:06}",
+                    secs / 3600,
+                    secs / 60 % 60,
+                    secs % 60,
+                    us % 1_000_000
+                )
+            }
+            Value::Timestamp(t) => format_timestamp(*t),
         }
     }
 
@@ -50,9 +68,24 @@ impl Value {
             (Value::Int(i), _) => i.to_be_bytes().to_vec(),
             (Value::Bool(b), _) => vec![u8::from(*b)],
             (Value::Lsn(l), _) => l.0.to_be_bytes().to_vec(),
+            (Value::Interval(d), _) => {
+                let mut b = (d.as_micros() as i64).to_be_bytes().to_vec();
+                b.extend_from_slice(&[0; 8]);
+                b
+            }
+            (Value::Timestamp(t), _) => t.to_be_bytes().to_vec(),
             (Value::Text(s), _) => s.as_bytes().to_vec(),
         }
     }
+}
+
+/// PostgreSQL's text form of a `timestamptz` in UTC:
+/// `2026-11-28 19:12:01.123456+00`.
+fn format_timestamp(pg_micros: i64) -> String {
+    let unix_us = pg_micros.saturating_add(946_684_800_000_000).max(0) as u64;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(unix_us);
+    let rfc = humantime::format_rfc3339_micros(t).to_string();
+    format!("{}+00", rfc.replace('T', " ").trim_end_matches('Z'))
 }
 
 /// A result column.
@@ -70,6 +103,8 @@ pub struct QueryResult {
     pub rows: Vec<Vec<Option<Value>>>,
     /// The CommandComplete tag, e.g. `INSERT 0 1`.
     pub tag: String,
+    /// Warnings for the client (NoticeResponse), sent before the result.
+    pub notices: Vec<PgError>,
 }
 
 /// What the session needs of the node it runs on.
@@ -89,6 +124,17 @@ pub trait Host: Send + Sync {
     fn last_replay_lsn(&self) -> Option<Lsn>;
     /// Runs a checkpoint now (the CHECKPOINT command).
     fn checkpoint(&self) -> Result<Lsn, PgError>;
+    /// After a commit at `lsn` is flushed and visible locally: waits for
+    /// the synchronous standbys as `level` asks. A cancelled wait returns
+    /// a warning (the commit stands locally).
+    fn wait_for_sync(
+        &self,
+        lsn: Lsn,
+        level: SyncCommit,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<PgError>, PgError>;
+    /// A system view's rows, values in [`SystemView::columns`] order.
+    fn view_rows(&self, view: SystemView) -> Vec<Vec<Option<Value>>>;
     /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
     /// (primary), `timeout` passes, or `cancel` is raised.
     fn wait_for_lsn(
@@ -135,6 +181,8 @@ pub struct Session {
     txn: Option<Txn>,
     /// Raised by a CancelRequest for this session.
     cancel: Arc<AtomicBool>,
+    /// Warnings raised while running the current statement.
+    notices: Vec<PgError>,
 }
 
 fn resolve(e: &Expr, params: &[Option<String>]) -> Result<Option<String>, PgError> {
@@ -228,6 +276,7 @@ impl Session {
             synchronous_commit: None,
             txn: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            notices: Vec::new(),
         }
     }
 
@@ -271,6 +320,25 @@ impl Session {
             SyncCommit::Off => Durability::Async,
             _ => Durability::Flushed,
         }
+    }
+
+    /// Commits the changes `decide` returns as one record, made as durable
+    /// as `synchronous_commit` asks: flushed locally, then confirmed by the
+    /// synchronous standbys for `remote_write`, `on` and `remote_apply`.
+    fn commit_write<R>(
+        &mut self,
+        decide: impl FnOnce(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
+    ) -> Result<R, PgError> {
+        let (result, end) = self.host.db().write(self.durability(), decide)?;
+        let level = self.synchronous_commit();
+        if let (Some(end), SyncCommit::RemoteWrite | SyncCommit::On | SyncCommit::RemoteApply) =
+            (end, level)
+        {
+            if let Some(warning) = self.host.wait_for_sync(end, level, &self.cancel)? {
+                self.notices.push(warning);
+            }
+        }
+        Ok(result)
     }
 
     /// Marks the current transaction block failed (after any error in it).
@@ -323,6 +391,13 @@ impl Session {
             ),
             Statement::Show { name } => Some(vec![col(name, oid::TEXT)]),
             Statement::WaitForLsn { .. } => Some(vec![col("status", oid::TEXT)]),
+            Statement::View { view, columns } => Some(
+                columns
+                    .iter()
+                    .filter_map(|c| view.columns().iter().find(|(n, _)| n == c))
+                    .map(|(n, t)| col(n, *t))
+                    .collect(),
+            ),
             _ => None,
         }
     }
@@ -348,6 +423,15 @@ impl Session {
         stmt: &Statement,
         params: &[Option<String>],
     ) -> Result<QueryResult, PgError> {
+        let mut result = self.run(stmt, params);
+        if let Ok(r) = &mut result {
+            r.notices.append(&mut self.notices);
+        }
+        self.notices.clear();
+        result
+    }
+
+    fn run(&mut self, stmt: &Statement, params: &[Option<String>]) -> Result<QueryResult, PgError> {
         if let Some(t) = &self.txn {
             if t.failed && !matches!(stmt, Statement::Commit | Statement::Rollback) {
                 return Err(PgError::new(
@@ -377,7 +461,7 @@ impl Session {
                 if !txn.ops.is_empty() {
                     self.check_writable()?;
                     let must = txn.must_be_absent;
-                    self.host.db().write(self.durability(), |view| {
+                    self.commit_write(|view| {
                         if let Some(k) = must.iter().find(|k| view.get(k).is_some()) {
                             return Err(unique_violation(k));
                         }
@@ -412,12 +496,37 @@ impl Session {
                 self.host.checkpoint()?;
                 Ok(tag("CHECKPOINT"))
             }
+            Statement::View { view, columns } => {
+                let all = view.columns();
+                let picks: Vec<usize> = columns
+                    .iter()
+                    .filter_map(|c| all.iter().position(|(n, _)| n == c))
+                    .collect();
+                let rows: Vec<Vec<Option<Value>>> = self
+                    .host
+                    .view_rows(*view)
+                    .into_iter()
+                    .map(|row| {
+                        picks
+                            .iter()
+                            .map(|i| row.get(*i).cloned().flatten())
+                            .collect()
+                    })
+                    .collect();
+                Ok(QueryResult {
+                    columns: self.describe(stmt),
+                    tag: format!("SELECT {}", rows.len()),
+                    rows,
+                    ..Default::default()
+                })
+            }
             Statement::WaitForLsn { lsn, timeout } => {
                 self.host.wait_for_lsn(*lsn, *timeout, &self.cancel)?;
                 Ok(QueryResult {
                     columns: self.describe(stmt),
                     rows: vec![vec![Some(Value::Text("success".into()))]],
                     tag: "WAIT".into(),
+                    ..Default::default()
                 })
             }
             Statement::Show { name } => {
@@ -426,6 +535,7 @@ impl Session {
                     columns: self.describe(stmt),
                     rows: vec![vec![Some(Value::Text(value))]],
                     tag: "SHOW".into(),
+                    ..Default::default()
                 })
             }
         }
@@ -502,11 +612,10 @@ impl Session {
             self.buffer(ops, absent);
             n
         } else {
-            let (n, _) = self.host.db().write(self.durability(), |view| {
+            self.commit_write(|view| {
                 let (ops, _, n) = decide(&|k| view.get(k).is_some())?;
-                Ok::<_, PgError>((ops, n))
-            })?;
-            n
+                Ok((ops, n))
+            })?
         };
         Ok(QueryResult {
             tag: format!("INSERT 0 {n}"),
@@ -538,14 +647,13 @@ impl Session {
             self.buffer(vec![op], vec![]);
             return Ok(1);
         }
-        let (n, _) = self.host.db().write(self.durability(), |view| {
+        self.commit_write(|view| {
             if applies(view.get(&key).is_some()) {
-                Ok::<_, PgError>((vec![op], 1))
+                Ok((vec![op], 1))
             } else {
                 Ok((vec![], 0))
             }
-        })?;
-        Ok(n)
+        })
     }
 
     fn buffer(&mut self, ops: Vec<KvOp>, absent: Vec<String>) {
@@ -710,6 +818,7 @@ impl Session {
             tag: format!("SELECT {}", result_rows.len()),
             columns,
             rows: result_rows,
+            ..Default::default()
         })
     }
 
@@ -773,6 +882,7 @@ impl Session {
             columns: self.describe(stmt),
             rows: vec![row],
             tag: "SELECT 1".into(),
+            ..Default::default()
         })
     }
 
@@ -856,6 +966,19 @@ fn like_prefix(pattern: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_and_intervals_print_as_postgresql_does() {
+        assert_eq!(format_timestamp(0), "2000-01-01 00:00:00.000000+00");
+        assert_eq!(
+            format_timestamp(848_000_000_000_000 + 1),
+            "2026-11-14 19:33:20.000001+00"
+        );
+        assert_eq!(
+            Value::Interval(std::time::Duration::from_micros(3_723_000_042)).to_text(),
+            "01:02:03.000042"
+        );
+    }
 
     #[test]
     fn like_prefixes() {

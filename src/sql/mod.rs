@@ -3,3 +3,4 @@
 
 pub mod exec;
 pub mod parse;
+pub mod views;

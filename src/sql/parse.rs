@@ -13,6 +13,8 @@ use sqlparser::parser::Parser;
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
 
+pub use super::views::SystemView;
+
 /// What walship supports, for error messages.
 pub const SUPPORTED: &str = "walship supports INSERT, UPDATE, DELETE and SELECT on the table kv (key text primary key, value text), \
 BEGIN/COMMIT/ROLLBACK, SET/SHOW, and the functions pg_current_wal_lsn(), pg_switch_wal(), pg_is_in_recovery(), \
@@ -121,6 +123,12 @@ pub enum Statement {
     },
     /// Run a checkpoint now.
     Checkpoint,
+    /// `SELECT cols | * FROM` a system view.
+    View {
+        view: SystemView,
+        /// The columns asked for, in order; empty for `*`.
+        columns: Vec<String>,
+    },
     /// `WAIT FOR LSN 'X/X' [WITH (TIMEOUT '…')]`: wait until this node has
     /// replayed (a standby) or flushed (a primary) up to `lsn`.
     WaitForLsn {
@@ -414,6 +422,56 @@ fn check_table(t: &TableWithJoins) -> Result<(), PgError> {
     }
 }
 
+fn system_view(t: &TableWithJoins) -> Option<SystemView> {
+    match &t.relation {
+        TableFactor::Table {
+            name, args: None, ..
+        } if t.joins.is_empty() => {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect();
+            SystemView::from_name(&parts)
+        }
+        _ => None,
+    }
+}
+
+fn view_columns(view: SystemView, items: &[SelectItem]) -> Result<Vec<String>, PgError> {
+    let mut out = Vec::new();
+    for item in items {
+        let e = match item {
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                out.extend(view.columns().iter().map(|(n, _)| n.to_string()));
+                continue;
+            }
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        };
+        let name = match e {
+            ast::Expr::Identifier(i) => i.value.to_ascii_lowercase(),
+            ast::Expr::CompoundIdentifier(parts) => parts
+                .last()
+                .map(|i| i.value.to_ascii_lowercase())
+                .unwrap_or_default(),
+            other => {
+                return Err(unsupported(format!(
+                    "selecting {other} from {}",
+                    view.name()
+                )))
+            }
+        };
+        if !view.columns().iter().any(|(n, _)| *n == name) {
+            return Err(PgError::new(
+                code::UNDEFINED_COLUMN,
+                format!("column \"{name}\" does not exist in {}", view.name()),
+            ));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
 fn column(name: &ObjectName) -> Result<Column, PgError> {
     column_ident(&object_name(name))
 }
@@ -623,6 +681,16 @@ fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
     let [table] = &select.from[..] else {
         return Err(unsupported("SELECT from several tables"));
     };
+    if let Some(view) = system_view(table) {
+        if select.selection.is_some() || query.order_by.is_some() || query.limit.is_some() {
+            return Err(unsupported(format!(
+                "WHERE, ORDER BY or LIMIT on {}",
+                view.name()
+            )));
+        }
+        return view_columns(view, &select.projection)
+            .map(|columns| Statement::View { view, columns });
+    }
     check_table(table)?;
     let projection = projection(&select.projection)?;
     let filter = match &select.selection {

@@ -215,6 +215,8 @@ pub struct Node {
     pub port: u16,
     child: Option<std::process::Child>,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Restart on the port of the first start (see [`Node::keep_port`]).
+    keep_port: bool,
 }
 
 impl Node {
@@ -252,6 +254,7 @@ impl Node {
             port: 0,
             child: None,
             log: Default::default(),
+            keep_port: false,
         }
     }
 
@@ -278,6 +281,7 @@ impl Node {
             port: 0,
             child: None,
             log: Default::default(),
+            keep_port: false,
         }
     }
 
@@ -296,6 +300,13 @@ impl Node {
             .unwrap_or_else(|| panic!("{sql} returned no row"))
     }
 
+    /// From now on, restarts listen on the port the node has now, so its
+    /// standbys' primary_conninfo stays right.
+    pub fn keep_port(&mut self) -> &mut Node {
+        self.keep_port = true;
+        self
+    }
+
     /// Starts the server and waits until it listens.
     pub fn start(&mut self) -> &mut Node {
         self.start_with(&[])
@@ -305,13 +316,14 @@ impl Node {
     pub fn start_with(&mut self, extra: &[&str]) -> &mut Node {
         use std::io::BufRead;
         assert!(self.child.is_none(), "already running");
+        let listen = format!("127.0.0.1:{}", if self.keep_port { self.port } else { 0 });
         let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
             .args([
                 "server",
                 "-D",
                 self.dir.to_str().unwrap(),
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
             ])
             .args(extra)
             .stdout(std::process::Stdio::null())

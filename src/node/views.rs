@@ -1,0 +1,98 @@
+//! The rows of the system views (`pg_stat_replication`,
+//! `pg_stat_wal_receiver`, `pg_replication_slots`) for a running node.
+
+use super::server::Node;
+use crate::replication::walsender::WalSenderHost;
+use crate::sql::exec::Value;
+use crate::sql::views::SystemView;
+use crate::wal::Lsn;
+
+fn lsn(l: Lsn) -> Option<Value> {
+    (l != Lsn::INVALID).then_some(Value::Lsn(l))
+}
+
+fn text(s: impl Into<String>) -> Option<Value> {
+    Some(Value::Text(s.into()))
+}
+
+impl Node {
+    /// A view's rows, values in [`SystemView::columns`] order.
+    pub(crate) fn rows_of(&self, view: SystemView) -> Vec<Vec<Option<Value>>> {
+        match view {
+            SystemView::StatReplication => {
+                let flushed = self.wal().flushed_lsn();
+                let names = self.settings().synchronous_standby_names.clone();
+                self.senders()
+                    .status(&names)
+                    .into_iter()
+                    .map(|s| {
+                        let behind = |pos: Lsn| {
+                            (pos != Lsn::INVALID)
+                                .then(|| Value::Int(flushed.0.saturating_sub(pos.0) as i64))
+                        };
+                        vec![
+                            Some(Value::Int(i64::from(s.pid))),
+                            None,
+                            text(s.application_name),
+                            text(s.client_addr),
+                            text(s.state),
+                            lsn(s.sent),
+                            lsn(s.write),
+                            lsn(s.flush),
+                            lsn(s.replay),
+                            Some(Value::Interval(s.write_lag)),
+                            Some(Value::Interval(s.flush_lag)),
+                            Some(Value::Interval(s.replay_lag)),
+                            Some(Value::Int(s.sync_priority as i64)),
+                            text(s.sync_state),
+                            s.reply_time.map(Value::Timestamp),
+                            behind(s.flush),
+                            behind(s.replay),
+                        ]
+                    })
+                    .collect()
+            }
+            SystemView::StatWalReceiver => {
+                let Some(r) = self.receiver_snapshot() else {
+                    return Vec::new();
+                };
+                let tli = Some(Value::Int(i64::from(self.timeline().get())));
+                let time = |t: i64| (t != 0).then_some(Value::Timestamp(t));
+                vec![vec![
+                    Some(Value::Int(i64::from(std::process::id() as i32))),
+                    text(r.status),
+                    lsn(r.receive_start_lsn),
+                    tli.clone(),
+                    lsn(r.flushed_lsn),
+                    lsn(r.flushed_lsn),
+                    tli,
+                    time(r.last_msg_send_time),
+                    time(r.last_msg_receipt_time),
+                    lsn(r.latest_end_lsn),
+                    r.slot_name.map(Value::Text),
+                    r.sender_host.map(Value::Text),
+                    r.sender_port.map(|p| Value::Int(i64::from(p))),
+                    r.conninfo.map(Value::Text),
+                ]]
+            }
+            SystemView::ReplicationSlots => self
+                .slots()
+                .list()
+                .map(|(name, slot)| {
+                    vec![
+                        text(name.clone()),
+                        None,
+                        text("physical"),
+                        None,
+                        None,
+                        Some(Value::Bool(false)),
+                        Some(Value::Bool(slot.active)),
+                        None,
+                        slot.restart_lsn.and_then(lsn),
+                        slot.restart_lsn.map(|_| Value::Text("reserved".into())),
+                    ]
+                })
+                .collect(),
+        }
+    }
+}

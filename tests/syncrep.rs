@@ -1,0 +1,236 @@
+//! Synchronous replication and the monitoring of standbys: commits wait
+//! for the standbys synchronous_standby_names names, a waiting commit can
+//! be cancelled, kill -9 of the primary never loses an acknowledged commit
+//! from the synchronous standby, and pg_stat_replication's lag neither
+//! freezes nor lies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Node;
+
+/// The rows of `pg_stat_replication` as (application_name, column) text.
+fn replication_column(primary: &Node, column: &str) -> Vec<(String, String)> {
+    let rows = primary
+        .client()
+        .simple_query(&format!(
+            "SELECT application_name, {column} FROM pg_stat_replication"
+        ))
+        .unwrap();
+    let mut out: Vec<(String, String)> = rows
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get(0).unwrap_or_default().to_string(),
+                r.get(1).unwrap_or_default().to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
+    let mut primary = Node::init("synchronous_standby_names = 'FIRST 1 (s1)'");
+    primary.start();
+    primary.keep_port();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    let mut s2 = Node::basebackup(&primary, "s2", &[]);
+    s1.start();
+    s2.start();
+    wait_until("both standbys streaming", || {
+        replication_column(&primary, "state")
+            == vec![
+                ("s1".into(), "streaming".into()),
+                ("s2".into(), "streaming".into()),
+            ]
+    });
+    assert_eq!(
+        replication_column(&primary, "sync_state"),
+        vec![("s1".into(), "sync".into()), ("s2".into(), "async".into())]
+    );
+    // synchronous_commit = on (the default): acknowledged means on s1.
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('a', '1')")
+        .unwrap();
+    assert_eq!(s1.query_one("SELECT value FROM kv WHERE key = 'a'"), "1");
+
+    // Without s1, a commit waits (and the log says for whom); s2 does not count.
+    s1.kill9();
+    let mut waiting = primary.client();
+    let cancel = waiting.cancel_token();
+    let writer = std::thread::spawn(move || {
+        let began = Instant::now();
+        let r = waiting.batch_execute("INSERT INTO kv VALUES ('b', '2')");
+        (r.map_err(|e| e.to_string()), began.elapsed())
+    });
+    assert!(
+        primary.wait_log("commit is waiting for synchronous replication"),
+        "{}",
+        primary.log()
+    );
+    assert!(primary.log().contains("none of them is connected"));
+    // The commit is local already: visible on the primary, in PostgreSQL's way.
+    assert_eq!(
+        primary.query_one("SELECT count(*) FROM kv WHERE key = 'b'"),
+        "1"
+    );
+    // A cancel ends the wait with a warning; the commit stands.
+    cancel.cancel_query(postgres::NoTls).unwrap();
+    let (result, waited) = writer.join().unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+
+    // local commits do not wait; remote ones resume when s1 returns.
+    let mut c = primary.client();
+    c.batch_execute("SET synchronous_commit = local; INSERT INTO kv VALUES ('c', '3')")
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        c.batch_execute("SET synchronous_commit = remote_apply; INSERT INTO kv VALUES ('d', '4')")
+            .map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !writer.is_finished(),
+        "a remote_apply commit returned without s1"
+    );
+    s1.start();
+    writer.join().unwrap().unwrap();
+    assert_eq!(s1.query_one("SELECT value FROM kv WHERE key = 'd'"), "4");
+
+    // SIGHUP: ANY 1 (s1, s2) lets s2 alone confirm.
+    s1.kill9();
+    primary.configure("synchronous_standby_names = 'ANY 1 (s1, s2)'");
+    primary.signal(nix::sys::signal::SIGHUP);
+    assert!(primary.wait_log("reloaded walship.conf"));
+    wait_until("s2 is a quorum member", || {
+        replication_column(&primary, "sync_state") == vec![("s2".into(), "quorum".into())]
+    });
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('e', '5')")
+        .unwrap();
+    s2.query_one(&format!(
+        "WAIT FOR LSN '{}' WITH (TIMEOUT '1s')",
+        primary.query_one("SELECT pg_current_wal_flush_lsn()")
+    ));
+}
+
+#[test]
+fn kill9_of_the_primary_never_loses_a_commit_from_the_synchronous_standby() {
+    let mut primary = Node::init("synchronous_standby_names = 's1'");
+    primary.start();
+    primary.keep_port();
+    let mut s1 = Node::basebackup(&primary, "s1", &["--slot", "s1", "--create-slot"]);
+    s1.start();
+    for round in 0..6 {
+        wait_until("s1 streaming", || {
+            replication_column(&primary, "state") == vec![("s1".into(), "streaming".into())]
+        });
+        let acked = std::sync::Mutex::new(Vec::<String>::new());
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let acked = &acked;
+                let conninfo = primary.conninfo();
+                s.spawn(move || {
+                    let Ok(mut c) = postgres::Client::connect(&conninfo, postgres::NoTls) else {
+                        return;
+                    };
+                    for i in 0.. {
+                        let key = format!("r{round}-t{t}-{i}");
+                        match c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&key]) {
+                            Ok(_) => acked.lock().unwrap().push(key),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(150 + 40 * round));
+            primary.kill9();
+        });
+        let acked = acked.into_inner().unwrap();
+        assert!(!acked.is_empty(), "round {round}: nothing was acknowledged");
+        for key in &acked {
+            let n = s1.query_one(&format!("SELECT count(*) FROM kv WHERE key = '{key}'"));
+            assert_eq!(
+                n,
+                "1",
+                "round {round}: acknowledged {key} is not on s1\n{}",
+                s1.log()
+            );
+        }
+        primary.start();
+    }
+}
+
+#[test]
+fn replication_lag_is_zero_when_idle_and_grows_when_a_standby_stalls() {
+    let mut primary = Node::init("wal_sender_timeout = 0");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('a', '1')")
+        .unwrap();
+    wait_until("s1 caught up", || {
+        replication_column(&primary, "replay_lag_bytes") == vec![("s1".into(), "0".into())]
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Idle and caught up: zero lag, not the last value frozen.
+    assert_eq!(
+        replication_column(&primary, "flush_lag"),
+        vec![("s1".into(), "00:00:00.000000".into())]
+    );
+    // A stalled standby: the lag grows while it does not answer.
+    s1.signal(nix::sys::signal::SIGSTOP);
+    primary
+        .client()
+        .batch_execute("SET synchronous_commit = local; INSERT INTO kv VALUES ('b', '2')")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let first = replication_column(&primary, "flush_lag");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = replication_column(&primary, "flush_lag");
+    s1.signal(nix::sys::signal::SIGCONT);
+    assert!(first[0].1.as_str() > "00:00:00.100000", "{first:?}");
+    assert!(second[0].1 > first[0].1, "{first:?} then {second:?}");
+    let bytes = replication_column(&primary, "flush_lag_bytes");
+    assert_ne!(bytes[0].1, "0", "{bytes:?}");
+    wait_until("s1 caught up again", || {
+        replication_column(&primary, "flush_lag") == vec![("s1".into(), "00:00:00.000000".into())]
+    });
+    // The standby's side.
+    let rows = s1
+        .client()
+        .simple_query("SELECT status, sender_port, flushed_lsn FROM pg_stat_wal_receiver")
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(row.get(0), Some("streaming"));
+    assert_eq!(row.get(1), Some(primary.port.to_string().as_str()));
+    let slots = primary
+        .client()
+        .simple_query("SELECT * FROM pg_replication_slots")
+        .unwrap();
+    assert!(slots
+        .iter()
+        .all(|m| !matches!(m, postgres::SimpleQueryMessage::Row(_))));
+}
