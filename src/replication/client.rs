@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -106,11 +107,80 @@ pub enum CopyMessage {
     Done,
 }
 
+/// A TCP connection, or a unix-domain socket when the host is a
+/// directory (as libpq reads `host=/var/run/postgresql`).
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(Some(d)),
+            Conn::Unix(s) => s.set_read_timeout(Some(d)),
+        }
+    }
+}
+
+impl io::Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Conn::Tcp(s) => s.as_fd(),
+            Conn::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// Opens the transport `info` names.
+fn open(info: &ConnInfo) -> io::Result<Conn> {
+    if info.host.starts_with('/') {
+        let path = std::path::Path::new(&info.host).join(format!(".s.PGSQL.{}", info.port));
+        return Ok(Conn::Unix(UnixStream::connect(path)?));
+    }
+    let addr = (info.host.as_str(), info.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other("the host name resolved to no address"))?;
+    let timeout = Duration::from_secs(info.connect_timeout.unwrap_or(10).max(1));
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_nodelay(true)?;
+    Ok(Conn::Tcp(stream))
+}
+
 /// A connection to a PostgreSQL-protocol server.
 pub struct Client {
     peer: String,
-    r: BufReader<TcpStream>,
-    w: BufWriter<TcpStream>,
+    r: BufReader<Conn>,
+    w: BufWriter<Conn>,
     /// ParameterStatus values the server sent.
     pub parameters: HashMap<String, String>,
 }
@@ -124,16 +194,9 @@ impl Client {
             peer: peer.clone(),
             source,
         };
-        let addr = (info.host.as_str(), info.port)
-            .to_socket_addrs()
-            .map_err(connect_err)?
-            .next()
-            .ok_or_else(|| connect_err(io::Error::other("the host name resolved to no address")))?;
-        let timeout = Duration::from_secs(info.connect_timeout.unwrap_or(10).max(1));
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
-        stream.set_nodelay(true).map_err(connect_err)?;
+        let stream = open(info).map_err(connect_err)?;
         stream
-            .set_read_timeout(Some(MID_MESSAGE_TIMEOUT))
+            .set_read_timeout(MID_MESSAGE_TIMEOUT)
             .map_err(connect_err)?;
         let r = BufReader::with_capacity(256 << 10, stream.try_clone().map_err(connect_err)?);
         let w = BufWriter::with_capacity(64 << 10, stream);
