@@ -184,7 +184,19 @@ fn a_standby_reconnects_to_a_restarted_primary_and_refuses_another_system() {
     primary.start();
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
     s1.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('before', 'stop')")
+        .unwrap();
+    // A clean stop sends the standby everything, the shutdown checkpoint
+    // included, and waits for it to be confirmed.
     primary.stop();
+    assert!(
+        primary.log().contains("walsender done at shutdown"),
+        "{}",
+        primary.log()
+    );
+    assert!(assert_same_wal(&primary.dir, &s1.dir) >= 1);
     primary.start();
     // The primary came back on another port: point the standby at it.
     s1.configure(&format!(
@@ -250,4 +262,40 @@ fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not connect to 127.0.0.1:1"), "{err:?}");
     assert!(!target.join("control").exists());
+}
+
+#[test]
+fn a_standby_serves_a_cascaded_standby() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    let mut s2 = Node::basebackup(&primary, "s2", &[]);
+    // s2 streams from s1, not from the primary.
+    s2.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
+        s1.port
+    ));
+    s2.start();
+    write_load(&primary, 2, 200, "cascade");
+    catch_up(&primary, &s1);
+    catch_up(&primary, &s2);
+    assert_eq!(
+        s2.query_one("SELECT walship_store_checksum()"),
+        primary.query_one("SELECT walship_store_checksum()")
+    );
+    assert_same_wal(&primary.dir, &s2.dir);
+    let rows = s1
+        .client()
+        .simple_query("SELECT application_name, state FROM pg_stat_replication")
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("s1 shows its cascaded standby");
+    assert_eq!(row.get(0), Some("s2"));
+    assert_eq!(row.get(1), Some("streaming"));
 }

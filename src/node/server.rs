@@ -96,6 +96,9 @@ pub struct Node {
     /// Present while the node is a standby.
     standby: Option<StandbyState>,
     senders: WalSenders,
+    /// Set at shutdown once the last WAL (the shutdown checkpoint) is
+    /// flushed: walsenders send the rest and end.
+    final_wal_written: AtomicBool,
 }
 
 impl Node {
@@ -221,6 +224,16 @@ impl Node {
             ("standard_conforming_strings".into(), "on".into()),
             ("TimeZone".into(), p("timezone")),
         ]
+    }
+
+    /// Shuts the read side of every client session's socket (with
+    /// `replication`, of every walsender's) so its blocked read returns.
+    fn shut_sessions(&self, replication: bool) {
+        for s in self.lock_sessions().values().filter(|s| s.replication == replication) {
+            if let Some(sock) = &s.socket {
+                let _ = sock.shutdown(std::net::Shutdown::Read);
+            }
+        }
     }
 
     fn wake_all(&self) {
@@ -358,6 +371,9 @@ impl WalSenderHost for Node {
     }
     fn senders(&self) -> &WalSenders {
         &self.senders
+    }
+    fn final_wal_written(&self) -> bool {
+        self.final_wal_written.load(Ordering::Acquire)
     }
     fn base_backup(&self) -> Result<Backup, PgError> {
         if self.standby.is_some() {
@@ -740,6 +756,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         last_checkpoint_lsn: AtomicU64::new(insert.0),
         standby: is_standby.then(|| StandbyState::new(opened.end)),
         senders: WalSenders::default(),
+        final_wal_written: AtomicBool::new(false),
     });
     if is_standby {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
@@ -775,29 +792,27 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
             }
         });
         accept_loop(&node, &listeners, &wake_rx);
-        // Tell every session to end: shut their sockets so blocked reads
-        // return, then wait for them to finish their current statement.
-        for s in node
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            if let Some(sock) = &s.socket {
-                let _ = sock.shutdown(std::net::Shutdown::Read);
-            }
-        }
+        // Tell every client session to end: shut their sockets so blocked
+        // reads return, then wait for them to finish their current
+        // statement. Walsenders go on until the shutdown checkpoint is sent.
+        node.shut_sessions(false);
         let deadline = Instant::now() + Duration::from_secs(10);
         while node.session_count() > 0 && Instant::now() < deadline {
             node.nap(Duration::from_millis(50));
         }
+        if node.standby.is_none() {
+            node.db.flush_all().map_err(DataDirError::Db)?;
+        }
+        let lsn = node.checkpoint(NodeState::ShutDown)?;
+        node.final_wal_written.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.walsender_count() > 0 && Instant::now() < deadline {
+            node.nap(Duration::from_millis(20));
+        }
+        node.shut_sessions(true);
+        info!(checkpoint = %lsn, "shut down cleanly");
         Ok(())
     })?;
-    if node.standby.is_none() {
-        node.db.flush_all().map_err(DataDirError::Db)?;
-    }
-    let lsn = node.checkpoint(NodeState::ShutDown)?;
-    info!(checkpoint = %lsn, "shut down cleanly");
     Ok(())
 }
 

@@ -42,6 +42,9 @@ pub trait WalSenderHost: Send + Sync {
     fn sender_timeout(&self) -> Duration;
     fn max_message_size(&self) -> usize;
     fn is_shutting_down(&self) -> bool;
+    /// The node is stopping and its last WAL (the shutdown checkpoint) is
+    /// flushed: send what is left, let the standby confirm it, and end.
+    fn final_wal_written(&self) -> bool;
     /// The node's walsenders and the commits waiting on them.
     fn senders(&self) -> &WalSenders;
     /// A consistent copy of the node for `BASE_BACKUP`.
@@ -460,7 +463,27 @@ fn stream(
         let mut slot_lsn = Lsn::INVALID;
         let timeout = host.sender_timeout();
         let outcome = loop {
-            if feedback.done.load(Ordering::Acquire) || host.is_shutting_down() {
+            if feedback.done.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            // At shutdown, the standby gets everything, up to the shutdown
+            // checkpoint, and a moment to confirm it: a clean switchover
+            // loses nothing.
+            if host.final_wal_written() && pos >= host.wal().flushed_lsn() {
+                let mut k = vec![b'k'];
+                k.extend_from_slice(&pos.0.to_be_bytes());
+                k.extend_from_slice(&pg_now().to_be_bytes());
+                k.push(1);
+                out.copy_data(&k);
+                out.send(w)?;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Lsn(feedback.flush.load(Ordering::Acquire)) < pos
+                    && !feedback.done.load(Ordering::Acquire)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                info!(sent = %pos, confirmed = %Lsn(feedback.flush.load(Ordering::Acquire)), "walsender done at shutdown");
                 break Ok(());
             }
             let silent_ms = (began.elapsed().as_millis() as u64)
@@ -541,12 +564,23 @@ fn stream(
                 .wait_flushed_beyond(pos, Duration::from_millis(100));
         };
         let client_ended = feedback.done.load(Ordering::Acquire);
-        if client_ended {
+        if client_ended || (outcome.is_ok() && host.final_wal_written()) {
             out.copy_done();
             out.send(w)?;
-        } else {
-            // Stop the receiver: the standby will see the connection end.
-            let _ = w.get_ref().shutdown(std::net::Shutdown::Both);
+        }
+        if !client_ended {
+            // Wait briefly for the standby's CopyDone, then stop the reader:
+            // the standby sees the connection end.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while outcome.is_ok()
+                && !feedback.done.load(Ordering::Acquire)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !feedback.done.load(Ordering::Acquire) {
+                let _ = w.get_ref().shutdown(std::net::Shutdown::Both);
+            }
         }
         match receiver.join() {
             Ok(Ok(())) | Ok(Err(ProtoError::Closed)) => {}
