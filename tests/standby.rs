@@ -299,3 +299,62 @@ fn a_standby_serves_a_cascaded_standby() {
     assert_eq!(row.get(0), Some("s2"));
     assert_eq!(row.get(1), Some("streaming"));
 }
+
+/// Writes a few rows and ends the segment, `n` times; then checkpoints so
+/// the primary removes what nothing keeps.
+fn fill_segments(primary: &Node, n: usize, tag: &str) {
+    let mut c = primary.client();
+    for i in 0..n {
+        c.execute("INSERT INTO kv VALUES ($1, 'x')", &[&format!("{tag}-{i}")])
+            .unwrap();
+        c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    }
+    c.batch_execute("CHECKPOINT").unwrap();
+}
+
+#[test]
+fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut slotted = Node::basebackup(&primary, "s1", &["--slot", "s1", "--create-slot"]);
+    let mut kept = Node::basebackup(&primary, "s2", &[]);
+    let mut bare = Node::basebackup(&primary, "s3", &[]);
+    // All three are away while the primary writes and checkpoints.
+    primary.configure("wal_keep_size = 64MB");
+    primary.signal(nix::sys::signal::SIGHUP);
+    assert!(primary.wait_log("reloaded walship.conf"));
+    fill_segments(&primary, 4, "away");
+    // s1 comes back through its slot, s2 thanks to wal_keep_size.
+    slotted.start();
+    kept.start();
+    catch_up(&primary, &slotted);
+    catch_up(&primary, &kept);
+    // Without a slot and with wal_keep_size = 0, the WAL s3 needs is gone,
+    // and the log says so.
+    primary.configure("wal_keep_size = 0");
+    primary.signal(nix::sys::signal::SIGHUP);
+    fill_segments(&primary, 3, "gone");
+    bare.start();
+    assert!(bare.wait_log("has already been removed"), "{}", bare.log());
+
+    // A slot that holds more than max_slot_wal_keep_size is invalidated.
+    slotted.kill9();
+    primary.configure("max_slot_wal_keep_size = 2MB");
+    primary.signal(nix::sys::signal::SIGHUP);
+    fill_segments(&primary, 5, "too-far");
+    assert!(
+        primary.wait_log("replication slot invalidated"),
+        "{}",
+        primary.log()
+    );
+    assert_eq!(
+        primary.query_one("SELECT wal_status FROM pg_replication_slots"),
+        "lost"
+    );
+    slotted.start();
+    assert!(
+        slotted.wait_log("can no longer get changes from replication slot"),
+        "{}",
+        slotted.log()
+    );
+}

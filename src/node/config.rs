@@ -106,6 +106,11 @@ pub struct Settings {
     /// The standbys whose confirmation a commit at `remote_write`, `on` or
     /// `remote_apply` waits for; empty: commits wait for none.
     pub synchronous_standby_names: SyncStandbyNames,
+    /// WAL kept behind the insert position for standbys without a slot.
+    pub wal_keep_size: u64,
+    /// The most WAL a slot (or a connected standby) may hold back; `None`
+    /// for no limit (`-1`).
+    pub max_slot_wal_keep_size: Option<u64>,
 }
 
 impl Default for Settings {
@@ -127,6 +132,8 @@ impl Default for Settings {
             primary_conninfo: String::new(),
             primary_slot_name: String::new(),
             synchronous_standby_names: SyncStandbyNames::default(),
+            wal_keep_size: 0,
+            max_slot_wal_keep_size: None,
         }
     }
 }
@@ -208,6 +215,16 @@ const DOCS: &[SettingDoc] = &[
         name: "synchronous_standby_names",
         reload: true,
         help: "standbys a commit waits for: 's1', 'FIRST 1 (s1, s2)', 'ANY 2 (s1, s2, s3)' or '*'; empty: none",
+    },
+    SettingDoc {
+        name: "wal_keep_size",
+        reload: true,
+        help: "WAL kept for standbys without a slot, behind the current position",
+    },
+    SettingDoc {
+        name: "max_slot_wal_keep_size",
+        reload: true,
+        help: "the most WAL a slot or connected standby may hold back (-1: no limit); past it the slot is invalidated, loudly",
     },
     SettingDoc {
         name: "primary_conninfo",
@@ -322,6 +339,13 @@ impl Settings {
                 self.primary_conninfo = value.to_string()
             }
             "primary_slot_name" => self.primary_slot_name = value.to_string(),
+            "wal_keep_size" => self.wal_keep_size = parse_size(value).map_err(SetError::Value)?,
+            "max_slot_wal_keep_size" => {
+                self.max_slot_wal_keep_size = match value.trim() {
+                    "-1" => None,
+                    v => Some(parse_size(v).map_err(SetError::Value)?),
+                }
+            }
             "synchronous_standby_names" => {
                 self.synchronous_standby_names =
                     SyncStandbyNames::parse(value).map_err(SetError::Value)?
@@ -376,6 +400,11 @@ impl Settings {
             },
             "primary_slot_name" => self.primary_slot_name.clone(),
             "synchronous_standby_names" => self.synchronous_standby_names.to_string(),
+            "wal_keep_size" => format_size(self.wal_keep_size),
+            "max_slot_wal_keep_size" => match self.max_slot_wal_keep_size {
+                None => "-1".into(),
+                Some(v) => format_size(v),
+            },
             _ => return None,
         })
     }

@@ -229,7 +229,11 @@ impl Node {
     /// Shuts the read side of every client session's socket (with
     /// `replication`, of every walsender's) so its blocked read returns.
     fn shut_sessions(&self, replication: bool) {
-        for s in self.lock_sessions().values().filter(|s| s.replication == replication) {
+        for s in self
+            .lock_sessions()
+            .values()
+            .filter(|s| s.replication == replication)
+        {
             if let Some(sock) = &s.socket {
                 let _ = sock.shutdown(std::net::Shutdown::Read);
             }
@@ -281,10 +285,7 @@ impl Node {
         snapshot::write(&dir.checkpoints(), lsn, &rows)?;
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         datadir::record_checkpoint(&self.dir, &mut control, lsn, state)?;
-        let keep_from = match self.lock_slots().oldest_needed() {
-            Some(slot) => slot.min(lsn),
-            None => lsn,
-        };
+        let keep_from = self.retention_start(lsn)?;
         let archived_here = self.settings().archive_mode && self.standby.is_none();
         let removed = remove_old_segments(&dir, &control, keep_from, archived_here)?;
         self.last_checkpoint_lsn
@@ -297,6 +298,40 @@ impl Node {
             "checkpoint complete"
         );
         Ok(lsn)
+    }
+
+    /// The oldest WAL to keep after a checkpoint at `checkpoint`: what
+    /// recovery, the slots, the connected standbys and `wal_keep_size`
+    /// need — with slots past `max_slot_wal_keep_size` invalidated first,
+    /// loudly, so a standby that is away can never fill the disk.
+    fn retention_start(&self, checkpoint: Lsn) -> Result<Lsn, DataDirError> {
+        let settings = self.settings();
+        let insert = self.db.wal().insert_lsn();
+        let mut slots = self.lock_slots();
+        let mut floor = Lsn::INVALID;
+        if let Some(max) = settings.max_slot_wal_keep_size {
+            floor = Lsn(insert.0.saturating_sub(max));
+            for (name, held) in slots.invalidate_before(floor)? {
+                error!(
+                    slot = %name,
+                    restart_lsn = %held,
+                    held_bytes = insert.0 - held.0,
+                    "replication slot invalidated: it held more WAL than max_slot_wal_keep_size allows; its standby must be rebuilt (walship basebackup) or restored from the archive"
+                );
+            }
+        }
+        let mut keep = checkpoint;
+        if let Some(slot) = slots.oldest_needed() {
+            keep = keep.min(slot);
+        }
+        drop(slots);
+        if let Some(standby) = self.senders.oldest_needed() {
+            keep = keep.min(standby.max(floor));
+        }
+        if settings.wal_keep_size > 0 {
+            keep = keep.min(Lsn(insert.0.saturating_sub(settings.wal_keep_size)));
+        }
+        Ok(keep)
     }
 
     fn reload(&self) {

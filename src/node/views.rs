@@ -89,7 +89,11 @@ impl Node {
                         Some(Value::Bool(slot.active)),
                         None,
                         slot.restart_lsn.and_then(lsn),
-                        slot.restart_lsn.map(|_| Value::Text("reserved".into())),
+                        if slot.lost {
+                            text("lost")
+                        } else {
+                            slot.restart_lsn.map(|_| Value::Text("reserved".into()))
+                        },
                     ]
                 })
                 .collect(),

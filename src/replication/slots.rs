@@ -25,6 +25,9 @@ pub struct Slot {
     pub restart_lsn: Option<Lsn>,
     /// Whether a walsender is streaming from it now.
     pub active: bool,
+    /// Invalidated for holding more than `max_slot_wal_keep_size`: it
+    /// keeps nothing and cannot be streamed from.
+    pub lost: bool,
 }
 
 /// Every slot of a node, persisted in one directory.
@@ -62,11 +65,13 @@ impl Slots {
                 path: entry.path(),
                 what: KIND.what,
             })?;
+            let lost = f.u8().is_some_and(|b| b == 1);
             slots.insert(
                 name,
                 Slot {
                     restart_lsn: (restart != 0).then_some(Lsn(restart)),
                     active: false,
+                    lost,
                 },
             );
         }
@@ -77,10 +82,14 @@ impl Slots {
     }
 
     fn persist(&self, name: &str, slot: &Slot) -> Result<(), MetaError> {
-        KIND.write(
-            &self.dir.join(name),
-            &slot.restart_lsn.unwrap_or(Lsn::INVALID).0.to_le_bytes(),
-        )
+        let mut body = slot
+            .restart_lsn
+            .unwrap_or(Lsn::INVALID)
+            .0
+            .to_le_bytes()
+            .to_vec();
+        body.push(u8::from(slot.lost));
+        KIND.write(&self.dir.join(name), &body)
     }
 
     /// Every slot, by name.
@@ -106,6 +115,7 @@ impl Slots {
         let slot = Slot {
             restart_lsn,
             active: false,
+            lost: false,
         };
         self.persist(name, &slot).map_err(io_error)?;
         self.slots.insert(name.to_string(), slot);
@@ -128,19 +138,31 @@ impl Slots {
         }
     }
 
-    /// Marks a slot in use by a walsender; fails if it is missing or busy.
-    pub fn acquire(&mut self, name: &str) -> Result<(), PgError> {
-        match self.slots.get_mut(name) {
+    /// Fails unless the slot exists, is idle and still holds its WAL.
+    pub fn check_usable(&self, name: &str) -> Result<(), PgError> {
+        match self.slots.get(name) {
             None => Err(not_found(name)),
             Some(s) if s.active => Err(PgError::new(
                 "55006",
                 format!("replication slot \"{name}\" is active for another walsender"),
             )),
-            Some(s) => {
-                s.active = true;
-                Ok(())
-            }
+            Some(s) if s.lost => Err(PgError::new(
+                code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("can no longer get changes from replication slot \"{name}\""),
+            )
+            .with_detail("This slot has been invalidated because it exceeded the maximum reserved size (max_slot_wal_keep_size).")
+            .with_hint("drop the slot and rebuild the standby with walship basebackup, or restore the missing WAL from the archive")),
+            Some(_) => Ok(()),
         }
+    }
+
+    /// Marks a slot in use by a walsender; fails unless it is usable.
+    pub fn acquire(&mut self, name: &str) -> Result<(), PgError> {
+        self.check_usable(name)?;
+        if let Some(s) = self.slots.get_mut(name) {
+            s.active = true;
+        }
+        Ok(())
     }
 
     pub fn release(&mut self, name: &str) {
@@ -154,13 +176,13 @@ impl Slots {
         let Some(slot) = self.slots.get_mut(name) else {
             return Ok(());
         };
-        if slot.restart_lsn.is_some_and(|r| r >= lsn) {
+        if slot.lost || slot.restart_lsn.is_some_and(|r| r >= lsn) {
             return Ok(());
         }
         // Persist first: WAL is removed on the strength of the in-memory value.
         let moved = Slot {
             restart_lsn: Some(lsn),
-            active: slot.active,
+            ..slot.clone()
         };
         self.persist(name, &moved)?;
         self.slots.insert(name.to_string(), moved);
@@ -169,7 +191,34 @@ impl Slots {
 
     /// The oldest LSN any slot still needs.
     pub fn oldest_needed(&self) -> Option<Lsn> {
-        self.slots.values().filter_map(|s| s.restart_lsn).min()
+        self.slots
+            .values()
+            .filter(|s| !s.lost)
+            .filter_map(|s| s.restart_lsn)
+            .min()
+    }
+
+    /// Invalidates every slot that holds WAL from before `limit`; returns
+    /// their names with what they held. Persisted before WAL goes.
+    pub fn invalidate_before(&mut self, limit: Lsn) -> Result<Vec<(String, Lsn)>, MetaError> {
+        let doomed: Vec<(String, Lsn)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.lost)
+            .filter_map(|(n, s)| Some((n.clone(), s.restart_lsn.filter(|r| *r < limit)?)))
+            .collect();
+        for (name, _) in &doomed {
+            if let Some(slot) = self.slots.get(name) {
+                let lost = Slot {
+                    restart_lsn: None,
+                    lost: true,
+                    ..slot.clone()
+                };
+                self.persist(name, &lost)?;
+                self.slots.insert(name.clone(), lost);
+            }
+        }
+        Ok(doomed)
     }
 }
 
@@ -204,6 +253,16 @@ mod tests {
         s.acquire("s1").unwrap();
         assert_eq!(s.drop_slot("s1").unwrap_err().code, "55006");
         s.release("s1");
+        s.create("s2", Some(Lsn(50))).unwrap();
+        assert_eq!(s.oldest_needed(), Some(Lsn(50)));
+        assert_eq!(
+            s.invalidate_before(Lsn(100)).unwrap(),
+            vec![("s2".to_string(), Lsn(50))]
+        );
+        assert_eq!(s.oldest_needed(), Some(Lsn(200)));
+        let again = Slots::load(&path).unwrap();
+        assert!(again.get("s2").unwrap().lost);
+        assert_eq!(s.acquire("s2").unwrap_err().code, "55000");
         s.drop_slot("s1").unwrap();
         assert!(Slots::load(&path).unwrap().get("s1").is_none());
         assert_eq!(s.drop_slot("s1").unwrap_err().code, "42704");

@@ -253,6 +253,22 @@ impl WalSenders {
         self.changed.notify_all();
     }
 
+    /// The oldest WAL a streaming walsender still reads or its standby
+    /// may ask for again.
+    pub fn oldest_needed(&self) -> Option<Lsn> {
+        self.lock()
+            .iter()
+            .filter(|s| s.streaming)
+            .map(|s| {
+                if s.flush == Lsn::INVALID {
+                    s.sent
+                } else {
+                    s.flush.min(s.sent)
+                }
+            })
+            .min()
+    }
+
     /// `pg_stat_replication`'s rows.
     pub fn status(&self, names: &SyncStandbyNames) -> Vec<SenderStatus> {
         let senders = self.lock();

@@ -284,12 +284,7 @@ fn run_command(
                 }
             }
             if let Some(name) = &slot {
-                if host.slots().get(name).is_none() {
-                    return Err(PgError::new(
-                        code::UNDEFINED_OBJECT,
-                        format!("replication slot \"{name}\" does not exist"),
-                    ));
-                }
+                host.slots().check_usable(name)?;
             }
             let flushed = host.wal().flushed_lsn();
             if start > flushed {
