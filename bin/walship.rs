@@ -12,6 +12,7 @@ use walship::node::server::{self, ServerOptions};
 use walship::replication::basebackup::{self, BaseBackupOptions};
 use walship::replication::conninfo::ConnInfo;
 use walship::replication::receive::{self, ReceiveOptions, Stopped};
+use walship::replication::status;
 use walship::wal::{Lsn, SegmentSize};
 
 /// A PostgreSQL-style physical WAL-shipping replication toolkit.
@@ -29,6 +30,7 @@ enum Command {
     Dump(DumpArgs),
     Basebackup(BaseBackupArgs),
     Receive(ReceiveArgs),
+    Status(StatusArgs),
 }
 
 const INIT_EXAMPLES: &str = "\
@@ -223,6 +225,28 @@ struct ReceiveArgs {
     log_format: LogFormat,
 }
 
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  walship status --from 'host=127.0.0.1 port=5433'
+  walship status --from 'host=10.0.0.1 port=5433 user=monitor' --json | jq '.standbys[].replay_lag_bytes'";
+
+/// Show a node's role, timeline, epoch and WAL positions, and on a primary
+/// each standby with its lag.
+///
+/// Connects as an ordinary client and reads pg_is_in_recovery(), the WAL
+/// functions, pg_stat_wal_receiver and pg_stat_replication. Exits 1, naming
+/// the peer, when the node cannot be reached.
+#[derive(Args)]
+#[command(after_help = STATUS_EXAMPLES)]
+struct StatusArgs {
+    /// The node, as a libpq connection string or URI.
+    #[arg(long, value_name = "CONNINFO")]
+    from: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -249,6 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dump(args) => run_dump(args),
         Command::Basebackup(args) => run_basebackup(args),
         Command::Receive(args) => run_receive(args),
+        Command::Status(args) => run_status(args),
     }
 }
 
@@ -372,6 +397,17 @@ fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let status = status::fetch(&from).context("walship status failed")?;
+    if args.json {
+        println!("{}", status.json);
+    } else {
+        print!("{}", status.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_dump(args: DumpArgs) -> anyhow::Result<ExitCode> {
     let opts = DumpOptions {
         paths: args.paths,
@@ -446,7 +482,7 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands() {

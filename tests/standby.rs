@@ -358,3 +358,54 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
         slotted.log()
     );
 }
+
+#[test]
+fn walship_status_shows_roles_positions_and_standbys() {
+    let mut primary = Node::init("node_name = 'p1'");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &["--slot", "s1", "--create-slot"]);
+    s1.start();
+    write_load(&primary, 1, 20, "status");
+    let flushed = catch_up(&primary, &s1);
+    let status = |node: &Node, json: bool| {
+        let from = format!("host=127.0.0.1 port={} user=tester", node.port);
+        let mut args = vec!["status", "--from", from.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let out = common::walship(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Wait for s1's reply to reach the primary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = status(&primary, false);
+    while !text.contains(&format!("replayed {flushed}")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        text = status(&primary, false);
+    }
+    assert!(text.contains("node:      p1 (primary)"), "{text}");
+    assert!(text.contains(&format!("flushed to {flushed}")), "{text}");
+    assert!(text.contains("standbys:  1"), "{text}");
+    assert!(
+        text.contains("s1") && text.contains("streaming") && text.contains("lag 0 B"),
+        "{text}"
+    );
+    let json = status(&s1, true);
+    assert!(json.contains("\"role\":\"standby\""), "{json}");
+    assert!(
+        json.contains(&format!("\"replay_lsn\":\"{flushed}\"")),
+        "{json}"
+    );
+    assert!(json.contains("\"slot_name\":\"s1\""), "{json}");
+    primary.kill9();
+    let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
+    let out = common::walship(&["status", "--from", &from]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("could not connect to 127.0.0.1:{}", primary.port)));
+}

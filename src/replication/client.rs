@@ -57,10 +57,12 @@ impl std::fmt::Display for ServerError {
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("could not connect to {peer}: {source}")]
-    Connect { peer: String, source: io::Error },
-    #[error("connection to {peer} failed: {source}")]
-    Io { peer: String, source: ProtoError },
+    // The cause is part of the message (and deliberately not a `source`,
+    // so a context chain does not print it twice).
+    #[error("could not connect to {peer}: {cause}")]
+    Connect { peer: String, cause: io::Error },
+    #[error("connection to {peer} failed: {cause}")]
+    Io { peer: String, cause: ProtoError },
     #[error("{peer} answered: {error}")]
     Server {
         peer: String,
@@ -190,9 +192,9 @@ impl Client {
     /// parameter's value (`"true"` for a physical replication connection).
     pub fn connect(info: &ConnInfo, replication: Option<&str>) -> Result<Client, ClientError> {
         let peer = format!("{}:{}", info.host, info.port);
-        let connect_err = |source| ClientError::Connect {
+        let connect_err = |cause| ClientError::Connect {
             peer: peer.clone(),
-            source,
+            cause,
         };
         let stream = open(info).map_err(connect_err)?;
         stream
@@ -240,10 +242,10 @@ impl Client {
         &self.peer
     }
 
-    fn io(&self, source: impl Into<ProtoError>) -> ClientError {
+    fn io(&self, cause: impl Into<ProtoError>) -> ClientError {
         ClientError::Io {
             peer: self.peer.clone(),
-            source: source.into(),
+            cause: cause.into(),
         }
     }
 

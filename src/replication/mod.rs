@@ -8,6 +8,7 @@ pub mod command;
 pub mod conninfo;
 pub mod receive;
 pub mod slots;
+pub mod status;
 pub mod syncrep;
 pub mod walreceiver;
 pub mod walsender;

@@ -1,0 +1,136 @@
+//! `walship status`: what an operator asks first — is this node a primary
+//! or a standby, on which timeline and epoch, where is its WAL, and how far
+//! behind is each standby — from one SQL connection.
+
+use serde_json::{json, Value};
+
+use super::client::{Client, ClientError, Rows};
+use super::conninfo::ConnInfo;
+
+/// A node's status, as `walship status` prints it.
+#[derive(Debug)]
+pub struct Status {
+    pub json: Value,
+}
+
+fn text(rows: &Rows, col: &str) -> Option<String> {
+    rows.text(0, col)
+}
+
+fn show(client: &mut Client, name: &str) -> Result<Option<String>, ClientError> {
+    Ok(text(&client.query(&format!("SHOW {name}"))?, name))
+}
+
+/// The rows of a result set as JSON objects, every value text or null.
+fn objects(rows: &Rows) -> Vec<Value> {
+    rows.rows
+        .iter()
+        .map(|r| {
+            let mut o = serde_json::Map::new();
+            for (c, v) in rows.columns.iter().zip(r) {
+                let v = v
+                    .as_ref()
+                    .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
+                    .unwrap_or(Value::Null);
+                o.insert(c.clone(), v);
+            }
+            Value::Object(o)
+        })
+        .collect()
+}
+
+/// Asks the node at `from`.
+pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
+    let mut client = Client::connect(from, None)?;
+    let standby = text(
+        &client.query("SELECT pg_is_in_recovery()")?,
+        "pg_is_in_recovery",
+    )
+    .is_some_and(|v| v == "t");
+    let mut json = json!({
+        "node": show(&mut client, "node_name")?,
+        "role": if standby { "standby" } else { "primary" },
+        "system_identifier": show(&mut client, "system_identifier")?,
+        "timeline": show(&mut client, "timeline")?,
+        "epoch": show(&mut client, "epoch")?,
+    });
+    if standby {
+        let lsns = client.query("SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()")?;
+        json["receive_lsn"] = json!(text(&lsns, "pg_last_wal_receive_lsn"));
+        json["replay_lsn"] = json!(text(&lsns, "pg_last_wal_replay_lsn"));
+        let receiver = client.query(
+            "SELECT status, sender_host, sender_port, slot_name, latest_end_lsn, last_msg_receipt_time FROM pg_stat_wal_receiver",
+        )?;
+        json["upstream"] = objects(&receiver).into_iter().next().unwrap_or(Value::Null);
+    } else {
+        let lsns = client.query("SELECT pg_current_wal_lsn(), pg_current_wal_flush_lsn()")?;
+        json["insert_lsn"] = json!(text(&lsns, "pg_current_wal_lsn"));
+        json["flush_lsn"] = json!(text(&lsns, "pg_current_wal_flush_lsn"));
+    }
+    let standbys = client.query(
+        "SELECT application_name, client_addr, state, sync_state, sent_lsn, flush_lsn, replay_lsn, flush_lag_bytes, replay_lag_bytes, flush_lag, replay_lag FROM pg_stat_replication",
+    )?;
+    json["standbys"] = Value::Array(objects(&standbys));
+    client.close();
+    Ok(Status { json })
+}
+
+impl Status {
+    /// The human form: one line per fact, one per standby.
+    pub fn to_text(&self) -> String {
+        let j = &self.json;
+        let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+        let mut out = format!(
+            "node:      {} ({})\nsystem:    {}\ntimeline:  {}\nepoch:     {}\n",
+            s(&j["node"]),
+            s(&j["role"]),
+            s(&j["system_identifier"]),
+            s(&j["timeline"]),
+            s(&j["epoch"])
+        );
+        if j["role"] == "standby" {
+            out.push_str(&format!(
+                "received:  {}\nreplayed:  {}\n",
+                s(&j["receive_lsn"]),
+                s(&j["replay_lsn"])
+            ));
+            let u = &j["upstream"];
+            if u.is_null() {
+                out.push_str("upstream:  none\n");
+            } else {
+                out.push_str(&format!(
+                    "upstream:  {}:{} ({}{})\n",
+                    s(&u["sender_host"]),
+                    s(&u["sender_port"]),
+                    s(&u["status"]),
+                    u["slot_name"]
+                        .as_str()
+                        .map(|n| format!(", slot {n}"))
+                        .unwrap_or_default()
+                ));
+            }
+        } else {
+            out.push_str(&format!(
+                "wal:       inserted to {}, flushed to {}\n",
+                s(&j["insert_lsn"]),
+                s(&j["flush_lsn"])
+            ));
+        }
+        let standbys = j["standbys"].as_array().cloned().unwrap_or_default();
+        out.push_str(&format!("standbys:  {}\n", standbys.len()));
+        for st in &standbys {
+            out.push_str(&format!(
+                "  {:<12} {:<15} {:<9} {:<9} flushed {:<12} replayed {:<12} lag {} B / {}\n",
+                s(&st["application_name"]),
+                s(&st["client_addr"]),
+                s(&st["state"]),
+                s(&st["sync_state"]),
+                s(&st["flush_lsn"]),
+                s(&st["replay_lsn"]),
+                s(&st["replay_lag_bytes"]),
+                s(&st["replay_lag"])
+            ));
+        }
+        out
+    }
+}
