@@ -222,3 +222,63 @@ fn bad_replication_requests_get_clear_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
+    let mut node = Node::init("wal_sender_timeout = 1s");
+    node.start();
+    create_slot(&node, "r");
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("host=127.0.0.1 port={} user=tester", node.port);
+    let mut receiver = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args([
+            "receive",
+            "--from",
+            &from,
+            "-D",
+            dir.path().to_str().unwrap(),
+            "--slot",
+            "r",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c = node.client();
+    c.batch_execute("INSERT INTO kv VALUES ('first', 'x')")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while current_lsn(&node) != node.query_one("SELECT sent_lsn FROM pg_stat_replication") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receiver never caught up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let held = node.query_one("SELECT restart_lsn FROM pg_replication_slots");
+    // The receiver stops reading; the primary keeps writing, past what the
+    // socket buffers hold.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(receiver.id() as i32),
+        nix::sys::signal::SIGSTOP,
+    )
+    .unwrap();
+    let big = "v".repeat(8000);
+    for i in 0..600 {
+        c.execute("INSERT INTO kv VALUES ($1, $2)", &[&format!("k{i}"), &big])
+            .unwrap();
+    }
+    assert!(node.wait_log("terminating walsender"), "{}", node.log());
+    c.batch_execute("CHECKPOINT").unwrap();
+    assert_eq!(
+        node.query_one("SELECT restart_lsn FROM pg_replication_slots"),
+        held
+    );
+    assert_eq!(
+        node.query_one("SELECT active FROM pg_replication_slots"),
+        "f"
+    );
+    let first = node.dir.join("wal").join("000000010000000000000001");
+    assert!(first.exists(), "the slot's WAL was removed");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}

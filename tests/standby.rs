@@ -409,3 +409,58 @@ fn walship_status_shows_roles_positions_and_standbys() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains(&format!("could not connect to 127.0.0.1:{}", primary.port)));
 }
+
+#[test]
+fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    let archive = tempfile::tempdir().unwrap();
+    s1.configure(&format!(
+        "restore_command = 'cp {}/%f %p'",
+        archive.path().display()
+    ));
+    // While s1 is away the primary fills segments; an archiver (here, a
+    // copy) keeps them before the checkpoint removes them.
+    let mut c = primary.client();
+    for i in 0..4 {
+        c.execute(
+            "INSERT INTO kv VALUES ($1, 'archived')",
+            &[&format!("a-{i}")],
+        )
+        .unwrap();
+        c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    }
+    for entry in std::fs::read_dir(primary.dir.join("wal")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.len() == 24 {
+            std::fs::copy(
+                primary.dir.join("wal").join(&name),
+                archive.path().join(&name),
+            )
+            .unwrap();
+        }
+    }
+    c.batch_execute("CHECKPOINT").unwrap();
+    c.execute("INSERT INTO kv VALUES ('streamed', 'after')", &[])
+        .unwrap();
+    s1.start();
+    catch_up(&primary, &s1);
+    assert!(
+        s1.log().contains("restored segment from the archive"),
+        "{}",
+        s1.log()
+    );
+    assert_eq!(
+        s1.query_one("SELECT count(*) FROM kv WHERE key LIKE 'a-%'"),
+        "4"
+    );
+    assert_eq!(
+        s1.query_one("SELECT value FROM kv WHERE key = 'streamed'"),
+        "after"
+    );
+    assert_eq!(
+        s1.query_one("SELECT walship_store_checksum()"),
+        primary.query_one("SELECT walship_store_checksum()")
+    );
+}

@@ -111,6 +111,9 @@ pub struct Settings {
     /// The most WAL a slot (or a connected standby) may hold back; `None`
     /// for no limit (`-1`).
     pub max_slot_wal_keep_size: Option<u64>,
+    /// On a standby: a shell command that copies archived segment `%f` to
+    /// `%p`, for WAL the primary no longer has.
+    pub restore_command: String,
 }
 
 impl Default for Settings {
@@ -134,6 +137,7 @@ impl Default for Settings {
             synchronous_standby_names: SyncStandbyNames::default(),
             wal_keep_size: 0,
             max_slot_wal_keep_size: None,
+            restore_command: String::new(),
         }
     }
 }
@@ -230,6 +234,11 @@ const DOCS: &[SettingDoc] = &[
         name: "primary_conninfo",
         reload: true,
         help: "on a standby (standby.signal present): how to reach the primary, e.g. 'host=10.0.0.1 port=5433 user=rep'",
+    },
+    SettingDoc {
+        name: "restore_command",
+        reload: true,
+        help: "on a standby: shell command copying archived segment %f to %p, used when the primary no longer has the WAL",
     },
     SettingDoc {
         name: "primary_slot_name",
@@ -339,6 +348,7 @@ impl Settings {
                 self.primary_conninfo = value.to_string()
             }
             "primary_slot_name" => self.primary_slot_name = value.to_string(),
+            "restore_command" => self.restore_command = value.to_string(),
             "wal_keep_size" => self.wal_keep_size = parse_size(value).map_err(SetError::Value)?,
             "max_slot_wal_keep_size" => {
                 self.max_slot_wal_keep_size = match value.trim() {
@@ -399,6 +409,7 @@ impl Settings {
                 _ => String::new(),
             },
             "primary_slot_name" => self.primary_slot_name.clone(),
+            "restore_command" => self.restore_command.clone(),
             "synchronous_standby_names" => self.synchronous_standby_names.to_string(),
             "wal_keep_size" => format_size(self.wal_keep_size),
             "max_slot_wal_keep_size" => match self.max_slot_wal_keep_size {

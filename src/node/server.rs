@@ -523,6 +523,13 @@ impl WalReceiverHost for Node {
         }
         Ok(())
     }
+    fn restore_command(&self) -> Option<String> {
+        let command = Node::settings(self).restore_command.clone();
+        (!command.is_empty()).then_some(command)
+    }
+    fn wal_dir(&self) -> PathBuf {
+        DataDir::new(&self.dir).wal()
+    }
     fn replayed_lsn(&self) -> Lsn {
         self.standby
             .as_ref()

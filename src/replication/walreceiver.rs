@@ -7,6 +7,7 @@
 //! It reconnects with backoff (100 ms doubling to 5 s) whenever the
 //! primary goes away, and never follows a primary of another system.
 
+use std::path::PathBuf;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,11 @@ use tracing::{info, warn};
 use super::client::{Client, ClientError, CopyMessage};
 use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
+use crate::durable::FileError;
 use crate::wal::verify::{OwnRecord, StreamVerifier};
-use crate::wal::{EndOfWal, Expect, Lsn, SegmentSize, TimelineId, WalError, WalWriter};
+use crate::wal::{
+    EndOfWal, Expect, Lsn, SegmentName, SegmentSize, TimelineId, WalError, WalWriter,
+};
 
 /// How often the standby reports its positions when nothing else makes it.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,6 +59,10 @@ pub trait WalReceiverHost: Send + Sync {
     fn replay(&self, records: &[OwnRecord], upto: Lsn) -> Result<(), String>;
     /// The end of the last replayed record.
     fn replayed_lsn(&self) -> Lsn;
+    /// `restore_command`, if one is set.
+    fn restore_command(&self) -> Option<String>;
+    /// The node's WAL directory.
+    fn wal_dir(&self) -> PathBuf;
     fn receiver_status(&self) -> MutexGuard<'_, ReceiverStatus>;
     fn is_shutting_down(&self) -> bool;
     /// Sleeps up to `d`, or until the node is told to stop or reload.
@@ -91,6 +99,100 @@ pub enum ReceiveError {
     Wal(#[from] WalError),
     #[error("replay failed: {0}")]
     Replay(String),
+    #[error("{0}")]
+    Restore(String),
+}
+
+impl ReceiveError {
+    /// The primary answered that the WAL we asked for is gone.
+    fn wal_removed(&self) -> bool {
+        matches!(self, ReceiveError::Client(c) if c.sqlstate() == Some("58P01"))
+    }
+}
+
+/// Restores segments with `restore_command`, from the one holding the end
+/// of local WAL on, until the command fails (the archive has no more).
+/// Each restored segment is verified like streamed WAL, written through
+/// the WAL writer, flushed and replayed. Returns how many were restored.
+fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveError> {
+    let size = host.seg_size();
+    let tli = host.timeline();
+    let wal = host.wal();
+    let scratch = host.wal_dir().join("RECOVERYXLOG");
+    let mut restored = 0;
+    loop {
+        if host.is_shutting_down() {
+            return Ok(restored);
+        }
+        let pos = wal.insert_lsn();
+        let segno = pos.segno(size);
+        let name = SegmentName::new(tli, segno).file_name(size);
+        let _ = std::fs::remove_file(&scratch);
+        let cmd = command
+            .replace("%%", "\u{0}")
+            .replace("%f", &name)
+            .replace("%p", &scratch.to_string_lossy())
+            .replace("%r", "000000000000000000000000")
+            .replace('\u{0}', "%");
+        let status = std::process::Command::new("sh").args(["-c", &cmd]).status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                info!(segment = %name, command = %cmd, status = %s, "restore_command did not restore the segment");
+                return Ok(restored);
+            }
+            Err(e) => {
+                warn!(command = %cmd, "could not run restore_command: {e}");
+                return Ok(restored);
+            }
+        }
+        let bytes = std::fs::read(&scratch)
+            .map_err(|e| WalError::from(FileError::new("read restored segment", &scratch, e)))?;
+        if bytes.len() as u64 != size.bytes() {
+            let _ = std::fs::remove_file(&scratch);
+            return Err(ReceiveError::Restore(format!(
+                "restore_command produced {} bytes for {name}, not a {size} segment",
+                bytes.len()
+            )));
+        }
+        let from = pos.segment_offset(size) as usize;
+        let last = wal.last_record_lsn();
+        let mut verifier = StreamVerifier::new(
+            size,
+            pos,
+            (last != Lsn::INVALID).then_some(last),
+            Expect {
+                sysid: Some(host.system_id()),
+                max_timeline: Some(tli.get()),
+            },
+        );
+        let chunk = &bytes[from..];
+        let checked = match verifier.check(pos, chunk) {
+            Ok(c) => c,
+            Err(rejected) if rejected.end.is_clean() => {
+                // The archived copy ends where WAL ends (a partial segment):
+                // take what is valid and stop restoring.
+                wal.write_received(pos, &chunk[..rejected.valid], verifier.last_record())?;
+                let mut own = Vec::new();
+                flush_and_replay(host, &mut own, Lsn::INVALID)?;
+                let _ = std::fs::remove_file(&scratch);
+                return Ok(restored);
+            }
+            Err(rejected) => {
+                let _ = std::fs::remove_file(&scratch);
+                return Err(ReceiveError::Restore(format!(
+                    "archived segment {name} fails verification: {}",
+                    rejected.end
+                )));
+            }
+        };
+        wal.write_received(pos, chunk, verifier.last_record())?;
+        let mut own = checked.own;
+        flush_and_replay(host, &mut own, checked.last_end.unwrap_or(Lsn::INVALID))?;
+        let _ = std::fs::remove_file(&scratch);
+        info!(segment = %name, "restored segment from the archive");
+        restored += 1;
+    }
 }
 
 /// Runs until the node stops: stream, and on any failure wait and retry.
@@ -108,6 +210,24 @@ pub fn run(host: &dyn WalReceiverHost) {
             Err(e) => {
                 warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
                 host.receiver_status().last_error = Some(e.to_string());
+                // The primary no longer has the WAL we need: try the archive,
+                // then return to streaming.
+                if e.wal_removed() {
+                    if let Some(command) = host.restore_command() {
+                        match restore(host, &command) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                info!(
+                                    segments = n,
+                                    "restored WAL from the archive; returning to streaming"
+                                );
+                                backoff = Duration::from_millis(100);
+                                continue;
+                            }
+                            Err(e) => warn!("restoring from the archive stopped: {e}"),
+                        }
+                    }
+                }
             }
         }
         host.receiver_status().status = "waiting";

@@ -457,6 +457,11 @@ fn stream(
         let mut last_keepalive = Instant::now();
         let mut slot_lsn = Lsn::INVALID;
         let timeout = host.sender_timeout();
+        // A standby that stops reading must not hold this walsender in a
+        // blocked write past wal_sender_timeout.
+        if !timeout.is_zero() {
+            let _ = w.get_ref().set_write_timeout(Some(timeout));
+        }
         let outcome = loop {
             if feedback.done.load(Ordering::Acquire) {
                 break Ok(());
