@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use walship::archive::archiver::{self, Archiver};
+use walship::archive::store::Put;
+use walship::archive::{Archive, Compression};
 use walship::dump::{self, DumpMode, DumpOptions, DumpOutcome};
 use walship::node::datadir::{self, InitOptions};
 use walship::node::server::{self, ServerOptions};
@@ -31,6 +34,8 @@ enum Command {
     Basebackup(BaseBackupArgs),
     Receive(ReceiveArgs),
     Status(StatusArgs),
+    Archive(ArchiveArgs),
+    Restore(RestoreArgs),
 }
 
 const INIT_EXAMPLES: &str = "\
@@ -247,6 +252,77 @@ struct StatusArgs {
     json: bool,
 }
 
+const ARCHIVE_EXAMPLES: &str = "\
+Examples:
+  walship archive --archive /srv/wal-archive -D /var/lib/walship/main          # from cron or a timer
+  walship archive --archive /srv/wal-archive -D /var/lib/walship/main --follow # as a daemon
+  walship archive --archive /srv/wal-archive -D data --compression zstd        # a new, compressed archive
+  archive_command = 'walship archive --archive /srv/wal-archive --file %p'    # PostgreSQL's postgresql.conf";
+
+/// Ship completed WAL segments to an archive directory.
+///
+/// Archives every segment the node marked wal/archive_status/NAME.ready
+/// (archive_mode = on), oldest first, and new timeline history files, then
+/// marks each NAME.done. Each segment's size, page headers, CRCs and system
+/// identifier are verified first; it is copied under a temporary name,
+/// fsynced and renamed, so no partial file ever has a final name. A file
+/// already archived with the same content counts as archived; different
+/// content is an error and is never overwritten. The archive records the
+/// system it belongs to and refuses any other; a lock keeps two archivers
+/// apart. Exits 0 only when everything ready was archived.
+#[derive(Args)]
+#[command(after_help = ARCHIVE_EXAMPLES)]
+struct ArchiveArgs {
+    /// The archive directory (created on first use).
+    #[arg(long, value_name = "ADIR")]
+    archive: PathBuf,
+    /// The node's data directory.
+    #[arg(
+        short = 'D',
+        long = "pgdata",
+        value_name = "DIR",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    dir: Option<PathBuf>,
+    /// Archive this one segment or history file (PostgreSQL's %p) and exit.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Keep archiving: a completed segment reaches the archive within a second.
+    #[arg(long, conflicts_with = "file")]
+    follow: bool,
+    /// Compression for a new archive (an existing one keeps its own).
+    #[arg(long, value_name = "METHOD", default_value = "none", value_parser = ["none", "zstd"])]
+    compression: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+const RESTORE_EXAMPLES: &str = "\
+Examples:
+  walship restore --archive /srv/wal-archive 000000010000000000000003 /tmp/seg
+  restore_command = 'walship restore --archive /srv/wal-archive %f %p'   # walship.conf or postgresql.conf";
+
+/// Copy one archived file (a segment or a history file) out of the archive.
+///
+/// For restore_command: decompresses transparently and writes DEST durably.
+/// Exits 1 when the archive does not have the file (what a recovering
+/// server expects at the end of the archive).
+#[derive(Args)]
+#[command(after_help = RESTORE_EXAMPLES)]
+struct RestoreArgs {
+    /// The archive directory.
+    #[arg(long, value_name = "ADIR")]
+    archive: PathBuf,
+    /// The file's name (%f).
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Where to write it (%p).
+    #[arg(value_name = "DEST")]
+    dest: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -274,6 +350,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Basebackup(args) => run_basebackup(args),
         Command::Receive(args) => run_receive(args),
         Command::Status(args) => run_status(args),
+        Command::Archive(args) => run_archive(args),
+        Command::Restore(args) => run_restore(args),
     }
 }
 
@@ -408,6 +486,97 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let compression: Compression = args.compression.parse().map_err(anyhow::Error::msg)?;
+    if let Some(file) = &args.file {
+        let put = archiver::archive_file(file, &args.archive, compression)
+            .context("walship archive failed")?;
+        tracing::info!(file = %file.display(), already_archived = put == Put::AlreadyThere, "archived");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = args.dir.unwrap_or_default();
+    let archiver =
+        Archiver::new(&dir, &args.archive, compression).context("walship archive failed")?;
+    if !args.follow {
+        let pass = archiver.pass().context("walship archive failed")?;
+        match (pass.archived.first(), pass.archived.last()) {
+            (Some(first), Some(last)) => println!(
+                "Archived {} file(s), {first} to {last}{}.",
+                pass.archived.len(),
+                if pass.already > 0 {
+                    format!(" ({} already there)", pass.already)
+                } else {
+                    String::new()
+                }
+            ),
+            _ => println!("Nothing to archive."),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stop = stop_on_signals()?;
+    tracing::info!(archive = %args.archive.display(), "archiving continuously (SIGTERM or SIGINT to stop)");
+    let mut failing = false;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        match archiver.pass() {
+            Ok(pass) => {
+                for name in &pass.archived {
+                    tracing::info!(file = %name, "archived");
+                }
+                if failing && !pass.archived.is_empty() {
+                    tracing::info!("archiving works again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                // Said once per failure spell, then every pass at debug.
+                if !failing {
+                    tracing::error!("archiving failed, retrying every second: {e}");
+                }
+                failing = true;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A flag raised by SIGTERM or SIGINT (blocked here, awaited on a thread).
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().context("could not block signals")?;
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            f.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
+    Ok(flag)
+}
+
+fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let archive = Archive::open(&args.archive).context("walship restore failed")?;
+    match archive.get(&args.name).context("walship restore failed")? {
+        Some(bytes) => {
+            walship::durable::replace_file(&args.dest, &bytes).context("walship restore failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "walship restore: {} is not in archive {}",
+                args.name,
+                args.archive.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 fn run_dump(args: DumpArgs) -> anyhow::Result<ExitCode> {
     let opts = DumpOptions {
         paths: args.paths,
@@ -482,7 +651,7 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands() {

@@ -10,6 +10,7 @@
 //! - `dump`: `walship dump`, pg_waldump's job
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod archive;
 pub mod dump;
 pub mod durable;
 pub mod fence;

@@ -188,6 +188,7 @@ fn a_standby_reconnects_to_a_restarted_primary_and_refuses_another_system() {
         .client()
         .batch_execute("INSERT INTO kv VALUES ('before', 'stop')")
         .unwrap();
+    catch_up(&primary, &s1);
     // A clean stop sends the standby everything, the shutdown checkpoint
     // included, and waits for it to be confirmed.
     primary.stop();

@@ -114,6 +114,44 @@ pub struct Settings {
     /// On a standby: a shell command that copies archived segment `%f` to
     /// `%p`, for WAL the primary no longer has.
     pub restore_command: String,
+    /// Switch to a new segment when the current one has held WAL this long
+    /// unarchived (zero: never), so the archive is never further behind.
+    pub archive_timeout: Duration,
+    /// The most WAL that may wait for the archiver (zero: no limit).
+    pub archive_backlog_limit: u64,
+    /// What happens beyond the limit.
+    pub archive_backlog_policy: BacklogPolicy,
+}
+
+/// What a primary does when un-archived WAL exceeds `archive_backlog_limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BacklogPolicy {
+    /// Refuse writes (SQLSTATE 53100) until the archiver catches up: the
+    /// archive stays complete, the service stops.
+    RefuseWrites,
+    /// Give up the oldest un-archived segments (the archive gets a gap,
+    /// alarmed loudly and repeatedly): the service goes on.
+    AbandonArchive,
+}
+
+impl FromStr for BacklogPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "refuse_writes" => Ok(BacklogPolicy::RefuseWrites),
+            "abandon_archive" => Ok(BacklogPolicy::AbandonArchive),
+            _ => Err("expected refuse_writes or abandon_archive".into()),
+        }
+    }
+}
+
+impl fmt::Display for BacklogPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BacklogPolicy::RefuseWrites => "refuse_writes",
+            BacklogPolicy::AbandonArchive => "abandon_archive",
+        })
+    }
 }
 
 impl Default for Settings {
@@ -138,6 +176,9 @@ impl Default for Settings {
             wal_keep_size: 0,
             max_slot_wal_keep_size: None,
             restore_command: String::new(),
+            archive_timeout: Duration::ZERO,
+            archive_backlog_limit: 0,
+            archive_backlog_policy: BacklogPolicy::RefuseWrites,
         }
     }
 }
@@ -199,6 +240,21 @@ const DOCS: &[SettingDoc] = &[
         name: "archive_mode",
         reload: false,
         help: "on: mark completed segments .ready and keep them until archived",
+    },
+    SettingDoc {
+        name: "archive_timeout",
+        reload: true,
+        help: "switch segments when the current one has waited this long to be archived (0: never)",
+    },
+    SettingDoc {
+        name: "archive_backlog_limit",
+        reload: true,
+        help: "the most WAL that may wait for the archiver (0: no limit)",
+    },
+    SettingDoc {
+        name: "archive_backlog_policy",
+        reload: true,
+        help: "past the limit: refuse_writes (SQLSTATE 53100) or abandon_archive (a gap in the archive, loudly alarmed)",
     },
     SettingDoc {
         name: "node_name",
@@ -349,6 +405,15 @@ impl Settings {
             }
             "primary_slot_name" => self.primary_slot_name = value.to_string(),
             "restore_command" => self.restore_command = value.to_string(),
+            "archive_timeout" => {
+                self.archive_timeout = parse_duration(value).map_err(SetError::Value)?
+            }
+            "archive_backlog_limit" => {
+                self.archive_backlog_limit = parse_size(value).map_err(SetError::Value)?
+            }
+            "archive_backlog_policy" => {
+                self.archive_backlog_policy = value.parse().map_err(SetError::Value)?
+            }
             "wal_keep_size" => self.wal_keep_size = parse_size(value).map_err(SetError::Value)?,
             "max_slot_wal_keep_size" => {
                 self.max_slot_wal_keep_size = match value.trim() {
@@ -410,6 +475,9 @@ impl Settings {
             },
             "primary_slot_name" => self.primary_slot_name.clone(),
             "restore_command" => self.restore_command.clone(),
+            "archive_timeout" => format_duration(self.archive_timeout),
+            "archive_backlog_limit" => format_size(self.archive_backlog_limit),
+            "archive_backlog_policy" => self.archive_backlog_policy.to_string(),
             "synchronous_standby_names" => self.synchronous_standby_names.to_string(),
             "wal_keep_size" => format_size(self.wal_keep_size),
             "max_slot_wal_keep_size" => match self.max_slot_wal_keep_size {

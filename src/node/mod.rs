@@ -1,5 +1,6 @@
 //! A node: its data directory, settings, and the server that runs it.
 
+pub mod archiving;
 pub mod config;
 pub mod control;
 pub mod datadir;

@@ -22,6 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
+use super::archiving::ArchiveWatch;
 use super::config::{ConfigError, Settings, SyncCommit};
 use super::control::{ControlFile, NodeState};
 use super::datadir::{self, DataDir, DataDirError};
@@ -99,6 +100,7 @@ pub struct Node {
     /// Set at shutdown once the last WAL (the shutdown checkpoint) is
     /// flushed: walsenders send the rest and end.
     final_wal_written: AtomicBool,
+    archive_watch: ArchiveWatch,
 }
 
 impl Node {
@@ -182,6 +184,24 @@ impl Node {
                 info!(pid, "cancel request received");
             }
         }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    /// WAL waiting for the archiver, as last measured.
+    pub fn archive_backlog(&self) -> crate::archive::archiver::Backlog {
+        if self.settings().archive_mode && self.standby.is_none() {
+            self.archive_watch.backlog()
+        } else {
+            Default::default()
+        }
+    }
+
+    /// The first segment given up by `abandon_archive`, if any.
+    pub fn archive_gap(&self) -> Option<String> {
+        self.archive_watch.gap()
     }
 
     /// The walreceiver's status, on a standby.
@@ -565,7 +585,9 @@ impl Host for Node {
         self.standby.is_some()
     }
     fn write_refusal(&self) -> Option<PgError> {
-        self.standby.as_ref()?;
+        if self.standby.is_none() {
+            return self.archive_watch.refusal();
+        }
         let primary = self.settings().show("primary_conninfo").unwrap_or_default();
         Some(
             PgError::new(
@@ -799,6 +821,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         standby: is_standby.then(|| StandbyState::new(opened.end)),
         senders: WalSenders::default(),
         final_wal_written: AtomicBool::new(false),
+        archive_watch: ArchiveWatch::default(),
     });
     if is_standby {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
@@ -903,10 +926,32 @@ fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::
 
 /// With `synchronous_commit = off`, commits are acknowledged before their
 /// WAL is flushed: this thread flushes at least every `wal_writer_delay`.
+/// It also ends a segment that has held WAL for `archive_timeout`, so the
+/// archive is never further behind than that.
 fn wal_writer(node: &Node) {
+    let mut segment_seen: Option<(u64, Instant)> = None;
     while !node.is_shutting_down() {
-        let delay = node.settings().wal_writer_delay;
+        let settings = node.settings();
+        let delay = settings.wal_writer_delay;
         node.nap(delay);
+        if settings.archive_mode && !settings.archive_timeout.is_zero() && node.standby.is_none() {
+            let size = WalSenderHost::seg_size(node);
+            let pos = node.db.wal().insert_lsn();
+            let segno = pos.segno(size).0;
+            match segment_seen {
+                Some((s, since)) if s == segno => {
+                    if pos.segment_offset(size) > 0 && since.elapsed() >= settings.archive_timeout {
+                        match node.db.switch_wal() {
+                            Ok(next) => {
+                                info!(next = %next, "archive_timeout: ended the segment so it can be archived")
+                            }
+                            Err(e) => error!("archive_timeout: could not switch segments: {e}"),
+                        }
+                    }
+                }
+                _ => segment_seen = Some((segno, Instant::now())),
+            }
+        }
         if node.db.wal().flushed_lsn() < node.db.wal().insert_lsn() {
             if let Err(e) = node.db.flush_all() {
                 error!("WAL writer could not flush: {e}; no further commit will be acknowledged");
@@ -926,6 +971,13 @@ fn checkpointer(node: &Node) {
             return;
         }
         let s = node.settings();
+        if s.archive_mode && node.standby.is_none() {
+            node.archive_watch.check(
+                &DataDir::new(&node.dir).wal(),
+                WalSenderHost::seg_size(node),
+                &s,
+            );
+        }
         let since = node
             .db
             .wal()

@@ -2,6 +2,7 @@
 //! `pg_stat_wal_receiver`, `pg_replication_slots`) for a running node.
 
 use super::server::Node;
+use crate::archive::archiver::ArchiverStats;
 use crate::replication::walsender::WalSenderHost;
 use crate::sql::exec::Value;
 use crate::sql::views::SystemView;
@@ -73,6 +74,23 @@ impl Node {
                     r.sender_host.map(Value::Text),
                     r.sender_port.map(|p| Value::Int(i64::from(p))),
                     r.conninfo.map(Value::Text),
+                ]]
+            }
+            SystemView::StatArchiver => {
+                let stats = ArchiverStats::read(&self.data_dir());
+                let backlog = self.archive_backlog();
+                vec![vec![
+                    Some(Value::Int(stats.archived_count as i64)),
+                    stats.last_archived_wal.map(Value::Text),
+                    stats.last_archived_time.map(Value::Timestamp),
+                    Some(Value::Int(stats.failed_count as i64)),
+                    stats.last_failed_wal.map(Value::Text),
+                    stats.last_failed_time.map(Value::Timestamp),
+                    None,
+                    Some(Value::Int(backlog.segments as i64)),
+                    Some(Value::Int(backlog.bytes as i64)),
+                    backlog.oldest_age.map(Value::Interval),
+                    self.archive_gap().map(Value::Text),
                 ]]
             }
             SystemView::ReplicationSlots => self

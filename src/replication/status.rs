@@ -71,6 +71,10 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
         "SELECT application_name, client_addr, state, sync_state, sent_lsn, flush_lsn, replay_lsn, flush_lag_bytes, replay_lag_bytes, flush_lag, replay_lag FROM pg_stat_replication",
     )?;
     json["standbys"] = Value::Array(objects(&standbys));
+    let archiver = client.query(
+        "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, backlog_segments, backlog_bytes, oldest_backlog_age, archive_gap_since FROM pg_stat_archiver",
+    )?;
+    json["archiver"] = objects(&archiver).into_iter().next().unwrap_or(Value::Null);
     client.close();
     Ok(Status { json })
 }
@@ -115,6 +119,21 @@ impl Status {
                 s(&j["insert_lsn"]),
                 s(&j["flush_lsn"])
             ));
+        }
+        let a = &j["archiver"];
+        if !a.is_null() && (a["archived_count"] != "0" || a["backlog_segments"] != "0") {
+            out.push_str(&format!(
+                "archiver:  {} archived (last {}), {} failed; backlog {} segments ({} bytes, oldest waiting {})\n",
+                s(&a["archived_count"]),
+                s(&a["last_archived_wal"]),
+                s(&a["failed_count"]),
+                s(&a["backlog_segments"]),
+                s(&a["backlog_bytes"]),
+                s(&a["oldest_backlog_age"])
+            ));
+            if let Some(gap) = a["archive_gap_since"].as_str() {
+                out.push_str(&format!("archiver:  ARCHIVE CONTINUITY LOST since {gap}\n"));
+            }
         }
         let standbys = j["standbys"].as_array().cloned().unwrap_or_default();
         out.push_str(&format!("standbys:  {}\n", standbys.len()));

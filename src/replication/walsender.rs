@@ -378,6 +378,25 @@ fn send_backup(backup: &Backup, out: &mut Out, w: &mut Writer) -> std::io::Resul
     out.send(w)
 }
 
+/// A write to the standby failed: a timeout means it stopped reading for
+/// longer than `wal_sender_timeout`.
+fn write_failed(e: std::io::Error) -> StreamEnd {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        warn!(
+            "terminating walsender: the standby stopped reading for longer than wal_sender_timeout"
+        );
+        StreamEnd::Error(PgError::fatal(
+            "08006",
+            "terminating walsender process due to replication timeout",
+        ))
+    } else {
+        StreamEnd::Client(e.into())
+    }
+}
+
 enum StreamEnd {
     Client(ProtoError),
     Error(PgError),
@@ -475,7 +494,9 @@ fn stream(
                 k.extend_from_slice(&pg_now().to_be_bytes());
                 k.push(1);
                 out.copy_data(&k);
-                out.send(w)?;
+                if let Err(e) = out.send(w) {
+                    break Err(write_failed(e));
+                }
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Lsn(feedback.flush.load(Ordering::Acquire)) < pos
                     && !feedback.done.load(Ordering::Acquire)
@@ -541,11 +562,15 @@ fn stream(
                 pos = Lsn(end);
                 host.senders().sent(pid, pos);
                 if out.len() > 1 << 20 {
-                    out.send(w)?;
+                    if let Err(e) = out.send(w) {
+                        break Err(write_failed(e));
+                    }
                 }
                 continue;
             }
-            out.send(w)?;
+            if let Err(e) = out.send(w) {
+                break Err(write_failed(e));
+            }
             let keepalive_every = if timeout.is_zero() {
                 Duration::from_secs(10)
             } else {
@@ -557,16 +582,21 @@ fn stream(
                 k.extend_from_slice(&pg_now().to_be_bytes());
                 k.push(1);
                 out.copy_data(&k);
-                out.send(w)?;
+                if let Err(e) = out.send(w) {
+                    break Err(write_failed(e));
+                }
                 last_keepalive = Instant::now();
             }
             host.wal()
                 .wait_flushed_beyond(pos, Duration::from_millis(100));
         };
         let client_ended = feedback.done.load(Ordering::Acquire);
+        let mut outcome = outcome;
         if client_ended || (outcome.is_ok() && host.final_wal_written()) {
             out.copy_done();
-            out.send(w)?;
+            if let Err(e) = out.send(w) {
+                outcome = Err(write_failed(e));
+            }
         }
         if !client_ended {
             // Wait briefly for the standby's CopyDone, then stop the reader:

@@ -13,6 +13,8 @@ pub enum SystemView {
     StatWalReceiver,
     /// Physical replication slots.
     ReplicationSlots,
+    /// The archiver's counters and the backlog it has not taken yet.
+    StatArchiver,
 }
 
 impl SystemView {
@@ -27,6 +29,7 @@ impl SystemView {
             "pg_stat_replication" => SystemView::StatReplication,
             "pg_stat_wal_receiver" => SystemView::StatWalReceiver,
             "pg_replication_slots" => SystemView::ReplicationSlots,
+            "pg_stat_archiver" => SystemView::StatArchiver,
             _ => return None,
         })
     }
@@ -36,6 +39,7 @@ impl SystemView {
             SystemView::StatReplication => "pg_stat_replication",
             SystemView::StatWalReceiver => "pg_stat_wal_receiver",
             SystemView::ReplicationSlots => "pg_replication_slots",
+            SystemView::StatArchiver => "pg_stat_archiver",
         }
     }
 
@@ -89,6 +93,20 @@ impl SystemView {
                 ("active_pid", oid::INT4),
                 ("restart_lsn", oid::PG_LSN),
                 ("wal_status", oid::TEXT),
+            ],
+            SystemView::StatArchiver => &[
+                ("archived_count", oid::INT8),
+                ("last_archived_wal", oid::TEXT),
+                ("last_archived_time", oid::TIMESTAMPTZ),
+                ("failed_count", oid::INT8),
+                ("last_failed_wal", oid::TEXT),
+                ("last_failed_time", oid::TIMESTAMPTZ),
+                ("stats_reset", oid::TIMESTAMPTZ),
+                // walship's own: what waits for the archiver, and any gap.
+                ("backlog_segments", oid::INT8),
+                ("backlog_bytes", oid::INT8),
+                ("oldest_backlog_age", oid::INTERVAL),
+                ("archive_gap_since", oid::TEXT),
             ],
         }
     }

@@ -581,7 +581,7 @@ impl WalWriter {
         let mut done = Vec::new();
         {
             let mut ins = self.lock_insert();
-            while ins.segments.len() > 1 && ins.segments[0].end() <= target {
+            while ins.segments.front().is_some_and(|s| s.end() <= target) {
                 done.extend(ins.segments.pop_front());
             }
         }

@@ -1,0 +1,332 @@
+//! `walship archive`: ships a node's completed segments — those the node
+//! marked `wal/archive_status/NAME.ready` — and its timeline history files
+//! to the archive, oldest first (history files before segments, as
+//! PostgreSQL's archiver does), and marks each `NAME.done`.
+//!
+//! Invariants: a segment is archived only after its size, every page
+//! header, record CRC and prev-link, and its system identifier are
+//! verified; `.done` is written only after the archived copy is durable;
+//! a failure stops the run at that file (the next run retries it), so the
+//! archive never has a gap behind a later segment.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use thiserror::Error;
+
+use super::store::{Archive, ArchiveError, Compression, Put};
+use crate::durable::{self, DirLock, FileError, LockError};
+use crate::meta::MetaError;
+use crate::node::control::ControlFile;
+use crate::node::datadir::DataDir;
+use crate::replication::walsender::pg_now;
+use crate::wal::history::TimelineHistory;
+use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::{Decoder, Expect, SegmentName, SegmentSize, Step};
+
+#[derive(Debug, Error)]
+pub enum ArchiverError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("archive {0}")]
+    Lock(#[from] LockError),
+    #[error("{}: refusing to archive it: {why}", path.display())]
+    Invalid { path: PathBuf, why: String },
+}
+
+/// The file that keeps the archiver's counters for `pg_stat_archiver`.
+pub const STATS_FILE: &str = "archiver.status";
+
+/// `pg_stat_archiver`'s counters, kept in `DIR/archiver.status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiverStats {
+    pub archived_count: u64,
+    pub last_archived_wal: Option<String>,
+    /// Microseconds since 2000-01-01 (PostgreSQL's timestamptz).
+    pub last_archived_time: Option<i64>,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<i64>,
+    /// Why the last failure happened.
+    pub last_failure: Option<String>,
+}
+
+impl ArchiverStats {
+    pub fn read(data_dir: &Path) -> ArchiverStats {
+        let text = std::fs::read_to_string(data_dir.join(STATS_FILE)).unwrap_or_default();
+        let mut s = ArchiverStats::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v = v.to_string();
+            match k {
+                "archived_count" => s.archived_count = v.parse().unwrap_or(0),
+                "last_archived_wal" => s.last_archived_wal = Some(v),
+                "last_archived_time" => s.last_archived_time = v.parse().ok(),
+                "failed_count" => s.failed_count = v.parse().unwrap_or(0),
+                "last_failed_wal" => s.last_failed_wal = Some(v),
+                "last_failed_time" => s.last_failed_time = v.parse().ok(),
+                "last_failure" => s.last_failure = Some(v),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn write(&self, data_dir: &Path) -> Result<(), FileError> {
+        let mut text = format!(
+            "archived_count={}\nfailed_count={}\n",
+            self.archived_count, self.failed_count
+        );
+        let mut line = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                text.push_str(&format!("{k}={}\n", v.replace('\n', " ")));
+            }
+        };
+        line("last_archived_wal", self.last_archived_wal.clone());
+        line(
+            "last_archived_time",
+            self.last_archived_time.map(|t| t.to_string()),
+        );
+        line("last_failed_wal", self.last_failed_wal.clone());
+        line(
+            "last_failed_time",
+            self.last_failed_time.map(|t| t.to_string()),
+        );
+        line("last_failure", self.last_failure.clone());
+        durable::replace_file(&data_dir.join(STATS_FILE), text.as_bytes())
+    }
+}
+
+/// Checks a segment before it is archived. See the module documentation.
+pub fn verify_segment(
+    bytes: &[u8],
+    name: &str,
+    size: SegmentSize,
+    system_id: u64,
+) -> Result<(), String> {
+    if bytes.len() as u64 != size.bytes() {
+        return Err(format!("it is {} bytes, not a {size} segment", bytes.len()));
+    }
+    let seg = SegmentName::parse(name, size).map_err(|e| e.to_string())?;
+    let mut decoder = Decoder::at_page_start(
+        size,
+        seg.segno.start_lsn(size),
+        Expect {
+            sysid: Some(system_id),
+            max_timeline: Some(seg.timeline.get()),
+        },
+    );
+    loop {
+        let pos = decoder.pos();
+        if pos.segno(size) != seg.segno {
+            return Ok(());
+        }
+        let off = pos.segment_offset(size) as usize;
+        let (_, step) = decoder.decode(&bytes[off..]);
+        match step {
+            Step::Record(_) => {}
+            Step::NeedMore => return Ok(()),
+            Step::End(end) => return Err(end.to_string()),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub archived: Vec<String>,
+    /// Found in the archive already, identical.
+    pub already: usize,
+}
+
+/// An archiver of one data directory into one archive, holding the
+/// archive's lock while it lives (two archivers never collide).
+pub struct Archiver {
+    data_dir: PathBuf,
+    archive: Archive,
+    _lock: DirLock,
+}
+
+impl Archiver {
+    pub fn new(
+        data_dir: &Path,
+        archive_dir: &Path,
+        compression: Compression,
+    ) -> Result<Archiver, ArchiverError> {
+        let control = ControlFile::read(&DataDir::new(data_dir).control())?;
+        let archive = Archive::open_or_create(
+            archive_dir,
+            control.system_id,
+            control.seg_size,
+            compression,
+        )?;
+        let lock = DirLock::acquire(archive_dir)?;
+        archive.remove_stale_temporaries()?;
+        Ok(Archiver {
+            data_dir: data_dir.to_path_buf(),
+            archive,
+            _lock: lock,
+        })
+    }
+
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// The names marked `.ready`, in archiving order.
+    fn ready(&self) -> Result<Vec<String>, FileError> {
+        let status = DataDir::new(&self.data_dir).wal().join(ARCHIVE_STATUS_DIR);
+        let mut names: Vec<String> = match std::fs::read_dir(&status) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_suffix(".ready").map(str::to_string))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(FileError::new("read directory", &status, e)),
+        };
+        names.sort_by_key(|n| (!n.ends_with(".history"), n.clone()));
+        Ok(names)
+    }
+
+    /// Archives everything marked ready; stops at the first failure.
+    pub fn pass(&self) -> Result<Pass, ArchiverError> {
+        let mut pass = Pass::default();
+        let names = self.ready()?;
+        if names.is_empty() {
+            return Ok(pass);
+        }
+        let mut stats = ArchiverStats::read(&self.data_dir);
+        for name in names {
+            match self.archive_one(&name) {
+                Ok(put) => {
+                    if put == Put::AlreadyThere {
+                        pass.already += 1;
+                    }
+                    stats.archived_count += 1;
+                    stats.last_archived_wal = Some(name.clone());
+                    stats.last_archived_time = Some(pg_now());
+                    pass.archived.push(name);
+                }
+                Err(e) => {
+                    stats.failed_count += 1;
+                    stats.last_failed_wal = Some(name);
+                    stats.last_failed_time = Some(pg_now());
+                    stats.last_failure = Some(e.to_string());
+                    stats.write(&self.data_dir)?;
+                    return Err(e);
+                }
+            }
+        }
+        stats.write(&self.data_dir)?;
+        Ok(pass)
+    }
+
+    fn archive_one(&self, name: &str) -> Result<Put, ArchiverError> {
+        let wal = DataDir::new(&self.data_dir).wal();
+        let path = wal.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| FileError::new("read", &path, e))?;
+        let invalid = |why: String| ArchiverError::Invalid {
+            path: path.clone(),
+            why,
+        };
+        if name.ends_with(".history") {
+            let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
+            TimelineHistory::parse(text).map_err(|e| invalid(e.to_string()))?;
+        } else {
+            verify_segment(&bytes, name, self.archive.seg_size, self.archive.system_id)
+                .map_err(invalid)?;
+        }
+        let put = self.archive.put(name, &bytes)?;
+        let status = wal.join(ARCHIVE_STATUS_DIR);
+        durable::rename(
+            &status.join(format!("{name}.ready")),
+            &status.join(format!("{name}.done")),
+        )?;
+        Ok(put)
+    }
+}
+
+/// WAL waiting to be archived.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub segments: u64,
+    pub bytes: u64,
+    /// How long the oldest waiting file has waited.
+    pub oldest_age: Option<std::time::Duration>,
+    /// Its name.
+    pub oldest: Option<String>,
+}
+
+/// The backlog of a WAL directory: its `.ready` files.
+pub fn backlog(wal_dir: &Path, seg_size: SegmentSize) -> Backlog {
+    let status = wal_dir.join(ARCHIVE_STATUS_DIR);
+    let mut b = Backlog::default();
+    let Ok(entries) = std::fs::read_dir(&status) else {
+        return b;
+    };
+    let mut oldest: Option<(SystemTime, String)> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(wal_name) = name.strip_suffix(".ready") else {
+            continue;
+        };
+        if !wal_name.ends_with(".history") {
+            b.segments += 1;
+            b.bytes += seg_size.bytes();
+        }
+        if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+            if oldest.as_ref().is_none_or(|(o, _)| t < *o) {
+                oldest = Some((t, wal_name.to_string()));
+            }
+        }
+    }
+    if let Some((t, name)) = oldest {
+        b.oldest_age = SystemTime::now().duration_since(t).ok();
+        b.oldest = Some(name);
+    }
+    b
+}
+
+/// Archives one file given by path, as PostgreSQL's `archive_command`
+/// does (`walship archive --archive ADIR --file %p`): the archive's system
+/// identifier and segment size come from the segment's own long header.
+pub fn archive_file(
+    path: &Path,
+    archive_dir: &Path,
+    compression: Compression,
+) -> Result<Put, ArchiverError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| FileError::new("read", path, e))?;
+    let invalid = |why: String| ArchiverError::Invalid {
+        path: path.to_path_buf(),
+        why,
+    };
+    let archive = if name.ends_with(".history") {
+        let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
+        TimelineHistory::parse(text).map_err(|e| invalid(e.to_string()))?;
+        Archive::open(archive_dir)?
+    } else {
+        if bytes.len() < crate::wal::format::LONG_PAGE_HEADER {
+            return Err(invalid(format!("it is only {} bytes long", bytes.len())));
+        }
+        let long = crate::wal::format::PageHeader::decode(&bytes)
+            .long
+            .ok_or_else(|| invalid("its first page has no long header".into()))?;
+        let size =
+            SegmentSize::new(u64::from(long.seg_size)).map_err(|e| invalid(e.to_string()))?;
+        let archive = Archive::open_or_create(archive_dir, long.sysid, size, compression)?;
+        verify_segment(&bytes, &name, size, archive.system_id).map_err(invalid)?;
+        archive
+    };
+    let _lock = DirLock::acquire(archive_dir)?;
+    Ok(archive.put(&name, &bytes)?)
+}

@@ -1,0 +1,297 @@
+//! An archive directory.
+//!
+//! ```text
+//! ADIR/ARCHIVE            identity: system identifier, segment size,
+//!                         compression (magic, version, CRC)
+//! ADIR/SEGNAME[.zst]      archived segments
+//! ADIR/TTTTTTTT.history   timeline history files
+//! ADIR/walship.lock       held by the one archiver at work
+//! ```
+//!
+//! Invariants: a file appears under its final name only complete and
+//! fsynced (written under a temporary name, renamed with NOREPLACE); an
+//! archived file is never overwritten — the same content again is success,
+//! different content an error; every segment belongs to the system the
+//! archive was created for.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::durable::{self, FileError};
+use crate::meta::{MetaError, MetaKind};
+use crate::wal::format::LeReader;
+use crate::wal::SegmentSize;
+
+const KIND: MetaKind = MetaKind {
+    what: "archive identity",
+    magic: 0x5741_5243, // "WARC"
+    version: 1,
+};
+
+/// The identity file's name.
+pub const IDENTITY: &str = "ARCHIVE";
+
+/// How segments are stored; chosen when the archive is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Compression::None),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(format!("expected none or zstd, got \"{s}\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("{} is not a walship archive (no {IDENTITY} file); create it by archiving into it", .0.display())]
+    Missing(PathBuf),
+    #[error("archive {} belongs to system {archive}, not to system {ours}: never mix two systems' WAL; use another archive directory", dir.display())]
+    OtherSystem {
+        dir: PathBuf,
+        archive: u64,
+        ours: u64,
+    },
+    #[error("archive {} holds segments of {archive}, not {ours}", dir.display())]
+    OtherSegmentSize {
+        dir: PathBuf,
+        archive: SegmentSize,
+        ours: SegmentSize,
+    },
+    #[error("{} is already archived with different content; it was not overwritten. Two systems or two timelines may be writing to one archive: investigate before archiving again", .0.display())]
+    Conflict(PathBuf),
+    #[error("{}: could not decompress: {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// An open archive directory. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct Archive {
+    pub dir: PathBuf,
+    pub system_id: u64,
+    pub seg_size: SegmentSize,
+    pub compression: Compression,
+}
+
+/// What [`Archive::put`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    Stored,
+    /// The same content was archived already.
+    AlreadyThere,
+}
+
+impl Archive {
+    /// Opens an existing archive.
+    pub fn open(dir: &Path) -> Result<Archive, ArchiveError> {
+        let path = dir.join(IDENTITY);
+        if !path.exists() {
+            return Err(ArchiveError::Missing(dir.to_path_buf()));
+        }
+        let body = KIND.read(&path)?;
+        let damaged = || MetaError::Damaged {
+            path: path.clone(),
+            what: KIND.what,
+        };
+        let mut f = LeReader::new(&body);
+        let system_id = f.u64().ok_or_else(damaged)?;
+        let seg_size = f
+            .u32()
+            .and_then(|s| SegmentSize::new(u64::from(s)).ok())
+            .ok_or_else(damaged)?;
+        let compression = match f.u8().ok_or_else(damaged)? {
+            0 => Compression::None,
+            1 => Compression::Zstd,
+            _ => return Err(damaged().into()),
+        };
+        Ok(Archive {
+            dir: dir.to_path_buf(),
+            system_id,
+            seg_size,
+            compression,
+        })
+    }
+
+    /// Opens the archive at `dir` for system `system_id`, creating it (with
+    /// `compression`) when it does not exist. An existing archive keeps the
+    /// compression it was created with and must be of the same system.
+    pub fn open_or_create(
+        dir: &Path,
+        system_id: u64,
+        seg_size: SegmentSize,
+        compression: Compression,
+    ) -> Result<Archive, ArchiveError> {
+        if !dir.join(IDENTITY).exists() {
+            if !dir.exists() {
+                durable::create_dir(dir)?;
+            }
+            let mut body = system_id.to_le_bytes().to_vec();
+            body.extend_from_slice(&seg_size.as_u32().to_le_bytes());
+            body.push(match compression {
+                Compression::None => 0,
+                Compression::Zstd => 1,
+            });
+            let file = KIND.encode(&body);
+            // Two archivers creating it at once: one wins, both read it.
+            durable::create_file_exclusive(&dir.join(IDENTITY), |f| f.write_all(&file))?;
+        }
+        let archive = Archive::open(dir)?;
+        if archive.system_id != system_id {
+            return Err(ArchiveError::OtherSystem {
+                dir: dir.to_path_buf(),
+                archive: archive.system_id,
+                ours: system_id,
+            });
+        }
+        if archive.seg_size != seg_size {
+            return Err(ArchiveError::OtherSegmentSize {
+                dir: dir.to_path_buf(),
+                archive: archive.seg_size,
+                ours: seg_size,
+            });
+        }
+        Ok(archive)
+    }
+
+    /// Where `name` is stored (history files are never compressed).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        match self.compression {
+            Compression::Zstd if !name.ends_with(".history") => {
+                self.dir.join(format!("{name}.zst"))
+            }
+            _ => self.dir.join(name),
+        }
+    }
+
+    /// Archives `bytes` as `name`. See the module documentation.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<Put, ArchiveError> {
+        let path = self.path_of(name);
+        if path.exists() {
+            return self.same_or_conflict(name, bytes, &path);
+        }
+        let stored = match self.compression {
+            Compression::Zstd if !name.ends_with(".history") => {
+                zstd::bulk::compress(bytes, 3).map_err(|e| FileError::new("compress", &path, e))?
+            }
+            _ => bytes.to_vec(),
+        };
+        if durable::create_file_exclusive(&path, |f| f.write_all(&stored))? {
+            Ok(Put::Stored)
+        } else {
+            self.same_or_conflict(name, bytes, &path)
+        }
+    }
+
+    fn same_or_conflict(&self, name: &str, bytes: &[u8], path: &Path) -> Result<Put, ArchiveError> {
+        match self.get(name)? {
+            Some(existing) if existing == bytes => Ok(Put::AlreadyThere),
+            _ => Err(ArchiveError::Conflict(path.to_path_buf())),
+        }
+    }
+
+    /// The content archived as `name`, decompressed; `None` if absent.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let path = self.path_of(name);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileError::new("open", &path, e).into()),
+        };
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw)
+            .map_err(|e| FileError::new("read", &path, e))?;
+        if path.extension().is_some_and(|e| e == "zst") {
+            let limit = self.seg_size.bytes() as usize;
+            return zstd::bulk::decompress(&raw, limit).map(Some).map_err(|e| {
+                ArchiveError::Corrupt {
+                    path,
+                    why: e.to_string(),
+                }
+            });
+        }
+        Ok(Some(raw))
+    }
+
+    /// Removes temporary files an interrupted archiver left (only while
+    /// holding the archive's lock).
+    pub fn remove_stale_temporaries(&self) -> Result<usize, FileError> {
+        let mut removed = 0;
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| FileError::new("read directory", &self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| FileError::new("read directory", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp.") {
+                durable::remove_file(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size() -> SegmentSize {
+        SegmentSize::from_mib(1).unwrap()
+    }
+
+    #[test]
+    fn put_never_overwrites_and_get_is_transparent() {
+        for compression in [Compression::None, Compression::Zstd] {
+            let dir = tempfile::tempdir().unwrap();
+            let a = Archive::open_or_create(dir.path(), 42, size(), compression).unwrap();
+            let seg = vec![7u8; 1 << 20];
+            assert_eq!(
+                a.put("000000010000000000000001", &seg).unwrap(),
+                Put::Stored
+            );
+            assert_eq!(
+                a.put("000000010000000000000001", &seg).unwrap(),
+                Put::AlreadyThere
+            );
+            let mut other = seg.clone();
+            other[100] = 8;
+            assert!(matches!(
+                a.put("000000010000000000000001", &other),
+                Err(ArchiveError::Conflict(_))
+            ));
+            assert_eq!(a.get("000000010000000000000001").unwrap().unwrap(), seg);
+            assert_eq!(a.get("000000010000000000000002").unwrap(), None);
+            let again = Archive::open(dir.path()).unwrap();
+            assert_eq!(again.compression, compression);
+            assert!(matches!(
+                Archive::open_or_create(dir.path(), 43, size(), compression),
+                Err(ArchiveError::OtherSystem {
+                    archive: 42,
+                    ours: 43,
+                    ..
+                })
+            ));
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! A primary's side of archiving: watching the backlog of WAL the
+//! archiver has not taken yet, and bounding it as the operator chose
+//! (`archive_backlog_limit`, `archive_backlog_policy`), so a failing
+//! archiver never fills the disk by surprise.
+//!
+//! Invariant: while writes are refused for the backlog, every commit gets
+//! SQLSTATE 53100 saying why; once a segment is abandoned, the alarm
+//! repeats (every minute, for the life of the process) until an operator
+//! restarts the node after taking a new base backup.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info};
+
+use super::config::{BacklogPolicy, Settings};
+use crate::archive::archiver::{backlog, Backlog};
+use crate::durable;
+use crate::sqlstate::{code, PgError};
+use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::SegmentSize;
+
+const ALARM_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct State {
+    backlog: Backlog,
+    /// The refusal in force, if writes are refused.
+    refusal: Option<String>,
+    /// The first segment given up, and when the alarm last sounded.
+    gap: Option<(String, Instant)>,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct ArchiveWatch {
+    state: Mutex<State>,
+}
+
+impl ArchiveWatch {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-measures the backlog and applies the policy (every second, from
+    /// the checkpointer).
+    pub fn check(&self, wal_dir: &Path, seg_size: SegmentSize, settings: &Settings) {
+        let mut b = backlog(wal_dir, seg_size);
+        let limit = settings.archive_backlog_limit;
+        let over = settings.archive_mode && limit > 0 && b.bytes > limit;
+        let mut state = self.lock();
+        match (over, settings.archive_backlog_policy) {
+            (true, BacklogPolicy::RefuseWrites) => {
+                let why = format!(
+                    "writes are refused: {} segments ({} MB) wait to be archived, more than archive_backlog_limit ({} MB); the oldest, {}, has waited {} s",
+                    b.segments,
+                    b.bytes >> 20,
+                    limit >> 20,
+                    b.oldest.clone().unwrap_or_default(),
+                    b.oldest_age.map_or(0, |d| d.as_secs())
+                );
+                if state.refusal.is_none() {
+                    error!("{why}; fix the archiver (walship archive) or raise the limit");
+                }
+                state.refusal = Some(why);
+            }
+            (true, BacklogPolicy::AbandonArchive) => {
+                let status = wal_dir.join(ARCHIVE_STATUS_DIR);
+                while b.bytes > limit {
+                    let Some(oldest) = b.oldest.clone() else {
+                        break;
+                    };
+                    let ready = status.join(format!("{oldest}.ready"));
+                    if let Err(e) = durable::rename(&ready, &status.join(format!("{oldest}.done")))
+                    {
+                        error!("could not give up {oldest}: {e}");
+                        break;
+                    }
+                    error!(
+                        segment = %oldest,
+                        "ARCHIVE CONTINUITY LOST: {oldest} was never archived and will be removed (archive_backlog_policy = abandon_archive); the archive cannot restore past it: take a new base backup once the archiver works"
+                    );
+                    if state.gap.is_none() {
+                        state.gap = Some((oldest, Instant::now()));
+                    }
+                    b = backlog(wal_dir, seg_size);
+                }
+                state.refusal = None;
+            }
+            (false, _) => {
+                if state.refusal.take().is_some() {
+                    info!("the archive backlog is under archive_backlog_limit again: writes are accepted");
+                }
+            }
+        }
+        if let Some((first, last_alarm)) = &mut state.gap {
+            if last_alarm.elapsed() >= ALARM_EVERY {
+                error!("ARCHIVE CONTINUITY LOST since {first}: the archive cannot restore past it; take a new base backup");
+                *last_alarm = Instant::now();
+            }
+        }
+        state.backlog = b;
+    }
+
+    /// The error every write gets while the backlog refuses writes.
+    pub fn refusal(&self) -> Option<PgError> {
+        self.lock().refusal.clone().map(|why| {
+            PgError::new(code::DISK_FULL, why)
+                .with_hint("archive_backlog_policy = refuse_writes keeps the archive complete; see pg_stat_archiver and the archiver's log")
+        })
+    }
+
+    pub fn backlog(&self) -> Backlog {
+        self.lock().backlog.clone()
+    }
+
+    /// The first segment given up, if the archive has a gap.
+    pub fn gap(&self) -> Option<String> {
+        self.lock().gap.as_ref().map(|(g, _)| g.clone())
+    }
+}

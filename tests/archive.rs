@@ -1,0 +1,374 @@
+//! `walship archive` and `walship restore`: segments reach the archive
+//! verified and whole, never overwritten, from one system only; a failing
+//! archiver's backlog is bounded as the operator chose; and the pair works
+//! as PostgreSQL 15's own archive_command and restore_command.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Node, PgCluster};
+
+fn archive(adir: &Path, node: &Node, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "archive",
+        "--archive",
+        adir.to_str().unwrap(),
+        "-D",
+        node.dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    common::walship(&args)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn names(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Writes a row and ends the segment, `n` times.
+fn complete_segments(node: &Node, n: usize, tag: &str) {
+    let mut c = node.client();
+    for i in 0..n {
+        c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("{tag}-{i}")])
+            .unwrap();
+        c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
+    for compression in ["none", "zstd"] {
+        let mut node = Node::init("archive_mode = on");
+        node.start();
+        complete_segments(&node, 3, "a");
+        let adir = tempfile::tempdir().unwrap();
+        let out = archive(adir.path(), &node, &["--compression", compression]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let status = node.dir.join("wal/archive_status");
+        assert_eq!(names(&status, ".ready"), Vec::<String>::new());
+        let done = names(&status, ".done");
+        assert_eq!(done.len(), 3, "{done:?}");
+        let suffix = if compression == "zstd" { ".zst" } else { "" };
+        for d in &done {
+            let seg = d.trim_end_matches(".done");
+            assert!(adir.path().join(format!("{seg}{suffix}")).exists());
+            let dest = adir.path().join("restored");
+            let out = common::walship(&[
+                "restore",
+                "--archive",
+                adir.path().to_str().unwrap(),
+                seg,
+                dest.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(
+                std::fs::read(&dest).unwrap()
+                    == std::fs::read(node.dir.join("wal").join(seg)).unwrap(),
+                "{seg} restored differently"
+            );
+        }
+        // Nothing left: a second run succeeds doing nothing.
+        let out = archive(adir.path(), &node, &[]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Nothing to archive"));
+        assert_eq!(
+            node.query_one("SELECT archived_count FROM pg_stat_archiver"),
+            "3"
+        );
+        // A name the archive does not have: exit 1, as restore_command expects.
+        let out = common::walship(&[
+            "restore",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            "0000000100000000000000AA",
+            "/tmp/nowhere",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+    }
+}
+
+#[test]
+fn damage_conflicts_and_other_systems_are_refused_and_nothing_is_overwritten() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    complete_segments(&node, 2, "d");
+    let adir = tempfile::tempdir().unwrap();
+    // A different file already under the first segment's name.
+    let first = names(&node.dir.join("wal/archive_status"), ".ready")[0].replace(".ready", "");
+    let out = archive(adir.path(), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planted = adir.path().join(&first);
+    let mut bytes = std::fs::read(&planted).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&planted, &bytes).unwrap();
+    std::fs::rename(
+        node.dir
+            .join("wal/archive_status")
+            .join(format!("{first}.done")),
+        node.dir
+            .join("wal/archive_status")
+            .join(format!("{first}.ready")),
+    )
+    .unwrap();
+    let out = archive(adir.path(), &node, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(&planted).unwrap(),
+        bytes,
+        "the archived file was overwritten"
+    );
+    std::fs::remove_file(&planted).unwrap();
+
+    // A damaged segment is never archived.
+    let seg = node.dir.join("wal").join(&first);
+    let mut damaged = std::fs::read(&seg).unwrap();
+    let at = damaged.len() / 2;
+    let good = damaged.clone();
+    let hit = damaged[..at].iter().rposition(|b| *b != 0).unwrap_or(200);
+    damaged[hit] ^= 0x40;
+    std::fs::write(&seg, &damaged).unwrap();
+    let out = archive(adir.path(), &node, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&first) && stderr(&out).contains("refusing to archive"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!adir.path().join(&first).exists());
+    assert_eq!(
+        node.query_one("SELECT failed_count FROM pg_stat_archiver"),
+        "2"
+    );
+    std::fs::write(&seg, &good).unwrap();
+    let out = archive(adir.path(), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Another system's node may not archive here.
+    let mut other = Node::init("archive_mode = on");
+    other.start();
+    complete_segments(&other, 1, "o");
+    let out = archive(adir.path(), &other, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("belongs to system"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock() {
+    let mut node = Node::init("archive_mode = on\narchive_timeout = 1s");
+    node.start();
+    let adir = tempfile::tempdir().unwrap();
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["archive", "--archive", adir.path().to_str().unwrap(), "-D"])
+        .arg(&node.dir)
+        .arg("--follow")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // One write, no switch: archive_timeout ends the segment, the follower ships it.
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('lonely', 'row')")
+        .unwrap();
+    let began = Instant::now();
+    wait_until("the segment to be archived", || {
+        names(adir.path(), "").iter().any(|n| n.len() == 24)
+    });
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    // A second archiver on the same archive is refused, naming the holder.
+    let out = archive(adir.path(), &node, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("pid {}", follower.id())),
+        "{}",
+        stderr(&out)
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::SIGTERM,
+    );
+    let status = follower.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_killed_archiver_leaves_no_partial_file_and_the_next_run_finishes() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    complete_segments(&node, 12, "k");
+    let adir = tempfile::tempdir().unwrap();
+    for delay_ms in [2u64, 5, 10, 20] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args([
+                "archive",
+                "--archive",
+                adir.path().to_str().unwrap(),
+                "--compression",
+                "zstd",
+                "-D",
+            ])
+            .arg(&node.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = archive(adir.path(), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let archived = names(adir.path(), ".zst");
+    assert_eq!(archived.len(), 12, "{archived:?}");
+    assert!(
+        names(adir.path(), "").iter().all(|n| !n.contains(".tmp.")),
+        "temporaries left"
+    );
+    for a in archived {
+        let seg = a.trim_end_matches(".zst");
+        let dest = adir.path().join("check");
+        let out = common::walship(&[
+            "restore",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            seg,
+            dest.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(node.dir.join("wal").join(seg)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured() {
+    let mut node = Node::init("archive_mode = on\narchive_backlog_limit = 2MB");
+    node.start();
+    complete_segments(&node, 4, "b");
+    wait_until("writes to be refused", || {
+        node.client()
+            .batch_execute("INSERT INTO kv VALUES ('x', 'y') ON CONFLICT (key) DO NOTHING")
+            .is_err()
+    });
+    let err = node
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('z', 'y')")
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "53100");
+    assert!(
+        db.message().contains("archive_backlog_limit"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(
+        node.query_one("SELECT backlog_segments FROM pg_stat_archiver"),
+        "4"
+    );
+    // Reads go on; the archiver catches up and writes return.
+    assert_eq!(
+        node.query_one("SELECT value FROM kv WHERE key = 'b-0'"),
+        "v"
+    );
+    let adir = tempfile::tempdir().unwrap();
+    assert!(archive(adir.path(), &node, &[]).status.success());
+    wait_until("writes to be accepted again", || {
+        node.client()
+            .batch_execute("INSERT INTO kv VALUES ('z', 'y') ON CONFLICT (key) DO NOTHING")
+            .is_ok()
+    });
+
+    // abandon_archive: the service goes on, the gap is loud.
+    node.configure("archive_backlog_policy = abandon_archive");
+    node.signal(nix::sys::signal::SIGHUP);
+    assert!(node.wait_log("reloaded walship.conf"));
+    complete_segments(&node, 4, "g");
+    assert!(node.wait_log("ARCHIVE CONTINUITY LOST"), "{}", node.log());
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('still', 'writing')")
+        .unwrap();
+    assert_ne!(
+        node.query_one("SELECT archive_gap_since FROM pg_stat_archiver"),
+        ""
+    );
+}
+
+#[test]
+fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
+    // PostgreSQL runs as `postgres`: give it a copy of the binary it can run.
+    let bin = tempfile::Builder::new()
+        .prefix("walship-bin-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let exe = bin.path().join("walship");
+    std::fs::copy(env!("CARGO_BIN_EXE_walship"), &exe).unwrap();
+    let mut pg = PgCluster::init(1);
+    let adir = pg.root.path().join("archive");
+    std::fs::write(
+        pg.data.join("postgresql.auto.conf"),
+        format!(
+            "archive_mode = on\narchive_command = '{} archive --archive {} --file %p'\n",
+            exe.display(),
+            adir.display()
+        ),
+    )
+    .unwrap();
+    for p in [bin.path(), exe.as_path()] {
+        let mut perm = std::fs::metadata(p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(p, perm).unwrap();
+    }
+    pg.start();
+    pg.psql("CREATE TABLE t (v text); INSERT INTO t SELECT 'x' FROM generate_series(1, 1000)");
+    let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    wait_until("PostgreSQL's archiver", || {
+        pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= seg
+    });
+    assert_eq!(pg.psql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    let dest = pg.root.path().join("restored");
+    let out = common::walship(&[
+        "restore",
+        "--archive",
+        adir.to_str().unwrap(),
+        &seg,
+        dest.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(pg.wal_dir().join(&seg)).unwrap());
+}
