@@ -36,6 +36,7 @@ enum Command {
     Status(StatusArgs),
     Archive(ArchiveArgs),
     Restore(RestoreArgs),
+    Promote(PromoteArgs),
 }
 
 const INIT_EXAMPLES: &str = "\
@@ -323,6 +324,40 @@ struct RestoreArgs {
     dest: PathBuf,
 }
 
+const PROMOTE_EXAMPLES: &str = "\
+Examples:
+  walship promote -D /var/lib/walship/s1 --wait                 # fences the old primary over the protocol
+  walship promote -D s1 --fence-command 'ipmitool chassis power off' --wait
+  walship promote -D s1 --force --wait                          # the old primary is gone for good";
+
+/// Promote a standby to primary, fencing the old primary first.
+///
+/// The standby stops streaming, replays all it received, claims epoch E+1
+/// (in archive_directory too, when set: two promoters cannot both win),
+/// fences the old primary — directly over the protocol (it persists the new
+/// epoch and refuses every write from then on) and/or with --fence-command,
+/// which must exit 0 — then switches to a new timeline, persists the epoch
+/// and accepts writes. Without a fence it refuses, unless --force. A stopped
+/// standby promotes as soon as it is started.
+#[derive(Args)]
+#[command(after_help = PROMOTE_EXAMPLES)]
+struct PromoteArgs {
+    /// The standby's data directory.
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    dir: PathBuf,
+    /// A shell command that fences the old primary (power it off, cut its
+    /// network); it must exit 0. WALSHIP_EPOCH holds the new epoch.
+    #[arg(long, value_name = "CMD")]
+    fence_command: Option<String>,
+    /// Promote even if the old primary can be neither reached nor fenced:
+    /// if it is alive, two primaries may take writes.
+    #[arg(long)]
+    force: bool,
+    /// Return once the node accepts writes (exit 1 if the promotion fails).
+    #[arg(long)]
+    wait: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -352,6 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => run_status(args),
         Command::Archive(args) => run_archive(args),
         Command::Restore(args) => run_restore(args),
+        Command::Promote(args) => run_promote(args),
     }
 }
 
@@ -559,6 +595,73 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
     Ok(flag)
 }
 
+fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    use walship::node::promote::{self, PromoteRequest, PROMOTE_FAILED};
+    let dir = datadir::DataDir::new(&args.dir);
+    anyhow::ensure!(
+        dir.control().exists(),
+        "{} is not a walship data directory",
+        args.dir.display()
+    );
+    anyhow::ensure!(
+        dir.standby_signal().exists(),
+        "{} is not a standby (no standby.signal): nothing to promote",
+        args.dir.display()
+    );
+    if args.force && args.fence_command.is_none() {
+        eprintln!("walship promote: WARNING: --force: if the old primary cannot be fenced and is still alive, two primaries may take writes");
+    }
+    let running = walship::durable::DirLock::acquire(&args.dir).is_err();
+    promote::request(
+        &args.dir,
+        &PromoteRequest {
+            fence_command: args.fence_command,
+            force: args.force,
+        },
+    )
+    .context("walship promote failed")?;
+    if !running {
+        println!(
+            "The standby is not running: it will promote as soon as it is started (walship server -D {}).",
+            args.dir.display()
+        );
+        return Ok(if args.wait {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    if !args.wait {
+        println!(
+            "Promotion requested; the standby acts within a second (watch its log, or use --wait)."
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        if let Ok(why) = std::fs::read_to_string(args.dir.join(PROMOTE_FAILED)) {
+            eprintln!("walship promote: error: promotion failed: {why}");
+            return Ok(ExitCode::from(1));
+        }
+        if !dir.standby_signal().exists() {
+            let epoch =
+                walship::fence::EpochFile::read(&dir.epoch()).context("reading the epoch")?;
+            println!(
+                "Promoted: {} is the primary, epoch {} on timeline {}.",
+                args.dir.display(),
+                epoch.epoch,
+                epoch.timeline
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "walship promote: error: the promotion did not finish within 120 s; see the standby's log"
+    );
+    Ok(ExitCode::from(1))
+}
+
 fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let archive = Archive::open(&args.archive).context("walship restore failed")?;
     match archive.get(&args.name).context("walship restore failed")? {
@@ -651,7 +754,7 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-promote\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands() {

@@ -12,7 +12,7 @@ use crate::wal::{Lsn, TimelineId};
 const KIND: MetaKind = MetaKind {
     what: "epoch",
     magic: 0x5045_5357, // "WSEP"
-    version: 1,
+    version: 2,
 };
 
 /// A generation number. Epoch 1 is a new cluster's.
@@ -37,6 +37,9 @@ pub struct EpochFile {
     pub timeline: TimelineId,
     /// Where the epoch's WAL began.
     pub start: Lsn,
+    /// A later epoch that fenced this node (a standby was promoted): it
+    /// takes no writes, ever, in its own epoch.
+    pub fenced_by: Option<Epoch>,
 }
 
 impl EpochFile {
@@ -47,24 +50,28 @@ impl EpochFile {
             what: KIND.what,
         };
         let mut f = LeReader::new(&body);
-        let (Some(epoch), Some(tli), Some(start)) = (f.u64(), f.u32(), f.u64()) else {
+        let (Some(epoch), Some(tli), Some(start), Some(fenced_by)) =
+            (f.u64(), f.u32(), f.u64(), f.u64())
+        else {
             return Err(damaged());
         };
-        if !f.is_done() || epoch == 0 {
+        if !f.is_done() || epoch == 0 || (fenced_by != 0 && fenced_by <= epoch) {
             return Err(damaged());
         }
         Ok(EpochFile {
             epoch: Epoch(epoch),
             timeline: TimelineId::new(tli).map_err(|_| damaged())?,
             start: Lsn(start),
+            fenced_by: (fenced_by != 0).then_some(Epoch(fenced_by)),
         })
     }
 
     pub fn write(&self, path: &Path) -> Result<(), MetaError> {
-        let mut body = Vec::with_capacity(20);
+        let mut body = Vec::with_capacity(28);
         body.extend_from_slice(&self.epoch.0.to_le_bytes());
         body.extend_from_slice(&self.timeline.get().to_le_bytes());
         body.extend_from_slice(&self.start.0.to_le_bytes());
+        body.extend_from_slice(&self.fenced_by.map_or(0, |e| e.0).to_le_bytes());
         KIND.write(path, &body)
     }
 }
@@ -81,6 +88,7 @@ mod tests {
             epoch: Epoch(3),
             timeline: TimelineId::new(2).unwrap(),
             start: Lsn(0x3000000),
+            fenced_by: Some(Epoch(4)),
         };
         e.write(&p).unwrap();
         assert_eq!(EpochFile::read(&p).unwrap(), e);

@@ -121,6 +121,8 @@ pub struct Settings {
     pub archive_backlog_limit: u64,
     /// What happens beyond the limit.
     pub archive_backlog_policy: BacklogPolicy,
+    /// The archive a promotion claims its epoch in (empty: none).
+    pub archive_directory: String,
 }
 
 /// What a primary does when un-archived WAL exceeds `archive_backlog_limit`.
@@ -179,6 +181,7 @@ impl Default for Settings {
             archive_timeout: Duration::ZERO,
             archive_backlog_limit: 0,
             archive_backlog_policy: BacklogPolicy::RefuseWrites,
+            archive_directory: String::new(),
         }
     }
 }
@@ -255,6 +258,11 @@ const DOCS: &[SettingDoc] = &[
         name: "archive_backlog_policy",
         reload: true,
         help: "past the limit: refuse_writes (SQLSTATE 53100) or abandon_archive (a gap in the archive, loudly alarmed)",
+    },
+    SettingDoc {
+        name: "archive_directory",
+        reload: true,
+        help: "the archive a promotion claims its epoch in (ADIR/epoch.N, created exclusively), so two promoters cannot both win",
     },
     SettingDoc {
         name: "node_name",
@@ -405,6 +413,7 @@ impl Settings {
             }
             "primary_slot_name" => self.primary_slot_name = value.to_string(),
             "restore_command" => self.restore_command = value.to_string(),
+            "archive_directory" => self.archive_directory = value.to_string(),
             "archive_timeout" => {
                 self.archive_timeout = parse_duration(value).map_err(SetError::Value)?
             }
@@ -475,6 +484,7 @@ impl Settings {
             },
             "primary_slot_name" => self.primary_slot_name.clone(),
             "restore_command" => self.restore_command.clone(),
+            "archive_directory" => self.archive_directory.clone(),
             "archive_timeout" => format_duration(self.archive_timeout),
             "archive_backlog_limit" => format_size(self.archive_backlog_limit),
             "archive_backlog_policy" => self.archive_backlog_policy.to_string(),

@@ -160,6 +160,7 @@ pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
         epoch: Epoch::FIRST,
         timeline: TimelineId::FIRST,
         start: Lsn::INVALID,
+        fenced_by: None,
     }
     .write(&dir.epoch())?;
     let (wal, _) = WalWriter::open(writer_config(&dir, &control, false), None, &mut |_| {})?;

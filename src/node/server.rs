@@ -84,7 +84,7 @@ pub struct Node {
     users: RwLock<Users>,
     db: Db,
     control: Mutex<ControlFile>,
-    epoch: EpochFile,
+    pub(crate) epoch: Mutex<EpochFile>,
     slots: Mutex<Slots>,
     checkpointing: Mutex<()>,
     sessions: Mutex<HashMap<i32, SessionHandle>>,
@@ -94,8 +94,13 @@ pub struct Node {
     wake: (Mutex<()>, Condvar),
     /// The insert LSN at the last checkpoint, for checkpoints by WAL volume.
     last_checkpoint_lsn: AtomicU64,
-    /// Present while the node is a standby.
-    standby: Option<StandbyState>,
+    /// Present when the node started as a standby (it stays after a
+    /// promotion, for the walreceiver's last status).
+    standby_state: Option<StandbyState>,
+    /// Set once a promotion has made this standby a primary.
+    promoted: AtomicBool,
+    /// Set while a promotion stops the walreceiver.
+    promoting: AtomicBool,
     senders: WalSenders,
     /// Set at shutdown once the last WAL (the shutdown checkpoint) is
     /// flushed: walsenders send the rest and end.
@@ -186,13 +191,23 @@ impl Node {
         }
     }
 
+    /// The standby's state while the node is a standby (not after it was
+    /// promoted).
+    pub fn standby(&self) -> Option<&StandbyState> {
+        if self.promoted.load(Ordering::Acquire) {
+            None
+        } else {
+            self.standby_state.as_ref()
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.clone()
     }
 
     /// WAL waiting for the archiver, as last measured.
     pub fn archive_backlog(&self) -> crate::archive::archiver::Backlog {
-        if self.settings().archive_mode && self.standby.is_none() {
+        if self.settings().archive_mode && self.standby().is_none() {
             self.archive_watch.backlog()
         } else {
             Default::default()
@@ -206,7 +221,7 @@ impl Node {
 
     /// The walreceiver's status, on a standby.
     pub fn receiver_snapshot(&self) -> Option<ReceiverStatus> {
-        self.standby.as_ref().map(|s| s.receiver().clone())
+        self.standby_state.as_ref().map(|s| s.receiver().clone())
     }
 
     /// The flag a CancelRequest for session `pid` raises.
@@ -233,7 +248,12 @@ impl Node {
             ("default_transaction_read_only".into(), "off".into()),
             (
                 "in_hot_standby".into(),
-                if self.standby.is_some() { "on" } else { "off" }.into(),
+                if self.standby().is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
+                .into(),
             ),
             ("integer_datetimes".into(), "on".into()),
             ("IntervalStyle".into(), p("intervalstyle")),
@@ -286,7 +306,7 @@ impl Node {
     /// [`Node::checkpoint`], with the checkpoint lock held.
     fn checkpoint_locked(&self, state: NodeState) -> Result<Lsn, DataDirError> {
         let started = Instant::now();
-        let (lsn, rows) = match &self.standby {
+        let (lsn, rows) = match self.standby() {
             None => self.db.checkpoint()?,
             // A standby cannot write a checkpoint record: it makes a
             // restartpoint at the last checkpoint record it replayed.
@@ -306,7 +326,7 @@ impl Node {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         datadir::record_checkpoint(&self.dir, &mut control, lsn, state)?;
         let keep_from = self.retention_start(lsn)?;
-        let archived_here = self.settings().archive_mode && self.standby.is_none();
+        let archived_here = self.settings().archive_mode && self.standby().is_none();
         let removed = remove_old_segments(&dir, &control, keep_from, archived_here)?;
         self.last_checkpoint_lsn
             .store(self.db.wal().insert_lsn().0, Ordering::Release);
@@ -431,7 +451,7 @@ impl WalSenderHost for Node {
         self.final_wal_written.load(Ordering::Acquire)
     }
     fn base_backup(&self) -> Result<Backup, PgError> {
-        if self.standby.is_some() {
+        if self.standby().is_some() {
             return Err(PgError::new(
                 crate::sqlstate::code::FEATURE_NOT_SUPPORTED,
                 "base backups are taken from the primary, not from a standby",
@@ -494,6 +514,39 @@ impl WalSenderHost for Node {
     }
 }
 
+impl Node {
+    pub(crate) fn lock_epoch(&self) -> std::sync::MutexGuard<'_, EpochFile> {
+        self.epoch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_control(&self) -> std::sync::MutexGuard<'_, ControlFile> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn is_promoting(&self) -> bool {
+        self.promoting.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_promoting(&self, on: bool) {
+        self.promoting.store(on, Ordering::Release);
+        self.wake_all();
+    }
+
+    pub(crate) fn set_promoted(&self) {
+        self.promoted.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn receiver_stopped(&self) -> bool {
+        self.standby_state
+            .as_ref()
+            .is_none_or(|s| s.receiver().status == "stopped")
+    }
+}
+
 impl WalReceiverHost for Node {
     fn wal(&self) -> &WalWriter {
         self.db.wal()
@@ -520,7 +573,7 @@ impl WalReceiverHost for Node {
         Some((info, slot))
     }
     fn replay(&self, records: &[OwnRecord], upto: Lsn) -> Result<(), String> {
-        let Some(standby) = &self.standby else {
+        let Some(standby) = &self.standby_state else {
             return Err("replay on a node that is not a standby".into());
         };
         self.db.replay(|store| {
@@ -551,19 +604,22 @@ impl WalReceiverHost for Node {
         DataDir::new(&self.dir).wal()
     }
     fn replayed_lsn(&self) -> Lsn {
-        self.standby
+        self.standby_state
             .as_ref()
             .map(StandbyState::replayed)
             .unwrap_or(Lsn::INVALID)
     }
     fn receiver_status(&self) -> std::sync::MutexGuard<'_, ReceiverStatus> {
-        match &self.standby {
+        match &self.standby_state {
             Some(s) => s.receiver(),
             None => unreachable!("only a standby runs a walreceiver"),
         }
     }
     fn is_shutting_down(&self) -> bool {
         Node::is_shutting_down(self)
+    }
+    fn paused(&self) -> bool {
+        self.is_promoting() || self.promoted.load(Ordering::Acquire)
     }
     fn nap(&self, d: Duration) {
         Node::nap(self, d)
@@ -582,10 +638,10 @@ impl Host for Node {
         Node::settings(self)
     }
     fn in_recovery(&self) -> bool {
-        self.standby.is_some()
+        self.standby().is_some()
     }
     fn write_refusal(&self) -> Option<PgError> {
-        if self.standby.is_none() {
+        if self.standby().is_none() {
             return self.archive_watch.refusal();
         }
         let primary = self.settings().show("primary_conninfo").unwrap_or_default();
@@ -613,17 +669,22 @@ impl Host for Node {
             "max_identifier_length" => "63".into(),
             "system_identifier" => control.system_id.to_string(),
             "timeline" => control.timeline.to_string(),
-            "epoch" => self.epoch.epoch.to_string(),
-            "in_hot_standby" => if self.standby.is_some() { "on" } else { "off" }.into(),
+            "epoch" => self.lock_epoch().epoch.to_string(),
+            "in_hot_standby" => if self.standby().is_some() {
+                "on"
+            } else {
+                "off"
+            }
+            .into(),
             "is_superuser" => "on".into(),
             _ => return None,
         })
     }
     fn last_receive_lsn(&self) -> Option<Lsn> {
-        self.standby.as_ref().map(|_| self.db.wal().flushed_lsn())
+        self.standby().as_ref().map(|_| self.db.wal().flushed_lsn())
     }
     fn last_replay_lsn(&self) -> Option<Lsn> {
-        self.standby.as_ref().map(StandbyState::replayed)
+        self.standby().map(StandbyState::replayed)
     }
     fn wait_for_lsn(
         &self,
@@ -631,7 +692,7 @@ impl Host for Node {
         timeout: Option<Duration>,
         cancel: &AtomicBool,
     ) -> Result<(), PgError> {
-        if let Some(standby) = &self.standby {
+        if let Some(standby) = self.standby() {
             return standby.wait_for_replay(lsn, timeout, cancel);
         }
         // A primary: wait for the flush (its WAL is its own, so only an
@@ -671,6 +732,63 @@ impl Host for Node {
     fn view_rows(&self, view: SystemView) -> Vec<Vec<Option<Value>>> {
         self.rows_of(view)
     }
+    fn fence(&self, epoch: u64) -> Result<(), PgError> {
+        let io = |e: String| PgError::new(crate::sqlstate::code::IO_ERROR, e);
+        let mut ep = self.lock_epoch();
+        if epoch <= ep.epoch.0 {
+            return Err(PgError::new(
+                crate::sqlstate::code::INVALID_PARAMETER_VALUE,
+                format!("epoch {epoch} is not newer than this node's epoch {}: the fence order is refused", ep.epoch),
+            ));
+        }
+        if ep.fenced_by.is_none_or(|f| f.0 < epoch) {
+            let mut fenced = *ep;
+            fenced.fenced_by = Some(crate::fence::Epoch(epoch));
+            // Persisted before anything else: a restart stays fenced.
+            fenced
+                .write(&DataDir::new(&self.dir).epoch())
+                .map_err(|e| io(format!("could not persist the fence: {e}")))?;
+            *ep = fenced;
+        }
+        drop(ep);
+        self.db.fence(epoch).map_err(crate::sql::exec::db_error)?;
+        error!(
+            epoch,
+            "FENCED: a standby was promoted to epoch {epoch}; this node takes no more writes"
+        );
+        Ok(())
+    }
+    fn promote(&self) -> Result<(), PgError> {
+        if self.standby().is_none() {
+            return Err(PgError::new(
+                crate::sqlstate::code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "recovery is not in progress",
+            )
+            .with_hint("pg_promote() promotes a standby; this node is a primary"));
+        }
+        let dir = DataDir::new(&self.dir);
+        crate::node::promote::request(&dir.root, &Default::default())
+            .map_err(|e| PgError::new(crate::sqlstate::code::IO_ERROR, e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.standby().is_none() && !self.is_promoting() {
+                return Ok(());
+            }
+            if let Ok(why) =
+                std::fs::read_to_string(dir.root.join(crate::node::promote::PROMOTE_FAILED))
+            {
+                return Err(PgError::new(
+                    crate::sqlstate::code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    why,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(PgError::new(
+            crate::sqlstate::code::QUERY_CANCELED,
+            "the promotion did not finish within 60 s; see the log",
+        ))
+    }
     fn wait_for_sync(
         &self,
         lsn: Lsn,
@@ -678,7 +796,7 @@ impl Host for Node {
         cancel: &AtomicBool,
     ) -> Result<Option<PgError>, PgError> {
         let settings = Node::settings(self);
-        if self.standby.is_some() || settings.synchronous_standby_names.is_empty() {
+        if self.standby().is_some() || settings.synchronous_standby_names.is_empty() {
             return Ok(None);
         }
         self.senders.wait(
@@ -810,7 +928,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         users: RwLock::new(users),
         db: opened.db,
         control: Mutex::new(opened.control),
-        epoch: opened.epoch,
+        epoch: Mutex::new(opened.epoch),
         slots: Mutex::new(slots),
         checkpointing: Mutex::new(()),
         sessions: Mutex::new(HashMap::new()),
@@ -818,11 +936,17 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         shutting_down: AtomicBool::new(false),
         wake: (Mutex::new(()), Condvar::new()),
         last_checkpoint_lsn: AtomicU64::new(insert.0),
-        standby: is_standby.then(|| StandbyState::new(opened.end)),
+        standby_state: is_standby.then(|| StandbyState::new(opened.end)),
+        promoted: AtomicBool::new(false),
+        promoting: AtomicBool::new(false),
         senders: WalSenders::default(),
         final_wal_written: AtomicBool::new(false),
         archive_watch: ArchiveWatch::default(),
     });
+    if let Some(by) = node.lock_epoch().fenced_by {
+        node.db.fence(by.0).map_err(DataDirError::Db)?;
+        error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
+    }
     if is_standby {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
     }
@@ -832,7 +956,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         scope.spawn(move || wal_writer(&n));
         let n = node.clone();
         scope.spawn(move || checkpointer(&n));
-        if node.standby.is_some() {
+        if node.standby().is_some() {
             let n = node.clone();
             scope.spawn(move || walreceiver::run(&*n));
         }
@@ -865,7 +989,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         while node.session_count() > 0 && Instant::now() < deadline {
             node.nap(Duration::from_millis(50));
         }
-        if node.standby.is_none() {
+        if node.standby().is_none() {
             node.db.flush_all().map_err(DataDirError::Db)?;
         }
         let lsn = node.checkpoint(NodeState::ShutDown)?;
@@ -934,7 +1058,8 @@ fn wal_writer(node: &Node) {
         let settings = node.settings();
         let delay = settings.wal_writer_delay;
         node.nap(delay);
-        if settings.archive_mode && !settings.archive_timeout.is_zero() && node.standby.is_none() {
+        if settings.archive_mode && !settings.archive_timeout.is_zero() && node.standby().is_none()
+        {
             let size = WalSenderHost::seg_size(node);
             let pos = node.db.wal().insert_lsn();
             let segno = pos.segno(size).0;
@@ -970,8 +1095,9 @@ fn checkpointer(node: &Node) {
         if node.is_shutting_down() {
             return;
         }
+        node.check_promote_signal();
         let s = node.settings();
-        if s.archive_mode && node.standby.is_none() {
+        if s.archive_mode && node.standby().is_none() {
             node.archive_watch.check(
                 &DataDir::new(&node.dir).wal(),
                 WalSenderHost::seg_size(node),

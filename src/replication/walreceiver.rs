@@ -65,6 +65,8 @@ pub trait WalReceiverHost: Send + Sync {
     fn wal_dir(&self) -> PathBuf;
     fn receiver_status(&self) -> MutexGuard<'_, ReceiverStatus>;
     fn is_shutting_down(&self) -> bool;
+    /// Streaming must stop for now (a promotion is under way or done).
+    fn paused(&self) -> bool;
     /// Sleeps up to `d`, or until the node is told to stop or reload.
     fn nap(&self, d: Duration);
 }
@@ -121,7 +123,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     let scratch = host.wal_dir().join("RECOVERYXLOG");
     let mut restored = 0;
     loop {
-        if host.is_shutting_down() {
+        if host.is_shutting_down() || host.paused() {
             return Ok(restored);
         }
         let pos = wal.insert_lsn();
@@ -199,6 +201,11 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
 pub fn run(host: &dyn WalReceiverHost) {
     let mut backoff = Duration::from_millis(100);
     while !host.is_shutting_down() {
+        if host.paused() {
+            host.receiver_status().status = "stopped";
+            host.nap(Duration::from_millis(100));
+            continue;
+        }
         let Some((info, slot)) = host.primary() else {
             host.receiver_status().status = "waiting";
             host.nap(Duration::from_secs(1));
@@ -307,7 +314,7 @@ fn stream(
     let mut reported_apply = host.replayed_lsn();
     let mut settings_checked = Instant::now();
     loop {
-        if host.is_shutting_down() {
+        if host.is_shutting_down() || host.paused() {
             let _ = client.end_copy();
             return Ok(());
         }

@@ -135,6 +135,11 @@ pub trait Host: Send + Sync {
     ) -> Result<Option<PgError>, PgError>;
     /// A system view's rows, values in [`SystemView::columns`] order.
     fn view_rows(&self, view: SystemView) -> Vec<Vec<Option<Value>>>;
+    /// `walship_fence(epoch)`: persist the newer epoch, then refuse every
+    /// write (before answering).
+    fn fence(&self, epoch: u64) -> Result<(), PgError>;
+    /// `pg_promote()`: promote this standby and wait for it.
+    fn promote(&self) -> Result<(), PgError>;
     /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
     /// (primary), `timeout` passes, or `cancel` is raised.
     fn wait_for_lsn(
@@ -227,7 +232,16 @@ fn unique_violation(key: &str) -> PgError {
 
 /// The SQLSTATE for a failure of the write path.
 pub fn db_error(e: DbError) -> PgError {
-    let DbError::Wal(wal) = e;
+    let wal = match e {
+        DbError::Wal(wal) => wal,
+        DbError::Fenced(epoch) => {
+            return PgError::new(
+                code::READ_ONLY_TRANSACTION,
+                format!("this node is fenced: epoch {epoch} was promoted elsewhere, so it takes no writes"),
+            )
+            .with_hint("send writes to the new primary; make this node its standby (walship rejoin) or rebuild it with walship basebackup")
+        }
+    };
     let disk_full = match &wal {
         WalError::File(f) => {
             f.source.raw_os_error() == Some(nix::libc::ENOSPC)
@@ -381,7 +395,7 @@ impl Session {
                             | Func::SwitchWal
                             | Func::LastWalReceiveLsn
                             | Func::LastWalReplayLsn => oid::PG_LSN,
-                            Func::IsInRecovery => oid::BOOL,
+                            Func::IsInRecovery | Func::Promote => oid::BOOL,
                             Func::Literal(Expr::Lit(s)) if s.parse::<i32>().is_ok() => oid::INT4,
                             _ => oid::TEXT,
                         };
@@ -851,6 +865,21 @@ impl Session {
                 Func::SwitchWal => {
                     self.check_writable()?;
                     Some(Value::Lsn(db.switch_wal()?))
+                }
+                Func::Fence(e) => {
+                    let text = resolve(e, params)?.unwrap_or_default();
+                    let epoch: u64 = text.parse().map_err(|_| {
+                        PgError::new(
+                            code::INVALID_TEXT_REPRESENTATION,
+                            format!("invalid epoch \"{text}\": expected a positive integer"),
+                        )
+                    })?;
+                    self.host.fence(epoch)?;
+                    Some(Value::Text("fenced".into()))
+                }
+                Func::Promote => {
+                    self.host.promote()?;
+                    Some(Value::Bool(true))
                 }
                 Func::StoreChecksum => {
                     let store = db.read();

@@ -85,6 +85,10 @@ pub enum Func {
     /// `walship_store_checksum()`: the store's applied LSN and checksum,
     /// so two nodes can be compared at the same LSN.
     StoreChecksum,
+    /// `walship_fence(epoch)`: a newer epoch's order to stop writing.
+    Fence(Expr),
+    /// `pg_promote()`: promote this standby (waits for it).
+    Promote,
     CurrentSetting(Expr),
     Literal(Expr),
 }
@@ -167,7 +171,7 @@ impl Statement {
                 s.limit.iter().for_each(&mut see);
             }
             Statement::Functions(items) => items.iter().for_each(|i| match &i.func {
-                Func::CurrentSetting(e) | Func::Literal(e) => see(e),
+                Func::CurrentSetting(e) | Func::Literal(e) | Func::Fence(e) => see(e),
                 _ => {}
             }),
             _ => {}
@@ -867,6 +871,16 @@ fn func_item(item: &SelectItem) -> Result<FuncItem, PgError> {
                 "pg_last_wal_replay_lsn" => no_args(Func::LastWalReplayLsn)?,
                 "version" => no_args(Func::Version)?,
                 "walship_store_checksum" => no_args(Func::StoreChecksum)?,
+                "pg_promote" => Func::Promote,
+                "walship_fence" => match &args[..] {
+                    [a] => Func::Fence(expr(a)?),
+                    _ => {
+                        return Err(PgError::new(
+                            code::UNDEFINED_FUNCTION,
+                            "walship_fence takes one argument: the new epoch",
+                        ))
+                    }
+                },
                 "current_setting" => match &args[..] {
                     [a] => Func::CurrentSetting(expr(a)?),
                     _ => {

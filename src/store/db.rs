@@ -83,6 +83,9 @@ pub enum Durability {
 pub enum DbError {
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// A later epoch fenced this node: nothing more is written.
+    #[error("this node was fenced by epoch {0}")]
+    Fenced(u64),
 }
 
 struct Pending {
@@ -114,6 +117,9 @@ impl View<'_> {
 
 /// The store behind its WAL. See the module documentation.
 pub struct Db {
+    /// Nonzero once fenced: the epoch that fenced it. Checked under the
+    /// queue lock, so no commit is appended after [`Db::fence`] returns.
+    fenced_by: std::sync::atomic::AtomicU64,
     wal: WalWriter,
     rows: RwLock<Store>,
     queue: Mutex<Queue>,
@@ -123,6 +129,7 @@ impl Db {
     /// `rows` must reflect every record of `wal` (recovery has replayed it).
     pub fn new(wal: WalWriter, rows: Store) -> Db {
         Db {
+            fenced_by: std::sync::atomic::AtomicU64::new(0),
             wal,
             rows: RwLock::new(rows),
             queue: Mutex::new(Queue::default()),
@@ -157,6 +164,10 @@ impl Db {
     ) -> Result<(R, Option<Lsn>), E> {
         let end = {
             let mut queue = self.lock_queue();
+            match self.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
+                0 => {}
+                epoch => return Err(DbError::Fenced(epoch).into()),
+            }
             let rows = self.read();
             let (ops, result) = decide(&View {
                 rows: &rows,
@@ -241,6 +252,18 @@ impl Db {
     /// the lock readers take, so a reader sees whole records.
     pub fn replay<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
         f(&mut self.write_rows())
+    }
+
+    /// Refuses every later write (a promotion elsewhere fenced this node),
+    /// and makes everything appended before durable before it returns.
+    pub fn fence(&self, epoch: u64) -> Result<(), DbError> {
+        {
+            let _queue = self.lock_queue();
+            self.fenced_by
+                .store(epoch, std::sync::atomic::Ordering::Release);
+        }
+        self.flush_all()?;
+        Ok(())
     }
 
     /// Makes everything logged durable and visible (for the background WAL

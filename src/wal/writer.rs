@@ -110,6 +110,8 @@ struct Insert {
     pending_bytes: usize,
     /// The following segment's file, being zero-filled in the background.
     preallocating: Option<(SegNo, JoinHandle<Result<(), FileError>>)>,
+    /// The timeline new WAL is written on (page headers, file names).
+    timeline: TimelineId,
 }
 
 thread_local! {
@@ -218,6 +220,7 @@ impl WalWriter {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 preallocating: None,
+                timeline: config.timeline,
             }),
             poisoned: AtomicBool::new(false),
             flushed_signal: (Mutex::new(false), Condvar::new()),
@@ -308,6 +311,54 @@ impl WalWriter {
         push_pending(&mut ins, bytes);
         ins.prev = last_record;
         Ok(())
+    }
+
+    /// The timeline new WAL is written on.
+    pub fn timeline(&self) -> TimelineId {
+        self.lock_insert().timeline
+    }
+
+    /// Continues the WAL on timeline `new` from the insert position, as a
+    /// promotion does (PostgreSQL's `XLogInitNewTimeline`): the segment
+    /// holding the switch point is copied under the new timeline's name
+    /// (its bytes before the switch point; zeros after), and everything
+    /// from here on is written there, with the new timeline in its page
+    /// headers. The old timeline's files stay as they are. Returns the
+    /// switch point.
+    pub fn switch_timeline(&self, new: TimelineId) -> Result<Lsn, WalError> {
+        self.flush_all()?;
+        let mut ins = self.lock_insert();
+        self.check_poisoned()?;
+        let size = self.config.seg_size;
+        let pos = ins.pos;
+        let segno = pos.segno(size);
+        let old = ins.timeline;
+        if new <= old {
+            return Ok(pos);
+        }
+        let off = pos.segment_offset(size) as usize;
+        let old_path = segment::segment_path(&self.config.dir, old, segno, size);
+        let new_path = segment::segment_path(&self.config.dir, new, segno, size);
+        if off > 0 {
+            let mut bytes = std::fs::read(&old_path).at("read", &old_path)?;
+            let from = off.min(bytes.len());
+            bytes[from..].fill(0);
+            durable::replace_file(&new_path, &bytes)?;
+        }
+        if let Some((_, handle)) = ins.preallocating.take() {
+            let _ = handle.join();
+        }
+        let old_spare = spare_path(&segment::segment_path(
+            &self.config.dir,
+            old,
+            segno.next(),
+            size,
+        ));
+        durable::remove_file(&old_spare)?;
+        ins.segments.clear();
+        ins.timeline = new;
+        self.map_segment(&mut ins, segno)?;
+        Ok(pos)
     }
 
     /// Ends the current segment with an `XLOG_SWITCH` record, as
@@ -423,7 +474,7 @@ impl WalWriter {
                     info: XLP_BKP_REMOVABLE
                         | if long.is_some() { XLP_LONG_HEADER } else { 0 }
                         | if cont { XLP_FIRST_IS_CONTRECORD } else { 0 },
-                    tli: self.config.timeline.get(),
+                    tli: ins.timeline.get(),
                     pageaddr: pos,
                     rem_len: if cont { (bytes.len() - done) as u32 } else { 0 },
                     long,
@@ -447,7 +498,7 @@ impl WalWriter {
     /// pg_waldump and the archiver never meet an all-zero "segment".
     fn map_segment(&self, ins: &mut Insert, segno: SegNo) -> Result<(), WalError> {
         let size = self.config.seg_size;
-        let path = segment::segment_path(&self.config.dir, self.config.timeline, segno, size);
+        let path = segment::segment_path(&self.config.dir, ins.timeline, segno, size);
         if let Some((pending, handle)) = ins.preallocating.take() {
             let result = handle.join().unwrap_or_else(|_| {
                 Err(FileError::new(
@@ -474,7 +525,7 @@ impl WalWriter {
         let next = segno.next();
         let next_spare = spare_path(&segment::segment_path(
             &self.config.dir,
-            self.config.timeline,
+            ins.timeline,
             next,
             size,
         ));

@@ -1,0 +1,178 @@
+//! Promotion and fencing: the promoted standby takes writes on a new
+//! timeline in a new epoch only after the old primary is fenced (directly,
+//! by command, or with --force said out loud); the fenced primary refuses
+//! every write, across restarts; two promoters cannot both win.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Node;
+
+fn promote(node: &Node, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["promote", "-D", node.dir.to_str().unwrap(), "--wait"];
+    args.extend_from_slice(extra);
+    common::walship(&args)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sqlstate(node: &Node, sql: &str) -> (String, String) {
+    let err = node.client().batch_execute(sql).unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+fn standby_of(primary: &Node, name: &str) -> Node {
+    let mut s = Node::basebackup(primary, name, &[]);
+    s.start();
+    primary
+        .client()
+        .batch_execute(&format!("INSERT INTO kv VALUES ('hello-{name}', 'x')"))
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    s
+}
+
+#[test]
+fn promotion_fences_the_old_primary_and_starts_a_new_timeline() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = standby_of(&primary, "s1");
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}\n{}", text(&out), s1.log());
+    assert!(
+        text(&out).contains("epoch 2 on timeline 2"),
+        "{}",
+        text(&out)
+    );
+    // The new primary.
+    assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(s1.query_one("SHOW timeline"), "2");
+    assert_eq!(s1.query_one("SHOW epoch"), "2");
+    s1.client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'promotion')")
+        .unwrap();
+    assert_eq!(
+        s1.query_one("SELECT value FROM kv WHERE key = 'hello-s1'"),
+        "x"
+    );
+    let history = std::fs::read_to_string(s1.dir.join("wal/00000002.history")).unwrap();
+    assert!(history.starts_with("1\t0/"), "{history}");
+    assert!(!s1.dir.join("standby.signal").exists());
+    // The old primary was fenced before the new one took a write.
+    let (code, msg) = sqlstate(&primary, "INSERT INTO kv VALUES ('split', 'brain')");
+    assert_eq!(code, "25006");
+    assert!(msg.contains("fenced") && msg.contains("epoch 2"), "{msg}");
+    assert_eq!(
+        primary.query_one("SELECT value FROM kv WHERE key = 'hello-s1'"),
+        "x"
+    );
+    // It stays fenced across a restart; the new primary stays a primary.
+    primary.stop();
+    primary.start();
+    assert_eq!(
+        sqlstate(&primary, "INSERT INTO kv VALUES ('split', 'brain')").0,
+        "25006"
+    );
+    s1.stop();
+    s1.start();
+    assert_eq!(s1.query_one("SHOW timeline"), "2");
+    assert_eq!(
+        s1.query_one("SELECT value FROM kv WHERE key = 'after'"),
+        "promotion"
+    );
+    s1.client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'restart') ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .unwrap();
+    // A fence order from an older epoch is refused.
+    assert_eq!(sqlstate(&s1, "SELECT walship_fence(1)").0, "22023");
+}
+
+#[test]
+fn without_a_fence_promotion_is_refused_unless_forced_or_fenced_by_command() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = standby_of(&primary, "s1");
+    primary.kill9();
+    let out = promote(&s1, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("refusing to promote"), "{}", text(&out));
+    assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "t");
+    let out = promote(&s1, &["--fence-command", "exit 3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("fence command"), "{}", text(&out));
+    assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "t");
+    let marker = s1.root.path().join("fenced-epoch");
+    let cmd = format!("echo $WALSHIP_EPOCH > {}", marker.display());
+    let out = promote(&s1, &["--fence-command", &cmd]);
+    assert!(out.status.success(), "{}\n{}", text(&out), s1.log());
+    // Two refused attempts burned epochs 2 and 3: epochs only grow.
+    let epoch = s1.query_one("SHOW epoch");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), epoch);
+    s1.client()
+        .batch_execute("INSERT INTO kv VALUES ('new', 'primary')")
+        .unwrap();
+    let _ = &mut s1;
+}
+
+#[test]
+fn forced_promotion_says_what_it_risks_and_pg_promote_works() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    let s2 = standby_of(&primary, "s2");
+    // pg_promote() on s1 fences the running primary directly.
+    assert_eq!(s1.query_one("SELECT pg_promote()"), "t");
+    assert_eq!(
+        sqlstate(&primary, "INSERT INTO kv VALUES ('a', 'b')").0,
+        "25006"
+    );
+    primary.kill9();
+    // s2's primary is gone: only --force promotes it, loudly.
+    let out = promote(&s2, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("WARNING"), "{}", text(&out));
+    assert!(s2.wait_log("PROMOTING WITHOUT A FENCE"));
+    assert_eq!(sqlstate(&s1, "SELECT pg_promote()").0, "55000");
+}
+
+#[test]
+fn two_promoters_claiming_in_one_archive_cannot_both_win() {
+    let adir = tempfile::tempdir().unwrap();
+    let mut primary = Node::init("");
+    primary.start();
+    let conf = format!("archive_directory = '{}'", adir.path().display());
+    let s1 = standby_of(&primary, "s1");
+    let s2 = standby_of(&primary, "s2");
+    for s in [&s1, &s2] {
+        s.configure(&conf);
+        s.signal(nix::sys::signal::SIGHUP);
+        assert!(s.wait_log("reloaded walship.conf"));
+    }
+    primary.kill9();
+    let out = promote(&s1, &["--fence-command", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = promote(&s2, &["--fence-command", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("already claimed") && text(&out).contains("s1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s2.query_one("SELECT pg_is_in_recovery()"), "t");
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(
+        std::fs::read_to_string(adir.path().join("epoch"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+}
