@@ -193,6 +193,7 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
         .arg(&node.dir)
         .arg("--follow")
         .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -176,3 +176,132 @@ fn two_promoters_claiming_in_one_archive_cannot_both_win() {
         "2"
     );
 }
+
+#[test]
+fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    let mut s2 = standby_of(&primary, "s2");
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = s1.client();
+    for i in 0..200 {
+        c.execute(
+            "INSERT INTO kv VALUES ($1, 'on timeline 2')",
+            &[&format!("t2-{i}")],
+        )
+        .unwrap();
+    }
+    // Point s2 at the new primary: it crosses the switch.
+    s2.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
+        s1.port
+    ));
+    s2.signal(nix::sys::signal::SIGHUP);
+    let lsn = s1.query_one("SELECT pg_current_wal_flush_lsn()");
+    s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    assert!(
+        s2.log().contains("followed the upstream to a new timeline"),
+        "{}",
+        s2.log()
+    );
+    assert_eq!(s2.query_one("SHOW timeline"), "2");
+    assert_eq!(s2.query_one("SHOW epoch"), "2");
+    assert_eq!(
+        s2.query_one("SELECT walship_store_checksum()"),
+        s1.query_one("SELECT walship_store_checksum()")
+    );
+    let mut compared = 0;
+    for entry in std::fs::read_dir(s2.dir.join("wal")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.len() == 24 && name.starts_with("00000002") {
+            compared += 1;
+            assert!(
+                std::fs::read(s2.dir.join("wal").join(&name)).unwrap()
+                    == std::fs::read(s1.dir.join("wal").join(&name)).unwrap(),
+                "{name} differs between the new primary and its standby"
+            );
+        }
+    }
+    assert!(compared >= 1, "s2 has no segment of timeline 2");
+    assert!(s2.dir.join("wal/00000002.history").exists());
+    // It restarts on the new timeline.
+    s2.stop();
+    s2.start();
+    c.execute("INSERT INTO kv VALUES ('after', 'restart')", &[])
+        .unwrap();
+    let lsn = s1.query_one("SELECT pg_current_wal_flush_lsn()");
+    s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    assert_eq!(
+        s2.query_one("SELECT value FROM kv WHERE key = 'after'"),
+        "restart"
+    );
+    // Pointed back at the fenced old primary (epoch 1), it refuses.
+    s2.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
+        primary.port
+    ));
+    s2.signal(nix::sys::signal::SIGHUP);
+    assert!(
+        s2.wait_log("behind this standby's timeline")
+            || s2.wait_log("lower than this standby's epoch"),
+        "{}",
+        s2.log()
+    );
+}
+
+#[test]
+fn walship_receive_follows_the_timeline_switch_of_a_promotion() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    let dir = tempfile::tempdir().unwrap();
+    let from_primary = format!("host=127.0.0.1 port={} user=tester", primary.port);
+    let end = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    let out = common::walship(&[
+        "receive",
+        "--from",
+        &from_primary,
+        "-D",
+        dir.path().to_str().unwrap(),
+        "--endpos",
+        &end,
+        "--no-loop",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(promote(&s1, &[]).status.success());
+    let mut c = s1.client();
+    for i in 0..50 {
+        c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("r-{i}")])
+            .unwrap();
+    }
+    c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    let end = s1.query_one("SELECT pg_current_wal_flush_lsn()");
+    let from_s1 = format!("host=127.0.0.1 port={} user=tester", s1.port);
+    let out = common::walship(&[
+        "receive",
+        "--from",
+        &from_s1,
+        "-D",
+        dir.path().to_str().unwrap(),
+        "--endpos",
+        &end,
+        "--no-loop",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.path().join("00000002.history").exists());
+    let mut compared = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.len() == 24 && name.starts_with("00000002") {
+            compared += 1;
+            assert!(
+                std::fs::read(dir.path().join(&name)).unwrap()
+                    == std::fs::read(s1.dir.join("wal").join(&name)).unwrap(),
+                "{name} differs"
+            );
+        }
+    }
+    assert!(compared >= 1, "no timeline 2 segment was received");
+}

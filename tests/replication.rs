@@ -225,29 +225,44 @@ fn bad_replication_requests_get_clear_errors() {
 
 #[test]
 fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
+    /// The receiver, killed however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut node = Node::init("wal_sender_timeout = 1s");
     node.start();
     create_slot(&node, "r");
     let dir = tempfile::tempdir().unwrap();
     let from = format!("host=127.0.0.1 port={} user=tester", node.port);
-    let mut receiver = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args([
-            "receive",
-            "--from",
-            &from,
-            "-D",
-            dir.path().to_str().unwrap(),
-            "--slot",
-            "r",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let receiver = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(["receive", "--from", &from, "-D"])
+            .arg(dir.path())
+            .args(["--slot", "r"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut c = node.client();
     c.batch_execute("INSERT INTO kv VALUES ('first', 'x')")
         .unwrap();
+    let sent = |node: &Node| {
+        node.client()
+            .simple_query("SELECT sent_lsn FROM pg_stat_replication")
+            .unwrap()
+            .iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while current_lsn(&node) != node.query_one("SELECT sent_lsn FROM pg_stat_replication") {
+    while sent(&node) != Some(current_lsn(&node)) {
         assert!(
             std::time::Instant::now() < deadline,
             "the receiver never caught up"
@@ -258,7 +273,7 @@ fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
     // The receiver stops reading; the primary keeps writing, past what the
     // socket buffers hold.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(receiver.id() as i32),
+        nix::unistd::Pid::from_raw(receiver.0.id() as i32),
         nix::sys::signal::SIGSTOP,
     )
     .unwrap();
@@ -279,6 +294,5 @@ fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
     );
     let first = node.dir.join("wal").join("000000010000000000000001");
     assert!(first.exists(), "the slot's WAL was removed");
-    let _ = receiver.kill();
-    let _ = receiver.wait();
+    drop(receiver);
 }

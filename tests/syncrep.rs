@@ -204,10 +204,10 @@ fn replication_lag_is_zero_when_idle_and_grows_when_a_standby_stalls() {
     let first = replication_column(&primary, "flush_lag");
     std::thread::sleep(Duration::from_millis(300));
     let second = replication_column(&primary, "flush_lag");
+    let bytes = replication_column(&primary, "flush_lag_bytes");
     s1.signal(nix::sys::signal::SIGCONT);
     assert!(first[0].1.as_str() > "00:00:00.100000", "{first:?}");
     assert!(second[0].1 > first[0].1, "{first:?} then {second:?}");
-    let bytes = replication_column(&primary, "flush_lag_bytes");
     assert_ne!(bytes[0].1, "0", "{bytes:?}");
     wait_until("s1 caught up again", || {
         replication_column(&primary, "flush_lag") == vec![("s1".into(), "00:00:00.000000".into())]

@@ -41,7 +41,7 @@ use crate::sqlstate::PgError;
 use crate::store::snapshot;
 use crate::store::Db;
 use crate::wal::payload::Payload;
-use crate::wal::segment::list_segments;
+use crate::wal::segment::list_segments_upto;
 use crate::wal::verify::OwnRecord;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
 use crate::wal::{Lsn, SegmentSize, TimelineId, WalWriter};
@@ -596,6 +596,38 @@ impl WalReceiverHost for Node {
         }
         Ok(())
     }
+    fn epoch(&self) -> u64 {
+        self.lock_epoch().epoch.0
+    }
+    fn adopt_epoch(&self, epoch: u64) -> Result<(), String> {
+        let mut ep = self.lock_epoch();
+        if epoch > ep.epoch.0 {
+            let mut adopted = *ep;
+            adopted.epoch = crate::fence::Epoch(epoch);
+            adopted.fenced_by = None;
+            adopted
+                .write(&DataDir::new(&self.dir).epoch())
+                .map_err(|e| e.to_string())?;
+            *ep = adopted;
+        }
+        Ok(())
+    }
+    fn follow_timeline(&self, next: TimelineId, switch: Lsn) -> Result<(), String> {
+        let wal = self.db.wal();
+        let end = wal.insert_lsn();
+        if end != switch {
+            return Err(format!(
+                "the upstream switched to timeline {next} at {switch}, but this standby's WAL ends at {end}"
+            ));
+        }
+        wal.switch_timeline(next).map_err(|e| e.to_string())?;
+        let mut control = self.lock_control();
+        control.timeline = next;
+        control
+            .write(&DataDir::new(&self.dir).control())
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
     fn restore_command(&self) -> Option<String> {
         let command = Node::settings(self).restore_command.clone();
         (!command.is_empty()).then_some(command)
@@ -830,7 +862,7 @@ fn remove_old_segments(
     let wal = dir.wal();
     let status = wal.join(ARCHIVE_STATUS_DIR);
     let mut removed = 0;
-    for path in list_segments(&wal, control.seg_size, control.timeline)?
+    for path in list_segments_upto(&wal, control.seg_size, control.timeline)?
         .range(..keep_from)
         .map(|(_, p)| p)
     {

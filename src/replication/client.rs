@@ -447,6 +447,19 @@ impl Client {
         Ok(row)
     }
 
+    /// The content of timeline `tli`'s history file (TIMELINE_HISTORY).
+    pub fn timeline_history(
+        &mut self,
+        tli: impl std::fmt::Display,
+    ) -> Result<Vec<u8>, ClientError> {
+        let rows = self.query(&format!("TIMELINE_HISTORY {tli}"))?;
+        Ok(rows
+            .rows
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .unwrap_or_default())
+    }
+
     /// Sends a command that starts a copy (START_REPLICATION: CopyBoth;
     /// BASE_BACKUP: result sets, then CopyOut). Result sets that come
     /// before the copy are returned.

@@ -25,6 +25,7 @@ use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
 use crate::durable::{self, DirLock, FileError, LockError};
 use crate::node::config::parse_size;
+use crate::wal::history::TimelineHistory;
 use crate::wal::name::history_file_name;
 use crate::wal::segment::{self, OpenSegment};
 use crate::wal::verify::StreamVerifier;
@@ -123,10 +124,15 @@ pub fn run(opts: &ReceiveOptions) -> Result<Stopped, ReceiveError> {
     }
 }
 
-/// Where to begin: after the last complete segment of `tli` in `dir`, or
-/// at the start of its `.partial` one; `None` when it has none.
-fn local_start(dir: &Path, size: SegmentSize, tli: TimelineId) -> Result<Option<Lsn>, FileError> {
-    let mut best: Option<(SegNo, bool)> = None;
+/// Where to begin, and on which timeline: after the last complete segment
+/// (of `tli` or an earlier timeline) in `dir`, or at the start of its
+/// `.partial` one; `None` when it has none.
+fn local_start(
+    dir: &Path,
+    size: SegmentSize,
+    tli: TimelineId,
+) -> Result<Option<(Lsn, TimelineId)>, FileError> {
+    let mut best: Option<(SegNo, bool, TimelineId)> = None;
     for entry in std::fs::read_dir(dir).map_err(|e| FileError::new("read directory", dir, e))? {
         let entry = entry.map_err(|e| FileError::new("read directory", dir, e))?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
@@ -140,16 +146,17 @@ fn local_start(dir: &Path, size: SegmentSize, tli: TimelineId) -> Result<Option<
         if seg.timeline > tli {
             continue;
         }
-        if best.is_none_or(|(b, _)| seg.segno > b) {
-            best = Some((seg.segno, complete));
+        if best.is_none_or(|(b, _, t)| (seg.segno, seg.timeline) > (b, t)) {
+            best = Some((seg.segno, complete, seg.timeline));
         }
     }
-    Ok(best.map(|(segno, complete)| {
-        if complete {
+    Ok(best.map(|(segno, complete, t)| {
+        let at = if complete {
             segno.next().start_lsn(size)
         } else {
             segno.start_lsn(size)
-        }
+        };
+        (at, t)
     }))
 }
 
@@ -291,7 +298,25 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
         .ok_or_else(|| protocol(format!("unusable wal_segment_size \"{size_text}\"")))?;
     check_system(&opts.dir, size, sysid, &peer)?;
     let mut start = match local_start(&opts.dir, size, tli)? {
-        Some(lsn) => lsn,
+        Some((lsn, local_tli)) => {
+            // Resume on the timeline the local WAL is on (the server streams
+            // it to its switch point, then says where the next one begins),
+            // or on a later one if the local WAL already reaches its switch.
+            if local_tli < tli {
+                let content = client.timeline_history(tli)?;
+                let history = TimelineHistory::parse(&String::from_utf8_lossy(&content))
+                    .map_err(|e| protocol(format!("timeline history {tli}: {e}")))?;
+                durable::replace_file(&opts.dir.join(history_file_name(tli)), &content)?;
+                let mut on = local_tli;
+                for (i, e) in history.entries().iter().enumerate() {
+                    if e.timeline >= on && lsn >= e.switchpoint {
+                        on = history.entries().get(i + 1).map_or(tli, |n| n.timeline);
+                    }
+                }
+                tli = on;
+            }
+            lsn
+        }
         None => {
             let from_slot = match &opts.slot {
                 Some(slot) => {
@@ -350,7 +375,10 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
                 fetch_history(&mut client, &opts.dir, next_tli)?;
                 info!(peer = %peer, timeline = %next_tli, switch = %at, "following the timeline switch");
                 tli = next_tli;
-                start = at;
+                // As pg_receivewal does: the new timeline's segment is
+                // streamed whole, from its start (the upstream's copy holds
+                // the old timeline's bytes before the switch point).
+                start = at.segno(size).start_lsn(size);
             }
         }
     }
@@ -395,12 +423,7 @@ fn check_system(
 }
 
 fn fetch_history(client: &mut Client, dir: &Path, tli: TimelineId) -> Result<(), ReceiveError> {
-    let rows = client.query(&format!("TIMELINE_HISTORY {tli}"))?;
-    let content = rows
-        .rows
-        .first()
-        .and_then(|r| r.get(1).cloned().flatten())
-        .unwrap_or_default();
+    let content = client.timeline_history(tli)?;
     durable::replace_file(&dir.join(history_file_name(tli)), &content)?;
     Ok(())
 }

@@ -17,7 +17,9 @@ use tracing::{info, warn};
 use super::client::{Client, ClientError, CopyMessage};
 use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
-use crate::durable::FileError;
+use crate::durable::{self, FileError};
+use crate::wal::history::TimelineHistory;
+use crate::wal::name::history_file_name;
 use crate::wal::verify::{OwnRecord, StreamVerifier};
 use crate::wal::{
     EndOfWal, Expect, Lsn, SegmentName, SegmentSize, TimelineId, WalError, WalWriter,
@@ -64,6 +66,13 @@ pub trait WalReceiverHost: Send + Sync {
     /// The node's WAL directory.
     fn wal_dir(&self) -> PathBuf;
     fn receiver_status(&self) -> MutexGuard<'_, ReceiverStatus>;
+    /// This node's epoch.
+    fn epoch(&self) -> u64;
+    /// Adopts the upstream's (higher) epoch, durably.
+    fn adopt_epoch(&self, epoch: u64) -> Result<(), String>;
+    /// Continues on timeline `next` from `switch` (the end of the local
+    /// WAL), durably: the upstream was promoted or followed a promotion.
+    fn follow_timeline(&self, next: TimelineId, switch: Lsn) -> Result<(), String>;
     fn is_shutting_down(&self) -> bool;
     /// Streaming must stop for now (a promotion is under way or done).
     fn paused(&self) -> bool;
@@ -81,11 +90,30 @@ pub enum ReceiveError {
         theirs: String,
         ours: u64,
     },
-    #[error("{peer} is on timeline {theirs}, this standby on timeline {ours}; following a timeline switch needs a new base backup for now")]
+    #[error("{peer} is on timeline {theirs}, behind this standby's timeline {ours}: it is not this standby's upstream any more (an old primary?)")]
     WrongTimeline {
         peer: String,
-        theirs: String,
+        theirs: TimelineId,
         ours: TimelineId,
+    },
+    #[error("{peer} is in epoch {theirs}, lower than this standby's epoch {ours}: a standby never follows an older generation (a fenced old primary?)")]
+    LowerEpoch {
+        peer: String,
+        theirs: u64,
+        ours: u64,
+    },
+    #[error("{peer}'s timeline {theirs} does not descend from this standby's timeline {ours}: rebuild the standby with walship basebackup")]
+    NotAncestor {
+        peer: String,
+        theirs: TimelineId,
+        ours: TimelineId,
+    },
+    #[error("this standby's WAL on timeline {ours} goes to {local_end}, past {peer}'s switch point {switch}: it has WAL the new primary never had; rebuild it (walship basebackup) or rewind it (walship rejoin)")]
+    Diverged {
+        peer: String,
+        ours: TimelineId,
+        local_end: Lsn,
+        switch: Lsn,
     },
     #[error("{peer} sent WAL that fails verification: {end}; nothing from that record on was written or replayed")]
     BadWal { peer: String, end: EndOfWal },
@@ -269,16 +297,73 @@ fn stream(
             ours: host.system_id(),
         });
     }
-    let their_tli = ident.text(0, "timeline").unwrap_or_default();
-    if their_tli != host.timeline().to_string() {
+    let their_tli = ident
+        .text(0, "timeline")
+        .and_then(|t| t.parse::<u32>().ok())
+        .and_then(|t| TimelineId::new(t).ok())
+        .ok_or_else(|| ReceiveError::Malformed {
+            peer: peer.clone(),
+            what: "IDENTIFY_SYSTEM returned no timeline".into(),
+        })?;
+    let ours = host.timeline();
+    if their_tli < ours {
         return Err(ReceiveError::WrongTimeline {
             peer,
             theirs: their_tli,
-            ours: host.timeline(),
+            ours,
         });
+    }
+    // A walship upstream says its epoch; a standby never follows a lower one.
+    if let Ok(rows) = client.query("SHOW epoch") {
+        if let Some(theirs) = rows.text(0, "epoch").and_then(|t| t.parse::<u64>().ok()) {
+            if theirs < host.epoch() {
+                return Err(ReceiveError::LowerEpoch {
+                    peer,
+                    theirs,
+                    ours: host.epoch(),
+                });
+            }
+            if theirs > host.epoch() {
+                host.adopt_epoch(theirs).map_err(ReceiveError::Replay)?;
+                info!(epoch = theirs, "adopted the upstream's epoch");
+            }
+        }
     }
     let wal = host.wal();
     let start = wal.insert_lsn();
+    if their_tli > ours {
+        // The upstream is on a later timeline: stream ours up to its switch
+        // point (the upstream ends it there), then follow.
+        let content = client.timeline_history(their_tli)?;
+        let text = String::from_utf8_lossy(&content).into_owned();
+        let history = TimelineHistory::parse(&text).map_err(|e| ReceiveError::Malformed {
+            peer: peer.clone(),
+            what: format!("timeline history {their_tli}: {e}"),
+        })?;
+        let switch = history
+            .entries()
+            .iter()
+            .find(|e| e.timeline == ours)
+            .map(|e| e.switchpoint)
+            .ok_or_else(|| ReceiveError::NotAncestor {
+                peer: peer.clone(),
+                theirs: their_tli,
+                ours,
+            })?;
+        if start > switch {
+            return Err(ReceiveError::Diverged {
+                peer,
+                ours,
+                local_end: start,
+                switch,
+            });
+        }
+        durable::replace_file(
+            &host.wal_dir().join(history_file_name(their_tli)),
+            text.as_bytes(),
+        )
+        .map_err(|e| ReceiveError::Wal(e.into()))?;
+    }
     let slot_clause = slot.map(|s| format!("SLOT \"{s}\" ")).unwrap_or_default();
     client.start_copy(&format!(
         "START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {}",
@@ -400,8 +485,20 @@ fn stream(
             }
             Some(CopyMessage::Done) => {
                 flush_and_replay(host, &mut to_replay, replay_upto)?;
-                let _ = client.end_copy();
-                info!(primary = %info, "the primary ended streaming");
+                let sets = client.end_copy()?;
+                let next = sets.first().and_then(|r| {
+                    let tli = r.text(0, "next_tli")?.parse::<u32>().ok()?;
+                    let at = r.text(0, "next_tli_startpos")?.parse::<Lsn>().ok()?;
+                    Some((TimelineId::new(tli).ok()?, at))
+                });
+                match next {
+                    Some((tli, at)) => {
+                        host.follow_timeline(tli, at)
+                            .map_err(ReceiveError::Replay)?;
+                        info!(timeline = %tli, switch = %at, "followed the upstream to a new timeline");
+                    }
+                    None => info!(primary = %info, "the primary ended streaming"),
+                }
                 return Ok(());
             }
             None => {}

@@ -22,6 +22,7 @@ use super::syncrep::WalSenders;
 use crate::protocol::codec::{self, Cursor, Out, ProtoError};
 use crate::sql::exec::oid;
 use crate::sqlstate::{code, PgError};
+use crate::wal::history::TimelineHistory;
 use crate::wal::name::history_file_name;
 use crate::wal::segment::{segment_path, SegmentData};
 use crate::wal::{Lsn, SegmentSize, TimelineId, WalWriter};
@@ -275,14 +276,28 @@ fn run_command(
             start,
             timeline,
         } => {
-            if let Some(tli) = timeline {
-                if tli != host.timeline() {
+            let current = host.timeline();
+            let tli = timeline.unwrap_or(current);
+            // An older timeline of this server's history streams up to its
+            // switch point, then ends with the next timeline and where it
+            // begins (PostgreSQL's end-of-timeline result set).
+            let end_of_timeline = if tli == current {
+                None
+            } else {
+                let (switch, next) = switch_point(host, tli).ok_or_else(|| {
+                    PgError::new(
+                        code::INVALID_PARAMETER_VALUE,
+                        format!("requested timeline {tli} is not in this server's history (it is on timeline {current})"),
+                    )
+                })?;
+                if start > switch {
                     return Err(PgError::new(
                         code::INVALID_PARAMETER_VALUE,
-                        format!("requested timeline {tli} is not in this server's history (it is on timeline {})", host.timeline()),
+                        format!("requested starting point {start} on timeline {tli} is past this server's switch point {switch} to timeline {next}"),
                     ));
                 }
-            }
+                Some((switch, next))
+            };
             if let Some(name) = &slot {
                 host.slots().check_usable(name)?;
             }
@@ -295,7 +310,7 @@ fn run_command(
             }
             let first = segment_path(
                 &host.wal_dir(),
-                host.timeline(),
+                tli,
                 start.segno(host.seg_size()),
                 host.seg_size(),
             );
@@ -314,12 +329,33 @@ fn run_command(
             }
             info!(start = %start, slot = ?slot, "streaming WAL");
             host.senders().streaming(pid, start);
-            let result = stream(host, pid, start, slot.as_deref(), r, w);
+            let result = stream(
+                host,
+                pid,
+                Position {
+                    start,
+                    timeline: tli,
+                    stop_at: end_of_timeline.map(|(s, _)| s),
+                },
+                slot.as_deref(),
+                r,
+                w,
+            );
             if let Some(name) = &slot {
                 host.slots().release(name);
             }
             match result {
-                Ok(()) => out.command_complete("START_REPLICATION"),
+                Ok(()) => {
+                    if let Some((switch, next)) = end_of_timeline {
+                        text_result(
+                            out,
+                            &[("next_tli", oid::INT8), ("next_tli_startpos", oid::TEXT)],
+                            &[Some(next.to_string()), Some(switch.to_string())],
+                        );
+                        info!(timeline = %tli, switch = %switch, next = %next, "end of timeline sent");
+                    }
+                    out.command_complete("START_REPLICATION")
+                }
                 Err(StreamEnd::Client(e)) => {
                     return Err(PgError::fatal(code::PROTOCOL_VIOLATION, e.to_string()))
                 }
@@ -328,6 +364,26 @@ fn run_command(
         }
     }
     Ok(())
+}
+
+/// Where timeline `tli` of this server's history ends, and the timeline
+/// after it.
+fn switch_point(host: &dyn WalSenderHost, tli: TimelineId) -> Option<(Lsn, TimelineId)> {
+    let current = host.timeline();
+    let text = std::fs::read_to_string(host.wal_dir().join(history_file_name(current))).ok()?;
+    let history = TimelineHistory::parse(&text).ok()?;
+    let entries = history.entries();
+    let i = entries.iter().position(|e| e.timeline == tli)?;
+    let next = entries.get(i + 1).map_or(current, |e| e.timeline);
+    Some((entries[i].switchpoint, next))
+}
+
+/// What to stream.
+struct Position {
+    start: Lsn,
+    timeline: TimelineId,
+    /// The switch point of an older timeline: stop there.
+    stop_at: Option<Lsn>,
 }
 
 /// PostgreSQL 15's BASE_BACKUP framing: the start position, the one
@@ -419,7 +475,7 @@ impl From<std::io::Error> for StreamEnd {
 fn stream(
     host: &dyn WalSenderHost,
     pid: i32,
-    start: Lsn,
+    position: Position,
     slot: Option<&str>,
     r: &mut Reader,
     w: &mut Writer,
@@ -471,7 +527,7 @@ fn stream(
                 }
             }
         });
-        let mut pos = start;
+        let mut pos = position.start;
         let mut segment: Option<(u64, SegmentData)> = None;
         let mut last_keepalive = Instant::now();
         let mut slot_lsn = Lsn::INVALID;
@@ -483,6 +539,13 @@ fn stream(
         }
         let outcome = loop {
             if feedback.done.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            // An older timeline ends at its switch point.
+            if position.stop_at.is_some_and(|s| pos >= s) {
+                if let Err(e) = out.send(w) {
+                    break Err(write_failed(e));
+                }
                 break Ok(());
             }
             // At shutdown, the standby gets everything, up to the shutdown
@@ -525,13 +588,16 @@ fn stream(
                     slot_lsn = flushed_by_standby;
                 }
             }
-            let flushed = host.wal().flushed_lsn();
+            let flushed = match position.stop_at {
+                Some(stop) => stop.min(host.wal().flushed_lsn()),
+                None => host.wal().flushed_lsn(),
+            };
             if pos < flushed {
                 let segno = pos.segno(seg_size).0;
                 if segment.as_ref().map(|(s, _)| *s) != Some(segno) {
                     let path = segment_path(
                         &host.wal_dir(),
-                        host.timeline(),
+                        position.timeline,
                         pos.segno(seg_size),
                         seg_size,
                     );
@@ -591,8 +657,9 @@ fn stream(
                 .wait_flushed_beyond(pos, Duration::from_millis(100));
         };
         let client_ended = feedback.done.load(Ordering::Acquire);
+        let reached_stop = position.stop_at.is_some_and(|s| pos >= s);
         let mut outcome = outcome;
-        if client_ended || (outcome.is_ok() && host.final_wal_written()) {
+        if client_ended || (outcome.is_ok() && (host.final_wal_written() || reached_stop)) {
             out.copy_done();
             if let Err(e) = out.send(w) {
                 outcome = Err(write_failed(e));

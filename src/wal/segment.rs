@@ -145,6 +145,39 @@ pub fn list_segments(
     Ok(found)
 }
 
+/// The segments of `timeline` and of every earlier one, by number: where
+/// two timelines have a segment of one number (the segment a timeline
+/// switch happened in), the later timeline's wins, as a reader following
+/// the history wants.
+pub fn list_segments_upto(
+    dir: &Path,
+    size: SegmentSize,
+    timeline: TimelineId,
+) -> Result<BTreeMap<SegNo, PathBuf>, FileError> {
+    let mut found: BTreeMap<SegNo, (TimelineId, bool, PathBuf)> = BTreeMap::new();
+    for entry in fs::read_dir(dir).at("read directory", dir)? {
+        let entry = entry.at("read directory", dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let (seg, complete) = match WalFileName::parse(name, size) {
+            Ok(WalFileName::Segment(s)) => (s, true),
+            Ok(WalFileName::Partial(s)) => (s, false),
+            _ => continue,
+        };
+        if seg.timeline > timeline {
+            continue;
+        }
+        let better = match found.get(&seg.segno) {
+            None => true,
+            Some((t, c, _)) => (seg.timeline, complete) > (*t, *c),
+        };
+        if better {
+            found.insert(seg.segno, (seg.timeline, complete, entry.path()));
+        }
+    }
+    Ok(found.into_iter().map(|(s, (_, _, p))| (s, p)).collect())
+}
+
 /// The path of a segment in a WAL directory.
 pub fn segment_path(dir: &Path, timeline: TimelineId, segno: SegNo, size: SegmentSize) -> PathBuf {
     dir.join(SegmentName::new(timeline, segno).file_name(size))

@@ -135,7 +135,7 @@ impl WalWriter {
         let size = config.seg_size;
         let files = SegmentFiles {
             size,
-            files: segment::list_segments(&config.dir, size, config.timeline)?
+            files: segment::list_segments_upto(&config.dir, size, config.timeline)?
                 .into_iter()
                 .filter(|(_, p)| p.extension().is_none())
                 .collect(),
