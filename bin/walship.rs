@@ -258,7 +258,7 @@ Examples:
   walship archive --archive /srv/wal-archive -D /var/lib/walship/main          # from cron or a timer
   walship archive --archive /srv/wal-archive -D /var/lib/walship/main --follow # as a daemon
   walship archive --archive /srv/wal-archive -D data --compression zstd        # a new, compressed archive
-  archive_command = 'walship archive --archive /srv/wal-archive --file %p'    # PostgreSQL's postgresql.conf";
+  archive_command = 'walship archive --archive /srv/wal-archive %p'           # PostgreSQL's postgresql.conf";
 
 /// Ship completed WAL segments to an archive directory.
 ///
@@ -287,7 +287,7 @@ struct ArchiveArgs {
     )]
     dir: Option<PathBuf>,
     /// Archive this one segment or history file (PostgreSQL's %p) and exit.
-    #[arg(long, value_name = "PATH")]
+    #[arg(value_name = "SEGMENT_PATH")]
     file: Option<PathBuf>,
     /// Keep archiving: a completed segment reaches the archive within a second.
     #[arg(long, conflicts_with = "file")]
@@ -308,8 +308,11 @@ Examples:
 /// Copy one archived file (a segment or a history file) out of the archive.
 ///
 /// For restore_command: decompresses transparently and writes DEST durably.
-/// Exits 1 when the archive does not have the file (what a recovering
-/// server expects at the end of the archive).
+/// Exits 1 when the archive simply does not have the file (what a
+/// recovering server expects at the end of the archive), and 126 on a real
+/// failure — an unreadable or corrupt file, a missing archive — so that
+/// PostgreSQL's recovery stops (it does on a status above 125) instead of
+/// taking the failure for the end of the archive.
 #[derive(Args)]
 #[command(after_help = RESTORE_EXAMPLES)]
 struct RestoreArgs {
@@ -663,10 +666,23 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let archive = Archive::open(&args.archive).context("walship restore failed")?;
-    match archive.get(&args.name).context("walship restore failed")? {
+    let failed = |e: &dyn std::fmt::Display| {
+        eprintln!("walship restore: error: {e}");
+        Ok(ExitCode::from(126))
+    };
+    let archive = match Archive::open(&args.archive) {
+        Ok(a) => a,
+        Err(e) => return failed(&e),
+    };
+    let found = match archive.get(&args.name) {
+        Ok(f) => f,
+        Err(e) => return failed(&e),
+    };
+    match found {
         Some(bytes) => {
-            walship::durable::replace_file(&args.dest, &bytes).context("walship restore failed")?;
+            if let Err(e) = walship::durable::replace_file(&args.dest, &bytes) {
+                return failed(&e);
+            }
             Ok(ExitCode::SUCCESS)
         }
         None => {

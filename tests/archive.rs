@@ -106,6 +106,23 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
             "/tmp/nowhere",
         ]);
         assert_eq!(out.status.code(), Some(1));
+        // A real failure is not "absent": PostgreSQL stops on a status above 125.
+        let out = common::walship(&["restore", "--archive", "/nonexistent", "x", "/tmp/nowhere"]);
+        assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+        if compression == "zstd" {
+            let seg = done[0].trim_end_matches(".done");
+            std::fs::write(adir.path().join(format!("{seg}.zst")), b"not zstd").unwrap();
+            let dest = adir.path().join("restored");
+            let out = common::walship(&[
+                "restore",
+                "--archive",
+                adir.path().to_str().unwrap(),
+                seg,
+                dest.to_str().unwrap(),
+            ]);
+            assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+            assert!(stderr(&out).contains("decompress"), "{}", stderr(&out));
+        }
     }
 }
 
@@ -343,7 +360,7 @@ fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
     std::fs::write(
         pg.data.join("postgresql.auto.conf"),
         format!(
-            "archive_mode = on\narchive_command = '{} archive --archive {} --file %p'\n",
+            "archive_mode = on\narchive_command = '{} archive --archive {} %p'\n",
             exe.display(),
             adir.display()
         ),

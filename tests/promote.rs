@@ -175,6 +175,16 @@ fn two_promoters_claiming_in_one_archive_cannot_both_win() {
             .trim(),
         "2"
     );
+    // The old primary (epoch 1) may not archive into it any more.
+    let out = common::walship(&[
+        "archive",
+        "--archive",
+        adir.path().to_str().unwrap(),
+        "-D",
+        primary.dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("this node is fenced"), "{}", text(&out));
 }
 
 #[test]

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use super::store::{Archive, ArchiveError, Compression, Put};
 use crate::durable::{self, DirLock, FileError, LockError};
+use crate::fence::EpochFile;
 use crate::meta::MetaError;
 use crate::node::control::ControlFile;
 use crate::node::datadir::DataDir;
@@ -36,6 +37,12 @@ pub enum ArchiverError {
     Lock(#[from] LockError),
     #[error("{}: refusing to archive it: {why}", path.display())]
     Invalid { path: PathBuf, why: String },
+    #[error("this node is fenced: archive {} knows epoch {archive}, but the node writes in epoch {node}; a fenced node's WAL is never archived (a standby was promoted: archive from the new primary)", dir.display())]
+    Fenced {
+        dir: PathBuf,
+        archive: u64,
+        node: u64,
+    },
 }
 
 /// The file that keeps the archiver's counters for `pg_stat_archiver`.
@@ -159,7 +166,8 @@ impl Archiver {
         archive_dir: &Path,
         compression: Compression,
     ) -> Result<Archiver, ArchiverError> {
-        let control = ControlFile::read(&DataDir::new(data_dir).control())?;
+        let dir = DataDir::new(data_dir);
+        let control = ControlFile::read(&dir.control())?;
         let archive = Archive::open_or_create(
             archive_dir,
             control.system_id,
@@ -167,6 +175,20 @@ impl Archiver {
             compression,
         )?;
         let lock = DirLock::acquire(archive_dir)?;
+        // The archive keeps the highest epoch a promotion claimed there.
+        let node = EpochFile::read(&dir.epoch())?;
+        let archive_epoch = std::fs::read_to_string(archive_dir.join("epoch"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let newest = archive_epoch.max(node.fenced_by.map_or(0, |e| e.0));
+        if newest > node.epoch.0 {
+            return Err(ArchiverError::Fenced {
+                dir: archive_dir.to_path_buf(),
+                archive: newest,
+                node: node.epoch.0,
+            });
+        }
         archive.remove_stale_temporaries()?;
         Ok(Archiver {
             data_dir: data_dir.to_path_buf(),
@@ -294,7 +316,7 @@ pub fn backlog(wal_dir: &Path, seg_size: SegmentSize) -> Backlog {
 }
 
 /// Archives one file given by path, as PostgreSQL's `archive_command`
-/// does (`walship archive --archive ADIR --file %p`): the archive's system
+/// does (`walship archive --archive ADIR %p`): the archive's system
 /// identifier and segment size come from the segment's own long header.
 pub fn archive_file(
     path: &Path,
