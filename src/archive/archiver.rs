@@ -197,10 +197,6 @@ impl Archiver {
         })
     }
 
-    pub fn archive(&self) -> &Archive {
-        &self.archive
-    }
-
     /// The names marked `.ready`, in archiving order.
     fn ready(&self) -> Result<Vec<String>, FileError> {
         let status = DataDir::new(&self.data_dir).wal().join(ARCHIVE_STATUS_DIR);

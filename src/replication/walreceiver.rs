@@ -43,8 +43,6 @@ pub struct ReceiverStatus {
     pub sender_host: Option<String>,
     pub sender_port: Option<u16>,
     pub conninfo: Option<String>,
-    /// The last failure, for the log and for operators.
-    pub last_error: Option<String>,
 }
 
 /// What the walreceiver needs of the node it runs in.
@@ -244,7 +242,6 @@ pub fn run(host: &dyn WalReceiverHost) {
             Ok(()) => info!(primary = %info, "streaming ended"),
             Err(e) => {
                 warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
-                host.receiver_status().last_error = Some(e.to_string());
                 // The primary no longer has the WAL we need: try the archive,
                 // then return to streaming.
                 if e.wal_removed() {
@@ -379,7 +376,6 @@ fn stream(
         st.sender_host = Some(info.host.clone());
         st.sender_port = Some(info.port);
         st.conninfo = Some(info.to_string());
-        st.last_error = None;
     }
     let last = wal.last_record_lsn();
     let mut verifier = StreamVerifier::new(

@@ -313,11 +313,6 @@ impl WalWriter {
         Ok(())
     }
 
-    /// The timeline new WAL is written on.
-    pub fn timeline(&self) -> TimelineId {
-        self.lock_insert().timeline
-    }
-
     /// Continues the WAL on timeline `new` from the insert position, as a
     /// promotion does (PostgreSQL's `XLogInitNewTimeline`): the segment
     /// holding the switch point is copied under the new timeline's name
