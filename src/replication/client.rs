@@ -547,6 +547,25 @@ impl Client {
         out.write_to(&mut self.w).map_err(|e| self.io(e))
     }
 
+    /// A standby status update ('r'): what is written, flushed (fsynced)
+    /// and applied here; sent at once.
+    pub fn send_status(
+        &mut self,
+        write: crate::wal::Lsn,
+        flush: crate::wal::Lsn,
+        apply: crate::wal::Lsn,
+    ) -> Result<(), ClientError> {
+        let mut msg = Vec::with_capacity(34);
+        msg.push(b'r');
+        for lsn in [write, flush, apply] {
+            msg.extend_from_slice(&lsn.0.to_be_bytes());
+        }
+        msg.extend_from_slice(&super::walsender::pg_now().to_be_bytes());
+        msg.push(0);
+        self.send_copy_data(&msg)?;
+        self.flush()
+    }
+
     pub fn flush(&mut self) -> Result<(), ClientError> {
         self.w.flush().map_err(|e| self.io(e))
     }

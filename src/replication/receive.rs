@@ -22,7 +22,6 @@ use tracing::{info, warn};
 
 use super::client::{Client, ClientError, CopyMessage, Rows};
 use super::conninfo::ConnInfo;
-use super::walsender::pg_now;
 use crate::durable::{self, DirLock, FileError, LockError};
 use crate::node::config::parse_size;
 use crate::wal::history::TimelineHistory;
@@ -252,16 +251,8 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn reply(&self, client: &mut Client, request: bool) -> Result<(), ReceiveError> {
-        let mut msg = Vec::with_capacity(34);
-        msg.push(b'r');
-        msg.extend_from_slice(&self.written.0.to_be_bytes());
-        msg.extend_from_slice(&self.flushed.0.to_be_bytes());
-        msg.extend_from_slice(&Lsn::INVALID.0.to_be_bytes());
-        msg.extend_from_slice(&pg_now().to_be_bytes());
-        msg.push(u8::from(request));
-        client.send_copy_data(&msg)?;
-        client.flush()?;
+    fn reply(&self, client: &mut Client) -> Result<(), ReceiveError> {
+        client.send_status(self.written, self.flushed, Lsn::INVALID)?;
         Ok(())
     }
 }
@@ -352,7 +343,7 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
         s.flush()?;
         match outcome {
             Outcome::EndPos => {
-                let _ = s.reply(&mut client, false);
+                let _ = s.reply(&mut client);
                 let _ = client.end_copy();
                 client.close();
                 return Ok(Some(Stopped::EndPos(s.flushed)));
@@ -495,7 +486,7 @@ fn receive(s: &mut Session<'_>, client: &mut Client, start: Lsn) -> Result<Outco
             reply_requested = true;
         }
         if reply_requested || status_due {
-            s.reply(client, false)?;
+            s.reply(client)?;
             last_status = Instant::now();
         }
     }

@@ -512,15 +512,7 @@ fn stream(
         }
         if reply_due || last_reply.elapsed() >= STATUS_INTERVAL {
             let flushed = wal.flushed_lsn();
-            let mut reply = Vec::with_capacity(34);
-            reply.push(b'r');
-            reply.extend_from_slice(&flushed.0.to_be_bytes());
-            reply.extend_from_slice(&flushed.0.to_be_bytes());
-            reply.extend_from_slice(&applied.0.to_be_bytes());
-            reply.extend_from_slice(&pg_now().to_be_bytes());
-            reply.push(0);
-            client.send_copy_data(&reply)?;
-            client.flush()?;
+            client.send_status(flushed, flushed, applied)?;
             reported_apply = applied;
             reply_due = false;
             last_reply = Instant::now();
