@@ -24,6 +24,7 @@ use super::client::{Client, ClientError, CopyMessage, Rows};
 use super::conninfo::ConnInfo;
 use crate::durable::{self, DirLock, FileError, LockError};
 use crate::node::config::parse_size;
+use crate::wal::format::{PageHeader, LONG_PAGE_HEADER};
 use crate::wal::history::TimelineHistory;
 use crate::wal::name::history_file_name;
 use crate::wal::segment::{self, OpenSegment};
@@ -391,14 +392,13 @@ fn check_system(
         ) {
             continue;
         }
-        let bytes =
-            std::fs::read(entry.path()).map_err(|e| FileError::new("read", entry.path(), e))?;
-        // The long page header's system identifier sits at bytes 24..32.
-        if let Some(found) = bytes
-            .get(24..32)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-        {
+        // Only the first page's long header is needed, not the segment.
+        let mut header = [0u8; LONG_PAGE_HEADER];
+        std::fs::File::open(entry.path())
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .map_err(|e| FileError::new("read", entry.path(), e))?;
+        if let Some(long) = PageHeader::decode(&header).long {
+            let found = long.sysid;
             if found != 0 && found != server {
                 return Err(ReceiveError::WrongSystem {
                     dir: dir.to_path_buf(),
