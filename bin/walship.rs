@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use walship::archive::archiver::{self, Archiver};
+use walship::archive::cleanup;
+use walship::archive::restore::{self, Restored};
 use walship::archive::store::Put;
 use walship::archive::{Archive, Compression};
 use walship::dump::{self, DumpMode, DumpOptions, DumpOutcome};
@@ -36,7 +38,10 @@ enum Command {
     Status(StatusArgs),
     Archive(ArchiveArgs),
     Restore(RestoreArgs),
+    Cleanup(CleanupArgs),
     Promote(PromoteArgs),
+    #[command(hide = true)]
+    PrefetchWorker(PrefetchWorkerArgs),
 }
 
 const INIT_EXAMPLES: &str = "\
@@ -307,12 +312,17 @@ Examples:
 
 /// Copy one archived file (a segment or a history file) out of the archive.
 ///
-/// For restore_command: decompresses transparently and writes DEST durably.
-/// Exits 1 when the archive simply does not have the file (what a
-/// recovering server expects at the end of the archive), and 126 on a real
-/// failure — an unreadable or corrupt file, a missing archive — so that
-/// PostgreSQL's recovery stops (it does on a status above 125) instead of
-/// taking the failure for the end of the archive.
+/// For restore_command: decompresses transparently, verifies the file
+/// (a segment's headers, CRCs and system identifier) and writes DEST
+/// durably. Restoring a segment also starts a background worker that
+/// fetches the following --prefetch segments, a few in parallel, into
+/// DEST's directory/.walship-prefetch, so the next requests are served
+/// at once. Exits 1 when the archive simply does not have the file (what
+/// a recovering server expects at the end of the archive), and 126 on a
+/// real failure — a corrupt or unreadable file, another system's segment,
+/// a missing archive — so that PostgreSQL's recovery stops (it does on a
+/// status above 125) instead of taking the failure for the end of the
+/// archive.
 #[derive(Args)]
 #[command(after_help = RESTORE_EXAMPLES)]
 struct RestoreArgs {
@@ -325,6 +335,51 @@ struct RestoreArgs {
     /// Where to write it (%p).
     #[arg(value_name = "DEST")]
     dest: PathBuf,
+    /// How many following segments to prefetch (0: none). The spool holds
+    /// at most this many segments.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    prefetch: usize,
+}
+
+/// The background half of `walship restore --prefetch` (started by it).
+#[derive(Args)]
+struct PrefetchWorkerArgs {
+    #[arg(long)]
+    archive: PathBuf,
+    #[arg(long)]
+    spool: PathBuf,
+    #[arg(long)]
+    depth: usize,
+    first: String,
+}
+
+const CLEANUP_EXAMPLES: &str = "\
+Examples:
+  walship cleanup --archive /srv/wal-archive --before 000000010000000000000040 --dry-run
+  walship cleanup --archive /srv/wal-archive --before 000000010000000000000040
+  archive_cleanup_command = 'walship cleanup --archive /srv/wal-archive --before %r'";
+
+/// Remove archived segments older than a given one (pg_archivecleanup's job).
+///
+/// Removes every archived segment (and .partial segment) whose name, timeline
+/// aside, sorts before SEGNAME, as pg_archivecleanup does. History files and
+/// backup history files are never removed, nor anything the newest base
+/// backup recorded in the archive needs: SEGNAME is moved back to that
+/// backup's start segment when it lies beyond it, and the output says so.
+/// SEGNAME may also be a backup history file's name
+/// (SEGNAME.OOOOOOOO.backup). --dry-run lists what would go.
+#[derive(Args)]
+#[command(after_help = CLEANUP_EXAMPLES)]
+struct CleanupArgs {
+    /// The archive directory.
+    #[arg(long, value_name = "ADIR")]
+    archive: PathBuf,
+    /// The oldest segment to keep.
+    #[arg(long, value_name = "SEGNAME")]
+    before: String,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 const PROMOTE_EXAMPLES: &str = "\
@@ -390,7 +445,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => run_status(args),
         Command::Archive(args) => run_archive(args),
         Command::Restore(args) => run_restore(args),
+        Command::Cleanup(args) => run_cleanup(args),
         Command::Promote(args) => run_promote(args),
+        Command::PrefetchWorker(args) => run_prefetch_worker(args),
     }
 }
 
@@ -666,26 +723,9 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let failed = |e: &dyn std::fmt::Display| {
-        eprintln!("walship restore: error: {e}");
-        Ok(ExitCode::from(126))
-    };
-    let archive = match Archive::open(&args.archive) {
-        Ok(a) => a,
-        Err(e) => return failed(&e),
-    };
-    let found = match archive.get(&args.name) {
-        Ok(f) => f,
-        Err(e) => return failed(&e),
-    };
-    match found {
-        Some(bytes) => {
-            if let Err(e) = walship::durable::replace_file(&args.dest, &bytes) {
-                return failed(&e);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
+    match restore::restore(&args.archive, &args.name, &args.dest, args.prefetch) {
+        Ok(Restored::Written { .. }) => Ok(ExitCode::SUCCESS),
+        Ok(Restored::Absent) => {
             eprintln!(
                 "walship restore: {} is not in archive {}",
                 args.name,
@@ -693,7 +733,47 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(1))
         }
+        Err(e) => {
+            eprintln!("walship restore: error: {e}");
+            Ok(ExitCode::from(126))
+        }
     }
+}
+
+fn run_prefetch_worker(args: PrefetchWorkerArgs) -> anyhow::Result<ExitCode> {
+    let archive = Archive::open(&args.archive)?;
+    let first = walship::wal::SegmentName::parse(&args.first, archive.seg_size)?;
+    restore::prefetch(&args.archive, &args.spool, first, args.depth)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    let plan = cleanup::plan(&args.archive, &args.before).context("walship cleanup failed")?;
+    if let Some(backup) = &plan.kept_for_backup {
+        println!(
+            "Keeping everything from {} on: the newest base backup ({backup}) needs it.",
+            plan.keep_from
+        );
+    }
+    if args.dry_run {
+        for file in &plan.remove {
+            println!("would remove {}", file.display());
+        }
+        println!(
+            "Dry run: {} file(s) before {} would be removed.",
+            plan.remove.len(),
+            plan.keep_from
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let removed = cleanup::execute(&plan).context("walship cleanup failed")?;
+    println!(
+        "Removed {} file(s) ({} MiB) before {}.",
+        plan.remove.len(),
+        removed >> 20,
+        plan.keep_from
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_dump(args: DumpArgs) -> anyhow::Result<ExitCode> {
@@ -770,10 +850,10 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-promote\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-cleanup\fR(1), \fBwalship-promote\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
-        for sub in root.get_subcommands() {
+        for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
             let name = format!("walship-{}", sub.get_name());
             let extra = match sub.get_name() {
                 "dump" => DUMP_EXTRA,

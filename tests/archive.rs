@@ -71,10 +71,11 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
         let done = names(&status, ".done");
         assert_eq!(done.len(), 3, "{done:?}");
         let suffix = if compression == "zstd" { ".zst" } else { "" };
+        let restored = tempfile::tempdir().unwrap();
         for d in &done {
             let seg = d.trim_end_matches(".done");
             assert!(adir.path().join(format!("{seg}{suffix}")).exists());
-            let dest = adir.path().join("restored");
+            let dest = restored.path().join("restored");
             let out = common::walship(&[
                 "restore",
                 "--archive",
@@ -112,7 +113,7 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
         if compression == "zstd" {
             let seg = done[0].trim_end_matches(".done");
             std::fs::write(adir.path().join(format!("{seg}.zst")), b"not zstd").unwrap();
-            let dest = adir.path().join("restored");
+            let dest = restored.path().join("damaged");
             let out = common::walship(&[
                 "restore",
                 "--archive",
@@ -276,9 +277,10 @@ fn a_killed_archiver_leaves_no_partial_file_and_the_next_run_finishes() {
         names(adir.path(), "").iter().all(|n| !n.contains(".tmp.")),
         "temporaries left"
     );
+    let restored = tempfile::tempdir().unwrap();
     for a in archived {
         let seg = a.trim_end_matches(".zst");
-        let dest = adir.path().join("check");
+        let dest = restored.path().join("check");
         let out = common::walship(&[
             "restore",
             "--archive",
@@ -389,4 +391,149 @@ fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(pg.wal_dir().join(&seg)).unwrap());
+}
+
+/// Flips a bit in the last record of a segment's first page (the rest of a
+/// switched segment is unused, so damage there is no damage).
+fn damage(segment: &mut [u8]) {
+    let at = segment[..8192].iter().rposition(|b| *b != 0).unwrap();
+    segment[at] ^= 0x10;
+}
+
+fn restore(adir: &Path, name: &str, dest: &Path) -> std::process::Output {
+    common::walship(&[
+        "restore",
+        "--archive",
+        adir.to_str().unwrap(),
+        name,
+        dest.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup_needs() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    complete_segments(&node, 12, "p");
+    // A base backup leaves its backup history file for the archiver.
+    let _standby = Node::basebackup(&node, "s1", &[]);
+    complete_segments(&node, 2, "q");
+    let adir = tempfile::tempdir().unwrap();
+    let out = archive(adir.path(), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let backups = names(adir.path(), ".backup");
+    assert_eq!(backups.len(), 1, "{:?}", names(adir.path(), ""));
+    let text = std::fs::read_to_string(adir.path().join(&backups[0])).unwrap();
+    assert!(text.starts_with("START WAL LOCATION: "), "{text}");
+    let segments: Vec<String> = names(adir.path(), "")
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert!(segments.len() >= 14, "{segments:?}");
+
+    // Restoring in order: each request starts a worker that spools the
+    // following segments; the next requests are served from the spool.
+    let pg_wal = tempfile::tempdir().unwrap();
+    let dest = pg_wal.path().join("RECOVERYXLOG");
+    let spool = pg_wal.path().join(".walship-prefetch");
+    let out = restore(adir.path(), &segments[0], &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the worker to spool the next segments", || {
+        names(&spool, "").iter().filter(|n| n.len() == 24).count() >= 4
+    });
+    for seg in &segments[..10] {
+        let out = restore(adir.path(), seg, &dest);
+        assert!(out.status.success(), "{seg}: {}", stderr(&out));
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(node.dir.join("wal").join(seg)).unwrap(),
+            "{seg} restored differently"
+        );
+        assert!(!spool.join(seg).exists(), "{seg} left in the spool");
+    }
+    // A damaged file in the spool is discarded, never handed over.
+    let next = &segments[10];
+    wait_until("the worker to spool the next segment", || {
+        spool.join(next).exists()
+    });
+    let mut damaged = std::fs::read(spool.join(next)).unwrap();
+    damage(&mut damaged);
+    std::fs::write(spool.join(next), &damaged).unwrap();
+    let out = restore(adir.path(), next, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap() == std::fs::read(node.dir.join("wal").join(next)).unwrap()
+    );
+
+    // A damaged segment in the archive is a real failure (126), not "absent".
+    let victim = &segments[12];
+    let path = adir.path().join(victim);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    damage(&mut bad);
+    std::fs::write(&path, &bad).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = common::walship(&[
+        "restore",
+        "--prefetch",
+        "0",
+        "--archive",
+        adir.path().to_str().unwrap(),
+        victim,
+        elsewhere.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing to restore"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!elsewhere.path().join("x").exists());
+    std::fs::write(&path, &good).unwrap();
+
+    // Cleanup: a dry run removes nothing; the real run stops at the
+    // backup's start even when asked for more, and keeps history files.
+    let last = segments.last().unwrap();
+    let cleanup = |extra: &[&str]| {
+        let mut args = vec![
+            "cleanup",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            "--before",
+            last,
+        ];
+        args.extend_from_slice(extra);
+        common::walship(&args)
+    };
+    let before = names(adir.path(), "");
+    let out = cleanup(&["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("would remove") && said.contains("needs it"),
+        "{said}"
+    );
+    assert_eq!(names(adir.path(), ""), before);
+    let out = cleanup(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let backup_start = &backups[0][..24];
+    let left: Vec<String> = names(adir.path(), "")
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert_eq!(
+        left.first().map(String::as_str),
+        Some(backup_start),
+        "{left:?}"
+    );
+    assert!(left.contains(last));
+    assert_eq!(names(adir.path(), ".backup"), backups);
+    // Below the backup's start, it removes exactly what it is asked to.
+    let out = common::walship(&[
+        "cleanup",
+        "--archive",
+        adir.path().to_str().unwrap(),
+        "--before",
+        "nonsense",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }

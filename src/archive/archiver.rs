@@ -23,7 +23,7 @@ use crate::node::datadir::DataDir;
 use crate::replication::walsender::pg_now;
 use crate::wal::history::TimelineHistory;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
-use crate::wal::{Decoder, Expect, SegmentName, SegmentSize, Step};
+use crate::wal::{Decoder, Expect, SegmentName, SegmentSize, Step, WalFileName};
 
 #[derive(Debug, Error)]
 pub enum ArchiverError {
@@ -110,17 +110,38 @@ impl ArchiverStats {
     }
 }
 
-/// Checks a segment before it is archived. See the module documentation.
-pub fn verify_segment(
+/// Checks a file named `name` before it is archived or after it is
+/// restored: a segment's size, page headers, record CRCs, prev-links and
+/// system identifier (a `.partial` segment may end early, cleanly); a
+/// history file's syntax; a backup history file's start line.
+pub fn verify_file(
     bytes: &[u8],
     name: &str,
     size: SegmentSize,
     system_id: u64,
 ) -> Result<(), String> {
+    let text = || std::str::from_utf8(bytes).map_err(|e| e.to_string());
+    match WalFileName::parse(name, size).map_err(|e| e.to_string())? {
+        WalFileName::Segment(seg) => verify_segment(bytes, seg, size, system_id, false),
+        WalFileName::Partial(seg) => verify_segment(bytes, seg, size, system_id, true),
+        WalFileName::History(_) => TimelineHistory::parse(text()?)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        WalFileName::Backup(..) if text()?.starts_with("START WAL LOCATION: ") => Ok(()),
+        WalFileName::Backup(..) => Err("it is not a backup history file".into()),
+    }
+}
+
+fn verify_segment(
+    bytes: &[u8],
+    seg: SegmentName,
+    size: SegmentSize,
+    system_id: u64,
+    partial: bool,
+) -> Result<(), String> {
     if bytes.len() as u64 != size.bytes() {
         return Err(format!("it is {} bytes, not a {size} segment", bytes.len()));
     }
-    let seg = SegmentName::parse(name, size).map_err(|e| e.to_string())?;
     let mut decoder = Decoder::at_page_start(
         size,
         seg.segno.start_lsn(size),
@@ -139,6 +160,7 @@ pub fn verify_segment(
         match step {
             Step::Record(_) => {}
             Step::NeedMore => return Ok(()),
+            Step::End(end) if partial && end.is_clean() => return Ok(()),
             Step::End(end) => return Err(end.to_string()),
         }
     }
@@ -249,17 +271,12 @@ impl Archiver {
         let wal = DataDir::new(&self.data_dir).wal();
         let path = wal.join(name);
         let bytes = std::fs::read(&path).map_err(|e| FileError::new("read", &path, e))?;
-        let invalid = |why: String| ArchiverError::Invalid {
-            path: path.clone(),
-            why,
-        };
-        if name.ends_with(".history") {
-            let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
-            TimelineHistory::parse(text).map_err(|e| invalid(e.to_string()))?;
-        } else {
-            verify_segment(&bytes, name, self.archive.seg_size, self.archive.system_id)
-                .map_err(invalid)?;
-        }
+        verify_file(&bytes, name, self.archive.seg_size, self.archive.system_id).map_err(
+            |why| ArchiverError::Invalid {
+                path: path.clone(),
+                why,
+            },
+        )?;
         let put = self.archive.put(name, &bytes)?;
         let status = wal.join(ARCHIVE_STATUS_DIR);
         durable::rename(
@@ -294,7 +311,7 @@ pub fn backlog(wal_dir: &Path, seg_size: SegmentSize) -> Backlog {
         let Some(wal_name) = name.strip_suffix(".ready") else {
             continue;
         };
-        if !wal_name.ends_with(".history") {
+        if !Archive::is_text_file(wal_name) {
             b.segments += 1;
             b.bytes += seg_size.bytes();
         }
@@ -328,9 +345,9 @@ pub fn archive_file(
         path: path.to_path_buf(),
         why,
     };
-    let archive = if name.ends_with(".history") {
-        let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
-        TimelineHistory::parse(text).map_err(|e| invalid(e.to_string()))?;
+    // History and backup history files need an archive that exists; a
+    // segment creates it, with the identity in its own long header.
+    let archive = if Archive::is_text_file(&name) {
         Archive::open(archive_dir)?
     } else {
         if bytes.len() < crate::wal::format::LONG_PAGE_HEADER {
@@ -341,10 +358,9 @@ pub fn archive_file(
             .ok_or_else(|| invalid("its first page has no long header".into()))?;
         let size =
             SegmentSize::new(u64::from(long.seg_size)).map_err(|e| invalid(e.to_string()))?;
-        let archive = Archive::open_or_create(archive_dir, long.sysid, size, compression)?;
-        verify_segment(&bytes, &name, size, archive.system_id).map_err(invalid)?;
-        archive
+        Archive::open_or_create(archive_dir, long.sysid, size, compression)?
     };
+    verify_file(&bytes, &name, archive.seg_size, archive.system_id).map_err(invalid)?;
     let _lock = DirLock::acquire(archive_dir)?;
     Ok(archive.put(&name, &bytes)?)
 }

@@ -175,12 +175,15 @@ impl Archive {
         Ok(archive)
     }
 
-    /// Where `name` is stored (history files are never compressed).
+    /// History and backup history files: small text, never compressed.
+    pub fn is_text_file(name: &str) -> bool {
+        name.ends_with(".history") || name.ends_with(".backup")
+    }
+
+    /// Where `name` is stored (text files are never compressed).
     pub fn path_of(&self, name: &str) -> PathBuf {
         match self.compression {
-            Compression::Zstd if !name.ends_with(".history") => {
-                self.dir.join(format!("{name}.zst"))
-            }
+            Compression::Zstd if !Self::is_text_file(name) => self.dir.join(format!("{name}.zst")),
             _ => self.dir.join(name),
         }
     }
@@ -192,7 +195,7 @@ impl Archive {
             return self.same_or_conflict(name, bytes, &path);
         }
         let stored = match self.compression {
-            Compression::Zstd if !name.ends_with(".history") => {
+            Compression::Zstd if !Self::is_text_file(name) => {
                 zstd::bulk::compress(bytes, 3).map_err(|e| FileError::new("compress", &path, e))?
             }
             _ => bytes.to_vec(),

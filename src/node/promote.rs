@@ -39,7 +39,7 @@ use crate::replication::client::Client;
 use crate::replication::walreceiver::WalReceiverHost;
 use crate::wal::history::{HistoryEntry, TimelineHistory};
 use crate::wal::name::history_file_name;
-use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::writer::mark_ready;
 
 /// The request file a promotion is asked for with.
 pub const PROMOTE_SIGNAL: &str = "promote.signal";
@@ -202,10 +202,7 @@ impl Node {
         durable::replace_file(&dir.wal().join(&name), history.to_string().as_bytes())
             .map_err(|e| e.to_string())?;
         if settings.archive_mode {
-            let status = dir.wal().join(ARCHIVE_STATUS_DIR);
-            let _ = durable::create_file_exclusive(&status.join(format!("{name}.ready")), |f| {
-                f.flush()
-            });
+            mark_ready(&dir.wal(), &name).map_err(|e| e.to_string())?;
         }
         let switch = wal.switch_timeline(new_tli).map_err(|e| e.to_string())?;
         let new_epoch = EpochFile {

@@ -44,7 +44,7 @@ use crate::wal::payload::Payload;
 use crate::wal::segment::list_segments_upto;
 use crate::wal::verify::OwnRecord;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
-use crate::wal::{Lsn, SegmentSize, TimelineId, WalWriter};
+use crate::wal::{Lsn, SegmentName, SegmentSize, TimelineId, WalFileName, WalWriter};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -461,6 +461,7 @@ impl WalSenderHost for Node {
         // remove the snapshot or the WAL this backup is made of.
         let _no_checkpoints = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let io = |e: String| PgError::new(crate::sqlstate::code::IO_ERROR, e);
+        let started = std::time::SystemTime::now();
         let start = self
             .checkpoint_locked(NodeState::InProduction)
             .map_err(|e| io(format!("checkpoint for the base backup failed: {e}")))?;
@@ -503,6 +504,10 @@ impl WalSenderHost for Node {
             files.push((format!("wal/{name}"), bytes));
             segno = segno.next();
         }
+        if self.settings().archive_mode {
+            self.write_backup_history(start, end, timeline, started)
+                .map_err(|e| io(format!("could not write the backup history file: {e}")))?;
+        }
         // The control file last: it is what makes the copy a data directory.
         files.push(("control".into(), read(&dir.control())?));
         Ok(Backup {
@@ -515,6 +520,47 @@ impl WalSenderHost for Node {
 }
 
 impl Node {
+    /// Writes PostgreSQL's backup history file for a base backup from
+    /// `start` to `end` (`wal/SEGNAME.OOOOOOOO.backup`) and marks it for the
+    /// archiver: `walship cleanup` keeps everything the newest one needs.
+    /// Older backup history files the archiver is done with are removed.
+    fn write_backup_history(
+        &self,
+        start: Lsn,
+        end: Lsn,
+        timeline: TimelineId,
+        started: std::time::SystemTime,
+    ) -> Result<(), crate::durable::FileError> {
+        let size = WalSenderHost::seg_size(self);
+        let wal_dir = DataDir::new(&self.dir).wal();
+        let seg_of = |lsn: Lsn| SegmentName::new(timeline, lsn.segno(size));
+        let name = seg_of(start).backup_file_name(size, start.segment_offset(size) as u32);
+        let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let text = format!(
+            "START WAL LOCATION: {start} (file {})\nSTOP WAL LOCATION: {end} (file {})\n\
+             CHECKPOINT LOCATION: {start}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+             START TIME: {}\nLABEL: walship basebackup\nSTART TIMELINE: {timeline}\n\
+             STOP TIME: {}\nSTOP TIMELINE: {timeline}\n",
+            seg_of(start).file_name(size),
+            seg_of(end).file_name(size),
+            time(started),
+            time(std::time::SystemTime::now()),
+        );
+        let status = wal_dir.join(ARCHIVE_STATUS_DIR);
+        for entry in std::fs::read_dir(&wal_dir).into_iter().flatten().flatten() {
+            let old = entry.file_name().to_string_lossy().into_owned();
+            let done = status.join(format!("{old}.done"));
+            if matches!(WalFileName::parse(&old, size), Ok(WalFileName::Backup(..)))
+                && done.exists()
+            {
+                crate::durable::remove_file(&entry.path())?;
+                crate::durable::remove_file(&done)?;
+            }
+        }
+        crate::durable::replace_file(&wal_dir.join(&name), text.as_bytes())?;
+        crate::wal::writer::mark_ready(&wal_dir, &name)
+    }
+
     pub(crate) fn lock_epoch(&self) -> std::sync::MutexGuard<'_, EpochFile> {
         self.epoch.lock().unwrap_or_else(|p| p.into_inner())
     }

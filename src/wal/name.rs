@@ -4,7 +4,8 @@
 //! number split into "log id" and "segment within log id"
 //! (PostgreSQL's `XLogFileName`), 24 upper-case hex digits. A copy still
 //! being filled carries `.partial`; a timeline's history is
-//! `TTTTTTTT.history`.
+//! `TTTTTTTT.history`; a base backup's history file is
+//! `SEGNAME.OOOOOOOO.backup`, the offset of its start within the segment.
 
 use std::fmt;
 
@@ -25,6 +26,8 @@ pub enum WalFileName {
     Segment(SegmentName),
     Partial(SegmentName),
     History(TimelineId),
+    /// A backup history file: the segment and offset the backup started at.
+    Backup(SegmentName, u32),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -36,6 +39,7 @@ pub struct NameError {
 
 const SUFFIX_PARTIAL: &str = ".partial";
 const SUFFIX_HISTORY: &str = ".history";
+const SUFFIX_BACKUP: &str = ".backup";
 
 impl SegmentName {
     pub fn new(timeline: TimelineId, segno: SegNo) -> SegmentName {
@@ -58,6 +62,12 @@ impl SegmentName {
         format!("{}{SUFFIX_PARTIAL}", self.file_name(size))
     }
 
+    /// PostgreSQL's `BackupHistoryFileName`: the backup started `offset`
+    /// bytes into this segment.
+    pub fn backup_file_name(&self, size: SegmentSize, offset: u32) -> String {
+        format!("{}.{offset:08X}{SUFFIX_BACKUP}", self.file_name(size))
+    }
+
     /// Parses exactly 24 upper-case hex digits, as PostgreSQL writes them,
     /// rejecting timeline 0 and a segment part too large for `size`.
     pub fn parse(name: &str, size: SegmentSize) -> Result<SegmentName, NameError> {
@@ -68,10 +78,7 @@ impl SegmentName {
         if name.len() != 24 {
             return Err(err("expected 24 hexadecimal digits"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-        {
+        if !is_upper_hex(name) {
             return Err(err("expected only the digits 0-9 and upper-case A-F"));
         }
         let field = |i: usize| u32::from_str_radix(&name[i * 8..i * 8 + 8], 16);
@@ -100,6 +107,17 @@ impl WalFileName {
         if let Some(stem) = name.strip_suffix(SUFFIX_HISTORY) {
             return parse_history_stem(name, stem).map(WalFileName::History);
         }
+        if let Some(stem) = name.strip_suffix(SUFFIX_BACKUP) {
+            let (seg, offset) = stem
+                .split_once('.')
+                .filter(|(_, o)| o.len() == 8 && is_upper_hex(o))
+                .and_then(|(s, o)| Some((s, u32::from_str_radix(o, 16).ok()?)))
+                .ok_or(NameError {
+                    name: name.to_string(),
+                    why: "expected SEGNAME.OOOOOOOO.backup",
+                })?;
+            return SegmentName::parse(seg, size).map(|s| WalFileName::Backup(s, offset));
+        }
         SegmentName::parse(name, size).map(WalFileName::Segment)
     }
 }
@@ -109,16 +127,18 @@ pub fn history_file_name(timeline: TimelineId) -> String {
     format!("{:08X}{SUFFIX_HISTORY}", timeline.get())
 }
 
+/// Only the digits 0-9 and A-F, as PostgreSQL's `%08X` writes them.
+fn is_upper_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
 fn parse_history_stem(name: &str, stem: &str) -> Result<TimelineId, NameError> {
     let err = |why| NameError {
         name: name.to_string(),
         why,
     };
-    if stem.len() != 8
-        || !stem
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-    {
+    if stem.len() != 8 || !is_upper_hex(stem) {
         return Err(err(
             "expected 8 upper-case hexadecimal digits before .history",
         ));
@@ -190,5 +210,22 @@ mod tests {
             WalFileName::parse("000000010000000000000002.partial", mb16).unwrap(),
             WalFileName::Partial(_)
         ));
+        let seg = SegmentName::new(tli(1), SegNo(2));
+        assert_eq!(
+            seg.backup_file_name(mb16, 0x28),
+            "000000010000000000000002.00000028.backup"
+        );
+        assert_eq!(
+            WalFileName::parse("000000010000000000000002.00000028.backup", mb16).unwrap(),
+            WalFileName::Backup(seg, 0x28)
+        );
+        for bad in [
+            "000000010000000000000002.0000002.backup",
+            "000000010000000000000002.0000002a.backup",
+            "000000010000000000000002.backup",
+            "00000001000000000000002.00000028.backup",
+        ] {
+            assert!(WalFileName::parse(bad, mb16).is_err(), "{bad:?}");
+        }
     }
 }

@@ -648,17 +648,12 @@ impl WalWriter {
 
     /// Creates `archive_status/SEGNAME.ready` for a complete, durable segment.
     fn mark_ready(&self, seg: &OpenSegment) -> Result<(), WalError> {
-        let status = self.config.dir.join(ARCHIVE_STATUS_DIR);
-        if !status.exists() {
-            durable::create_dir(&status)?;
-        }
         let name = seg
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        durable::create_file_exclusive(&status.join(format!("{name}.ready")), |_| Ok(()))?;
-        Ok(())
+        Ok(mark_ready(&self.config.dir, &name)?)
     }
 
     /// Waits until the flushed position passes `after`, or `timeout`
@@ -738,6 +733,18 @@ fn zero_tail(path: &Path, offset: u64, size: SegmentSize) -> Result<(), WalError
         .at("open segment", path)?;
     segment::check_size(path, &file, size)?;
     durable::zero_range(&mut file, path, offset, size.bytes() - offset)?;
+    Ok(())
+}
+
+/// Marks `wal_dir/NAME` — a complete, durable segment, history or backup
+/// history file — for the archiver: creates `archive_status/NAME.ready`
+/// durably. Marking a file twice is harmless.
+pub fn mark_ready(wal_dir: &Path, name: &str) -> Result<(), FileError> {
+    let status = wal_dir.join(ARCHIVE_STATUS_DIR);
+    if !status.exists() {
+        durable::create_dir(&status)?;
+    }
+    durable::create_file_exclusive(&status.join(format!("{name}.ready")), |_| Ok(()))?;
     Ok(())
 }
 
