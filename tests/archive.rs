@@ -348,15 +348,27 @@ fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured
     );
 }
 
-#[test]
-fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
-    // PostgreSQL runs as `postgres`: give it a copy of the binary it can run.
+/// A copy of the walship binary the `postgres` user can run (PostgreSQL
+/// runs archive_command and restore_command as itself), in a directory
+/// removed on drop.
+fn walship_for_postgres() -> (tempfile::TempDir, std::path::PathBuf) {
     let bin = tempfile::Builder::new()
         .prefix("walship-bin-")
         .tempdir_in("/tmp")
         .unwrap();
     let exe = bin.path().join("walship");
     std::fs::copy(env!("CARGO_BIN_EXE_walship"), &exe).unwrap();
+    for p in [bin.path(), exe.as_path()] {
+        let mut perm = std::fs::metadata(p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(p, perm).unwrap();
+    }
+    (bin, exe)
+}
+
+#[test]
+fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
+    let (_bin, exe) = walship_for_postgres();
     let mut pg = PgCluster::init(1);
     let adir = pg.root.path().join("archive");
     std::fs::write(
@@ -368,11 +380,6 @@ fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
         ),
     )
     .unwrap();
-    for p in [bin.path(), exe.as_path()] {
-        let mut perm = std::fs::metadata(p).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(p, perm).unwrap();
-    }
     pg.start();
     pg.psql("CREATE TABLE t (v text); INSERT INTO t SELECT 'x' FROM generate_series(1, 1000)");
     let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
@@ -536,4 +543,92 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
         "nonsense",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+#[test]
+fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_primary_is_down() {
+    let mut primary = Node::init("archive_mode = on");
+    primary.start();
+    complete_segments(&primary, 1, "before");
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    complete_segments(&primary, 6, "after");
+    let checksum = primary.query_one("SELECT walship_store_checksum()");
+    let adir = tempfile::tempdir().unwrap();
+    let out = archive(adir.path(), &primary, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    primary.kill9();
+    standby.configure(&format!(
+        "restore_command = '{} restore --archive {} %f %p'",
+        env!("CARGO_BIN_EXE_walship"),
+        adir.path().display()
+    ));
+    standby.start();
+    wait_until("the standby to replay the archive", || {
+        standby.query_one("SELECT count(*) FROM kv") == "7"
+    });
+    assert_eq!(
+        standby.query_one("SELECT walship_store_checksum()"),
+        checksum
+    );
+    assert!(
+        standby.log().contains("restored WAL from the archive"),
+        "{}",
+        standby.log()
+    );
+    // Reads work; it stays a standby, waiting for its primary.
+    assert_eq!(standby.query_one("SELECT pg_is_in_recovery()"), "t");
+}
+
+#[test]
+fn a_postgresql_standby_replicates_through_a_walship_archive_alone() {
+    let (_bin, exe) = walship_for_postgres();
+    let mut primary = PgCluster::init(1);
+    let adir = primary.root.path().join("archive");
+    std::fs::write(
+        primary.data.join("postgresql.auto.conf"),
+        format!(
+            "archive_mode = on\narchive_command = '{} archive --archive {} %p'\n",
+            exe.display(),
+            adir.display()
+        ),
+    )
+    .unwrap();
+    primary.start();
+    primary.psql("CREATE TABLE t (id int primary key, v text)");
+    // No primary_conninfo: the standby's only source is the archive.
+    let mut standby = PgCluster::standby_of(
+        &primary,
+        &format!(
+            "restore_command = '{} restore --archive {} %f %p'",
+            exe.display(),
+            adir.display()
+        ),
+    );
+    standby.start();
+    primary.psql(
+        "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; \
+         UPDATE t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 11 = 0",
+    );
+    primary.psql("SELECT pg_switch_wal()");
+    let want = primary.psql("SELECT count(*), md5(string_agg(id || v, ',' ORDER BY id)) FROM t");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = std::panic::catch_unwind(|| {
+            standby.psql("SELECT count(*), md5(string_agg(id || v, ',' ORDER BY id)) FROM t")
+        });
+        if got.as_deref().ok() == Some(want.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never caught up through the archive: {got:?} vs {want}\n{}",
+            std::fs::read_to_string(standby.root.path().join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        primary.psql("SELECT failed_count FROM pg_stat_archiver"),
+        "0"
+    );
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
 }

@@ -74,16 +74,6 @@ pub enum ClientError {
     Auth { peer: String, what: String },
 }
 
-impl ClientError {
-    /// The server's SQLSTATE, when the server refused something.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            ClientError::Server { error, .. } => Some(&error.code),
-            _ => None,
-        }
-    }
-}
-
 /// One result set of a simple query: column names and text (or, for
 /// bytea columns, raw) values.
 #[derive(Clone, Debug, Default)]

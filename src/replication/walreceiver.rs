@@ -131,13 +131,6 @@ pub enum ReceiveError {
     Restore(String),
 }
 
-impl ReceiveError {
-    /// The primary answered that the WAL we asked for is gone.
-    fn wal_removed(&self) -> bool {
-        matches!(self, ReceiveError::Client(c) if c.sqlstate() == Some("58P01"))
-    }
-}
-
 /// Restores segments with `restore_command`, from the one holding the end
 /// of local WAL on, until the command fails (the archive has no more).
 /// Each restored segment is verified like streamed WAL, written through
@@ -223,7 +216,27 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     }
 }
 
-/// Runs until the node stops: stream, and on any failure wait and retry.
+/// Restores what the archive has with `restore_command`, if one is set;
+/// returns how many segments came.
+fn restore_from_archive(host: &dyn WalReceiverHost) -> usize {
+    let Some(command) = host.restore_command() else {
+        return 0;
+    };
+    match restore(host, &command) {
+        Ok(0) => 0,
+        Ok(n) => {
+            info!(segments = n, "restored WAL from the archive");
+            n
+        }
+        Err(e) => {
+            warn!("restoring from the archive stopped: {e}");
+            0
+        }
+    }
+}
+
+/// Runs until the node stops: stream, and on any failure try the archive,
+/// wait and retry.
 pub fn run(host: &dyn WalReceiverHost) {
     let mut backoff = Duration::from_millis(100);
     while !host.is_shutting_down() {
@@ -233,7 +246,9 @@ pub fn run(host: &dyn WalReceiverHost) {
             continue;
         }
         let Some((info, slot)) = host.primary() else {
+            // No primary to stream from: an archive-only standby.
             host.receiver_status().status = "waiting";
+            restore_from_archive(host);
             host.nap(Duration::from_secs(1));
             continue;
         };
@@ -242,23 +257,11 @@ pub fn run(host: &dyn WalReceiverHost) {
             Ok(()) => info!(primary = %info, "streaming ended"),
             Err(e) => {
                 warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
-                // The primary no longer has the WAL we need: try the archive,
-                // then return to streaming.
-                if e.wal_removed() {
-                    if let Some(command) = host.restore_command() {
-                        match restore(host, &command) {
-                            Ok(0) => {}
-                            Ok(n) => {
-                                info!(
-                                    segments = n,
-                                    "restored WAL from the archive; returning to streaming"
-                                );
-                                backoff = Duration::from_millis(100);
-                                continue;
-                            }
-                            Err(e) => warn!("restoring from the archive stopped: {e}"),
-                        }
-                    }
+                // The primary is down or no longer has the WAL we need: the
+                // archive may have it. Then back to streaming.
+                if restore_from_archive(host) > 0 {
+                    backoff = Duration::from_millis(100);
+                    continue;
                 }
             }
         }

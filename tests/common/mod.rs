@@ -94,6 +94,54 @@ impl PgCluster {
         }
     }
 
+    /// A standby of `primary` made with pg_basebackup, with
+    /// `standby.signal` and `conf` appended to its postgresql.auto.conf;
+    /// not started.
+    pub fn standby_of(primary: &PgCluster, conf: &str) -> PgCluster {
+        let root = tempfile::Builder::new()
+            .prefix("walship-pg-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        if is_root() {
+            let out = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(root.path())
+                .output()
+                .expect("chown");
+            check("chown", out);
+        }
+        let data = root.path().join("data");
+        let out = pg_command(&pg_bin("pg_basebackup"))
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .args(["-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run pg_basebackup");
+        check("pg_basebackup", out);
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(conf);
+        text.push('\n');
+        let out = pg_command(Path::new("/bin/sh"))
+            .arg("-c")
+            .arg(format!(
+                "printf '%s' \"$1\" > {} && touch {}",
+                auto.display(),
+                data.join("standby.signal").display()
+            ))
+            .arg("sh")
+            .arg(&text)
+            .output()
+            .expect("write standby configuration");
+        check("write standby configuration", out);
+        PgCluster {
+            root,
+            data,
+            running: false,
+        }
+    }
+
     pub fn socket_dir(&self) -> &Path {
         self.root.path()
     }
