@@ -297,6 +297,10 @@ struct ArchiveArgs {
     /// Keep archiving: a completed segment reaches the archive within a second.
     #[arg(long, conflicts_with = "file")]
     follow: bool,
+    /// Start a new archive even though this node archived to one that is
+    /// now gone (without it, a vanished archive is an error).
+    #[arg(long, conflicts_with = "file")]
+    create: bool,
     /// Compression for a new archive (an existing one keeps its own).
     #[arg(long, value_name = "METHOD", default_value = "none", value_parser = ["none", "zstd"])]
     compression: String,
@@ -592,8 +596,8 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let dir = args.dir.unwrap_or_default();
-    let archiver =
-        Archiver::new(&dir, &args.archive, compression).context("walship archive failed")?;
+    let archiver = Archiver::new(&dir, &args.archive, compression, args.create)
+        .context("walship archive failed")?;
     if !args.follow {
         let pass = archiver.pass().context("walship archive failed")?;
         match (pass.archived.first(), pass.archived.last()) {

@@ -9,45 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, PgCluster};
-
-fn archive(adir: &Path, node: &Node, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "archive",
-        "--archive",
-        adir.to_str().unwrap(),
-        "-D",
-        node.dir.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    common::walship(&args)
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn names(dir: &Path, suffix: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.ends_with(suffix))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Writes a row and ends the segment, `n` times.
-fn complete_segments(node: &Node, n: usize, tag: &str) {
-    let mut c = node.client();
-    for i in 0..n {
-        c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("{tag}-{i}")])
-            .unwrap();
-        c.batch_execute("SELECT pg_switch_wal()").unwrap();
-    }
-}
+use common::{archive, file_names, restore, stderr, Node, PgCluster};
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -62,13 +24,13 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
     for compression in ["none", "zstd"] {
         let mut node = Node::init("archive_mode = on");
         node.start();
-        complete_segments(&node, 3, "a");
+        node.complete_segments(3, "a");
         let adir = tempfile::tempdir().unwrap();
         let out = archive(adir.path(), &node, &["--compression", compression]);
         assert!(out.status.success(), "{}", stderr(&out));
         let status = node.dir.join("wal/archive_status");
-        assert_eq!(names(&status, ".ready"), Vec::<String>::new());
-        let done = names(&status, ".done");
+        assert_eq!(file_names(&status, ".ready"), Vec::<String>::new());
+        let done = file_names(&status, ".done");
         assert_eq!(done.len(), 3, "{done:?}");
         let suffix = if compression == "zstd" { ".zst" } else { "" };
         let restored = tempfile::tempdir().unwrap();
@@ -76,13 +38,7 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
             let seg = d.trim_end_matches(".done");
             assert!(adir.path().join(format!("{seg}{suffix}")).exists());
             let dest = restored.path().join("restored");
-            let out = common::walship(&[
-                "restore",
-                "--archive",
-                adir.path().to_str().unwrap(),
-                seg,
-                dest.to_str().unwrap(),
-            ]);
+            let out = restore(adir.path(), seg, &dest, 8);
             assert!(out.status.success(), "{}", stderr(&out));
             assert!(
                 std::fs::read(&dest).unwrap()
@@ -99,13 +55,12 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
             "3"
         );
         // A name the archive does not have: exit 1, as restore_command expects.
-        let out = common::walship(&[
-            "restore",
-            "--archive",
-            adir.path().to_str().unwrap(),
+        let out = restore(
+            adir.path(),
             "0000000100000000000000AA",
-            "/tmp/nowhere",
-        ]);
+            Path::new("/tmp/nowhere"),
+            8,
+        );
         assert_eq!(out.status.code(), Some(1));
         // A real failure is not "absent": PostgreSQL stops on a status above 125.
         let out = common::walship(&["restore", "--archive", "/nonexistent", "x", "/tmp/nowhere"]);
@@ -114,13 +69,7 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
             let seg = done[0].trim_end_matches(".done");
             std::fs::write(adir.path().join(format!("{seg}.zst")), b"not zstd").unwrap();
             let dest = restored.path().join("damaged");
-            let out = common::walship(&[
-                "restore",
-                "--archive",
-                adir.path().to_str().unwrap(),
-                seg,
-                dest.to_str().unwrap(),
-            ]);
+            let out = restore(adir.path(), seg, &dest, 8);
             assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
             assert!(stderr(&out).contains("decompress"), "{}", stderr(&out));
         }
@@ -131,10 +80,10 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
 fn damage_conflicts_and_other_systems_are_refused_and_nothing_is_overwritten() {
     let mut node = Node::init("archive_mode = on");
     node.start();
-    complete_segments(&node, 2, "d");
+    node.complete_segments(2, "d");
     let adir = tempfile::tempdir().unwrap();
     // A different file already under the first segment's name.
-    let first = names(&node.dir.join("wal/archive_status"), ".ready")[0].replace(".ready", "");
+    let first = file_names(&node.dir.join("wal/archive_status"), ".ready")[0].replace(".ready", "");
     let out = archive(adir.path(), &node, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let planted = adir.path().join(&first);
@@ -191,7 +140,7 @@ fn damage_conflicts_and_other_systems_are_refused_and_nothing_is_overwritten() {
     // Another system's node may not archive here.
     let mut other = Node::init("archive_mode = on");
     other.start();
-    complete_segments(&other, 1, "o");
+    other.complete_segments(1, "o");
     let out = archive(adir.path(), &other, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -221,7 +170,7 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
         .unwrap();
     let began = Instant::now();
     wait_until("the segment to be archived", || {
-        names(adir.path(), "").iter().any(|n| n.len() == 24)
+        file_names(adir.path(), "").iter().any(|n| n.len() == 24)
     });
     assert!(
         began.elapsed() < Duration::from_secs(5),
@@ -248,9 +197,11 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
 fn a_killed_archiver_leaves_no_partial_file_and_the_next_run_finishes() {
     let mut node = Node::init("archive_mode = on");
     node.start();
-    complete_segments(&node, 12, "k");
+    node.complete_segments(12, "k");
     let adir = tempfile::tempdir().unwrap();
-    for delay_ms in [2u64, 5, 10, 20] {
+    let mut rng = rand::thread_rng();
+    for _ in 0..12 {
+        let delay_ms = rand::Rng::gen_range(&mut rng, 0..40u64);
         let mut child = Command::new(env!("CARGO_BIN_EXE_walship"))
             .args([
                 "archive",
@@ -268,26 +219,34 @@ fn a_killed_archiver_leaves_no_partial_file_and_the_next_run_finishes() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
+        // Whatever has a final name is whole, whenever the kill came.
+        let restored = tempfile::tempdir().unwrap();
+        for a in file_names(adir.path(), ".zst") {
+            let seg = a.trim_end_matches(".zst");
+            let dest = restored.path().join(seg);
+            let out = restore(adir.path(), seg, &dest, 0);
+            assert!(
+                out.status.success(),
+                "killed after {delay_ms} ms: {seg}: {}",
+                stderr(&out)
+            );
+        }
     }
     let out = archive(adir.path(), &node, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let archived = names(adir.path(), ".zst");
+    let archived = file_names(adir.path(), ".zst");
     assert_eq!(archived.len(), 12, "{archived:?}");
     assert!(
-        names(adir.path(), "").iter().all(|n| !n.contains(".tmp.")),
+        file_names(adir.path(), "")
+            .iter()
+            .all(|n| !n.contains(".tmp.")),
         "temporaries left"
     );
     let restored = tempfile::tempdir().unwrap();
     for a in archived {
         let seg = a.trim_end_matches(".zst");
         let dest = restored.path().join("check");
-        let out = common::walship(&[
-            "restore",
-            "--archive",
-            adir.path().to_str().unwrap(),
-            seg,
-            dest.to_str().unwrap(),
-        ]);
+        let out = restore(adir.path(), seg, &dest, 8);
         assert!(out.status.success());
         assert!(
             std::fs::read(&dest).unwrap() == std::fs::read(node.dir.join("wal").join(seg)).unwrap()
@@ -299,7 +258,7 @@ fn a_killed_archiver_leaves_no_partial_file_and_the_next_run_finishes() {
 fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured() {
     let mut node = Node::init("archive_mode = on\narchive_backlog_limit = 2MB");
     node.start();
-    complete_segments(&node, 4, "b");
+    node.complete_segments(4, "b");
     wait_until("writes to be refused", || {
         node.client()
             .batch_execute("INSERT INTO kv VALUES ('x', 'y') ON CONFLICT (key) DO NOTHING")
@@ -337,7 +296,7 @@ fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured
     node.configure("archive_backlog_policy = abandon_archive");
     node.signal(nix::sys::signal::SIGHUP);
     assert!(node.wait_log("reloaded walship.conf"));
-    complete_segments(&node, 4, "g");
+    node.complete_segments(4, "g");
     assert!(node.wait_log("ARCHIVE CONTINUITY LOST"), "{}", node.log());
     node.client()
         .batch_execute("INSERT INTO kv VALUES ('still', 'writing')")
@@ -389,13 +348,7 @@ fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
     });
     assert_eq!(pg.psql("SELECT failed_count FROM pg_stat_archiver"), "0");
     let dest = pg.root.path().join("restored");
-    let out = common::walship(&[
-        "restore",
-        "--archive",
-        adir.to_str().unwrap(),
-        &seg,
-        dest.to_str().unwrap(),
-    ]);
+    let out = restore(&adir, &seg, &dest, 8);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(pg.wal_dir().join(&seg)).unwrap());
 }
@@ -407,32 +360,22 @@ fn damage(segment: &mut [u8]) {
     segment[at] ^= 0x10;
 }
 
-fn restore(adir: &Path, name: &str, dest: &Path) -> std::process::Output {
-    common::walship(&[
-        "restore",
-        "--archive",
-        adir.to_str().unwrap(),
-        name,
-        dest.to_str().unwrap(),
-    ])
-}
-
 #[test]
 fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup_needs() {
     let mut node = Node::init("archive_mode = on");
     node.start();
-    complete_segments(&node, 12, "p");
+    node.complete_segments(12, "p");
     // A base backup leaves its backup history file for the archiver.
     let _standby = Node::basebackup(&node, "s1", &[]);
-    complete_segments(&node, 2, "q");
+    node.complete_segments(2, "q");
     let adir = tempfile::tempdir().unwrap();
     let out = archive(adir.path(), &node, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let backups = names(adir.path(), ".backup");
-    assert_eq!(backups.len(), 1, "{:?}", names(adir.path(), ""));
+    let backups = file_names(adir.path(), ".backup");
+    assert_eq!(backups.len(), 1, "{:?}", file_names(adir.path(), ""));
     let text = std::fs::read_to_string(adir.path().join(&backups[0])).unwrap();
     assert!(text.starts_with("START WAL LOCATION: "), "{text}");
-    let segments: Vec<String> = names(adir.path(), "")
+    let segments: Vec<String> = file_names(adir.path(), "")
         .into_iter()
         .filter(|n| n.len() == 24)
         .collect();
@@ -443,13 +386,17 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
     let pg_wal = tempfile::tempdir().unwrap();
     let dest = pg_wal.path().join("RECOVERYXLOG");
     let spool = pg_wal.path().join(".walship-prefetch");
-    let out = restore(adir.path(), &segments[0], &dest);
+    let out = restore(adir.path(), &segments[0], &dest, 8);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_until("the worker to spool the next segments", || {
-        names(&spool, "").iter().filter(|n| n.len() == 24).count() >= 4
+        file_names(&spool, "")
+            .iter()
+            .filter(|n| n.len() == 24)
+            .count()
+            >= 4
     });
     for seg in &segments[..10] {
-        let out = restore(adir.path(), seg, &dest);
+        let out = restore(adir.path(), seg, &dest, 8);
         assert!(out.status.success(), "{seg}: {}", stderr(&out));
         assert!(
             std::fs::read(&dest).unwrap() == std::fs::read(node.dir.join("wal").join(seg)).unwrap(),
@@ -465,7 +412,7 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
     let mut damaged = std::fs::read(spool.join(next)).unwrap();
     damage(&mut damaged);
     std::fs::write(spool.join(next), &damaged).unwrap();
-    let out = restore(adir.path(), next, &dest);
+    let out = restore(adir.path(), next, &dest, 8);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         std::fs::read(&dest).unwrap() == std::fs::read(node.dir.join("wal").join(next)).unwrap()
@@ -479,15 +426,7 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
     damage(&mut bad);
     std::fs::write(&path, &bad).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = common::walship(&[
-        "restore",
-        "--prefetch",
-        "0",
-        "--archive",
-        adir.path().to_str().unwrap(),
-        victim,
-        elsewhere.path().join("x").to_str().unwrap(),
-    ]);
+    let out = restore(adir.path(), victim, &elsewhere.path().join("x"), 0);
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("refusing to restore"),
@@ -511,7 +450,7 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
         args.extend_from_slice(extra);
         common::walship(&args)
     };
-    let before = names(adir.path(), "");
+    let before = file_names(adir.path(), "");
     let out = cleanup(&["--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -519,11 +458,11 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
         said.contains("would remove") && said.contains("needs it"),
         "{said}"
     );
-    assert_eq!(names(adir.path(), ""), before);
+    assert_eq!(file_names(adir.path(), ""), before);
     let out = cleanup(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let backup_start = &backups[0][..24];
-    let left: Vec<String> = names(adir.path(), "")
+    let left: Vec<String> = file_names(adir.path(), "")
         .into_iter()
         .filter(|n| n.len() == 24)
         .collect();
@@ -533,7 +472,7 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
         "{left:?}"
     );
     assert!(left.contains(last));
-    assert_eq!(names(adir.path(), ".backup"), backups);
+    assert_eq!(file_names(adir.path(), ".backup"), backups);
     // Below the backup's start, it removes exactly what it is asked to.
     let out = common::walship(&[
         "cleanup",
@@ -549,9 +488,9 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
 fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_primary_is_down() {
     let mut primary = Node::init("archive_mode = on");
     primary.start();
-    complete_segments(&primary, 1, "before");
+    primary.complete_segments(1, "before");
     let mut standby = Node::basebackup(&primary, "s1", &[]);
-    complete_segments(&primary, 6, "after");
+    primary.complete_segments(6, "after");
     let checksum = primary.query_one("SELECT walship_store_checksum()");
     let adir = tempfile::tempdir().unwrap();
     let out = archive(adir.path(), &primary, &[]);
@@ -571,7 +510,7 @@ fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_pri
         checksum
     );
     assert!(
-        standby.log().contains("restored WAL from the archive"),
+        standby.wait_log("restored WAL from the archive"),
         "{}",
         standby.log()
     );

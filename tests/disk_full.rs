@@ -4,17 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::Node;
-
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use common::{Node, Tmpfs};
 
 #[test]
 fn full_disk_fails_writes_cleanly_and_they_resume() {
@@ -24,15 +14,10 @@ fn full_disk_fails_writes_cleanly_and_they_resume() {
     let saved = node.root.path().join("wal-saved");
     std::fs::rename(&wal, &saved).unwrap();
     std::fs::create_dir(&wal).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&wal)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
+    let Some(mount) = Tmpfs::mount(&wal, "4m") else {
         eprintln!("skipping: cannot mount a tmpfs here (not root?)");
         return;
-    }
-    let _mount = Mount(wal.clone());
+    };
     for entry in std::fs::read_dir(&saved).unwrap() {
         let entry = entry.unwrap();
         let to = wal.join(entry.file_name());
@@ -64,12 +49,7 @@ fn full_disk_fails_writes_cleanly_and_they_resume() {
     let n: i64 = c.query_one("SELECT count(*) FROM kv", &[]).unwrap().get(0);
     assert_eq!(n as usize, acked.len());
     // Make room.
-    let remount = Command::new("mount")
-        .args(["-o", "remount,size=16m"])
-        .arg(&wal)
-        .status()
-        .unwrap();
-    assert!(remount.success());
+    mount.remount("size=16m");
     c.execute("INSERT INTO kv VALUES ('after', 'room')", &[])
         .expect("writes resume when space returns");
     acked.push("after".into());

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use thiserror::Error;
 
-use super::store::{Archive, ArchiveError, Compression, Put};
+use super::store::{Archive, ArchiveError, Compression, Put, IDENTITY};
 use crate::durable::{self, DirLock, FileError, LockError};
 use crate::fence::EpochFile;
 use crate::meta::MetaError;
@@ -37,6 +37,8 @@ pub enum ArchiverError {
     Lock(#[from] LockError),
     #[error("{}: refusing to archive it: {why}", path.display())]
     Invalid { path: PathBuf, why: String },
+    #[error("archive {} is gone (no {IDENTITY} file), yet this node archived {last} there: the archive was removed or its file system is not mounted. Mount it again; if it is lost for good, start a new one with --create and take a new base backup (the new archive begins with a gap)", dir.display())]
+    Vanished { dir: PathBuf, last: String },
     #[error("this node is fenced: archive {} knows epoch {archive}, but the node writes in epoch {node}; a fenced node's WAL is never archived (a standby was promoted: archive from the new primary)", dir.display())]
     Fenced {
         dir: PathBuf,
@@ -183,13 +185,25 @@ pub struct Archiver {
 }
 
 impl Archiver {
+    /// Opens the archiver. A node that has archived before does not
+    /// silently start a new, empty archive where its archive vanished,
+    /// unless `create` says the operator wants exactly that.
     pub fn new(
         data_dir: &Path,
         archive_dir: &Path,
         compression: Compression,
+        create: bool,
     ) -> Result<Archiver, ArchiverError> {
         let dir = DataDir::new(data_dir);
         let control = ControlFile::read(&dir.control())?;
+        if !create && !archive_dir.join(IDENTITY).exists() {
+            if let Some(last) = ArchiverStats::read(data_dir).last_archived_wal {
+                return Err(ArchiverError::Vanished {
+                    dir: archive_dir.to_path_buf(),
+                    last,
+                });
+            }
+        }
         let archive = Archive::open_or_create(
             archive_dir,
             control.system_id,
@@ -243,7 +257,10 @@ impl Archiver {
         }
         let mut stats = ArchiverStats::read(&self.data_dir);
         for name in names {
-            match self.archive_one(&name) {
+            let archived = self
+                .check_present(&stats)
+                .and_then(|()| self.archive_one(&name));
+            match archived {
                 Ok(put) => {
                     if put == Put::AlreadyThere {
                         pass.already += 1;
@@ -265,6 +282,18 @@ impl Archiver {
         }
         stats.write(&self.data_dir)?;
         Ok(pass)
+    }
+
+    /// Fails when the archive vanished under a running archiver (removed,
+    /// or its file system unmounted) rather than writing into nothing.
+    fn check_present(&self, stats: &ArchiverStats) -> Result<(), ArchiverError> {
+        if self.archive.dir.join(IDENTITY).exists() {
+            return Ok(());
+        }
+        Err(ArchiverError::Vanished {
+            dir: self.archive.dir.clone(),
+            last: stats.last_archived_wal.clone().unwrap_or_default(),
+        })
     }
 
     fn archive_one(&self, name: &str) -> Result<Put, ArchiverError> {

@@ -333,6 +333,16 @@ impl Node {
         }
     }
 
+    /// Writes a row and ends the segment, `n` times.
+    pub fn complete_segments(&self, n: usize, tag: &str) {
+        let mut c = self.client();
+        for i in 0..n {
+            c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("{tag}-{i}")])
+                .unwrap();
+            c.batch_execute("SELECT pg_switch_wal()").unwrap();
+        }
+    }
+
     /// Runs one query (simple protocol) and returns the first column of
     /// its first row.
     pub fn query_one(&self, sql: &str) -> String {
@@ -487,4 +497,81 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A tmpfs mounted over a directory, lazily unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (mount's syntax: "4m") over `dir`; `None`
+    /// when this machine does not allow it (not root).
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status();
+        mounted
+            .is_ok_and(|s| s.success())
+            .then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Remounts with other options ("size=16m", "ro", "rw").
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {options} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `walship archive --archive ADIR -D node.dir EXTRA...`.
+pub fn archive(adir: &Path, node: &Node, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "archive",
+        "--archive",
+        adir.to_str().unwrap(),
+        "-D",
+        node.dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    walship(&args)
+}
+
+/// `walship restore --archive ADIR NAME DEST --prefetch DEPTH`.
+pub fn restore(adir: &Path, name: &str, dest: &Path, prefetch: usize) -> Output {
+    walship(&[
+        "restore",
+        "--prefetch",
+        &prefetch.to_string(),
+        "--archive",
+        adir.to_str().unwrap(),
+        name,
+        dest.to_str().unwrap(),
+    ])
+}
+
+/// The names in `dir` ending with `suffix`, sorted; none if it is missing.
+pub fn file_names(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }

@@ -1,0 +1,161 @@
+//! The archive failing under the archiver: full, read-only, removed while a
+//! daemon runs. Each failure is exit 1 with a message naming what and
+//! where; nothing is lost, no partial file ever has a final name, and the
+//! next run picks up where the last stopped. Needs root to mount a small
+//! tmpfs (CI runs as root).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{archive, file_names, stderr, Node, Tmpfs};
+
+/// The invariants after any failure: [`check_whole`], and a segment is
+/// marked `.done` only when it is in the archive. Returns how many
+/// segments are archived.
+fn check_archive(adir: &Path, node: &Node) -> usize {
+    let archived = check_whole(adir, node);
+    for done in file_names(&node.dir.join("wal/archive_status"), "") {
+        if let Some(seg) = done.strip_suffix(".done") {
+            assert!(
+                adir.join(seg).exists(),
+                "{seg} marked done but not archived"
+            );
+        }
+    }
+    archived
+}
+
+/// Every segment under a final name in the archive is whole (identical to
+/// the node's) and no temporary is left. Returns how many there are.
+fn check_whole(adir: &Path, node: &Node) -> usize {
+    let names = file_names(adir, "");
+    assert!(
+        names.iter().all(|n| !n.contains(".tmp.")),
+        "a temporary file was left: {names:?}"
+    );
+    let archived: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+    for seg in &archived {
+        assert!(
+            std::fs::read(adir.join(seg)).unwrap()
+                == std::fs::read(node.dir.join("wal").join(seg)).unwrap(),
+            "{seg} is in the archive, but not whole"
+        );
+    }
+    archived.len()
+}
+
+#[test]
+fn a_full_or_read_only_archive_fails_cleanly_and_the_next_run_finishes() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    node.complete_segments(6, "f");
+    let root = tempfile::tempdir().unwrap();
+    let adir = root.path().join("archive");
+    std::fs::create_dir(&adir).unwrap();
+    let Some(mount) = Tmpfs::mount(&adir, "2600k") else {
+        eprintln!("skipping: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+
+    let out = archive(&adir, &node, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("No space left on device")
+            && stderr(&out).contains(adir.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    let stored = check_archive(&adir, &node);
+    assert!((1..6).contains(&stored), "{stored} segments fit in 2.6 MB?");
+    assert_ne!(
+        node.query_one("SELECT failed_count FROM pg_stat_archiver"),
+        "0"
+    );
+
+    mount.remount("size=16m,ro");
+    let out = archive(&adir, &node, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(check_archive(&adir, &node), stored);
+
+    mount.remount("rw");
+    let out = archive(&adir, &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(check_archive(&adir, &node), 6);
+    assert!(file_names(&node.dir.join("wal/archive_status"), "")
+        .iter()
+        .all(|n| !n.ends_with(".ready")));
+}
+
+#[test]
+fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_recreated() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    let root = tempfile::tempdir().unwrap();
+    let adir = root.path().join("archive");
+    let log = root.path().join("archiver.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args([
+            "archive",
+            "--archive",
+            adir.to_str().unwrap(),
+            "--follow",
+            "-D",
+        ])
+        .arg(&node.dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    node.complete_segments(2, "a");
+    wait("two segments archived", &|| {
+        file_names(&adir, "")
+            .iter()
+            .filter(|n| n.len() == 24)
+            .count()
+            == 2
+    });
+    std::fs::remove_dir_all(&adir).unwrap();
+    node.complete_segments(2, "b");
+    wait("the daemon to report the vanished archive", &|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("is gone")
+    });
+    assert!(!adir.exists(), "the daemon recreated the archive");
+    assert_ne!(
+        node.query_one("SELECT last_failed_wal FROM pg_stat_archiver"),
+        ""
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+
+    // A one-shot run refuses too, and says how to start over.
+    let out = archive(&adir, &node, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--create"), "{}", stderr(&out));
+    assert!(!adir.exists());
+    let out = archive(&adir, &node, &["--create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The new archive holds what was waiting; what went with the old one
+    // needs a new base backup, as the error said.
+    assert_eq!(check_whole(&adir, &node), 2);
+}
