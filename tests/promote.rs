@@ -315,3 +315,72 @@ fn walship_receive_follows_the_timeline_switch_of_a_promotion() {
     }
     assert!(compared >= 1, "no timeline 2 segment was received");
 }
+
+#[test]
+fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_restarted() {
+    let adir = tempfile::tempdir().unwrap();
+    let conf = format!("archive_directory = '{}'", adir.path().display());
+    let mut primary = Node::init(&conf);
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    // The promoter cannot reach the old primary, which keeps running: only
+    // the epoch it claims in the archive can stop it.
+    s1.configure("primary_conninfo = 'host=127.0.0.1 port=1 user=tester connect_timeout=1'");
+    s1.signal(nix::sys::signal::SIGHUP);
+    let out = promote(&s1, &["--force"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), s1.log());
+    assert_eq!(
+        std::fs::read_to_string(adir.path().join("epoch"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match primary
+            .client()
+            .batch_execute("INSERT INTO kv VALUES ('late', 'write') ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        {
+            Err(e) => {
+                let db = e.as_db_error().expect("a server error");
+                assert_eq!(db.code().code(), "25006", "{db:?}");
+                assert!(db.message().contains("epoch 2"), "{}", db.message());
+                break;
+            }
+            Ok(()) => assert!(
+                std::time::Instant::now() < deadline,
+                "the old primary still takes writes\n{}",
+                primary.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
+    let out = common::walship(&["status", "--from", &from]);
+    assert!(
+        text(&out).contains("fenced primary") && text(&out).contains("FENCED:    by epoch 2"),
+        "{}",
+        text(&out)
+    );
+
+    // A primary that was down during the promotion is fenced as it starts,
+    // before it takes a single write.
+    // (Its own fence mark is erased here to stand for a primary that was
+    // down while the promotion happened.)
+    primary.kill9();
+    let epoch_path = primary.dir.join("epoch");
+    let mut epoch = walship::fence::EpochFile::read(&epoch_path).unwrap();
+    assert_eq!(epoch.fenced_by, Some(walship::fence::Epoch(2)));
+    epoch.fenced_by = None;
+    epoch.write(&epoch_path).unwrap();
+    primary.start();
+    assert_eq!(
+        sqlstate(&primary, "INSERT INTO kv VALUES ('x', 'y')").0,
+        "25006"
+    );
+    assert!(
+        primary.log().contains("the archive records epoch 2"),
+        "{}",
+        primary.log()
+    );
+}

@@ -213,10 +213,7 @@ impl Archiver {
         let lock = DirLock::acquire(archive_dir)?;
         // The archive keeps the highest epoch a promotion claimed there.
         let node = EpochFile::read(&dir.epoch())?;
-        let archive_epoch = std::fs::read_to_string(archive_dir.join("epoch"))
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let archive_epoch = crate::fence::archive::highest(archive_dir).map_or(0, |e| e.0);
         let newest = archive_epoch.max(node.fenced_by.map_or(0, |e| e.0));
         if newest > node.epoch.0 {
             return Err(ArchiverError::Fenced {

@@ -24,7 +24,6 @@
 //! thing removed) that accepts no writes; running it again claims a higher
 //! epoch and a higher timeline, so neither is ever reused.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use super::control::NodeState;
 use super::datadir::DataDir;
 use super::server::Node;
 use crate::durable;
-use crate::fence::{Epoch, EpochFile};
+use crate::fence::{self, Epoch, EpochFile};
 use crate::replication::client::Client;
 use crate::replication::walreceiver::WalReceiverHost;
 use crate::wal::history::{HistoryEntry, TimelineHistory};
@@ -134,7 +133,7 @@ impl Node {
         let mut epoch = Epoch(seen.0 + 1);
         let settings = self.settings();
         if !settings.archive_directory.is_empty() {
-            epoch = claim_in_archive(
+            epoch = fence::archive::claim(
                 Path::new(&settings.archive_directory),
                 epoch,
                 &settings.node_name,
@@ -240,29 +239,4 @@ fn fence_directly(
         .map_err(|e| e.to_string())?;
     client.close();
     Ok(())
-}
-
-/// Claims `epoch` (or the next free one above the archive's highest) in
-/// the archive by exclusive creation of `ADIR/epoch.N`.
-fn claim_in_archive(adir: &Path, epoch: Epoch, node: &str) -> Result<Epoch, String> {
-    if !adir.exists() {
-        return Err(format!(
-            "archive_directory {} does not exist: cannot claim an epoch there",
-            adir.display()
-        ));
-    }
-    let path = adir.join(format!("epoch.{}", epoch.0));
-    let created =
-        durable::create_file_exclusive(&path, |f| f.write_all(format!("{node}\n").as_bytes()))
-            .map_err(|e| e.to_string())?;
-    if !created {
-        let winner = std::fs::read_to_string(&path).unwrap_or_default();
-        return Err(format!(
-            "epoch {epoch} was already claimed in the archive by {}: another promotion won; this node stays a standby",
-            winner.trim()
-        ));
-    }
-    durable::replace_file(&adir.join("epoch"), format!("{}\n", epoch.0).as_bytes())
-        .map_err(|e| e.to_string())?;
-    Ok(epoch)
 }

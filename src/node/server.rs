@@ -561,6 +561,28 @@ impl Node {
         crate::wal::writer::mark_ready(&wal_dir, &name)
     }
 
+    /// A primary fences itself when the archive (`archive_directory`)
+    /// records a higher epoch than its own: a standby was promoted while
+    /// this node was cut off or down. Checked at start and every second.
+    fn check_archive_epoch(&self) {
+        let settings = self.settings();
+        if self.standby().is_some() || settings.archive_directory.is_empty() {
+            return;
+        }
+        let adir = std::path::Path::new(&settings.archive_directory);
+        let Some(highest) = crate::fence::archive::highest(adir) else {
+            return;
+        };
+        let ep = *self.lock_epoch();
+        if highest <= ep.epoch || ep.fenced_by.is_some_and(|f| f >= highest) {
+            return;
+        }
+        warn!(archive = %adir.display(), epoch = %highest, "the archive records epoch {highest}, newer than this node's {}: fencing", ep.epoch);
+        if let Err(e) = Host::fence(self, highest.0) {
+            error!("could not fence this node for epoch {highest}: {e}");
+        }
+    }
+
     pub(crate) fn lock_epoch(&self) -> std::sync::MutexGuard<'_, EpochFile> {
         self.epoch.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -748,6 +770,11 @@ impl Host for Node {
             "system_identifier" => control.system_id.to_string(),
             "timeline" => control.timeline.to_string(),
             "epoch" => self.lock_epoch().epoch.to_string(),
+            "fenced_by" => self
+                .lock_epoch()
+                .fenced_by
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
             "in_hot_standby" => if self.standby().is_some() {
                 "on"
             } else {
@@ -1025,6 +1052,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         node.db.fence(by.0).map_err(DataDirError::Db)?;
         error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
     }
+    node.check_archive_epoch();
     if is_standby {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
     }
@@ -1174,6 +1202,7 @@ fn checkpointer(node: &Node) {
             return;
         }
         node.check_promote_signal();
+        node.check_archive_epoch();
         let s = node.settings();
         if s.archive_mode && node.standby().is_none() {
             node.archive_watch.check(

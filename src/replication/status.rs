@@ -47,9 +47,16 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
         "pg_is_in_recovery",
     )
     .is_some_and(|v| v == "t");
+    let fenced_by = show(&mut client, "fenced_by")?.filter(|e| !e.is_empty());
+    let role = match (standby, &fenced_by) {
+        (true, _) => "standby",
+        (false, None) => "primary",
+        (false, Some(_)) => "fenced primary",
+    };
     let mut json = json!({
         "node": show(&mut client, "node_name")?,
-        "role": if standby { "standby" } else { "primary" },
+        "role": role,
+        "fenced_by": fenced_by,
         "system_identifier": show(&mut client, "system_identifier")?,
         "timeline": show(&mut client, "timeline")?,
         "epoch": show(&mut client, "epoch")?,
@@ -92,6 +99,11 @@ impl Status {
             s(&j["timeline"]),
             s(&j["epoch"])
         );
+        if let Some(by) = j["fenced_by"].as_str() {
+            out.push_str(&format!(
+                "FENCED:    by epoch {by}: a standby was promoted; this node takes no writes; rebuild it as a standby of the new primary (walship basebackup)\n"
+            ));
+        }
         if j["role"] == "standby" {
             out.push_str(&format!(
                 "received:  {}\nreplayed:  {}\n",

@@ -1,0 +1,48 @@
+//! Epochs in an archive directory, the one place every node of a system
+//! can see: `ADIR/epoch.N` is the claim of epoch N (created exclusively,
+//! naming the node that claimed it); `ADIR/epoch` holds the highest epoch
+//! claimed. A primary that sees a higher epoch there than its own is
+//! fenced; an archiver of such a node refuses to archive.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::Epoch;
+use crate::durable;
+
+/// The file holding the highest epoch claimed.
+pub const HIGHEST: &str = "epoch";
+
+/// The highest epoch claimed in the archive, if any (and readable).
+pub fn highest(adir: &Path) -> Option<Epoch> {
+    std::fs::read_to_string(adir.join(HIGHEST))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map(Epoch)
+}
+
+/// Claims `epoch` in the archive by exclusive creation of `ADIR/epoch.N`,
+/// then records it as the highest. Two promoters racing for one epoch:
+/// exactly one creates the claim; the other is told who won.
+pub fn claim(adir: &Path, epoch: Epoch, node: &str) -> Result<Epoch, String> {
+    if !adir.exists() {
+        return Err(format!(
+            "archive_directory {} does not exist: cannot claim an epoch there",
+            adir.display()
+        ));
+    }
+    let path = adir.join(format!("epoch.{}", epoch.0));
+    let created =
+        durable::create_file_exclusive(&path, |f| f.write_all(format!("{node}\n").as_bytes()))
+            .map_err(|e| e.to_string())?;
+    if !created {
+        let winner = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(format!(
+            "epoch {epoch} was already claimed in the archive by {}: another promotion won; this node stays a standby",
+            winner.trim()
+        ));
+    }
+    durable::replace_file(&adir.join(HIGHEST), format!("{}\n", epoch.0).as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(epoch)
+}
