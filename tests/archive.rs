@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{archive, file_names, restore, stderr, Node, PgCluster};
+use common::{archive, file_names, restore, stderr, Background, Node, PgCluster};
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -155,14 +155,17 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
     let mut node = Node::init("archive_mode = on\narchive_timeout = 1s");
     node.start();
     let adir = tempfile::tempdir().unwrap();
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args(["archive", "--archive", adir.path().to_str().unwrap(), "-D"])
-        .arg(&node.dir)
-        .arg("--follow")
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let follower = Background::walship(
+        &[
+            "archive",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            "-D",
+            node.dir.to_str().unwrap(),
+            "--follow",
+        ],
+        std::process::Stdio::null(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     // One write, no switch: archive_timeout ends the segment, the follower ships it.
     node.client()
@@ -181,15 +184,11 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
     let out = archive(adir.path(), &node, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains(&format!("pid {}", follower.id())),
+        stderr(&out).contains(&format!("pid {}", follower.pid())),
         "{}",
         stderr(&out)
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(follower.id() as i32),
-        nix::sys::signal::SIGTERM,
-    );
-    let status = follower.wait().unwrap();
+    let status = follower.terminate();
     assert!(status.success(), "{status}");
 }
 

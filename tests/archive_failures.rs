@@ -7,10 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{archive, file_names, stderr, Node, Tmpfs};
+use common::{archive, file_names, stderr, Background, Node, Tmpfs};
 
 /// The invariants after any failure: [`check_whole`], and a segment is
 /// marked `.done` only when it is in the archive. Returns how many
@@ -101,19 +100,17 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
     let root = tempfile::tempdir().unwrap();
     let adir = root.path().join("archive");
     let log = root.path().join("archiver.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_walship"))
-        .args([
+    let daemon = Background::walship(
+        &[
             "archive",
             "--archive",
             adir.to_str().unwrap(),
             "--follow",
             "-D",
-        ])
-        .arg(&node.dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+            node.dir.to_str().unwrap(),
+        ],
+        std::fs::File::create(&log).unwrap().into(),
+    );
     let wait = |what: &str, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !f() {
@@ -141,12 +138,7 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
         node.query_one("SELECT last_failed_wal FROM pg_stat_archiver"),
         ""
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    assert!(daemon.terminate().success());
 
     // A one-shot run refuses too, and says how to start over.
     let out = archive(&adir, &node, &[]);

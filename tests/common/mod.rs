@@ -575,3 +575,38 @@ pub fn file_names(dir: &Path, suffix: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A `walship` process running in the background (an archiver daemon);
+/// killed if the test ends — or fails — while it runs.
+pub struct Background(std::process::Child);
+
+impl Background {
+    /// Starts `walship ARGS`, its standard error to `stderr`.
+    pub fn walship(args: &[&str], stderr: std::process::Stdio) -> Background {
+        let child = Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start walship");
+        Background(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Stops it with SIGTERM; its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).expect("SIGTERM");
+        self.0.wait().expect("wait for walship")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
