@@ -97,6 +97,9 @@ pub struct Settings {
     pub archive_mode: bool,
     pub node_name: String,
     pub wal_sender_timeout: Duration,
+    /// A primary that has heard from no standby this long refuses writes
+    /// (zero: never).
+    pub isolation_fence_timeout: Duration,
     pub max_wal_senders: usize,
     /// How a standby reaches its primary (libpq `key=value` or URI); empty
     /// on a primary.
@@ -171,6 +174,7 @@ impl Default for Settings {
             archive_mode: false,
             node_name: "walship".into(),
             wal_sender_timeout: Duration::from_secs(60),
+            isolation_fence_timeout: Duration::ZERO,
             max_wal_senders: 10,
             primary_conninfo: String::new(),
             primary_slot_name: String::new(),
@@ -273,6 +277,11 @@ const DOCS: &[SettingDoc] = &[
         name: "wal_sender_timeout",
         reload: true,
         help: "end a replication connection whose standby has been silent this long (0: never)",
+    },
+    SettingDoc {
+        name: "isolation_fence_timeout",
+        reload: true,
+        help: "a primary that has heard from no standby this long refuses writes (SQLSTATE 25006) until one reports again, so a primary cut off by a partition stops taking writes a promotion would lose (0: off)",
     },
     SettingDoc {
         name: "max_wal_senders",
@@ -404,6 +413,9 @@ impl Settings {
             "wal_sender_timeout" => {
                 self.wal_sender_timeout = parse_duration(value).map_err(SetError::Value)?
             }
+            "isolation_fence_timeout" => {
+                self.isolation_fence_timeout = parse_duration(value).map_err(SetError::Value)?
+            }
             "max_wal_senders" => {
                 self.max_wal_senders = parse_num(value).map_err(SetError::Value)?
             }
@@ -476,6 +488,7 @@ impl Settings {
             "archive_mode" => if self.archive_mode { "on" } else { "off" }.into(),
             "node_name" => self.node_name.clone(),
             "wal_sender_timeout" => format_duration(self.wal_sender_timeout),
+            "isolation_fence_timeout" => format_duration(self.isolation_fence_timeout),
             "max_wal_senders" => self.max_wal_senders.to_string(),
             "primary_conninfo" => match ConnInfo::parse(&self.primary_conninfo) {
                 // Never show a password.

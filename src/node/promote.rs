@@ -217,6 +217,7 @@ impl Node {
         // 5. The control file gets the new timeline with the checkpoint on it.
         self.lock_control().timeline = new_tli;
         self.set_promoted();
+        self.senders.mark_heard();
         self.checkpoint(NodeState::InProduction)
             .map_err(|e| format!("checkpoint after the timeline switch failed: {e}"))?;
         durable::remove_file(&dir.standby_signal()).map_err(|e| e.to_string())?;

@@ -101,7 +101,7 @@ pub struct Node {
     promoted: AtomicBool,
     /// Set while a promotion stops the walreceiver.
     promoting: AtomicBool,
-    senders: WalSenders,
+    pub(crate) senders: WalSenders,
     /// Set at shutdown once the last WAL (the shutdown checkpoint) is
     /// flushed: walsenders send the rest and end.
     final_wal_written: AtomicBool,
@@ -438,6 +438,16 @@ impl WalSenderHost for Node {
     fn sender_timeout(&self) -> Duration {
         Node::settings(self).wal_sender_timeout
     }
+    /// Often enough that a live standby is never taken for a dead one,
+    /// by wal_sender_timeout or by isolation self-fencing: half of each.
+    fn keepalive_interval(&self) -> Duration {
+        let s = Node::settings(self);
+        [s.wal_sender_timeout, s.isolation_fence_timeout]
+            .into_iter()
+            .filter(|t| !t.is_zero())
+            .map(|t| t / 2)
+            .fold(Duration::from_secs(10), Duration::min)
+    }
     fn max_message_size(&self) -> usize {
         Node::settings(self).max_message_size
     }
@@ -559,6 +569,29 @@ impl Node {
         }
         crate::durable::replace_file(&wal_dir.join(&name), text.as_bytes())?;
         crate::wal::writer::mark_ready(&wal_dir, &name)
+    }
+
+    /// Isolation self-fencing: with `isolation_fence_timeout` set, a
+    /// primary that has heard from no standby that long (counted from its
+    /// start or promotion until the first report) refuses writes until one
+    /// reports.
+    fn isolation(&self) -> Option<PgError> {
+        let timeout = self.settings().isolation_fence_timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let silent = self.senders.silent_for();
+        (silent > timeout).then(|| {
+            PgError::new(
+                crate::sqlstate::code::READ_ONLY_TRANSACTION,
+                format!(
+                    "this primary is isolated: no standby has reported for {} s (isolation_fence_timeout = {} s), so it takes no writes a promotion elsewhere could lose",
+                    silent.as_secs(),
+                    timeout.as_secs()
+                ),
+            )
+            .with_hint("writes resume as soon as a standby reports again; check the network between this node and its standbys")
+        })
     }
 
     /// A primary fences itself when the archive (`archive_directory`)
@@ -742,7 +775,7 @@ impl Host for Node {
     }
     fn write_refusal(&self) -> Option<PgError> {
         if self.standby().is_none() {
-            return self.archive_watch.refusal();
+            return self.isolation().or_else(|| self.archive_watch.refusal());
         }
         let primary = self.settings().show("primary_conninfo").unwrap_or_default();
         Some(
@@ -1053,6 +1086,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
     }
     node.check_archive_epoch();
+    node.senders.mark_heard();
     if is_standby {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
     }

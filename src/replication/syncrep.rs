@@ -192,6 +192,10 @@ pub struct SenderStatus {
 pub struct WalSenders {
     senders: Mutex<Vec<Sender>>,
     changed: Condvar,
+    /// When a standby last reported, or the node began to be a primary
+    /// (see [`WalSenders::mark_heard`]): what isolation self-fencing
+    /// measures.
+    last_heard: Mutex<Option<Instant>>,
 }
 
 impl WalSenders {
@@ -212,6 +216,21 @@ impl WalSenders {
             reply_time: None,
             lag: LagTracker::default(),
         });
+    }
+
+    /// Restarts the silence clock: on every standby report, and when the
+    /// node starts or is promoted (its standbys get a full timeout to
+    /// connect).
+    pub fn mark_heard(&self) {
+        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// How long since a standby reported (or [`WalSenders::mark_heard`]).
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     pub fn unregister(&self, pid: i32) {
@@ -250,6 +269,7 @@ impl WalSenders {
             s.reply_time = Some(reply_time);
             s.lag.forget_upto(write.min(flush).min(apply));
         });
+        self.mark_heard();
         self.changed.notify_all();
     }
 

@@ -41,6 +41,8 @@ pub trait WalSenderHost: Send + Sync {
     /// Read-only parameters for SHOW.
     fn show(&self, name: &str) -> Option<String>;
     fn sender_timeout(&self) -> Duration;
+    /// How often to send a keepalive that asks the standby to reply.
+    fn keepalive_interval(&self) -> Duration;
     fn max_message_size(&self) -> usize;
     fn is_shutting_down(&self) -> bool;
     /// The node is stopping and its last WAL (the shutdown checkpoint) is
@@ -637,12 +639,7 @@ fn stream(
             if let Err(e) = out.send(w) {
                 break Err(write_failed(e));
             }
-            let keepalive_every = if timeout.is_zero() {
-                Duration::from_secs(10)
-            } else {
-                timeout / 2
-            };
-            if last_keepalive.elapsed() >= keepalive_every.min(Duration::from_secs(10)) {
+            if last_keepalive.elapsed() >= host.keepalive_interval() {
                 let mut k = vec![b'k'];
                 k.extend_from_slice(&flushed.0.to_be_bytes());
                 k.extend_from_slice(&pg_now().to_be_bytes());
