@@ -423,7 +423,8 @@ Examples:
 /// epoch and refuses every write from then on) and/or with --fence-command,
 /// which must exit 0 — then switches to a new timeline, persists the epoch
 /// and accepts writes. Without a fence it refuses, unless --force. A stopped
-/// standby promotes as soon as it is started.
+/// standby is started just long enough to promote, then stopped cleanly:
+/// it is a primary the next time it starts.
 #[derive(Args)]
 #[command(after_help = PROMOTE_EXAMPLES)]
 struct PromoteArgs {
@@ -711,46 +712,111 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("walship promote failed")?;
-    if !running {
-        println!(
-            "The standby is not running: it will promote as soon as it is started (walship server -D {}).",
-            args.dir.display()
-        );
-        return Ok(if args.wait {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        });
-    }
-    if !args.wait {
+    if running && !args.wait {
         println!(
             "Promotion requested; the standby acts within a second (watch its log, or use --wait)."
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // A stopped standby is started just long enough to promote (the same
+    // steps, in the same order), then stopped cleanly: it is a primary the
+    // next time it starts.
+    let mut server = if running {
+        None
+    } else {
+        println!("The standby is not running: starting it to promote it, then stopping it again.");
+        Some(TemporaryServer::start(&args.dir)?)
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while std::time::Instant::now() < deadline {
+    let outcome = loop {
         if let Ok(why) = std::fs::read_to_string(args.dir.join(PROMOTE_FAILED)) {
-            eprintln!("walship promote: error: promotion failed: {why}");
-            return Ok(ExitCode::from(1));
+            break Err(format!("promotion failed: {why}"));
         }
         if !dir.standby_signal().exists() {
-            let epoch =
-                walship::fence::EpochFile::read(&dir.epoch()).context("reading the epoch")?;
-            println!(
-                "Promoted: {} is the primary, epoch {} on timeline {}.",
-                args.dir.display(),
-                epoch.epoch,
-                epoch.timeline
-            );
-            return Ok(ExitCode::SUCCESS);
+            break Ok(());
+        }
+        if let Some(s) = &mut server {
+            if let Some(why) = s.exited() {
+                break Err(format!("the standby stopped before promoting ({why})"));
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break Err("the promotion did not finish within 120 s".into());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let log = server.map(TemporaryServer::stop).unwrap_or_default();
+    if let Err(why) = outcome {
+        eprintln!(
+            "walship promote: error: {why}; see the standby's log{}",
+            if log.is_empty() {
+                String::new()
+            } else {
+                format!(":\n{log}")
+            }
+        );
+        return Ok(ExitCode::from(1));
     }
-    eprintln!(
-        "walship promote: error: the promotion did not finish within 120 s; see the standby's log"
+    let epoch = walship::fence::EpochFile::read(&dir.epoch()).context("reading the epoch")?;
+    println!(
+        "Promoted: {} is the primary, epoch {} on timeline {}.{}",
+        args.dir.display(),
+        epoch.epoch,
+        epoch.timeline,
+        if running {
+            String::new()
+        } else {
+            format!(
+                " It is stopped: start it with walship server -D {}.",
+                args.dir.display()
+            )
+        }
     );
-    Ok(ExitCode::from(1))
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `walship server` started by `walship promote` for a stopped standby,
+/// its log kept in a temporary file.
+struct TemporaryServer {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl TemporaryServer {
+    fn start(dir: &std::path::Path) -> anyhow::Result<TemporaryServer> {
+        let log = std::env::temp_dir().join(format!("walship-promote-{}.log", std::process::id()));
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .arg("server")
+            .arg("-D")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("could not start walship server")?;
+        Ok(TemporaryServer { child, log })
+    }
+
+    /// Why it exited, if it did.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Stops it cleanly (SIGTERM: shutdown checkpoint); returns its log.
+    fn stop(mut self) -> String {
+        let child = &mut self.child;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        log
+    }
 }
 
 fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {

@@ -384,3 +384,39 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
         primary.log()
     );
 }
+
+#[test]
+fn a_stopped_standby_is_promoted_at_once_and_left_stopped() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = standby_of(&primary, "s1");
+    s1.stop();
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("epoch 2 on timeline 2") && text(&out).contains("It is stopped"),
+        "{}",
+        text(&out)
+    );
+    assert!(!s1.dir.join("standby.signal").exists());
+    // It fenced the old primary while it ran, and stopped cleanly.
+    assert_eq!(
+        sqlstate(&primary, "INSERT INTO kv VALUES ('a', 'b')").0,
+        "25006"
+    );
+    walship::durable::DirLock::acquire(&s1.dir).expect("the temporary server is gone");
+    s1.start();
+    assert_eq!(s1.query_one("SHOW timeline"), "2");
+    s1.client()
+        .batch_execute("INSERT INTO kv VALUES ('on', 'the new primary')")
+        .unwrap();
+
+    // Refused (no fence, no --force): it stays a stopped standby.
+    let s2 = Node::basebackup(&s1, "s2", &[]);
+    s1.kill9();
+    let out = promote(&s2, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("refusing to promote"), "{}", text(&out));
+    assert!(s2.dir.join("standby.signal").exists());
+    walship::durable::DirLock::acquire(&s2.dir).expect("the temporary server is gone");
+}
