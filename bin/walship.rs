@@ -41,6 +41,7 @@ enum Command {
     Restore(RestoreArgs),
     Cleanup(CleanupArgs),
     Promote(PromoteArgs),
+    Follow(FollowArgs),
     #[command(hide = true)]
     PrefetchWorker(PrefetchWorkerArgs),
 }
@@ -346,6 +347,34 @@ struct RestoreArgs {
     prefetch: usize,
 }
 
+const FOLLOW_EXAMPLES: &str = "\
+Examples:
+  walship follow -D /var/lib/walship/s2 --from 'host=10.0.0.11 port=5433 user=replicator'
+  walship follow -D s2 --from 'host=10.0.0.11 port=5433 user=replicator' --slot s2";
+
+/// Point a standby at another upstream (the new primary after a failover).
+///
+/// Connects to the new upstream first and refuses unless it is the same
+/// system in an epoch no lower than the standby's own (a fenced old
+/// primary is refused). Then appends primary_conninfo (with
+/// application_name = node_name) and, with --slot, primary_slot_name to
+/// walship.conf, and sends SIGHUP to the standby when it is running: it
+/// reconnects and crosses the timeline switch by itself. A stopped
+/// standby follows the new upstream when it starts.
+#[derive(Args)]
+#[command(after_help = FOLLOW_EXAMPLES)]
+struct FollowArgs {
+    /// The standby's data directory.
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    dir: PathBuf,
+    /// The new upstream, as a libpq connection string or URI.
+    #[arg(long, value_name = "CONNINFO")]
+    from: String,
+    /// The replication slot to stream from on the new upstream.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+}
+
 /// The background half of `walship restore --prefetch` (started by it).
 #[derive(Args)]
 struct PrefetchWorkerArgs {
@@ -479,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => run_restore(args),
         Command::Cleanup(args) => run_cleanup(args),
         Command::Promote(args) => run_promote(args),
+        Command::Follow(args) => run_follow(args),
         Command::PrefetchWorker(args) => run_prefetch_worker(args),
     }
 }
@@ -837,6 +867,24 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
+    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let done = walship::replication::follow::follow(&args.dir, &from, args.slot.as_deref())
+        .context("walship follow failed")?;
+    println!(
+        "{} now follows {} (epoch {}, timeline {}){}.",
+        args.dir.display(),
+        done.peer,
+        done.epoch,
+        done.timeline,
+        match done.signalled {
+            Some(pid) => format!("; told the running standby (pid {pid}) to reload"),
+            None => "; it is not running: it follows it when started".into(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_prefetch_worker(args: PrefetchWorkerArgs) -> anyhow::Result<ExitCode> {
     let archive = Archive::open(&args.archive)?;
     let first = walship::wal::SegmentName::parse(&args.first, archive.seg_size)?;
@@ -947,7 +995,7 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-cleanup\fR(1), \fBwalship-promote\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-cleanup\fR(1), \fBwalship-promote\fR(1), \fBwalship-follow\fR(1), \fBwalship-demo\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {

@@ -203,12 +203,30 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
         )
         .unwrap();
     }
-    // Point s2 at the new primary: it crosses the switch.
-    s2.configure(&format!(
-        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
-        s1.port
-    ));
-    s2.signal(nix::sys::signal::SIGHUP);
+    // walship follow refuses another system's node, then points s2 at the
+    // new primary: it crosses the switch by itself.
+    let s2_dir = s2.dir.clone();
+    let follow = |to: &Node| {
+        common::walship(&[
+            "follow",
+            "-D",
+            s2_dir.to_str().unwrap(),
+            "--from",
+            &format!("host=127.0.0.1 port={} user=tester", to.port),
+        ])
+    };
+    let mut stranger = Node::init("");
+    stranger.start();
+    let out = follow(&stranger);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("belongs to system"), "{}", text(&out));
+    let out = follow(&s1);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("epoch 2, timeline 2") && text(&out).contains("reload"),
+        "{}",
+        text(&out)
+    );
     let lsn = s1.query_one("SELECT pg_current_wal_flush_lsn()");
     s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
     assert!(
@@ -247,7 +265,15 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
         s2.query_one("SELECT value FROM kv WHERE key = 'after'"),
         "restart"
     );
-    // Pointed back at the fenced old primary (epoch 1), it refuses.
+    // walship follow refuses the fenced old primary (epoch 1)...
+    let out = follow(&primary);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("older than this standby's epoch 2"),
+        "{}",
+        text(&out)
+    );
+    // ...and so does the standby itself, pointed there by hand.
     s2.configure(&format!(
         "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
         primary.port

@@ -344,6 +344,34 @@ pub enum ConfigError {
     },
     #[error("could not read {file}: {why}")]
     Read { file: String, why: String },
+    #[error("{0}")]
+    Write(String),
+}
+
+/// Appends `name = value` lines to the settings file at `path`, under a
+/// comment saying who added them (the last value of a setting wins, so the
+/// file keeps its history). The result is parsed before it replaces the
+/// file, atomically: a bad value never reaches the disk.
+pub fn append_settings(
+    path: &Path,
+    who: &str,
+    lines: &[(&str, String)],
+) -> Result<(), ConfigError> {
+    let mut text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        file: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    text.push_str(&format!("\n# Added by {who} at {when}\n"));
+    for (name, value) in lines {
+        text.push_str(&format!("{name} = {}\n", quote(value)));
+    }
+    Settings::parse(&text, &path.display().to_string())?;
+    crate::durable::replace_file(path, text.as_bytes())
+        .map_err(|e| ConfigError::Write(e.to_string()))
 }
 
 impl Settings {

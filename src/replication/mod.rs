@@ -6,6 +6,7 @@ pub mod basebackup;
 pub mod client;
 pub mod command;
 pub mod conninfo;
+pub mod follow;
 pub mod receive;
 pub mod slots;
 pub mod status;

@@ -1,0 +1,134 @@
+//! `walship follow`: point a standby at another upstream — the new primary
+//! after a failover — checking first that it can follow it.
+//!
+//! Invariants: `walship.conf` changes only after the new upstream answered
+//! as the same system, in an epoch no lower than the standby's own (a
+//! fenced old primary is refused); the change is appended (the last value
+//! of a setting wins), so the file keeps its history; a running standby is
+//! told with SIGHUP and crosses the timeline switch by itself.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::client::{Client, ClientError};
+use super::conninfo::ConnInfo;
+use crate::durable::{DirLock, FileError, LockError};
+use crate::fence::EpochFile;
+use crate::meta::MetaError;
+use crate::node::config::{self, ConfigError, Settings};
+use crate::node::control::ControlFile;
+use crate::node::datadir::DataDir;
+
+#[derive(Debug, Error)]
+pub enum FollowError {
+    #[error("{} is not a standby (no standby.signal); a former primary must be rebuilt as a standby with walship basebackup", .0.display())]
+    NotStandby(PathBuf),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(
+        "{peer} belongs to system {theirs}, this standby to system {ours}: it cannot follow it"
+    )]
+    OtherSystem {
+        peer: String,
+        theirs: String,
+        ours: u64,
+    },
+    #[error("{peer} is in epoch {theirs}, older than this standby's epoch {ours}: it is probably a fenced old primary; follow the current primary")]
+    OlderEpoch {
+        peer: String,
+        theirs: u64,
+        ours: u64,
+    },
+    #[error("{peer} did not say {what}")]
+    Unanswered { peer: String, what: &'static str },
+}
+
+/// What `walship follow` did.
+#[derive(Debug)]
+pub struct Followed {
+    /// The new upstream, as `host:port`.
+    pub peer: String,
+    pub epoch: u64,
+    pub timeline: String,
+    /// The pid told to reload, when the standby is running.
+    pub signalled: Option<i32>,
+}
+
+/// Points the standby in `dir` at `from` (optionally through `slot`).
+pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followed, FollowError> {
+    let data = DataDir::new(dir);
+    if !data.standby_signal().exists() {
+        return Err(FollowError::NotStandby(dir.to_path_buf()));
+    }
+    let settings = Settings::load(&data.conf())?;
+    let control = ControlFile::read(&data.control())?;
+    let ours = EpochFile::read(&data.epoch())?;
+    let mut info = from.clone();
+    info.application_name = Some(settings.node_name.clone());
+    let mut client = Client::connect(&info, Some("true"))?;
+    let peer = client.peer().to_string();
+    let unanswered = |what| FollowError::Unanswered {
+        peer: peer.clone(),
+        what,
+    };
+    let ident = client.query("IDENTIFY_SYSTEM")?;
+    let system = ident
+        .text(0, "systemid")
+        .ok_or_else(|| unanswered("its system identifier"))?;
+    if system != control.system_id.to_string() {
+        return Err(FollowError::OtherSystem {
+            peer,
+            theirs: system,
+            ours: control.system_id,
+        });
+    }
+    let timeline = ident
+        .text(0, "timeline")
+        .ok_or_else(|| unanswered("its timeline"))?;
+    let epoch = client
+        .query("SHOW epoch")?
+        .text(0, "epoch")
+        .and_then(|e| e.parse::<u64>().ok())
+        .ok_or_else(|| unanswered("its epoch"))?;
+    client.close();
+    if epoch < ours.epoch.0 {
+        return Err(FollowError::OlderEpoch {
+            peer,
+            theirs: epoch,
+            ours: ours.epoch.0,
+        });
+    }
+    let mut lines = vec![("primary_conninfo", info.to_conninfo_string())];
+    if let Some(slot) = slot {
+        lines.push(("primary_slot_name", slot.to_string()));
+    }
+    config::append_settings(&data.conf(), "walship follow", &lines)?;
+    let signalled = match DirLock::acquire(dir) {
+        Ok(_) => None,
+        Err(LockError::Busy { holder, .. }) => holder.parse::<i32>().ok(),
+        Err(LockError::Io(e)) => return Err(e.into()),
+    };
+    if let Some(pid) = signalled {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP).map_err(|e| {
+            FileError::new(
+                "signal the standby (SIGHUP) that holds",
+                dir,
+                std::io::Error::from(e),
+            )
+        })?;
+    }
+    Ok(Followed {
+        peer,
+        epoch,
+        timeline,
+        signalled,
+    })
+}
