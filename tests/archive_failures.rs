@@ -68,7 +68,7 @@ fn a_full_or_read_only_archive_fails_cleanly_and_the_next_run_finishes() {
         stderr(&out)
     );
     let stored = check_archive(&adir, &node);
-    assert!((1..6).contains(&stored), "{stored} segments fit in 2.6 MB?");
+    assert!(stored < 6, "{stored} segments fit in 2.6 MB?");
     assert_ne!(
         node.query_one("SELECT failed_count FROM pg_stat_archiver"),
         "0"

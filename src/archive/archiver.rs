@@ -5,9 +5,11 @@
 //!
 //! Invariants: a segment is archived only after its size, every page
 //! header, record CRC and prev-link, and its system identifier are
-//! verified; `.done` is written only after the archived copy is durable;
-//! a failure stops the run at that file (the next run retries it), so the
-//! archive never has a gap behind a later segment.
+//! verified; `.done` is written only after the archived copy is durable,
+//! in order; a failure stops the run at that file (the next run retries
+//! it), so `.done` marks never pass a gap. (Files are copied a few at a
+//! time, so a file after a failed one may already be in the archive,
+//! whole and unmarked; the next run finds it there.)
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -46,6 +48,9 @@ pub enum ArchiverError {
         node: u64,
     },
 }
+
+/// How many files one pass copies at once (fewer for large segments).
+const ARCHIVE_PARALLEL: usize = 4;
 
 /// The file that keeps the archiver's counters for `pg_stat_archiver`.
 pub const STATS_FILE: &str = "archiver.status";
@@ -245,7 +250,10 @@ impl Archiver {
         Ok(names)
     }
 
-    /// Archives everything marked ready; stops at the first failure.
+    /// Archives everything marked ready, a few files at a time (reads,
+    /// verification and fsyncs overlap); marks them `.done` in order and
+    /// stops at the first failure. A later file copied before the failure
+    /// stays in the archive unmarked: the next run finds it there, the same.
     pub fn pass(&self) -> Result<Pass, ArchiverError> {
         let mut pass = Pass::default();
         let names = self.ready()?;
@@ -253,10 +261,36 @@ impl Archiver {
             return Ok(pass);
         }
         let mut stats = ArchiverStats::read(&self.data_dir);
-        for name in names {
-            let archived = self
-                .check_present(&stats)
-                .and_then(|()| self.archive_one(&name));
+        // At most ~256 MiB of segments in memory at once.
+        let parallel = (256 << 20) / self.archive.seg_size.bytes().max(1);
+        let parallel = (parallel as usize).clamp(1, ARCHIVE_PARALLEL);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<std::sync::Mutex<Option<Result<Put, ArchiverError>>>> =
+            names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..parallel.min(names.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let Some(name) = names.get(i) else { return };
+                    if failed.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
+                    let copied = self
+                        .check_present(&stats)
+                        .and_then(|()| self.copy_one(name));
+                    if copied.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(copied);
+                });
+            }
+        });
+        for (name, result) in names.into_iter().zip(results) {
+            let Some(copied) = result.into_inner().unwrap_or_else(|p| p.into_inner()) else {
+                break; // not tried: an earlier file failed
+            };
+            let archived = copied.and_then(|put| self.mark_done(&name).map(|()| put));
             match archived {
                 Ok(put) => {
                     if put == Put::AlreadyThere {
@@ -293,9 +327,9 @@ impl Archiver {
         })
     }
 
-    fn archive_one(&self, name: &str) -> Result<Put, ArchiverError> {
-        let wal = DataDir::new(&self.data_dir).wal();
-        let path = wal.join(name);
+    /// Verifies `wal/NAME` and copies it durably into the archive.
+    fn copy_one(&self, name: &str) -> Result<Put, ArchiverError> {
+        let path = DataDir::new(&self.data_dir).wal().join(name);
         let bytes = std::fs::read(&path).map_err(|e| FileError::new("read", &path, e))?;
         verify_file(&bytes, name, self.archive.seg_size, self.archive.system_id).map_err(
             |why| ArchiverError::Invalid {
@@ -303,13 +337,17 @@ impl Archiver {
                 why,
             },
         )?;
-        let put = self.archive.put(name, &bytes)?;
-        let status = wal.join(ARCHIVE_STATUS_DIR);
+        Ok(self.archive.put(name, &bytes)?)
+    }
+
+    /// Marks `NAME` archived (`.ready` → `.done`), once its copy is durable.
+    fn mark_done(&self, name: &str) -> Result<(), ArchiverError> {
+        let status = DataDir::new(&self.data_dir).wal().join(ARCHIVE_STATUS_DIR);
         durable::rename(
             &status.join(format!("{name}.ready")),
             &status.join(format!("{name}.done")),
         )?;
-        Ok(put)
+        Ok(())
     }
 }
 

@@ -252,7 +252,10 @@ pub fn prefetch(
                 *next += 1;
                 in_flight.fetch_add(1, Ordering::AcqRel);
                 let plan = format!("{head} {name}\n");
-                durable::replace_file(&spool.join(PLAN_FILE), plan.as_bytes()).ok()?;
+                // A hint for the running requests, worthless after a
+                // crash: written plainly (a torn read just means "not
+                // fetching", and the request fetches it itself).
+                std::fs::write(spool.join(PLAN_FILE), plan).ok()?;
                 *last_taken.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 return Some(name);
             }
@@ -290,6 +293,6 @@ pub fn prefetch(
             });
         }
     });
-    durable::remove_file(&spool.join(PLAN_FILE))?;
+    let _ = std::fs::remove_file(spool.join(PLAN_FILE));
     Ok(())
 }

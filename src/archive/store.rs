@@ -194,13 +194,16 @@ impl Archive {
         if path.exists() {
             return self.same_or_conflict(name, bytes, &path);
         }
+        let compressed;
         let stored = match self.compression {
             Compression::Zstd if !Self::is_text_file(name) => {
-                zstd::bulk::compress(bytes, 3).map_err(|e| FileError::new("compress", &path, e))?
+                compressed = zstd::bulk::compress(bytes, 3)
+                    .map_err(|e| FileError::new("compress", &path, e))?;
+                &compressed[..]
             }
-            _ => bytes.to_vec(),
+            _ => bytes,
         };
-        if durable::create_file_exclusive(&path, |f| f.write_all(&stored))? {
+        if durable::create_file_exclusive(&path, |f| f.write_all(stored))? {
             Ok(Put::Stored)
         } else {
             self.same_or_conflict(name, bytes, &path)
