@@ -42,6 +42,7 @@ enum Command {
     Cleanup(CleanupArgs),
     Promote(PromoteArgs),
     Follow(FollowArgs),
+    Rejoin(RejoinArgs),
     #[command(hide = true)]
     PrefetchWorker(PrefetchWorkerArgs),
 }
@@ -375,6 +376,36 @@ struct FollowArgs {
     slot: Option<String>,
 }
 
+const REJOIN_EXAMPLES: &str = "\
+Examples:
+  walship rejoin -D /var/lib/walship/old --from 'host=10.0.0.12 port=5433 user=replicator'
+  walship rejoin -D old --from 'host=10.0.0.12 port=5433 user=replicator' --slot old && walship server -D old";
+
+/// Make a stopped old primary a standby of the new primary.
+///
+/// Asks the new primary for its timeline history: where this node's
+/// timeline ends for it (the switch point). WAL this node wrote past it is
+/// cut back (the segment holding it zeroed from there, later ones removed)
+/// when its store can be rewound too: its last checkpoint is at or before
+/// the switch point, or only checkpoints lie past it (a shutdown, the
+/// restart of a fenced primary). Otherwise it changes nothing and says the
+/// node must be rebuilt with walship basebackup. Then it writes
+/// standby.signal and primary_conninfo: start the node and it follows the
+/// new primary across the timeline switch. The node must be stopped.
+#[derive(Args)]
+#[command(after_help = REJOIN_EXAMPLES)]
+struct RejoinArgs {
+    /// The old primary's data directory (stopped).
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
+    dir: PathBuf,
+    /// The new primary, as a libpq connection string or URI.
+    #[arg(long, value_name = "CONNINFO")]
+    from: String,
+    /// The replication slot to stream from on the new primary.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+}
+
 /// The background half of `walship restore --prefetch` (started by it).
 #[derive(Args)]
 struct PrefetchWorkerArgs {
@@ -509,6 +540,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cleanup(args) => run_cleanup(args),
         Command::Promote(args) => run_promote(args),
         Command::Follow(args) => run_follow(args),
+        Command::Rejoin(args) => run_rejoin(args),
         Command::PrefetchWorker(args) => run_prefetch_worker(args),
     }
 }
@@ -885,6 +917,32 @@ fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
+    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let done = walship::replication::rejoin::rejoin(&args.dir, &from, args.slot.as_deref())
+        .context("walship rejoin failed")?;
+    match (done.switch, done.rewound_from) {
+        (Some(switch), Some(end)) => println!(
+            "Rewound {}: its WAL ended at {end}, past the switch point {switch}; cut back to it ({} later segment(s) removed).",
+            args.dir.display(),
+            done.removed_segments
+        ),
+        (Some(switch), None) => println!(
+            "{} stopped at or before the switch point {switch}: nothing to rewind.",
+            args.dir.display()
+        ),
+        _ => {}
+    }
+    println!(
+        "{} is now a standby of {} (epoch {}): start it with walship server -D {}.",
+        args.dir.display(),
+        done.peer,
+        done.epoch,
+        args.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_prefetch_worker(args: PrefetchWorkerArgs) -> anyhow::Result<ExitCode> {
     let archive = Archive::open(&args.archive)?;
     let first = walship::wal::SegmentName::parse(&args.first, archive.seg_size)?;
@@ -995,7 +1053,7 @@ Usage error.
                 &root,
                 "walship",
                 "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-cleanup\fR(1), \fBwalship-promote\fR(1), \fBwalship-follow\fR(1), \fBwalship-demo\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
+                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-cleanup\fR(1), \fBwalship-promote\fR(1), \fBwalship-follow\fR(1), \fBwalship-rejoin\fR(1), \fBwalship-demo\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
             ),
         )];
         for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {

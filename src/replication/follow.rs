@@ -22,7 +22,7 @@ use crate::node::datadir::DataDir;
 
 #[derive(Debug, Error)]
 pub enum FollowError {
-    #[error("{} is not a standby (no standby.signal); a former primary must be rebuilt as a standby with walship basebackup", .0.display())]
+    #[error("{} is not a standby (no standby.signal); make a former primary a standby with walship rejoin", .0.display())]
     NotStandby(PathBuf),
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -61,12 +61,20 @@ pub struct Followed {
     pub signalled: Option<i32>,
 }
 
-/// Points the standby in `dir` at `from` (optionally through `slot`).
-pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followed, FollowError> {
+/// An upstream that answered as this node's system, in an epoch no lower
+/// than the node's own; its replication connection is still open.
+pub(crate) struct Upstream {
+    pub client: Client,
+    /// How this node reaches it (`application_name` = its node name).
+    pub info: ConnInfo,
+    pub peer: String,
+    pub timeline: String,
+    pub epoch: u64,
+}
+
+/// Connects to `from` for the node in `dir` and checks it may follow it.
+pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, FollowError> {
     let data = DataDir::new(dir);
-    if !data.standby_signal().exists() {
-        return Err(FollowError::NotStandby(dir.to_path_buf()));
-    }
     let settings = Settings::load(&data.conf())?;
     let control = ControlFile::read(&data.control())?;
     let ours = EpochFile::read(&data.epoch())?;
@@ -97,7 +105,6 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
         .text(0, "epoch")
         .and_then(|e| e.parse::<u64>().ok())
         .ok_or_else(|| unanswered("its epoch"))?;
-    client.close();
     if epoch < ours.epoch.0 {
         return Err(FollowError::OlderEpoch {
             peer,
@@ -105,11 +112,46 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
             ours: ours.epoch.0,
         });
     }
-    let mut lines = vec![("primary_conninfo", info.to_conninfo_string())];
+    Ok(Upstream {
+        client,
+        info,
+        peer,
+        timeline,
+        epoch,
+    })
+}
+
+/// Appends `primary_conninfo` (and `primary_slot_name`) for `upstream` to
+/// the node's walship.conf, saying `who` did.
+pub(crate) fn point_at(
+    dir: &Path,
+    upstream: &Upstream,
+    slot: Option<&str>,
+    who: &str,
+) -> Result<(), FollowError> {
+    let mut lines = vec![("primary_conninfo", upstream.info.to_conninfo_string())];
     if let Some(slot) = slot {
         lines.push(("primary_slot_name", slot.to_string()));
     }
-    config::append_settings(&data.conf(), "walship follow", &lines)?;
+    config::append_settings(&DataDir::new(dir).conf(), who, &lines)?;
+    Ok(())
+}
+
+/// Points the standby in `dir` at `from` (optionally through `slot`).
+pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followed, FollowError> {
+    if !DataDir::new(dir).standby_signal().exists() {
+        return Err(FollowError::NotStandby(dir.to_path_buf()));
+    }
+    let upstream = check_upstream(dir, from)?;
+    point_at(dir, &upstream, slot, "walship follow")?;
+    let Upstream {
+        client,
+        peer,
+        timeline,
+        epoch,
+        ..
+    } = upstream;
+    client.close();
     let signalled = match DirLock::acquire(dir) {
         Ok(_) => None,
         Err(LockError::Busy { holder, .. }) => holder.parse::<i32>().ok(),

@@ -8,6 +8,7 @@ pub mod command;
 pub mod conninfo;
 pub mod follow;
 pub mod receive;
+pub mod rejoin;
 pub mod slots;
 pub mod status;
 pub mod syncrep;

@@ -330,7 +330,7 @@ fn stream(
         }
     }
     let wal = host.wal();
-    let start = wal.insert_lsn();
+    let mut start = wal.insert_lsn();
     if their_tli > ours {
         // The upstream is on a later timeline: stream ours up to its switch
         // point (the upstream ends it there), then follow.
@@ -350,6 +350,16 @@ fn stream(
                 theirs: their_tli,
                 ours,
             })?;
+        // A switch point on a page boundary: our WAL may already hold the
+        // (empty) page's header. That is still the switch point.
+        let header = if switch.segment_offset(host.seg_size()) == 0 {
+            crate::wal::format::LONG_PAGE_HEADER
+        } else {
+            crate::wal::format::SHORT_PAGE_HEADER
+        };
+        if switch.page_offset() == 0 && start.0 == switch.0 + header as u64 {
+            start = switch;
+        }
         if start > switch {
             return Err(ReceiveError::Diverged {
                 peer,

@@ -316,7 +316,10 @@ fn run_command(
                 start.segno(host.seg_size()),
                 host.seg_size(),
             );
-            if !first.exists() {
+            // A standby already at an older timeline's end needs no WAL of
+            // it, only the end-of-timeline answer.
+            let at_switch = end_of_timeline.is_some_and(|(switch, _)| start == switch);
+            if !first.exists() && !at_switch {
                 return Err(PgError::new(
                     "58P01",
                     format!(

@@ -343,6 +343,29 @@ impl Node {
         }
     }
 
+    /// A copy of this (stopped) node's data directory, as a node of its
+    /// own; not started.
+    pub fn copy(&self) -> Node {
+        assert!(self.child.is_none(), "copy a stopped node");
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("data");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.dir)
+            .arg(&dir)
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "cp -a {} failed", self.dir.display());
+        Node {
+            root,
+            dir,
+            port: 0,
+            child: None,
+            log: Default::default(),
+            keep_port: false,
+        }
+    }
+
     /// Runs one query (simple protocol) and returns the first column of
     /// its first row.
     pub fn query_one(&self, sql: &str) -> String {
@@ -690,7 +713,8 @@ fn pump(
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
+                // Cut while it read: what was read is lost, as on a wire.
+                if cut.load(Ordering::Acquire) || to.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }

@@ -1,0 +1,292 @@
+//! `walship rejoin`: make a stopped old primary a standby of the new one,
+//! rewinding it to the switch point when it wrote past it.
+//!
+//! The new primary's timeline history says where the old timeline ended
+//! for it: the switch point S. Whatever the old primary wrote past S never
+//! reached the new primary and must go. Its WAL is cut back to S (the
+//! segment holding S zeroed from S on, later segments of its timeline
+//! removed); its store must then be the state at S:
+//!
+//! - its last checkpoint is at or before S: recovery replays from it to S;
+//! - its last checkpoint is past S but no commit lies past S (only
+//!   checkpoints — a shutdown or the restart of a fenced primary): the
+//!   snapshot already is the state at S, and is recorded as S's;
+//! - otherwise its store holds changes past S that cannot be undone: it
+//!   must be rebuilt with `walship basebackup`, and rejoin says so,
+//!   changing nothing.
+//!
+//! Invariants: nothing is changed until the rewind is known to be
+//! possible; the node is stopped (its lock is held throughout); every
+//! change goes through the durable helpers, the standby.signal last but the
+//! settings, so an interrupted rejoin can simply be run again.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::conninfo::ConnInfo;
+use super::follow::{self, FollowError};
+use crate::durable::{self, DirLock, FileError, LockError};
+use crate::meta::MetaError;
+use crate::node::control::ControlFile;
+use crate::node::datadir::DataDir;
+use crate::store::snapshot::{self, SnapshotError};
+use crate::wal::format::RM_WALSHIP_ID;
+use crate::wal::history::TimelineHistory;
+use crate::wal::payload::Payload;
+use crate::wal::reader::{walk, SegmentFiles, WalkEnd};
+use crate::wal::segment::list_segments_upto;
+use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::{Decoder, Expect, Lsn, SegmentName, WalError};
+
+#[derive(Debug, Error)]
+pub enum RejoinError {
+    #[error("{} is in use (pid {holder}): stop the old primary first", dir.display())]
+    Running { dir: PathBuf, holder: String },
+    #[error(transparent)]
+    Upstream(#[from] FollowError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{peer}'s timeline history does not contain this node's timeline {ours}: they share no history to rejoin; rebuild this node with walship basebackup")]
+    NoCommonHistory { peer: String, ours: String },
+    #[error("{peer} is on this node's timeline {timeline} at {theirs}, behind this node's WAL end {ours}: it was not promoted past this node; nothing to rejoin")]
+    NotAhead {
+        peer: String,
+        timeline: String,
+        theirs: Lsn,
+        ours: Lsn,
+    },
+    #[error("this node committed past the switch point {switch} (first at {first}) and its last checkpoint {checkpoint} is past it too: its store cannot be rewound. Rebuild it as a standby: walship basebackup --from <new primary> -D <new directory>")]
+    CannotRewind {
+        switch: Lsn,
+        first: Lsn,
+        checkpoint: Lsn,
+    },
+    #[error("the segment {name} holding the switch point {switch} is gone from this node (recycled by its checkpoints): it cannot be cut back there. Rebuild it as a standby: walship basebackup --from <new primary> -D <new directory>")]
+    SegmentGone { name: String, switch: Lsn },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// What `walship rejoin` did.
+#[derive(Debug)]
+pub struct Rejoined {
+    pub peer: String,
+    pub epoch: u64,
+    /// Where this node's timeline ends in the new primary's history.
+    pub switch: Option<Lsn>,
+    /// The end of WAL cut back to the switch point, when it was past it.
+    pub rewound_from: Option<Lsn>,
+    pub removed_segments: usize,
+}
+
+/// Makes the stopped node in `dir` a standby of `from`.
+pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoined, RejoinError> {
+    let _lock = DirLock::acquire(dir).map_err(|e| match e {
+        LockError::Busy { holder, .. } => RejoinError::Running {
+            dir: dir.to_path_buf(),
+            holder,
+        },
+        LockError::Io(e) => RejoinError::File(e),
+    })?;
+    let data = DataDir::new(dir);
+    let mut control = ControlFile::read(&data.control())?;
+    let mut upstream = follow::check_upstream(dir, from)?;
+    let size = control.seg_size;
+    let ours = control.timeline;
+    let theirs = upstream.timeline.clone();
+    let wal_dir = data.wal();
+    let files = SegmentFiles {
+        size,
+        files: list_segments_upto(&wal_dir, size, ours)?
+            .into_iter()
+            .filter(|(_, p)| p.extension().is_none())
+            .collect(),
+    };
+    let expect = Expect {
+        sysid: Some(control.system_id),
+        max_timeline: Some(ours.get()),
+    };
+    let switch = if theirs == ours.get().to_string() {
+        None
+    } else {
+        let text = upstream
+            .client
+            .timeline_history(&theirs)
+            .map_err(FollowError::from)?;
+        let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))
+            .map_err(|e| RejoinError::Protocol(format!("{}: {e}", upstream.peer)))?;
+        let entry = history
+            .entries()
+            .iter()
+            .find(|e| e.timeline == ours)
+            .ok_or_else(|| RejoinError::NoCommonHistory {
+                peer: upstream.peer.clone(),
+                ours: ours.to_string(),
+            })?;
+        Some(entry.switchpoint)
+    };
+    // Walk our WAL from the earlier of the checkpoint and the switch point:
+    // where it ends, and the first commit past the switch point.
+    let from_lsn = switch.map_or(control.checkpoint, |s| s.min(control.checkpoint));
+    // (A switch point on a page boundary has the page's header after it.)
+    let mut decoder = if from_lsn.page_offset() == 0 {
+        Decoder::at_page_start(size, from_lsn, expect)
+    } else {
+        Decoder::at_record(size, from_lsn, None, expect)
+    };
+    let mut end = from_lsn;
+    let mut first_past = None;
+    let outcome = walk(&files, &mut decoder, None, |r| {
+        end = r.end;
+        let is_commit = r.header.rmid == RM_WALSHIP_ID
+            && r.main_data()
+                .and_then(|d| Payload::decode(r.header.info, d).ok())
+                .is_some_and(|p| matches!(p, Payload::Commit(_)));
+        if is_commit && switch.is_some_and(|s| r.lsn >= s) && first_past.is_none() {
+            first_past = Some(r.lsn);
+        }
+        ControlFlow::Continue(())
+    })?;
+    match &outcome {
+        WalkEnd::EndOfWal { end: eow, .. } => end = eow.lsn,
+        // Past the switch point's segment, a segment never created is
+        // simply where the WAL ends...
+        WalkEnd::MissingSegment { segno, lsn }
+            if switch.is_some_and(|s| *segno > s.segno(size)) =>
+        {
+            end = *lsn
+        }
+        // ...up to it, one recycled by this node's checkpoints: its WAL
+        // cannot be judged (nor cut back) there.
+        WalkEnd::MissingSegment { segno, lsn } => {
+            return Err(RejoinError::SegmentGone {
+                name: SegmentName::new(ours, *segno).file_name(size),
+                switch: switch.unwrap_or(*lsn),
+            })
+        }
+        _ => {}
+    }
+    let Some(switch) = switch else {
+        let ident = upstream
+            .client
+            .query("IDENTIFY_SYSTEM")
+            .map_err(FollowError::from)?;
+        let at = ident
+            .text(0, "xlogpos")
+            .and_then(|p| p.parse::<Lsn>().ok())
+            .unwrap_or(Lsn::INVALID);
+        if at < end {
+            return Err(RejoinError::NotAhead {
+                peer: upstream.peer,
+                timeline: theirs,
+                theirs: at,
+                ours: end,
+            });
+        }
+        return become_standby(dir, upstream, slot, None, None, 0);
+    };
+    if end <= switch {
+        return become_standby(dir, upstream, slot, Some(switch), None, 0);
+    }
+    // Diverged: decide before changing anything. The WAL is cut back
+    // inside the segment holding the switch point, which must be here.
+    let holding = SegmentName::new(ours, switch.segno(size)).file_name(size);
+    let present = files.files.get(&switch.segno(size));
+    if !present.is_some_and(|p| p.ends_with(&holding)) {
+        return Err(RejoinError::SegmentGone {
+            name: holding,
+            switch,
+        });
+    }
+    if control.checkpoint > switch {
+        if let Some(first) = first_past {
+            return Err(RejoinError::CannotRewind {
+                switch,
+                first,
+                checkpoint: control.checkpoint,
+            });
+        }
+        // No commit past the switch point: the snapshot is the state at it.
+        let store = snapshot::read(&data.checkpoints(), control.checkpoint)?;
+        snapshot::write(&data.checkpoints(), switch, &store)?;
+        let state = control.state;
+        crate::node::datadir::record_checkpoint(dir, &mut control, switch, state)
+            .map_err(|e| RejoinError::Protocol(e.to_string()))?;
+    }
+    let removed = cut_back(&wal_dir, size, ours, switch, &files)?;
+    become_standby(dir, upstream, slot, Some(switch), Some(end), removed)
+}
+
+/// Cuts the WAL of timeline `tli` back to `switch`: zeros the segment
+/// holding it from there on, removes the later ones and their archive
+/// status. Returns how many segments went.
+fn cut_back(
+    wal_dir: &Path,
+    size: crate::wal::SegmentSize,
+    tli: crate::wal::TimelineId,
+    switch: Lsn,
+    files: &SegmentFiles,
+) -> Result<usize, RejoinError> {
+    let status = wal_dir.join(ARCHIVE_STATUS_DIR);
+    let first = switch.segno(size);
+    let mut removed = 0;
+    for (&segno, path) in files.files.range(first..) {
+        let name = SegmentName::new(tli, segno).file_name(size);
+        if !path.ends_with(&name) {
+            continue; // an earlier timeline's segment: not ours to cut
+        }
+        if segno == first {
+            // Keep the segment's long header: a switch point at the
+            // segment's start still has its header before it.
+            let offset = switch
+                .segment_offset(size)
+                .max(crate::wal::format::LONG_PAGE_HEADER as u64);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| FileError::new("open", path, e))?;
+            durable::zero_range(&mut file, path, offset, size.bytes() - offset)?;
+        } else {
+            durable::remove_file(path)?;
+            removed += 1;
+        }
+        for mark in ["ready", "done"] {
+            durable::remove_file(&status.join(format!("{name}.{mark}")))?;
+        }
+    }
+    Ok(removed)
+}
+
+fn become_standby(
+    dir: &Path,
+    upstream: follow::Upstream,
+    slot: Option<&str>,
+    switch: Option<Lsn>,
+    rewound_from: Option<Lsn>,
+    removed_segments: usize,
+) -> Result<Rejoined, RejoinError> {
+    follow::point_at(dir, &upstream, slot, "walship rejoin")?;
+    durable::replace_file(&DataDir::new(dir).standby_signal(), b"")?;
+    let follow::Upstream {
+        client,
+        peer,
+        epoch,
+        ..
+    } = upstream;
+    client.close();
+    Ok(Rejoined {
+        peer,
+        epoch,
+        switch,
+        rewound_from,
+        removed_segments,
+    })
+}
