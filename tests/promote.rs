@@ -446,3 +446,28 @@ fn a_stopped_standby_is_promoted_at_once_and_left_stopped() {
     assert!(s2.dir.join("standby.signal").exists());
     walship::durable::DirLock::acquire(&s2.dir).expect("the temporary server is gone");
 }
+
+#[test]
+fn a_promoted_standby_marks_every_segment_of_its_new_timeline_for_the_archiver() {
+    let mut primary = Node::init("archive_mode = on");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    s1.complete_segments(3, "t2");
+    let wal = s1.dir.join("wal");
+    let status = common::file_names(&wal.join("archive_status"), "");
+    let mut segments: Vec<String> = common::file_names(&wal, "")
+        .into_iter()
+        .filter(|n| n.len() == 24 && n.starts_with("00000002"))
+        .collect();
+    segments.pop(); // the one being filled
+    assert!(segments.len() >= 2, "{segments:?}");
+    for seg in &segments {
+        assert!(
+            status.contains(&format!("{seg}.ready")) || status.contains(&format!("{seg}.done")),
+            "{seg} (timeline 2) is not marked for the archiver: {status:?}"
+        );
+    }
+    assert!(status.contains(&"00000002.history.ready".to_string()), "{status:?}");
+}

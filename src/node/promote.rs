@@ -204,6 +204,9 @@ impl Node {
             mark_ready(&dir.wal(), &name).map_err(|e| e.to_string())?;
         }
         let switch = wal.switch_timeline(new_tli).map_err(|e| e.to_string())?;
+        if settings.archive_mode {
+            wal.start_marking_ready();
+        }
         let new_epoch = EpochFile {
             epoch,
             timeline: new_tli,

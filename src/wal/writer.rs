@@ -88,6 +88,9 @@ pub struct WalWriter {
     insert: Mutex<Insert>,
     flushed: AtomicU64,
     poisoned: AtomicBool,
+    /// Whether completed segments are marked for the archiver: from the
+    /// config at open, switched on when a standby is promoted.
+    mark_ready: AtomicBool,
     /// Whether a flush is under way; the condition variable is signalled
     /// whenever one ends (`flushed` advanced, or the writer is poisoned).
     /// Committers and walsenders wait on it.
@@ -223,6 +226,7 @@ impl WalWriter {
                 timeline: config.timeline,
             }),
             poisoned: AtomicBool::new(false),
+            mark_ready: AtomicBool::new(config.mark_ready),
             flushed_signal: (Mutex::new(false), Condvar::new()),
             config,
             _lock: lock,
@@ -320,6 +324,13 @@ impl WalWriter {
     /// from here on is written there, with the new timeline in its page
     /// headers. The old timeline's files stay as they are. Returns the
     /// switch point.
+    /// Starts marking completed segments for the archiver (a promoted
+    /// standby with `archive_mode = on`): every segment completed from now
+    /// on, the one in progress included.
+    pub fn start_marking_ready(&self) {
+        self.mark_ready.store(true, Ordering::Release);
+    }
+
     pub fn switch_timeline(&self, new: TimelineId) -> Result<Lsn, WalError> {
         self.flush_all()?;
         let mut ins = self.lock_insert();
@@ -633,7 +644,7 @@ impl WalWriter {
         }
         // The WAL is durable whatever happens here: a failure to mark a
         // segment is reported loudly, never as a failed flush.
-        if self.config.mark_ready {
+        if self.mark_ready.load(Ordering::Acquire) {
             for seg in done {
                 if let Err(e) = self.mark_ready(&seg) {
                     tracing::error!(
