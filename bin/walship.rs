@@ -733,17 +733,25 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A flag raised by SIGTERM or SIGINT (blocked here, awaited on a thread).
+/// SIGHUP, which a service manager's reload sends, is logged and ignored:
+/// the daemon has nothing to reload, and must not die of it.
 fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
     set.thread_block().context("could not block signals")?;
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = flag.clone();
-    std::thread::spawn(move || {
-        if set.wait().is_ok() {
-            f.store(true, std::sync::atomic::Ordering::Release);
+    std::thread::spawn(move || loop {
+        match set.wait() {
+            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP received: nothing to reload"),
+            Ok(_) => {
+                f.store(true, std::sync::atomic::Ordering::Release);
+                return;
+            }
+            Err(_) => return,
         }
     });
     Ok(flag)

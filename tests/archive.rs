@@ -180,7 +180,14 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
         "{:?}",
         began.elapsed()
     );
-    // A second archiver on the same archive is refused, naming the holder.
+    // A reload (SIGHUP, as systemctl reload sends) does not kill it...
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.pid() as i32),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...and a second archiver on the same archive is refused, naming the holder.
     let out = archive(adir.path(), &node, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -569,4 +576,33 @@ fn a_postgresql_standby_replicates_through_a_walship_archive_alone() {
         "0"
     );
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
+}
+
+#[test]
+fn a_standby_refuses_another_systems_segments_from_its_restore_command() {
+    let mut stranger = Node::init("archive_mode = on");
+    stranger.start();
+    stranger.complete_segments(4, "foreign");
+    let adir = tempfile::tempdir().unwrap();
+    let out = archive(adir.path(), &stranger, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut primary = Node::init("");
+    primary.start();
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    primary.kill9();
+    standby.configure(&format!(
+        "restore_command = '{} restore --archive {} %f %p'",
+        env!("CARGO_BIN_EXE_walship"),
+        adir.path().display()
+    ));
+    standby.start();
+    assert!(
+        standby.wait_log("the archive belongs to another system"),
+        "{}",
+        standby.log()
+    );
+    assert_eq!(
+        standby.query_one("SELECT count(*) FROM kv WHERE key LIKE 'foreign-%'"),
+        "0"
+    );
 }

@@ -12,12 +12,13 @@ use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::client::{Client, ClientError, CopyMessage};
 use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
 use crate::durable::{self, FileError};
+use crate::wal::format::PageHeader;
 use crate::wal::history::TimelineHistory;
 use crate::wal::name::history_file_name;
 use crate::wal::verify::{OwnRecord, StreamVerifier};
@@ -158,6 +159,13 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         let status = std::process::Command::new("sh").args(["-c", &cmd]).status();
         match status {
             Ok(s) if s.success() => {}
+            // Above 125: a real failure (walship restore: corrupt, another
+            // system's, unreadable), not "not in the archive".
+            Ok(s) if s.code().is_none_or(|c| c > 125) => {
+                return Err(ReceiveError::Restore(format!(
+                    "restore_command failed for {name} ({s}): not an absent file but a real failure; fix the archive, then the standby retries: {cmd}"
+                )));
+            }
             Ok(s) => {
                 info!(segment = %name, command = %cmd, status = %s, "restore_command did not restore the segment");
                 return Ok(restored);
@@ -174,6 +182,17 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             return Err(ReceiveError::Restore(format!(
                 "restore_command produced {} bytes for {name}, not a {size} segment",
                 bytes.len()
+            )));
+        }
+        // The segment's own long header names its system: checked even
+        // when only its tail is new to us.
+        let theirs = PageHeader::decode(&bytes).long.map(|l| l.sysid);
+        if theirs != Some(host.system_id()) {
+            let _ = std::fs::remove_file(&scratch);
+            return Err(ReceiveError::Restore(format!(
+                "restore_command produced {name} of system {}, not this standby's system {}: the archive belongs to another system",
+                theirs.map_or("unknown".to_string(), |s| s.to_string()),
+                host.system_id()
             )));
         }
         let from = pos.segment_offset(size) as usize;
@@ -229,7 +248,7 @@ fn restore_from_archive(host: &dyn WalReceiverHost) -> usize {
             n
         }
         Err(e) => {
-            warn!("restoring from the archive stopped: {e}");
+            error!("restoring from the archive stopped: {e}");
             0
         }
     }
