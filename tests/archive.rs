@@ -502,11 +502,7 @@ fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_pri
     let out = archive(adir.path(), &primary, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     primary.kill9();
-    standby.configure(&format!(
-        "restore_command = '{} restore --archive {} %f %p'",
-        env!("CARGO_BIN_EXE_walship"),
-        adir.path().display()
-    ));
+    standby.restore_from(adir.path());
     standby.start();
     wait_until("the standby to replay the archive", || {
         standby.query_one("SELECT count(*) FROM kv") == "7"
@@ -590,11 +586,7 @@ fn a_standby_refuses_another_systems_segments_from_its_restore_command() {
     primary.start();
     let mut standby = Node::basebackup(&primary, "s1", &[]);
     primary.kill9();
-    standby.configure(&format!(
-        "restore_command = '{} restore --archive {} %f %p'",
-        env!("CARGO_BIN_EXE_walship"),
-        adir.path().display()
-    ));
+    standby.restore_from(adir.path());
     standby.start();
     assert!(
         standby.wait_log("the archive belongs to another system"),

@@ -469,5 +469,8 @@ fn a_promoted_standby_marks_every_segment_of_its_new_timeline_for_the_archiver()
             "{seg} (timeline 2) is not marked for the archiver: {status:?}"
         );
     }
-    assert!(status.contains(&"00000002.history.ready".to_string()), "{status:?}");
+    assert!(
+        status.contains(&"00000002.history.ready".to_string()),
+        "{status:?}"
+    );
 }

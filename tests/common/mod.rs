@@ -333,6 +333,15 @@ impl Node {
         }
     }
 
+    /// Makes `walship restore` from `adir` this node's restore_command.
+    pub fn restore_from(&self, adir: &Path) {
+        self.configure(&format!(
+            "restore_command = '{} restore --archive {} %f %p'",
+            env!("CARGO_BIN_EXE_walship"),
+            adir.display()
+        ));
+    }
+
     /// Writes a row and ends the segment, `n` times.
     pub fn complete_segments(&self, n: usize, tag: &str) {
         let mut c = self.client();
