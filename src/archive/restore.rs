@@ -84,7 +84,10 @@ pub fn restore(
     let restored = if from_spool {
         Restored::Written { from_spool: true }
     } else {
-        fetch(&archive, name, dest)?
+        // A copy the worker spooled meanwhile is of no more use.
+        let restored = fetch(&archive, name, dest)?;
+        let _ = std::fs::remove_file(spool.join(name));
+        restored
     };
     if restored != Restored::Absent {
         start_worker(
