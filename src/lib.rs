@@ -16,6 +16,7 @@ pub mod dump;
 pub mod durable;
 pub mod fence;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod replication;

@@ -100,6 +100,9 @@ pub struct Settings {
     /// A primary that has heard from no standby this long refuses writes
     /// (zero: never).
     pub isolation_fence_timeout: Duration,
+    /// Where the Prometheus metrics endpoint listens (`HOST:PORT`); empty:
+    /// off.
+    pub metrics_listen_address: String,
     pub max_wal_senders: usize,
     /// How a standby reaches its primary (libpq `key=value` or URI); empty
     /// on a primary.
@@ -175,6 +178,7 @@ impl Default for Settings {
             node_name: "walship".into(),
             wal_sender_timeout: Duration::from_secs(60),
             isolation_fence_timeout: Duration::ZERO,
+            metrics_listen_address: String::new(),
             max_wal_senders: 10,
             primary_conninfo: String::new(),
             primary_slot_name: String::new(),
@@ -282,6 +286,11 @@ const DOCS: &[SettingDoc] = &[
         name: "isolation_fence_timeout",
         reload: true,
         help: "a primary that has heard from no standby this long refuses writes (SQLSTATE 25006) until one reports again, so a primary cut off by a partition stops taking writes a promotion would lose (0: off)",
+    },
+    SettingDoc {
+        name: "metrics_listen_address",
+        reload: false,
+        help: "HOST:PORT of the Prometheus metrics endpoint (GET /metrics), e.g. '127.0.0.1:9187'; empty: off",
     },
     SettingDoc {
         name: "max_wal_senders",
@@ -444,6 +453,7 @@ impl Settings {
             "isolation_fence_timeout" => {
                 self.isolation_fence_timeout = parse_duration(value).map_err(SetError::Value)?
             }
+            "metrics_listen_address" => self.metrics_listen_address = value.to_string(),
             "max_wal_senders" => {
                 self.max_wal_senders = parse_num(value).map_err(SetError::Value)?
             }
@@ -497,6 +507,7 @@ impl Settings {
             max_connections: running.max_connections,
             archive_mode: running.archive_mode,
             max_wal_senders: running.max_wal_senders,
+            metrics_listen_address: running.metrics_listen_address.clone(),
             ..self
         }
     }
@@ -517,6 +528,7 @@ impl Settings {
             "node_name" => self.node_name.clone(),
             "wal_sender_timeout" => format_duration(self.wal_sender_timeout),
             "isolation_fence_timeout" => format_duration(self.isolation_fence_timeout),
+            "metrics_listen_address" => self.metrics_listen_address.clone(),
             "max_wal_senders" => self.max_wal_senders.to_string(),
             "primary_conninfo" => match ConnInfo::parse(&self.primary_conninfo) {
                 // Never show a password.

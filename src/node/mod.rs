@@ -4,6 +4,7 @@ pub mod archiving;
 pub mod config;
 pub mod control;
 pub mod datadir;
+mod exporter;
 pub mod promote;
 pub mod server;
 pub mod session;

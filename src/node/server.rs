@@ -286,7 +286,7 @@ impl Node {
     }
 
     /// Sleeps up to `d`, or until woken.
-    fn nap(&self, d: Duration) {
+    pub(crate) fn nap(&self, d: Duration) {
         let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
         if !self.is_shutting_down() {
             let _ = self.wake.1.wait_timeout(g, d);
@@ -1059,6 +1059,17 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         info!(address = %l.local_addr()?, "listening");
         listeners.push(l);
     }
+    let metrics_listener = match settings.metrics_listen_address.as_str() {
+        "" => None,
+        addr => {
+            let l = TcpListener::bind(addr).map_err(|source| ServerError::Listen {
+                addr: format!("{addr} (metrics_listen_address)"),
+                source,
+            })?;
+            info!(address = %l.local_addr()?, "metrics endpoint listening (GET /metrics)");
+            Some(l)
+        }
+    };
     let insert = opened.db.wal().insert_lsn();
     let node = Arc::new(Node {
         dir: dir.root.clone(),
@@ -1096,6 +1107,10 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         scope.spawn(move || wal_writer(&n));
         let n = node.clone();
         scope.spawn(move || checkpointer(&n));
+        if let Some(listener) = metrics_listener {
+            let n = node.clone();
+            scope.spawn(move || super::exporter::serve(&n, listener));
+        }
         if node.standby().is_some() {
             let n = node.clone();
             scope.spawn(move || walreceiver::run(&*n));

@@ -343,6 +343,7 @@ impl Session {
         &mut self,
         decide: impl FnOnce(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
     ) -> Result<R, PgError> {
+        let began = std::time::Instant::now();
         let (result, end) = self.host.db().write(self.durability(), decide)?;
         let level = self.synchronous_commit();
         if let (Some(end), SyncCommit::RemoteWrite | SyncCommit::On | SyncCommit::RemoteApply) =
@@ -351,6 +352,9 @@ impl Session {
             if let Some(warning) = self.host.wait_for_sync(end, level, &self.cancel)? {
                 self.notices.push(warning);
             }
+        }
+        if end.is_some() {
+            crate::metrics::COMMIT_LATENCY.observe(began.elapsed());
         }
         Ok(result)
     }

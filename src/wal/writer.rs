@@ -629,7 +629,10 @@ impl WalWriter {
             }
         }
         for seg in touched {
-            if let Err(e) = seg.sync() {
+            let began = std::time::Instant::now();
+            let synced = seg.sync();
+            crate::metrics::FSYNC_LATENCY.observe(began.elapsed());
+            if let Err(e) = synced {
                 self.poisoned.store(true, Ordering::Release);
                 return Err(FileError::new("fdatasync", &seg.path, e).into());
             }
