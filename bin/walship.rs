@@ -773,7 +773,11 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     if args.force && args.fence_command.is_none() {
         eprintln!("walship promote: WARNING: --force: if the old primary cannot be fenced and is still alive, two primaries may take writes");
     }
-    let running = walship::durable::DirLock::acquire(&args.dir).is_err();
+    let running = match walship::durable::DirLock::acquire(&args.dir) {
+        Ok(_) => None,
+        Err(walship::durable::LockError::Busy { holder, .. }) => Some(holder),
+        Err(e) => return Err(e).context("walship promote failed"),
+    };
     promote::request(
         &args.dir,
         &PromoteRequest {
@@ -782,6 +786,15 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .context("walship promote failed")?;
+    // Wake the node: it acts on the request at once instead of at its
+    // next once-a-second look.
+    if let Some(pid) = running.as_ref().and_then(|h| h.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        );
+    }
+    let running = running.is_some();
     if running && !args.wait {
         println!(
             "Promotion requested; the standby acts within a second (watch its log, or use --wait)."
@@ -816,6 +829,12 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let log = server.map(TemporaryServer::stop).unwrap_or_default();
+    if outcome.is_err() && !running {
+        // Never leave a request behind for a later, ordinary start to act
+        // on unasked.
+        walship::durable::remove_file(&args.dir.join(promote::PROMOTE_SIGNAL))
+            .context("removing the promotion request")?;
+    }
     if let Err(why) = outcome {
         eprintln!(
             "walship promote: error: {why}; see the standby's log{}",

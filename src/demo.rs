@@ -74,10 +74,12 @@ fn step(n: usize, text: &str) {
     say(&format!("\n{n}. {text}"));
 }
 
-/// A port on 127.0.0.1 nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("could not find a free port")?;
-    Ok(l.local_addr()?.port())
+/// Two different ports on 127.0.0.1 nobody listens on right now (both
+/// held until both are chosen, so they differ).
+fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").context("could not find a free port");
+    let (a, b) = (bind()?, bind()?);
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 fn conninfo(port: u16) -> String {
@@ -96,12 +98,8 @@ fn query_one(port: u16, sql: &str) -> anyhow::Result<String> {
     Ok(rows.text(0, &col).unwrap_or_default())
 }
 
-fn append_conf(dir: &Path, lines: &str) -> anyhow::Result<()> {
-    let path = dir.join("walship.conf");
-    let mut text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.push_str(&format!("\n# added by walship demo\n{lines}\n"));
-    crate::durable::replace_file(&path, text.as_bytes())?;
+fn append_conf(dir: &Path, lines: &[(&str, String)]) -> anyhow::Result<()> {
+    crate::node::config::append_settings(&dir.join("walship.conf"), "walship demo", lines)?;
     Ok(())
 }
 
@@ -191,7 +189,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let d = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let (primary, standby, archive) = (d("primary"), d("standby"), d("archive"));
-    let (p1, p2) = (free_port()?, free_port()?);
+    let (p1, p2) = free_ports()?;
     say(&format!(
         "walship demo: a primary, a synchronous standby, an archive and a failover, all on \
          127.0.0.1, in {}.",
@@ -212,10 +210,13 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     ])?;
     append_conf(
         Path::new(&primary),
-        &format!(
-            "port = {p1}\narchive_mode = on\narchive_timeout = 1s\narchive_directory = '{archive}'\n\
-             synchronous_standby_names = 's1'"
-        ),
+        &[
+            ("port", p1.to_string()),
+            ("archive_mode", "on".into()),
+            ("archive_timeout", "1s".into()),
+            ("archive_directory", archive.clone()),
+            ("synchronous_standby_names", "s1".into()),
+        ],
     )?;
     let old_pid = tour.start_server("primary", Path::new(&primary), p1)?;
     say(&format!("   The primary listens on 127.0.0.1:{p1} (pid {old_pid}). It archives, and commits wait for standby s1 (synchronous_standby_names = 's1')."));
@@ -241,7 +242,10 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     // promoted, s1 has no standby of its own and must not wait for one.
     append_conf(
         Path::new(&standby),
-        &format!("port = {p2}\nsynchronous_standby_names = ''"),
+        &[
+            ("port", p2.to_string()),
+            ("synchronous_standby_names", String::new()),
+        ],
     )?;
     tour.start_server("standby", Path::new(&standby), p2)?;
     say(&format!("   Standby s1 listens on 127.0.0.1:{p2}, streams from the primary through slot s1, and replays as it goes."));

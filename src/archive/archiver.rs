@@ -216,23 +216,32 @@ impl Archiver {
             compression,
         )?;
         let lock = DirLock::acquire(archive_dir)?;
-        // The archive keeps the highest epoch a promotion claimed there.
-        let node = EpochFile::read(&dir.epoch())?;
-        let archive_epoch = crate::fence::archive::highest(archive_dir).map_or(0, |e| e.0);
+        let archiver = Archiver {
+            data_dir: data_dir.to_path_buf(),
+            archive,
+            _lock: lock,
+        };
+        archiver.check_not_fenced()?;
+        archiver.archive.remove_stale_temporaries()?;
+        Ok(archiver)
+    }
+
+    /// Refuses when the node is fenced: the archive records a newer epoch
+    /// than the node's (a promotion claimed it), or the node was fenced.
+    /// Checked at start and before every pass, so a running daemon stops
+    /// as soon as its node is fenced.
+    fn check_not_fenced(&self) -> Result<(), ArchiverError> {
+        let node = EpochFile::read(&DataDir::new(&self.data_dir).epoch())?;
+        let archive_epoch = crate::fence::archive::highest(&self.archive.dir).map_or(0, |e| e.0);
         let newest = archive_epoch.max(node.fenced_by.map_or(0, |e| e.0));
         if newest > node.epoch.0 {
             return Err(ArchiverError::Fenced {
-                dir: archive_dir.to_path_buf(),
+                dir: self.archive.dir.clone(),
                 archive: newest,
                 node: node.epoch.0,
             });
         }
-        archive.remove_stale_temporaries()?;
-        Ok(Archiver {
-            data_dir: data_dir.to_path_buf(),
-            archive,
-            _lock: lock,
-        })
+        Ok(())
     }
 
     /// The names marked `.ready`, in archiving order.
@@ -260,8 +269,9 @@ impl Archiver {
         if names.is_empty() {
             return Ok(pass);
         }
+        self.check_not_fenced()?;
         let mut stats = ArchiverStats::read(&self.data_dir);
-        // At most ~256 MiB of segments in memory at once.
+        // About 256 MiB of segments in memory at once (one, if larger).
         let parallel = (256 << 20) / self.archive.seg_size.bytes().max(1);
         let parallel = (parallel as usize).clamp(1, ARCHIVE_PARALLEL);
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -271,11 +281,13 @@ impl Archiver {
         std::thread::scope(|s| {
             for _ in 0..parallel.min(names.len()) {
                 s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    let Some(name) = names.get(i) else { return };
+                    // Checked before claiming: a claimed file always gets a
+                    // result, so the in-order walk below meets every failure.
                     if failed.load(std::sync::atomic::Ordering::Acquire) {
                         return;
                     }
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let Some(name) = names.get(i) else { return };
                     let copied = self
                         .check_present(&stats)
                         .and_then(|()| self.copy_one(name));
@@ -288,7 +300,7 @@ impl Archiver {
         });
         for (name, result) in names.into_iter().zip(results) {
             let Some(copied) = result.into_inner().unwrap_or_else(|p| p.into_inner()) else {
-                break; // not tried: an earlier file failed
+                break; // not tried: another file failed first
             };
             let archived = copied.and_then(|put| self.mark_done(&name).map(|()| put));
             match archived {

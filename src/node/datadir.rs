@@ -215,7 +215,10 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
         writer_config(&dir, &control, settings.archive_mode && !standby),
         Some(checkpoint),
         &mut |r| {
-            if r.lsn <= checkpoint || r.header.rmid != RM_WALSHIP_ID || replay_error.is_some() {
+            // The record at the checkpoint LSN is the checkpoint itself
+            // (ignored below), or — after walship rejoin labelled a
+            // snapshot with a switch point — the first record it lacks.
+            if r.lsn < checkpoint || r.header.rmid != RM_WALSHIP_ID || replay_error.is_some() {
                 return;
             }
             let payload = r

@@ -219,8 +219,8 @@ impl Node {
         *self.lock_epoch() = new_epoch;
         // 5. The control file gets the new timeline with the checkpoint on it.
         self.lock_control().timeline = new_tli;
-        self.set_promoted();
         self.senders.mark_heard();
+        self.set_promoted();
         self.checkpoint(NodeState::InProduction)
             .map_err(|e| format!("checkpoint after the timeline switch failed: {e}"))?;
         durable::remove_file(&dir.standby_signal()).map_err(|e| e.to_string())?;

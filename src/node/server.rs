@@ -716,7 +716,7 @@ impl WalReceiverHost for Node {
     fn follow_timeline(&self, next: TimelineId, switch: Lsn) -> Result<(), String> {
         let wal = self.db.wal();
         let end = wal.insert_lsn();
-        if end != switch {
+        if !crate::wal::writer::ends_at(end, switch, WalSenderHost::seg_size(self)) {
             return Err(format!(
                 "the upstream switched to timeline {next} at {switch}, but this standby's WAL ends at {end}"
             ));
@@ -1001,7 +1001,12 @@ pub struct ServerOptions {
 /// on a thread of its own.
 pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
         signals.add(s);
     }
     signals.thread_block()?;
@@ -1122,6 +1127,9 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
                     info!("SIGHUP received: reloading configuration");
                     n.reload();
                 }
+                // walship promote asks the checkpointer to look for its
+                // request now.
+                Ok(Signal::SIGUSR1) => n.wake_all(),
                 Ok(sig) => {
                     info!(signal = %sig, "shutdown requested: stopping");
                     n.shutting_down.store(true, Ordering::Release);

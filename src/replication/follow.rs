@@ -46,6 +46,8 @@ pub enum FollowError {
         theirs: u64,
         ours: u64,
     },
+    #[error("{peer} is a fenced old primary (fenced by epoch {by}): follow the current primary")]
+    Fenced { peer: String, by: String },
     #[error("{peer} did not say {what}")]
     Unanswered { peer: String, what: &'static str },
 }
@@ -111,6 +113,10 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
             theirs: epoch,
             ours: ours.epoch.0,
         });
+    }
+    let fenced_by = client.query("SHOW fenced_by")?.text(0, "fenced_by");
+    if let Some(by) = fenced_by.filter(|b| !b.is_empty()) {
+        return Err(FollowError::Fenced { peer, by });
     }
     Ok(Upstream {
         client,

@@ -16,9 +16,10 @@
 //!   changing nothing.
 //!
 //! Invariants: nothing is changed until the rewind is known to be
-//! possible; the node is stopped (its lock is held throughout); every
-//! change goes through the durable helpers, the standby.signal last but the
-//! settings, so an interrupted rejoin can simply be run again.
+//! possible; the node is stopped (its lock is held throughout); the first
+//! change is standby.signal, so a node whose rejoin was interrupted never
+//! starts as a primary; every change goes through the durable helpers, so
+//! an interrupted rejoin can simply be run again.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -159,8 +160,12 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
         WalkEnd::EndOfWal { end: eow, .. } => end = eow.lsn,
         // Past the switch point's segment, a segment never created is
         // simply where the WAL ends...
+        // (At the switch point itself only when the walk began before it:
+        // with the checkpoint past it, that segment existed once.)
         WalkEnd::MissingSegment { segno, lsn }
-            if switch.is_some_and(|s| *segno > s.segno(size)) =>
+            if switch.is_some_and(|s| {
+                *segno > s.segno(size) || (*lsn >= s && control.checkpoint <= s)
+            }) =>
         {
             end = *lsn
         }
@@ -206,14 +211,17 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
             switch,
         });
     }
+    if let (true, Some(first)) = (control.checkpoint > switch, first_past) {
+        return Err(RejoinError::CannotRewind {
+            switch,
+            first,
+            checkpoint: control.checkpoint,
+        });
+    }
+    // From the first change on, the node is a standby: if rejoin stops
+    // half-way and someone starts it, it takes no writes.
+    durable::replace_file(&data.standby_signal(), b"")?;
     if control.checkpoint > switch {
-        if let Some(first) = first_past {
-            return Err(RejoinError::CannotRewind {
-                switch,
-                first,
-                checkpoint: control.checkpoint,
-            });
-        }
         // No commit past the switch point: the snapshot is the state at it.
         let store = snapshot::read(&data.checkpoints(), control.checkpoint)?;
         snapshot::write(&data.checkpoints(), switch, &store)?;

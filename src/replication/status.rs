@@ -101,7 +101,7 @@ impl Status {
         );
         if let Some(by) = j["fenced_by"].as_str() {
             out.push_str(&format!(
-                "FENCED:    by epoch {by}: a standby was promoted; this node takes no writes; rebuild it as a standby of the new primary (walship basebackup)\n"
+                "FENCED:    by epoch {by}: a standby was promoted; this node takes no writes; stop it and make it a standby of the new primary (walship rejoin)\n"
             ));
         }
         if j["role"] == "standby" {

@@ -369,14 +369,9 @@ fn stream(
                 theirs: their_tli,
                 ours,
             })?;
-        // A switch point on a page boundary: our WAL may already hold the
-        // (empty) page's header. That is still the switch point.
-        let header = if switch.segment_offset(host.seg_size()) == 0 {
-            crate::wal::format::LONG_PAGE_HEADER
-        } else {
-            crate::wal::format::SHORT_PAGE_HEADER
-        };
-        if switch.page_offset() == 0 && start.0 == switch.0 + header as u64 {
+        // Our WAL may end just past the (empty) page header at a
+        // page-aligned switch point: that is still the switch point.
+        if crate::wal::writer::ends_at(start, switch, host.seg_size()) {
             start = switch;
         }
         if start > switch {

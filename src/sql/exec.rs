@@ -239,7 +239,7 @@ pub fn db_error(e: DbError) -> PgError {
                 code::READ_ONLY_TRANSACTION,
                 format!("this node is fenced: epoch {epoch} was promoted elsewhere, so it takes no writes"),
             )
-            .with_hint("send writes to the new primary; rebuild this node as a standby of the new primary with walship basebackup")
+            .with_hint("send writes to the new primary; stop it and make it a standby of the new primary with walship rejoin (or, if rejoin refuses, rebuild it with walship basebackup)")
         }
     };
     let disk_full = match &wal {

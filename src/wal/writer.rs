@@ -324,13 +324,6 @@ impl WalWriter {
     /// from here on is written there, with the new timeline in its page
     /// headers. The old timeline's files stay as they are. Returns the
     /// switch point.
-    /// Starts marking completed segments for the archiver (a promoted
-    /// standby with `archive_mode = on`): every segment completed from now
-    /// on, the one in progress included.
-    pub fn start_marking_ready(&self) {
-        self.mark_ready.store(true, Ordering::Release);
-    }
-
     pub fn switch_timeline(&self, new: TimelineId) -> Result<Lsn, WalError> {
         self.flush_all()?;
         let mut ins = self.lock_insert();
@@ -417,6 +410,13 @@ impl WalWriter {
             self.flush(appended.end)?;
         }
         Ok(appended)
+    }
+
+    /// Starts marking completed segments for the archiver (a promoted
+    /// standby with `archive_mode = on`): every segment completed from now
+    /// on, the one in progress included.
+    pub fn start_marking_ready(&self) {
+        self.mark_ready.store(true, Ordering::Release);
     }
 
     fn page_header_len(&self, page: Lsn) -> usize {
@@ -718,7 +718,16 @@ fn spare_path(segment: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn page_header_len(size: SegmentSize, page: Lsn) -> usize {
+/// Whether WAL ending at `end` ends at `boundary` (a timeline's switch
+/// point): the same LSN, or — for a boundary at a page's start — just past
+/// that page's header, nothing written on the page yet.
+pub fn ends_at(end: Lsn, boundary: Lsn, size: SegmentSize) -> bool {
+    end == boundary
+        || (boundary.page_offset() == 0
+            && end.0 == boundary.0 + page_header_len(size, boundary) as u64)
+}
+
+pub(crate) fn page_header_len(size: SegmentSize, page: Lsn) -> usize {
     if page.segment_offset(size) == 0 {
         LONG_PAGE_HEADER
     } else {
