@@ -107,8 +107,10 @@ impl Node {
     pub(crate) fn promote(&self, req: &PromoteRequest) -> Result<(), String> {
         let dir = DataDir::new(self.data_dir());
         info!(force = req.force, fence_command = ?req.fence_command, "promotion requested");
-        // 1. Stop streaming.
+        // 1. Stop streaming (waking the walreceiver from a reconnect
+        // backoff that may be seconds long).
         self.set_promoting(true);
+        self.wake_all();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.receiver_stopped() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
