@@ -353,13 +353,27 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
     // the epoch it claims in the archive can stop it.
     s1.configure("primary_conninfo = 'host=127.0.0.1 port=1 user=tester connect_timeout=1'");
     s1.signal(nix::sys::signal::SIGHUP);
+    // Refused (no fence, no --force): it claims nothing in the archive, so
+    // the primary watching it goes on taking writes. (It used epoch 2 up:
+    // epochs only grow, so the forced promotion below is epoch 3.)
+    let out = promote(&s1, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        !adir.path().join("epoch").exists(),
+        "a refused promotion claimed an epoch"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('still', 'primary')")
+        .unwrap();
     let out = promote(&s1, &["--force"]);
     assert!(out.status.success(), "{}\n{}", text(&out), s1.log());
     assert_eq!(
         std::fs::read_to_string(adir.path().join("epoch"))
             .unwrap()
             .trim(),
-        "2"
+        "3"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -370,7 +384,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
             Err(e) => {
                 let db = e.as_db_error().expect("a server error");
                 assert_eq!(db.code().code(), "25006", "{db:?}");
-                assert!(db.message().contains("epoch 2"), "{}", db.message());
+                assert!(db.message().contains("epoch 3"), "{}", db.message());
                 break;
             }
             Ok(()) => assert!(
@@ -384,7 +398,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
     let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
     let out = common::walship(&["status", "--from", &from]);
     assert!(
-        text(&out).contains("fenced primary") && text(&out).contains("FENCED:    by epoch 2"),
+        text(&out).contains("fenced primary") && text(&out).contains("FENCED:    by epoch 3"),
         "{}",
         text(&out)
     );
@@ -396,7 +410,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
     primary.kill9();
     let epoch_path = primary.dir.join("epoch");
     let mut epoch = walship::fence::EpochFile::read(&epoch_path).unwrap();
-    assert_eq!(epoch.fenced_by, Some(walship::fence::Epoch(2)));
+    assert_eq!(epoch.fenced_by, Some(walship::fence::Epoch(3)));
     epoch.fenced_by = None;
     epoch.write(&epoch_path).unwrap();
     primary.start();
@@ -405,7 +419,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
         "25006"
     );
     assert!(
-        primary.log().contains("the archive records epoch 2"),
+        primary.log().contains("the archive records epoch 3"),
         "{}",
         primary.log()
     );

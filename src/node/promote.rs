@@ -7,13 +7,15 @@
 //!
 //! 1. stop streaming (everything received is flushed and replayed: the
 //!    walreceiver replays each batch right after its fsync);
-//! 2. claim epoch E+1 — in the archive too, when `archive_directory` is
-//!    set, by creating `ADIR/epoch.E+1` exclusively, so of two promoters
-//!    racing only one wins and the other says who did;
+//! 2. take epoch E+1 (persisted locally at once);
 //! 3. fence the old primary: directly (`SELECT walship_fence(E+1)` on
 //!    `primary_conninfo`: it persists the epoch before it answers and
 //!    refuses every write from then on) and/or with `--fence-command`,
-//!    which must exit 0; with neither, refuse unless `--force`;
+//!    which must exit 0; with neither, refuse unless `--force`; then claim
+//!    the epoch in the archive too, when `archive_directory` is set, by
+//!    creating `ADIR/epoch.E+1` exclusively, so of two promoters racing
+//!    only one wins and the other says who did (a refused promotion
+//!    claims nothing there);
 //! 4. switch to timeline T+1 (history file, the switch segment copied
 //!    under the new timeline's name) and checkpoint on it;
 //! 5. persist the epoch, then the control file (new timeline and
@@ -132,15 +134,8 @@ impl Node {
             .fenced_by
             .unwrap_or(current.epoch)
             .max(current.epoch);
-        let mut epoch = Epoch(seen.0 + 1);
+        let epoch = Epoch(seen.0 + 1);
         let settings = self.settings();
-        if !settings.archive_directory.is_empty() {
-            epoch = fence::archive::claim(
-                Path::new(&settings.archive_directory),
-                epoch,
-                &settings.node_name,
-            )?;
-        }
         // Persist the epoch as seen at once: this node never writes in a
         // lower one again, whatever happens next.
         let mut claimed = current;
@@ -181,6 +176,18 @@ impl Node {
                 return Err("the old primary could be neither reached to fence it nor fenced by command: refusing to promote (give --fence-command, or --force if you know it is down for good)".into());
             }
             error!("PROMOTING WITHOUT A FENCE (--force): if the old primary is still alive it may take writes that will be lost, and clients may see two primaries");
+        }
+        // Claimed in the archive only once the promotion is going ahead: a
+        // refused promotion leaves no claim there for primaries watching
+        // the archive to fence themselves by, with no one promoted. Of two
+        // promoters racing, exactly one creates the claim; the other
+        // (having fenced the same old primary) stays a standby.
+        if !settings.archive_directory.is_empty() {
+            fence::archive::claim(
+                Path::new(&settings.archive_directory),
+                epoch,
+                &settings.node_name,
+            )?;
         }
         // 4. A new timeline, from the end of received WAL.
         let old_tli = self.lock_control().timeline;
