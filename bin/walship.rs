@@ -773,11 +773,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     if args.force && args.fence_command.is_none() {
         eprintln!("walship promote: WARNING: --force: if the old primary cannot be fenced and is still alive, two primaries may take writes");
     }
-    let running = match walship::durable::DirLock::acquire(&args.dir) {
-        Ok(_) => None,
-        Err(walship::durable::LockError::Busy { holder, .. }) => Some(holder),
-        Err(e) => return Err(e).context("walship promote failed"),
-    };
+    let running = walship::durable::DirLock::holder(&args.dir).context("walship promote failed")?;
     promote::request(
         &args.dir,
         &PromoteRequest {

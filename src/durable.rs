@@ -246,6 +246,27 @@ impl DirLock {
             .at("write lock file", &path)?;
         Ok(DirLock { _lock: lock })
     }
+
+    /// Who holds `dir`'s lock (the pid its holder wrote), if anyone: asks
+    /// without taking it, so the holder's pid stays in the file and a
+    /// process starting now is not refused because of the question.
+    pub fn holder(dir: &Path) -> Result<Option<String>, FileError> {
+        let path = dir.join(Self::FILE_NAME);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileError::new("open lock file", &path, e)),
+        };
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_) => Ok(None),
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Ok(Some(holder.trim().to_string()))
+            }
+            Err((_, e)) => Err(FileError::new("lock", &path, io::Error::from(e))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -165,10 +165,7 @@ fn worker_is_fetching(spool: &Path, name: &str) -> bool {
     };
     // Names of one timeline sort as their segment numbers do.
     let same_timeline = name.get(..8) == first.get(..8);
-    same_timeline
-        && first <= name
-        && name <= last
-        && matches!(DirLock::acquire(spool), Err(LockError::Busy { .. }))
+    same_timeline && first <= name && name <= last && matches!(DirLock::holder(spool), Ok(Some(_)))
 }
 
 /// Starts a detached `walship prefetch-worker` for the segments from
@@ -210,8 +207,10 @@ pub fn prefetch(
     if !spool.exists() {
         durable::create_dir(spool)?;
     }
-    let Ok(_lock) = DirLock::acquire(spool) else {
-        return Ok(());
+    let _lock = match DirLock::acquire(spool) {
+        Ok(lock) => lock,
+        Err(LockError::Busy { .. }) => return Ok(()),
+        Err(LockError::Io(e)) => return Err(e.into()),
     };
     let size = archive.seg_size;
     let name_at =

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::client::{Client, ClientError};
 use super::conninfo::ConnInfo;
-use crate::durable::{DirLock, FileError, LockError};
+use crate::durable::{DirLock, FileError};
 use crate::fence::EpochFile;
 use crate::meta::MetaError;
 use crate::node::config::{self, ConfigError, Settings};
@@ -158,11 +158,7 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
         ..
     } = upstream;
     client.close();
-    let signalled = match DirLock::acquire(dir) {
-        Ok(_) => None,
-        Err(LockError::Busy { holder, .. }) => holder.parse::<i32>().ok(),
-        Err(LockError::Io(e)) => return Err(e.into()),
-    };
+    let signalled = DirLock::holder(dir)?.and_then(|pid| pid.parse::<i32>().ok());
     if let Some(pid) = signalled {
         let pid = nix::unistd::Pid::from_raw(pid);
         nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP).map_err(|e| {
