@@ -98,10 +98,15 @@ impl Node {
         };
         let req = PromoteRequest::parse(&text);
         let outcome = self.promote(&req);
-        let _ = durable::remove_file(&signal);
+        if let Err(e) = durable::remove_file(&signal) {
+            error!("could not remove the promotion request: {e}; remove it by hand, or it is run again");
+        }
         if let Err(why) = outcome {
             error!("promotion failed: {why}");
-            let _ = durable::replace_file(&dir.root.join(PROMOTE_FAILED), why.as_bytes());
+            let failed = dir.root.join(PROMOTE_FAILED);
+            if let Err(e) = durable::replace_file(&failed, why.as_bytes()) {
+                error!("could not record the failure for walship promote: {e}");
+            }
         }
     }
 
@@ -109,10 +114,9 @@ impl Node {
     pub(crate) fn promote(&self, req: &PromoteRequest) -> Result<(), String> {
         let dir = DataDir::new(self.data_dir());
         info!(force = req.force, fence_command = ?req.fence_command, "promotion requested");
-        // 1. Stop streaming (waking the walreceiver from a reconnect
-        // backoff that may be seconds long).
+        // 1. Stop streaming (set_promoting wakes the walreceiver from a
+        // reconnect backoff that may be seconds long).
         self.set_promoting(true);
-        self.wake_all();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.receiver_stopped() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

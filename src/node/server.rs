@@ -280,7 +280,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn wake_all(&self) {
+    fn wake_all(&self) {
         let _g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
         self.wake.1.notify_all();
     }
