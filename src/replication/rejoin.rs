@@ -38,7 +38,7 @@ use crate::wal::history::TimelineHistory;
 use crate::wal::payload::Payload;
 use crate::wal::reader::{walk, SegmentFiles, WalkEnd};
 use crate::wal::segment::list_segments_upto;
-use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::writer::{zero_tail, ARCHIVE_STATUS_DIR};
 use crate::wal::{Decoder, Expect, Lsn, SegmentName, WalError};
 
 #[derive(Debug, Error)]
@@ -196,9 +196,11 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
                 ours: end,
             });
         }
+        durable::replace_file(&data.standby_signal(), b"")?;
         return become_standby(dir, upstream, slot, None, None, 0);
     };
     if end <= switch {
+        durable::replace_file(&data.standby_signal(), b"")?;
         return become_standby(dir, upstream, slot, Some(switch), None, 0);
     }
     // Diverged: decide before changing anything. The WAL is cut back
@@ -233,9 +235,11 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
     become_standby(dir, upstream, slot, Some(switch), Some(end), removed)
 }
 
-/// Cuts the WAL of timeline `tli` back to `switch`: zeros the segment
-/// holding it from there on, removes the later ones and their archive
-/// status. Returns how many segments went.
+/// Cuts the WAL of timeline `tli` back to `switch`: removes the later
+/// segments and their archive status first, then zeros the segment
+/// holding it from there on — in that order, so a rejoin interrupted
+/// half-way still finds WAL past the switch point and cuts again. Returns
+/// how many segments went.
 fn cut_back(
     wal_dir: &Path,
     size: crate::wal::SegmentSize,
@@ -245,34 +249,39 @@ fn cut_back(
 ) -> Result<usize, RejoinError> {
     let status = wal_dir.join(ARCHIVE_STATUS_DIR);
     let first = switch.segno(size);
-    let mut removed = 0;
-    for (&segno, path) in files.files.range(first..) {
+    let ours = |segno| {
         let name = SegmentName::new(tli, segno).file_name(size);
-        if !path.ends_with(&name) {
-            continue; // an earlier timeline's segment: not ours to cut
-        }
-        if segno == first {
-            // Keep the segment's long header: a switch point at the
-            // segment's start still has its header before it.
-            let offset = switch
-                .segment_offset(size)
-                .max(crate::wal::format::LONG_PAGE_HEADER as u64);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| FileError::new("open", path, e))?;
-            durable::zero_range(&mut file, path, offset, size.bytes() - offset)?;
-        } else {
-            durable::remove_file(path)?;
-            removed += 1;
-        }
+        // An earlier timeline's segment of that number is not ours to cut.
+        let path = files.files.get(&segno).filter(|p| p.ends_with(&name))?;
+        Some((path, name))
+    };
+    let forget = |name: &str| -> Result<(), FileError> {
         for mark in ["ready", "done"] {
             durable::remove_file(&status.join(format!("{name}.{mark}")))?;
         }
+        Ok(())
+    };
+    let mut removed = 0;
+    for segno in files.files.range(first.next()..).map(|(s, _)| *s) {
+        if let Some((path, name)) = ours(segno) {
+            durable::remove_file(path)?;
+            forget(&name)?;
+            removed += 1;
+        }
+    }
+    if let Some((path, name)) = ours(first) {
+        // Keep the segment's long header: a switch point at the segment's
+        // start still has its header before it.
+        let offset = switch
+            .segment_offset(size)
+            .max(crate::wal::format::LONG_PAGE_HEADER as u64);
+        zero_tail(path, offset, size)?;
+        forget(&name)?;
     }
     Ok(removed)
 }
 
+/// Points the node (already marked a standby) at the new primary.
 fn become_standby(
     dir: &Path,
     upstream: follow::Upstream,
@@ -282,7 +291,6 @@ fn become_standby(
     removed_segments: usize,
 ) -> Result<Rejoined, RejoinError> {
     follow::point_at(dir, &upstream, slot, "walship rejoin")?;
-    durable::replace_file(&DataDir::new(dir).standby_signal(), b"")?;
     let follow::Upstream {
         client,
         peer,

@@ -749,7 +749,9 @@ fn discard_after(config: &WriterConfig, files: &SegmentFiles, end: Lsn) -> Resul
     Ok(())
 }
 
-fn zero_tail(path: &Path, offset: u64, size: SegmentSize) -> Result<(), WalError> {
+/// Zeros a segment file from `offset` to its end, durably (after checking
+/// its size).
+pub(crate) fn zero_tail(path: &Path, offset: u64, size: SegmentSize) -> Result<(), WalError> {
     let mut file = OpenOptions::new()
         .write(true)
         .open(path)
