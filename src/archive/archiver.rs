@@ -354,12 +354,10 @@ impl Archiver {
 
     /// Marks `NAME` archived (`.ready` → `.done`), once its copy is durable.
     fn mark_done(&self, name: &str) -> Result<(), ArchiverError> {
-        let status = DataDir::new(&self.data_dir).wal().join(ARCHIVE_STATUS_DIR);
-        durable::rename(
-            &status.join(format!("{name}.ready")),
-            &status.join(format!("{name}.done")),
-        )?;
-        Ok(())
+        Ok(crate::wal::writer::mark_done(
+            &DataDir::new(&self.data_dir).wal(),
+            name,
+        )?)
     }
 }
 

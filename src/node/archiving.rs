@@ -16,9 +16,8 @@ use tracing::{error, info};
 
 use super::config::{BacklogPolicy, Settings};
 use crate::archive::archiver::{backlog, Backlog};
-use crate::durable;
 use crate::sqlstate::{code, PgError};
-use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::writer::mark_done;
 use crate::wal::SegmentSize;
 
 const ALARM_EVERY: Duration = Duration::from_secs(60);
@@ -66,14 +65,11 @@ impl ArchiveWatch {
                 state.refusal = Some(why);
             }
             (true, BacklogPolicy::AbandonArchive) => {
-                let status = wal_dir.join(ARCHIVE_STATUS_DIR);
                 while b.bytes > limit {
                     let Some(oldest) = b.oldest.clone() else {
                         break;
                     };
-                    let ready = status.join(format!("{oldest}.ready"));
-                    if let Err(e) = durable::rename(&ready, &status.join(format!("{oldest}.done")))
-                    {
+                    if let Err(e) = mark_done(wal_dir, &oldest) {
                         error!("could not give up {oldest}: {e}");
                         break;
                     }

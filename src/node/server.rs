@@ -43,7 +43,7 @@ use crate::store::Db;
 use crate::wal::payload::Payload;
 use crate::wal::segment::list_segments_upto;
 use crate::wal::verify::OwnRecord;
-use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::writer::{archive_mark, ArchiveMark};
 use crate::wal::{Lsn, SegmentName, SegmentSize, TimelineId, WalFileName, WalWriter};
 
 #[derive(Debug, Error)]
@@ -556,10 +556,9 @@ impl Node {
             time(started),
             time(std::time::SystemTime::now()),
         );
-        let status = wal_dir.join(ARCHIVE_STATUS_DIR);
         for entry in std::fs::read_dir(&wal_dir).into_iter().flatten().flatten() {
             let old = entry.file_name().to_string_lossy().into_owned();
-            let done = status.join(format!("{old}.done"));
+            let done = archive_mark(&wal_dir, &old, ArchiveMark::Done);
             if matches!(WalFileName::parse(&old, size), Ok(WalFileName::Backup(..)))
                 && done.exists()
             {
@@ -966,7 +965,6 @@ fn remove_old_segments(
 ) -> Result<usize, DataDirError> {
     let keep_from = lsn.segno(control.seg_size);
     let wal = dir.wal();
-    let status = wal.join(ARCHIVE_STATUS_DIR);
     let mut removed = 0;
     for path in list_segments_upto(&wal, control.seg_size, control.timeline)?
         .range(..keep_from)
@@ -976,13 +974,13 @@ fn remove_old_segments(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let done = status.join(format!("{name}.done"));
+        let done = archive_mark(&wal, &name, ArchiveMark::Done);
         if archive_mode && !done.exists() {
             continue;
         }
         crate::durable::remove_file(path)?;
         crate::durable::remove_file(&done)?;
-        crate::durable::remove_file(&status.join(format!("{name}.ready")))?;
+        crate::durable::remove_file(&archive_mark(&wal, &name, ArchiveMark::Ready))?;
         removed += 1;
     }
     Ok(removed)

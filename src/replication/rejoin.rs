@@ -38,7 +38,7 @@ use crate::wal::history::TimelineHistory;
 use crate::wal::payload::Payload;
 use crate::wal::reader::{walk, SegmentFiles, WalkEnd};
 use crate::wal::segment::list_segments_upto;
-use crate::wal::writer::{zero_tail, ARCHIVE_STATUS_DIR};
+use crate::wal::writer::{archive_mark, zero_tail, ArchiveMark};
 use crate::wal::{Decoder, Expect, Lsn, SegmentName, WalError};
 
 #[derive(Debug, Error)]
@@ -247,7 +247,6 @@ fn cut_back(
     switch: Lsn,
     files: &SegmentFiles,
 ) -> Result<usize, RejoinError> {
-    let status = wal_dir.join(ARCHIVE_STATUS_DIR);
     let first = switch.segno(size);
     let ours = |segno| {
         let name = SegmentName::new(tli, segno).file_name(size);
@@ -256,8 +255,8 @@ fn cut_back(
         Some((path, name))
     };
     let forget = |name: &str| -> Result<(), FileError> {
-        for mark in ["ready", "done"] {
-            durable::remove_file(&status.join(format!("{name}.{mark}")))?;
+        for mark in [ArchiveMark::Ready, ArchiveMark::Done] {
+            durable::remove_file(&archive_mark(wal_dir, name, mark))?;
         }
         Ok(())
     };

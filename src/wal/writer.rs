@@ -761,6 +761,27 @@ pub(crate) fn zero_tail(path: &Path, offset: u64, size: SegmentSize) -> Result<(
     Ok(())
 }
 
+/// Where a WAL file stands with the archiver, as PostgreSQL marks it in
+/// `archive_status/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveMark {
+    /// `NAME.ready`: complete, waiting for the archiver.
+    Ready,
+    /// `NAME.done`: archived (or given up on).
+    Done,
+}
+
+/// The path of `name`'s `mark` in `wal_dir/archive_status`.
+pub fn archive_mark(wal_dir: &Path, name: &str, mark: ArchiveMark) -> PathBuf {
+    let suffix = match mark {
+        ArchiveMark::Ready => "ready",
+        ArchiveMark::Done => "done",
+    };
+    wal_dir
+        .join(ARCHIVE_STATUS_DIR)
+        .join(format!("{name}.{suffix}"))
+}
+
 /// Marks `wal_dir/NAME` — a complete, durable segment, history or backup
 /// history file — for the archiver: creates `archive_status/NAME.ready`
 /// durably. Marking a file twice is harmless.
@@ -769,8 +790,17 @@ pub fn mark_ready(wal_dir: &Path, name: &str) -> Result<(), FileError> {
     if !status.exists() {
         durable::create_dir(&status)?;
     }
-    durable::create_file_exclusive(&status.join(format!("{name}.ready")), |_| Ok(()))?;
+    durable::create_file_exclusive(&archive_mark(wal_dir, name, ArchiveMark::Ready), |_| Ok(()))?;
     Ok(())
+}
+
+/// Marks `wal_dir/NAME` archived (`.ready` → `.done`, durably): only once
+/// its archived copy is durable, or when the archive is given up on.
+pub fn mark_done(wal_dir: &Path, name: &str) -> Result<(), FileError> {
+    durable::rename(
+        &archive_mark(wal_dir, name, ArchiveMark::Ready),
+        &archive_mark(wal_dir, name, ArchiveMark::Done),
+    )
 }
 
 #[cfg(test)]
