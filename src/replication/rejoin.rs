@@ -124,15 +124,21 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
             .map_err(FollowError::from)?;
         let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))
             .map_err(|e| RejoinError::Protocol(format!("{}: {e}", upstream.peer)))?;
-        let entry = history
-            .entries()
-            .iter()
-            .find(|e| e.timeline == ours)
-            .ok_or_else(|| RejoinError::NoCommonHistory {
-                peer: upstream.peer.clone(),
-                ours: ours.to_string(),
+        let their_tli = theirs
+            .parse::<u32>()
+            .ok()
+            .and_then(|t| crate::wal::TimelineId::new(t).ok())
+            .ok_or_else(|| {
+                RejoinError::Protocol(format!("{}: bad timeline {theirs:?}", upstream.peer))
             })?;
-        Some(entry.switchpoint)
+        let (switch, _) =
+            history
+                .switch_of(ours, their_tli)
+                .ok_or_else(|| RejoinError::NoCommonHistory {
+                    peer: upstream.peer.clone(),
+                    ours: ours.to_string(),
+                })?;
+        Some(switch)
     };
     // Walk our WAL from the earlier of the checkpoint and the switch point:
     // where it ends, and the first commit past the switch point.

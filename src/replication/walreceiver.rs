@@ -359,16 +359,14 @@ fn stream(
             peer: peer.clone(),
             what: format!("timeline history {their_tli}: {e}"),
         })?;
-        let switch = history
-            .entries()
-            .iter()
-            .find(|e| e.timeline == ours)
-            .map(|e| e.switchpoint)
-            .ok_or_else(|| ReceiveError::NotAncestor {
-                peer: peer.clone(),
-                theirs: their_tli,
-                ours,
-            })?;
+        let (switch, _) =
+            history
+                .switch_of(ours, their_tli)
+                .ok_or_else(|| ReceiveError::NotAncestor {
+                    peer: peer.clone(),
+                    theirs: their_tli,
+                    ours,
+                })?;
         // Our WAL may end just past the (empty) page header at a
         // page-aligned switch point: that is still the switch point.
         if crate::wal::writer::ends_at(start, switch, host.seg_size()) {

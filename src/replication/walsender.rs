@@ -376,11 +376,7 @@ fn run_command(
 fn switch_point(host: &dyn WalSenderHost, tli: TimelineId) -> Option<(Lsn, TimelineId)> {
     let current = host.timeline();
     let text = std::fs::read_to_string(host.wal_dir().join(history_file_name(current))).ok()?;
-    let history = TimelineHistory::parse(&text).ok()?;
-    let entries = history.entries();
-    let i = entries.iter().position(|e| e.timeline == tli)?;
-    let next = entries.get(i + 1).map_or(current, |e| e.timeline);
-    Some((entries[i].switchpoint, next))
+    TimelineHistory::parse(&text).ok()?.switch_of(tli, current)
 }
 
 /// What to stream.

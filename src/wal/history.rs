@@ -95,6 +95,15 @@ impl TimelineHistory {
             .find(|e| lsn < e.switchpoint)
             .map_or(current, |e| e.timeline)
     }
+
+    /// Where ancestor `tli` ended (its switch point) and the timeline that
+    /// followed it, given that the history belongs to `current`; `None`
+    /// if `tli` is not an ancestor.
+    pub fn switch_of(&self, tli: TimelineId, current: TimelineId) -> Option<(Lsn, TimelineId)> {
+        let i = self.entries.iter().position(|e| e.timeline == tli)?;
+        let next = self.entries.get(i + 1).map_or(current, |e| e.timeline);
+        Some((self.entries[i].switchpoint, next))
+    }
 }
 
 impl fmt::Display for TimelineHistory {
