@@ -792,9 +792,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     }
     let running = running.is_some();
     if running && !args.wait {
-        println!(
-            "Promotion requested; the standby acts within a second (watch its log, or use --wait)."
-        );
+        println!("Promotion requested; the standby acts on it now (watch its log, or use --wait).");
         return Ok(ExitCode::SUCCESS);
     }
     // A stopped standby is started just long enough to promote (the same
@@ -1136,6 +1134,9 @@ Stop cleanly: sessions are told, the WAL is flushed, a shutdown checkpoint is wr
 .TP
 \fBSIGHUP\fR
 Reload walship.conf (settings marked "reload") and the users file.
+.TP
+\fBSIGUSR1\fR
+Look for a promotion request (\fIDIR/promote.signal\fR) now; \fBwalship promote\fR sends it.
 "#;
 
     #[test]

@@ -2,8 +2,9 @@
 //! first, so two primaries never take writes at once.
 //!
 //! `walship promote` (or `SELECT pg_promote()`) leaves a request in
-//! `DIR/promote.signal`; the running standby's checkpointer picks it up
-//! within a second and runs [`Node::promote`]:
+//! `DIR/promote.signal`; the running standby's checkpointer picks it up —
+//! at once when `walship promote` wakes it with SIGUSR1, else within a
+//! second — and runs [`Node::promote`]:
 //!
 //! 1. stop streaming (everything received is flushed and replayed: the
 //!    walreceiver replays each batch right after its fsync);
@@ -78,7 +79,8 @@ impl PromoteRequest {
     }
 }
 
-/// Asks the standby in `dir` to promote (it acts within a second).
+/// Asks the standby in `dir` to promote (it acts within a second, or at
+/// once when woken with SIGUSR1).
 pub fn request(dir: &Path, req: &PromoteRequest) -> Result<(), durable::FileError> {
     durable::remove_file(&dir.join(PROMOTE_FAILED))?;
     durable::replace_file(&dir.join(PROMOTE_SIGNAL), req.to_text().as_bytes())
