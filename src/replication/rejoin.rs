@@ -38,7 +38,7 @@ use crate::wal::history::TimelineHistory;
 use crate::wal::payload::Payload;
 use crate::wal::reader::{walk, SegmentFiles, WalkEnd};
 use crate::wal::segment::list_segments_upto;
-use crate::wal::writer::{archive_mark, zero_tail, ArchiveMark};
+use crate::wal::writer::{unmark, zero_tail};
 use crate::wal::{Decoder, Expect, Lsn, SegmentName, WalError};
 
 #[derive(Debug, Error)]
@@ -260,17 +260,11 @@ fn cut_back(
         let path = files.files.get(&segno).filter(|p| p.ends_with(&name))?;
         Some((path, name))
     };
-    let forget = |name: &str| -> Result<(), FileError> {
-        for mark in [ArchiveMark::Ready, ArchiveMark::Done] {
-            durable::remove_file(&archive_mark(wal_dir, name, mark))?;
-        }
-        Ok(())
-    };
     let mut removed = 0;
     for segno in files.files.range(first.next()..).map(|(s, _)| *s) {
         if let Some((path, name)) = ours(segno) {
             durable::remove_file(path)?;
-            forget(&name)?;
+            unmark(wal_dir, &name)?;
             removed += 1;
         }
     }
@@ -281,7 +275,7 @@ fn cut_back(
             .segment_offset(size)
             .max(crate::wal::format::LONG_PAGE_HEADER as u64);
         zero_tail(path, offset, size)?;
-        forget(&name)?;
+        unmark(wal_dir, &name)?;
     }
     Ok(removed)
 }

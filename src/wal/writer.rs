@@ -412,6 +412,11 @@ impl WalWriter {
         Ok(appended)
     }
 
+    /// The timeline new WAL is written on.
+    pub fn timeline(&self) -> TimelineId {
+        self.lock_insert().timeline
+    }
+
     /// Starts marking completed segments for the archiver (a promoted
     /// standby with `archive_mode = on`): every segment completed from now
     /// on, the one in progress included.
@@ -711,7 +716,8 @@ fn push_pending(ins: &mut Insert, bytes: &[u8]) {
     ins.pos.0 += bytes.len() as u64;
 }
 
-/// Where the zero-filled spare for the segment at `segment` waits.
+/// Where the zero-filled spare for the segment at `segment` waits
+/// (`SEGMENT.next`).
 fn spare_path(segment: &Path) -> PathBuf {
     let mut name = segment.as_os_str().to_owned();
     name.push(".next");
@@ -801,6 +807,45 @@ pub fn mark_done(wal_dir: &Path, name: &str) -> Result<(), FileError> {
         &archive_mark(wal_dir, name, ArchiveMark::Ready),
         &archive_mark(wal_dir, name, ArchiveMark::Done),
     )
+}
+
+/// Forgets `wal_dir/NAME`'s archive status (`.ready` and `.done`), for a
+/// file being removed before it was ever complete.
+pub fn unmark(wal_dir: &Path, name: &str) -> Result<(), FileError> {
+    for mark in [ArchiveMark::Ready, ArchiveMark::Done] {
+        durable::remove_file(&archive_mark(wal_dir, name, mark))?;
+    }
+    Ok(())
+}
+
+/// Removes every segment of `timeline` from `wal_dir` — complete,
+/// `.partial` or preallocated — with its archive status; its history file
+/// stays, so the timeline is never used again. For a timeline abandoned
+/// before it ever took a write. Returns how many files went.
+pub fn remove_timeline(
+    wal_dir: &Path,
+    size: SegmentSize,
+    timeline: TimelineId,
+) -> Result<usize, FileError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(wal_dir).at("read directory", wal_dir)? {
+        let entry = entry.at("read directory", wal_dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // A spare is `SEGMENT.next` (see `spare_path`).
+        let segment = name.strip_suffix(".next").unwrap_or(&name);
+        let ours = match super::name::WalFileName::parse(segment, size) {
+            Ok(super::name::WalFileName::Segment(s) | super::name::WalFileName::Partial(s)) => {
+                s.timeline == timeline
+            }
+            _ => false,
+        };
+        if ours {
+            durable::remove_file(&entry.path())?;
+            unmark(wal_dir, &name)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
