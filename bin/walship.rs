@@ -484,7 +484,10 @@ Examples:
 /// which must exit 0 — then switches to a new timeline, persists the epoch
 /// and accepts writes. Without a fence it refuses, unless --force. A stopped
 /// standby is started just long enough to promote, then stopped cleanly:
-/// it is a primary the next time it starts.
+/// it is a primary the next time it starts. A promotion interrupted at any
+/// point (kill -9, power loss) is finished by running walship promote
+/// again, or by restarting the node: in the same epoch, on a timeline
+/// never used before.
 #[derive(Args)]
 #[command(after_help = PROMOTE_EXAMPLES)]
 struct PromoteArgs {
@@ -816,6 +819,8 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
             if let Some(why) = s.exited() {
                 break Err(format!("the standby stopped before promoting ({why})"));
             }
+        } else if matches!(walship::durable::DirLock::holder(&args.dir), Ok(None)) {
+            break Err("the standby stopped before the promotion finished; start it again: it finishes the promotion from its journal (promote.journal)".into());
         }
         if std::time::Instant::now() > deadline {
             break Err("the promotion did not finish within 120 s".into());
@@ -1084,6 +1089,7 @@ Usage error.
                 "init" => INIT_EXTRA,
                 "server" => SERVER_EXTRA,
                 "basebackup" => BASEBACKUP_EXTRA,
+                "promote" => PROMOTE_EXTRA,
                 _ => "",
             };
             let see_also = r"\fBwalship\fR(1), \fBpg_waldump\fR(1)";
@@ -1125,6 +1131,28 @@ Makes \fBwalship server\fR start the node as a standby.
 .TP
 \fIDIR/walship.conf\fR
 The primary's settings, followed by \fBnode_name\fR, \fBprimary_conninfo\fR and \fBprimary_slot_name\fR for this standby.
+"#;
+
+    const PROMOTE_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR/promote.signal\fR
+The request (with \fB\-\-fence\-command\fR and \fB\-\-force\fR); the standby removes it when the promotion ends. While it is there, a restarted standby promotes itself.
+.TP
+\fIDIR/promote.journal\fR
+How far a promotion got: its epoch, the archive claim's token, the new timeline, and the step under way (fence, claim, switch, finish). A promotion run again, or a node restarted, goes on from there. While it is there a standby neither streams nor takes writes.
+.TP
+\fIDIR/promote.failed\fR
+Why the last promotion failed, for \fB\-\-wait\fR.
+.TP
+\fIADIR/epoch.N\fR, \fIADIR/epoch\fR
+With \fBarchive_directory\fR set: the claim of epoch N (the node's name and the promotion's token), and the highest epoch claimed.
+.SH ENVIRONMENT
+.TP
+\fBWALSHIP_EPOCH\fR
+Set for \fB\-\-fence\-command\fR: the epoch being claimed.
+.TP
+\fBWALSHIP_CRASH_AT\fR
+For crash tests only: the node kills itself (SIGKILL) at the named point (\fBpromote\-fence\fR, \fBpromote\-switch\fR, ...). Never set it in production.
 "#;
 
     const SERVER_EXTRA: &str = r#".SH SIGNALS

@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod archive;
+pub mod crashpoint;
 pub mod demo;
 pub mod dump;
 pub mod durable;

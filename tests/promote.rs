@@ -114,8 +114,10 @@ fn without_a_fence_promotion_is_refused_unless_forced_or_fenced_by_command() {
     let cmd = format!("echo $WALSHIP_EPOCH > {}", marker.display());
     let out = promote(&s1, &["--fence-command", &cmd]);
     assert!(out.status.success(), "{}\n{}", text(&out), s1.log());
-    // Two refused attempts burned epochs 2 and 3: epochs only grow.
+    // Refused attempts leave the standby as it was: the promotion that
+    // went ahead took epoch 2, and told the fence command so.
     let epoch = s1.query_one("SHOW epoch");
+    assert_eq!(epoch, "2");
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), epoch);
     s1.client()
         .batch_execute("INSERT INTO kv VALUES ('new', 'primary')")
@@ -354,8 +356,8 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
     s1.configure("primary_conninfo = 'host=127.0.0.1 port=1 user=tester connect_timeout=1'");
     s1.signal(nix::sys::signal::SIGHUP);
     // Refused (no fence, no --force): it claims nothing in the archive, so
-    // the primary watching it goes on taking writes. (It used epoch 2 up:
-    // epochs only grow, so the forced promotion below is epoch 3.)
+    // the primary watching it goes on taking writes; the standby is left as
+    // it was, so the forced promotion below takes epoch 2.
     let out = promote(&s1, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -373,7 +375,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
         std::fs::read_to_string(adir.path().join("epoch"))
             .unwrap()
             .trim(),
-        "3"
+        "2"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -384,7 +386,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
             Err(e) => {
                 let db = e.as_db_error().expect("a server error");
                 assert_eq!(db.code().code(), "25006", "{db:?}");
-                assert!(db.message().contains("epoch 3"), "{}", db.message());
+                assert!(db.message().contains("epoch 2"), "{}", db.message());
                 break;
             }
             Ok(()) => assert!(
@@ -398,7 +400,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
     let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
     let out = common::walship(&["status", "--from", &from]);
     assert!(
-        text(&out).contains("fenced primary") && text(&out).contains("FENCED:    by epoch 3"),
+        text(&out).contains("fenced primary") && text(&out).contains("FENCED:    by epoch 2"),
         "{}",
         text(&out)
     );
@@ -410,7 +412,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
     primary.kill9();
     let epoch_path = primary.dir.join("epoch");
     let mut epoch = walship::fence::EpochFile::read(&epoch_path).unwrap();
-    assert_eq!(epoch.fenced_by, Some(walship::fence::Epoch(3)));
+    assert_eq!(epoch.fenced_by, Some(walship::fence::Epoch(2)));
     epoch.fenced_by = None;
     epoch.write(&epoch_path).unwrap();
     primary.start();
@@ -419,7 +421,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
         "25006"
     );
     assert!(
-        primary.log().contains("the archive records epoch 3"),
+        primary.log().contains("the archive records epoch 2"),
         "{}",
         primary.log()
     );

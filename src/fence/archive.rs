@@ -21,10 +21,13 @@ pub fn highest(adir: &Path) -> Option<Epoch> {
         .map(Epoch)
 }
 
-/// Claims `epoch` in the archive by exclusive creation of `ADIR/epoch.N`,
-/// then records it as the highest. Two promoters racing for one epoch:
-/// exactly one creates the claim; the other is told who won.
-pub fn claim(adir: &Path, epoch: Epoch, node: &str) -> Result<Epoch, String> {
+/// Claims `epoch` in the archive by exclusive creation of `ADIR/epoch.N`
+/// (holding `NODE TOKEN`), then records it as the highest. Two promoters
+/// racing for one epoch: exactly one creates the claim; the other is told
+/// who won. A claim already made with `token` — by this promotion, before
+/// it was interrupted — is this promotion's. A higher epoch claimed
+/// already means a newer primary exists: nothing is claimed.
+pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), String> {
     if !adir.exists() {
         return Err(format!(
             "archive_directory {} does not exist: cannot claim an epoch there",
@@ -32,17 +35,35 @@ pub fn claim(adir: &Path, epoch: Epoch, node: &str) -> Result<Epoch, String> {
         ));
     }
     let path = adir.join(format!("epoch.{}", epoch.0));
-    let created =
-        durable::create_file_exclusive(&path, |f| f.write_all(format!("{node}\n").as_bytes()))
-            .map_err(|e| e.to_string())?;
-    if !created {
-        let winner = std::fs::read_to_string(&path).unwrap_or_default();
+    let claimant = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let ours = |text: &str| text.split_whitespace().nth(1) == Some(token);
+    if let Some(newer) = highest(adir).filter(|h| *h > epoch) {
+        let by =
+            std::fs::read_to_string(adir.join(format!("epoch.{}", newer.0))).unwrap_or_default();
         return Err(format!(
-            "epoch {epoch} was already claimed in the archive by {}: another promotion won; this node stays a standby",
-            winner.trim()
+            "the archive {} records epoch {newer} (claimed by {}), newer than epoch {epoch}: a newer primary exists; this node stays a standby (point it at that primary with walship follow)",
+            adir.display(),
+            by.split_whitespace().next().unwrap_or("an unknown node")
         ));
     }
-    durable::replace_file(&adir.join(HIGHEST), format!("{}\n", epoch.0).as_bytes())
-        .map_err(|e| e.to_string())?;
-    Ok(epoch)
+    let created = durable::create_file_exclusive(&path, |f| {
+        f.write_all(format!("{node} {token}\n").as_bytes())
+    })
+    .map_err(|e| e.to_string())?;
+    if !created && !ours(&claimant()) {
+        return Err(format!(
+            "epoch {epoch} was already claimed in the archive by {}: another promotion won; this node stays a standby",
+            claimant().split_whitespace().next().unwrap_or("an unknown node")
+        ));
+    }
+    if highest(adir).is_none_or(|h| h < epoch) {
+        durable::replace_file(&adir.join(HIGHEST), format!("{}\n", epoch.0).as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

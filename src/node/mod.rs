@@ -6,6 +6,7 @@ pub mod control;
 pub mod datadir;
 mod exporter;
 pub mod promote;
+pub mod promote_journal;
 pub mod server;
 pub mod session;
 pub mod standby;

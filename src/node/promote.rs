@@ -4,44 +4,52 @@
 //! `walship promote` (or `SELECT pg_promote()`) leaves a request in
 //! `DIR/promote.signal`; the running standby's checkpointer picks it up —
 //! at once when `walship promote` wakes it with SIGUSR1, else within a
-//! second — and runs [`Node::promote`]:
+//! second — and runs [`Node::promote`]. Its steps, each begun by a durable
+//! entry in `DIR/promote.journal` (see [`super::promote_journal`]):
 //!
 //! 1. stop streaming (everything received is flushed and replayed: the
-//!    walreceiver replays each batch right after its fsync);
-//! 2. take epoch E+1 (persisted locally at once);
-//! 3. fence the old primary: directly (`SELECT walship_fence(E+1)` on
-//!    `primary_conninfo`: it persists the epoch before it answers and
+//!    walreceiver replays each batch right after its fsync); choose epoch
+//!    E+1;
+//! 2. **fence**: fence the old primary directly (`SELECT walship_fence(E+1)`
+//!    on `primary_conninfo`: it persists the epoch before it answers and
 //!    refuses every write from then on) and/or with `--fence-command`,
-//!    which must exit 0; with neither, refuse unless `--force`; then claim
-//!    the epoch in the archive too, when `archive_directory` is set, by
+//!    which must exit 0; with neither, refuse unless `--force`. Then
+//!    persist E+1 as this node's epoch;
+//! 3. **claim**: when `archive_directory` is set, claim E+1 there by
 //!    creating `ADIR/epoch.E+1` exclusively, so of two promoters racing
 //!    only one wins and the other says who did (a refused promotion
 //!    claims nothing there);
-//! 4. switch to timeline T+1 (history file, the switch segment copied
-//!    under the new timeline's name) and checkpoint on it;
-//! 5. persist the epoch, then the control file (new timeline and
-//!    checkpoint together), then remove `standby.signal`; accept writes.
+//! 4. **switch**: start a new timeline — one above every timeline this
+//!    node or its archive has a history file of — from the end of received
+//!    WAL (history file, the switch segment copied under the new
+//!    timeline's name); persist the epoch with it; checkpoint on it, which
+//!    puts it in the control file;
+//! 5. **finish**: remove `standby.signal`; accept writes.
 //!
-//! Crash safety comes from that order instead of a journal: a promotion
-//! killed at any step leaves a standby (its `standby.signal` is the last
-//! thing removed) that accepts no writes; running it again claims a higher
-//! epoch and a higher timeline, so neither is ever reused.
+//! Writes are refused until the last step is done. A promotion that fails
+//! before the switch leaves a standby that streams again. One interrupted
+//! at any point (kill -9) is finished by the next attempt — a rerun of
+//! `walship promote`, or just a restart while `promote.signal` is still
+//! there — from the journal: the same epoch and claim, and a timeline
+//! never used before.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::control::NodeState;
+use super::control::{ControlFile, NodeState};
 use super::datadir::DataDir;
+use super::promote_journal::{Journal, JournalError, Step, JOURNAL};
 use super::server::Node;
-use crate::durable;
 use crate::fence::{self, Epoch, EpochFile};
 use crate::replication::client::Client;
 use crate::replication::walreceiver::WalReceiverHost;
 use crate::wal::history::{HistoryEntry, TimelineHistory};
-use crate::wal::name::history_file_name;
-use crate::wal::writer::mark_ready;
+use crate::wal::name::{history_file_name, WalFileName};
+use crate::wal::writer::{mark_ready, remove_timeline};
+use crate::wal::{Lsn, TimelineId};
+use crate::{crashpoint, durable};
 
 /// The request file a promotion is asked for with.
 pub const PROMOTE_SIGNAL: &str = "promote.signal";
@@ -86,6 +94,24 @@ pub fn request(dir: &Path, req: &PromoteRequest) -> Result<(), durable::FileErro
     durable::replace_file(&dir.join(PROMOTE_SIGNAL), req.to_text().as_bytes())
 }
 
+/// How a promotion failed.
+enum Failure {
+    /// Before the timeline switch: the node stays a standby and streams
+    /// again (its epoch may have risen: it never goes back).
+    Refused(String),
+    /// During the switch or after: the node neither streams nor takes
+    /// writes until a rerun (or a restart) finishes from the journal.
+    Stuck(String),
+}
+
+fn refused(e: impl ToString) -> Failure {
+    Failure::Refused(e.to_string())
+}
+
+fn stuck(e: impl ToString) -> Failure {
+    Failure::Stuck(e.to_string())
+}
+
 impl Node {
     /// Runs a promotion request left in `promote.signal`, if any; a failure
     /// is logged and left in `promote.failed`.
@@ -112,46 +138,147 @@ impl Node {
         }
     }
 
+    /// A node that starts with a promotion journal: a promotion was
+    /// interrupted. A standby holds still (no streaming, no writes) until
+    /// the promotion is finished; a primary finished it and the journal
+    /// goes.
+    pub(crate) fn check_interrupted_promotion(&self) -> Result<(), JournalError> {
+        let Some(journal) = Journal::read(&self.data_dir())? else {
+            return Ok(());
+        };
+        if self.standby().is_none() {
+            info!("removing the journal of a promotion that finished");
+            return Ok(Journal::remove(&self.data_dir())?);
+        }
+        self.set_promoting(true);
+        warn!(
+            step = %journal.step,
+            epoch = %journal.epoch,
+            "a promotion was interrupted at its {} step: this node neither streams nor takes writes until it is finished (at once if promote.signal is present, else by walship promote -D {})",
+            journal.step,
+            self.data_dir().display()
+        );
+        Ok(())
+    }
+
     /// See the module documentation.
     pub(crate) fn promote(&self, req: &PromoteRequest) -> Result<(), String> {
         let dir = DataDir::new(self.data_dir());
         info!(force = req.force, fence_command = ?req.fence_command, "promotion requested");
-        // 1. Stop streaming (set_promoting wakes the walreceiver from a
+        // Stop streaming (set_promoting wakes the walreceiver from a
         // reconnect backoff that may be seconds long).
         self.set_promoting(true);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.receiver_stopped() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let result = self.promote_stopped(&dir, req);
-        if result.is_err() {
-            // Stay a standby: streaming resumes.
-            self.set_promoting(false);
+        match self.run_promotion(&dir, req) {
+            Ok(()) => Ok(()),
+            Err(Failure::Refused(why)) => {
+                if let Err(e) = Journal::remove(&dir.root) {
+                    error!("could not remove the journal of the refused promotion: {e}");
+                }
+                self.set_promoting(false);
+                Err(why)
+            }
+            Err(Failure::Stuck(why)) => Err(format!(
+                "{why}; the promotion stopped part-way, so this node neither streams nor takes writes: fix the cause, then run walship promote again (or restart the node) to finish it from {JOURNAL}"
+            )),
         }
-        result
     }
 
-    fn promote_stopped(&self, dir: &DataDir, req: &PromoteRequest) -> Result<(), String> {
+    fn run_promotion(&self, dir: &DataDir, req: &PromoteRequest) -> Result<(), Failure> {
         let wal = self.db().wal();
-        let end = wal.flush_all().map_err(|e| e.to_string())?;
-        // 2. Claim the next epoch.
-        let current = *self.lock_epoch();
-        let seen = current
-            .fenced_by
-            .unwrap_or(current.epoch)
-            .max(current.epoch);
-        let epoch = Epoch(seen.0 + 1);
+        let end = wal.flush_all().map_err(refused)?;
         let settings = self.settings();
-        // Persist the epoch as seen at once: this node never writes in a
-        // lower one again, whatever happens next.
-        let mut claimed = current;
-        claimed.fenced_by = None;
-        claimed.epoch = epoch;
-        claimed
-            .write(&dir.epoch())
-            .map_err(|e| format!("could not persist epoch {epoch}: {e}"))?;
-        *self.lock_epoch() = claimed;
-        // 3. Fence the old primary.
+        let (mut journal, resumed_at) = match Journal::read(&dir.root).map_err(stuck)? {
+            Some(j) => {
+                info!(step = %j.step, epoch = %j.epoch, "resuming an interrupted promotion");
+                let at = j.step;
+                (j, Some(at))
+            }
+            None => {
+                let j = Journal::begin(self.next_epoch());
+                j.write(&dir.root).map_err(refused)?;
+                (j, None)
+            }
+        };
+        let epoch = journal.epoch;
+        if journal.step == Step::Fence {
+            self.fence_old_primary(epoch, req)
+                .map_err(Failure::Refused)?;
+            crashpoint::reach("promote-fenced");
+            // This node never writes in a lower epoch again, whatever
+            // happens next.
+            let mut ours = *self.lock_epoch();
+            ours.fenced_by = None;
+            ours.epoch = epoch;
+            ours.write(&dir.epoch())
+                .map_err(|e| refused(format!("could not persist epoch {epoch}: {e}")))?;
+            *self.lock_epoch() = ours;
+            journal.advance(&dir.root, Step::Claim).map_err(refused)?;
+        }
+        if journal.step == Step::Claim {
+            // Claimed in the archive only once the promotion is going
+            // ahead: a refused promotion leaves no claim there for
+            // primaries watching the archive to fence themselves by.
+            if !settings.archive_directory.is_empty() {
+                fence::archive::claim(
+                    Path::new(&settings.archive_directory),
+                    epoch,
+                    &settings.node_name,
+                    &journal.token,
+                )
+                .map_err(Failure::Refused)?;
+                crashpoint::reach("promote-claimed");
+            }
+            journal.timeline = Some(self.next_timeline(dir, None).map_err(refused)?);
+            journal.advance(&dir.root, Step::Switch).map_err(refused)?;
+        } else if resumed_at == Some(Step::Switch) {
+            self.resume_switch(dir, &mut journal)?;
+        }
+        if journal.step == Step::Switch {
+            let new_tli = journal
+                .timeline
+                .ok_or_else(|| stuck("journal without a timeline"))?;
+            self.start_timeline(dir, new_tli, end, epoch)
+                .map_err(stuck)?;
+            journal.advance(&dir.root, Step::Finish).map_err(stuck)?;
+        }
+        // Finish.
+        if settings.archive_mode {
+            wal.start_marking_ready();
+        }
+        self.set_promoted();
+        durable::remove_file(&dir.standby_signal()).map_err(stuck)?;
+        crashpoint::reach("promote-promoted");
+        if let Err(e) = Journal::remove(&dir.root) {
+            error!("could not remove the promotion journal: {e} (harmless: the node removes it at its next start)");
+        }
+        self.set_promoting(false);
+        let ep = *self.lock_epoch();
+        info!(epoch = %ep.epoch, timeline = %ep.timeline, switchpoint = %ep.start, "promoted: this node is the primary and accepts writes");
+        Ok(())
+    }
+
+    /// The epoch a new promotion takes: one above every epoch this node
+    /// has seen.
+    fn next_epoch(&self) -> Epoch {
+        let current = *self.lock_epoch();
+        Epoch(
+            current
+                .fenced_by
+                .unwrap_or(current.epoch)
+                .max(current.epoch)
+                .0
+                + 1,
+        )
+    }
+
+    /// Fences the old primary for `epoch`: directly when it answers, by
+    /// the fence command when one is given (it must succeed); with
+    /// neither, only `--force` goes on.
+    fn fence_old_primary(&self, epoch: Epoch, req: &PromoteRequest) -> Result<(), String> {
         let direct = match self.primary() {
             Some((info, _)) => match fence_directly(&info, epoch) {
                 Ok(()) => {
@@ -183,23 +310,82 @@ impl Node {
             }
             error!("PROMOTING WITHOUT A FENCE (--force): if the old primary is still alive it may take writes that will be lost, and clients may see two primaries");
         }
-        // Claimed in the archive only once the promotion is going ahead: a
-        // refused promotion leaves no claim there for primaries watching
-        // the archive to fence themselves by, with no one promoted. Of two
-        // promoters racing, exactly one creates the claim; the other
-        // (having fenced the same old primary) stays a standby.
-        if !settings.archive_directory.is_empty() {
-            fence::archive::claim(
-                Path::new(&settings.archive_directory),
-                epoch,
-                &settings.node_name,
-            )?;
+        Ok(())
+    }
+
+    /// A promotion resumed at its switch step. If the control file already
+    /// names the journal's timeline, the switch was complete; if this
+    /// process switched in memory only, only a restart can go on; else the
+    /// journal's timeline — which may hold a history file, archived or not,
+    /// and WAL — is abandoned for the next free one.
+    fn resume_switch(&self, dir: &DataDir, journal: &mut Journal) -> Result<(), Failure> {
+        let on_disk = ControlFile::read(&dir.control()).map_err(stuck)?.timeline;
+        if journal.timeline == Some(on_disk) {
+            return journal.advance(&dir.root, Step::Finish).map_err(stuck);
         }
-        // 4. A new timeline, from the end of received WAL.
-        let old_tli = self.lock_control().timeline;
-        let new_tli = old_tli
+        if self.db().wal().timeline() != on_disk {
+            return Err(stuck(
+                "this process switched timelines but its control file did not: restart the node",
+            ));
+        }
+        let abandoned = journal.timeline;
+        if let Some(t) = abandoned {
+            let removed =
+                remove_timeline(&dir.wal(), self.lock_control().seg_size, t).map_err(stuck)?;
+            warn!(timeline = %t, removed_segments = removed, "abandoning the timeline the interrupted promotion began: it is never used again");
+        }
+        journal.timeline = Some(self.next_timeline(dir, abandoned).map_err(stuck)?);
+        journal.write(&dir.root).map_err(stuck)
+    }
+
+    /// One above the highest timeline this node's control file, `also`, or
+    /// a history file in its `wal/` or its `archive_directory` names — as
+    /// PostgreSQL chooses — so a new timeline never collides with one
+    /// begun elsewhere or abandoned.
+    fn next_timeline(&self, dir: &DataDir, also: Option<TimelineId>) -> Result<TimelineId, String> {
+        let (mut highest, size) = {
+            let control = self.lock_control();
+            (control.timeline, control.seg_size)
+        };
+        highest = highest.max(also.unwrap_or(highest));
+        let settings = self.settings();
+        let mut dirs = vec![dir.wal()];
+        if !settings.archive_directory.is_empty() {
+            dirs.push(settings.archive_directory.clone().into());
+        }
+        for d in &dirs {
+            let entries = std::fs::read_dir(d).map_err(|e| {
+                format!(
+                    "could not list {} for timeline history files: {e}",
+                    d.display()
+                )
+            })?;
+            for entry in entries.flatten() {
+                if let Ok(WalFileName::History(t)) =
+                    WalFileName::parse(&entry.file_name().to_string_lossy(), size)
+                {
+                    highest = highest.max(t);
+                }
+            }
+        }
+        highest
             .next()
-            .ok_or_else(|| format!("timeline {old_tli} is the last there can be"))?;
+            .ok_or_else(|| format!("timeline {highest} is the last there can be"))
+    }
+
+    /// Starts timeline `new_tli` at `end` in epoch `epoch`: its history
+    /// file, the switch, the epoch file, then a checkpoint on it (the
+    /// control file's timeline changes with that checkpoint, never before).
+    fn start_timeline(
+        &self,
+        dir: &DataDir,
+        new_tli: TimelineId,
+        end: Lsn,
+        epoch: Epoch,
+    ) -> Result<(), String> {
+        let settings = self.settings();
+        let wal = self.db().wal();
+        let old_tli = self.lock_control().timeline;
         let mut history = match std::fs::read_to_string(dir.wal().join(history_file_name(old_tli)))
         {
             Ok(text) => TimelineHistory::parse(&text).map_err(|e| e.to_string())?,
@@ -218,10 +404,9 @@ impl Node {
         if settings.archive_mode {
             mark_ready(&dir.wal(), &name).map_err(|e| e.to_string())?;
         }
+        crashpoint::reach("promote-history");
         let switch = wal.switch_timeline(new_tli).map_err(|e| e.to_string())?;
-        if settings.archive_mode {
-            wal.start_marking_ready();
-        }
+        crashpoint::reach("promote-switched");
         let new_epoch = EpochFile {
             epoch,
             timeline: new_tli,
@@ -232,15 +417,14 @@ impl Node {
             .write(&dir.epoch())
             .map_err(|e| format!("could not persist epoch {epoch}: {e}"))?;
         *self.lock_epoch() = new_epoch;
-        // 5. The control file gets the new timeline with the checkpoint on it.
+        // A primary's checkpoint writes a checkpoint record on the new
+        // timeline; writes stay refused while the promotion is under way.
         self.lock_control().timeline = new_tli;
         self.senders.mark_heard();
         self.set_promoted();
         self.checkpoint(NodeState::InProduction)
             .map_err(|e| format!("checkpoint after the timeline switch failed: {e}"))?;
-        durable::remove_file(&dir.standby_signal()).map_err(|e| e.to_string())?;
-        self.set_promoting(false);
-        info!(epoch = %epoch, timeline = %new_tli, switchpoint = %switch, "promoted: this node is the primary and accepts writes");
+        crashpoint::reach("promote-checkpointed");
         Ok(())
     }
 }

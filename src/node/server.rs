@@ -63,6 +63,8 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] crate::node::promote_journal::JournalError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -773,6 +775,17 @@ impl Host for Node {
         self.standby().is_some()
     }
     fn write_refusal(&self) -> Option<PgError> {
+        if self.is_promoting() {
+            return Some(
+                PgError::new(
+                    crate::sqlstate::code::READ_ONLY_TRANSACTION,
+                    "this node is being promoted: it takes writes once the promotion is finished",
+                )
+                .with_hint(
+                    "retry in a moment; if it lasts, the node's log says why the promotion stopped",
+                ),
+            );
+        }
         if self.standby().is_none() {
             return self.isolation().or_else(|| self.archive_watch.refusal());
         }
@@ -1099,6 +1112,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         node.db.fence(by.0).map_err(DataDirError::Db)?;
         error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
     }
+    node.check_interrupted_promotion()?;
     node.check_archive_epoch();
     node.senders.mark_heard();
     if is_standby {

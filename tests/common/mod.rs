@@ -404,6 +404,11 @@ impl Node {
 
     /// Starts the server with extra arguments.
     pub fn start_with(&mut self, extra: &[&str]) -> &mut Node {
+        self.start_env(extra, &[])
+    }
+
+    /// Starts the server with extra arguments and environment variables.
+    pub fn start_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> &mut Node {
         use std::io::BufRead;
         assert!(self.child.is_none(), "already running");
         let listen = format!("127.0.0.1:{}", if self.keep_port { self.port } else { 0 });
@@ -416,6 +421,7 @@ impl Node {
                 &listen,
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
