@@ -633,8 +633,19 @@ impl Node {
         self.promoting.load(Ordering::Acquire)
     }
 
+    /// Starts or ends a promotion: while one is under way the walreceiver
+    /// stops (its connection is cut at once) and no write is taken.
     pub(crate) fn set_promoting(&self, on: bool) {
         self.promoting.store(on, Ordering::Release);
+        if on {
+            if let Some(i) = self
+                .standby_state
+                .as_ref()
+                .and_then(|s| s.receiver().interrupter.clone())
+            {
+                i.interrupt();
+            }
+        }
         self.wake_all();
     }
 

@@ -99,6 +99,23 @@ pub enum CopyMessage {
     Done,
 }
 
+/// Ends a [`Client`]'s connection from another thread: a read or write
+/// blocked on it returns at once, and every later one fails.
+pub struct Interrupter(Conn);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        // A socket already closed is as good as interrupted.
+        let _ = self.0.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Interrupter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupter")
+    }
+}
+
 /// A TCP connection, or a unix-domain socket when the host is a
 /// directory (as libpq reads `host=/var/run/postgresql`).
 enum Conn {
@@ -112,6 +129,13 @@ impl Conn {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
         })
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        }
     }
 
     fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
@@ -509,6 +533,11 @@ impl Client {
                 other as char
             ))),
         }
+    }
+
+    /// A handle that ends this connection from another thread.
+    pub fn interrupter(&self) -> io::Result<Interrupter> {
+        self.r.get_ref().try_clone().map(Interrupter)
     }
 
     /// True when a whole message may be read without waiting on the network.

@@ -8,13 +8,13 @@
 //! primary goes away, and never follows a primary of another system.
 
 use std::path::PathBuf;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::client::{Client, ClientError, CopyMessage};
+use super::client::{Client, ClientError, CopyMessage, Interrupter};
 use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
 use crate::durable::{self, FileError};
@@ -44,6 +44,8 @@ pub struct ReceiverStatus {
     pub sender_host: Option<String>,
     pub sender_port: Option<u16>,
     pub conninfo: Option<String>,
+    /// Ends the stream's connection at once (for a promotion).
+    pub interrupter: Option<Arc<Interrupter>>,
 }
 
 /// What the walreceiver needs of the node it runs in.
@@ -272,7 +274,12 @@ pub fn run(host: &dyn WalReceiverHost) {
             continue;
         };
         let began = Instant::now();
-        match stream(host, &info, slot.as_deref()) {
+        let outcome = stream(host, &info, slot.as_deref());
+        if host.paused() {
+            info!(primary = %info, "streaming stopped for the promotion");
+            continue;
+        }
+        match outcome {
             Ok(()) => info!(primary = %info, "streaming ended"),
             Err(e) => {
                 warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
@@ -419,9 +426,15 @@ fn stream(
     let mut last_reply = Instant::now();
     let mut reported_apply = host.replayed_lsn();
     let mut settings_checked = Instant::now();
-    loop {
-        if host.is_shutting_down() || host.paused() {
+    host.receiver_status().interrupter = client.interrupter().ok().map(Arc::new);
+    let outcome = (|| loop {
+        if host.is_shutting_down() {
             let _ = client.end_copy();
+            return Ok(());
+        }
+        // A promotion: it interrupts the connection too, so there is no
+        // orderly end to wait for.
+        if host.paused() {
             return Ok(());
         }
         // A reload that points the standby elsewhere ends this stream; the
@@ -542,7 +555,14 @@ fn stream(
             reply_due = false;
             last_reply = Instant::now();
         }
+    })();
+    host.receiver_status().interrupter = None;
+    // However the stream ended, what was written to the WAL is flushed and
+    // replayed: the store never lags the WAL it has.
+    if unflushed || !to_replay.is_empty() {
+        flush_and_replay(host, &mut to_replay, replay_upto)?;
     }
+    outcome
 }
 
 /// Makes everything received durable, then replays it.
