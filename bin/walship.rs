@@ -825,7 +825,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         if std::time::Instant::now() > deadline {
             break Err("the promotion did not finish within 120 s".into());
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     };
     let log = server.map(TemporaryServer::stop).unwrap_or_default();
     if outcome.is_err() && !running {

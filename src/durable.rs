@@ -172,6 +172,14 @@ pub fn remove_file(path: &Path) -> Result<(), FileError> {
     }
 }
 
+/// Writes `bytes` over the start of the existing file `path` (the rest is
+/// left as it is) and fdatasyncs it.
+pub fn write_head(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let mut f = OpenOptions::new().write(true).open(path).at("open", path)?;
+    f.write_all(bytes).at("write", path)?;
+    f.sync_data().at("fdatasync", path)
+}
+
 /// Writes zeros over `file[offset..offset + len]` and fdatasyncs it.
 pub fn zero_range(file: &mut File, path: &Path, offset: u64, len: u64) -> Result<(), FileError> {
     file.seek(SeekFrom::Start(offset)).at("seek in", path)?;

@@ -338,12 +338,6 @@ impl WalWriter {
         let off = pos.segment_offset(size) as usize;
         let old_path = segment::segment_path(&self.config.dir, old, segno, size);
         let new_path = segment::segment_path(&self.config.dir, new, segno, size);
-        if off > 0 {
-            let mut bytes = std::fs::read(&old_path).at("read", &old_path)?;
-            let from = off.min(bytes.len());
-            bytes[from..].fill(0);
-            durable::replace_file(&new_path, &bytes)?;
-        }
         if let Some((_, handle)) = ins.preallocating.take() {
             let _ = handle.join();
         }
@@ -353,7 +347,25 @@ impl WalWriter {
             segno.next(),
             size,
         ));
-        durable::remove_file(&old_spare)?;
+        // The old timeline's zero-filled spare becomes the new timeline's
+        // segment: it is the old segment up to the switch point, zeros
+        // after, so only that head is written, not a whole segment. Until
+        // the head is durable the file keeps a spare's name.
+        let new_spare = spare_path(&new_path);
+        if old_spare.exists() {
+            durable::rename(&old_spare, &new_spare)?;
+        }
+        if off > 0 {
+            let mut head = vec![0; off];
+            std::fs::File::open(&old_path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .at("read", &old_path)?;
+            if !new_spare.exists() {
+                segment::create_zeroed(&new_spare, size)?;
+            }
+            durable::write_head(&new_spare, &head)?;
+            durable::rename(&new_spare, &new_path)?;
+        }
         ins.segments.clear();
         ins.timeline = new;
         self.map_segment(&mut ins, segno)?;
