@@ -289,8 +289,15 @@ impl Node {
 
     /// Sleeps up to `d`, or until woken.
     pub(crate) fn nap(&self, d: Duration) {
+        self.nap_unless(d, || false);
+    }
+
+    /// [`Node::nap`], but not at all if `done` says so. `done` is asked
+    /// under the lock [`Node::wake_all`] takes, so a flag set before a
+    /// wake-up is never missed.
+    fn nap_unless(&self, d: Duration, done: impl Fn() -> bool) {
         let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.is_shutting_down() {
+        if !self.is_shutting_down() && !done() {
             let _ = self.wake.1.wait_timeout(g, d);
         }
     }
@@ -767,7 +774,9 @@ impl WalReceiverHost for Node {
         self.is_promoting() || self.promoted.load(Ordering::Acquire)
     }
     fn nap(&self, d: Duration) {
-        Node::nap(self, d)
+        // A promotion that begins just before the walreceiver naps is not
+        // missed.
+        self.nap_unless(d, || self.paused());
     }
 }
 

@@ -77,7 +77,8 @@ pub trait WalReceiverHost: Send + Sync {
     fn is_shutting_down(&self) -> bool;
     /// Streaming must stop for now (a promotion is under way or done).
     fn paused(&self) -> bool;
-    /// Sleeps up to `d`, or until the node is told to stop or reload.
+    /// Sleeps up to `d`, or until the node is told to stop or reload, or
+    /// streaming is paused; returns at once if it is stopping or paused.
     fn nap(&self, d: Duration);
 }
 
@@ -263,7 +264,8 @@ pub fn run(host: &dyn WalReceiverHost) {
     while !host.is_shutting_down() {
         if host.paused() {
             host.receiver_status().status = "stopped";
-            host.nap(Duration::from_millis(100));
+            // (Not host.nap: that returns at once while paused.)
+            std::thread::sleep(Duration::from_millis(100));
             continue;
         }
         let Some((info, slot)) = host.primary() else {
