@@ -762,6 +762,7 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
 
 fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     use walship::node::promote::{self, PromoteRequest, PROMOTE_FAILED};
+    use walship::node::promote_journal;
     let dir = datadir::DataDir::new(&args.dir);
     anyhow::ensure!(
         dir.control().exists(),
@@ -812,7 +813,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         if let Ok(why) = std::fs::read_to_string(args.dir.join(PROMOTE_FAILED)) {
             break Err(format!("promotion failed: {why}"));
         }
-        if !dir.standby_signal().exists() {
+        if !dir.standby_signal().exists() && !args.dir.join(promote_journal::JOURNAL).exists() {
             break Ok(());
         }
         if let Some(s) = &mut server {

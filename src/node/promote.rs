@@ -252,10 +252,12 @@ impl Node {
         self.set_promoted();
         durable::remove_file(&dir.standby_signal()).map_err(stuck)?;
         crashpoint::reach("promote-promoted");
+        self.set_promoting(false);
+        // Last: walship promote --wait waits for it to go, and finds writes
+        // accepted.
         if let Err(e) = Journal::remove(&dir.root) {
             error!("could not remove the promotion journal: {e} (harmless: the node removes it at its next start)");
         }
-        self.set_promoting(false);
         let ep = *self.lock_epoch();
         info!(epoch = %ep.epoch, timeline = %ep.timeline, switchpoint = %ep.start, "promoted: this node is the primary and accepts writes");
         Ok(())
@@ -278,20 +280,29 @@ impl Node {
     /// Fences the old primary for `epoch`: directly when it answers, by
     /// the fence command when one is given (it must succeed); with
     /// neither, only `--force` goes on.
+    ///
+    /// The direct attempt runs beside the fence command: a dead primary's
+    /// host may take its whole connect timeout to not answer, and once the
+    /// command has fenced it there is nothing to wait for (the attempt
+    /// finishes on its own).
     fn fence_old_primary(&self, epoch: Epoch, req: &PromoteRequest) -> Result<(), String> {
-        let direct = match self.primary() {
-            Some((info, _)) => match fence_directly(&info, epoch) {
-                Ok(()) => {
-                    info!(old_primary = %info, epoch = %epoch, "fenced the old primary directly");
-                    true
-                }
-                Err(e) => {
-                    warn!(old_primary = %info, "could not fence the old primary directly: {e}");
-                    false
-                }
-            },
-            None => false,
-        };
+        let direct = self.primary().map(|(info, _)| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let fenced = match fence_directly(&info, epoch) {
+                    Ok(()) => {
+                        info!(old_primary = %info, epoch = %epoch, "fenced the old primary directly");
+                        true
+                    }
+                    Err(e) => {
+                        warn!(old_primary = %info, "could not fence the old primary directly: {e}");
+                        false
+                    }
+                };
+                let _ = tx.send(fenced);
+            });
+            rx
+        });
         if let Some(cmd) = &req.fence_command {
             let status = std::process::Command::new("sh")
                 .args(["-c", cmd])
@@ -304,7 +315,7 @@ impl Node {
                 ));
             }
             info!(command = %cmd, "fence command succeeded");
-        } else if !direct {
+        } else if !direct.is_some_and(|rx| rx.recv().unwrap_or(false)) {
             if !req.force {
                 return Err("the old primary could be neither reached to fence it nor fenced by command: refusing to promote (give --fence-command, or --force if you know it is down for good)".into());
             }
