@@ -14,6 +14,7 @@ use walship::archive::{Archive, Compression};
 use walship::dump::{self, DumpMode, DumpOptions, DumpOutcome};
 use walship::node::datadir::{self, InitOptions};
 use walship::node::server::{self, ServerOptions};
+use walship::progress::{Progress, Total};
 use walship::replication::basebackup::{self, BaseBackupOptions};
 use walship::replication::conninfo::ConnInfo;
 use walship::replication::receive::{self, ReceiveOptions, Stopped};
@@ -182,7 +183,8 @@ struct BaseBackupArgs {
     /// standby needs from the start).
     #[arg(long, requires = "slot")]
     create_slot: bool,
-    /// Do not show progress.
+    /// Do not show progress (a line redrawn on a terminal, a plain line
+    /// every 10 s elsewhere).
     #[arg(long)]
     no_progress: bool,
 }
@@ -307,6 +309,10 @@ struct ArchiveArgs {
     /// Compression for a new archive (an existing one keeps its own).
     #[arg(long, value_name = "METHOD", default_value = "none", value_parser = ["none", "zstd"])]
     compression: String,
+    /// Do not show progress of a one-shot run (a line redrawn on a
+    /// terminal, a plain line every 10 s elsewhere).
+    #[arg(long, conflicts_with = "follow")]
+    no_progress: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -692,7 +698,19 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     let archiver = Archiver::new(&dir, &args.archive, compression, args.create)
         .context("walship archive failed")?;
     if !args.follow {
-        let pass = archiver.pass().context("walship archive failed")?;
+        let progress = std::sync::Mutex::new(Progress::for_command(
+            "walship archive",
+            Total::Unknown,
+            !args.no_progress,
+        ));
+        let lock = || progress.lock().unwrap_or_else(|p| p.into_inner());
+        let pass = archiver.pass_reporting(&|files, bytes| {
+            let mut p = lock();
+            p.set_total(Total::Files(files as u64));
+            p.advance(1, bytes);
+        });
+        lock().finish();
+        let pass = pass.context("walship archive failed")?;
         match (pass.archived.first(), pass.archived.last()) {
             (Some(first), Some(last)) => println!(
                 "Archived {} file(s), {first} to {last}{}.",

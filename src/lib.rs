@@ -19,6 +19,7 @@ pub mod fence;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod progress;
 pub mod protocol;
 pub mod replication;
 pub mod sql;

@@ -605,3 +605,84 @@ fn a_standby_refuses_another_systems_segments_from_its_restore_command() {
         "0"
     );
 }
+
+/// Runs `walship ARGS` on a pseudo-terminal (script(1)); returns what it
+/// wrote there.
+fn on_terminal(args: &[&str]) -> String {
+    let line = std::iter::once(env!("CARGO_BIN_EXE_walship"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("run script(1)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{line}: {text}");
+    text
+}
+
+#[test]
+fn archive_and_basebackup_show_progress_on_a_terminal_only() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    node.complete_segments(4, "p");
+    let adir = tempfile::tempdir().unwrap();
+    let dir = node.dir.to_str().unwrap().to_string();
+    let shown = on_terminal(&[
+        "archive",
+        "--archive",
+        adir.path().to_str().unwrap(),
+        "-D",
+        &dir,
+    ]);
+    assert!(
+        shown.contains("walship archive: 4 of 4 files (100%), 4 MiB"),
+        "{shown}"
+    );
+    assert!(shown.contains("Archived 4 file(s)"), "{shown}");
+    // Not on a terminal, a run this short shows no progress at all.
+    node.complete_segments(1, "q");
+    let out = archive(adir.path(), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("walship archive:"),
+        "{}",
+        stderr(&out)
+    );
+
+    let target = tempfile::tempdir().unwrap();
+    let to = target.path().join("standby");
+    let from = format!("host=127.0.0.1 port={} user=tester", node.port);
+    let shown = on_terminal(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        to.to_str().unwrap(),
+        "--node-name",
+        "s1",
+    ]);
+    assert!(
+        shown.contains("walship basebackup: ") && shown.contains("(100%)"),
+        "{shown}"
+    );
+    let quiet = target.path().join("quiet");
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        quiet.to_str().unwrap(),
+        "--node-name",
+        "s2",
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("walship basebackup:"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -264,6 +264,15 @@ impl Archiver {
     /// stops at the first failure. A later file copied before the failure
     /// stays in the archive unmarked: the next run finds it there, the same.
     pub fn pass(&self) -> Result<Pass, ArchiverError> {
+        self.pass_reporting(&|_, _| {})
+    }
+
+    /// [`Archiver::pass`], telling `copied` of every file copied, as it
+    /// is: how many files the pass has, and this one's size.
+    pub fn pass_reporting(
+        &self,
+        copied: &(dyn Fn(usize, u64) + Sync),
+    ) -> Result<Pass, ArchiverError> {
         let mut pass = Pass::default();
         let names = self.ready()?;
         if names.is_empty() {
@@ -288,13 +297,15 @@ impl Archiver {
                     }
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     let Some(name) = names.get(i) else { return };
-                    let copied = self
+                    let result = self
                         .check_present(&stats)
                         .and_then(|()| self.copy_one(name));
-                    if copied.is_err() {
-                        failed.store(true, std::sync::atomic::Ordering::Release);
+                    match &result {
+                        Ok((_, len)) => copied(names.len(), *len),
+                        Err(_) => failed.store(true, std::sync::atomic::Ordering::Release),
                     }
-                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(copied);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(result.map(|(put, _)| put));
                 });
             }
         });
@@ -339,8 +350,9 @@ impl Archiver {
         })
     }
 
-    /// Verifies `wal/NAME` and copies it durably into the archive.
-    fn copy_one(&self, name: &str) -> Result<Put, ArchiverError> {
+    /// Verifies `wal/NAME` and copies it durably into the archive; returns
+    /// how it went and the file's size.
+    fn copy_one(&self, name: &str) -> Result<(Put, u64), ArchiverError> {
         let path = DataDir::new(&self.data_dir).wal().join(name);
         let bytes = std::fs::read(&path).map_err(|e| FileError::new("read", &path, e))?;
         verify_file(&bytes, name, self.archive.seg_size, self.archive.system_id).map_err(
@@ -349,7 +361,7 @@ impl Archiver {
                 why,
             },
         )?;
-        Ok(self.archive.put(name, &bytes)?)
+        Ok((self.archive.put(name, &bytes)?, bytes.len() as u64))
     }
 
     /// Marks `NAME` archived (`.ready` → `.done`), once its copy is durable.

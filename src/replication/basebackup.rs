@@ -7,7 +7,6 @@
 //! an interrupted backup leaves a directory `walship server` refuses (it
 //! has no control file) rather than a half-copied node that starts.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -17,6 +16,7 @@ use super::client::{Client, ClientError, CopyMessage};
 use super::conninfo::ConnInfo;
 use crate::durable::{self, FileError};
 use crate::node::datadir::{self, DataDir, DataDirError};
+use crate::progress::{Progress, Total};
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
 use crate::wal::Lsn;
 
@@ -39,7 +39,8 @@ pub struct BaseBackupOptions {
     pub slot: Option<String>,
     /// Create `slot` on the primary first (it must not exist).
     pub create_slot: bool,
-    /// Show a progress line (on a terminal).
+    /// Show progress: a line redrawn on a terminal, a plain line every 10 s
+    /// elsewhere.
     pub progress: bool,
 }
 
@@ -77,12 +78,15 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
         .and_then(|s| s.text(0, "size"))
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let show_progress = opts.progress && std::io::stderr().is_terminal();
+    let mut progress = Progress::for_command(
+        "walship basebackup",
+        Total::Bytes(total_kb * 1024),
+        opts.progress,
+    );
     let began = Instant::now();
     let mut current: Option<(String, Vec<u8>)> = None;
     let mut files = Vec::new();
     let mut bytes = 0u64;
-    let mut last_shown = Instant::now();
     loop {
         let Some(msg) = client.recv_copy(std::time::Duration::from_secs(60))? else {
             return Err(malformed(
@@ -107,13 +111,10 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
                     .ok_or_else(|| malformed("file data before a file name"))?;
                 data.extend_from_slice(&msg[1..]);
                 bytes += msg.len() as u64 - 1;
+                progress.advance(0, msg.len() as u64 - 1);
             }
-            Some(b'p') => {
-                if show_progress && last_shown.elapsed().as_millis() >= 200 {
-                    last_shown = Instant::now();
-                    progress_line(bytes, total_kb);
-                }
-            }
+            // The server's own progress report: the data counts already.
+            Some(b'p') => {}
             _ => return Err(malformed("unknown message in the backup stream")),
         }
     }
@@ -125,10 +126,9 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
         .and_then(|t| t.parse::<Lsn>().ok())
         .ok_or_else(|| malformed("no end position"))?;
     client.close();
-    if show_progress {
-        progress_line(bytes, total_kb);
-        eprintln!();
-    }
+    // The server's size was an estimate; the backup is complete.
+    progress.set_total(Total::Bytes(bytes));
+    progress.finish();
     write_files(&dir, &files, opts).map_err(|e| match e {
         WriteError::File(f) => BaseBackupError::File(f),
         WriteError::BadName(n) => malformed(&format!("unsafe file name \"{n}\"")),
@@ -143,13 +143,6 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
         bytes,
         files: files.len(),
     })
-}
-
-fn progress_line(bytes: u64, total_kb: u64) {
-    let kb = bytes / 1024;
-    let pct = (kb * 100).checked_div(total_kb).map_or(100, |p| p.min(100));
-    eprint!("\r{kb}/{total_kb} kB ({pct}%) copied");
-    let _ = std::io::stderr().flush();
 }
 
 enum WriteError {

@@ -18,6 +18,7 @@ use super::client::{Client, ClientError, CopyMessage, Interrupter};
 use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
 use crate::durable::{self, FileError};
+use crate::progress::{Progress, Total};
 use crate::wal::format::PageHeader;
 use crate::wal::history::TimelineHistory;
 use crate::wal::name::history_file_name;
@@ -145,6 +146,8 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     let wal = host.wal();
     let scratch = host.wal_dir().join("RECOVERYXLOG");
     let mut restored = 0;
+    // A long catch-up says how it goes every ten seconds.
+    let mut progress = Progress::for_log("restoring WAL from the archive", Total::Unknown);
     loop {
         if host.is_shutting_down() || host.paused() {
             return Ok(restored);
@@ -234,6 +237,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         flush_and_replay(host, &mut own, checked.last_end.unwrap_or(Lsn::INVALID))?;
         let _ = std::fs::remove_file(&scratch);
         info!(segment = %name, "restored segment from the archive");
+        progress.advance(1, size.bytes());
         restored += 1;
     }
 }
