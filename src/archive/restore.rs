@@ -11,11 +11,14 @@
 //! the worker when the worker is fetching it.
 //!
 //! Invariants: every file handed over — fetched directly or from the spool
-//! — has passed [`verify_file`] against the archive's system identifier,
-//! and is durable under `DEST` before success is reported; the spool is
-//! only a cache (a damaged or foreign file in it is discarded and fetched
-//! again); at most one worker per spool (its lock), holding at most
-//! `depth` segments.
+//! — has passed [`verify_file`] against the archive's system identifier
+//! (a spooled one in the worker, which leaves the CRC-32C of what it
+//! verified beside it in `NAME.crc32c`: a request checks that one CRC, a
+//! tenth of a full verification, and verifies in full only a file without
+//! it), and is durable under `DEST` before success is reported; the spool
+//! is only a cache (a file in it that fails those checks is discarded and
+//! fetched again); at most one worker per spool (its lock), holding at
+//! most `depth` segments.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -87,6 +90,7 @@ pub fn restore(
         // A copy the worker spooled meanwhile is of no more use.
         let restored = fetch(&archive, name, dest)?;
         let _ = std::fs::remove_file(spool.join(name));
+        let _ = std::fs::remove_file(crc_path_of(&spool.join(name)));
         restored
     };
     if restored != Restored::Absent {
@@ -145,13 +149,29 @@ fn take_from_spool(
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(false);
     };
-    if verify(archive, name, &bytes).is_err() {
+    let crc_path = crc_path_of(&path);
+    let verified_as = std::fs::read_to_string(&crc_path).ok();
+    let intact = verified_as.is_some_and(|c| c.trim() == crc_text(&bytes))
+        || verify(archive, name, &bytes).is_ok();
+    let _ = std::fs::remove_file(&crc_path);
+    if !intact {
         durable::remove_file(&path)?;
         return Ok(false);
     }
     // The worker fsynced it: a rename makes it durable under DEST.
     durable::rename(&path, dest)?;
     Ok(true)
+}
+
+/// Where the worker leaves the CRC-32C of the spooled segment at `path`.
+fn crc_path_of(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".crc32c");
+    PathBuf::from(p)
+}
+
+fn crc_text(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32c::crc32c(bytes))
 }
 
 /// Whether a live worker holds the spool and has started fetching `name`.
@@ -169,8 +189,12 @@ fn worker_is_fetching(spool: &Path, name: &str) -> bool {
 }
 
 /// Starts a detached `walship prefetch-worker` for the segments from
-/// `first` on; it exits at once if another worker holds the spool.
+/// `first` on, unless one runs (it goes on past what was taken); one
+/// started in a race with another exits at once.
 fn start_worker(archive: &Archive, spool: &Path, first: SegmentName, depth: usize) {
+    if matches!(DirLock::holder(spool), Ok(Some(_))) {
+        return;
+    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -232,8 +256,13 @@ pub fn prefetch(
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
     {
-        let is_segment = matches!(WalFileName::parse(&file, size), Ok(WalFileName::Segment(_)));
-        if (is_segment && (file.get(..8) != head.get(..8) || file < head)) || file.contains(".tmp.")
+        let segment = file.strip_suffix(".crc32c").unwrap_or(&file);
+        let is_segment = matches!(
+            WalFileName::parse(segment, size),
+            Ok(WalFileName::Segment(_))
+        );
+        if (is_segment && (segment.get(..8) != head.get(..8) || segment < head.as_str()))
+            || file.contains(".tmp.")
         {
             durable::remove_file(&spool.join(file))?;
         }
@@ -280,7 +309,12 @@ pub fn prefetch(
                     let ok = path.exists()
                         || match archive.get(&name) {
                             Ok(Some(bytes)) => {
+                                // The CRC first, so a request that finds
+                                // the segment finds it too. A hint, like
+                                // the plan: without it the request
+                                // verifies in full.
                                 verify(&archive, &name, &bytes).is_ok()
+                                    && std::fs::write(crc_path_of(&path), crc_text(&bytes)).is_ok()
                                     && durable::replace_file(&path, &bytes).is_ok()
                             }
                             // The end of the archive, or a failure the
