@@ -1060,23 +1060,63 @@ mod man {
     //! The man pages in `man/` are generated from the definitions above plus
     //! the hand-written sections here. `WALSHIP_BLESS=1 cargo test --bin
     //! walship` rewrites them; otherwise the test fails when they are stale.
+    //!
+    //! A page: clap's NAME, SYNOPSIS, DESCRIPTION and OPTIONS; the command's
+    //! own sections (OUTPUT, SIGNALS, FILES, ENVIRONMENT); EXIT STATUS; the
+    //! `--help` examples as EXAMPLES; SEE ALSO.
 
     use clap::CommandFactory;
 
-    const EXIT_STATUS: &str = r#".SH "EXIT STATUS"
-.TP
-\fB0\fR
-Success.
-.TP
-\fB1\fR
-Operational failure: damaged WAL, a missing or unreadable file. One line on
-standard error says what and where (file, LSN).
-.TP
-\fB2\fR
-Usage error.
-"#;
+    /// Exit status 2 means the same for every command: clap refused the
+    /// command line.
+    const USAGE: &str = r"Usage error: an unknown option, a missing argument, or a value that does not parse. The message and the usage go to standard error. (\fB\-\-help\fR exits 0.)";
 
-    fn page_for(cmd: &clap::Command, name: &str, extra: &str, see_also: &str) -> String {
+    /// The EXIT STATUS section: what 0 and 1 mean for this command, the
+    /// codes of its own if it has any, and 2 (usage), alike for all.
+    fn exit_status(ok: &str, failed: &str, more: &[(u8, &str)]) -> String {
+        let mut codes = vec![(0, ok), (1, failed), (2, USAGE)];
+        codes.extend_from_slice(more);
+        codes.sort_by_key(|&(code, _)| code);
+        let mut section = String::from(".SH \"EXIT STATUS\"\n");
+        for (code, text) in codes {
+            section.push_str(&format!(".TP\n\\fB{code}\\fR\n{text}\n"));
+        }
+        section
+    }
+
+    /// The hand-written part of a page.
+    struct Sections {
+        /// OUTPUT, SIGNALS, FILES, ENVIRONMENT: whichever the command has.
+        extra: String,
+        exit_status: String,
+        see_also: &'static str,
+    }
+
+    /// Removes section `title` from a rendered page; returns its body.
+    fn take_section(page: &mut String, title: &str) -> Option<String> {
+        let heading = format!(".SH {title}\n");
+        let start = page.find(&heading)?;
+        let body = start + heading.len();
+        let end = page[body..]
+            .find("\n.SH ")
+            .map_or(page.len(), |i| body + i + 1);
+        let text = page[body..end].to_string();
+        page.replace_range(start..end, "");
+        Some(text)
+    }
+
+    /// The `--help` examples (clap_mangen's EXTRA section) as EXAMPLES,
+    /// unfilled, so that each command line stays one line.
+    fn examples(extra: &str) -> String {
+        let lines: Vec<&str> = extra
+            .lines()
+            .filter(|l| *l != "Examples:")
+            .map(|l| l.strip_prefix("  ").unwrap_or(l))
+            .collect();
+        format!(".SH EXAMPLES\n.nf\n{}\n.fi\n", lines.join("\n"))
+    }
+
+    fn page_for(cmd: &clap::Command, name: &str, sections: &Sections) -> String {
         let mut buf = Vec::new();
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
         let cmd = cmd.clone().name(name);
@@ -1084,9 +1124,13 @@ Usage error.
             .render(&mut buf)
             .expect("render to memory");
         let mut page = String::from_utf8(buf).expect("man page is UTF-8");
-        page.push_str(extra);
-        page.push_str(EXIT_STATUS);
-        page.push_str(&format!(".SH \"SEE ALSO\"\n{see_also}\n"));
+        let extra = take_section(&mut page, "EXTRA");
+        page.push_str(&sections.extra);
+        page.push_str(&sections.exit_status);
+        if let Some(extra) = extra {
+            page.push_str(&examples(&extra));
+        }
+        page.push_str(&format!(".SH \"SEE ALSO\"\n{}\n", sections.see_also));
         page
     }
 
@@ -1094,28 +1138,206 @@ Usage error.
         let root = super::Cli::command();
         let mut pages = vec![(
             "walship.1".to_string(),
-            page_for(
-                &root,
-                "walship",
-                "",
-                r"\fBwalship-init\fR(1), \fBwalship-server\fR(1), \fBwalship-basebackup\fR(1), \fBwalship-receive\fR(1), \fBwalship-status\fR(1), \fBwalship-archive\fR(1), \fBwalship-restore\fR(1), \fBwalship-cleanup\fR(1), \fBwalship-promote\fR(1), \fBwalship-follow\fR(1), \fBwalship-rejoin\fR(1), \fBwalship-demo\fR(1), \fBwalship-dump\fR(1), \fBpostgres\fR(1)",
-            ),
+            page_for(&root, "walship", &sections("walship")),
         )];
         for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
             let name = format!("walship-{}", sub.get_name());
-            let extra = match sub.get_name() {
-                "dump" => DUMP_EXTRA,
-                "init" => INIT_EXTRA,
-                "server" => SERVER_EXTRA,
-                "basebackup" => BASEBACKUP_EXTRA,
-                "promote" => PROMOTE_EXTRA,
-                _ => "",
-            };
-            let see_also = r"\fBwalship\fR(1), \fBpg_waldump\fR(1)";
-            pages.push((format!("{name}.1"), page_for(sub, &name, extra, see_also)));
+            let page = page_for(sub, &name, &sections(sub.get_name()));
+            pages.push((format!("{name}.1"), page));
         }
         pages
     }
+
+    /// Each page's hand-written sections, by command.
+    fn sections(command: &str) -> Sections {
+        let (extra, exit_status, see_also) = match command {
+            "walship" => (
+                ROOT_EXTRA.to_string(),
+                exit_status(
+                    "Success.",
+                    r"Failure; standard error says what failed. Each command's page lists its cases (for \fBwalship restore\fR, 1 means only that the archive does not have the file).",
+                    &[(
+                        126,
+                        r"\fBwalship restore\fR only: a real failure, which stops a recovering server (see \fBwalship\-restore\fR(1)).",
+                    )],
+                ),
+                r"\fBwalship\-init\fR(1), \fBwalship\-server\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-receive\fR(1), \fBwalship\-status\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-restore\fR(1), \fBwalship\-cleanup\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-demo\fR(1), \fBwalship\-dump\fR(1), \fBpostgres\fR(1)",
+            ),
+            "demo" => (
+                DEMO_EXTRA.to_string(),
+                exit_status(
+                    r"The tour ran to the end: every acknowledged commit was found on the new primary, and the restarted old primary refused a write.",
+                    r"A step failed; standard error names it, with the output of the command that failed. Among the causes: the \fB\-\-keep\fR directory is not empty, a node did not answer within 30 s of starting (its log is named), acknowledged commits are missing on the new primary, the old primary took a write. Either way every process the tour started is stopped, and without \fB\-\-keep\fR its directory is removed.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-init\fR(1), \fBwalship\-server\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-status\fR(1)",
+            ),
+            "init" => (
+                INIT_EXTRA.to_string(),
+                exit_status(
+                    r"\fIDIR\fR was created: a new system, its first checkpoint written; start it with \fBwalship server \-D\fR \fIDIR\fR.",
+                    r"Nothing usable was created: \fIDIR\fR exists and is not empty, \fB\-\-wal\-segsize\fR is not a power of two from 1 to 1024, the password file cannot be read or its first line is empty, the name of the OS user cannot be found (give \fB\-U\fR), or a file could not be written. Standard error says which.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-basebackup\fR(1), \fBinitdb\fR(1)",
+            ),
+            "server" => (
+                [SERVER_EXTRA, SERVER_FILES].concat(),
+                exit_status(
+                    r"Stopped cleanly on \fBSIGTERM\fR or \fBSIGINT\fR: sessions ended, WAL flushed, shutdown checkpoint written.",
+                    r"It could not start, or failed: \fIDIR\fR is not a data directory or another process holds it, \fIwalship.conf\fR or \fIusers\fR does not parse, recovery met a WAL record it cannot replay, or an address cannot be listened on. The log (standard error) says why.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-init\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-status\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-restore\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBpostgres\fR(1), \fBpg_ctl\fR(1)",
+            ),
+            "dump" => (
+                DUMP_EXTRA.to_string(),
+                exit_status(
+                    r"The walk ended cleanly: where valid WAL ends (zeros, or a recycled page, where the next record would begin), at the end of the given segments, or at \fB\-\-end\fR. Also when standard output is closed early, as by \fBwalship dump ... | head\fR.",
+                    r"The WAL is damaged: a record or page in the middle of it, or a segment missing between two given ones; one line on standard error names the file, the LSN and what was wrong. Also when no segment file was found, a name is not a segment file name, a file has the wrong size, \fB\-\-start\fR lies outside the given segments, or a file cannot be read.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-receive\fR(1), \fBwalship\-archive\fR(1), \fBpg_waldump\fR(1)",
+            ),
+            "basebackup" => (
+                [BASEBACKUP_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
+                exit_status(
+                    r"The backup is complete in \fIDIR\fR; start the standby with \fBwalship server \-D\fR \fIDIR\fR.",
+                    r"No usable backup: \fIDIR\fR is not empty, \fICONNINFO\fR is invalid, the primary cannot be reached or refused the connection, the slot could not be created (one of that name exists, say), the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-init\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-archive\fR(1), \fBpg_basebackup\fR(1)",
+            ),
+            "receive" => (
+                [RECEIVE_EXTRA, &client_env("")].concat(),
+                exit_status(
+                    r"\fB\-\-endpos\fR was reached; with \fB\-\-no\-loop\fR, the primary ended streaming (it shut down); with \fB\-\-create\-slot\fR, the slot was created.",
+                    r"Streaming stopped on a failure: the primary sent WAL that fails verification (nothing from that record on was written; the LSN is named), \fIDIR\fR holds another system's segments, another process holds \fIDIR\fR, or \fICONNINFO\fR is invalid; with \fB\-\-create\-slot\fR, the slot could not be created; with \fB\-\-no\-loop\fR, any failure, a lost connection included. Without \fB\-\-no\-loop\fR other failures are logged and retried, with a backoff of up to 5 s.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-dump\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-server\fR(1), \fBpg_receivewal\fR(1)",
+            ),
+            "status" => (
+                client_env(""),
+                exit_status(
+                    r"The status was printed.",
+                    r"The node could not be reached or refused the connection (standard error names it), \fICONNINFO\fR is invalid, or a query failed.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-archive\fR(1)",
+            ),
+            "archive" => (
+                ARCHIVE_EXTRA.to_string(),
+                exit_status(
+                    r"Everything marked ready was archived (or was in the archive already, the same), or nothing was ready. With \fISEGMENT_PATH\fR: that file was archived, or was there already, the same. With \fB\-\-follow\fR: stopped by \fBSIGTERM\fR or \fBSIGINT\fR.",
+                    r"Something was not archived: a file failed verification, the archive holds different content under its name, the archive belongs to another system or has vanished (see \fB\-\-create\fR), the node is fenced (the archive records a newer epoch), another archiver holds the archive's lock, or a file could not be read or written. Standard error says which. A run stops at the failing file; the next run retries it. With \fB\-\-follow\fR only a failure to start exits; later failures are logged once and retried every second.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-restore\fR(1), \fBwalship\-cleanup\fR(1), \fBwalship\-server\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-receive\fR(1), \fBpostgres\fR(1)",
+            ),
+            "restore" => (
+                RESTORE_EXTRA.to_string(),
+                exit_status(
+                    r"\fIDEST\fR was written, verified, and is durable.",
+                    r"The archive does not have \fINAME\fR; one line on standard error says so. This is the answer a recovering server expects at the end of the archive: PostgreSQL and \fBwalship server\fR read every status from 1 to 125 that way, a usage error (2) included, so check the command when a standby stops restoring early.",
+                    &[(
+                        126,
+                        r"A real failure: the archived file is corrupt or cannot be read or decompressed, it is another system's, the archive is missing or damaged, or \fIDEST\fR cannot be written; standard error says which. On a status above 125 PostgreSQL's recovery stops rather than take it for the end of the archive; \fBwalship server\fR logs it and tries again later.",
+                    )],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-cleanup\fR(1), \fBwalship\-server\fR(1), \fBpostgres\fR(1)",
+            ),
+            "cleanup" => (
+                CLEANUP_EXTRA.to_string(),
+                exit_status(
+                    r"The files listed were removed (with \fB\-\-dry\-run\fR, only listed). A file another cleanup removed meanwhile counts as removed.",
+                    r"\fIADIR\fR is not a walship archive, \fB\-\-before\fR is neither a segment name nor a backup history file's name, or a file could not be removed (those before it were). Standard error says which.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-restore\fR(1), \fBwalship\-basebackup\fR(1), \fBpg_archivecleanup\fR(1)",
+            ),
+            "promote" => (
+                PROMOTE_EXTRA.to_string(),
+                exit_status(
+                    r"The standby was promoted: it accepts writes (a stopped standby was promoted, then stopped again). For a running standby without \fB\-\-wait\fR: the request was delivered; its log says how the promotion went.",
+                    r"\fIDIR\fR is not a walship data directory or not a standby (no \fIstandby.signal\fR); or the promotion failed (no fence and no \fB\-\-force\fR, the fence command failed, another promotion claimed the epoch first, ...): standard error gives the reason the standby recorded in \fIpromote.failed\fR and, for a stopped standby, the log of the server started for it; or the standby stopped before the promotion finished, or it did not finish within 120 s.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-status\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-rejoin\fR(1), \fBpg_ctl\fR(1)",
+            ),
+            "follow" => (
+                [FOLLOW_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
+                exit_status(
+                    r"\fIwalship.conf\fR names the new upstream; a running standby was told (\fBSIGHUP\fR), a stopped one follows it when started.",
+                    r"\fIDIR\fR is not a standby, \fICONNINFO\fR is invalid, the upstream cannot be reached, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-status\fR(1), \fBwalship\-server\fR(1)",
+            ),
+            "rejoin" => (
+                [REJOIN_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
+                exit_status(
+                    r"\fIDIR\fR is a standby of the new primary, cut back to the switch point if it wrote past it; start it with \fBwalship server \-D\fR \fIDIR\fR.",
+                    r"Refused, with nothing changed: the node is running; \fICONNINFO\fR is invalid or the new primary cannot be reached; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
+                    &[],
+                ),
+                r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-server\fR(1), \fBpg_rewind\fR(1)",
+            ),
+            other => panic!("walship {other} has no hand-written man page sections: add them"),
+        };
+        Sections {
+            extra,
+            exit_status,
+            see_also,
+        }
+    }
+
+    /// ENVIRONMENT for the commands that connect to a node, followed by
+    /// `more` (roff, or empty).
+    fn client_env(more: &str) -> String {
+        format!(
+            r".SH ENVIRONMENT
+.TP
+\fBPGUSER\fR
+The role to connect as when \fICONNINFO\fR names no \fBuser\fR; without it, the name of the OS user running the command. The database defaults to the role's name. No other libpq variable is read, nor \fI~/.pgpass\fR: the host (default 127.0.0.1), port (default 5432) and password come from \fICONNINFO\fR alone.{more}
+"
+        )
+    }
+
+    /// For the commands that write `primary_conninfo`.
+    const STANDBY_PGUSER: &str = r" A role taken from \fBPGUSER\fR is not written to \fBprimary_conninfo\fR: the standby then connects as its own environment says. Give \fBuser=\fR in \fICONNINFO\fR to write it there.";
+
+    const ROOT_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR\fR
+A node's data directory: \fIwalship.conf\fR, \fIcontrol\fR, \fIepoch\fR, \fIusers\fR, \fIwal/\fR, \fIcheckpoints/\fR, \fIslots/\fR, a standby's \fIstandby.signal\fR, and \fIwalship.lock\fR while a server runs. See \fBwalship\-init\fR(1) and \fBwalship\-server\fR(1).
+.TP
+\fIADIR\fR
+A WAL archive: its identity \fIARCHIVE\fR, archived segments and history files, and the epochs promotions claimed. See \fBwalship\-archive\fR(1).
+.SH ENVIRONMENT
+.TP
+\fBPGUSER\fR
+The role to connect as when a connection string (\fB\-\-from\fR, \fBprimary_conninfo\fR) names none. No other libpq variable is read, nor \fI~/.pgpass\fR.
+.TP
+\fBTMPDIR\fR
+Where \fBwalship demo\fR and \fBwalship promote\fR put their temporary files (default \fI/tmp\fR).
+"#;
+
+    const DEMO_EXTRA: &str = r#".SH FILES
+.TP
+\fI$TMPDIR/walship\-demo\-PID/\fR
+The tour's directory, removed at the end. With \fB\-\-keep\fR \fIDIR\fR: \fIDIR\fR, kept.
+.TP
+\fIprimary/\fR, \fIstandby/\fR, \fIarchive/\fR
+In it: the two nodes' data directories and the archive.
+.TP
+\fIprimary.log\fR, \fIstandby.log\fR, \fIarchiver.log\fR, \fIold\-primary.log\fR
+In it: the logs of the processes the tour starts.
+.SH ENVIRONMENT
+.TP
+\fBTMPDIR\fR
+Where the tour's directory goes (default \fI/tmp\fR).
+"#;
 
     const DUMP_EXTRA: &str = r#".SH OUTPUT
 One line per record, as \fBpg_waldump\fR(1) prints them: resource manager,
@@ -1126,6 +1348,9 @@ error, says where and why the WAL ended.
 "#;
 
     const INIT_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR\fR
+Created if absent (an existing one must be empty); only its owner may enter it (mode 0700).
 .TP
 \fIDIR/walship.conf\fR
 Settings, PostgreSQL style (\fBname = value\fR); every setting is listed with its default.
@@ -1140,19 +1365,125 @@ The generation this node writes in (1 for a new cluster).
 Roles, one per line: \fBname:attributes:verifier\fR, the verifier a SCRAM-SHA-256 hash, never the password.
 .TP
 \fIDIR/wal/\fR
-WAL segments in PostgreSQL 15's format.
+WAL segments in PostgreSQL 15's format; \fIwal/archive_status/\fR for \fBwalship archive\fR.
+.TP
+\fIDIR/checkpoints/\fR
+The snapshot of the first checkpoint (\fIsnapshot.LSN\fR).
 "#;
 
     const BASEBACKUP_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR\fR
+Created if absent (an existing one must be empty); only its owner may enter it (mode 0700).
 .TP
 \fIDIR/standby.signal\fR
 Makes \fBwalship server\fR start the node as a standby.
 .TP
 \fIDIR/walship.conf\fR
-The primary's settings, followed by \fBnode_name\fR, \fBprimary_conninfo\fR and \fBprimary_slot_name\fR for this standby.
+The primary's settings, followed by \fBnode_name\fR, \fBprimary_conninfo\fR and \fBprimary_slot_name\fR for this standby. A password in \fICONNINFO\fR is written there too.
+.TP
+\fIDIR/users\fR, \fIDIR/epoch\fR, \fIDIR/checkpoints/\fR, \fIDIR/wal/\fR
+As the primary sent them: its roles, its epoch, the snapshot of the checkpoint the backup starts at, and the WAL from there on.
+.TP
+\fIDIR/control\fR
+Written last: until it is there, \fBwalship server\fR refuses the directory.
+"#;
+
+    const RECEIVE_EXTRA: &str = r#".SH SIGNALS
+\fBwalship receive\fR sets no handlers: \fBSIGTERM\fR or \fBSIGINT\fR ends it at once. Complete segments are durable; the next run resumes at the start of the \fI.partial\fR one.
+.SH FILES
+.TP
+\fIDIR/SEGNAME.partial\fR
+The segment being received: preallocated, written as WAL arrives.
+.TP
+\fIDIR/SEGNAME\fR
+A complete segment, durably renamed from \fISEGNAME.partial\fR; byte-identical to the primary's.
+.TP
+\fIDIR/TTTTTTTT.history\fR
+Timeline history files, fetched when the primary's timeline changes.
+.TP
+\fIDIR/walship.lock\fR
+Held while receiving, with the pid: a second receiver into \fIDIR\fR is refused.
+"#;
+
+    const ARCHIVE_EXTRA: &str = r#".SH SIGNALS
+With \fB\-\-follow\fR:
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop once the pass under way is done; exit 0.
+.TP
+\fBSIGHUP\fR
+Logged and ignored: there is nothing to reload.
+.SH FILES
+.TP
+\fIDIR/wal/archive_status/NAME.ready\fR
+What to archive: a primary with \fBarchive_mode = on\fR marks each completed segment and history file. Renamed \fINAME.done\fR, in order, once the archived copy is durable.
+.TP
+\fIDIR/wal/NAME\fR
+The file archived; verified first.
+.TP
+\fIDIR/control\fR, \fIDIR/epoch\fR
+The system identifier and segment size a new archive is created with; the node's epoch, checked against the archive's at start and before each pass that has files to archive.
+.TP
+\fIDIR/archiver.status\fR
+Counters and the last success and failure, shown in \fBpg_stat_archiver\fR. It also tells that this node archived before, which makes a missing archive an error rather than a new start (see \fB\-\-create\fR).
+.TP
+\fIADIR/ARCHIVE\fR
+The archive's identity: system identifier, segment size and compression, written when the archive is created.
+.TP
+\fIADIR/SEGNAME\fR, \fIADIR/SEGNAME.zst\fR
+Archived segments (\fI.zst\fR in a compressed archive).
+.TP
+\fIADIR/TTTTTTTT.history\fR, \fIADIR/*.backup\fR
+Timeline history and backup history files, never compressed.
+.TP
+\fIADIR/walship.lock\fR
+Held, with the pid, by the archiver at work: a second one is refused.
+.TP
+\fIADIR/.NAME.tmp.PID\fR
+A copy under way. One an interrupted archiver left is removed when the next \fB\-D\fR run starts.
+.TP
+\fIADIR/epoch\fR
+The highest epoch a promotion claimed (see \fBwalship\-promote\fR(1)): a node in a lower epoch is fenced, and archives nothing.
+"#;
+
+    const RESTORE_EXTRA: &str = r#".SH FILES
+.TP
+\fIADIR/ARCHIVE\fR
+The archive's identity: the system identifier and segment size a file is verified against. Without it the archive counts as missing (exit 126).
+.TP
+\fIADIR/NAME\fR, \fIADIR/NAME.zst\fR
+The archived file; a compressed one is decompressed.
+.TP
+\fIDEST\fR
+Written under a temporary name beside it, fsynced and renamed: it appears whole or not at all.
+.TP
+\fIDESTDIR/.walship\-prefetch/\fR
+The prefetch spool, in \fIDEST\fR's directory: up to \fB\-\-prefetch\fR verified segments of the same timeline, each with the CRC-32C of what was verified (\fINAME.crc32c\fR), the worker's range (\fIplan\fR) and its lock (\fIwalship.lock\fR: one worker per spool). A request takes its segment from there with a rename once the file matches its CRC (a file without one is verified in full), or waits up to 60 s for the worker fetching it; a spooled file that fails is discarded and the segment fetched from the archive. The worker stops at the first segment the archive does not have, or when nothing was taken for 30 s. Under \fBwalship server\fR, \fIDEST\fR is \fIDIR/wal/RECOVERYXLOG\fR, so the spool is \fIDIR/wal/.walship\-prefetch/\fR.
+"#;
+
+    const CLEANUP_EXTRA: &str = r#".SH FILES
+.TP
+\fIADIR/ARCHIVE\fR
+The archive's identity (for the segment size); an archive without it is refused.
+.TP
+\fIADIR/SEGNAME\fR, \fIADIR/SEGNAME.partial\fR, and the same with \fI.zst\fR
+Removed when the name, timeline aside, sorts before \fB\-\-before\fR, or before the newest base backup's start segment if that is earlier.
+.TP
+\fIADIR/SEGNAME.OOOOOOOO.backup\fR
+Backup history files: the newest one's start segment, and all after it, are kept. Never removed.
+.TP
+\fIADIR/TTTTTTTT.history\fR, \fIADIR/epoch\fR, \fIADIR/epoch.N\fR, \fIADIR/walship.lock\fR
+Never removed, nor \fIADIR/ARCHIVE\fR.
 "#;
 
     const PROMOTE_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR/standby.signal\fR
+Must be present: only a standby is promoted. The promotion's last step removes it.
+.TP
+\fIDIR/walship.lock\fR
+Read, not taken: the pid of the running standby, woken with \fBSIGUSR1\fR. Without a holder the standby is not running, and is started (\fBwalship server \-D\fR \fIDIR\fR) for the promotion.
 .TP
 \fIDIR/promote.signal\fR
 The request (with \fB\-\-fence\-command\fR and \fB\-\-force\fR); the standby removes it when the promotion ends. While it is there, a restarted standby promotes itself.
@@ -1163,15 +1494,63 @@ How far a promotion got: its epoch, the archive claim's token, the new timeline,
 \fIDIR/promote.failed\fR
 Why the last promotion failed, for \fB\-\-wait\fR.
 .TP
+\fIDIR/epoch\fR
+Read at the end, for the epoch and timeline reported.
+.TP
 \fIADIR/epoch.N\fR, \fIADIR/epoch\fR
 With \fBarchive_directory\fR set: the claim of epoch N (the node's name and the promotion's token), and the highest epoch claimed.
+.TP
+\fI$TMPDIR/walship\-promote\-PID.log\fR
+The log of the server started to promote a stopped standby; removed once it stops.
 .SH ENVIRONMENT
 .TP
 \fBWALSHIP_EPOCH\fR
 Set for \fB\-\-fence\-command\fR: the epoch being claimed.
 .TP
+\fBPGUSER\fR
+The role the standby fences the old primary as, over \fBprimary_conninfo\fR, when that names none (see \fBwalship\-server\fR(1)). A standby \fBwalship promote\fR starts inherits this environment.
+.TP
+\fBTMPDIR\fR
+Where the log of a standby started for the promotion goes (default \fI/tmp\fR).
+.TP
 \fBWALSHIP_CRASH_AT\fR
 For crash tests only: the node kills itself (SIGKILL) at the named point (\fBpromote\-fence\fR, \fBpromote\-switch\fR, ...). Never set it in production.
+"#;
+
+    const FOLLOW_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR/standby.signal\fR
+Must be present: only a standby follows (\fBwalship rejoin\fR makes an old primary one).
+.TP
+\fIDIR/walship.conf\fR
+Read for \fBnode_name\fR, sent upstream as \fBapplication_name\fR. \fBprimary_conninfo\fR and, with \fB\-\-slot\fR, \fBprimary_slot_name\fR are appended under a comment saying who added them and when; the last value of a setting wins. A password in \fICONNINFO\fR is written there too.
+.TP
+\fIDIR/control\fR, \fIDIR/epoch\fR
+The system identifier and epoch the upstream is checked against.
+.TP
+\fIDIR/walship.lock\fR
+The pid of the running standby, if it runs: it is sent \fBSIGHUP\fR.
+"#;
+
+    const REJOIN_EXTRA: &str = r#".SH FILES
+.TP
+\fIDIR/walship.lock\fR
+Taken for the whole run: a running node is refused.
+.TP
+\fIDIR/control\fR, \fIDIR/epoch\fR
+The system identifier, timeline, last checkpoint and epoch, checked against the new primary.
+.TP
+\fIDIR/standby.signal\fR
+Written before any other change: a node whose rejoin was interrupted never starts as a primary.
+.TP
+\fIDIR/wal/\fR
+Cut back to the switch point: the segment holding it zeroed from there on, later segments of this node's timeline removed, with their \fIarchive_status\fR marks.
+.TP
+\fIDIR/checkpoints/snapshot.LSN\fR
+When the last checkpoint lies past the switch point and no commit does: its snapshot is recorded as the switch point's, and \fIDIR/control\fR points at it.
+.TP
+\fIDIR/walship.conf\fR
+Read for \fBnode_name\fR; \fBprimary_conninfo\fR and, with \fB\-\-slot\fR, \fBprimary_slot_name\fR are appended under a comment saying who added them and when. A password in \fICONNINFO\fR is written there too.
 "#;
 
     const SERVER_EXTRA: &str = r#".SH SIGNALS
@@ -1185,6 +1564,61 @@ Reload walship.conf (settings marked "reload") and the users file.
 \fBSIGUSR1\fR
 Look for a promotion request (\fIDIR/promote.signal\fR) now; \fBwalship promote\fR sends it.
 "#;
+
+    const SERVER_FILES: &str = r#".SH FILES
+.TP
+\fIDIR/walship.conf\fR, \fIDIR/users\fR
+Settings, and the roles that may connect (see \fBwalship\-init\fR(1)): read at start and on \fBSIGHUP\fR.
+.TP
+\fIDIR/control\fR, \fIDIR/epoch\fR
+System identifier, segment size, timeline and last checkpoint; the epoch the node writes in, and the epoch that fenced it if one did.
+.TP
+\fIDIR/walship.lock\fR
+Held while the server runs, so no other process opens the directory; holds its pid, which \fBwalship promote\fR and \fBwalship follow\fR signal.
+.TP
+\fIDIR/wal/\fR
+WAL segments and timeline history files, and \fIwalship.lock\fR, the WAL writer's. With \fBarchive_mode = on\fR a primary marks each completed file \fIwal/archive_status/NAME.ready\fR for \fBwalship archive\fR.
+.TP
+\fIDIR/checkpoints/snapshot.LSN\fR
+The store as of the last checkpoint; recovery replays the WAL after it.
+.TP
+\fIDIR/slots/NAME\fR
+Physical replication slots.
+.TP
+\fIDIR/standby.signal\fR
+Present: the node starts as a standby, streaming from \fBprimary_conninfo\fR and restoring with \fBrestore_command\fR (\fB%p\fR is \fIDIR/wal/RECOVERYXLOG\fR). A promotion removes it.
+.TP
+\fIDIR/promote.signal\fR, \fIDIR/promote.journal\fR, \fIDIR/promote.failed\fR
+A promotion's request, progress and failure: see \fBwalship\-promote\fR(1).
+.TP
+\fIDIR/archiver.status\fR
+\fBwalship archive\fR's counters, shown in \fBpg_stat_archiver\fR.
+.TP
+\fIADIR/epoch\fR
+With \fBarchive_directory\fR set: the highest epoch claimed there, read at start and every second; a primary in a lower epoch fences itself.
+.SH ENVIRONMENT
+.TP
+\fBPGUSER\fR
+The role a standby streams as, and a promotion fences the old primary as, when \fBprimary_conninfo\fR names none; without it, the name of the OS user running the server.
+.TP
+\fBWALSHIP_CRASH_AT\fR
+For crash tests only: the node kills itself (SIGKILL) at the named point (\fBpromote\-fence\fR, \fBpromote\-switch\fR, ...). Never set it in production.
+"#;
+
+    #[test]
+    fn every_command_has_examples() {
+        for sub in super::Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
+            let after = sub.get_after_help().map(|h| h.to_string());
+            assert!(
+                after.is_some_and(|h| h.starts_with("Examples:\n")),
+                "walship {} --help has no Examples block (after_help)",
+                sub.get_name()
+            );
+        }
+    }
 
     #[test]
     fn man_pages_are_current() {
