@@ -6,6 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
+/// `println!` for a command's output, but a failure to write — standard
+/// output closed early, as by `| head` — is an error the caller returns
+/// (and `main` takes a broken pipe for success), never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(io::stdout(), $($arg)*).context("could not write to standard output")?
+    };
+}
 use walship::archive::archiver::{self, Archiver};
 use walship::archive::cleanup;
 use walship::archive::restore::{self, Restored};
@@ -586,7 +595,7 @@ fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
         password,
     })
     .context("walship init failed")?;
-    println!(
+    out!(
         "Created data directory {} (system identifier {}, WAL segments of {}, first role \"{}\").\nStart the node with:\n    walship server -D {}",
         args.dir.display(),
         control.system_id,
@@ -633,7 +642,7 @@ fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         progress: !args.no_progress,
     })
     .context("walship basebackup failed")?;
-    println!(
+    out!(
         "Base backup written to {} ({} files, {} kB; checkpoint {}, WAL to {}).\nStart the standby with:\n    walship server -D {}",
         args.dir.display(),
         summary.files,
@@ -652,7 +661,7 @@ fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         let slot = args.slot.as_deref().unwrap_or_default();
         let at =
             receive::create_slot(&from, slot).context("walship receive --create-slot failed")?;
-        println!("Created replication slot \"{slot}\" (WAL kept from {at}).");
+        out!("Created replication slot \"{slot}\" (WAL kept from {at}).");
         return Ok(ExitCode::SUCCESS);
     }
     let stopped = receive::run(&ReceiveOptions {
@@ -678,7 +687,7 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let from = ConnInfo::parse(&args.from).context("--from")?;
     let status = status::fetch(&from).context("walship status failed")?;
     if args.json {
-        println!("{}", status.json);
+        out!("{}", status.json);
     } else {
         print!("{}", status.to_text());
     }
@@ -712,7 +721,7 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
         lock().finish();
         let pass = pass.context("walship archive failed")?;
         match (pass.archived.first(), pass.archived.last()) {
-            (Some(first), Some(last)) => println!(
+            (Some(first), Some(last)) => out!(
                 "Archived {} file(s), {first} to {last}{}.",
                 pass.archived.len(),
                 if pass.already > 0 {
@@ -721,7 +730,7 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             ),
-            _ => println!("Nothing to archive."),
+            _ => out!("Nothing to archive."),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -814,7 +823,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     }
     let running = running.is_some();
     if running && !args.wait {
-        println!("Promotion requested; the standby acts on it now (watch its log, or use --wait).");
+        out!("Promotion requested; the standby acts on it now (watch its log, or use --wait).");
         return Ok(ExitCode::SUCCESS);
     }
     // A stopped standby is started just long enough to promote (the same
@@ -823,7 +832,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let mut server = if running {
         None
     } else {
-        println!("The standby is not running: starting it to promote it, then stopping it again.");
+        out!("The standby is not running: starting it to promote it, then stopping it again.");
         Some(TemporaryServer::start(&args.dir)?)
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -865,7 +874,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     let epoch = walship::fence::EpochFile::read(&dir.epoch()).context("reading the epoch")?;
-    println!(
+    out!(
         "Promoted: {} is the primary, epoch {} on timeline {}.{}",
         args.dir.display(),
         epoch.epoch,
@@ -948,7 +957,7 @@ fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     let from = ConnInfo::parse(&args.from).context("--from")?;
     let done = walship::replication::follow::follow(&args.dir, &from, args.slot.as_deref())
         .context("walship follow failed")?;
-    println!(
+    out!(
         "{} now follows {} (epoch {}, timeline {}){}.",
         args.dir.display(),
         done.peer,
@@ -967,18 +976,18 @@ fn run_rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let done = walship::replication::rejoin::rejoin(&args.dir, &from, args.slot.as_deref())
         .context("walship rejoin failed")?;
     match (done.switch, done.rewound_from) {
-        (Some(switch), Some(end)) => println!(
+        (Some(switch), Some(end)) => out!(
             "Rewound {}: its WAL ended at {end}, past the switch point {switch}; cut back to it ({} later segment(s) removed).",
             args.dir.display(),
             done.removed_segments
         ),
-        (Some(switch), None) => println!(
+        (Some(switch), None) => out!(
             "{} stopped at or before the switch point {switch}: nothing to rewind.",
             args.dir.display()
         ),
         _ => {}
     }
-    println!(
+    out!(
         "{} is now a standby of {} (epoch {}): start it with walship server -D {}.",
         args.dir.display(),
         done.peer,
@@ -998,16 +1007,16 @@ fn run_prefetch_worker(args: PrefetchWorkerArgs) -> anyhow::Result<ExitCode> {
 fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     let plan = cleanup::plan(&args.archive, &args.before).context("walship cleanup failed")?;
     if let Some(backup) = &plan.kept_for_backup {
-        println!(
+        out!(
             "Keeping everything from {} on: the newest base backup ({backup}) needs it.",
             plan.keep_from
         );
     }
     if args.dry_run {
         for file in &plan.remove {
-            println!("would remove {}", file.display());
+            out!("would remove {}", file.display());
         }
-        println!(
+        out!(
             "Dry run: {} file(s) before {} would be removed.",
             plan.remove.len(),
             plan.keep_from
@@ -1015,7 +1024,7 @@ fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let removed = cleanup::execute(&plan).context("walship cleanup failed")?;
-    println!(
+    out!(
         "Removed {} file(s) ({} MiB) before {}.",
         plan.remove.len(),
         removed >> 20,

@@ -1,5 +1,6 @@
 //! Running a node: SIGHUP reloads, JSON logs, CHECKPOINT and WAL retention
-//! with and without archiving, cancel requests.
+//! with and without archiving, cancel requests; commands whose standard
+//! output is closed early.
 
 mod common;
 
@@ -137,4 +138,28 @@ fn cancel_requests_are_accepted() {
     assert!(node.wait_log("cancel request received"), "{}", node.log());
     c.batch_execute("INSERT INTO kv VALUES ('after-cancel', 'ok')")
         .unwrap();
+}
+
+#[test]
+fn a_command_whose_output_is_closed_early_exits_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let wal = dir.join("wal");
+    for args in [
+        vec!["init", "-D", dir.to_str().unwrap(), "-U", "tester"],
+        vec!["dump", wal.to_str().unwrap()],
+    ] {
+        // A pipe whose reading end is already closed: every write fails.
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+            .args(&args)
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
 }
