@@ -146,3 +146,48 @@ fn commits_past_the_switch_point_are_rewound_or_the_node_is_sent_to_be_rebuilt()
         before
     );
 }
+
+#[test]
+fn a_rejoined_node_promoted_before_it_streamed_writes_valid_wal() {
+    let mut old = Node::init("archive_mode = on");
+    old.start();
+    let mut new = Node::basebackup(&old, "s1", &[]);
+    new.start();
+    old.complete_segments(1, "before");
+    // The switch point in the middle of a segment, right after a
+    // checkpoint record.
+    old.client()
+        .batch_execute("INSERT INTO kv VALUES ('mid', 'segment')")
+        .unwrap();
+    old.client().batch_execute("CHECKPOINT").unwrap();
+    caught_up(&old, &new);
+    let out = common::walship(&["promote", "-D", new.dir.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Its shutdown checkpoint lies past the switch: rejoin relabels the
+    // snapshot at the switch point, where no record is yet.
+    old.stop();
+    // Restarted while fenced: a second shutdown checkpoint past it.
+    old.start();
+    old.stop();
+    let out = rejoin(&old, &new);
+    assert!(out.status.success(), "{}", text(&out));
+    // Run again: nothing more to rewind.
+    let out = rejoin(&old, &new);
+    assert!(out.status.success(), "{}", text(&out));
+    // Promoted again at once, before it streamed a byte: its first record
+    // must link back to the last one before the switch point.
+    let out = common::walship(&["promote", "-D", old.dir.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    old.start();
+    old.client()
+        .batch_execute(
+            "INSERT INTO kv VALUES ('after', 'rejoin and promotion'); SELECT pg_switch_wal()",
+        )
+        .unwrap();
+    old.stop();
+    let out = common::walship(&["dump", "--verify", old.dir.join("wal").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let adir = tempfile::tempdir().unwrap();
+    let out = common::archive(adir.path(), &old, &["--create"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

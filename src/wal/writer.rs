@@ -188,6 +188,17 @@ impl WalWriter {
                         None
                     }
                 };
+                // Resuming exactly at `from` with no record there (a
+                // rejoined node's relabelled checkpoint at its switch
+                // point): the next record's prev-link is the record that
+                // ends there, found by walking up to it.
+                let prev = match (last, from) {
+                    (Some(l), _) => l,
+                    (None, Some(at)) if end == at => {
+                        record_before(&files, expect, first, at)?.unwrap_or(Lsn::INVALID)
+                    }
+                    _ => Lsn::INVALID,
+                };
                 (
                     Resumed {
                         end,
@@ -195,7 +206,7 @@ impl WalWriter {
                         records,
                         stopped_by,
                     },
-                    last.unwrap_or(Lsn::INVALID),
+                    prev,
                 )
             }
         };
@@ -821,6 +832,34 @@ pub fn mark_done(wal_dir: &Path, name: &str) -> Result<(), FileError> {
     )
 }
 
+/// The LSN of the last record that ends at or before `at`, walking from
+/// the start of the segment before `at` (then earlier ones, down to
+/// `first`, while none is found): a record may begin segments earlier than
+/// it ends.
+fn record_before(
+    files: &SegmentFiles,
+    expect: Expect,
+    first: SegNo,
+    at: Lsn,
+) -> Result<Option<Lsn>, WalError> {
+    let size = files.size;
+    let mut segno = Lsn(at.0.saturating_sub(1)).segno(size);
+    loop {
+        let mut decoder = Decoder::at_page_start(size, segno.start_lsn(size), expect);
+        let mut found = None;
+        walk(files, &mut decoder, Some(at), |r| {
+            if r.end <= at {
+                found = Some(r.lsn);
+            }
+            ControlFlow::Continue(())
+        })?;
+        if found.is_some() || segno <= first {
+            return Ok(found);
+        }
+        segno = SegNo(segno.0 - 1);
+    }
+}
+
 /// Forgets `wal_dir/NAME`'s archive status (`.ready` and `.done`), for a
 /// file being removed before it was ever complete.
 pub fn unmark(wal_dir: &Path, name: &str) -> Result<(), FileError> {
@@ -931,6 +970,34 @@ mod tests {
         assert!(
             matches!(end, WalkEnd::EndOfWal { ref end, .. } if end.is_clean()),
             "{end:?}"
+        );
+    }
+
+    #[test]
+    fn resuming_where_no_record_is_yet_links_to_the_record_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        // The last record begins in segment 1 and ends in segment 2.
+        let end = {
+            let (w, _) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
+            w.append(RM_WALSHIP_ID, 0x20, 0, &[1u8; 1_000_000]).unwrap();
+            let a = w.append(RM_WALSHIP_ID, 0x20, 0, &[2u8; 100_000]).unwrap();
+            assert_ne!(a.lsn.segno(cfg.seg_size), a.end.segno(cfg.seg_size));
+            w.flush(a.end).unwrap();
+            a.end
+        };
+        // As after walship rejoin: resumed at a position that holds no
+        // record (a snapshot relabelled at a switch point).
+        let (w, resumed) = WalWriter::open(cfg.clone(), Some(end), &mut |_| {}).unwrap();
+        assert_eq!((resumed.end, resumed.records), (end, 0));
+        let c = w.append(RM_WALSHIP_ID, 0x20, 0, b"after").unwrap();
+        w.flush(c.end).unwrap();
+        drop(w);
+        let (read, walked) = read_all(&cfg);
+        assert_eq!(read.len(), 3, "the new record's prev-link is wrong");
+        assert!(
+            matches!(walked, WalkEnd::EndOfWal { ref end, .. } if end.is_clean()),
+            "{walked:?}"
         );
     }
 
