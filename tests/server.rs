@@ -287,6 +287,35 @@ fn bad_configuration_and_directories_are_refused_clearly() {
     let out = common::walship(&["server", "-D", node.dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("format version 9"), "{err}");
+
+    // The segment holding the last checkpoint is gone: refused, and the
+    // WAL after it left as it was, not zeroed.
+    let mut node = Node::init("");
+    node.start();
+    node.complete_segments(2, "gone");
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'checkpoint')")
+        .unwrap();
+    node.client().batch_execute("CHECKPOINT").unwrap();
+    node.complete_segments(1, "later");
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('in', 'the next segment')")
+        .unwrap();
+    node.kill9();
+    let wal = node.dir.join("wal");
+    let segments = common::file_names(&wal, "");
+    let segments: Vec<&String> = segments.iter().filter(|n| n.len() == 24).collect();
+    let victim = segments[segments.len() - 2].clone();
+    let last = std::fs::read(wal.join(segments[segments.len() - 1])).unwrap();
+    std::fs::remove_file(wal.join(&victim)).unwrap();
+    let out = common::walship(&["server", "-D", node.dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{victim} is missing")) && err.contains("last checkpoint"),
+        "{err}"
+    );
+    assert!(std::fs::read(wal.join(segments[segments.len() - 1])).unwrap() == last);
 }
 
 #[test]

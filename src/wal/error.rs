@@ -26,6 +26,8 @@ pub enum WalError {
     Corrupt { path: PathBuf, end: EndOfWal },
     #[error("{}: not a WAL segment: {why}", path.display())]
     NotASegment { path: PathBuf, why: String },
+    #[error("WAL segment {} is missing: it holds {lsn}, where recovery must begin (the last checkpoint); put it back (walship restore from the archive) or rebuild this node with walship basebackup", path.display())]
+    StartMissing { path: PathBuf, lsn: Lsn },
     #[error("WAL record of {0} bytes is larger than the maximum WAL record size")]
     RecordTooLarge(usize),
     #[error("received WAL at {at} does not continue the local WAL, which ends at {local}")]

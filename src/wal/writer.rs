@@ -177,6 +177,15 @@ impl WalWriter {
                 // last valid record, or at the first invalid one (which may
                 // be the very first: a torn first append is overwritten).
                 let stopped_by = match outcome {
+                    // The record recovery must start from is in a segment
+                    // that is not there: resuming anywhere would drop
+                    // everything after it (and zero what it overwrote).
+                    WalkEnd::MissingSegment { segno, lsn } if last.is_none() && from.is_some() => {
+                        return Err(WalError::StartMissing {
+                            path: segment::segment_path(&config.dir, config.timeline, segno, size),
+                            lsn,
+                        });
+                    }
                     WalkEnd::EndOfWal { end: eow, .. } => {
                         end = eow.lsn;
                         Some(eow)
