@@ -528,10 +528,25 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("walship: error: {e:#}");
+            eprintln!("walship: error: {}", message(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: many error
+/// types already include their source's text in their own, which
+/// anyhow's `{:#}` would repeat.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -1251,7 +1266,7 @@ mod man {
                     r"The archive does not have \fINAME\fR; one line on standard error says so. This is the answer a recovering server expects at the end of the archive: PostgreSQL and \fBwalship server\fR read every status from 1 to 125 that way, a usage error (2) included, so check the command when a standby stops restoring early.",
                     &[(
                         126,
-                        r"A real failure: the archived file is corrupt or cannot be read or decompressed, it is another system's, the archive is missing or damaged, or \fIDEST\fR cannot be written; standard error says which. On a status above 125 PostgreSQL's recovery stops rather than take it for the end of the archive; \fBwalship server\fR logs it and tries again later.",
+                        r"A real failure: the archived file is corrupt or cannot be read or decompressed, it is another system's, the archive is missing or damaged, \fIDEST\fR cannot be written, or \fINAME\fR is no WAL file's name (a broken \fBrestore_command\fR); standard error says which. On a status above 125 PostgreSQL's recovery stops rather than take it for the end of the archive; \fBwalship server\fR logs it and tries again later.",
                     )],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-cleanup\fR(1), \fBwalship\-server\fR(1), \fBpostgres\fR(1)",

@@ -52,13 +52,13 @@ pub enum ServerError {
     DataDir(#[from] DataDirError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("data directory {}: {0}", dir.display())]
+    #[error("{source}")]
     Lock {
         dir: PathBuf,
         #[source]
         source: LockError,
     },
-    #[error("could not listen on {addr}: {source}; is another server using the port? (set port or listen_addresses in walship.conf, or --listen)")]
+    #[error("could not listen on {addr}: {source}{}", listen_hint(source))]
     Listen {
         addr: String,
         source: std::io::Error,
@@ -69,6 +69,16 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Signal(#[from] nix::Error),
+}
+
+/// What to do about a listen failure.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "; is another server using the port? (set port or listen_addresses in walship.conf, or --listen)",
+        std::io::ErrorKind::AddrNotAvailable => "; that address is not one of this host's (check listen_addresses in walship.conf, or --listen)",
+        std::io::ErrorKind::InvalidInput => "; expected HOST:PORT (check listen_addresses and port, or metrics_listen_address, in walship.conf, or --listen)",
+        _ => "",
+    }
 }
 
 /// A running session, as the node sees it (for cancel and shutdown).
