@@ -164,7 +164,11 @@ impl Node {
     /// See the module documentation.
     pub(crate) fn promote(&self, req: &PromoteRequest) -> Result<(), String> {
         let dir = DataDir::new(self.data_dir());
-        info!(force = req.force, fence_command = ?req.fence_command, "promotion requested");
+        info!(
+            force = req.force,
+            fence_command = req.fence_command.as_deref().unwrap_or("none"),
+            "promotion requested"
+        );
         // Stop streaming (set_promoting wakes the walreceiver from a
         // reconnect backoff that may be seconds long).
         self.set_promoting(true);
@@ -310,14 +314,31 @@ impl Node {
                 .status()
                 .map_err(|e| format!("could not run the fence command: {e}"))?;
             if !status.success() {
+                let why = match status.code() {
+                    Some(127) => "exit status 127: command not found".to_string(),
+                    Some(126) => "exit status 126: not executable".to_string(),
+                    _ => status.to_string(),
+                };
+                // Whether the old primary may still take writes depends on
+                // the direct attempt: wait for it to say.
+                let fenced_directly = direct.is_some_and(|rx| rx.recv().unwrap_or(false));
+                let state = if fenced_directly {
+                    format!("the old primary was fenced directly all the same (epoch {epoch}), so no node takes writes now: fix the command and run walship promote again")
+                } else {
+                    "the old primary may still take writes".to_string()
+                };
                 return Err(format!(
-                    "the fence command `{cmd}` failed ({status}): refusing to promote; the old primary may still take writes"
+                    "the fence command `{cmd}` failed ({why}): refusing to promote; {state}"
                 ));
             }
             info!(command = %cmd, "fence command succeeded");
         } else if !direct.is_some_and(|rx| rx.recv().unwrap_or(false)) {
             if !req.force {
-                return Err("the old primary could be neither reached to fence it nor fenced by command: refusing to promote (give --fence-command, or --force if you know it is down for good)".into());
+                let peer = self.primary().map_or_else(
+                    || "no primary_conninfo is set".to_string(),
+                    |(info, _)| format!("{}:{}", info.host, info.port),
+                );
+                return Err(format!("the old primary ({peer}) could be neither reached to fence it nor fenced by command: refusing to promote (give --fence-command, or --force if you know it is down for good)"));
             }
             error!("PROMOTING WITHOUT A FENCE (--force): if the old primary is still alive it may take writes that will be lost, and clients may see two primaries");
         }

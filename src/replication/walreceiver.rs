@@ -404,7 +404,7 @@ fn stream(
         "START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {}",
         host.timeline()
     ))?;
-    info!(primary = %info, start = %start, slot = ?slot, "started streaming WAL");
+    info!(primary = %info, start = %start, slot = slot.unwrap_or("none"), "started streaming WAL");
     {
         let mut st = host.receiver_status();
         st.status = "streaming";

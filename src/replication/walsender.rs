@@ -219,7 +219,7 @@ fn run_command(
             }
             let restart = reserve_wal.then(|| host.wal().flushed_lsn());
             host.slots().create(&name, restart)?;
-            info!(slot = %name, restart_lsn = ?restart.map(|l| l.to_string()), "replication slot created");
+            info!(slot = %name, restart_lsn = %restart.map_or("none".to_string(), |l| l.to_string()), "replication slot created");
             text_result(
                 out,
                 &[
@@ -332,7 +332,7 @@ fn run_command(
             if let Some(name) = &slot {
                 host.slots().acquire(name)?;
             }
-            info!(start = %start, slot = ?slot, "streaming WAL");
+            info!(start = %start, slot = slot.as_deref().unwrap_or("none"), "streaming WAL");
             host.senders().streaming(pid, start);
             let result = stream(
                 host,
