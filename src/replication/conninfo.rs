@@ -94,9 +94,19 @@ impl ConnInfo {
                     ConnInfoError(format!("connect_timeout \"{value}\" is not a number of seconds"))
                 })?)
             }
-            // Accepted for compatibility with libpq strings; walship
-            // connects over plain TCP on loopback or a trusted network.
-            "sslmode" | "gssencmode" | "options" | "keepalives" | "replication" => {}
+            // walship connects without TLS: modes that would use it when
+            // offered are fine, modes that demand it are refused rather
+            // than silently sending the password in the clear.
+            "sslmode" | "gssencmode" => match value.as_str() {
+                "disable" | "allow" | "prefer" => {}
+                _ => {
+                    return Err(ConnInfoError(format!(
+                        "{key}={value} is not supported: walship connects without encryption (use it on loopback or a trusted network, or a tunnel such as stunnel or WireGuard, with {key}=prefer or disable)"
+                    )))
+                }
+            },
+            // Accepted for compatibility with libpq strings.
+            "options" | "keepalives" | "replication" => {}
             other => {
                 return Err(ConnInfoError(format!(
                     "unknown keyword \"{other}\" (walship understands host, port, user, password, dbname, application_name, connect_timeout)"
@@ -289,9 +299,22 @@ mod tests {
             ("port=x", "not a port"),
             ("hots=a", "unknown keyword \"hots\""),
             ("password='abc", "unterminated"),
+            ("host=a sslmode=require", "sslmode=require is not supported"),
+            ("host=a sslmode=verify-full", "without encryption"),
+            (
+                "host=a gssencmode=require",
+                "gssencmode=require is not supported",
+            ),
         ] {
             let e = ConnInfo::parse(s).unwrap_err().to_string();
             assert!(e.contains(what), "{s}: {e}");
+        }
+        for ok in [
+            "host=a sslmode=prefer",
+            "host=a sslmode=disable",
+            "host=a sslmode=allow",
+        ] {
+            assert!(ConnInfo::parse(ok).is_ok(), "{ok}");
         }
     }
 }
