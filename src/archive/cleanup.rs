@@ -21,7 +21,7 @@ pub enum CleanupError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error(
-        "--before {0:?} is neither a segment name (24 hex digits) nor a backup history file name"
+        "--before {0:?} is neither a segment name (24 upper-case hexadecimal digits) nor a backup history file name (SEGMENT.OFFSET.backup)"
     )]
     BadName(String),
 }

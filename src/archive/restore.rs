@@ -48,6 +48,8 @@ pub enum RestoreError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("{0}; check restore_command's %f")]
+    NotAWalFile(crate::wal::name::NameError),
     #[error("{} in archive {}: refusing to restore it: {why}", name, dir.display())]
     Invalid {
         name: String,
@@ -75,9 +77,13 @@ pub fn restore(
     depth: usize,
 ) -> Result<Restored, RestoreError> {
     let archive = Archive::open(archive_dir)?;
+    // A name that is no WAL file's is a broken restore_command (a wrong
+    // placeholder), not the end of the archive: recovery must stop, not
+    // end quietly.
     let segment = match WalFileName::parse(name, archive.seg_size) {
         Ok(WalFileName::Segment(seg)) if depth > 0 => Some(seg),
-        _ => None,
+        Ok(_) => None,
+        Err(e) => return Err(RestoreError::NotAWalFile(e)),
     };
     let Some(seg) = segment else {
         return fetch(&archive, name, dest);
