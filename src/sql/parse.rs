@@ -204,12 +204,67 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
         return Ok(vec![Statement::Checkpoint]);
     }
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
-        PgError::new(
-            code::SYNTAX_ERROR,
-            format!("syntax error: {}", strip_parser_prefix(&e.to_string())),
-        )
+        // PostgreSQL commands the parser does not know are unsupported
+        // here, not misspelt.
+        match postgres_command(sql) {
+            Some(command) => unsupported(command),
+            None => PgError::new(
+                code::SYNTAX_ERROR,
+                format!("syntax error: {}", strip_parser_prefix(&e.to_string())),
+            ),
+        }
     })?;
     statements.into_iter().map(convert).collect()
+}
+
+/// The command `sql` begins with, upper-cased, when it is one of
+/// PostgreSQL's that walship does not support.
+fn postgres_command(sql: &str) -> Option<String> {
+    const COMMANDS: &[&str] = &[
+        "ABORT",
+        "ALTER",
+        "ANALYZE",
+        "CALL",
+        "CLOSE",
+        "CLUSTER",
+        "COMMENT",
+        "COPY",
+        "CREATE",
+        "DEALLOCATE",
+        "DECLARE",
+        "DISCARD",
+        "DO",
+        "DROP",
+        "EXECUTE",
+        "EXPLAIN",
+        "FETCH",
+        "GRANT",
+        "IMPORT",
+        "LISTEN",
+        "LOAD",
+        "LOCK",
+        "MERGE",
+        "MOVE",
+        "NOTIFY",
+        "PREPARE",
+        "REASSIGN",
+        "REFRESH",
+        "REINDEX",
+        "RELEASE",
+        "RESET",
+        "REVOKE",
+        "SAVEPOINT",
+        "SECURITY",
+        "TRUNCATE",
+        "UNLISTEN",
+        "VACUUM",
+    ];
+    let word = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_uppercase();
+    COMMANDS.contains(&word.as_str()).then_some(word)
 }
 
 /// `s` without the leading words `words` (any case, any spacing).
@@ -1019,6 +1074,17 @@ mod tests {
         assert_eq!(code("CREATE TABLE t (a int)"), "0A000");
         assert_eq!(code("UPDATE kv SET value = 'x'"), "0A000");
         assert_eq!(code("SELEC 1"), "42601");
+        // PostgreSQL commands the SQL parser does not know.
+        for sql in [
+            "VACUUM",
+            "vacuum analyze kv",
+            "COPY kv FROM STDIN",
+            "LISTEN x",
+        ] {
+            let e = parse(sql).unwrap_err();
+            assert_eq!(e.code, "0A000", "{sql}: {}", e.message);
+            assert!(e.message.ends_with("is not supported"), "{}", e.message);
+        }
         assert_eq!(
             code("SELECT * FROM kv k JOIN kv j ON k.key = j.key"),
             "0A000"
