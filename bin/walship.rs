@@ -528,7 +528,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("walship: error: {}", message(&e));
+            // Not eprintln!: a closed stderr must not turn exit 1 into a panic.
+            let _ = writeln!(io::stderr(), "walship: error: {}", message(&e));
             ExitCode::from(1)
         }
     }
@@ -636,9 +637,13 @@ fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
+    // A log nobody reads any more (its pipe closed) is no reason to stop:
+    // a failed write is dropped, never reported on that same stderr (which
+    // would panic the thread that logged).
     let builder = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_target(false)
+        .log_internal_errors(false)
         .with_ansi(io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),

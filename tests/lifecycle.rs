@@ -163,3 +163,59 @@ fn a_command_whose_output_is_closed_early_exits_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_server_whose_log_pipe_closes_goes_on_and_stops_cleanly() {
+    let node = Node::init("");
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args([
+            "server",
+            "-D",
+            node.dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write))
+        .spawn()
+        .unwrap();
+    // Read the log until it says where it listens, then stop reading.
+    let mut log = std::io::BufReader::new(std::fs::File::from(read));
+    let port = loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut log, &mut line).unwrap() > 0,
+            "no log"
+        );
+        if let Some(p) = line.split("127.0.0.1:").nth(1) {
+            break p
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    drop(log);
+    let info = format!("host=127.0.0.1 port={port} user=tester dbname=x");
+    let mut c = postgres::Client::connect(&info, postgres::NoTls).unwrap();
+    c.batch_execute("INSERT INTO kv VALUES ('logged', 'to nobody')")
+        .unwrap();
+    drop(c);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not stop on SIGTERM with its log pipe closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -1228,9 +1228,15 @@ fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::
                 return;
             }
         }
+        // POLLHUP counts: a wake pipe whose writer is gone must end the
+        // loop, not spin it.
         let ready: Vec<bool> = fds
             .iter()
-            .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            .map(|f| {
+                f.revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                })
+            })
             .collect();
         drop(fds);
         if ready.last() == Some(&true) {
