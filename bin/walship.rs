@@ -750,6 +750,10 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             ),
+            _ if datadir::DataDir::new(&dir).standby_signal().exists() => out!(
+                "Nothing to archive: {} is a standby (its primary archives its WAL).",
+                dir.display()
+            ),
             _ => out!("Nothing to archive."),
         }
         return Ok(ExitCode::SUCCESS);
@@ -811,11 +815,7 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     use walship::node::promote::{self, PromoteRequest, PROMOTE_FAILED};
     use walship::node::promote_journal;
     let dir = datadir::DataDir::new(&args.dir);
-    anyhow::ensure!(
-        dir.control().exists(),
-        "{} is not a walship data directory",
-        args.dir.display()
-    );
+    dir.check()?;
     anyhow::ensure!(
         dir.standby_signal().exists(),
         "{} is not a standby (no standby.signal): nothing to promote",

@@ -56,6 +56,8 @@ pub enum DumpError {
     File(#[from] FileError),
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("--start {start} is after --end {end}: swap them")]
+    Inverted { start: Lsn, end: Lsn },
     #[error("no WAL segment files found in {}", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     NoSegments(Vec<PathBuf>),
     #[error("{}: not a WAL segment file name (expected 24 upper-case hex digits, optionally followed by .partial)", .0.display())]
@@ -70,6 +72,11 @@ pub enum DumpError {
 
 /// Runs a dump, writing its report to `out`.
 pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpError> {
+    if let (Some(start), Some(end)) = (opts.start, opts.end) {
+        if start > end {
+            return Err(DumpError::Inverted { start, end });
+        }
+    }
     let set = collect(&opts.paths)?;
     let size = set.size;
     let (Some(&first), Some(&last)) = (set.files.keys().next(), set.files.keys().next_back())

@@ -222,6 +222,13 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
     let out = follow(&stranger);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("belongs to system"), "{}", text(&out));
+    let out = follow(&s2);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is this standby itself"),
+        "{}",
+        text(&out)
+    );
     let out = follow(&s1);
     assert!(out.status.success(), "{}", text(&out));
     assert!(

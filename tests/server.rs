@@ -277,6 +277,24 @@ fn bad_configuration_and_directories_are_refused_clearly() {
     let empty = tempfile::tempdir().unwrap();
     let out = common::walship(&["server", "-D", empty.path().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a walship data directory"));
+    let gone = empty.path().join("gone");
+    let out = common::walship(&["server", "-D", gone.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gone does not exist"));
+    // A role name the users file cannot hold: refused before anything is made.
+    let out = common::walship(&["init", "-D", gone.to_str().unwrap(), "-U", "a:b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("role name \"a:b\" is not allowed"));
+    assert!(!gone.exists());
+    let out = common::walship(&[
+        "dump",
+        "--start",
+        "0/200000",
+        "--end",
+        "0/100000",
+        node.dir.join("wal").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is after --end"));
 
     // A control file of another format version.
     let node = Node::init("");

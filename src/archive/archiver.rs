@@ -228,10 +228,16 @@ impl Archiver {
 
     /// Refuses when the node is fenced: the archive records a newer epoch
     /// than the node's (a promotion claimed it), or the node was fenced.
-    /// Checked at start and before every pass, so a running daemon stops
-    /// as soon as its node is fenced.
+    /// Checked at start and before every pass, so a running daemon
+    /// archives nothing more once its node is fenced. A standby is not
+    /// fenced, whatever its epoch: it has nothing to archive (its primary
+    /// archives its WAL) until it is promoted.
     fn check_not_fenced(&self) -> Result<(), ArchiverError> {
-        let node = EpochFile::read(&DataDir::new(&self.data_dir).epoch())?;
+        let dir = DataDir::new(&self.data_dir);
+        if dir.standby_signal().exists() {
+            return Ok(());
+        }
+        let node = EpochFile::read(&dir.epoch())?;
         let archive_epoch = crate::fence::archive::highest(&self.archive.dir).map_or(0, |e| e.0);
         let newest = archive_epoch.max(node.fenced_by.map_or(0, |e| e.0));
         if newest > node.epoch.0 {

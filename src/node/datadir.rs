@@ -40,6 +40,22 @@ impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
         DataDir { root: root.into() }
     }
+    /// Fails unless this is a data directory this user can read: says
+    /// whether it is missing, unreadable, or no data directory at all.
+    pub fn check(&self) -> Result<(), DataDirError> {
+        match std::fs::metadata(self.control()) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(DataDirError::Unreadable {
+                    path: self.root.clone(),
+                    source: e,
+                })
+            }
+            Err(_) if !self.root.exists() => Err(DataDirError::Missing(self.root.clone())),
+            Err(_) => Err(DataDirError::NotDataDir(self.root.clone())),
+        }
+    }
+
     pub fn conf(&self) -> PathBuf {
         self.root.join("walship.conf")
     }
@@ -87,6 +103,15 @@ pub enum DataDirError {
     NotEmpty(PathBuf),
     #[error("{} is not a walship data directory (no control file); create one with walship init", .0.display())]
     NotDataDir(PathBuf),
+    #[error("role name {0:?} is not allowed: it must be non-empty, without ':' or line breaks (give another with -U)")]
+    BadRoleName(String),
+    #[error("{} does not exist; create a data directory with walship init (or walship basebackup for a standby)", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot read data directory {}: {source}; run walship as the user that owns it", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("WAL record at {lsn} could not be replayed: {why}; the WAL is damaged — restore from a base backup")]
     Replay { lsn: Lsn, why: String },
 }
@@ -136,6 +161,10 @@ pub fn create_empty(root: &Path) -> Result<DataDir, DataDirError> {
 
 /// Creates a new primary's data directory, with its first checkpoint.
 pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
+    // The users file is `name:attributes:verifier`, a line each.
+    if opts.user.is_empty() || opts.user.contains([':', '\n', '\r']) {
+        return Err(DataDirError::BadRoleName(opts.user.clone()));
+    }
     let dir = create_empty(&opts.dir)?;
     durable::create_dir(&dir.wal())?;
     durable::create_dir(&dir.wal().join(ARCHIVE_STATUS_DIR))?;
@@ -202,9 +231,7 @@ pub struct Opened {
 /// is its primary's, archived there.
 pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, DataDirError> {
     let dir = DataDir::new(root);
-    if !dir.control().exists() {
-        return Err(DataDirError::NotDataDir(dir.root.clone()));
-    }
+    dir.check()?;
     let control = ControlFile::read(&dir.control())?;
     let epoch = EpochFile::read(&dir.epoch())?;
     let mut rows = snapshot::read(&dir.checkpoints(), control.checkpoint)?;

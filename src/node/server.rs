@@ -1053,9 +1053,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     signals.thread_block()?;
 
     let dir = DataDir::new(&opts.dir);
-    if !dir.control().exists() {
-        return Err(DataDirError::NotDataDir(dir.root.clone()).into());
-    }
+    dir.check()?;
     let _lock = DirLock::acquire(&dir.root).map_err(|source| ServerError::Lock {
         dir: dir.root.clone(),
         source,

@@ -50,6 +50,10 @@ pub enum FollowError {
     Fenced { peer: String, by: String },
     #[error("{peer} did not say {what}")]
     Unanswered { peer: String, what: &'static str },
+    #[error("{peer} is this standby itself ({}): give its upstream's address", dir.display())]
+    Itself { peer: String, dir: PathBuf },
+    #[error(transparent)]
+    DataDir(#[from] crate::node::datadir::DataDirError),
 }
 
 /// What `walship follow` did.
@@ -145,10 +149,23 @@ pub(crate) fn point_at(
 
 /// Points the standby in `dir` at `from` (optionally through `slot`).
 pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followed, FollowError> {
+    DataDir::new(dir).check()?;
     if !DataDir::new(dir).standby_signal().exists() {
         return Err(FollowError::NotStandby(dir.to_path_buf()));
     }
-    let upstream = check_upstream(dir, from)?;
+    let mut upstream = check_upstream(dir, from)?;
+    let theirs = upstream
+        .client
+        .query("SHOW data_directory")?
+        .text(0, "data_directory")
+        .map(std::path::PathBuf::from);
+    let same = |p: &Path| std::fs::canonicalize(p).ok();
+    if theirs.is_some_and(|t| same(&t).is_some() && same(&t) == same(dir)) {
+        return Err(FollowError::Itself {
+            peer: upstream.peer,
+            dir: dir.to_path_buf(),
+        });
+    }
     point_at(dir, &upstream, slot, "walship follow")?;
     let Upstream {
         client,
