@@ -709,7 +709,8 @@ fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         out!("{}", status.json);
     } else {
-        print!("{}", status.to_text());
+        write!(io::stdout(), "{}", status.to_text())
+            .context("could not write to standard output")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -154,13 +154,20 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
         return Err(FollowError::NotStandby(dir.to_path_buf()));
     }
     let mut upstream = check_upstream(dir, from)?;
-    let theirs = upstream
-        .client
-        .query("SHOW data_directory")?
-        .text(0, "data_directory")
-        .map(std::path::PathBuf::from);
-    let same = |p: &Path| std::fs::canonicalize(p).ok();
-    if theirs.is_some_and(|t| same(&t).is_some() && same(&t) == same(dir)) {
+    // A data directory path names one node only on this host: compared
+    // for an upstream reached on loopback or a local socket alone.
+    let local = from.host.starts_with('/')
+        || from.host == "localhost"
+        || from
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    let theirs = local
+        .then(|| upstream.client.query("SHOW data_directory").ok())
+        .flatten()
+        .and_then(|rows| rows.text(0, "data_directory"))
+        .and_then(|t| std::fs::canonicalize(t).ok());
+    if theirs.is_some() && theirs == std::fs::canonicalize(dir).ok() {
         return Err(FollowError::Itself {
             peer: upstream.peer,
             dir: dir.to_path_buf(),
