@@ -102,6 +102,9 @@ enum Failure {
     /// During the switch or after: the node neither streams nor takes
     /// writes until a rerun (or a restart) finishes from the journal.
     Stuck(String),
+    /// As `Stuck`, but this process's state is past what is on disk: only
+    /// a restart can go on.
+    NeedsRestart(String),
 }
 
 fn refused(e: impl ToString) -> Failure {
@@ -113,10 +116,12 @@ fn stuck(e: impl ToString) -> Failure {
 }
 
 impl Node {
-    /// Runs a promotion request left in `promote.signal`, if any; a failure
-    /// is logged and left in `promote.failed`.
+    /// Runs a promotion request left in `promote.signal`, if any — on a
+    /// standby, or on a node whose promotion stopped part-way (already
+    /// switched in memory, not yet finished); a failure is logged and left
+    /// in `promote.failed`.
     pub(crate) fn check_promote_signal(&self) {
-        if self.standby().is_none() {
+        if self.standby().is_none() && !self.is_promoting() {
             return;
         }
         let dir = DataDir::new(self.data_dir());
@@ -176,7 +181,12 @@ impl Node {
         while !self.receiver_stopped() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        match self.run_promotion(&dir, req) {
+        let outcome = if self.receiver_stopped() {
+            self.run_promotion(&dir, req)
+        } else {
+            Err(refused("the walreceiver did not stop within 30 s (a hung connection to the primary?): the end of received WAL is not known, so the promotion is refused; try again"))
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(Failure::Refused(why)) => {
                 if let Err(e) = Journal::remove(&dir.root) {
@@ -187,6 +197,9 @@ impl Node {
             }
             Err(Failure::Stuck(why)) => Err(format!(
                 "{why}; the promotion stopped part-way, so this node neither streams nor takes writes: fix the cause, then run walship promote again (or restart the node) to finish it from {JOURNAL}"
+            )),
+            Err(Failure::NeedsRestart(why)) => Err(format!(
+                "{why}; the promotion stopped part-way, so this node neither streams nor takes writes: restart the node (walship server), which finishes it from {JOURNAL}"
             )),
         }
     }
@@ -225,7 +238,10 @@ impl Node {
         if journal.step == Step::Claim {
             // Claimed in the archive only once the promotion is going
             // ahead: a refused promotion leaves no claim there for
-            // primaries watching the archive to fence themselves by.
+            // primaries watching the archive to fence themselves by. So
+            // the timeline is chosen first, and a failure after the claim
+            // keeps the journal (its token recognises the claim on rerun).
+            journal.timeline = Some(self.next_timeline(dir, None).map_err(refused)?);
             if !settings.archive_directory.is_empty() {
                 fence::archive::claim(
                     Path::new(&settings.archive_directory),
@@ -236,8 +252,7 @@ impl Node {
                 .map_err(Failure::Refused)?;
                 crashpoint::reach("promote-claimed");
             }
-            journal.timeline = Some(self.next_timeline(dir, None).map_err(refused)?);
-            journal.advance(&dir.root, Step::Switch).map_err(refused)?;
+            journal.advance(&dir.root, Step::Switch).map_err(stuck)?;
         } else if resumed_at == Some(Step::Switch) {
             self.resume_switch(dir, &mut journal)?;
         }
@@ -356,8 +371,8 @@ impl Node {
             return journal.advance(&dir.root, Step::Finish).map_err(stuck);
         }
         if self.db().wal().timeline() != on_disk {
-            return Err(stuck(
-                "this process switched timelines but its control file did not: restart the node",
+            return Err(Failure::NeedsRestart(
+                "this process switched timelines but its control file did not".into(),
             ));
         }
         let abandoned = journal.timeline;

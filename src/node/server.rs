@@ -914,6 +914,15 @@ impl Host for Node {
     }
     fn fence(&self, epoch: u64) -> Result<(), PgError> {
         let io = |e: String| PgError::new(crate::sqlstate::code::IO_ERROR, e);
+        // A node being promoted takes no writes yet, so there is nothing to
+        // fence; and the order may be its own promotion's, come back to it
+        // (its fence reached the address the old primary had).
+        if self.is_promoting() {
+            return Err(PgError::new(
+                crate::sqlstate::code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("this node is being promoted: the fence order for epoch {epoch} is refused (it takes no writes until its promotion finishes)"),
+            ));
+        }
         let mut ep = self.lock_epoch();
         if epoch <= ep.epoch.0 {
             return Err(PgError::new(
