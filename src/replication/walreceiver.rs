@@ -281,8 +281,12 @@ pub fn run(host: &dyn WalReceiverHost) {
         };
         let began = Instant::now();
         let outcome = stream(host, &info, slot.as_deref());
+        host.receiver_status().interrupter = None;
         if host.paused() {
-            info!(primary = %info, "streaming stopped for the promotion");
+            match &outcome {
+                Ok(()) => info!(primary = %info, "streaming stopped for the promotion"),
+                Err(e) => warn!(primary = %info, "streaming stopped for the promotion: {e}"),
+            }
             continue;
         }
         match outcome {
@@ -319,6 +323,9 @@ fn stream(
 ) -> Result<(), ReceiveError> {
     host.receiver_status().status = "starting";
     let mut client = Client::connect(info, Some("true"))?;
+    // From here a promotion can cut the connection, handshake included;
+    // `run` drops the handle when the stream ends, however it ends.
+    host.receiver_status().interrupter = client.interrupter().ok().map(Arc::new);
     let peer = client.peer().to_string();
     let ident = client.query("IDENTIFY_SYSTEM")?;
     let theirs = ident.text(0, "systemid").unwrap_or_default();
@@ -432,7 +439,6 @@ fn stream(
     let mut last_reply = Instant::now();
     let mut reported_apply = host.replayed_lsn();
     let mut settings_checked = Instant::now();
-    host.receiver_status().interrupter = client.interrupter().ok().map(Arc::new);
     let outcome = (|| loop {
         if host.is_shutting_down() {
             let _ = client.end_copy();
@@ -498,6 +504,7 @@ fn stream(
                                     verifier.last_record(),
                                 )?;
                                 flush_and_replay(host, &mut to_replay, replay_upto)?;
+                                unflushed = false;
                                 return Err(ReceiveError::BadWal {
                                     peer,
                                     end: rejected.end,
@@ -525,6 +532,7 @@ fn stream(
             }
             Some(CopyMessage::Done) => {
                 flush_and_replay(host, &mut to_replay, replay_upto)?;
+                unflushed = false;
                 let sets = client.end_copy()?;
                 let next = sets.first().and_then(|r| {
                     let tli = r.text(0, "next_tli")?.parse::<u32>().ok()?;
@@ -562,11 +570,16 @@ fn stream(
             last_reply = Instant::now();
         }
     })();
-    host.receiver_status().interrupter = None;
     // However the stream ended, what was written to the WAL is flushed and
-    // replayed: the store never lags the WAL it has.
+    // replayed: the store never lags the WAL it has. (The stream's own
+    // error, if any, is the one to report.)
     if unflushed || !to_replay.is_empty() {
-        flush_and_replay(host, &mut to_replay, replay_upto)?;
+        let flushed = flush_and_replay(host, &mut to_replay, replay_upto);
+        if outcome.is_ok() {
+            flushed?;
+        } else if let Err(e) = flushed {
+            error!("could not flush and replay the WAL received before the stream ended: {e}");
+        }
     }
     outcome
 }
