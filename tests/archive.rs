@@ -65,6 +65,19 @@ fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {
         // A real failure is not "absent": PostgreSQL stops on a status above 125.
         let out = common::walship(&["restore", "--archive", "/nonexistent", "x", "/tmp/nowhere"]);
         assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+        // So is a destination in a directory that does not exist.
+        let out = restore(
+            adir.path(),
+            &done[0].replace(".done", ""),
+            Path::new("/nonexistent/x"),
+            8,
+        );
+        assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("its directory /nonexistent does not exist"),
+            "{}",
+            stderr(&out)
+        );
         // So is a name no WAL file has: a broken restore_command.
         let out = restore(adir.path(), "garbage", Path::new("/tmp/nowhere"), 8);
         assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));

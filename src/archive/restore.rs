@@ -48,6 +48,8 @@ pub enum RestoreError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("cannot write {}: its directory {} does not exist (check restore_command's %p)", dest.display(), dir.display())]
+    NoDestDir { dest: PathBuf, dir: PathBuf },
     #[error("{0}; check restore_command's %f")]
     NotAWalFile(crate::wal::name::NameError),
     #[error("{} in archive {}: refusing to restore it: {why}", name, dir.display())]
@@ -76,6 +78,13 @@ pub fn restore(
     dest: &Path,
     depth: usize,
 ) -> Result<Restored, RestoreError> {
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent.filter(|d| !d.is_dir()) {
+        return Err(RestoreError::NoDestDir {
+            dest: dest.to_path_buf(),
+            dir: dir.to_path_buf(),
+        });
+    }
     let archive = Archive::open(archive_dir)?;
     // A name that is no WAL file's is a broken restore_command (a wrong
     // placeholder), not the end of the archive: recovery must stop, not
