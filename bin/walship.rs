@@ -628,10 +628,12 @@ fn run_server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         dir: args.dir,
         listen: args.listen,
     });
+    // Said once, in the log (where JSON logs carry it too), not again by
+    // main on the same stderr.
     if let Err(e) = &result {
-        tracing::error!("{e}");
+        tracing::error!("walship server failed: {e}");
+        return Ok(ExitCode::from(1));
     }
-    result.context("walship server failed")?;
     Ok(ExitCode::SUCCESS)
 }
 
