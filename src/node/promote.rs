@@ -227,12 +227,15 @@ impl Node {
             crashpoint::reach("promote-fenced");
             // This node never writes in a lower epoch again, whatever
             // happens next.
-            let mut ours = *self.lock_epoch();
-            ours.fenced_by = None;
-            ours.epoch = epoch;
-            ours.write(&dir.epoch())
+            let mut ep = self.lock_epoch();
+            let ours = EpochFile {
+                epoch,
+                fenced_by: None,
+                ..*ep
+            };
+            self.persist_epoch(&mut ep, ours)
                 .map_err(|e| refused(format!("could not persist epoch {epoch}: {e}")))?;
-            *self.lock_epoch() = ours;
+            drop(ep);
             journal.advance(&dir.root, Step::Claim).map_err(refused)?;
         }
         if journal.step == Step::Claim {
@@ -283,17 +286,10 @@ impl Node {
     }
 
     /// The epoch a new promotion takes: one above every epoch this node
-    /// has seen.
+    /// has seen (a fence order's is always above its own).
     fn next_epoch(&self) -> Epoch {
         let current = *self.lock_epoch();
-        Epoch(
-            current
-                .fenced_by
-                .unwrap_or(current.epoch)
-                .max(current.epoch)
-                .0
-                + 1,
-        )
+        Epoch(current.fenced_by.unwrap_or(current.epoch).0 + 1)
     }
 
     /// Fences the old primary for `epoch`: directly when it answers, by
@@ -460,10 +456,8 @@ impl Node {
             start: switch,
             fenced_by: None,
         };
-        new_epoch
-            .write(&dir.epoch())
+        self.persist_epoch(&mut self.lock_epoch(), new_epoch)
             .map_err(|e| format!("could not persist epoch {epoch}: {e}"))?;
-        *self.lock_epoch() = new_epoch;
         // A primary's checkpoint writes a checkpoint record on the new
         // timeline; writes stay refused while the promotion is under way.
         self.lock_control().timeline = new_tli;

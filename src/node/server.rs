@@ -638,6 +638,19 @@ impl Node {
         self.epoch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes `next` this node's epoch file: durably on disk first, then in
+    /// `held` (the caller's lock on it), so a restart never reads less
+    /// than this process acts on.
+    pub(crate) fn persist_epoch(
+        &self,
+        held: &mut std::sync::MutexGuard<'_, EpochFile>,
+        next: EpochFile,
+    ) -> Result<(), crate::meta::MetaError> {
+        next.write(&DataDir::new(&self.dir).epoch())?;
+        **held = next;
+        Ok(())
+    }
+
     pub(crate) fn lock_control(&self) -> std::sync::MutexGuard<'_, ControlFile> {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -732,13 +745,13 @@ impl WalReceiverHost for Node {
     fn adopt_epoch(&self, epoch: u64) -> Result<(), String> {
         let mut ep = self.lock_epoch();
         if epoch > ep.epoch.0 {
-            let mut adopted = *ep;
-            adopted.epoch = crate::fence::Epoch(epoch);
-            adopted.fenced_by = None;
-            adopted
-                .write(&DataDir::new(&self.dir).epoch())
+            let adopted = EpochFile {
+                epoch: crate::fence::Epoch(epoch),
+                fenced_by: None,
+                ..*ep
+            };
+            self.persist_epoch(&mut ep, adopted)
                 .map_err(|e| e.to_string())?;
-            *ep = adopted;
         }
         Ok(())
     }
@@ -931,13 +944,13 @@ impl Host for Node {
             ));
         }
         if ep.fenced_by.is_none_or(|f| f.0 < epoch) {
-            let mut fenced = *ep;
-            fenced.fenced_by = Some(crate::fence::Epoch(epoch));
+            let fenced = EpochFile {
+                fenced_by: Some(crate::fence::Epoch(epoch)),
+                ..*ep
+            };
             // Persisted before anything else: a restart stays fenced.
-            fenced
-                .write(&DataDir::new(&self.dir).epoch())
+            self.persist_epoch(&mut ep, fenced)
                 .map_err(|e| io(format!("could not persist the fence: {e}")))?;
-            *ep = fenced;
         }
         drop(ep);
         self.db.fence(epoch).map_err(crate::sql::exec::db_error)?;
