@@ -59,6 +59,8 @@ impl Node {
             f64::from(WalSenderHost::timeline(self).get()),
         );
         let wal = self.wal();
+        // One reading: the flush gauge and the standbys' lag agree.
+        let flushed = wal.flushed_lsn();
         gauge(
             "walship_wal_insert_lsn_bytes",
             "where the next WAL record goes (an LSN, as a byte position)",
@@ -69,7 +71,7 @@ impl Node {
             "walship_wal_flush_lsn_bytes",
             "WAL durable up to here",
             String::new(),
-            wal.flushed_lsn().0 as f64,
+            flushed.0 as f64,
         );
         if standby {
             let at = |l: Option<Lsn>| l.map_or(0.0, |l| l.0 as f64);
@@ -86,7 +88,6 @@ impl Node {
                 at(self.last_replay_lsn()),
             );
         }
-        let flushed = wal.flushed_lsn();
         let names = Host::settings(self).synchronous_standby_names.clone();
         let standbys = self.senders().status(&names);
         for s in &standbys {
