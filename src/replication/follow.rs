@@ -19,6 +19,7 @@ use crate::meta::MetaError;
 use crate::node::config::{self, ConfigError, Settings};
 use crate::node::control::ControlFile;
 use crate::node::datadir::DataDir;
+use crate::wal::TimelineId;
 
 #[derive(Debug, Error)]
 pub enum FollowError {
@@ -62,7 +63,7 @@ pub struct Followed {
     /// The new upstream, as `host:port`.
     pub peer: String,
     pub epoch: u64,
-    pub timeline: String,
+    pub timeline: TimelineId,
     /// The pid told to reload, when the standby is running.
     pub signalled: Option<i32>,
 }
@@ -74,7 +75,7 @@ pub(crate) struct Upstream {
     /// How this node reaches it (`application_name` = its node name).
     pub info: ConnInfo,
     pub peer: String,
-    pub timeline: String,
+    pub timeline: TimelineId,
     pub epoch: u64,
 }
 
@@ -105,6 +106,7 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
     }
     let timeline = ident
         .text(0, "timeline")
+        .and_then(|t| t.parse::<TimelineId>().ok())
         .ok_or_else(|| unanswered("its timeline"))?;
     let epoch = client
         .query("SHOW epoch")?

@@ -55,12 +55,14 @@ pub enum RejoinError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    DataDir(#[from] crate::node::datadir::DataDirError),
     #[error("{peer}'s timeline history does not contain this node's timeline {ours}: they share no history to rejoin; rebuild this node with walship basebackup")]
     NoCommonHistory { peer: String, ours: String },
     #[error("{peer} is on this node's timeline {timeline} at {theirs}, behind this node's WAL end {ours}: it was not promoted past this node; nothing to rejoin")]
     NotAhead {
         peer: String,
-        timeline: String,
+        timeline: crate::wal::TimelineId,
         theirs: Lsn,
         ours: Lsn,
     },
@@ -102,7 +104,7 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
     let mut upstream = follow::check_upstream(dir, from)?;
     let size = control.seg_size;
     let ours = control.timeline;
-    let theirs = upstream.timeline.clone();
+    let theirs = upstream.timeline;
     let wal_dir = data.wal();
     let files = SegmentFiles {
         size,
@@ -115,25 +117,18 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
         sysid: Some(control.system_id),
         max_timeline: Some(ours.get()),
     };
-    let switch = if theirs == ours.get().to_string() {
+    let switch = if theirs == ours {
         None
     } else {
         let text = upstream
             .client
-            .timeline_history(&theirs)
+            .timeline_history(theirs)
             .map_err(FollowError::from)?;
         let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))
             .map_err(|e| RejoinError::Protocol(format!("{}: {e}", upstream.peer)))?;
-        let their_tli = theirs
-            .parse::<u32>()
-            .ok()
-            .and_then(|t| crate::wal::TimelineId::new(t).ok())
-            .ok_or_else(|| {
-                RejoinError::Protocol(format!("{}: bad timeline {theirs:?}", upstream.peer))
-            })?;
         let (switch, _) =
             history
-                .switch_of(ours, their_tli)
+                .switch_of(ours, theirs)
                 .ok_or_else(|| RejoinError::NoCommonHistory {
                     peer: upstream.peer.clone(),
                     ours: ours.to_string(),
@@ -234,8 +229,7 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
         let store = snapshot::read(&data.checkpoints(), control.checkpoint)?;
         snapshot::write(&data.checkpoints(), switch, &store)?;
         let state = control.state;
-        crate::node::datadir::record_checkpoint(dir, &mut control, switch, state)
-            .map_err(|e| RejoinError::Protocol(e.to_string()))?;
+        crate::node::datadir::record_checkpoint(dir, &mut control, switch, state)?;
     }
     let removed = cut_back(&wal_dir, size, ours, switch, &files)?;
     become_standby(dir, upstream, slot, Some(switch), Some(end), removed)
