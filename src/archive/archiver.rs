@@ -24,7 +24,7 @@ use crate::node::control::ControlFile;
 use crate::node::datadir::DataDir;
 use crate::replication::walsender::pg_now;
 use crate::wal::history::TimelineHistory;
-use crate::wal::writer::ARCHIVE_STATUS_DIR;
+use crate::wal::writer::{marked, ArchiveMark};
 use crate::wal::{Decoder, Expect, SegmentName, SegmentSize, Step, WalFileName};
 
 #[derive(Debug, Error)]
@@ -252,15 +252,11 @@ impl Archiver {
 
     /// The names marked `.ready`, in archiving order.
     fn ready(&self) -> Result<Vec<String>, FileError> {
-        let status = DataDir::new(&self.data_dir).wal().join(ARCHIVE_STATUS_DIR);
-        let mut names: Vec<String> = match std::fs::read_dir(&status) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|n| n.strip_suffix(".ready").map(str::to_string))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(FileError::new("read directory", &status, e)),
-        };
+        let wal = DataDir::new(&self.data_dir).wal();
+        let mut names: Vec<String> = marked(&wal, ArchiveMark::Ready)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         names.sort_by_key(|n| (!n.ends_with(".history"), n.clone()));
         Ok(names)
     }
@@ -392,24 +388,19 @@ pub struct Backlog {
 
 /// The backlog of a WAL directory: its `.ready` files.
 pub fn backlog(wal_dir: &Path, seg_size: SegmentSize) -> Backlog {
-    let status = wal_dir.join(ARCHIVE_STATUS_DIR);
     let mut b = Backlog::default();
-    let Ok(entries) = std::fs::read_dir(&status) else {
+    let Ok(ready) = marked(wal_dir, ArchiveMark::Ready) else {
         return b;
     };
     let mut oldest: Option<(SystemTime, String)> = None;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(wal_name) = name.strip_suffix(".ready") else {
-            continue;
-        };
-        if !Archive::is_text_file(wal_name) {
+    for (wal_name, entry) in ready {
+        if !Archive::is_text_file(&wal_name) {
             b.segments += 1;
             b.bytes += seg_size.bytes();
         }
         if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
             if oldest.as_ref().is_none_or(|(o, _)| t < *o) {
-                oldest = Some((t, wal_name.to_string()));
+                oldest = Some((t, wal_name));
             }
         }
     }

@@ -809,15 +809,44 @@ pub enum ArchiveMark {
     Done,
 }
 
+impl ArchiveMark {
+    /// The mark file's suffix, after the WAL file's name.
+    fn suffix(self) -> &'static str {
+        match self {
+            ArchiveMark::Ready => ".ready",
+            ArchiveMark::Done => ".done",
+        }
+    }
+}
+
 /// The path of `name`'s `mark` in `wal_dir/archive_status`.
 pub fn archive_mark(wal_dir: &Path, name: &str, mark: ArchiveMark) -> PathBuf {
-    let suffix = match mark {
-        ArchiveMark::Ready => "ready",
-        ArchiveMark::Done => "done",
-    };
     wal_dir
         .join(ARCHIVE_STATUS_DIR)
-        .join(format!("{name}.{suffix}"))
+        .join(format!("{name}{}", mark.suffix()))
+}
+
+/// The WAL files in `wal_dir` that carry `mark`, each with its mark's
+/// directory entry (whose age is how long it has waited), in no order. No
+/// status directory: nothing is marked.
+pub fn marked(
+    wal_dir: &Path,
+    mark: ArchiveMark,
+) -> Result<Vec<(String, std::fs::DirEntry)>, FileError> {
+    let status = wal_dir.join(ARCHIVE_STATUS_DIR);
+    let entries = match std::fs::read_dir(&status) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FileError::new("read directory", &status, e)),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let wal_name = name.strip_suffix(mark.suffix())?.to_string();
+            Some((wal_name, entry))
+        })
+        .collect())
 }
 
 /// Marks `wal_dir/NAME` — a complete, durable segment, history or backup
