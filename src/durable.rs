@@ -256,8 +256,9 @@ impl DirLock {
     }
 
     /// Who holds `dir`'s lock (the pid its holder wrote), if anyone: asks
-    /// without taking it, so the holder's pid stays in the file and a
-    /// process starting now is not refused because of the question.
+    /// without rewriting the file, so the holder's pid stays in it. (It
+    /// takes a shared lock for an instant: a process trying to lock `dir`
+    /// in that instant is refused as if the directory were busy.)
     pub fn holder(dir: &Path) -> Result<Option<String>, FileError> {
         let path = dir.join(Self::FILE_NAME);
         let file = match File::open(&path) {
