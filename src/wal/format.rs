@@ -25,6 +25,7 @@
 //!   u8 254, u32 len, data       (XLR_BLOCK_ID_DATA_LONG)
 //! ```
 
+use super::crc;
 use super::lsn::Lsn;
 
 /// `XLOG_BLCKSZ`.
@@ -201,8 +202,7 @@ impl RecordHeader {
 /// over the header's first 20 bytes. `record` is the whole record, header
 /// first.
 pub fn record_crc(record: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&record[RECORD_HEADER..]);
-    crc32c::crc32c_append(crc, &record[..CRC_COVERED_HEADER])
+    crc::of_pieces(&record[RECORD_HEADER..], &record[..CRC_COVERED_HEADER])
 }
 
 /// Lays out a whole record (header, main-data block header, data) into
@@ -233,14 +233,14 @@ pub fn build_record(out: &mut Vec<u8>, xid: u32, info: u8, rmid: u8, data: &[u8]
         }
     }
     out.extend_from_slice(data);
-    crc32c::crc32c(&out[RECORD_HEADER..])
+    crc::append(0, &out[RECORD_HEADER..])
 }
 
 /// Fills in a built record's prev-link and its CRC, finishing the body's
 /// CRC over the header's first 20 bytes as PostgreSQL does.
 pub fn seal_record(record: &mut [u8], prev: Lsn, body_crc: u32) {
     record[8..16].copy_from_slice(&prev.0.to_le_bytes());
-    let crc = crc32c::crc32c_append(body_crc, &record[..CRC_COVERED_HEADER]);
+    let crc = crc::append(body_crc, &record[..CRC_COVERED_HEADER]);
     record[20..24].copy_from_slice(&crc.to_le_bytes());
 }
 

@@ -4,6 +4,7 @@
 //! - `name`: segment and history file names
 //! - `history`: timeline history files
 //! - `format`: page and record headers, byte for byte
+//! - `crc`: CRC-32C tuned for records' small sizes
 //! - `payload`: walship's own records
 //! - `decoder`: the I/O-free decoder every reader uses
 //! - `segment`, `reader`: segment files and walking them
@@ -12,6 +13,7 @@
 //!
 //! This module knows nothing of the rest of walship.
 
+pub mod crc;
 pub mod decoder;
 pub mod error;
 pub mod format;
