@@ -252,21 +252,25 @@ impl Decoder {
             }
             let rest = &input[used..];
             let page_off = self.pos.page_offset() as usize;
-            let page_start = Lsn(self.pos.0 - page_off as u64);
-            let header_len = self.page_header_len(page_start);
-            if page_off < header_len {
-                if rest.is_empty() {
-                    return (used, Step::NeedMore);
+            // Past the longest page header, the page's header is done
+            // whichever kind it is.
+            if page_off < LONG_PAGE_HEADER {
+                let page_start = Lsn(self.pos.0 - page_off as u64);
+                let header_len = self.page_header_len(page_start);
+                if page_off < header_len {
+                    if rest.is_empty() {
+                        return (used, Step::NeedMore);
+                    }
+                    let take = (header_len - page_off).min(rest.len());
+                    self.page_header.extend_from_slice(&rest[..take]);
+                    used += take;
+                    self.pos.0 += take as u64;
+                    if self.page_header.len() == header_len {
+                        self.check_page_header(page_start);
+                        self.page_header.clear();
+                    }
+                    continue;
                 }
-                let take = (header_len - page_off).min(rest.len());
-                self.page_header.extend_from_slice(&rest[..take]);
-                used += take;
-                self.pos.0 += take as u64;
-                if self.page_header.len() == header_len {
-                    self.check_page_header(page_start);
-                    self.page_header.clear();
-                }
-                continue;
             }
             let room = PAGE_SIZE - page_off;
             match self.state {
@@ -286,30 +290,21 @@ impl Decoder {
                     };
                 }
                 State::BetweenRecords => {
-                    let aligned = self.pos.align();
-                    if aligned != self.pos {
-                        let pad = (aligned.0 - self.pos.0) as usize;
-                        if rest.is_empty() {
-                            return (used, Step::NeedMore);
-                        }
+                    if rest.is_empty() {
+                        return (used, Step::NeedMore);
+                    }
+                    let pad = (self.pos.align().0 - self.pos.0) as usize;
+                    if pad > 0 {
                         let take = pad.min(rest.len());
                         used += take;
                         self.pos.0 += take as u64;
                         continue;
                     }
-                    self.rec.clear();
-                    self.tot_len = None;
                     self.rec_lsn = self.pos;
-                    self.state = State::InRecord;
-                }
-                State::InRecord => {
-                    if rest.is_empty() {
-                        return (used, Step::NeedMore);
-                    }
                     // Fast path: the whole record lies on this page and in the
                     // input, so it is checked in place, without a copy. A record
                     // that fails any check takes the slow path, which reports it.
-                    if self.rec.is_empty() && rest.len() >= RECORD_HEADER && room >= RECORD_HEADER {
+                    if rest.len() >= RECORD_HEADER && room >= RECORD_HEADER {
                         let tot = format::u32_at(rest, 0) as usize;
                         if tot >= RECORD_HEADER && tot <= room && tot <= rest.len() {
                             let bytes = &input[used..used + tot];
@@ -329,6 +324,14 @@ impl Decoder {
                                 return (used, Step::Record(record));
                             }
                         }
+                    }
+                    self.rec.clear();
+                    self.tot_len = None;
+                    self.state = State::InRecord;
+                }
+                State::InRecord => {
+                    if rest.is_empty() {
+                        return (used, Step::NeedMore);
                     }
                     let want = match self.tot_len {
                         None => 4,
