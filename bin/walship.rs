@@ -77,8 +77,8 @@ struct InitArgs {
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     dir: PathBuf,
     /// WAL segment size in MiB: a power of two from 1 to 1024.
-    #[arg(long, value_name = "MB", default_value_t = 16)]
-    wal_segsize: u64,
+    #[arg(long, value_name = "MB", default_value = "16", value_parser = segment_size_mib)]
+    wal_segsize: SegmentSize,
     /// This node's name (its application_name when it streams from a primary).
     #[arg(long, value_name = "NAME", default_value = "walship")]
     node_name: String,
@@ -110,11 +110,59 @@ struct ServerArgs {
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     dir: PathBuf,
     /// Listen on HOST:PORT instead of listen_addresses and port.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
     listen: Option<String>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// `--wal-segsize`: MiB, a power of two from 1 to 1024.
+fn segment_size_mib(s: &str) -> Result<SegmentSize, String> {
+    s.parse::<u64>()
+        .ok()
+        .and_then(|mib| SegmentSize::from_mib(mib).ok())
+        .ok_or_else(|| "expected a power of two from 1 to 1024 (MiB)".to_string())
+}
+
+/// `--from`: a connection string, refused as a usage error (exit 2) when it
+/// does not parse, without echoing it: it may hold a password.
+#[derive(Clone)]
+struct ConnInfoParser;
+
+impl clap::builder::TypedValueParser for ConnInfoParser {
+    type Value = ConnInfo;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ConnInfo, clap::Error> {
+        let name = arg.map_or("--from".to_string(), |a| a.to_string());
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("the connection string is not valid UTF-8".to_string()))?;
+        ConnInfo::parse(text).map_err(|e| refuse(e.to_string()))
+    }
+}
+
+/// `--listen`: HOST:PORT (an IPv6 host in brackets); the host is resolved
+/// when the server binds.
+fn host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => {
+            Err("expected HOST:PORT with a port from 0 to 65535, as in 127.0.0.1:5432".to_string())
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -176,8 +224,8 @@ Examples:
 #[command(after_help = BASEBACKUP_EXAMPLES)]
 struct BaseBackupArgs {
     /// The primary, as a libpq connection string or URI.
-    #[arg(long, value_name = "CONNINFO")]
-    from: String,
+    #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
+    from: ConnInfo,
     /// The new data directory (absent or empty).
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     dir: PathBuf,
@@ -220,8 +268,8 @@ Examples:
 struct ReceiveArgs {
     /// The primary, as a libpq connection string or URI (host=/dir for a
     /// unix socket).
-    #[arg(long, value_name = "CONNINFO")]
-    from: String,
+    #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
+    from: ConnInfo,
     /// The directory to write segments to (created if missing).
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     dir: PathBuf,
@@ -265,8 +313,8 @@ Examples:
 #[command(after_help = STATUS_EXAMPLES)]
 struct StatusArgs {
     /// The node, as a libpq connection string or URI.
-    #[arg(long, value_name = "CONNINFO")]
-    from: String,
+    #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
+    from: ConnInfo,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -384,8 +432,8 @@ struct FollowArgs {
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     dir: PathBuf,
     /// The new upstream, as a libpq connection string or URI.
-    #[arg(long, value_name = "CONNINFO")]
-    from: String,
+    #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
+    from: ConnInfo,
     /// The replication slot to stream from on the new upstream.
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
@@ -414,8 +462,8 @@ struct RejoinArgs {
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     dir: PathBuf,
     /// The new primary, as a libpq connection string or URI.
-    #[arg(long, value_name = "CONNINFO")]
-    from: String,
+    #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
+    from: ConnInfo,
     /// The replication slot to stream from on the new primary.
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
@@ -580,7 +628,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let seg_size = SegmentSize::from_mib(args.wal_segsize).context("invalid --wal-segsize")?;
+    let seg_size = args.wal_segsize;
     let user = match args.user {
         Some(u) => u,
         None => nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -654,7 +702,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
-    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let from = args.from;
     let summary = basebackup::run(&BaseBackupOptions {
         from,
         dir: args.dir.clone(),
@@ -678,7 +726,7 @@ fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
 
 fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let from = args.from;
     if args.create_slot {
         let slot = args.slot.as_deref().unwrap_or_default();
         let at =
@@ -706,7 +754,7 @@ fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let from = args.from;
     let status = status::fetch(&from).context("walship status failed")?;
     if args.json {
         out!("{}", status.json);
@@ -977,7 +1025,7 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
-    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let from = args.from;
     let done = walship::replication::follow::follow(&args.dir, &from, args.slot.as_deref())
         .context("walship follow failed")?;
     out!(
@@ -995,7 +1043,7 @@ fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
-    let from = ConnInfo::parse(&args.from).context("--from")?;
+    let from = args.from;
     let done = walship::replication::rejoin::rejoin(&args.dir, &from, args.slot.as_deref())
         .context("walship rejoin failed")?;
     match (done.switch, done.rewound_from) {
@@ -1101,7 +1149,7 @@ mod man {
 
     /// Exit status 2 means the same for every command: clap refused the
     /// command line.
-    const USAGE: &str = r"Usage error: an unknown option, a missing argument, or a value that does not parse. The message and the usage go to standard error. (\fB\-\-help\fR exits 0.)";
+    const USAGE: &str = r"Usage error: an unknown option, a missing argument, or a value that does not parse (an LSN, a connection string, a segment size, \fIHOST\fR:\fIPORT\fR). The message and the usage go to standard error. (\fB\-\-help\fR exits 0.)";
 
     /// The EXIT STATUS section: what 0 and 1 mean for this command, the
     /// codes of its own if it has any, and 2 (usage), alike for all.
@@ -1208,7 +1256,7 @@ mod man {
                 INIT_EXTRA.to_string(),
                 exit_status(
                     r"\fIDIR\fR was created: a new system, its first checkpoint written; start it with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"Nothing usable was created: \fIDIR\fR exists and is not empty, \fB\-\-wal\-segsize\fR is not a power of two from 1 to 1024, the password file cannot be read or its first line is empty, the name of the OS user cannot be found (give \fB\-U\fR), or a file could not be written. Standard error says which.",
+                    r"Nothing usable was created: \fIDIR\fR exists and is not empty, the password file cannot be read or its first line is empty, the name of the OS user cannot be found (give \fB\-U\fR), or a file could not be written. Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-basebackup\fR(1), \fBinitdb\fR(1)",
@@ -1235,7 +1283,7 @@ mod man {
                 [BASEBACKUP_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"The backup is complete in \fIDIR\fR; start the standby with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"No usable backup: \fIDIR\fR is not empty, \fICONNINFO\fR is invalid, the primary cannot be reached or refused the connection, the slot could not be created (one of that name exists, say), the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
+                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, the slot could not be created (one of that name exists, say), the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-init\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-archive\fR(1), \fBpg_basebackup\fR(1)",
@@ -1244,7 +1292,7 @@ mod man {
                 [RECEIVE_EXTRA, &client_env("")].concat(),
                 exit_status(
                     r"\fB\-\-endpos\fR was reached; with \fB\-\-no\-loop\fR, the primary ended streaming (it shut down); with \fB\-\-create\-slot\fR, the slot was created.",
-                    r"Streaming stopped on a failure: the primary sent WAL that fails verification (nothing from that record on was written; the LSN is named), \fIDIR\fR holds another system's segments, another process holds \fIDIR\fR, or \fICONNINFO\fR is invalid; with \fB\-\-create\-slot\fR, the slot could not be created; with \fB\-\-no\-loop\fR, any failure, a lost connection included. Without \fB\-\-no\-loop\fR other failures are logged and retried, with a backoff of up to 5 s.",
+                    r"Streaming stopped on a failure: the primary sent WAL that fails verification (nothing from that record on was written; the LSN is named), \fIDIR\fR holds another system's segments, or another process holds \fIDIR\fR; with \fB\-\-create\-slot\fR, the slot could not be created; with \fB\-\-no\-loop\fR, any failure, a lost connection included. Without \fB\-\-no\-loop\fR other failures are logged and retried, with a backoff of up to 5 s.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-dump\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-server\fR(1), \fBpg_receivewal\fR(1)",
@@ -1253,7 +1301,7 @@ mod man {
                 client_env(""),
                 exit_status(
                     r"The status was printed.",
-                    r"The node could not be reached or refused the connection (standard error names it), \fICONNINFO\fR is invalid, or a query failed.",
+                    r"The node could not be reached or refused the connection (standard error names it), or a query failed.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-archive\fR(1)",
@@ -1301,7 +1349,7 @@ mod man {
                 [FOLLOW_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIwalship.conf\fR names the new upstream; a running standby was told (\fBSIGHUP\fR), a stopped one follows it when started.",
-                    r"\fIDIR\fR is not a standby, \fICONNINFO\fR is invalid, the upstream cannot be reached, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
+                    r"\fIDIR\fR is not a standby, the upstream cannot be reached, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-status\fR(1), \fBwalship\-server\fR(1)",
@@ -1310,7 +1358,7 @@ mod man {
                 [REJOIN_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIDIR\fR is a standby of the new primary, cut back to the switch point if it wrote past it; start it with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"Refused, with nothing changed: the node is running; \fICONNINFO\fR is invalid or the new primary cannot be reached; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
+                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-server\fR(1), \fBpg_rewind\fR(1)",

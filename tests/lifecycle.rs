@@ -1,6 +1,6 @@
 //! Running a node: SIGHUP reloads, JSON logs, CHECKPOINT and WAL retention
 //! with and without archiving, cancel requests; commands whose standard
-//! output is closed early.
+//! output is closed early; values on the command line that do not parse.
 
 mod common;
 
@@ -218,4 +218,49 @@ fn a_server_whose_log_pipe_closes_goes_on_and_stops_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn values_that_do_not_parse_are_usage_errors_and_never_echo_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["init", "-D", data, "--wal-segsize", "3"],
+            "expected a power of two from 1 to 1024",
+        ),
+        (
+            &["server", "-D", data, "--listen", "localhost"],
+            "expected HOST:PORT",
+        ),
+        (
+            &["status", "--from", "hots=127.0.0.1"],
+            "unknown keyword \"hots\"",
+        ),
+        (
+            &[
+                "basebackup",
+                "--from",
+                "postgresql://u:s3cret@h:99999/",
+                "-D",
+                data,
+            ],
+            "\"99999\" is not a port number",
+        ),
+    ];
+    for (args, why) in cases {
+        let out = common::walship(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(
+            !err.contains("s3cret"),
+            "{args:?} echoed the password: {err}"
+        );
+    }
+    assert!(
+        !Path::new(data).exists(),
+        "a refused command created {data}"
+    );
 }
