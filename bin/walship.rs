@@ -233,7 +233,8 @@ struct BaseBackupArgs {
     /// synchronous_standby_names refers to it.
     #[arg(long, value_name = "NAME", default_value = "standby")]
     node_name: String,
-    /// Stream through this physical replication slot on the primary.
+    /// Stream through this physical replication slot on the primary (it
+    /// must exist there, unless --create-slot makes it).
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
     /// Create the slot first (before the backup, so it holds the WAL the
@@ -434,7 +435,7 @@ struct FollowArgs {
     /// The new upstream, as a libpq connection string or URI.
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
-    /// The replication slot to stream from on the new upstream.
+    /// The replication slot to stream from on the new upstream (it must exist there).
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
 }
@@ -464,7 +465,7 @@ struct RejoinArgs {
     /// The new primary, as a libpq connection string or URI.
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
-    /// The replication slot to stream from on the new primary.
+    /// The replication slot to stream from on the new primary (it must exist there).
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
 }
@@ -1283,7 +1284,7 @@ mod man {
                 [BASEBACKUP_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"The backup is complete in \fIDIR\fR; start the standby with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, the slot could not be created (one of that name exists, say), the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
+                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, the slot could not be created (one of that name exists, say) or, without \fB\-\-create\-slot\fR, the primary has no slot of that name, the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-init\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-archive\fR(1), \fBpg_basebackup\fR(1)",
@@ -1349,7 +1350,7 @@ mod man {
                 [FOLLOW_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIwalship.conf\fR names the new upstream; a running standby was told (\fBSIGHUP\fR), a stopped one follows it when started.",
-                    r"\fIDIR\fR is not a standby, the upstream cannot be reached, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
+                    r"\fIDIR\fR is not a standby, the upstream cannot be reached or has no slot named by \fB\-\-slot\fR, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-status\fR(1), \fBwalship\-server\fR(1)",
@@ -1358,7 +1359,7 @@ mod man {
                 [REJOIN_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIDIR\fR is a standby of the new primary, cut back to the switch point if it wrote past it; start it with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
+                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached or has no slot named by \fB\-\-slot\fR; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-server\fR(1), \fBpg_rewind\fR(1)",

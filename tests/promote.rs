@@ -229,6 +229,38 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
         "{}",
         text(&out)
     );
+    // A slot the new primary does not have is refused before anything
+    // changes, by follow and by basebackup alike.
+    let s1_from = format!("host=127.0.0.1 port={} user=tester", s1.port);
+    let out = common::walship(&[
+        "follow",
+        "-D",
+        s2_dir.to_str().unwrap(),
+        "--from",
+        &s1_from,
+        "--slot",
+        "nosuch",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("has no replication slot \"nosuch\""),
+        "{}",
+        text(&out)
+    );
+    let conf = std::fs::read_to_string(s2_dir.join("walship.conf")).unwrap();
+    assert!(!conf.contains("nosuch"), "{conf}");
+    let clone = tempfile::tempdir().unwrap();
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &s1_from,
+        "-D",
+        clone.path().join("d").to_str().unwrap(),
+        "--slot",
+        "nosuch",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("add --create-slot"), "{}", text(&out));
     let out = follow(&s1);
     assert!(out.status.success(), "{}", text(&out));
     assert!(

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::client::{Client, ClientError, CopyMessage};
+use super::client::{Client, ClientError, CopyMessage, MissingSlot};
 use super::conninfo::ConnInfo;
 use crate::durable::{self, FileError};
 use crate::node::datadir::{self, DataDir, DataDirError};
@@ -30,6 +30,8 @@ pub enum BaseBackupError {
     DataDir(#[from] DataDirError),
     #[error("{peer} sent a malformed base backup: {what}")]
     Malformed { peer: String, what: String },
+    #[error(transparent)]
+    MissingSlot(#[from] MissingSlot),
 }
 
 pub struct BaseBackupOptions {
@@ -62,10 +64,21 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
         peer: peer.clone(),
         what: what.to_string(),
     };
-    if let (Some(slot), true) = (&opts.slot, opts.create_slot) {
-        client.query(&format!(
-            "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
-        ))?;
+    match (&opts.slot, opts.create_slot) {
+        (Some(slot), true) => {
+            client.query(&format!(
+                "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
+            ))?;
+        }
+        (Some(slot), false) if !client.has_slot(slot)? => {
+            return Err(MissingSlot {
+                peer,
+                slot: slot.clone(),
+                hint: "add --create-slot to create it",
+            }
+            .into());
+        }
+        _ => {}
     }
     let sets = client.start_copy("BASE_BACKUP (LABEL 'walship basebackup', PROGRESS)")?;
     let start = sets

@@ -55,6 +55,17 @@ impl std::fmt::Display for ServerError {
     }
 }
 
+/// A replication slot the operator named that the server does not have: a
+/// standby pointed at it would be refused on every connection.
+#[derive(Debug, Error)]
+#[error("{peer} has no replication slot \"{slot}\": {hint}, or leave out --slot")]
+pub struct MissingSlot {
+    pub peer: String,
+    pub slot: String,
+    /// How to create it, from the command at hand.
+    pub hint: &'static str,
+}
+
 #[derive(Debug, Error)]
 pub enum ClientError {
     // The cause is part of the message (and deliberately not a `source`,
@@ -459,6 +470,13 @@ impl Client {
             });
         }
         Ok(row)
+    }
+
+    /// Whether the server has a replication slot named `name`
+    /// (READ_REPLICATION_SLOT answers with nulls for one it does not have).
+    pub fn has_slot(&mut self, name: &str) -> Result<bool, ClientError> {
+        let rows = self.query(&format!("READ_REPLICATION_SLOT \"{name}\""))?;
+        Ok(rows.text(0, "slot_type").is_some())
     }
 
     /// The content of timeline `tli`'s history file (TIMELINE_HISTORY).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::client::{Client, ClientError};
+use super::client::{Client, ClientError, MissingSlot};
 use super::conninfo::ConnInfo;
 use crate::durable::{DirLock, FileError};
 use crate::fence::EpochFile;
@@ -55,6 +55,8 @@ pub enum FollowError {
     Itself { peer: String, dir: PathBuf },
     #[error(transparent)]
     DataDir(#[from] crate::node::datadir::DataDirError),
+    #[error(transparent)]
+    MissingSlot(#[from] MissingSlot),
 }
 
 /// What `walship follow` did.
@@ -149,6 +151,19 @@ pub(crate) fn point_at(
     Ok(())
 }
 
+/// Refuses a `slot` the upstream does not have, before anything changes.
+pub(crate) fn check_slot(upstream: &mut Upstream, slot: Option<&str>) -> Result<(), FollowError> {
+    match slot {
+        Some(slot) if !upstream.client.has_slot(slot)? => Err(MissingSlot {
+            peer: upstream.peer.clone(),
+            slot: slot.to_string(),
+            hint: "create it there first (walship receive --from CONNINFO --slot NAME --create-slot does)",
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Points the standby in `dir` at `from` (optionally through `slot`).
 pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followed, FollowError> {
     DataDir::new(dir).check()?;
@@ -156,6 +171,7 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
         return Err(FollowError::NotStandby(dir.to_path_buf()));
     }
     let mut upstream = check_upstream(dir, from)?;
+    check_slot(&mut upstream, slot)?;
     // A data directory path names one node only on this host: compared
     // for an upstream reached on loopback or a local socket alone.
     let local = from.host.starts_with('/')

@@ -102,6 +102,7 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
     let data = DataDir::new(dir);
     let mut control = ControlFile::read(&data.control())?;
     let mut upstream = follow::check_upstream(dir, from)?;
+    follow::check_slot(&mut upstream, slot)?;
     let size = control.seg_size;
     let ours = control.timeline;
     let theirs = upstream.timeline;
