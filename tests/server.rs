@@ -334,6 +334,37 @@ fn bad_configuration_and_directories_are_refused_clearly() {
         "{err}"
     );
     assert!(std::fs::read(wal.join(segments[segments.len() - 1])).unwrap() == last);
+
+    // A damaged record after the checkpoint: recovery ends before it, and
+    // the log names the LSN and the file.
+    let mut node = Node::init("");
+    node.start();
+    let at: walship::wal::Lsn = node
+        .query_one("SELECT pg_current_wal_lsn()")
+        .parse()
+        .unwrap();
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('damaged', 'record')")
+        .unwrap();
+    node.kill9();
+    let size = walship::wal::SegmentSize::from_mib(1).unwrap(); // as Node::init makes it
+    let name = walship::wal::SegmentName::new(walship::wal::TimelineId::FIRST, at.segno(size))
+        .file_name(size);
+    let path = node.dir.join("wal").join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at.segment_offset(size) as usize + 30] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    node.start();
+    assert_eq!(
+        node.query_one("SELECT count(*) FROM kv WHERE key = 'damaged'"),
+        "0"
+    );
+    let log = node.log();
+    assert!(
+        log.contains(&format!("invalid record at {at}"))
+            && log.contains(&format!("(in {}", path.display())),
+        "{log}"
+    );
 }
 
 #[test]

@@ -276,8 +276,8 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
         end: resumed.end,
         end_note: resumed
             .stopped_by
-            .filter(|e| !e.is_clean())
-            .map(|e| e.to_string()),
+            .filter(|(e, _)| !e.is_clean())
+            .map(|(e, path)| format!("{e} (in {})", path.display())),
     })
 }
 

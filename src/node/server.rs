@@ -1097,7 +1097,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         "recovery complete"
     );
     if let Some(note) = &opened.end_note {
-        warn!("WAL ended on an incomplete or damaged record (expected after a crash): {note}");
+        warn!("WAL ends on an incomplete or damaged record: {note}; after a crash this is the write it interrupted, and recovery ends there, as PostgreSQL's does (anything after it is zeroed); otherwise check the disk");
     }
     let addrs: Vec<String> = match &opts.listen {
         Some(l) => vec![l.clone()],

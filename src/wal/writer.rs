@@ -77,9 +77,9 @@ pub struct Resumed {
     pub last_record: Option<Lsn>,
     /// Valid records found from the scan's start.
     pub records: u64,
-    /// Why the scan stopped, when it found anything but the end of the
-    /// last segment.
-    pub stopped_by: Option<EndOfWal>,
+    /// Why the scan stopped, and in which file, when it found anything but
+    /// the end of the last segment.
+    pub stopped_by: Option<(EndOfWal, PathBuf)>,
 }
 
 /// See the module documentation.
@@ -186,9 +186,9 @@ impl WalWriter {
                             lsn,
                         });
                     }
-                    WalkEnd::EndOfWal { end: eow, .. } => {
+                    WalkEnd::EndOfWal { end: eow, path } => {
                         end = eow.lsn;
-                        Some(eow)
+                        Some((eow, path))
                     }
                     _ => {
                         if last.is_none() {
@@ -1061,7 +1061,7 @@ mod tests {
         let (w, resumed) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
         assert_eq!(resumed.end, first_end);
         assert_eq!(resumed.records, 1);
-        assert!(resumed.stopped_by.is_some_and(|e| !e.is_clean()));
+        assert!(resumed.stopped_by.is_some_and(|(e, _)| !e.is_clean()));
         let c = w.append(RM_WALSHIP_ID, 0x20, 0, b"after").unwrap();
         assert_eq!(c.lsn, first_end);
         w.flush(c.end).unwrap();
