@@ -427,9 +427,9 @@ impl Settings {
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), SetError> {
         match name {
             "listen_addresses" => self.listen_addresses = value.to_string(),
-            "port" => self.port = parse_num(value).map_err(SetError::Value)?,
+            "port" => self.port = parse_num(value, 1, 65535).map_err(SetError::Value)?,
             "max_connections" => {
-                self.max_connections = parse_num(value).map_err(SetError::Value)?
+                self.max_connections = parse_num(value, 1, MAX_BACKENDS).map_err(SetError::Value)?
             }
             "authentication" => self.authentication = value.parse().map_err(SetError::Value)?,
             "max_message_size" => {
@@ -455,7 +455,7 @@ impl Settings {
             }
             "metrics_listen_address" => self.metrics_listen_address = value.to_string(),
             "max_wal_senders" => {
-                self.max_wal_senders = parse_num(value).map_err(SetError::Value)?
+                self.max_wal_senders = parse_num(value, 0, MAX_BACKENDS).map_err(SetError::Value)?
             }
             "primary_conninfo" => {
                 ConnInfo::parse(value).map_err(|e| SetError::Value(e.to_string()))?;
@@ -656,9 +656,16 @@ fn split_line(raw: &str) -> Result<Option<(String, String)>, String> {
     Ok(Some((name, value)))
 }
 
-fn parse_num<T: FromStr>(v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| "expected a whole number in range".to_string())
+/// The most connections of a kind PostgreSQL allows (`MAX_BACKENDS`).
+const MAX_BACKENDS: u64 = 262_143;
+
+/// A whole number from `min` to `max`.
+fn parse_num<T: TryFrom<u64>>(v: &str, min: u64, max: u64) -> Result<T, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("expected a whole number from {min} to {max}"))
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -669,10 +676,12 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-/// Durations as humantime takes them (`200ms`, `30s`, `5min`, `1h`).
+/// Durations as humantime takes them (`200ms`, `30s`, `5min`, `1h`). Its
+/// own messages list units PostgreSQL has no use for (weeks, years), so a
+/// failure gets one message of ours.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     humantime::parse_duration(v)
-        .map_err(|e| format!("expected a duration such as 200ms, 30s or 5min ({e})"))
+        .map_err(|_| "expected a duration with a unit, such as 200ms, 30s, 5min or 1h".to_string())
 }
 
 fn format_duration(d: Duration) -> String {
@@ -744,6 +753,25 @@ mod tests {
                 .starts_with("c:1: invalid value for parameter \"port\""),
             "{e}"
         );
+        for (line, why) in [
+            ("port = 99999", "expected a whole number from 1 to 65535"),
+            (
+                "max_connections = 0",
+                "expected a whole number from 1 to 262143",
+            ),
+            (
+                "checkpoint_timeout = 5x",
+                "expected a duration with a unit, such as 200ms",
+            ),
+            (
+                "checkpoint_timeout = 300",
+                "expected a duration with a unit",
+            ),
+        ] {
+            let e = Settings::parse(line, "c").unwrap_err().to_string();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+        assert!(Settings::parse("max_wal_senders = 0\n", "c").is_ok());
         assert!(Settings::parse("node_name = 'open\n", "c").is_err());
         assert!(Settings::parse("max_wal_size = 1XB\n", "c").is_err());
     }
