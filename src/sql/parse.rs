@@ -9,6 +9,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
@@ -191,18 +192,51 @@ fn unsupported(what: impl std::fmt::Display) -> PgError {
 /// Parses one query string (which may hold several statements, as the
 /// simple query protocol allows).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
-    if let Some(rest) = strip_words(sql.trim(), &["wait", "for", "lsn"]) {
-        return Ok(vec![parse_wait_for_lsn(rest)?]);
+    // Commands sqlparser does not know (CHECKPOINT, WAIT FOR LSN) are
+    // parsed here, each statement apart; a query without them goes to
+    // sqlparser whole, so its error positions are the query's own.
+    let pieces = split_statements(sql);
+    if !pieces.iter().any(|p| own_command(p).is_some()) {
+        return parse_sql(sql);
     }
-    // sqlparser does not know PostgreSQL's CHECKPOINT command.
-    if sql
-        .trim()
-        .trim_end_matches(';')
-        .trim()
+    let mut statements = Vec::new();
+    for piece in &pieces {
+        match own_command(piece) {
+            Some(statement) => statements.push(statement?),
+            None => statements.extend(parse_sql(piece)?),
+        }
+    }
+    Ok(statements)
+}
+
+/// CHECKPOINT and WAIT FOR LSN, which sqlparser does not know.
+fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
+    if let Some(rest) = strip_words(statement, &["wait", "for", "lsn"]) {
+        return Some(parse_wait_for_lsn(rest));
+    }
+    statement
         .eq_ignore_ascii_case("checkpoint")
-    {
-        return Ok(vec![Statement::Checkpoint]);
-    }
+        .then_some(Ok(Statement::Checkpoint))
+}
+
+/// The statements of a query string, split at the semicolons that end
+/// them (not those inside quotes or comments), trimmed, empty ones left
+/// out. A query that does not tokenize is one piece: sqlparser then says
+/// what is wrong with it.
+fn split_statements(sql: &str) -> Vec<String> {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return vec![sql.trim().to_string()];
+    };
+    tokens
+        .split(|t| *t == Token::SemiColon)
+        .map(|piece| piece.iter().map(Token::to_string).collect::<String>())
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty())
+        .collect()
+}
+
+/// Parses statements sqlparser knows.
+fn parse_sql(sql: &str) -> Result<Vec<Statement>, PgError> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
         // PostgreSQL commands the parser does not know are unsupported
         // here, not misspelt.
@@ -1033,6 +1067,19 @@ mod tests {
         ));
         assert_eq!(one("BEGIN"), Statement::Begin);
         assert_eq!(one(" checkpoint; "), Statement::Checkpoint);
+        // Commands of walship's own mix with the rest in one query string;
+        // a semicolon in a quoted value does not split it.
+        let mixed = parse("INSERT INTO kv VALUES ('a;b', 'x'); CHECKPOINT; SELECT count(*) FROM kv; WAIT FOR LSN '0/10' WITH (TIMEOUT '1s');")
+            .unwrap();
+        assert_eq!(mixed.len(), 4, "{mixed:?}");
+        assert!(matches!(&mixed[0], Statement::Insert { .. }), "{mixed:?}");
+        assert_eq!(mixed[1], Statement::Checkpoint);
+        assert!(
+            matches!(&mixed[3], Statement::WaitForLsn { .. }),
+            "{mixed:?}"
+        );
+        let e = parse("CHECKPOINT; VACUUM kv").unwrap_err();
+        assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED, "{e:?}");
         assert_eq!(one("commit"), Statement::Commit);
         assert_eq!(
             one("SET synchronous_commit = off"),
