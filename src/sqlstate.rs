@@ -74,6 +74,7 @@ pub mod code {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const DISK_FULL: &str = "53100";
     pub const IO_ERROR: &str = "58030";
+    pub const UNDEFINED_FILE: &str = "58P01";
     pub const QUERY_CANCELED: &str = "57014";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";

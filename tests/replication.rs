@@ -195,6 +195,11 @@ fn bad_replication_requests_get_clear_errors() {
         .contains("replication slot \"nosuch\" does not exist"));
     assert!(run("START_REPLICATION 0/1000000 TIMELINE 5")
         .contains("timeline 5 is not in this server's history"));
+    let history = run("TIMELINE_HISTORY 7");
+    assert!(
+        history.contains("no history file for timeline 7") && !history.contains("os error"),
+        "{history}"
+    );
     assert!(run("UPLOAD_MANIFEST").contains("not supported"));
     assert!(run("SHOW wal_segment_size").contains("1MB"));
     // A walsender streams only to roles allowed to replicate.

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::command::{self, ReplicationCommand};
 use super::slots::Slots;
 use super::syncrep::WalSenders;
+use crate::durable::FileError;
 use crate::protocol::codec::{self, Cursor, Out, ProtoError};
 use crate::sql::exec::oid;
 use crate::sqlstate::{code, PgError};
@@ -192,11 +193,19 @@ fn run_command(
         ReplicationCommand::TimelineHistory(tli) => {
             let name = history_file_name(tli);
             let path = host.wal_dir().join(&name);
-            let content = std::fs::read(&path).map_err(|e| {
-                PgError::new(
-                    "58P01",
-                    format!("could not open file \"{}\": {e}", path.display()),
-                )
+            let content = std::fs::read(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => PgError::new(
+                    code::UNDEFINED_FILE,
+                    format!(
+                        "no history file for timeline {tli} ({}): this server is on timeline {}, and timeline 1 has none",
+                        path.display(),
+                        host.timeline()
+                    ),
+                ),
+                _ => PgError::new(
+                    code::IO_ERROR,
+                    FileError::new("read", &path, e).to_string(),
+                ),
             })?;
             out.row_description(
                 &[("filename".into(), oid::TEXT), ("content".into(), 17)],
@@ -321,7 +330,7 @@ fn run_command(
             let at_switch = end_of_timeline.is_some_and(|(switch, _)| start == switch);
             if !first.exists() && !at_switch {
                 return Err(PgError::new(
-                    "58P01",
+                    code::UNDEFINED_FILE,
                     format!(
                         "requested WAL segment {} has already been removed",
                         first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
