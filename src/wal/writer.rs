@@ -33,7 +33,9 @@ use super::format::{
     RECORD_HEADER, RM_XLOG_ID, SHORT_PAGE_HEADER, XLOG_SWITCH, XLP_BKP_REMOVABLE,
     XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER,
 };
+use super::history::TimelineHistory;
 use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
+use super::name::history_file_name;
 use super::reader::{walk, SegmentFiles, WalkEnd};
 use super::segment::{self, OpenSegment};
 use crate::durable::{self, DirLock, FileError, IoContext};
@@ -181,8 +183,9 @@ impl WalWriter {
                     // that is not there: resuming anywhere would drop
                     // everything after it (and zero what it overwrote).
                     WalkEnd::MissingSegment { segno, lsn } if last.is_none() && from.is_some() => {
+                        let timeline = timeline_holding(&config.dir, config.timeline, lsn);
                         return Err(WalError::StartMissing {
-                            path: segment::segment_path(&config.dir, config.timeline, segno, size),
+                            path: segment::segment_path(&config.dir, timeline, segno, size),
                             lsn,
                         });
                     }
@@ -748,6 +751,16 @@ fn push_pending(ins: &mut Insert, bytes: &[u8]) {
     ins.pos.0 += bytes.len() as u64;
 }
 
+/// The timeline whose segment holds `lsn`, by the history file of
+/// `current` in `dir`: an older one for WAL from before a promotion, else
+/// `current` (also when the history cannot be read).
+fn timeline_holding(dir: &Path, current: TimelineId, lsn: Lsn) -> TimelineId {
+    std::fs::read_to_string(dir.join(history_file_name(current)))
+        .ok()
+        .and_then(|text| TimelineHistory::parse(&text).ok())
+        .map_or(current, |history| history.timeline_of(lsn, current))
+}
+
 /// Where the zero-filled spare for the segment at `segment` waits
 /// (`SEGMENT.next`).
 fn spare_path(segment: &Path) -> PathBuf {
@@ -974,6 +987,36 @@ mod tests {
         })
         .unwrap();
         (out, end)
+    }
+
+    #[test]
+    fn a_missing_start_segment_is_named_by_the_timeline_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (w, _) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
+        let first = w.append(RM_WALSHIP_ID, 0x20, 0, &[1; 100]).unwrap();
+        while w.insert_lsn().segno(cfg.seg_size) < SegNo(3) {
+            w.append(RM_WALSHIP_ID, 0x20, 0, &[2; 4000]).unwrap();
+        }
+        let two = TimelineId::new(2).unwrap();
+        let switch = w.switch_timeline(two).unwrap();
+        w.append(RM_WALSHIP_ID, 0x20, 0, b"on two").unwrap();
+        w.flush_all().unwrap();
+        drop(w);
+        let history = format!("1\t{switch}\tpromoted\n");
+        std::fs::write(dir.path().join(history_file_name(two)), history).unwrap();
+        let lost = segment::segment_path(dir.path(), TimelineId::FIRST, SegNo(1), cfg.seg_size);
+        std::fs::remove_file(&lost).unwrap();
+        let on_two = WriterConfig {
+            timeline: two,
+            ..cfg
+        };
+        match WalWriter::open(on_two, Some(first.lsn), &mut |_| {}) {
+            Err(WalError::StartMissing { path, lsn }) => {
+                assert_eq!((path, lsn), (lost, first.lsn));
+            }
+            other => panic!("expected StartMissing, got {:?}", other.map(|(_, r)| r)),
+        }
     }
 
     #[test]
