@@ -44,6 +44,10 @@ use crate::durable::{self, DirLock, FileError, IoContext};
 /// (with `synchronous_commit = off` nothing else may flush for a while).
 const MAX_PENDING: usize = 16 << 20;
 
+/// The longest a flusher waits for the committers the last flush woke (a
+/// slow disk's long flush must not make the next commit wait as long).
+const MAX_REJOIN_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The subdirectory of a WAL directory where archiving state lives
 /// (PostgreSQL's `pg_wal/archive_status`).
 pub const ARCHIVE_STATUS_DIR: &str = "archive_status";
@@ -109,7 +113,8 @@ pub struct WalWriter {
 /// when it has something to do, however many share the writer.
 ///
 /// A flusher first lets the committers the last flush woke append again
-/// (until as many are registered, for at most half the last flush's time),
+/// (until as many are registered, for at most half the last flush's time
+/// and never over [`MAX_REJOIN_WAIT`]),
 /// so that one `fdatasync` serves them too: PostgreSQL's `commit_delay`,
 /// sized by the writer itself. A lone committer never waits.
 #[derive(Default)]
@@ -632,7 +637,8 @@ impl WalWriter {
             }
             if !state.flushing {
                 state.flushing = true;
-                let deadline = std::time::Instant::now() + state.last_flush / 2;
+                let deadline =
+                    std::time::Instant::now() + (state.last_flush / 2).min(MAX_REJOIN_WAIT);
                 while state.waiting.len() < state.rejoining && std::time::Instant::now() < deadline
                 {
                     drop(state);
