@@ -312,8 +312,18 @@ impl Decoder {
                             if self.header_problem(&h).is_none()
                                 && format::record_crc(bytes) == h.crc
                             {
-                                used += tot;
-                                self.pos.0 += tot as u64;
+                                // The padding to the next record goes too, when
+                                // it was fed (it never crosses a page).
+                                let pad = (Lsn(self.pos.0 + tot as u64).align().0
+                                    - (self.pos.0 + tot as u64))
+                                    as usize;
+                                let skip = if tot + pad <= rest.len() {
+                                    tot + pad
+                                } else {
+                                    tot
+                                };
+                                used += skip;
+                                self.pos.0 += skip as u64;
                                 self.accept(&h);
                                 let record = Record {
                                     lsn: self.rec_lsn,

@@ -186,6 +186,7 @@ pub struct RecordHeader {
 
 impl RecordHeader {
     /// Decodes the first [`RECORD_HEADER`] bytes of `bytes`.
+    #[inline]
     pub fn decode(bytes: &[u8]) -> RecordHeader {
         RecordHeader {
             tot_len: u32_at(bytes, 0),
@@ -201,6 +202,7 @@ impl RecordHeader {
 /// The CRC PostgreSQL stores in `xl_crc`: CRC-32C over the body, continued
 /// over the header's first 20 bytes. `record` is the whole record, header
 /// first.
+#[inline]
 pub fn record_crc(record: &[u8]) -> u32 {
     crc::of_pieces(&record[RECORD_HEADER..], &record[..CRC_COVERED_HEADER])
 }
