@@ -541,12 +541,13 @@ Examples:
 
 /// Promote a standby to primary, fencing the old primary first.
 ///
-/// The standby stops streaming, replays all it received, claims epoch E+1
-/// (in archive_directory too, when set: two promoters cannot both win),
-/// fences the old primary — directly over the protocol (it persists the new
-/// epoch and refuses every write from then on) and/or with --fence-command,
-/// which must exit 0 — then switches to a new timeline, persists the epoch
-/// and accepts writes. Without a fence it refuses, unless --force. A stopped
+/// The standby stops streaming, replays all it received, fences the old
+/// primary in epoch E+1 — directly over the protocol (it persists the new
+/// epoch and refuses every write from then on; when the standby's upstream
+/// is itself a standby, the fence goes up the chain to the primary) and/or
+/// with --fence-command, which must exit 0 — then claims epoch E+1 in
+/// archive_directory, when set (two promoters cannot both win), switches
+/// to a new timeline, persists the epoch and accepts writes. Without a fence it refuses, unless --force. A stopped
 /// standby is started just long enough to promote, then stopped cleanly:
 /// it is a primary the next time it starts. A promotion interrupted at any
 /// point (kill -9, power loss) is finished by running walship promote

@@ -529,3 +529,42 @@ fn a_promoted_standby_marks_every_segment_of_its_new_timeline_for_the_archiver()
         "{status:?}"
     );
 }
+
+#[test]
+fn promoting_a_cascaded_standby_fences_the_primary_not_its_upstream() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    // Base backups come from the primary; s2 then streams through s1.
+    let mut s2 = Node::basebackup(&primary, "s2", &[]);
+    let out = common::walship(&[
+        "follow",
+        "-D",
+        s2.dir.to_str().unwrap(),
+        "--from",
+        &format!("host=127.0.0.1 port={} user=tester", s1.port),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    s2.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('through', 's1')")
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    let out = promote(&s2, &[]);
+    assert!(out.status.success(), "{}\n{}", text(&out), s2.log());
+    // The primary two levels up is fenced: one node takes writes.
+    let (code, msg) = sqlstate(&primary, "INSERT INTO kv VALUES ('split', 'brain')");
+    assert_eq!(code, "25006", "{msg}");
+    s2.client()
+        .batch_execute("INSERT INTO kv VALUES ('on', 's2')")
+        .unwrap();
+    assert!(
+        s2.log()
+            .contains("the upstream is a standby: fencing its primary"),
+        "{}",
+        s2.log()
+    );
+    assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "t");
+}

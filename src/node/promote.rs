@@ -44,6 +44,7 @@ use super::promote_journal::{Journal, JournalError, Step, JOURNAL};
 use super::server::Node;
 use crate::fence::{self, Epoch, EpochFile};
 use crate::replication::client::Client;
+use crate::replication::conninfo::ConnInfo;
 use crate::replication::walreceiver::WalReceiverHost;
 use crate::wal::history::{HistoryEntry, TimelineHistory};
 use crate::wal::name::{history_file_name, WalFileName};
@@ -305,8 +306,8 @@ impl Node {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let fenced = match fence_directly(&info, epoch) {
-                    Ok(()) => {
-                        info!(old_primary = %info, epoch = %epoch, "fenced the old primary directly");
+                    Ok(primary) => {
+                        info!(old_primary = %primary, epoch = %epoch, "fenced the old primary directly");
                         true
                     }
                     Err(e) => {
@@ -470,17 +471,51 @@ impl Node {
     }
 }
 
-/// Tells the old primary that epoch `epoch` now rules.
-fn fence_directly(
-    info: &crate::replication::conninfo::ConnInfo,
-    epoch: Epoch,
-) -> Result<(), String> {
-    let mut info = info.clone();
-    info.connect_timeout = Some(info.connect_timeout.unwrap_or(5).min(5));
-    let mut client = Client::connect(&info, None).map_err(|e| e.to_string())?;
-    client
-        .query(&format!("SELECT walship_fence({})", epoch.0))
-        .map_err(|e| e.to_string())?;
-    client.close();
-    Ok(())
+/// Standbys a direct fence climbs through, from the promoted node's
+/// upstream, looking for the primary.
+const MAX_CASCADE: usize = 8;
+
+/// Tells the primary that epoch `epoch` now rules; returns where it was.
+/// `upstream` is this node's: when it is itself a standby (cascading
+/// replication), the primary is its upstream's, and so on: fencing a
+/// standby would leave the real primary taking writes. The climb keeps
+/// this node's credentials and takes each standby's host and port.
+fn fence_directly(upstream: &ConnInfo, epoch: Epoch) -> Result<ConnInfo, String> {
+    let mut target = upstream.clone();
+    target.connect_timeout = Some(target.connect_timeout.unwrap_or(5).min(5));
+    for _ in 0..MAX_CASCADE {
+        let mut client = Client::connect(&target, None).map_err(|e| e.to_string())?;
+        let peer = client.peer().to_string();
+        let answer = |client: &mut Client, sql: &str, col: &str| {
+            client
+                .query(sql)
+                .map_err(|e| e.to_string())
+                .map(|rows| rows.text(0, col).unwrap_or_default())
+        };
+        if answer(
+            &mut client,
+            "SELECT pg_is_in_recovery()",
+            "pg_is_in_recovery",
+        )? == "t"
+        {
+            let above = answer(&mut client, "SHOW primary_conninfo", "primary_conninfo")?;
+            client.close();
+            let above = ConnInfo::parse(&above).ok().filter(|_| !above.is_empty());
+            let Some(above) = above else {
+                return Err(format!("{peer} is a standby with no upstream of its own: the primary cannot be found from it"));
+            };
+            info!(standby = %peer, upstream = %above, "the upstream is a standby: fencing its primary");
+            target.host = above.host;
+            target.port = above.port;
+            continue;
+        }
+        client
+            .query(&format!("SELECT walship_fence({})", epoch.0))
+            .map_err(|e| format!("{peer}: {e}"))?;
+        client.close();
+        return Ok(target);
+    }
+    Err(format!(
+        "no primary found within {MAX_CASCADE} standbys up from {upstream}"
+    ))
 }
