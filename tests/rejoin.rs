@@ -70,6 +70,14 @@ fn a_fenced_primary_stopped_cleanly_rejoins_as_a_standby_of_the_new_one() {
     assert_eq!(old.query_one("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(old.query_one("SHOW timeline"), "2");
     assert_eq!(old.query_one("SHOW epoch"), "2");
+    // Failback: promoted while it runs, it takes writes at once (the fence
+    // of epoch 2 lies below its new epoch), without a restart.
+    let out = common::walship(&["promote", "-D", old.dir.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    old.client()
+        .batch_execute("INSERT INTO kv VALUES ('failed', 'back')")
+        .unwrap();
+    assert_eq!(old.query_one("SHOW epoch"), "3");
 }
 
 #[test]

@@ -647,6 +647,12 @@ impl Node {
         next: EpochFile,
     ) -> Result<(), crate::meta::MetaError> {
         next.write(&DataDir::new(&self.dir).epoch())?;
+        // The store's fence follows the file, as at startup: a node that
+        // is no longer fenced (promoted above the epoch that fenced it)
+        // takes writes without a restart.
+        if next.fenced_by.is_none() {
+            self.db.lift_fence();
+        }
         **held = next;
         Ok(())
     }

@@ -266,6 +266,14 @@ impl Db {
         Ok(())
     }
 
+    /// Takes writes again: the node's own epoch file no longer says it is
+    /// fenced (it was promoted, in an epoch above the one that fenced it).
+    pub fn lift_fence(&self) {
+        let _queue = self.lock_queue();
+        self.fenced_by
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
     /// Makes everything logged durable and visible (for the background WAL
     /// writer of `synchronous_commit = off` and for shutdown).
     pub fn flush_all(&self) -> Result<Lsn, DbError> {
