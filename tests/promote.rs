@@ -552,6 +552,29 @@ fn promoting_a_cascaded_standby_fences_the_primary_not_its_upstream() {
         .unwrap();
     let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
     s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    // After a segment switch s2 asks s1 for WAL from the start of a
+    // segment s1 has not begun yet: it waits for it, no error.
+    primary
+        .client()
+        .batch_execute("SELECT pg_switch_wal()")
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    s2.stop();
+    s2.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'the switch')")
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    assert!(
+        !s1.log().contains("already been removed") && !s2.log().contains("already been removed"),
+        "{}\n{}",
+        s1.log(),
+        s2.log()
+    );
     let out = promote(&s2, &[]);
     assert!(out.status.success(), "{}\n{}", text(&out), s2.log());
     // The primary two levels up is fenced: one node takes writes.

@@ -326,9 +326,12 @@ fn run_command(
                 host.seg_size(),
             );
             // A standby already at an older timeline's end needs no WAL of
-            // it, only the end-of-timeline answer.
+            // it, only the end-of-timeline answer; one asking for exactly
+            // the flush position waits for WAL not yet written, whose
+            // segment may not exist yet (a cascading standby's, after a
+            // segment switch upstream).
             let at_switch = end_of_timeline.is_some_and(|(switch, _)| start == switch);
-            if !first.exists() && !at_switch {
+            if !first.exists() && !at_switch && start < flushed {
                 return Err(PgError::new(
                     code::UNDEFINED_FILE,
                     format!(
