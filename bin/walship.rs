@@ -1285,7 +1285,7 @@ mod man {
                 [BASEBACKUP_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"The backup is complete in \fIDIR\fR; start the standby with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, the slot could not be created (one of that name exists, say) or, without \fB\-\-create\-slot\fR, the primary has no slot of that name, the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
+                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, it is a fenced old primary, the slot could not be created (one of that name exists, say) or, without \fB\-\-create\-slot\fR, the primary has no slot of that name, the primary sent a malformed backup, or a file could not be written. A partial \fIDIR\fR has no control file; remove it before trying again. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-init\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-archive\fR(1), \fBpg_basebackup\fR(1)",

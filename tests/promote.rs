@@ -82,6 +82,21 @@ fn promotion_fences_the_old_primary_and_starts_a_new_timeline() {
         sqlstate(&primary, "INSERT INTO kv VALUES ('split', 'brain')").0,
         "25006"
     );
+    // No base backup of a fenced old primary: it would follow a dead branch.
+    let clone = tempfile::tempdir().unwrap();
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &format!("host=127.0.0.1 port={} user=tester", primary.port),
+        "-D",
+        clone.path().join("d").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is a fenced old primary"),
+        "{}",
+        text(&out)
+    );
     s1.stop();
     s1.start();
     assert_eq!(s1.query_one("SHOW timeline"), "2");

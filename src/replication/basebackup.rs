@@ -32,6 +32,8 @@ pub enum BaseBackupError {
     Malformed { peer: String, what: String },
     #[error(transparent)]
     MissingSlot(#[from] MissingSlot),
+    #[error("{peer} is a fenced old primary (fenced by epoch {by}): a copy of it would follow a dead branch; back up the current primary")]
+    Fenced { peer: String, by: String },
 }
 
 pub struct BaseBackupOptions {
@@ -64,6 +66,16 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
         peer: peer.clone(),
         what: what.to_string(),
     };
+    // A server that does not know the setting (not a walship node) fails
+    // later, on BASE_BACKUP, with its own words.
+    let fenced_by = client
+        .query("SHOW fenced_by")
+        .ok()
+        .and_then(|rows| rows.text(0, "fenced_by"))
+        .filter(|by| !by.is_empty());
+    if let Some(by) = fenced_by {
+        return Err(BaseBackupError::Fenced { peer, by });
+    }
     match (&opts.slot, opts.create_slot) {
         (Some(slot), true) => {
             client.query(&format!(
