@@ -1276,7 +1276,7 @@ mod man {
                 DUMP_EXTRA.to_string(),
                 exit_status(
                     r"The walk ended cleanly: where valid WAL ends (zeros, or a recycled page, where the next record would begin), at the end of the given segments, or at \fB\-\-end\fR. Also when standard output is closed early, as by \fBwalship dump ... | head\fR.",
-                    r"The WAL is damaged: a record or page in the middle of it, or a segment missing between two given ones; one line on standard error names the file, the LSN and what was wrong. Also when no segment file was found, a name is not a segment file name, a file has the wrong size, \fB\-\-start\fR lies outside the given segments, or a file cannot be read.",
+                    r"The WAL is damaged: a record or page in the middle of it, a segment missing between two given ones, or WAL that ends before later given segments that hold WAL of their own (or those are another timeline's); one line on standard error names the file, the LSN and what was wrong. Also when no segment file was found, a name is not a segment file name, a file has the wrong size, \fB\-\-start\fR lies outside the given segments, or a file cannot be read.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-receive\fR(1), \fBwalship\-archive\fR(1), \fBpg_waldump\fR(1)",

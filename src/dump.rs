@@ -138,7 +138,29 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
         return Err(FileError::new("write to", "standard output", e).into());
     }
     let (clean, how) = match outcome {
-        WalkEnd::EndOfWal { end, path } => describe_end(&end, &path),
+        WalkEnd::EndOfWal { end, path } => {
+            let (clean, how) = describe_end(&end, &path);
+            // Later given segments that hold WAL of their own (not a
+            // recycled or preallocated file's leftovers) should have been
+            // reached: the WAL before them is damaged or missing, or they
+            // are another timeline's.
+            let unread: Vec<String> = set
+                .files
+                .range(end.lsn.segno(size).next()..)
+                .filter(|(segno, (_, p))| holds_own_wal(p, **segno, size))
+                .map(|(_, (name, _))| name.file_name(size))
+                .collect();
+            match unread.first() {
+                Some(first) if clean => (
+                    false,
+                    format!(
+                        "{how}, but the WAL in {} later given segment file(s), from {first}, was never reached: the WAL before it is damaged or missing, or it is another timeline's (dump each timeline's segments apart)",
+                        unread.len(),
+                    ),
+                ),
+                _ => (clean, how),
+            }
+        }
         WalkEnd::MissingSegment { segno, lsn } => match set.files.range(segno..).next() {
             Some((later, _)) => (
                 false,
@@ -180,6 +202,15 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
     } else {
         DumpOutcome::Damaged { message: how }
     })
+}
+
+/// Whether the segment file at `path` begins with a page written for its
+/// own place (segment `segno`): not zeros, not a recycled file's old pages.
+fn holds_own_wal(path: &Path, segno: SegNo, size: SegmentSize) -> bool {
+    let mut buf = [0u8; LONG_PAGE_HEADER];
+    let read = File::open(path).and_then(|mut f| f.read_exact(&mut buf));
+    let header = PageHeader::decode(&buf);
+    read.is_ok() && header.magic == format::PAGE_MAGIC && header.pageaddr == segno.start_lsn(size)
 }
 
 fn describe_end(end: &EndOfWal, path: &Path) -> (bool, String) {

@@ -192,3 +192,25 @@ fn dump_prints_walship_records_and_stats() {
         "{stdout}"
     );
 }
+
+#[test]
+fn wal_that_stops_before_later_given_segments_is_not_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in segment_files(&fixture("walship")) {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    // Zeros from a record of the second segment on look like the end of
+    // WAL (0/2002E0 begins a record), but the third holds WAL of its own.
+    let second = dir.path().join("000000010000000000000002");
+    let mut bytes = std::fs::read(&second).unwrap();
+    bytes[0x2E0..].fill(0);
+    std::fs::write(&second, bytes).unwrap();
+    let out = walship(&["dump", "--verify", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("end of WAL at 0/2002E0")
+            && stdout.contains("from 000000010000000000000003, was never reached"),
+        "{stdout}"
+    );
+}
