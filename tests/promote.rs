@@ -97,6 +97,15 @@ fn promotion_fences_the_old_primary_and_starts_a_new_timeline() {
         "{}",
         text(&out)
     );
+    // Nor is its WAL archived; the refusal names where the fence is.
+    let adir = tempfile::tempdir().unwrap();
+    let out = common::archive(adir.path(), &primary, &["--create"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("records a fence order of epoch 2"),
+        "{}",
+        text(&out)
+    );
     s1.stop();
     s1.start();
     assert_eq!(s1.query_one("SHOW timeline"), "2");

@@ -41,12 +41,16 @@ pub enum ArchiverError {
     Invalid { path: PathBuf, why: String },
     #[error("archive {} is gone (no {IDENTITY} file), yet this node archived {last} there: the archive was removed or its file system is not mounted. Mount it again; if it is lost for good, start a new one with --create and take a new base backup (the new archive begins with a gap)", dir.display())]
     Vanished { dir: PathBuf, last: String },
-    #[error("this node is fenced: archive {} knows epoch {archive}, but the node writes in epoch {node}; a fenced node's WAL is never archived (a standby was promoted: archive from the new primary)", dir.display())]
+    #[error("this node is fenced: {source_of_fence} epoch {newer}, but the node writes in epoch {node}; a fenced node's WAL is never archived (a standby was promoted: archive from the new primary)")]
     Fenced {
-        dir: PathBuf,
-        archive: u64,
+        /// Where the newer epoch was found: the archive or the node's own
+        /// epoch file (a fence order).
+        source_of_fence: String,
+        newer: u64,
         node: u64,
     },
+    #[error(transparent)]
+    DataDir(#[from] crate::node::datadir::DataDirError),
 }
 
 /// How many files one pass copies at once (fewer for large segments).
@@ -200,6 +204,7 @@ impl Archiver {
         create: bool,
     ) -> Result<Archiver, ArchiverError> {
         let dir = DataDir::new(data_dir);
+        dir.check()?;
         let control = ControlFile::read(&dir.control())?;
         if !create && !archive_dir.join(IDENTITY).exists() {
             if let Some(last) = ArchiverStats::read(data_dir).last_archived_wal {
@@ -239,11 +244,25 @@ impl Archiver {
         }
         let node = EpochFile::read(&dir.epoch())?;
         let archive_epoch = crate::fence::archive::highest(&self.archive.dir).map_or(0, |e| e.0);
-        let newest = archive_epoch.max(node.fenced_by.map_or(0, |e| e.0));
-        if newest > node.epoch.0 {
+        let ordered = node.fenced_by.map_or(0, |e| e.0);
+        let (source_of_fence, newer) = if archive_epoch >= ordered {
+            (
+                format!("archive {} knows", self.archive.dir.display()),
+                archive_epoch,
+            )
+        } else {
+            (
+                format!(
+                    "its epoch file {} records a fence order of",
+                    dir.epoch().display()
+                ),
+                ordered,
+            )
+        };
+        if newer > node.epoch.0 {
             return Err(ArchiverError::Fenced {
-                dir: self.archive.dir.clone(),
-                archive: newest,
+                source_of_fence,
+                newer,
                 node: node.epoch.0,
             });
         }
