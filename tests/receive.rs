@@ -80,6 +80,17 @@ fn walship_receive_matches_pg_receivewal_against_postgresql() {
         let b = std::fs::read(ours.path().join(name)).unwrap();
         assert!(a == b, "{name} differs from pg_receivewal's");
     }
+    // A slot walship creates on PostgreSQL reports where it keeps WAL
+    // from, as pg_replication_slots has it.
+    let made = tempfile::tempdir().unwrap();
+    let out = receive(&from, made.path(), &["--slot", "made", "--create-slot"]);
+    ok("walship receive --create-slot", &out);
+    let kept = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'made'");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("(WAL kept from {kept})")),
+        "{}; restart_lsn {kept}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // walship dump reads what it received.
     let out = common::walship(&["dump", "--verify", ours.path().to_str().unwrap()]);
     ok("walship dump --verify", &out);

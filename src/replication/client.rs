@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use super::conninfo::ConnInfo;
 use crate::protocol::codec::{self, Cursor, Out, ProtoError};
+use crate::wal::Lsn;
 
 /// The largest message accepted from a server.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -477,6 +478,13 @@ impl Client {
     pub fn has_slot(&mut self, name: &str) -> Result<bool, ClientError> {
         let rows = self.query(&format!("READ_REPLICATION_SLOT \"{name}\""))?;
         Ok(rows.text(0, "slot_type").is_some())
+    }
+
+    /// Where slot `name` keeps WAL from (READ_REPLICATION_SLOT's
+    /// `restart_lsn`): `None` for a slot that does not exist or keeps none.
+    pub fn slot_restart_lsn(&mut self, name: &str) -> Result<Option<Lsn>, ClientError> {
+        let rows = self.query(&format!("READ_REPLICATION_SLOT \"{name}\""))?;
+        Ok(rows.text(0, "restart_lsn").and_then(|t| t.parse().ok()))
     }
 
     /// The content of timeline `tli`'s history file (TIMELINE_HISTORY).

@@ -85,14 +85,14 @@ pub enum Stopped {
 /// creates the slot and exits).
 pub fn create_slot(from: &ConnInfo, slot: &str) -> Result<Lsn, ReceiveError> {
     let mut client = Client::connect(from, Some("true"))?;
-    let rows = client.query(&format!(
+    client.query(&format!(
         "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
     ))?;
+    // PostgreSQL answers a physical slot's creation with a consistent
+    // point of 0/0; where it keeps WAL from is its restart LSN.
+    let kept_from = client.slot_restart_lsn(slot)?;
     client.close();
-    Ok(rows
-        .text(0, "consistent_point")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(Lsn::INVALID))
+    Ok(kept_from.unwrap_or(Lsn::INVALID))
 }
 
 /// Streams until `--endpos`, or (with `--no-loop`) until the connection
@@ -311,10 +311,7 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
         }
         None => {
             let from_slot = match &opts.slot {
-                Some(slot) => {
-                    let rows = client.query(&format!("READ_REPLICATION_SLOT \"{slot}\""))?;
-                    first_text(&rows, "restart_lsn").and_then(|t| t.parse::<Lsn>().ok())
-                }
+                Some(slot) => client.slot_restart_lsn(slot)?,
                 None => None,
             };
             let at = from_slot.unwrap_or(xlogpos);
