@@ -369,7 +369,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         None => say(&format!("   Removed {}.", dir.display())),
     }
     say(&format!(
-        "\nThe tour took {:.1} s. Next: README.md's runbook, and `man walship`.",
+        "\nThe tour took {:.1} s. Next: README.md's runbook, and `man -l man/walship.1`.",
         began.elapsed().as_secs_f64()
     ));
     Ok(())
