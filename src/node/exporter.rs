@@ -96,19 +96,26 @@ impl Node {
                 label("application_name", &s.application_name),
                 label("sync_state", s.sync_state)
             );
+            // A standby that has not reported a position yet has no lag to
+            // show (pg_stat_replication says NULL): the series is left out,
+            // not shown as all the WAL there is.
             let behind = |pos: Lsn| flushed.0.saturating_sub(pos.0) as f64;
-            gauge(
-                "walship_standby_flush_lag_bytes",
-                "WAL flushed here but not yet on the standby",
-                who.clone(),
-                behind(s.flush),
-            );
-            gauge(
-                "walship_standby_replay_lag_bytes",
-                "WAL flushed here but not yet replayed by the standby",
-                who.clone(),
-                behind(s.replay),
-            );
+            if s.flush != Lsn::INVALID {
+                gauge(
+                    "walship_standby_flush_lag_bytes",
+                    "WAL flushed here but not yet on the standby",
+                    who.clone(),
+                    behind(s.flush),
+                );
+            }
+            if s.replay != Lsn::INVALID {
+                gauge(
+                    "walship_standby_replay_lag_bytes",
+                    "WAL flushed here but not yet replayed by the standby",
+                    who.clone(),
+                    behind(s.replay),
+                );
+            }
             gauge(
                 "walship_standby_replay_lag_seconds",
                 "how long the standby takes to replay what is sent (PostgreSQL's replay_lag)",
