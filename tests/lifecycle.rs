@@ -264,3 +264,17 @@ fn values_that_do_not_parse_are_usage_errors_and_never_echo_a_password() {
         "a refused command created {data}"
     );
 }
+
+#[test]
+fn an_archive_directory_that_is_no_archive_is_warned_about() {
+    let missing = tempfile::tempdir().unwrap();
+    let adir = missing.path().join("not-yet");
+    let mut node = Node::init(&format!("archive_directory = '{}'", adir.display()));
+    node.start();
+    assert!(
+        node.log()
+            .contains("archive_directory is not an archive (yet)"),
+        "{}",
+        node.log()
+    );
+}

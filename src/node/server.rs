@@ -1169,6 +1169,14 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
     }
     node.check_interrupted_promotion()?;
+    let adir = node.settings().archive_directory.clone();
+    if !adir.is_empty()
+        && !std::path::Path::new(&adir)
+            .join(crate::archive::store::IDENTITY)
+            .exists()
+    {
+        warn!(archive = %adir, "archive_directory is not an archive (yet): until it is, a promotion claims no epoch there and a primary cut off from its standbys cannot learn from it that it was fenced; create it with walship archive --create (the first archiver run)");
+    }
     node.check_archive_epoch();
     node.senders.mark_heard();
     if is_standby {
