@@ -703,3 +703,20 @@ fn archive_and_basebackup_show_progress_on_a_terminal_only() {
         stderr(&out)
     );
 }
+
+#[test]
+fn status_shows_the_archiver_once_a_backup_history_file_waits() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    let _standby = Node::basebackup(&node, "s1", &[]);
+    let from = format!("host=127.0.0.1 port={} user=tester", node.port);
+    let out = common::walship(&["status", "--from", &from]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("archiver:") && l.contains("oldest waiting 00:")),
+        "{stdout}"
+    );
+}

@@ -133,7 +133,13 @@ impl Status {
             ));
         }
         let a = &j["archiver"];
-        if !a.is_null() && (a["archived_count"] != "0" || a["backlog_segments"] != "0") {
+        // Shown once there is anything to say: something archived, failed
+        // or waiting (a backup history file waits too, with no segment).
+        let active = a["archived_count"] != "0"
+            || a["failed_count"] != "0"
+            || a["backlog_segments"] != "0"
+            || !a["oldest_backlog_age"].is_null();
+        if !a.is_null() && active {
             out.push_str(&format!(
                 "archiver:  {} archived (last {}), {} failed; backlog {} segments ({} bytes, oldest waiting {})\n",
                 s(&a["archived_count"]),
