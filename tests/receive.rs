@@ -91,6 +91,14 @@ fn walship_receive_matches_pg_receivewal_against_postgresql() {
         "{}; restart_lsn {kept}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // walship status knows a PostgreSQL server for what it is.
+    let out = common::walship(&["status", "--from", &from]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a walship node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // walship dump reads what it received.
     let out = common::walship(&["dump", "--verify", ours.path().to_str().unwrap()]);
     ok("walship dump --verify", &out);

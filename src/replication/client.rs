@@ -84,6 +84,8 @@ pub enum ClientError {
     Protocol { peer: String, what: String },
     #[error("could not authenticate to {peer}: {what}")]
     Auth { peer: String, what: String },
+    #[error("{peer} is not a walship node: {what}")]
+    NotWalship { peer: String, what: String },
 }
 
 /// One result set of a simple query: column names and text (or, for

@@ -47,7 +47,19 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
         "pg_is_in_recovery",
     )
     .is_some_and(|v| v == "t");
-    let fenced_by = show(&mut client, "fenced_by")?.filter(|e| !e.is_empty());
+    // Every walship node knows fenced_by; PostgreSQL does not (42704).
+    let fenced_by = match show(&mut client, "fenced_by") {
+        Err(ClientError::Server { peer, error }) if error.code == "42704" => {
+            return Err(ClientError::NotWalship {
+                peer,
+                what: format!(
+                    "{}; walship status reads a walship node's views (ask PostgreSQL with psql)",
+                    error.message
+                ),
+            })
+        }
+        other => other?.filter(|e| !e.is_empty()),
+    };
     let role = match (standby, &fenced_by) {
         (true, _) => "standby",
         (false, None) => "primary",
