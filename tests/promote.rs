@@ -615,3 +615,30 @@ fn promoting_a_cascaded_standby_fences_the_primary_not_its_upstream() {
     );
     assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "t");
 }
+
+#[test]
+fn a_standby_pointed_at_a_newer_timeline_never_promotes_onto_its_number() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    let s2 = Node::basebackup(&primary, "s2", &[]);
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // s2 is pointed at s1 (timeline 2) while stopped, and promoted before
+    // it ever streams: it must take timeline 3, not a second timeline 2.
+    let out = common::walship(&[
+        "follow",
+        "-D",
+        s2.dir.to_str().unwrap(),
+        "--from",
+        &format!("host=127.0.0.1 port={} user=tester", s1.port),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(s2.dir.join("wal/00000002.history")).unwrap(),
+        std::fs::read(s1.dir.join("wal/00000002.history")).unwrap()
+    );
+    let out = promote(&s2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("on timeline 3"), "{}", text(&out));
+}

@@ -13,12 +13,13 @@ use thiserror::Error;
 
 use super::client::{Client, ClientError, MissingSlot};
 use super::conninfo::ConnInfo;
-use crate::durable::{DirLock, FileError};
+use crate::durable::{self, DirLock, FileError};
 use crate::fence::EpochFile;
 use crate::meta::MetaError;
 use crate::node::config::{self, ConfigError, Settings};
 use crate::node::control::ControlFile;
 use crate::node::datadir::DataDir;
+use crate::wal::name::history_file_name;
 use crate::wal::TimelineId;
 
 #[derive(Debug, Error)]
@@ -136,13 +137,25 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
 }
 
 /// Appends `primary_conninfo` (and `primary_slot_name`) for `upstream` to
-/// the node's walship.conf, saying `who` did.
+/// the node's walship.conf, saying `who` did; first keeps the upstream's
+/// timeline history in `wal/`, as the walreceiver does when it streams, so
+/// that a promotion of this node before it ever streamed still takes a
+/// timeline above the upstream's, never one of its numbers.
 pub(crate) fn point_at(
     dir: &Path,
-    upstream: &Upstream,
+    upstream: &mut Upstream,
     slot: Option<&str>,
     who: &str,
 ) -> Result<(), FollowError> {
+    if upstream.timeline > TimelineId::FIRST {
+        let path = DataDir::new(dir)
+            .wal()
+            .join(history_file_name(upstream.timeline));
+        if !path.exists() {
+            let history = upstream.client.timeline_history(upstream.timeline)?;
+            durable::replace_file(&path, &history)?;
+        }
+    }
     let mut lines = vec![("primary_conninfo", upstream.info.to_conninfo_string())];
     if let Some(slot) = slot {
         lines.push(("primary_slot_name", slot.to_string()));
@@ -191,7 +204,7 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
             dir: dir.to_path_buf(),
         });
     }
-    point_at(dir, &upstream, slot, "walship follow")?;
+    point_at(dir, &mut upstream, slot, "walship follow")?;
     let Upstream {
         client,
         peer,

@@ -278,13 +278,13 @@ fn cut_back(
 /// Points the node (already marked a standby) at the new primary.
 fn become_standby(
     dir: &Path,
-    upstream: follow::Upstream,
+    mut upstream: follow::Upstream,
     slot: Option<&str>,
     switch: Option<Lsn>,
     rewound_from: Option<Lsn>,
     removed_segments: usize,
 ) -> Result<Rejoined, RejoinError> {
-    follow::point_at(dir, &upstream, slot, "walship rejoin")?;
+    follow::point_at(dir, &mut upstream, slot, "walship rejoin")?;
     let follow::Upstream {
         client,
         peer,
