@@ -44,7 +44,7 @@ use super::promote_journal::{Journal, JournalError, Step, JOURNAL};
 use super::server::Node;
 use crate::fence::{self, Epoch, EpochFile};
 use crate::replication::client::Client;
-use crate::replication::conninfo::ConnInfo;
+use crate::replication::conninfo::{is_local_host, ConnInfo};
 use crate::replication::walreceiver::WalReceiverHost;
 use crate::wal::history::{HistoryEntry, TimelineHistory};
 use crate::wal::name::{history_file_name, WalFileName};
@@ -302,10 +302,11 @@ impl Node {
     /// command has fenced it there is nothing to wait for (the attempt
     /// finishes on its own).
     fn fence_old_primary(&self, epoch: Epoch, req: &PromoteRequest) -> Result<(), String> {
+        let system_id = self.lock_control().system_id;
         let direct = self.primary().map(|(info, _)| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let fenced = match fence_directly(&info, epoch) {
+                let fenced = match fence_directly(&info, system_id, epoch) {
                     Ok(primary) => {
                         info!(old_primary = %primary, epoch = %epoch, "fenced the old primary directly");
                         true
@@ -475,12 +476,15 @@ impl Node {
 /// upstream, looking for the primary.
 const MAX_CASCADE: usize = 8;
 
-/// Tells the primary that epoch `epoch` now rules; returns where it was.
-/// `upstream` is this node's: when it is itself a standby (cascading
-/// replication), the primary is its upstream's, and so on: fencing a
-/// standby would leave the real primary taking writes. The climb keeps
-/// this node's credentials and takes each standby's host and port.
-fn fence_directly(upstream: &ConnInfo, epoch: Epoch) -> Result<ConnInfo, String> {
+/// Tells the primary of system `system_id` that epoch `epoch` now rules;
+/// returns where it was. `upstream` is this node's: when it is itself a
+/// standby (cascading replication), the primary is its upstream's, and so
+/// on: fencing a standby would leave the real primary taking writes. The
+/// climb keeps this node's credentials and takes each standby's host and
+/// port (a loopback host or a socket meaning that standby's own host), and
+/// every node on the way must belong to this node's system: an address
+/// that reaches another cluster is never fenced.
+fn fence_directly(upstream: &ConnInfo, system_id: u64, epoch: Epoch) -> Result<ConnInfo, String> {
     let mut target = upstream.clone();
     target.connect_timeout = Some(target.connect_timeout.unwrap_or(5).min(5));
     for _ in 0..MAX_CASCADE {
@@ -492,20 +496,29 @@ fn fence_directly(upstream: &ConnInfo, epoch: Epoch) -> Result<ConnInfo, String>
                 .map_err(|e| e.to_string())
                 .map(|rows| rows.text(0, col).unwrap_or_default())
         };
+        let theirs = answer(&mut client, "SHOW system_identifier", "system_identifier")?;
+        if theirs != system_id.to_string() {
+            return Err(format!("{peer} belongs to system {theirs}, not to this node's system {system_id}: not fencing it"));
+        }
         if answer(
             &mut client,
             "SELECT pg_is_in_recovery()",
             "pg_is_in_recovery",
         )? == "t"
         {
-            let above = answer(&mut client, "SHOW primary_conninfo", "primary_conninfo")?;
+            let text = answer(&mut client, "SHOW primary_conninfo", "primary_conninfo")?;
             client.close();
-            let above = ConnInfo::parse(&above).ok().filter(|_| !above.is_empty());
-            let Some(above) = above else {
+            if text.is_empty() {
                 return Err(format!("{peer} is a standby with no upstream of its own: the primary cannot be found from it"));
-            };
+            }
+            let above = ConnInfo::parse(&text).map_err(|e| {
+                format!("{peer} is a standby whose primary_conninfo does not parse ({e}): the primary cannot be found from it")
+            })?;
             info!(standby = %peer, upstream = %above, "the upstream is a standby: fencing its primary");
-            target.host = above.host;
+            // A standby's loopback address is its own host, not ours.
+            if !is_local_host(&above.host) || is_local_host(&target.host) {
+                target.host = above.host;
+            }
             target.port = above.port;
             continue;
         }

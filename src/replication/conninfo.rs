@@ -61,6 +61,15 @@ impl fmt::Display for ConnInfo {
     }
 }
 
+/// Whether `host` names the machine it is read on: loopback or a socket.
+pub fn is_local_host(host: &str) -> bool {
+    host.starts_with('/')
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
 impl ConnInfo {
     pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
         let s = s.trim();

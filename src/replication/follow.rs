@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::client::{Client, ClientError, MissingSlot};
-use super::conninfo::ConnInfo;
+use super::conninfo::{is_local_host, ConnInfo};
 use crate::durable::{self, DirLock, FileError};
 use crate::fence::EpochFile;
 use crate::meta::MetaError;
@@ -148,13 +148,13 @@ pub(crate) fn point_at(
     who: &str,
 ) -> Result<(), FollowError> {
     if upstream.timeline > TimelineId::FIRST {
+        // Replaced whatever is there: the upstream's history is the one
+        // this node follows (as the walreceiver replaces it).
         let path = DataDir::new(dir)
             .wal()
             .join(history_file_name(upstream.timeline));
-        if !path.exists() {
-            let history = upstream.client.timeline_history(upstream.timeline)?;
-            durable::replace_file(&path, &history)?;
-        }
+        let history = upstream.client.timeline_history(upstream.timeline)?;
+        durable::replace_file(&path, &history)?;
     }
     let mut lines = vec![("primary_conninfo", upstream.info.to_conninfo_string())];
     if let Some(slot) = slot {
@@ -167,7 +167,7 @@ pub(crate) fn point_at(
 /// Refuses a `slot` the upstream does not have, before anything changes.
 pub(crate) fn check_slot(upstream: &mut Upstream, slot: Option<&str>) -> Result<(), FollowError> {
     match slot {
-        Some(slot) if !upstream.client.has_slot(slot)? => Err(MissingSlot {
+        Some(slot) if upstream.client.read_slot(slot)?.is_none() => Err(MissingSlot {
             peer: upstream.peer.clone(),
             slot: slot.to_string(),
             hint: "create it there first (walship receive --from CONNINFO --slot NAME --create-slot does)",
@@ -187,13 +187,7 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
     check_slot(&mut upstream, slot)?;
     // A data directory path names one node only on this host: compared
     // for an upstream reached on loopback or a local socket alone.
-    let local = from.host.starts_with('/')
-        || from.host == "localhost"
-        || from
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback());
-    let theirs = local
+    let theirs = is_local_host(&from.host)
         .then(|| upstream.client.query("SHOW data_directory").ok())
         .flatten()
         .and_then(|rows| rows.text(0, "data_directory"))
