@@ -640,12 +640,18 @@ impl Node {
 
     /// Makes `next` this node's epoch file: durably on disk first, then in
     /// `held` (the caller's lock on it), so a restart never reads less
-    /// than this process acts on.
+    /// than this process acts on. A fence order at or above `next`'s epoch
+    /// is kept, whatever `next` says (one that arrived while a promotion
+    /// chose its epoch); and when the file says the node is not fenced, the
+    /// store takes writes again, as it would after a restart.
     pub(crate) fn persist_epoch(
         &self,
         held: &mut std::sync::MutexGuard<'_, EpochFile>,
-        next: EpochFile,
+        mut next: EpochFile,
     ) -> Result<(), crate::meta::MetaError> {
+        if next.fenced_by.is_none() {
+            next.fenced_by = held.fenced_by.filter(|f| *f >= next.epoch);
+        }
         next.write(&DataDir::new(&self.dir).epoch())?;
         // The store's fence follows the file, as at startup: a node that
         // is no longer fenced (promoted above the epoch that fenced it)
@@ -958,8 +964,10 @@ impl Host for Node {
             self.persist_epoch(&mut ep, fenced)
                 .map_err(|e| io(format!("could not persist the fence: {e}")))?;
         }
-        drop(ep);
+        // Under the epoch lock, so a promotion's lift cannot come between
+        // the file and the store.
         self.db.fence(epoch).map_err(crate::sql::exec::db_error)?;
+        drop(ep);
         error!(
             epoch,
             "FENCED: a standby was promoted to epoch {epoch}; this node takes no more writes"
