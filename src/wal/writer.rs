@@ -211,7 +211,11 @@ impl WalWriter {
                     // that is not there: resuming anywhere would drop
                     // everything after it (and zero what it overwrote).
                     WalkEnd::MissingSegment { segno, lsn } if last.is_none() && from.is_some() => {
-                        let timeline = timeline_holding(&config.dir, config.timeline, lsn);
+                        // The timeline that wrote the segment's end: in the
+                        // segment of a switch, the new timeline's copy is
+                        // the one readers take.
+                        let last_byte = Lsn(segno.next().start_lsn(size).0 - 1);
+                        let timeline = timeline_holding(&config.dir, config.timeline, last_byte);
                         return Err(WalError::StartMissing {
                             path: segment::segment_path(&config.dir, timeline, segno, size),
                             lsn,
@@ -667,6 +671,12 @@ impl WalWriter {
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 let writer = self.0;
+                // A panic part-way may have taken appended bytes out of the
+                // pending runs without writing them: nothing after them may
+                // ever be called durable.
+                if std::thread::panicking() {
+                    writer.poisoned.store(true, Ordering::Release);
+                }
                 let flushed = writer.flushed_lsn();
                 let all = writer.poisoned.load(Ordering::Acquire);
                 let mut state = writer.lock_flush_state();
@@ -818,7 +828,7 @@ fn push_pending(ins: &mut Insert, bytes: &[u8]) {
     ins.pos.0 += bytes.len() as u64;
 }
 
-/// The timeline whose segment holds `lsn`, by the history file of
+/// The timeline that wrote the byte at `lsn`, by the history file of
 /// `current` in `dir`: an older one for WAL from before a promotion, else
 /// `current` (also when the history cannot be read).
 fn timeline_holding(dir: &Path, current: TimelineId, lsn: Lsn) -> TimelineId {
