@@ -85,6 +85,9 @@ impl OpenSegment {
     }
 }
 
+/// The largest segment mapped with `MAP_POPULATE`.
+const POPULATE_UP_TO: u64 = 64 << 20;
+
 /// A segment's bytes, mapped read-only.
 pub struct SegmentData {
     pub path: PathBuf,
@@ -96,16 +99,21 @@ impl SegmentData {
     pub fn open(path: &Path, size: SegmentSize) -> Result<SegmentData, WalError> {
         let file = File::open(path).at("open segment", path)?;
         check_size(path, &file, size)?;
+        // Populated up front: readers walk most of a segment, and one bulk
+        // fault costs less than thousands of small ones (8 % off `walship
+        // dump --verify` of a 16 MiB segment). Not a huge segment, though:
+        // a walsender starting near the end of a 1 GiB one would wait for
+        // all of it.
+        let mut options = MmapOptions::new();
+        if size.bytes() <= POPULATE_UP_TO {
+            options.populate();
+        }
         // SAFETY: the mapping is read-only. Another process (the writer)
         // may append to the file while it is mapped: the decoder treats every
         // byte as untrusted and checks CRCs, so a concurrent write can at worst
         // look like the end of WAL. Nothing truncates segment files, so no
         // SIGBUS.
-        // Populated up front: readers walk most of a segment, and one bulk
-        // fault costs less than thousands of small ones (8 % off `walship
-        // dump --verify` of a 16 MiB segment).
-        let map =
-            unsafe { MmapOptions::new().populate().map(&file) }.at("memory-map segment", path)?;
+        let map = unsafe { options.map(&file) }.at("memory-map segment", path)?;
         Ok(SegmentData {
             path: path.to_path_buf(),
             map,
