@@ -1276,7 +1276,7 @@ mod man {
                 DUMP_EXTRA.to_string(),
                 exit_status(
                     r"The walk ended cleanly: where valid WAL ends (zeros, or a recycled page, where the next record would begin), at the end of the given segments, or at \fB\-\-end\fR. Also when standard output is closed early, as by \fBwalship dump ... | head\fR.",
-                    r"The WAL is damaged: a record or page in the middle of it, a segment missing between two given ones, or WAL that ends before later given segments that hold WAL of their own (or those are another timeline's); one line on standard error names the file, the LSN and what was wrong. Also when no segment file was found, a name is not a segment file name, a file has the wrong size, \fB\-\-start\fR lies outside the given segments, or a file cannot be read.",
+                    r"The WAL is damaged: a record or page in the middle of it, a segment missing between two given ones, or WAL that ends before later given segments of its timeline (or a later one) that hold WAL of their own; one line on standard error names the file, the LSN and what was wrong. Also when no segment file was found, a name is not a segment file name, a file has the wrong size, \fB\-\-start\fR lies outside the given segments, or a file cannot be read.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-receive\fR(1), \fBwalship\-archive\fR(1), \fBpg_waldump\fR(1)",
@@ -1303,7 +1303,7 @@ mod man {
                 client_env(""),
                 exit_status(
                     r"The status was printed.",
-                    r"The node could not be reached or refused the connection (standard error names it), or a query failed.",
+                    r"The node could not be reached or refused the connection (standard error names it), it is not a walship node (a PostgreSQL server, say), or a query failed.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-archive\fR(1)",
@@ -1351,7 +1351,7 @@ mod man {
                 [FOLLOW_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIwalship.conf\fR names the new upstream; a running standby was told (\fBSIGHUP\fR), a stopped one follows it when started.",
-                    r"\fIDIR\fR is not a standby, the upstream cannot be reached or has no slot named by \fB\-\-slot\fR, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
+                    r"\fIDIR\fR is not a standby, the upstream cannot be reached, has no slot named by \fB\-\-slot\fR or cannot give its timeline's history, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-status\fR(1), \fBwalship\-server\fR(1)",
@@ -1360,7 +1360,7 @@ mod man {
                 [REJOIN_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIDIR\fR is a standby of the new primary, cut back to the switch point if it wrote past it; start it with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached or has no slot named by \fB\-\-slot\fR; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
+                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached, has no slot named by \fB\-\-slot\fR or cannot give its timeline's history; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-server\fR(1), \fBpg_rewind\fR(1)",

@@ -140,21 +140,25 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
     let (clean, how) = match outcome {
         WalkEnd::EndOfWal { end, path } => {
             let (clean, how) = describe_end(&end, &path);
-            // Later given segments that hold WAL of their own (not a
-            // recycled or preallocated file's leftovers) should have been
-            // reached: the WAL before them is damaged or missing, or they
-            // are another timeline's.
+            // Later given segments of this timeline (or a later one) that
+            // hold WAL of their own (not a recycled or preallocated file's
+            // leftovers) should have been reached: the WAL before them is
+            // damaged or missing. An older timeline's are an abandoned
+            // branch's, as in an archive after a failover.
+            let ended_on = set.timeline_of(end.lsn.segno(size));
             let unread: Vec<String> = set
                 .files
                 .range(end.lsn.segno(size).next()..)
-                .filter(|(segno, (_, p))| holds_own_wal(p, **segno, size))
+                .filter(|(segno, (name, p))| {
+                    name.timeline >= ended_on && holds_own_wal(p, **segno, size)
+                })
                 .map(|(_, (name, _))| name.file_name(size))
                 .collect();
             match unread.first() {
                 Some(first) if clean => (
                     false,
                     format!(
-                        "{how}, but the WAL in {} later given segment file(s), from {first}, was never reached: the WAL before it is damaged or missing, or it is another timeline's (dump each timeline's segments apart)",
+                        "{how}, but the WAL in {} later given segment file(s), from {first}, was never reached: the WAL before it is damaged or missing",
                         unread.len(),
                     ),
                 ),
