@@ -82,7 +82,7 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
                 "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
             ))?;
         }
-        (Some(slot), false) if !client.has_slot(slot)? => {
+        (Some(slot), false) if client.read_slot(slot)?.is_none() => {
             return Err(MissingSlot {
                 peer,
                 slot: slot.clone(),

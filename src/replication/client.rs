@@ -56,6 +56,13 @@ impl std::fmt::Display for ServerError {
     }
 }
 
+/// A replication slot, as READ_REPLICATION_SLOT shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotState {
+    /// Where it keeps WAL from; `None` when it keeps none yet.
+    pub restart_lsn: Option<Lsn>,
+}
+
 /// A replication slot the operator named that the server does not have: a
 /// standby pointed at it would be refused on every connection.
 #[derive(Debug, Error)]
@@ -475,18 +482,13 @@ impl Client {
         Ok(row)
     }
 
-    /// Whether the server has a replication slot named `name`
-    /// (READ_REPLICATION_SLOT answers with nulls for one it does not have).
-    pub fn has_slot(&mut self, name: &str) -> Result<bool, ClientError> {
+    /// Slot `name` as READ_REPLICATION_SLOT shows it: `None` when the
+    /// server has no such slot (it answers with nulls).
+    pub fn read_slot(&mut self, name: &str) -> Result<Option<SlotState>, ClientError> {
         let rows = self.query(&format!("READ_REPLICATION_SLOT \"{name}\""))?;
-        Ok(rows.text(0, "slot_type").is_some())
-    }
-
-    /// Where slot `name` keeps WAL from (READ_REPLICATION_SLOT's
-    /// `restart_lsn`): `None` for a slot that does not exist or keeps none.
-    pub fn slot_restart_lsn(&mut self, name: &str) -> Result<Option<Lsn>, ClientError> {
-        let rows = self.query(&format!("READ_REPLICATION_SLOT \"{name}\""))?;
-        Ok(rows.text(0, "restart_lsn").and_then(|t| t.parse().ok()))
+        Ok(rows.text(0, "slot_type").map(|_| SlotState {
+            restart_lsn: rows.text(0, "restart_lsn").and_then(|t| t.parse().ok()),
+        }))
     }
 
     /// The content of timeline `tli`'s history file (TIMELINE_HISTORY).

@@ -90,7 +90,7 @@ pub fn create_slot(from: &ConnInfo, slot: &str) -> Result<Lsn, ReceiveError> {
     ))?;
     // PostgreSQL answers a physical slot's creation with a consistent
     // point of 0/0; where it keeps WAL from is its restart LSN.
-    let kept_from = client.slot_restart_lsn(slot)?;
+    let kept_from = client.read_slot(slot)?.and_then(|s| s.restart_lsn);
     client.close();
     Ok(kept_from.unwrap_or(Lsn::INVALID))
 }
@@ -311,7 +311,7 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
         }
         None => {
             let from_slot = match &opts.slot {
-                Some(slot) => client.slot_restart_lsn(slot)?,
+                Some(slot) => client.read_slot(slot)?.and_then(|s| s.restart_lsn),
                 None => None,
             };
             let at = from_slot.unwrap_or(xlogpos);

@@ -9,7 +9,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
@@ -227,9 +227,16 @@ fn split_statements(sql: &str) -> Vec<String> {
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
         return vec![sql.trim().to_string()];
     };
+    // Comments become spaces, so that `-- why\nCHECKPOINT` is CHECKPOINT.
+    let text = |t: &Token| match t {
+        Token::Whitespace(
+            Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_),
+        ) => " ".to_string(),
+        other => other.to_string(),
+    };
     tokens
         .split(|t| *t == Token::SemiColon)
-        .map(|piece| piece.iter().map(Token::to_string).collect::<String>())
+        .map(|piece| piece.iter().map(text).collect::<String>())
         .map(|text| text.trim().to_string())
         .filter(|text| !text.is_empty())
         .collect()
@@ -1077,6 +1084,10 @@ mod tests {
         assert!(
             matches!(&mixed[3], Statement::WaitForLsn { .. }),
             "{mixed:?}"
+        );
+        assert_eq!(
+            parse("-- before a switch\nCHECKPOINT; /* then */ SELECT 1").unwrap()[0],
+            Statement::Checkpoint
         );
         let e = parse("CHECKPOINT; VACUUM kv").unwrap_err();
         assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED, "{e:?}");
