@@ -227,8 +227,14 @@ impl Node {
                 .map_err(Failure::Refused)?;
             crashpoint::reach("promote-fenced");
             // This node never writes in a lower epoch again, whatever
-            // happens next.
+            // happens next. A fence order of this epoch or a later one that
+            // came in while the epoch was chosen (before fence orders were
+            // refused) means another node was promoted: it is never
+            // overwritten.
             let mut ep = self.lock_epoch();
+            if let Some(by) = ep.fenced_by.filter(|by| *by >= epoch) {
+                return Err(Failure::Refused(format!("a fence order for epoch {by} arrived while this promotion chose epoch {epoch}: another node was promoted; this node stays fenced")));
+            }
             let ours = EpochFile {
                 epoch,
                 fenced_by: None,

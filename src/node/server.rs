@@ -640,18 +640,13 @@ impl Node {
 
     /// Makes `next` this node's epoch file: durably on disk first, then in
     /// `held` (the caller's lock on it), so a restart never reads less
-    /// than this process acts on. A fence order at or above `next`'s epoch
-    /// is kept, whatever `next` says (one that arrived while a promotion
-    /// chose its epoch); and when the file says the node is not fenced, the
-    /// store takes writes again, as it would after a restart.
+    /// than this process acts on. When the file says the node is not
+    /// fenced, the store takes writes again, as it would after a restart.
     pub(crate) fn persist_epoch(
         &self,
         held: &mut std::sync::MutexGuard<'_, EpochFile>,
-        mut next: EpochFile,
+        next: EpochFile,
     ) -> Result<(), crate::meta::MetaError> {
-        if next.fenced_by.is_none() {
-            next.fenced_by = held.fenced_by.filter(|f| *f >= next.epoch);
-        }
         next.write(&DataDir::new(&self.dir).epoch())?;
         // The store's fence follows the file, as at startup: a node that
         // is no longer fenced (promoted above the epoch that fenced it)
