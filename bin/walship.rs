@@ -591,7 +591,10 @@ fn main() -> ExitCode {
 fn message(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
+        let cause = match cause.downcast_ref::<io::Error>() {
+            Some(io) => walship::durable::io_cause(io),
+            None => cause.to_string(),
+        };
         if !text.contains(&cause) {
             text.push_str(": ");
             text.push_str(&cause);

@@ -20,9 +20,19 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
+/// What an I/O error says, without Rust's `(os error N)` suffix: the
+/// message already names the condition, and the number helps no operator.
+pub fn io_cause(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
 /// An I/O failure on a named file, saying what was being done.
 #[derive(Debug, Error)]
-#[error("could not {action} {}: {source}", path.display())]
+#[error("could not {action} {}: {}", path.display(), io_cause(source))]
 pub struct FileError {
     pub action: &'static str,
     pub path: PathBuf,
@@ -281,6 +291,21 @@ impl DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_errors_say_the_cause_without_the_os_error_number() {
+        let e = FileError::new(
+            "open",
+            "/no/such/file",
+            io::Error::from_raw_os_error(nix::libc::ENOENT),
+        );
+        assert_eq!(
+            e.to_string(),
+            "could not open /no/such/file: No such file or directory"
+        );
+        let custom = io::Error::other("disk on fire (really)");
+        assert_eq!(io_cause(&custom), "disk on fire (really)");
+    }
 
     #[test]
     fn replace_is_atomic_and_leaves_no_temp_files() {

@@ -78,7 +78,11 @@ pub struct MissingSlot {
 pub enum ClientError {
     // The cause is part of the message (and deliberately not a `source`,
     // so a context chain does not print it twice).
-    #[error("could not connect to {peer}: {cause}")]
+    #[error(
+        "could not connect to {peer}: {}{}",
+        crate::durable::io_cause(cause),
+        connect_hint(cause)
+    )]
     Connect { peer: String, cause: io::Error },
     #[error("connection to {peer} failed: {cause}")]
     Io { peer: String, cause: ProtoError },
@@ -93,6 +97,20 @@ pub enum ClientError {
     Auth { peer: String, what: String },
     #[error("{peer} is not a walship node: {what}")]
     NotWalship { peer: String, what: String },
+}
+
+/// The next step after a failed connection, by what failed.
+fn connect_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            "; is the server running, and listening on that address and port?"
+        }
+        io::ErrorKind::TimedOut => "; is the host up, and the port open to this host?",
+        io::ErrorKind::NotFound => {
+            "; no such socket: is the server running, with its socket in that directory?"
+        }
+        _ => "",
+    }
 }
 
 /// One result set of a simple query: column names and text (or, for
