@@ -272,8 +272,7 @@ fn an_archive_directory_that_is_no_archive_is_warned_about() {
     let mut node = Node::init(&format!("archive_directory = '{}'", adir.display()));
     node.start();
     assert!(
-        node.log()
-            .contains("archive_directory is not an archive (yet)"),
+        node.wait_log("archive_directory is not an archive (yet)"),
         "{}",
         node.log()
     );

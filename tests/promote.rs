@@ -608,8 +608,7 @@ fn promoting_a_cascaded_standby_fences_the_primary_not_its_upstream() {
         .batch_execute("INSERT INTO kv VALUES ('on', 's2')")
         .unwrap();
     assert!(
-        s2.log()
-            .contains("the upstream is a standby: fencing its primary"),
+        s2.wait_log("the upstream is a standby: fencing its primary"),
         "{}",
         s2.log()
     );
