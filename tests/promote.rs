@@ -128,7 +128,13 @@ fn without_a_fence_promotion_is_refused_unless_forced_or_fenced_by_command() {
     primary.kill9();
     let out = promote(&s1, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("refusing to promote"), "{}", text(&out));
+    // The refusal says why the direct fence failed.
+    assert!(
+        text(&out).contains("could not be fenced directly (could not connect to 127.0.0.1:")
+            && text(&out).contains("refusing to promote"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "t");
     let out = promote(&s1, &["--fence-command", "exit 3"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

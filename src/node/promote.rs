@@ -312,17 +312,16 @@ impl Node {
         let direct = self.primary().map(|(info, _)| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let fenced = match fence_directly(&info, system_id, epoch) {
+                let fenced = fence_directly(&info, system_id, epoch);
+                match &fenced {
                     Ok(primary) => {
-                        info!(old_primary = %primary, epoch = %epoch, "fenced the old primary directly");
-                        true
+                        info!(old_primary = %primary, epoch = %epoch, "fenced the old primary directly")
                     }
                     Err(e) => {
-                        warn!(old_primary = %info, "could not fence the old primary directly: {e}");
-                        false
+                        warn!(upstream = %info, "could not fence the old primary directly: {e}")
                     }
-                };
-                let _ = tx.send(fenced);
+                }
+                let _ = tx.send(fenced.map(|_| ()));
             });
             rx
         });
@@ -340,7 +339,7 @@ impl Node {
                 };
                 // Whether the old primary may still take writes depends on
                 // the direct attempt: wait for it to say.
-                let fenced_directly = direct.is_some_and(|rx| rx.recv().unwrap_or(false));
+                let fenced_directly = direct.is_some_and(|rx| rx.recv().is_ok_and(|r| r.is_ok()));
                 let state = if fenced_directly {
                     format!("the old primary was fenced directly all the same (epoch {epoch}), so no node takes writes now: fix the command and run walship promote again")
                 } else {
@@ -351,13 +350,20 @@ impl Node {
                 ));
             }
             info!(command = %cmd, "fence command succeeded");
-        } else if !direct.is_some_and(|rx| rx.recv().unwrap_or(false)) {
+        } else {
+            // Why the direct fence did not happen, from the attempt itself
+            // (which may have climbed past this node's upstream).
+            let why = match direct.map(|rx| rx.recv()) {
+                None => Some("no primary_conninfo is set".to_string()),
+                Some(Ok(Ok(()))) => None,
+                Some(Ok(Err(e))) => Some(e),
+                Some(Err(_)) => Some("the attempt ended without an answer".to_string()),
+            };
+            let Some(why) = why else {
+                return Ok(());
+            };
             if !req.force {
-                let peer = self.primary().map_or_else(
-                    || "no primary_conninfo is set".to_string(),
-                    |(info, _)| format!("{}:{}", info.host, info.port),
-                );
-                return Err(format!("the old primary ({peer}) could be neither reached to fence it nor fenced by command: refusing to promote (give --fence-command, or --force if you know it is down for good)"));
+                return Err(format!("the old primary could not be fenced directly ({why}), and no fence command was given: refusing to promote (give --fence-command, or --force if you know it is down for good)"));
             }
             error!("PROMOTING WITHOUT A FENCE (--force): if the old primary is still alive it may take writes that will be lost, and clients may see two primaries");
         }
