@@ -69,9 +69,9 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
     // A server that does not know the setting (not a walship node) fails
     // later, on BASE_BACKUP, with its own words.
     let fenced_by = client
-        .query("SHOW fenced_by")
+        .show("fenced_by")
         .ok()
-        .and_then(|rows| rows.text(0, "fenced_by"))
+        .flatten()
         .filter(|by| !by.is_empty());
     if let Some(by) = fenced_by {
         return Err(BaseBackupError::Fenced { peer, by });

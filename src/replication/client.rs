@@ -500,6 +500,12 @@ impl Client {
         Ok(row)
     }
 
+    /// The value of setting `name` (`SHOW name`); `None` when the answer
+    /// has no value.
+    pub fn show(&mut self, name: &str) -> Result<Option<String>, ClientError> {
+        Ok(self.query(&format!("SHOW {name}"))?.text(0, name))
+    }
+
     /// Slot `name` as READ_REPLICATION_SLOT shows it: `None` when the
     /// server has no such slot (it answers with nulls).
     pub fn read_slot(&mut self, name: &str) -> Result<Option<SlotState>, ClientError> {

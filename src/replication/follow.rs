@@ -80,6 +80,9 @@ pub(crate) struct Upstream {
     pub peer: String,
     pub timeline: TimelineId,
     pub epoch: u64,
+    /// Its timeline's history file (TIMELINE_HISTORY), fetched once; empty
+    /// on timeline 1, which has none.
+    pub history: Vec<u8>,
 }
 
 /// Connects to `from` for the node in `dir` and checks it may follow it.
@@ -112,8 +115,7 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
         .and_then(|t| t.parse::<TimelineId>().ok())
         .ok_or_else(|| unanswered("its timeline"))?;
     let epoch = client
-        .query("SHOW epoch")?
-        .text(0, "epoch")
+        .show("epoch")?
         .and_then(|e| e.parse::<u64>().ok())
         .ok_or_else(|| unanswered("its epoch"))?;
     if epoch < ours.epoch.0 {
@@ -123,16 +125,22 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
             ours: ours.epoch.0,
         });
     }
-    let fenced_by = client.query("SHOW fenced_by")?.text(0, "fenced_by");
+    let fenced_by = client.show("fenced_by")?;
     if let Some(by) = fenced_by.filter(|b| !b.is_empty()) {
         return Err(FollowError::Fenced { peer, by });
     }
+    let history = if timeline > TimelineId::FIRST {
+        client.timeline_history(timeline)?
+    } else {
+        Vec::new()
+    };
     Ok(Upstream {
         client,
         info,
         peer,
         timeline,
         epoch,
+        history,
     })
 }
 
@@ -143,7 +151,7 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
 /// timeline above the upstream's, never one of its numbers.
 pub(crate) fn point_at(
     dir: &Path,
-    upstream: &mut Upstream,
+    upstream: &Upstream,
     slot: Option<&str>,
     who: &str,
 ) -> Result<(), FollowError> {
@@ -153,8 +161,7 @@ pub(crate) fn point_at(
         let path = DataDir::new(dir)
             .wal()
             .join(history_file_name(upstream.timeline));
-        let history = upstream.client.timeline_history(upstream.timeline)?;
-        durable::replace_file(&path, &history)?;
+        durable::replace_file(&path, &upstream.history)?;
     }
     let mut lines = vec![("primary_conninfo", upstream.info.to_conninfo_string())];
     if let Some(slot) = slot {
@@ -188,9 +195,8 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
     // A data directory path names one node only on this host: compared
     // for an upstream reached on loopback or a local socket alone.
     let theirs = is_local_host(&from.host)
-        .then(|| upstream.client.query("SHOW data_directory").ok())
+        .then(|| upstream.client.show("data_directory").ok().flatten())
         .flatten()
-        .and_then(|rows| rows.text(0, "data_directory"))
         .and_then(|t| std::fs::canonicalize(t).ok());
     if theirs.is_some() && theirs == std::fs::canonicalize(dir).ok() {
         return Err(FollowError::Itself {
@@ -198,7 +204,7 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
             dir: dir.to_path_buf(),
         });
     }
-    point_at(dir, &mut upstream, slot, "walship follow")?;
+    point_at(dir, &upstream, slot, "walship follow")?;
     let Upstream {
         client,
         peer,

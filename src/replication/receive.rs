@@ -282,7 +282,8 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
     let xlogpos: Lsn = first_text(&ident, "xlogpos")
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| protocol("IDENTIFY_SYSTEM returned no position".into()))?;
-    let size_text = first_text(&client.query("SHOW wal_segment_size")?, "wal_segment_size")
+    let size_text = client
+        .show("wal_segment_size")?
         .ok_or_else(|| protocol("SHOW wal_segment_size returned nothing".into()))?;
     let size = parse_size(&size_text)
         .ok()

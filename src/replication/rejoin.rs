@@ -121,11 +121,7 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
     let switch = if theirs == ours {
         None
     } else {
-        let text = upstream
-            .client
-            .timeline_history(theirs)
-            .map_err(FollowError::from)?;
-        let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))
+        let history = TimelineHistory::parse(&String::from_utf8_lossy(&upstream.history))
             .map_err(|e| RejoinError::Protocol(format!("{}: {e}", upstream.peer)))?;
         let (switch, _) =
             history
@@ -278,13 +274,13 @@ fn cut_back(
 /// Points the node (already marked a standby) at the new primary.
 fn become_standby(
     dir: &Path,
-    mut upstream: follow::Upstream,
+    upstream: follow::Upstream,
     slot: Option<&str>,
     switch: Option<Lsn>,
     rewound_from: Option<Lsn>,
     removed_segments: usize,
 ) -> Result<Rejoined, RejoinError> {
-    follow::point_at(dir, &mut upstream, slot, "walship rejoin")?;
+    follow::point_at(dir, &upstream, slot, "walship rejoin")?;
     let follow::Upstream {
         client,
         peer,

@@ -17,10 +17,6 @@ fn text(rows: &Rows, col: &str) -> Option<String> {
     rows.text(0, col)
 }
 
-fn show(client: &mut Client, name: &str) -> Result<Option<String>, ClientError> {
-    Ok(text(&client.query(&format!("SHOW {name}"))?, name))
-}
-
 /// The rows of a result set as JSON objects, every value text or null.
 fn objects(rows: &Rows) -> Vec<Value> {
     rows.rows
@@ -48,7 +44,7 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
     )
     .is_some_and(|v| v == "t");
     // Every walship node knows fenced_by; PostgreSQL does not (42704).
-    let fenced_by = match show(&mut client, "fenced_by") {
+    let fenced_by = match client.show("fenced_by") {
         Err(ClientError::Server { peer, error }) if error.code == "42704" => {
             return Err(ClientError::NotWalship {
                 peer,
@@ -66,12 +62,12 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
         (false, Some(_)) => "fenced primary",
     };
     let mut json = json!({
-        "node": show(&mut client, "node_name")?,
+        "node": client.show("node_name")?,
         "role": role,
         "fenced_by": fenced_by,
-        "system_identifier": show(&mut client, "system_identifier")?,
-        "timeline": show(&mut client, "timeline")?,
-        "epoch": show(&mut client, "epoch")?,
+        "system_identifier": client.show("system_identifier")?,
+        "timeline": client.show("timeline")?,
+        "epoch": client.show("epoch")?,
     });
     if standby {
         let lsns = client.query("SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()")?;

@@ -353,8 +353,8 @@ fn stream(
         });
     }
     // A walship upstream says its epoch; a standby never follows a lower one.
-    if let Ok(rows) = client.query("SHOW epoch") {
-        if let Some(theirs) = rows.text(0, "epoch").and_then(|t| t.parse::<u64>().ok()) {
+    if let Ok(epoch) = client.show("epoch") {
+        if let Some(theirs) = epoch.and_then(|t| t.parse::<u64>().ok()) {
             if theirs < host.epoch() {
                 return Err(ReceiveError::LowerEpoch {
                     peer,
