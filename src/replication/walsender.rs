@@ -387,8 +387,7 @@ fn run_command(
 /// after it.
 fn switch_point(host: &dyn WalSenderHost, tli: TimelineId) -> Option<(Lsn, TimelineId)> {
     let current = host.timeline();
-    let text = std::fs::read_to_string(host.wal_dir().join(history_file_name(current))).ok()?;
-    TimelineHistory::parse(&text).ok()?.switch_of(tli, current)
+    TimelineHistory::read_in(&host.wal_dir(), current)?.switch_of(tli, current)
 }
 
 /// What to stream.

@@ -40,6 +40,13 @@ impl TimelineHistory {
     }
 
     /// Parses a history file's text.
+    /// Timeline `tli`'s history file in WAL directory `dir`, when there is
+    /// one that parses (timeline 1 has none).
+    pub fn read_in(dir: &std::path::Path, tli: TimelineId) -> Option<TimelineHistory> {
+        let text = std::fs::read_to_string(dir.join(super::name::history_file_name(tli))).ok()?;
+        TimelineHistory::parse(&text).ok()
+    }
+
     pub fn parse(text: &str) -> Result<TimelineHistory, HistoryError> {
         let mut history = TimelineHistory::default();
         for (i, raw) in text.lines().enumerate() {

@@ -35,7 +35,6 @@ use super::format::{
 };
 use super::history::TimelineHistory;
 use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
-use super::name::history_file_name;
 use super::reader::{walk, SegmentFiles, WalkEnd};
 use super::segment::{self, OpenSegment};
 use crate::durable::{self, DirLock, FileError, IoContext};
@@ -832,10 +831,7 @@ fn push_pending(ins: &mut Insert, bytes: &[u8]) {
 /// `current` in `dir`: an older one for WAL from before a promotion, else
 /// `current` (also when the history cannot be read).
 fn timeline_holding(dir: &Path, current: TimelineId, lsn: Lsn) -> TimelineId {
-    std::fs::read_to_string(dir.join(history_file_name(current)))
-        .ok()
-        .and_then(|text| TimelineHistory::parse(&text).ok())
-        .map_or(current, |history| history.timeline_of(lsn, current))
+    TimelineHistory::read_in(dir, current).map_or(current, |h| h.timeline_of(lsn, current))
 }
 
 /// Where the zero-filled spare for the segment at `segment` waits
@@ -1031,6 +1027,7 @@ pub fn remove_timeline(
 mod tests {
     use super::*;
     use crate::wal::format::RM_WALSHIP_ID;
+    use crate::wal::name::history_file_name;
     use crate::wal::payload::Payload;
     use rand::{Rng, SeedableRng};
 
