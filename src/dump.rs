@@ -211,10 +211,16 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
 /// Whether the segment file at `path` begins with a page written for its
 /// own place (segment `segno`): not zeros, not a recycled file's old pages.
 fn holds_own_wal(path: &Path, segno: SegNo, size: SegmentSize) -> bool {
+    first_page_header(path).is_ok_and(|header| {
+        header.magic == format::PAGE_MAGIC && header.pageaddr == segno.start_lsn(size)
+    })
+}
+
+/// The (long) page header a segment file begins with.
+fn first_page_header(path: &Path) -> io::Result<PageHeader> {
     let mut buf = [0u8; LONG_PAGE_HEADER];
-    let read = File::open(path).and_then(|mut f| f.read_exact(&mut buf));
-    let header = PageHeader::decode(&buf);
-    read.is_ok() && header.magic == format::PAGE_MAGIC && header.pageaddr == segno.start_lsn(size)
+    File::open(path)?.read_exact(&mut buf)?;
+    Ok(PageHeader::decode(&buf))
 }
 
 fn describe_end(end: &EndOfWal, path: &Path) -> (bool, String) {
@@ -379,20 +385,17 @@ fn collect(paths: &[PathBuf]) -> Result<SegmentSet, DumpError> {
 
 /// Reads the segment size from a segment's long page header.
 fn segment_size_of(path: &Path) -> Result<SegmentSize, DumpError> {
-    let mut buf = [0u8; LONG_PAGE_HEADER];
-    let mut f = File::open(path).at("open segment", path)?;
     let not_segment = |why: String| WalError::NotASegment {
         path: path.to_path_buf(),
         why,
     };
-    if let Err(e) = f.read_exact(&mut buf) {
-        return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-            not_segment("shorter than a long page header".into()).into()
-        } else {
-            FileError::new("read", path, e).into()
-        });
-    }
-    let header = PageHeader::decode(&buf);
+    let header = match first_page_header(path) {
+        Ok(header) => header,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(not_segment("shorter than a long page header".into()).into())
+        }
+        Err(e) => return Err(FileError::new("read", path, e).into()),
+    };
     let Some(long) = header.long.filter(|_| header.magic == format::PAGE_MAGIC) else {
         return Err(not_segment(format!(
             "its first page has no long header with PostgreSQL 15's magic number (magic {:04X}, info {:04X})",
