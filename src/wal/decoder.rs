@@ -314,14 +314,9 @@ impl Decoder {
                             {
                                 // The padding to the next record goes too, when
                                 // it was fed (it never crosses a page).
-                                let pad = (Lsn(self.pos.0 + tot as u64).align().0
-                                    - (self.pos.0 + tot as u64))
-                                    as usize;
-                                let skip = if tot + pad <= rest.len() {
-                                    tot + pad
-                                } else {
-                                    tot
-                                };
+                                let padded =
+                                    (Lsn(self.pos.0 + tot as u64).align().0 - self.pos.0) as usize;
+                                let skip = if padded <= rest.len() { padded } else { tot };
                                 used += skip;
                                 self.pos.0 += skip as u64;
                                 self.accept(&h);
