@@ -207,43 +207,76 @@ pub fn record_crc(record: &[u8]) -> u32 {
     crc::of_pieces(&record[RECORD_HEADER..], &record[..CRC_COVERED_HEADER])
 }
 
-/// Lays out a whole record (header, main-data block header, data) into
-/// `out`, replacing its contents. The prev-link and CRC are left zero for
-/// [`seal_record`]; the returned value is the CRC-32C of the body, which
-/// needs no lock to compute. Empty `data` gets no main-data block at all
-/// (as PostgreSQL's `XLogRecordAssemble` does), so the record is its header.
-pub fn build_record(out: &mut Vec<u8>, xid: u32, info: u8, rmid: u8, data: &[u8]) -> u32 {
-    out.clear();
-    let block_header = match data.len() {
-        0 => 0,
-        1..=255 => 2,
-        _ => 5,
-    };
-    let tot_len = RECORD_HEADER + block_header + data.len();
-    out.reserve(tot_len);
-    out.extend_from_slice(&(tot_len as u32).to_le_bytes());
-    out.extend_from_slice(&xid.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&[info, rmid, 0, 0]);
-    out.extend_from_slice(&[0; 4]);
-    match block_header {
-        0 => {}
-        2 => out.extend_from_slice(&[BLOCK_ID_DATA_SHORT, data.len() as u8]),
-        _ => {
-            out.push(BLOCK_ID_DATA_LONG);
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        }
-    }
-    out.extend_from_slice(data);
-    crc::append(0, &out[RECORD_HEADER..])
+/// A record before it is linked into the WAL: its header's fields and its
+/// body (the main-data block header, then the data), with the body's
+/// CRC-32C, which needs no lock to compute. [`RecordParts::write_to`] links
+/// and seals it once the prev-link is known.
+///
+/// The header is kept as the words it is made of and its CRC taken from
+/// them, and the body's CRC from the caller's data: a record is laid out
+/// once, where it goes, and never read back. (Laying it out first and then
+/// copying it in, with CRCs read from the copy, made an append 1.6 times
+/// slower: `benches/wal.rs`, BENCHMARKS.md §1a.)
+pub struct RecordParts<'a> {
+    /// `xl_tot_len` and `xl_xid`: the header's first 8 bytes.
+    len_xid: u64,
+    /// `xl_info`, `xl_rmid` and the two padding bytes before `xl_crc`.
+    info_rmid: u32,
+    /// The main-data block header's bytes, little-endian, and how many.
+    block_header: u64,
+    block_header_len: usize,
+    data: &'a [u8],
+    body_crc: u32,
 }
 
-/// Fills in a built record's prev-link and its CRC, finishing the body's
-/// CRC over the header's first 20 bytes as PostgreSQL does.
-pub fn seal_record(record: &mut [u8], prev: Lsn, body_crc: u32) {
-    record[8..16].copy_from_slice(&prev.0.to_le_bytes());
-    let crc = crc::append(body_crc, &record[..CRC_COVERED_HEADER]);
-    record[20..24].copy_from_slice(&crc.to_le_bytes());
+impl<'a> RecordParts<'a> {
+    /// A record whose main data is `data`. Empty `data` gets no main-data
+    /// block at all (as PostgreSQL's `XLogRecordAssemble` does), so the
+    /// record is its header. The caller keeps the whole record within
+    /// [`MAX_RECORD_LEN`].
+    #[inline]
+    pub fn new(xid: u32, info: u8, rmid: u8, data: &'a [u8]) -> RecordParts<'a> {
+        let (block_header, block_header_len) = match data.len() {
+            0 => (0, 0),
+            n @ 1..=255 => (u64::from(BLOCK_ID_DATA_SHORT) | (n as u64) << 8, 2),
+            n => (u64::from(BLOCK_ID_DATA_LONG) | (n as u64) << 8, 5),
+        };
+        let tot_len = (RECORD_HEADER + block_header_len + data.len()) as u64;
+        RecordParts {
+            len_xid: tot_len | u64::from(xid) << 32,
+            info_rmid: u32::from(info) | u32::from(rmid) << 8,
+            block_header,
+            block_header_len,
+            data,
+            body_crc: crc::of_body(block_header, block_header_len, data),
+        }
+    }
+
+    /// `xl_tot_len`: the whole record's length, header included.
+    #[inline]
+    pub fn total_len(&self) -> usize {
+        self.len_xid as u32 as usize
+    }
+
+    /// Appends the whole record to `out`, linked to the record at `prev`
+    /// and sealed with its CRC (over the body, then the header's first 20
+    /// bytes, as PostgreSQL does), then zeros up to `padded` bytes in all.
+    #[inline]
+    pub fn write_to(&self, prev: Lsn, out: &mut Vec<u8>, padded: usize) {
+        debug_assert!(padded >= self.total_len());
+        let crc = crc::append_header(self.body_crc, self.len_xid, prev.0, self.info_rmid);
+        let start = out.len();
+        out.resize(start + padded, 0);
+        let record = &mut out[start..];
+        record[..8].copy_from_slice(&self.len_xid.to_le_bytes());
+        record[8..16].copy_from_slice(&prev.0.to_le_bytes());
+        record[16..20].copy_from_slice(&self.info_rmid.to_le_bytes());
+        record[20..24].copy_from_slice(&crc.to_le_bytes());
+        let body = &mut record[RECORD_HEADER..];
+        body[..self.block_header_len]
+            .copy_from_slice(&self.block_header.to_le_bytes()[..self.block_header_len]);
+        body[self.block_header_len..][..self.data.len()].copy_from_slice(self.data);
+    }
 }
 
 /// The main data of a record body (what follows the header), when the body
@@ -338,10 +371,12 @@ mod tests {
 
     #[test]
     fn record_layout_and_crc() {
-        let mut rec = Vec::new();
-        let body_crc = build_record(&mut rec, 7, 0x10, RM_WALSHIP_ID, b"hello");
-        seal_record(&mut rec, Lsn(0x1000028), body_crc);
+        let mut rec = vec![0xEE];
+        let parts = RecordParts::new(7, 0x10, RM_WALSHIP_ID, b"hello");
+        parts.write_to(Lsn(0x1000028), &mut rec, 31);
+        assert_eq!(rec.remove(0), 0xEE, "appended after what was there");
         assert_eq!(rec.len(), 24 + 2 + 5);
+        assert_eq!(parts.total_len(), rec.len());
         let h = RecordHeader::decode(&rec);
         assert_eq!(h.tot_len, 31);
         assert_eq!(h.xid, 7);
@@ -350,11 +385,16 @@ mod tests {
         assert_eq!(h.crc, record_crc(&rec));
         assert_eq!(main_data(&rec[24..]), Some(&b"hello"[..]));
         let long = vec![9u8; 300];
-        build_record(&mut rec, 0, 0, RM_WALSHIP_ID, &long);
+        let mut rec = Vec::new();
+        RecordParts::new(0, 0, RM_WALSHIP_ID, &long).write_to(Lsn(0), &mut rec, 24 + 5 + 300);
         assert_eq!(rec.len(), 24 + 5 + 300);
+        assert_eq!(RecordHeader::decode(&rec).crc, record_crc(&rec));
         assert_eq!(main_data(&rec[24..]), Some(&long[..]));
-        build_record(&mut rec, 0, XLOG_SWITCH, RM_XLOG_ID, &[]);
+        let mut rec = Vec::new();
+        RecordParts::new(0, XLOG_SWITCH, RM_XLOG_ID, &[]).write_to(Lsn(0x28), &mut rec, 24);
         assert_eq!(rec.len(), RECORD_HEADER);
+        assert_eq!(RecordHeader::decode(&rec).prev, Lsn(0x28));
+        assert_eq!(RecordHeader::decode(&rec).crc, record_crc(&rec));
         assert_eq!(main_data(&rec[24..]), Some(&[][..]));
     }
 

@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use super::decoder::{Decoder, EndOfWal, Expect, Record};
 use super::error::WalError;
 use super::format::{
-    self, LongHeader, PageHeader, LONG_PAGE_HEADER, MAX_RECORD_LEN, PAGE_MAGIC, PAGE_SIZE,
+    LongHeader, PageHeader, RecordParts, LONG_PAGE_HEADER, MAX_RECORD_LEN, PAGE_MAGIC, PAGE_SIZE,
     RECORD_HEADER, RM_XLOG_ID, SHORT_PAGE_HEADER, XLOG_SWITCH, XLP_BKP_REMOVABLE,
     XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER,
 };
@@ -147,7 +147,8 @@ struct Insert {
 }
 
 thread_local! {
-    /// Each appending thread builds its record here, outside the insert lock.
+    /// A record that spans pages is laid out here whole, then copied in
+    /// page by page.
     static RECORD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -329,13 +330,7 @@ impl WalWriter {
         if data.len() + RECORD_HEADER + 5 > MAX_RECORD_LEN as usize {
             return Err(WalError::RecordTooLarge(data.len()));
         }
-        RECORD.with(|cell| {
-            let mut record = cell.borrow_mut();
-            // The body's CRC needs no lock; the header's part is added under
-            // it, once the prev-link is known.
-            let body_crc = format::build_record(&mut record, xid, info, rmid, data);
-            self.insert_record(&mut record, body_crc, false)
-        })
+        self.insert_record(&RecordParts::new(xid, info, rmid, data), false)
     }
 
     /// The last complete record's LSN (the prev-link of the next one).
@@ -431,23 +426,14 @@ impl WalWriter {
     /// Returns the new insert position (unchanged when the current segment
     /// holds no WAL yet).
     pub fn switch_segment(&self) -> Result<Lsn, WalError> {
-        RECORD.with(|cell| {
-            let mut record = cell.borrow_mut();
-            let body_crc = format::build_record(&mut record, 0, XLOG_SWITCH, RM_XLOG_ID, &[]);
-            self.insert_record(&mut record, body_crc, true)
-                .map(|appended| appended.end)
-        })
+        self.insert_record(&RecordParts::new(0, XLOG_SWITCH, RM_XLOG_ID, &[]), true)
+            .map(|appended| appended.end)
     }
 
-    /// Links, seals and copies in one built record under the insert lock.
-    /// A `switch` record also moves the insert position to the next segment;
+    /// Links, seals and copies in one record under the insert lock. A
+    /// `switch` record also moves the insert position to the next segment;
     /// in an empty segment it is not written at all.
-    fn insert_record(
-        &self,
-        record: &mut [u8],
-        body_crc: u32,
-        switch: bool,
-    ) -> Result<Appended, WalError> {
+    fn insert_record(&self, record: &RecordParts<'_>, switch: bool) -> Result<Appended, WalError> {
         let size = self.config.seg_size;
         let mut ins = self.lock_insert();
         self.check_poisoned()?;
@@ -457,17 +443,35 @@ impl WalWriter {
                 end: ins.pos,
             });
         }
-        format::seal_record(record, ins.prev, body_crc);
-        let lsn = self.record_start(ins.pos);
-        self.reserve(&mut ins, record.len())?;
-        self.copy_in(&mut ins, record);
+        let len = record.total_len();
+        let padded = Lsn(len as u64).align().0 as usize;
+        let page_offset = ins.pos.page_offset() as usize;
+        let lsn = if page_offset != 0 && page_offset + padded <= PAGE_SIZE {
+            // Most records: they fit, padding and all, in the page being
+            // written, whose segment is open (it holds the page's first
+            // bytes). Written straight into the pending run.
+            let (lsn, prev) = (ins.pos, ins.prev);
+            let run = pending_run(&mut ins);
+            record.write_to(prev, run, padded);
+            advance(&mut ins, padded);
+            lsn
+        } else {
+            let lsn = self.record_start(ins.pos);
+            self.reserve(&mut ins, len)?;
+            RECORD.with(|cell| {
+                let mut whole = cell.borrow_mut();
+                whole.clear();
+                record.write_to(ins.prev, &mut whole, len);
+                self.copy_in(&mut ins, &whole);
+            });
+            let pad = (ins.pos.align().0 - ins.pos.0) as usize;
+            push_pending(&mut ins, &[0; 8][..pad]);
+            lsn
+        };
         ins.prev = lsn;
         if switch && ins.pos.segment_offset(size) != 0 {
             // The rest of the segment stays as it is on disk: zeros.
             ins.pos = ins.pos.segno(size).next().start_lsn(size);
-        } else {
-            let pad = (ins.pos.align().0 - ins.pos.0) as usize;
-            push_pending(&mut ins, &[0u8; 8][..pad]);
         }
         let appended = Appended { lsn, end: ins.pos };
         let backlog = ins.pending_bytes;
@@ -814,17 +818,28 @@ impl Drop for WalWriter {
 
 /// Appends bytes at the insert position to `pending` and advances it.
 fn push_pending(ins: &mut Insert, bytes: &[u8]) {
+    pending_run(ins).extend_from_slice(bytes);
+    advance(ins, bytes.len());
+}
+
+/// The pending run that ends at the insert position, started if there is
+/// none. Whatever is appended to it must then be passed to [`advance`].
+#[inline]
+fn pending_run(ins: &mut Insert) -> &mut Vec<u8> {
     let pos = ins.pos;
-    match ins.pending.last_mut() {
-        Some((start, run)) if start.0 + run.len() as u64 == pos.0 => run.extend_from_slice(bytes),
-        _ => {
-            let mut run = Vec::with_capacity(bytes.len().max(64 << 10));
-            run.extend_from_slice(bytes);
-            ins.pending.push((pos, run));
-        }
+    let contiguous =
+        matches!(ins.pending.last(), Some((start, run)) if start.0 + run.len() as u64 == pos.0);
+    if !contiguous {
+        ins.pending.push((pos, Vec::with_capacity(64 << 10)));
     }
-    ins.pending_bytes += bytes.len();
-    ins.pos.0 += bytes.len() as u64;
+    let last = ins.pending.len() - 1;
+    &mut ins.pending[last].1
+}
+
+/// Moves the insert position past `n` bytes just added to the pending run.
+fn advance(ins: &mut Insert, n: usize) {
+    ins.pending_bytes += n;
+    ins.pos.0 += n as u64;
 }
 
 /// The timeline that wrote the byte at `lsn`, by the history file of
