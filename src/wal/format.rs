@@ -234,7 +234,7 @@ impl<'a> RecordParts<'a> {
     /// block at all (as PostgreSQL's `XLogRecordAssemble` does), so the
     /// record is its header. The caller keeps the whole record within
     /// [`MAX_RECORD_LEN`].
-    #[inline]
+    #[inline(always)]
     pub fn new(xid: u32, info: u8, rmid: u8, data: &'a [u8]) -> RecordParts<'a> {
         let (block_header, block_header_len) = match data.len() {
             0 => (0, 0),
@@ -265,17 +265,18 @@ impl<'a> RecordParts<'a> {
     pub fn write_to(&self, prev: Lsn, out: &mut Vec<u8>, padded: usize) {
         debug_assert!(padded >= self.total_len());
         let crc = crc::append_header(self.body_crc, self.len_xid, prev.0, self.info_rmid);
-        let start = out.len();
-        out.resize(start + padded, 0);
-        let record = &mut out[start..];
-        record[..8].copy_from_slice(&self.len_xid.to_le_bytes());
-        record[8..16].copy_from_slice(&prev.0.to_le_bytes());
-        record[16..20].copy_from_slice(&self.info_rmid.to_le_bytes());
-        record[20..24].copy_from_slice(&crc.to_le_bytes());
-        let body = &mut record[RECORD_HEADER..];
-        body[..self.block_header_len]
-            .copy_from_slice(&self.block_header.to_le_bytes()[..self.block_header_len]);
-        body[self.block_header_len..][..self.data.len()].copy_from_slice(self.data);
+        out.reserve(padded);
+        out.extend_from_slice(&self.len_xid.to_le_bytes());
+        out.extend_from_slice(&prev.0.to_le_bytes());
+        out.extend_from_slice(&self.info_rmid.to_le_bytes());
+        out.extend_from_slice(&crc.to_le_bytes());
+        match self.block_header_len {
+            2 => out.extend_from_slice(&(self.block_header as u16).to_le_bytes()),
+            5 => out.extend_from_slice(&self.block_header.to_le_bytes()[..5]),
+            _ => {}
+        }
+        out.extend_from_slice(self.data);
+        out.extend_from_slice(&[0; 8][..padded - self.total_len()]);
     }
 }
 

@@ -433,6 +433,7 @@ impl WalWriter {
     /// Links, seals and copies in one record under the insert lock. A
     /// `switch` record also moves the insert position to the next segment;
     /// in an empty segment it is not written at all.
+    #[inline]
     fn insert_record(&self, record: &RecordParts<'_>, switch: bool) -> Result<Appended, WalError> {
         let size = self.config.seg_size;
         let mut ins = self.lock_insert();
@@ -824,7 +825,7 @@ fn push_pending(ins: &mut Insert, bytes: &[u8]) {
 
 /// The pending run that ends at the insert position, started if there is
 /// none. Whatever is appended to it must then be passed to [`advance`].
-#[inline]
+#[inline(always)]
 fn pending_run(ins: &mut Insert) -> &mut Vec<u8> {
     let pos = ins.pos;
     let contiguous =
