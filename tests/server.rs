@@ -40,6 +40,26 @@ fn sql_subset_through_a_real_client() {
         .unwrap()
         .get(0);
     assert_eq!(v, "10");
+    // One-key lookups: counted, limited, and inside a transaction that has
+    // written the key itself.
+    let count = |c: &mut postgres::Client, key: &str| -> i64 {
+        c.query_one("SELECT count(*) FROM kv WHERE key = $1", &[&key])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!((count(&mut c, "a"), count(&mut c, "nope")), (1, 0));
+    assert!(c
+        .query("SELECT value FROM kv WHERE key = 'a' LIMIT 0", &[])
+        .unwrap()
+        .is_empty());
+    c.batch_execute("BEGIN; UPDATE kv SET value = 'mine' WHERE key = 'c'")
+        .unwrap();
+    let mine: String = c
+        .query_one("SELECT value FROM kv WHERE key = 'c'", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(mine, "mine");
     assert_eq!(
         c.execute("UPDATE kv SET value = 'z' WHERE key = 'nope'", &[])
             .unwrap(),

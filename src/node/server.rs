@@ -241,15 +241,6 @@ impl Node {
         self.lock_sessions().get(&pid).map(|s| s.cancel.clone())
     }
 
-    /// Clears and returns a session's cancel flag.
-    pub fn take_cancel(&self, pid: i32) -> bool {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&pid)
-            .is_some_and(|s| s.cancel.swap(false, Ordering::AcqRel))
-    }
-
     /// The ParameterStatus messages a PostgreSQL 15 server sends at startup.
     pub fn startup_parameters(&self, session: &Session) -> Vec<(String, String)> {
         let p = |n: &str| session.param(n).unwrap_or_default().to_string();

@@ -404,7 +404,7 @@ fn run(
                 return Err(e);
             }
         };
-        node.take_cancel(pid);
+        session.forget_cancel();
         let mut c = Cursor::new(&body);
         if skipping && !matches!(tag, b'S' | b'X') {
             continue;

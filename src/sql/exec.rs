@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::Bound;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::parse::{Column, Expr, Filter, Func, OnConflict, Projection, Select, Statement};
@@ -366,6 +366,15 @@ impl Session {
         }
     }
 
+    /// Forgets a CancelRequest that came while the session was idle: it
+    /// cancels what was running then, not the next command. Called for
+    /// every message, so it writes the shared flag only when it is set.
+    pub fn forget_cancel(&self) {
+        if self.cancel.load(Ordering::Relaxed) {
+            self.cancel.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Ends any open transaction block without committing (the client went away).
     pub fn abandon(&mut self) {
         self.txn = None;
@@ -378,16 +387,7 @@ impl Session {
             type_oid,
         };
         match stmt {
-            Statement::Select(s) => Some(match &s.projection {
-                Projection::Count => vec![col("count", oid::INT8)],
-                Projection::Columns(cols) => cols
-                    .iter()
-                    .map(|c| match c {
-                        Column::Key => col("key", oid::TEXT),
-                        Column::Value => col("value", oid::TEXT),
-                    })
-                    .collect(),
-            }),
+            Statement::Select(s) => Some(select_columns(s)),
             Statement::Functions(items) => Some(
                 items
                     .iter()
@@ -765,7 +765,20 @@ impl Session {
             let lo_ref = bound_ref(&lo);
             let hi_ref = bound_ref(&hi);
             let count_only = s.projection == Projection::Count;
+            let point = match (&lo, &hi) {
+                (Bound::Included(a), Bound::Included(b)) if a == b => Some(a),
+                _ => None,
+            };
             match own {
+                None if point.is_some() => {
+                    // One key: a lookup, not a walk over a range.
+                    if let Some((k, v)) = point.and_then(|k| store.get(k).map(|v| (k, v))) {
+                        counted = 1;
+                        if !count_only && limit != Some(0) {
+                            rows.push((k.clone(), v.to_string()));
+                        }
+                    }
+                }
                 None if count_only => {
                     counted = store
                         .range(lo_ref, hi_ref)
@@ -814,7 +827,7 @@ impl Session {
             }
         }
         drop(store);
-        let columns = self.describe(&Statement::Select(s.clone()));
+        let columns = Some(select_columns(s));
         let result_rows: Vec<Vec<Option<Value>>> = match &s.projection {
             Projection::Count if limit == Some(0) => vec![],
             Projection::Count => vec![vec![Some(Value::Int(counted as i64))]],
@@ -969,6 +982,27 @@ impl Session {
                 format!("unrecognized configuration parameter \"{name}\""),
             )
         })
+    }
+}
+
+/// The columns a SELECT returns.
+fn select_columns(s: &Select) -> Vec<ColumnDesc> {
+    let col = |name: &str| ColumnDesc {
+        name: name.into(),
+        type_oid: oid::TEXT,
+    };
+    match &s.projection {
+        Projection::Count => vec![ColumnDesc {
+            name: "count".into(),
+            type_oid: oid::INT8,
+        }],
+        Projection::Columns(cols) => cols
+            .iter()
+            .map(|c| match c {
+                Column::Key => col("key"),
+                Column::Value => col("value"),
+            })
+            .collect(),
     }
 }
 
