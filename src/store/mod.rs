@@ -18,23 +18,29 @@ use crate::wal::Lsn;
 
 pub use db::{Db, DbError, Durability, KvOp, View};
 
+/// A key or a value as the store holds it: inline when it is short (up to
+/// 24 bytes, as most keys are), so a lookup compares keys where the tree's
+/// nodes hold them instead of following a pointer to each, and a short
+/// row costs no allocation of its own.
+pub type KvText = compact_str::CompactString;
+
 /// The rows of `kv`, as of `applied`.
 ///
 /// Invariant: holds exactly the effects of every COMMIT record that ends at
 /// or before `applied`.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
-    rows: OrdMap<String, String>,
+    rows: OrdMap<KvText, KvText>,
     applied: Lsn,
 }
 
 impl Store {
-    pub fn from_rows(rows: OrdMap<String, String>, applied: Lsn) -> Store {
+    pub fn from_rows(rows: OrdMap<KvText, KvText>, applied: Lsn) -> Store {
         Store { rows, applied }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.rows.get(key).map(String::as_str)
+        self.rows.get(key).map(KvText::as_str)
     }
 
     pub fn len(&self) -> usize {
@@ -56,17 +62,12 @@ impl Store {
         lo: Bound<&'a str>,
         hi: Bound<&'a str>,
     ) -> impl DoubleEndedIterator<Item = (&'a str, &'a str)> + 'a {
-        let owned = |b: Bound<&str>| match b {
-            Bound::Included(k) => Bound::Included(k.to_string()),
-            Bound::Excluded(k) => Bound::Excluded(k.to_string()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
         self.rows
-            .range((owned(lo), owned(hi)))
+            .range::<_, str>((lo, hi))
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    pub fn rows(&self) -> &OrdMap<String, String> {
+    pub fn rows(&self) -> &OrdMap<KvText, KvText> {
         &self.rows
     }
 
@@ -75,10 +76,10 @@ impl Store {
         for op in ops {
             match op {
                 KvOp::Put { key, value } => {
-                    self.rows.insert(key.clone(), value.clone());
+                    self.rows.insert(KvText::from(key), KvText::from(value));
                 }
                 KvOp::Delete { key } => {
-                    self.rows.remove(key);
+                    self.rows.remove(key.as_str());
                 }
             }
         }

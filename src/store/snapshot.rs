@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use imbl::OrdMap;
 use thiserror::Error;
 
-use super::Store;
+use super::{KvText, Store};
 use crate::durable::{self, FileError, IoContext};
 use crate::wal::format::LeReader;
 use crate::wal::Lsn;
@@ -112,7 +112,7 @@ pub fn read(dir: &Path, lsn: Lsn) -> Result<Store, SnapshotError> {
     let count = r.u64().ok_or_else(|| damaged("truncated"))?;
     let mut rows = OrdMap::new();
     for _ in 0..count {
-        let mut string = || String::from_utf8(r.prefixed()?.to_vec()).ok();
+        let mut string = || std::str::from_utf8(r.prefixed()?).ok().map(KvText::from);
         let (Some(k), Some(v)) = (string(), string()) else {
             return Err(damaged("truncated or invalid row"));
         };
