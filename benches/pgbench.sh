@@ -5,7 +5,9 @@
 #   1. builds walship (`cargo build --release`) unless WALSHIP is given,
 #   2. runs `pg_test_fsync -s 2` in the walship data directory's filesystem
 #      and keeps the fdatasync ops/sec for one 8kB write: the physical limit
-#      of a single client committing with synchronous_commit on/local,
+#      of a single client committing with synchronous_commit on/local (and
+#      runs it again just before and just after each one-client `local`
+#      cell, whose TPS is compared with the mean of that pair),
 #   3. starts walship (`walship init`, `walship server --listen
 #      127.0.0.1:PORT`) and PostgreSQL 15 (initdb: C locale, trust auth,
 #      otherwise default settings; the same table `kv (key text primary key,
@@ -308,13 +310,18 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 say "work dir $WORK (load average $LOAD_START)"
 init_walship "$WS_DATA"
 
+fdatasync_rate() { # pg_test_fsync -s 2 in DIR's filesystem; prints fdatasync ops/sec (one 8kB write)
+    local out rate
+    out=$("$PGBIN/pg_test_fsync" -s 2 -f "$1/pg_test_fsync.tmp" 2>&1) \
+        || { echo "$out" >&2; die "pg_test_fsync failed (or was interrupted)"; }
+    rm -f "$1/pg_test_fsync.tmp"
+    rate=$(awk '/using one 8kB write/ { one = 1; next }
+                one && $1 == "fdatasync" { print $2; exit }' <<<"$out")
+    [[ $rate =~ ^[0-9.]+$ ]] || { echo "$out" >&2; die "could not find the fdatasync rate in pg_test_fsync's output"; }
+    echo "$rate"
+}
 say "pg_test_fsync -s 2 in the walship data dir's filesystem ($WS_DATA)"
-FSYNC_OUT=$("$PGBIN/pg_test_fsync" -s 2 -f "$WS_DATA/pg_test_fsync.tmp" 2>&1) \
-    || { echo "$FSYNC_OUT" >&2; die "pg_test_fsync failed (or was interrupted)"; }
-rm -f "$WS_DATA/pg_test_fsync.tmp"
-FDATASYNC=$(awk '/using one 8kB write/ { one = 1; next }
-                 one && $1 == "fdatasync" { print $2; exit }' <<<"$FSYNC_OUT")
-[[ $FDATASYNC =~ ^[0-9.]+$ ]] || { echo "$FSYNC_OUT" >&2; die "could not find the fdatasync rate in pg_test_fsync's output"; }
+FDATASYNC=$(fdatasync_rate "$WS_DATA")
 say "fdatasync (one 8kB write): $FDATASYNC ops/sec"
 
 say "walship: server on 127.0.0.1:$WS_PORT"
@@ -359,12 +366,24 @@ run_pair() { # run_pair WORKLOAD SCRIPT MODE CLIENTS
         run_bench walship "$WS_PORT" "$WS_LOG" "$@" ""
     fi
 }
+# The disk's fdatasync rate drifts by several times within an hour here, so
+# the one-client local cells, which it bounds, are bracketed by their own
+# pg_test_fsync runs (both servers idle), and compared with those.
+declare -A FSYNC_NEAR
 for sync in local off; do
     ws_set_sync "$sync"
     pg_set_sync "$sync"
     for mode in prepared simple; do
         for c in "${CLIENT_LIST[@]}"; do
+            bracket=0
+            [[ $sync == local && $c == 1 ]] && bracket=1
+            ((bracket)) && before=$(fdatasync_rate "$WS_DATA")
             run_pair "upsert-$sync" "$SCRIPTS/upsert.sql" "$mode" "$c"
+            if ((bracket)); then
+                after=$(fdatasync_rate "$WS_DATA")
+                FSYNC_NEAR[$mode]="$before $after"
+                say "fdatasync around the 1-client -M $mode cell: $before before, $after after"
+            fi
         done
     done
 done
@@ -437,11 +456,15 @@ done
 echo
 echo "(sc=local: walship synchronous_commit = local, PostgreSQL synchronous_commit = on, no standbys)"
 echo
-echo "pg_test_fsync -s 2, fdatasync, one 8kB write: $FDATASYNC ops/sec (single-client commit limit)"
+echo "pg_test_fsync -s 2, fdatasync, one 8kB write: $FDATASYNC ops/sec at the start (single-client commit limit)"
 for mode in prepared simple; do
     w1=$(cell walship upsert-local "$mode" 1 1)
     p1=$(cell pg upsert-local "$mode" 1 1)
-    echo "1-client upsert sc=local -M $mode: walship $(int "$w1") TPS = $(ratio "$w1" "$FDATASYNC") of fdatasync; PG $(int "$p1") TPS = $(ratio "$p1" "$FDATASYNC")"
+    near=${FSYNC_NEAR[$mode]:-}
+    [[ -n $near ]] || continue
+    mean=$(awk '{ printf "%.0f", ($1 + $2) / 2 }' <<<"$near")
+    echo "1-client upsert sc=local -M $mode: fdatasync $near ops/sec just before/after (mean $mean);" \
+        "walship $(int "$w1") TPS = $(ratio "$w1" "$mean") of it; PG $(int "$p1") TPS = $(ratio "$p1" "$mean")"
 done
 echo "walship server after the runs above ($KEYS keys): VmHWM $(mb "$WS_HWM") MB, VmRSS $(mb "$WS_RSS") MB"
 if [[ $RSS_1M == 1 ]]; then
