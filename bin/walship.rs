@@ -28,7 +28,7 @@ use walship::replication::basebackup::{self, BaseBackupOptions};
 use walship::replication::conninfo::ConnInfo;
 use walship::replication::receive::{self, ReceiveOptions, Stopped};
 use walship::replication::status;
-use walship::wal::{Lsn, SegmentSize};
+use walship::wal::{Lsn, SegmentSize, WalFileName};
 
 /// A PostgreSQL-style physical WAL-shipping replication toolkit.
 #[derive(Parser)]
@@ -123,6 +123,19 @@ fn segment_size_mib(s: &str) -> Result<SegmentSize, String> {
         .ok()
         .and_then(|mib| SegmentSize::from_mib(mib).ok())
         .ok_or_else(|| "expected a power of two from 1 to 1024 (MiB)".to_string())
+}
+
+/// `cleanup --before`: a segment's, `.partial` segment's or backup history
+/// file's name, refused as a usage error (exit 2) when it is none. The
+/// smallest segment size admits every name any size does; the archive's own
+/// size is checked once the archive is open.
+fn cleanup_before(s: &str) -> Result<String, String> {
+    match WalFileName::parse(s, SegmentSize::from_mib(1).map_err(|e| e.to_string())?) {
+        Ok(WalFileName::Segment(_) | WalFileName::Partial(_) | WalFileName::Backup(..)) => {
+            Ok(s.to_string())
+        }
+        _ => Err("expected a segment name such as 000000010000000000000040, or a backup history file's name (SEGNAME.OOOOOOOO.backup)".to_string()),
+    }
 }
 
 /// `--from`: a connection string, refused as a usage error (exit 2) when it
@@ -526,7 +539,7 @@ struct CleanupArgs {
     #[arg(long, value_name = "ADIR")]
     archive: PathBuf,
     /// The oldest segment to keep.
-    #[arg(long, value_name = "SEGNAME")]
+    #[arg(long, value_name = "SEGNAME", value_parser = cleanup_before)]
     before: String,
     /// List what would be removed; remove nothing.
     #[arg(long)]
@@ -1336,7 +1349,7 @@ mod man {
                 CLEANUP_EXTRA.to_string(),
                 exit_status(
                     r"The files listed were removed (with \fB\-\-dry\-run\fR, only listed). A file another cleanup removed meanwhile counts as removed.",
-                    r"\fIADIR\fR is not a walship archive, \fB\-\-before\fR is neither a segment name nor a backup history file's name, or a file could not be removed (those before it were). Standard error says which.",
+                    r"\fIADIR\fR is not a walship archive, \fB\-\-before\fR names no segment of the archive's segment size, or a file could not be removed (those before it were). Standard error says which. (A \fB\-\-before\fR that is no segment or backup history file name at all is a usage error: exit status 2.)",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-restore\fR(1), \fBwalship\-basebackup\fR(1), \fBpg_archivecleanup\fR(1)",

@@ -503,7 +503,7 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
     );
     assert!(left.contains(last));
     assert_eq!(file_names(adir.path(), ".backup"), backups);
-    // Below the backup's start, it removes exactly what it is asked to.
+    // A --before that is no WAL file name at all is a usage error.
     let out = common::walship(&[
         "cleanup",
         "--archive",
@@ -511,7 +511,12 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
         "--before",
         "nonsense",
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expected a segment name"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -107,7 +107,7 @@ pub enum DataDirError {
     BadRoleName(String),
     #[error("{} does not exist; create a data directory with walship init (or walship basebackup for a standby)", .0.display())]
     Missing(PathBuf),
-    #[error("cannot read data directory {}: {source}; run walship as the user that owns it", path.display())]
+    #[error("cannot read data directory {}: {}; run walship as the user that owns it", path.display(), crate::durable::io_cause(source))]
     Unreadable {
         path: PathBuf,
         source: std::io::Error,

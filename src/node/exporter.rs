@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::server::Node;
+use crate::durable::io_cause;
 use crate::metrics::{self, label, Sample};
 use crate::replication::walsender::WalSenderHost;
 use crate::sql::exec::Host;
@@ -149,21 +150,21 @@ impl Node {
 /// Serves the endpoint on `listener` until the node stops.
 pub fn serve(node: &Node, listener: TcpListener) {
     if let Err(e) = listener.set_nonblocking(true) {
-        warn!("metrics endpoint disabled: {e}");
+        warn!("metrics endpoint disabled: {}", io_cause(&e));
         return;
     }
     while !node.is_shutting_down() {
         match listener.accept() {
             Ok((stream, _)) => {
                 if let Err(e) = answer(node, stream) {
-                    warn!("metrics request failed: {e}");
+                    warn!("metrics request failed: {}", io_cause(&e));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 node.nap(Duration::from_millis(100));
             }
             Err(e) => {
-                warn!("metrics endpoint: accept failed: {e}");
+                warn!("metrics endpoint: accept failed: {}", io_cause(&e));
                 node.nap(Duration::from_millis(100));
             }
         }

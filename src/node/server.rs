@@ -28,7 +28,7 @@ use super::control::{ControlFile, NodeState};
 use super::datadir::{self, DataDir, DataDirError};
 use super::standby::StandbyState;
 use super::users::{User, Users};
-use crate::durable::{DirLock, LockError};
+use crate::durable::{io_cause, DirLock, LockError};
 use crate::fence::EpochFile;
 use crate::replication::conninfo::ConnInfo;
 use crate::replication::slots::Slots;
@@ -58,14 +58,18 @@ pub enum ServerError {
         #[source]
         source: LockError,
     },
-    #[error("could not listen on {addr}: {source}{}", listen_hint(source))]
+    #[error(
+        "could not listen on {addr}: {}{}",
+        io_cause(source),
+        listen_hint(source)
+    )]
     Listen {
         addr: String,
         source: std::io::Error,
     },
     #[error(transparent)]
     Journal(#[from] crate::node::promote_journal::JournalError),
-    #[error("{0}")]
+    #[error("{}", io_cause(.0))]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Signal(#[from] nix::Error),
@@ -1278,10 +1282,10 @@ fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::
                         .name("session".into())
                         .spawn(move || super::session::serve(node, stream));
                     if let Err(e) = spawned {
-                        error!("could not start a session thread: {e}");
+                        error!("could not start a session thread: {}", io_cause(&e));
                     }
                 }
-                Err(e) => warn!("accept failed: {e}"),
+                Err(e) => warn!("accept failed: {}", io_cause(&e)),
             }
         }
     }

@@ -21,7 +21,7 @@ const CANCEL_REQUEST: i32 = 80_877_102;
 pub enum ProtoError {
     #[error("connection closed by the client")]
     Closed,
-    #[error(transparent)]
+    #[error("{}", crate::durable::io_cause(.0))]
     Io(#[from] io::Error),
     #[error("invalid message from the client: {0}")]
     Malformed(String),

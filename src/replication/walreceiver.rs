@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::client::{Client, ClientError, CopyMessage, Interrupter};
 use super::conninfo::ConnInfo;
 use super::walsender::pg_now;
-use crate::durable::{self, FileError};
+use crate::durable::{self, io_cause, FileError};
 use crate::progress::{Progress, Total};
 use crate::wal::format::PageHeader;
 use crate::wal::history::TimelineHistory;
@@ -177,7 +177,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
                 return Ok(restored);
             }
             Err(e) => {
-                warn!(command = %cmd, "could not run restore_command: {e}");
+                warn!(command = %cmd, "could not run restore_command: {}", io_cause(&e));
                 return Ok(restored);
             }
         }
