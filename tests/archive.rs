@@ -526,6 +526,20 @@ fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_pri
     primary.complete_segments(1, "before");
     let mut standby = Node::basebackup(&primary, "s1", &[]);
     primary.complete_segments(6, "after");
+    // Rows large enough that records run from one segment into the next:
+    // each must be restored and replayed whole.
+    {
+        let mut c = primary.client();
+        let value = "x".repeat(3000);
+        for i in 0..900 {
+            c.execute(
+                "INSERT INTO kv VALUES ($1, $2)",
+                &[&format!("big-{i}"), &value],
+            )
+            .unwrap();
+        }
+    }
+    primary.complete_segments(1, "last");
     let checksum = primary.query_one("SELECT walship_store_checksum()");
     let adir = tempfile::tempdir().unwrap();
     let out = archive(adir.path(), &primary, &[]);
@@ -534,7 +548,7 @@ fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_pri
     standby.restore_from(adir.path());
     standby.start();
     wait_until("the standby to replay the archive", || {
-        standby.query_one("SELECT count(*) FROM kv") == "7"
+        standby.query_one("SELECT count(*) FROM kv") == "908"
     });
     assert_eq!(
         standby.query_one("SELECT walship_store_checksum()"),

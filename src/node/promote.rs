@@ -207,7 +207,10 @@ impl Node {
 
     fn run_promotion(&self, dir: &DataDir, req: &PromoteRequest) -> Result<(), Failure> {
         let wal = self.db().wal();
-        let end = wal.flush_all().map_err(refused)?;
+        // The new timeline begins where the last complete record ends: the
+        // first part of a record the old primary never finished sending is
+        // no WAL of either timeline.
+        let end = wal.discard_partial_record().map_err(refused)?;
         let settings = self.settings();
         let (mut journal, resumed_at) = match Journal::read(&dir.root).map_err(stuck)? {
             Some(j) => {

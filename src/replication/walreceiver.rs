@@ -148,6 +148,19 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     let mut restored = 0;
     // A long catch-up says how it goes every ten seconds.
     let mut progress = Progress::for_log("restoring WAL from the archive", Total::Unknown);
+    // One verifier for every segment restored in a row, so a record that
+    // runs from one segment into the next is checked and replayed whole.
+    let start = wal.discard_partial_record()?;
+    let last = wal.last_record_lsn();
+    let mut verifier = StreamVerifier::new(
+        size,
+        start,
+        (last != Lsn::INVALID).then_some(last),
+        Expect {
+            sysid: Some(host.system_id()),
+            max_timeline: Some(tli.get()),
+        },
+    );
     loop {
         if host.is_shutting_down() || host.paused() {
             return Ok(restored);
@@ -202,16 +215,6 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             )));
         }
         let from = pos.segment_offset(size) as usize;
-        let last = wal.last_record_lsn();
-        let mut verifier = StreamVerifier::new(
-            size,
-            pos,
-            (last != Lsn::INVALID).then_some(last),
-            Expect {
-                sysid: Some(host.system_id()),
-                max_timeline: Some(tli.get()),
-            },
-        );
         let chunk = &bytes[from..];
         let checked = match verifier.check(pos, chunk) {
             Ok(c) => c,
@@ -369,7 +372,10 @@ fn stream(
         }
     }
     let wal = host.wal();
-    let mut start = wal.insert_lsn();
+    // Streaming starts again at the end of the last complete record, as
+    // PostgreSQL's does: the first part of a record the last stream broke
+    // off in the middle of is sent again with the rest.
+    let mut start = wal.discard_partial_record()?;
     if their_tli > ours {
         // The upstream is on a later timeline: stream ours up to its switch
         // point (the upstream ends it there), then follow.

@@ -38,10 +38,19 @@ pub struct Checked {
     pub last_end: Option<Lsn>,
 }
 
+/// The last complete record of a stream: where it begins (the next
+/// record's prev-link) and where the record after it may begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastRecord {
+    pub lsn: Lsn,
+    /// [`Lsn::INVALID`] until a record completes in the stream.
+    pub next: Lsn,
+}
+
 /// See the module documentation.
 pub struct StreamVerifier {
     decoder: Decoder,
-    last_record: Lsn,
+    last: LastRecord,
 }
 
 impl StreamVerifier {
@@ -57,13 +66,16 @@ impl StreamVerifier {
         };
         StreamVerifier {
             decoder,
-            last_record: prev.unwrap_or(Lsn::INVALID),
+            last: LastRecord {
+                lsn: prev.unwrap_or(Lsn::INVALID),
+                next: Lsn::INVALID,
+            },
         }
     }
 
     /// The last complete record seen (or the `prev` given at the start).
-    pub fn last_record(&self) -> Lsn {
-        self.last_record
+    pub fn last_record(&self) -> LastRecord {
+        self.last
     }
 
     /// Checks the bytes that begin at `at` (contiguous with the previous
@@ -81,7 +93,10 @@ impl StreamVerifier {
             let (_, step) = self.decoder.decode(&bytes[off..]);
             match step {
                 Step::Record(r) => {
-                    self.last_record = r.lsn;
+                    self.last = LastRecord {
+                        lsn: r.lsn,
+                        next: r.end,
+                    };
                     checked.last_end = Some(r.end);
                     if r.header.rmid == RM_WALSHIP_ID {
                         checked.own.push(OwnRecord {

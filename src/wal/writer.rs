@@ -37,6 +37,7 @@ use super::history::TimelineHistory;
 use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
 use super::reader::{walk, SegmentFiles, WalkEnd};
 use super::segment::{self, OpenSegment};
+use super::verify::LastRecord;
 use crate::durable::{self, DirLock, FileError, IoContext};
 
 /// Appended bytes held in memory beyond which an append flushes them itself
@@ -132,6 +133,10 @@ struct Insert {
     pos: Lsn,
     /// The last record's LSN.
     prev: Lsn,
+    /// Where the record after the last complete one may begin: `pos`,
+    /// except on a standby that holds the first part of a record whose
+    /// rest has not arrived (see [`WalWriter::discard_partial_record`]).
+    complete: Lsn,
     /// Open segments, contiguous: the oldest may hold unflushed bytes, the
     /// newest is where `pos` falls (or about to be).
     segments: VecDeque<Arc<OpenSegment>>,
@@ -274,6 +279,7 @@ impl WalWriter {
             insert: Mutex::new(Insert {
                 pos,
                 prev,
+                complete: pos,
                 segments: VecDeque::new(),
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -341,9 +347,14 @@ impl WalWriter {
     /// Writes WAL received from an upstream server at the insert position,
     /// byte for byte (page headers included), as a standby's walreceiver
     /// does; it is durable once [`WalWriter::flush`] returns. The caller
-    /// has verified the bytes; `last_record` is the LSN of the last
-    /// complete record among everything written so far.
-    pub fn write_received(&self, at: Lsn, bytes: &[u8], last_record: Lsn) -> Result<(), WalError> {
+    /// has verified the bytes; `last_record` is the last complete record
+    /// among everything written so far.
+    pub fn write_received(
+        &self,
+        at: Lsn,
+        bytes: &[u8],
+        last_record: LastRecord,
+    ) -> Result<(), WalError> {
         let mut ins = self.lock_insert();
         self.check_poisoned()?;
         if at != ins.pos {
@@ -362,8 +373,44 @@ impl WalWriter {
             segno = segno.next();
         }
         push_pending(&mut ins, bytes);
-        ins.prev = last_record;
+        ins.prev = last_record.lsn;
+        ins.complete = ins.complete.max(last_record.next);
         Ok(())
+    }
+
+    /// Forgets the first part of a record whose rest never arrived (a
+    /// standby whose upstream stopped mid-record): the insert position goes
+    /// back to where the last complete record ends, so that what comes next
+    /// — the whole record again, from a new stream, or a new timeline's
+    /// first record — begins there. PostgreSQL likewise ends recovery, and
+    /// restarts streaming, at the end of the last valid record. The bytes
+    /// past it stay on disk until they are overwritten; no reader takes
+    /// them for WAL, as they are no complete record. Returns the insert
+    /// position.
+    pub fn discard_partial_record(&self) -> Result<Lsn, WalError> {
+        let mut ins = loop {
+            self.flush_all()?;
+            let ins = self.lock_insert();
+            self.check_poisoned()?;
+            if ins.pending.is_empty() {
+                break ins;
+            }
+        };
+        if ins.complete < ins.pos {
+            tracing::info!(
+                from = %ins.complete,
+                to = %ins.pos,
+                "discarding the first part of a record whose rest never arrived"
+            );
+            ins.pos = ins.complete;
+            self.flushed.fetch_min(ins.complete.0, Ordering::AcqRel);
+            // The open segments run up to the old position; reopen from
+            // the new one's, which the last flush may have closed.
+            ins.segments.clear();
+            let segno = ins.pos.segno(self.config.seg_size);
+            self.map_segment(&mut ins, segno)?;
+        }
+        Ok(ins.pos)
     }
 
     /// Continues the WAL on timeline `new` from the insert position, as a
@@ -474,6 +521,7 @@ impl WalWriter {
             // The rest of the segment stays as it is on disk: zeros.
             ins.pos = ins.pos.segno(size).next().start_lsn(size);
         }
+        ins.complete = ins.pos;
         let appended = Appended { lsn, end: ins.pos };
         let backlog = ins.pending_bytes;
         drop(ins);
@@ -1107,6 +1155,90 @@ mod tests {
             }
             other => panic!("expected StartMissing, got {:?}", other.map(|(_, r)| r)),
         }
+    }
+
+    /// A standby whose primary died part-way through sending a record (here
+    /// one that runs into the next segment) holds its first part. A new
+    /// timeline begins where the last complete record ends: what is written
+    /// on it must read back after the records before, on a restart.
+    #[test]
+    fn a_record_cut_off_mid_stream_is_discarded_before_a_new_timeline() {
+        let primary_dir = tempfile::tempdir().unwrap();
+        let standby_dir = tempfile::tempdir().unwrap();
+        let size = config(primary_dir.path()).seg_size;
+        let (primary, _) = WalWriter::open(config(primary_dir.path()), None, &mut |_| {}).unwrap();
+        let mut complete = Vec::new();
+        while primary.insert_lsn().segment_offset(size) < size.bytes() - 6000 {
+            complete.push(primary.append(RM_WALSHIP_ID, 0x20, 1, &[3; 500]).unwrap());
+        }
+        let big = primary
+            .append(RM_WALSHIP_ID, 0x20, 2, &[9; 20_000])
+            .unwrap();
+        assert_eq!(
+            big.end.segno(size),
+            SegNo(2),
+            "the record runs into segment 2"
+        );
+        primary.flush_all().unwrap();
+        let mut stream = std::fs::read(segment::segment_path(
+            primary_dir.path(),
+            TimelineId::FIRST,
+            SegNo(1),
+            size,
+        ))
+        .unwrap();
+        let second = std::fs::read(segment::segment_path(
+            primary_dir.path(),
+            TimelineId::FIRST,
+            SegNo(2),
+            size,
+        ))
+        .unwrap();
+        stream.extend_from_slice(&second[..4000]);
+
+        let (standby, _) = WalWriter::open(config(standby_dir.path()), None, &mut |_| {}).unwrap();
+        let start = standby.insert_lsn();
+        assert_eq!(start, SegNo(1).start_lsn(size));
+        let mut verifier = super::super::verify::StreamVerifier::new(
+            size,
+            start,
+            None,
+            Expect {
+                sysid: Some(config(standby_dir.path()).system_id),
+                max_timeline: Some(1),
+            },
+        );
+        verifier.check(start, &stream).unwrap();
+        standby
+            .write_received(start, &stream, verifier.last_record())
+            .unwrap();
+        standby.flush_all().unwrap();
+        assert!(standby.insert_lsn() > big.lsn);
+        assert_eq!(standby.discard_partial_record().unwrap(), big.lsn);
+        assert_eq!(standby.flushed_lsn(), big.lsn);
+        let two = TimelineId::new(2).unwrap();
+        assert_eq!(standby.switch_timeline(two).unwrap(), big.lsn);
+        let after = standby.append(RM_WALSHIP_ID, 0x20, 3, b"on two").unwrap();
+        standby.flush(after.end).unwrap();
+        drop(standby);
+
+        let on_two = WriterConfig {
+            timeline: two,
+            ..config(standby_dir.path())
+        };
+        let mut seen = Vec::new();
+        let (_, resumed) = WalWriter::open(on_two, None, &mut |r| seen.push(r.lsn)).unwrap();
+        let mut expected: Vec<Lsn> = complete.iter().map(|a| a.lsn).collect();
+        expected.push(after.lsn);
+        assert!(
+            seen == expected,
+            "read back {} records ending at {:?}, wrote {} ending at {:?}",
+            seen.len(),
+            seen.last(),
+            expected.len(),
+            expected.last()
+        );
+        assert_eq!(resumed.end, after.end);
     }
 
     #[test]
