@@ -134,7 +134,7 @@ fn cleanup_before(s: &str) -> Result<String, String> {
         Ok(WalFileName::Segment(_) | WalFileName::Partial(_) | WalFileName::Backup(..)) => {
             Ok(s.to_string())
         }
-        _ => Err("expected a segment name such as 000000010000000000000040, or a backup history file's name (SEGNAME.OOOOOOOO.backup)".to_string()),
+        _ => Err("expected a segment name such as 000000010000000000000040 (or SEGNAME.partial), or a backup history file's name (SEGNAME.OOOOOOOO.backup)".to_string()),
     }
 }
 

@@ -21,7 +21,7 @@ pub enum CleanupError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error(
-        "--before {0:?} is neither a segment name (24 upper-case hexadecimal digits) nor a backup history file name (SEGMENT.OFFSET.backup)"
+        "--before {0:?} names no segment of this archive's segment size; give the name of one of its segments (or of a backup history file)"
     )]
     BadName(String),
 }

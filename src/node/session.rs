@@ -100,7 +100,9 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
             node.unregister(pid);
             match result {
                 Ok(()) | Err(ProtoError::Closed) => debug!("session ended"),
-                Err(ProtoError::Io(e)) => debug!("connection lost: {e}"),
+                Err(ProtoError::Io(e)) => {
+                    debug!("connection lost: {}", crate::durable::io_cause(&e))
+                }
                 Err(e) => {
                     warn!("ending session: {e}");
                     let mut out = Out::default();

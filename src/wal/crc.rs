@@ -67,7 +67,10 @@ pub fn append_header(crc: u32, len_xid: u64, prev: u64, info_rmid: u32) -> u32 {
 #[inline]
 pub fn of_body(block_header: u64, block_header_len: usize, data: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
-    if data.len() < LONG_INPUT && std::arch::is_x86_feature_detected!("sse4.2") {
+    if block_header_len <= 2
+        && data.len() < LONG_INPUT
+        && std::arch::is_x86_feature_detected!("sse4.2")
+    {
         // SAFETY: the CPU supports SSE 4.2, checked just above.
         return unsafe { sse42::of_body(block_header, block_header_len, data) };
     }
@@ -79,15 +82,14 @@ pub fn of_body(block_header: u64, block_header_len: usize, data: &[u8]) -> u32 {
 mod sse42 {
     use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
 
+    /// A short body: no block header, or the 2-byte one (the caller
+    /// sends the 5-byte one, which comes with 256 bytes or more, to the
+    /// crate).
     #[target_feature(enable = "sse4.2")]
     pub fn of_body(block_header: u64, block_header_len: usize, data: &[u8]) -> u32 {
         let head = match block_header_len {
             0 => !0,
-            2 => _mm_crc32_u16(!0, block_header as u16),
-            _ => _mm_crc32_u32(
-                _mm_crc32_u8(!0, block_header as u8),
-                (block_header >> 8) as u32,
-            ),
+            _ => _mm_crc32_u16(!0, block_header as u16),
         };
         append(!head, data)
     }

@@ -152,8 +152,8 @@ struct Insert {
 }
 
 thread_local! {
-    /// A record that spans pages is laid out here whole, then copied in
-    /// page by page.
+    /// A record that does not fit in the rest of the current page (or
+    /// begins a page) is laid out here whole, then copied in page by page.
     static RECORD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
