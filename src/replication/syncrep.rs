@@ -191,7 +191,12 @@ pub struct SenderStatus {
 #[derive(Default)]
 pub struct WalSenders {
     senders: Mutex<Vec<Sender>>,
-    changed: Condvar,
+    /// One per position a commit can wait for (write, flush, apply; see
+    /// [`position_class`]): a standby's report wakes only the commits
+    /// waiting for a position it moved. (A standby reports its write
+    /// position before it syncs, and that must not wake every commit
+    /// waiting for the flush.)
+    changed: [Condvar; 3],
     /// When a standby last reported, or the node began to be a primary
     /// (see [`WalSenders::mark_heard`]): what isolation self-fencing
     /// measures.
@@ -235,7 +240,9 @@ impl WalSenders {
 
     pub fn unregister(&self, pid: i32) {
         self.lock().retain(|s| s.pid != pid);
-        self.changed.notify_all();
+        for changed in &self.changed {
+            changed.notify_all();
+        }
     }
 
     fn with(&self, pid: i32, f: impl FnOnce(&mut Sender)) {
@@ -262,7 +269,9 @@ impl WalSenders {
 
     /// The standby's status update; wakes waiting commits.
     pub fn reply(&self, pid: i32, write: Lsn, flush: Lsn, apply: Lsn, reply_time: i64) {
+        let mut moved = [false; 3];
         self.with(pid, |s| {
+            moved = [write != s.write, flush != s.flush, apply != s.apply];
             s.write = write;
             s.flush = flush;
             s.apply = apply;
@@ -270,7 +279,11 @@ impl WalSenders {
             s.lag.forget_upto(write.min(flush).min(apply));
         });
         self.mark_heard();
-        self.changed.notify_all();
+        for (changed, moved) in self.changed.iter().zip(moved) {
+            if moved {
+                changed.notify_all();
+            }
+        }
     }
 
     /// The oldest WAL a streaming walsender still reads or its standby
@@ -379,8 +392,7 @@ impl WalSenders {
                     "commit is waiting for synchronous replication"
                 );
             }
-            senders = self
-                .changed
+            senders = self.changed[position_class(level)]
                 .wait_timeout(senders, Duration::from_millis(100))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
@@ -388,12 +400,18 @@ impl WalSenders {
     }
 }
 
-fn level_position(s: &Sender, level: SyncCommit) -> Lsn {
+/// Which of a standby's positions a commit at `level` waits for, as an
+/// index into [`WalSenders`]' condition variables: write, flush, apply.
+fn position_class(level: SyncCommit) -> usize {
     match level {
-        SyncCommit::RemoteWrite => s.write,
-        SyncCommit::RemoteApply => s.apply,
-        _ => s.flush,
+        SyncCommit::RemoteWrite => 0,
+        SyncCommit::RemoteApply => 2,
+        _ => 1,
     }
+}
+
+fn level_position(s: &Sender, level: SyncCommit) -> Lsn {
+    [s.write, s.flush, s.apply][position_class(level)]
 }
 
 /// The candidates, streaming, by priority (then by connection order).
@@ -509,6 +527,35 @@ mod tests {
         assert_eq!(pos("ANY 2 (s1, s2, s3)"), Some(Lsn(200)));
         assert_eq!(pos("FIRST 1 (nobody)"), None);
         assert_eq!(pos("FIRST 2 (s1, nobody)"), None);
+    }
+
+    /// A standby reports its write position before its flush: a commit at
+    /// `remote_write` goes on then, one at `on` waits for the flush.
+    #[test]
+    fn each_level_is_released_by_its_own_position() {
+        let senders = std::sync::Arc::new(WalSenders::default());
+        senders.register(1, "s1", "");
+        senders.streaming(1, Lsn(0));
+        let names = SyncStandbyNames::parse("s1").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for level in [SyncCommit::RemoteWrite, SyncCommit::On] {
+            let (senders, names, tx) = (senders.clone(), names.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let waited =
+                    senders.wait(Lsn(100), level, &names, &AtomicBool::new(false), &|| false);
+                tx.send((level, waited.is_ok())).unwrap();
+            });
+        }
+        senders.reply(1, Lsn(100), Lsn(50), Lsn(50), 0);
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first, (SyncCommit::RemoteWrite, true));
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a commit at `on` went on before the standby's flush"
+        );
+        senders.reply(1, Lsn(100), Lsn(100), Lsn(50), 0);
+        let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(second, (SyncCommit::On, true));
     }
 
     #[test]

@@ -558,8 +558,13 @@ fn stream(
             None => {}
         }
         // Flush when no more WAL is waiting in the socket buffer: one fsync
-        // for everything that arrived together.
+        // for everything that arrived together. Before it, as PostgreSQL's
+        // walreceiver does, the WAL goes to the files and the upstream hears
+        // the write position: commits waiting for `remote_write` need not
+        // wait for this standby's fsync.
         if unflushed && !client.has_buffered() {
+            let written = wal.write_all()?;
+            client.send_status(written, wal.flushed_lsn(), reported_apply)?;
             flush_and_replay(host, &mut to_replay, replay_upto)?;
             unflushed = false;
             reply_due = true;

@@ -93,6 +93,9 @@ pub struct WalWriter {
     config: WriterConfig,
     insert: Mutex<Insert>,
     flushed: AtomicU64,
+    /// Everything below this LSN is in the files (handed to the OS), if not
+    /// yet durable: at or past `flushed`.
+    written: AtomicU64,
     poisoned: AtomicBool,
     /// Whether completed segments are marked for the archiver: from the
     /// config at open, switched on when a standby is promoted.
@@ -276,6 +279,7 @@ impl WalWriter {
         discard_after(&config, &files, pos)?;
         let writer = WalWriter {
             flushed: AtomicU64::new(pos.0),
+            written: AtomicU64::new(pos.0),
             insert: Mutex::new(Insert {
                 pos,
                 prev,
@@ -316,6 +320,11 @@ impl WalWriter {
     /// Everything below this LSN is durable.
     pub fn flushed_lsn(&self) -> Lsn {
         Lsn(self.flushed.load(Ordering::Acquire))
+    }
+
+    /// Everything below this LSN is in the files, durable or not.
+    pub fn written_lsn(&self) -> Lsn {
+        Lsn(self.written.load(Ordering::Acquire))
     }
 
     /// Where the next byte will be written (possibly a page boundary,
@@ -404,6 +413,7 @@ impl WalWriter {
             );
             ins.pos = ins.complete;
             self.flushed.fetch_min(ins.complete.0, Ordering::AcqRel);
+            self.written.fetch_min(ins.complete.0, Ordering::AcqRel);
             // The open segments run up to the old position; reopen from
             // the new one's, which the last flush may have closed.
             ins.segments.clear();
@@ -679,23 +689,50 @@ impl WalWriter {
     /// a flush concerns, rather than every waiter after every flush, keeps
     /// 32 committers on 2 CPUs from spending their time in the scheduler.
     pub fn flush(&self, upto: Lsn) -> Result<Lsn, WalError> {
+        self.write_or_flush(upto, true)
+    }
+
+    /// Hands everything appended so far to the files without waiting for
+    /// it to be durable, and returns the LSN below which everything is
+    /// written. A standby reports that as its write position before it
+    /// syncs, as PostgreSQL's walreceiver does, so that commits waiting for
+    /// `remote_write` do not wait for the standby's disk. A later
+    /// [`WalWriter::flush`] syncs it.
+    pub fn write_all(&self) -> Result<Lsn, WalError> {
+        let pos = self.insert_lsn();
+        self.write_or_flush(pos, false)
+    }
+
+    /// [`WalWriter::flush`] (`sync`) or [`WalWriter::write_all`]: either
+    /// way one caller at a time writes, so nothing is called durable while
+    /// another caller is still writing what lies below it.
+    fn write_or_flush(&self, upto: Lsn, sync: bool) -> Result<Lsn, WalError> {
+        let reached = || {
+            if sync {
+                self.flushed_lsn()
+            } else {
+                self.written_lsn()
+            }
+        };
         self.check_poisoned()?;
-        if self.flushed_lsn() >= upto {
-            return Ok(self.flushed_lsn());
+        if reached() >= upto {
+            return Ok(reached());
         }
         let me = std::thread::current();
         let mut state = self.lock_flush_state();
         loop {
             self.check_poisoned()?;
-            let flushed = self.flushed_lsn();
-            if flushed >= upto {
-                return Ok(flushed);
+            let done = reached();
+            if done >= upto {
+                return Ok(done);
             }
             if !state.flushing {
                 state.flushing = true;
                 let deadline =
                     std::time::Instant::now() + (state.last_flush / 2).min(MAX_REJOIN_WAIT);
-                while state.waiting.len() < state.rejoining && std::time::Instant::now() < deadline
+                while sync
+                    && state.waiting.len() < state.rejoining
+                    && std::time::Instant::now() < deadline
                 {
                     drop(state);
                     std::thread::yield_now();
@@ -710,16 +747,16 @@ impl WalWriter {
             drop(state);
             std::thread::park();
             // Covered: done, without queueing on the lock behind the others.
-            if self.flushed_lsn() >= upto {
+            if reached() >= upto {
                 self.check_poisoned()?;
-                return Ok(self.flushed_lsn());
+                return Ok(reached());
             }
             state = self.lock_flush_state();
         }
         drop(state);
         // Whatever happens in write_out (an error, even a panic), the next
         // flusher must be let in and the waiters woken.
-        struct Done<'a>(&'a WalWriter, std::time::Instant);
+        struct Done<'a>(&'a WalWriter, std::time::Instant, bool);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 let writer = self.0;
@@ -733,7 +770,9 @@ impl WalWriter {
                 let all = writer.poisoned.load(Ordering::Acquire);
                 let mut state = writer.lock_flush_state();
                 state.flushing = false;
-                state.last_flush = self.1.elapsed();
+                if self.2 {
+                    state.last_flush = self.1.elapsed();
+                }
                 let mut wake = Vec::new();
                 let mut next_flusher = false;
                 state.waiting.retain(|(upto, t)| {
@@ -754,8 +793,8 @@ impl WalWriter {
                 writer.flushed_signal.1.notify_all();
             }
         }
-        let _done = Done(self, std::time::Instant::now());
-        self.write_out()
+        let _done = Done(self, std::time::Instant::now(), sync);
+        self.write_out(sync)
     }
 
     fn lock_flush_state(&self) -> MutexGuard<'_, FlushState> {
@@ -765,9 +804,9 @@ impl WalWriter {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes everything appended so far and syncs it; the caller is the
-    /// only one doing so.
-    fn write_out(&self) -> Result<Lsn, WalError> {
+    /// Writes everything appended so far and, with `sync`, makes it
+    /// durable; the caller is the only one doing either.
+    fn write_out(&self, sync: bool) -> Result<Lsn, WalError> {
         let (target, pending, segments) = {
             let mut ins = self.lock_insert();
             ins.pending_bytes = 0;
@@ -777,7 +816,6 @@ impl WalWriter {
                 ins.segments.iter().cloned().collect::<Vec<_>>(),
             )
         };
-        let mut touched: Vec<&OpenSegment> = Vec::new();
         for (start, bytes) in &pending {
             let mut at = *start;
             let mut rest = &bytes[..];
@@ -790,14 +828,22 @@ impl WalWriter {
                     self.poisoned.store(true, Ordering::Release);
                     return Err(FileError::new("write", &seg.path, e).into());
                 }
-                if !touched.iter().any(|t| std::ptr::eq(*t, &**seg)) {
-                    touched.push(seg);
-                }
                 at.0 += n as u64;
                 rest = &rest[n..];
             }
         }
-        for seg in touched {
+        self.written.fetch_max(target.0, Ordering::AcqRel);
+        if !sync {
+            return Ok(target);
+        }
+        // Every open segment holding bytes not yet durable: written just
+        // now, or by a write without sync before (segments are closed only
+        // once durable, so those are still open).
+        let flushed = self.flushed_lsn();
+        for seg in segments
+            .iter()
+            .filter(|s| s.end() > flushed && s.start < target)
+        {
             let began = std::time::Instant::now();
             let synced = seg.sync();
             crate::metrics::FSYNC_LATENCY.observe(began.elapsed());
@@ -1239,6 +1285,20 @@ mod tests {
             expected.last()
         );
         assert_eq!(resumed.end, after.end);
+    }
+
+    #[test]
+    fn a_write_without_sync_is_in_the_file_and_made_durable_by_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (w, _) = WalWriter::open(cfg.clone(), None, &mut |_| {}).unwrap();
+        let before = w.flushed_lsn();
+        let a = w.append(RM_WALSHIP_ID, 0x20, 0, &[1; 3000]).unwrap();
+        assert_eq!(w.write_all().unwrap(), a.end);
+        assert_eq!((w.written_lsn(), w.flushed_lsn()), (a.end, before));
+        assert_eq!(read_all(&cfg).0, vec![(a.lsn, vec![1; 3000])]);
+        assert_eq!(w.flush(a.end).unwrap(), a.end);
+        assert_eq!((w.written_lsn(), w.flushed_lsn()), (a.end, a.end));
     }
 
     #[test]
