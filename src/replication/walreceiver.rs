@@ -251,8 +251,12 @@ fn restore_from_archive(host: &dyn WalReceiverHost) -> usize {
     let Some(command) = host.restore_command() else {
         return 0;
     };
+    let before = host.wal().insert_lsn();
     match restore(host, &command) {
-        Ok(0) => 0,
+        // Restoring again only the segment whose end a stream broke off in
+        // the middle of (see `discard_partial_record`) is no progress: the
+        // caller must still back off before it tries the primary again.
+        Ok(_) if host.wal().insert_lsn() <= before => 0,
         Ok(n) => {
             info!(segments = n, "restored WAL from the archive");
             n
@@ -564,7 +568,11 @@ fn stream(
         // wait for this standby's fsync.
         if unflushed && !client.has_buffered() {
             let written = wal.write_all()?;
-            client.send_status(written, wal.flushed_lsn(), reported_apply)?;
+            client.send_status(
+                wal.reportable(written),
+                wal.reportable(wal.flushed_lsn()),
+                reported_apply,
+            )?;
             flush_and_replay(host, &mut to_replay, replay_upto)?;
             unflushed = false;
             reply_due = true;
@@ -574,7 +582,7 @@ fn stream(
             reply_due = true;
         }
         if reply_due || last_reply.elapsed() >= STATUS_INTERVAL {
-            let flushed = wal.flushed_lsn();
+            let flushed = wal.reportable(wal.flushed_lsn());
             client.send_status(flushed, flushed, applied)?;
             reported_apply = applied;
             reply_due = false;

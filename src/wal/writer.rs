@@ -48,6 +48,9 @@ const MAX_PENDING: usize = 16 << 20;
 /// slow disk's long flush must not make the next commit wait as long).
 const MAX_REJOIN_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How long a parked committer sleeps before it looks again by itself.
+const LOST_WAKEUP_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The subdirectory of a WAL directory where archiving state lives
 /// (PostgreSQL's `pg_wal/archive_status`).
 pub const ARCHIVE_STATUS_DIR: &str = "archive_status";
@@ -123,7 +126,9 @@ pub struct WalWriter {
 #[derive(Default)]
 struct FlushState {
     flushing: bool,
-    waiting: Vec<(Lsn, std::thread::Thread)>,
+    /// Each parked caller: the LSN it waits for, whether it waits for that
+    /// to be durable (a flush) or only written ([`WalWriter::write_all`]).
+    waiting: Vec<(Lsn, bool, std::thread::Thread)>,
     /// How many committers wait once the ones the last flush covered (and
     /// woke) are back with their next records.
     rejoining: usize,
@@ -325,6 +330,16 @@ impl WalWriter {
     /// Everything below this LSN is in the files, durable or not.
     pub fn written_lsn(&self) -> Lsn {
         Lsn(self.written.load(Ordering::Acquire))
+    }
+
+    /// `lsn`, or the end of the last complete record if that is earlier:
+    /// what a standby reports to its upstream. A commit's record is
+    /// complete, so this never holds one back; and the upstream keeps the
+    /// WAL from there, which is where the standby asks for it again if the
+    /// stream breaks off mid-record (see
+    /// [`WalWriter::discard_partial_record`]).
+    pub fn reportable(&self, lsn: Lsn) -> Lsn {
+        lsn.min(self.lock_insert().complete)
     }
 
     /// Where the next byte will be written (possibly a page boundary,
@@ -741,11 +756,14 @@ impl WalWriter {
                 break;
             }
             // Registered once: a spurious wake-up finds itself still there.
-            if !state.waiting.iter().any(|(_, t)| t.id() == me.id()) {
-                state.waiting.push((upto, me.clone()));
+            if !state.waiting.iter().any(|(_, _, t)| t.id() == me.id()) {
+                state.waiting.push((upto, sync, me.clone()));
             }
             drop(state);
-            std::thread::park();
+            // Woken when covered or it is this caller's turn to flush; the
+            // timeout only bounds the wait should a wake-up ever go astray
+            // (the loop then looks again, and takes a free flusher's role).
+            std::thread::park_timeout(LOST_WAKEUP_RECHECK);
             // Covered: done, without queueing on the lock behind the others.
             if reached() >= upto {
                 self.check_poisoned()?;
@@ -767,6 +785,7 @@ impl WalWriter {
                     writer.poisoned.store(true, Ordering::Release);
                 }
                 let flushed = writer.flushed_lsn();
+                let written = writer.written_lsn();
                 let all = writer.poisoned.load(Ordering::Acquire);
                 let mut state = writer.lock_flush_state();
                 state.flushing = false;
@@ -775,8 +794,8 @@ impl WalWriter {
                 }
                 let mut wake = Vec::new();
                 let mut next_flusher = false;
-                state.waiting.retain(|(upto, t)| {
-                    let covered = all || *upto <= flushed;
+                state.waiting.retain(|(upto, sync, t)| {
+                    let covered = all || *upto <= if *sync { flushed } else { written };
                     if covered || !next_flusher {
                         next_flusher |= !covered;
                         wake.push(t.clone());
@@ -856,7 +875,11 @@ impl WalWriter {
         let mut done = Vec::new();
         {
             let mut ins = self.lock_insert();
-            while ins.segments.front().is_some_and(|s| s.end() <= target) {
+            // Never the segment the insert position is in, even should it
+            // have gone back below `target` meanwhile
+            // (`discard_partial_record` on a standby).
+            let closed = target.min(ins.pos);
+            while ins.segments.front().is_some_and(|s| s.end() <= closed) {
                 done.extend(ins.segments.pop_front());
             }
         }
@@ -1260,6 +1283,9 @@ mod tests {
             .unwrap();
         standby.flush_all().unwrap();
         assert!(standby.insert_lsn() > big.lsn);
+        // Upstream, it reports no further than the record it lacks the end
+        // of, so the upstream keeps the WAL it will ask for again.
+        assert_eq!(standby.reportable(standby.flushed_lsn()), big.lsn);
         assert_eq!(standby.discard_partial_record().unwrap(), big.lsn);
         assert_eq!(standby.flushed_lsn(), big.lsn);
         let two = TimelineId::new(2).unwrap();
