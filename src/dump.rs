@@ -2,19 +2,18 @@
 //! records of a set of segment files.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::durable::{FileError, IoContext};
-use crate::wal::format::{
-    self, PageHeader, LONG_PAGE_HEADER, RM_WALSHIP_ID, RM_XLOG_ID, XLOG_SWITCH,
-};
+use crate::wal::format::{self, RM_WALSHIP_ID, RM_XLOG_ID, XLOG_SWITCH};
 use crate::wal::payload::Payload;
 use crate::wal::reader::{walk, SegmentFiles, WalkEnd};
+use crate::wal::segment;
 use crate::wal::{
     Decoder, EndOfWal, Expect, Lsn, Record, SegNo, SegmentName, SegmentSize, WalError, WalFileName,
 };
@@ -211,16 +210,9 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
 /// Whether the segment file at `path` begins with a page written for its
 /// own place (segment `segno`): not zeros, not a recycled file's old pages.
 fn holds_own_wal(path: &Path, segno: SegNo, size: SegmentSize) -> bool {
-    first_page_header(path).is_ok_and(|header| {
+    segment::first_page_header(path).is_ok_and(|header| {
         header.magic == format::PAGE_MAGIC && header.pageaddr == segno.start_lsn(size)
     })
-}
-
-/// The (long) page header a segment file begins with.
-fn first_page_header(path: &Path) -> io::Result<PageHeader> {
-    let mut buf = [0u8; LONG_PAGE_HEADER];
-    File::open(path)?.read_exact(&mut buf)?;
-    Ok(PageHeader::decode(&buf))
 }
 
 fn describe_end(end: &EndOfWal, path: &Path) -> (bool, String) {
@@ -389,7 +381,7 @@ fn segment_size_of(path: &Path) -> Result<SegmentSize, DumpError> {
         path: path.to_path_buf(),
         why,
     };
-    let header = match first_page_header(path) {
+    let header = match segment::first_page_header(path) {
         Ok(header) => header,
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             return Err(not_segment("shorter than a long page header".into()).into())

@@ -24,7 +24,7 @@ use super::client::{Client, ClientError, CopyMessage, Rows};
 use super::conninfo::ConnInfo;
 use crate::durable::{self, DirLock, FileError, LockError};
 use crate::node::config::parse_size;
-use crate::wal::format::{PageHeader, LONG_PAGE_HEADER};
+
 use crate::wal::history::TimelineHistory;
 use crate::wal::name::history_file_name;
 use crate::wal::segment::{self, OpenSegment};
@@ -391,11 +391,9 @@ fn check_system(
             continue;
         }
         // Only the first page's long header is needed, not the segment.
-        let mut header = [0u8; LONG_PAGE_HEADER];
-        std::fs::File::open(entry.path())
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        let header = segment::first_page_header(&entry.path())
             .map_err(|e| FileError::new("read", entry.path(), e))?;
-        if let Some(long) = PageHeader::decode(&header).long {
+        if let Some(long) = header.long {
             let found = long.sysid;
             if found != 0 && found != server {
                 return Err(ReceiveError::WrongSystem {

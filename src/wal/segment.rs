@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
 
 use super::error::WalError;
+use super::format::{PageHeader, LONG_PAGE_HEADER};
 use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
 use super::name::{SegmentName, WalFileName};
 use crate::durable::{self, FileError, IoContext};
@@ -83,6 +84,15 @@ impl OpenSegment {
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// The (long) page header a segment file begins with: all a caller needs
+/// to learn a file's system, segment size or own address, without reading
+/// the segment.
+pub fn first_page_header(path: &Path) -> io::Result<PageHeader> {
+    let mut buf = [0u8; LONG_PAGE_HEADER];
+    File::open(path)?.read_exact(&mut buf)?;
+    Ok(PageHeader::decode(&buf))
 }
 
 /// The largest segment mapped with `MAP_POPULATE`.
