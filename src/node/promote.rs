@@ -505,23 +505,18 @@ fn fence_directly(upstream: &ConnInfo, system_id: u64, epoch: Epoch) -> Result<C
     for _ in 0..MAX_CASCADE {
         let mut client = Client::connect(&target, None).map_err(|e| e.to_string())?;
         let peer = client.peer().to_string();
-        let answer = |client: &mut Client, sql: &str, col: &str| {
+        let show = |client: &mut Client, name: &str| {
             client
-                .query(sql)
+                .show(name)
+                .map(Option::unwrap_or_default)
                 .map_err(|e| e.to_string())
-                .map(|rows| rows.text(0, col).unwrap_or_default())
         };
-        let theirs = answer(&mut client, "SHOW system_identifier", "system_identifier")?;
+        let theirs = show(&mut client, "system_identifier")?;
         if theirs != system_id.to_string() {
             return Err(format!("{peer} belongs to system {theirs}, not to this node's system {system_id}: not fencing it"));
         }
-        if answer(
-            &mut client,
-            "SELECT pg_is_in_recovery()",
-            "pg_is_in_recovery",
-        )? == "t"
-        {
-            let text = answer(&mut client, "SHOW primary_conninfo", "primary_conninfo")?;
+        if client.in_recovery().map_err(|e| e.to_string())? {
+            let text = show(&mut client, "primary_conninfo")?;
             client.close();
             if text.is_empty() {
                 return Err(format!("{peer} is a standby with no upstream of its own: the primary cannot be found from it"));

@@ -506,6 +506,12 @@ impl Client {
         Ok(self.query(&format!("SHOW {name}"))?.text(0, name))
     }
 
+    /// Whether the server is a standby (`pg_is_in_recovery()`).
+    pub fn in_recovery(&mut self) -> Result<bool, ClientError> {
+        let rows = self.query("SELECT pg_is_in_recovery()")?;
+        Ok(rows.text(0, "pg_is_in_recovery").is_some_and(|v| v == "t"))
+    }
+
     /// Slot `name` as READ_REPLICATION_SLOT shows it: `None` when the
     /// server has no such slot (it answers with nulls).
     pub fn read_slot(&mut self, name: &str) -> Result<Option<SlotState>, ClientError> {

@@ -38,11 +38,7 @@ fn objects(rows: &Rows) -> Vec<Value> {
 /// Asks the node at `from`.
 pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
     let mut client = Client::connect(from, None)?;
-    let standby = text(
-        &client.query("SELECT pg_is_in_recovery()")?,
-        "pg_is_in_recovery",
-    )
-    .is_some_and(|v| v == "t");
+    let standby = client.in_recovery()?;
     // Every walship node knows fenced_by; PostgreSQL does not (42704).
     let fenced_by = match client.show("fenced_by") {
         Err(ClientError::Server { peer, error }) if error.code == "42704" => {
