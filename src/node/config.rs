@@ -90,6 +90,9 @@ pub struct Settings {
     pub max_connections: usize,
     pub authentication: AuthMethod,
     pub max_message_size: usize,
+    /// How long a session polls its idle socket before it sleeps (zero:
+    /// never polls); see `node::busy_poll`.
+    pub busy_poll: Duration,
     pub synchronous_commit: SyncCommit,
     pub wal_writer_delay: Duration,
     pub checkpoint_timeout: Duration,
@@ -170,6 +173,7 @@ impl Default for Settings {
             max_connections: 100,
             authentication: AuthMethod::Trust,
             max_message_size: 64 << 20,
+            busy_poll: Duration::from_micros(50),
             synchronous_commit: SyncCommit::On,
             wal_writer_delay: Duration::from_millis(200),
             checkpoint_timeout: Duration::from_secs(300),
@@ -226,6 +230,11 @@ const DOCS: &[SettingDoc] = &[
         name: "max_message_size",
         reload: true,
         help: "largest protocol message a client may send",
+    },
+    SettingDoc {
+        name: "busy_poll",
+        reload: true,
+        help: "when no other session is busy, a session polls its socket this long before it sleeps, to answer a client's next message without a CPU wake-up (0: never; new connections)",
     },
     SettingDoc {
         name: "synchronous_commit",
@@ -435,6 +444,7 @@ impl Settings {
             "max_message_size" => {
                 self.max_message_size = parse_size(value).map_err(SetError::Value)? as usize
             }
+            "busy_poll" => self.busy_poll = parse_duration(value).map_err(SetError::Value)?,
             "synchronous_commit" => {
                 self.synchronous_commit = value.parse().map_err(SetError::Value)?
             }
@@ -520,6 +530,7 @@ impl Settings {
             "max_connections" => self.max_connections.to_string(),
             "authentication" => self.authentication.to_string(),
             "max_message_size" => format_size(self.max_message_size as u64),
+            "busy_poll" => format_duration(self.busy_poll),
             "synchronous_commit" => self.synchronous_commit.to_string(),
             "wal_writer_delay" => format_duration(self.wal_writer_delay),
             "checkpoint_timeout" => format_duration(self.checkpoint_timeout),

@@ -1,6 +1,7 @@
 //! A node: its data directory, settings, and the server that runs it.
 
 pub mod archiving;
+pub mod busy_poll;
 pub mod config;
 pub mod control;
 pub mod datadir;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use super::busy_poll::{self, BusyPoll};
 use super::server::Node;
 use crate::node::config::AuthMethod;
 use crate::protocol::codec::{self, format_of, Cursor, Out, ProtoError, Startup};
@@ -27,7 +28,7 @@ const STARTUP_KEYS: &[&str] = &[
     "fallback_application_name",
 ];
 
-type Reader = BufReader<TcpStream>;
+type Reader = BufReader<BusyPoll>;
 /// An authenticated user and the startup parameters, or `None` when there is no session to run.
 type Started = Option<(String, Vec<(String, String)>, bool)>;
 type Writer = BufWriter<TcpStream>;
@@ -65,7 +66,10 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::with_capacity(16 << 10, stream);
+    let mut reader = BufReader::with_capacity(
+        16 << 10,
+        BusyPoll::new(stream, node.settings().busy_poll, &busy_poll::SESSIONS),
+    );
     let mut writer = BufWriter::with_capacity(16 << 10, write_half);
     match startup(&node, &mut reader, &mut writer) {
         Ok(Some((user, params, replication))) => {

@@ -84,7 +84,7 @@ struct Feedback {
     done: AtomicBool,
 }
 
-type Reader = BufReader<TcpStream>;
+type Reader = BufReader<crate::node::busy_poll::BusyPoll>;
 type Writer = BufWriter<TcpStream>;
 
 fn text_result(out: &mut Out, columns: &[(&str, u32)], row: &[Option<String>]) {

@@ -1,0 +1,189 @@
+//! A session's socket reader that polls briefly before it sleeps.
+//!
+//! On a virtual machine an idle CPU that must be woken for a new message
+//! costs tens of microseconds: more than the whole server-side work of a
+//! point read. A client in a tight request loop sends its next message a few
+//! microseconds after it reads the answer, so the session first polls the
+//! socket without blocking for up to the `busy_poll` setting, and only then
+//! sleeps in `recv`. Linux offers the same for network cards
+//! (`SO_BUSY_POLL`), but not on loopback.
+//!
+//! Polling pays only where a CPU would otherwise sit idle. So a session
+//! polls only while no other session of its [`PollGate`] is at work (between
+//! reading a message and waiting for the next), and stops the moment one
+//! is: under load every session sleeps in `recv` as before.
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+
+/// The sessions that decide together whether one of them may poll.
+///
+/// Invariants: `working` counts the open [`BusyPoll`]s not inside `read`;
+/// `polling` is at most 1.
+pub struct PollGate {
+    working: AtomicUsize,
+    polling: AtomicUsize,
+}
+
+/// The gate of the node's client sessions.
+pub static SESSIONS: PollGate = PollGate::new();
+
+impl PollGate {
+    const fn new() -> PollGate {
+        PollGate {
+            working: AtomicUsize::new(0),
+            polling: AtomicUsize::new(0),
+        }
+    }
+
+    fn others_working(&self) -> bool {
+        self.working.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Reads a session's socket, polling for up to `window` before blocking.
+pub struct BusyPoll {
+    stream: TcpStream,
+    window: Duration,
+    gate: &'static PollGate,
+}
+
+impl BusyPoll {
+    /// A reader of `stream`, at work (it counts against others' polling)
+    /// until it is inside `read` or dropped.
+    pub fn new(stream: TcpStream, window: Duration, gate: &'static PollGate) -> BusyPoll {
+        gate.working.fetch_add(1, Ordering::Relaxed);
+        BusyPoll {
+            stream,
+            window,
+            gate,
+        }
+    }
+
+    /// Polls without blocking until data arrives, the window closes or
+    /// another session starts work. `None` when nothing came or polling was
+    /// not allowed.
+    fn poll(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let gate = self.gate;
+        if self.window.is_zero()
+            || gate.others_working()
+            || gate
+                .polling
+                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let fd = self.stream.as_raw_fd();
+        let deadline = Instant::now() + self.window;
+        let got = loop {
+            match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => break Some(Ok(n)),
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(e) => break Some(Err(io::Error::from(e))),
+            }
+            if gate.others_working() || Instant::now() >= deadline {
+                break None;
+            }
+            std::hint::spin_loop();
+        };
+        gate.polling.store(0, Ordering::Release);
+        got
+    }
+}
+
+impl Read for BusyPoll {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.gate.working.fetch_sub(1, Ordering::Relaxed);
+        let got = match self.poll(buf) {
+            Some(got) => got,
+            None => self.stream.read(buf),
+        };
+        self.gate.working.fetch_add(1, Ordering::Relaxed);
+        got
+    }
+}
+
+impl Drop for BusyPoll {
+    fn drop(&mut self) {
+        self.gate.working.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn gate() -> &'static PollGate {
+        Box::leak(Box::new(PollGate::new()))
+    }
+
+    /// What `read` does, without its blocking fallback.
+    fn poll_in_read(r: &mut BusyPoll, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        r.gate.working.fetch_sub(1, Ordering::Relaxed);
+        let got = r.poll(buf);
+        r.gate.working.fetch_add(1, Ordering::Relaxed);
+        got
+    }
+
+    #[test]
+    fn reads_what_arrives_within_and_after_the_window() {
+        let (mut client, server) = pair();
+        let mut r = BusyPoll::new(server, Duration::from_micros(50), gate());
+        let mut buf = [0u8; 16];
+        client.write_all(b"now").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(r.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"now");
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            client.write_all(b"later").unwrap();
+            client
+        });
+        assert_eq!(r.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"later");
+        drop(late.join().unwrap());
+        assert_eq!(r.read(&mut buf).unwrap(), 0, "end of stream");
+    }
+
+    #[test]
+    fn the_gate_counts_sessions_at_work_and_lets_one_poll() {
+        let gate = gate();
+        let (_c1, s1) = pair();
+        let (mut c2, s2) = pair();
+        let working = BusyPoll::new(s1, Duration::from_millis(1), gate);
+        let mut idle = BusyPoll::new(s2, Duration::from_secs(60), gate);
+        assert_eq!(gate.working.load(Ordering::Relaxed), 2);
+        // Another session is at work: no polling, though data is there.
+        c2.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut buf = [0u8; 4];
+        assert!(poll_in_read(&mut idle, &mut buf).is_none());
+        drop(working);
+        // Alone now: the poll finds it.
+        assert_eq!(poll_in_read(&mut idle, &mut buf).unwrap().unwrap(), 1);
+        assert_eq!(gate.polling.load(Ordering::Relaxed), 0);
+        // Only one session polls at a time.
+        gate.polling.store(1, Ordering::Relaxed);
+        c2.write_all(b"y").unwrap();
+        assert!(poll_in_read(&mut idle, &mut buf).is_none());
+        gate.polling.store(0, Ordering::Relaxed);
+        drop(idle);
+        assert_eq!(gate.working.load(Ordering::Relaxed), 0);
+    }
+}
