@@ -183,7 +183,15 @@ impl Session<'_> {
         let name = SegmentName::new(self.tli, segno);
         let done = self.opts.dir.join(name.file_name(self.size));
         let partial = self.opts.dir.join(name.partial_file_name(self.size));
-        segment::create_zeroed(&partial, self.size)?;
+        // A synchronous receiver syncs after every message, so its blocks
+        // are written as zeros first and each sync carries only data; an
+        // asynchronous one syncs seldom, and is spared writing each segment
+        // twice.
+        if self.opts.synchronous {
+            segment::create_zeroed(&partial, self.size)?;
+        } else {
+            segment::create_allocated(&partial, self.size)?;
+        }
         let file = OpenSegment::open(&partial, segno, self.size)?;
         self.current = Some(Receiving {
             segno,

@@ -22,6 +22,16 @@ pub fn create_zeroed(path: &Path, size: SegmentSize) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Creates a segment file allocated but not written ([`durable::allocate`])
+/// under a temporary name and durably renames it into place, unless a file
+/// of that name already exists. For files synced seldom (a receiver's
+/// segments between status intervals): it saves writing every segment
+/// twice, while each sync pays for the extents written since the last.
+pub fn create_allocated(path: &Path, size: SegmentSize) -> Result<(), FileError> {
+    durable::create_file_exclusive(path, |f| durable::allocate(f, size.bytes()))?;
+    Ok(())
+}
+
 /// Fails unless the open segment file is exactly one segment long.
 pub(crate) fn check_size(path: &Path, file: &File, size: SegmentSize) -> Result<(), WalError> {
     let actual = file.metadata().at("stat", path)?.len();
