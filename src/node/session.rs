@@ -2,7 +2,7 @@
 //! extended query protocols until the client leaves or the node stops.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use super::busy_poll::{self, BusyPoll};
 use super::server::Node;
 use crate::node::config::AuthMethod;
 use crate::protocol::codec::{self, format_of, Cursor, Out, ProtoError, Startup};
+use crate::protocol::reader::MessageReader;
 use crate::protocol::scram::ScramServer;
 use crate::replication::walsender;
 use crate::sql::exec::{oid, QueryResult, Session};
@@ -28,7 +29,7 @@ const STARTUP_KEYS: &[&str] = &[
     "fallback_application_name",
 ];
 
-type Reader = BufReader<BusyPoll>;
+type Reader = MessageReader<BusyPoll>;
 /// An authenticated user and the startup parameters, or `None` when there is no session to run.
 type Started = Option<(String, Vec<(String, String)>, bool)>;
 type Writer = BufWriter<TcpStream>;
@@ -66,7 +67,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::with_capacity(
+    let mut reader = MessageReader::with_capacity(
         16 << 10,
         BusyPoll::new(stream, node.settings().busy_poll, &busy_poll::SESSIONS),
     );
@@ -263,14 +264,14 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             let mut scram = ScramServer::new(verifier);
             out.auth_sasl(&["SCRAM-SHA-256"]);
             out.send(w)?;
-            let (tag, body) = codec::read_message(r, max)?;
+            let (tag, body) = r.read_message(max)?;
             if tag != b'p' {
                 return Err(ProtoError::Malformed(format!(
                     "expected a SASL initial response, got message type '{}'",
                     tag as char
                 )));
             }
-            let mut c = Cursor::new(&body);
+            let mut c = Cursor::new(body);
             let mechanism = c.cstr()?;
             let len = c.i32()?;
             let data = if len < 0 {
@@ -289,11 +290,11 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             };
             out.auth(11, server_first.as_bytes());
             out.send(w)?;
-            let (tag, body) = codec::read_message(r, max)?;
+            let (tag, body) = r.read_message(max)?;
             if tag != b'p' {
                 return Err(ProtoError::Malformed("expected a SASL response".into()));
             }
-            match scram.client_final(&body) {
+            match scram.client_final(body) {
                 Ok(server_final) => out.auth(12, server_final.as_bytes()),
                 Err(e) => {
                     warn!(user = %user, "password authentication failed: {e}");
@@ -394,7 +395,7 @@ fn run(
     let mut skipping = false;
     loop {
         let max = node.settings().max_message_size;
-        let (tag, body) = match codec::read_message(r, max) {
+        let (tag, body) = match r.read_message(max) {
             Ok(m) => m,
             Err(e) => {
                 session.abandon();
@@ -411,7 +412,7 @@ fn run(
             }
         };
         session.forget_cancel();
-        let mut c = Cursor::new(&body);
+        let mut c = Cursor::new(body);
         if skipping && !matches!(tag, b'S' | b'X') {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Framing and encoding of protocol messages (PostgreSQL's
-//! "Message Formats" chapter): reading the startup packet and frontend
-//! messages with a size limit, and building backend messages.
+//! "Message Formats" chapter): reading the startup packet with a size
+//! limit (the messages after it: [`super::reader`]), and building backend
+//! messages.
 //!
 //! Nothing here trusts the peer: every length is checked before it is used,
 //! and a malformed message is an error naming what was wrong, never a panic.
@@ -89,25 +90,6 @@ pub fn read_startup(r: &mut impl Read, max: usize) -> Result<Startup, ProtoError
             v & 0xFFFF
         ))),
     }
-}
-
-/// Reads one frontend message: its type byte and body.
-pub fn read_message(r: &mut impl Read, max: usize) -> Result<(u8, Vec<u8>), ProtoError> {
-    let mut head = [0u8; 5];
-    read_exact_or_closed(r, &mut head)?;
-    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len < 4 {
-        return Err(ProtoError::Malformed(format!(
-            "invalid message length {len}"
-        )));
-    }
-    let len = len as usize;
-    if len > max {
-        return Err(ProtoError::TooLarge { len, max });
-    }
-    let mut body = vec![0u8; len - 4];
-    read_exact_or_closed(r, &mut body)?;
-    Ok((head[0], body))
 }
 
 /// Reads fields off a message body, checking every length.
@@ -510,21 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_size_checked() {
-        let q = [b'Q', 0, 0, 0, 8, b's', b'e', b'l', 0];
-        assert_eq!(
-            read_message(&mut &q[..], 100).unwrap(),
-            (b'Q', b"sel\0".to_vec())
-        );
-        assert!(matches!(
-            read_message(&mut &q[..], 7),
-            Err(ProtoError::TooLarge { .. })
-        ));
-        let neg = [b'Q', 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            read_message(&mut &neg[..], 100),
-            Err(ProtoError::Malformed(_))
-        ));
+    fn cursors_check_every_length() {
         let mut c = Cursor::new(b"abc");
         assert!(c.cstr().is_err());
         let mut c = Cursor::new(&[0xff, 0xff]);

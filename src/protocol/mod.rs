@@ -3,4 +3,5 @@
 //! loop that uses them lives in `node::session`.
 
 pub mod codec;
+pub mod reader;
 pub mod scram;

@@ -8,7 +8,7 @@
 //! timeout, never a hang; a malformed message is an error, never a panic.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -20,11 +20,16 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use thiserror::Error;
 
 use super::conninfo::ConnInfo;
-use crate::protocol::codec::{self, Cursor, Out, ProtoError};
+use crate::protocol::codec::{Cursor, Out, ProtoError};
+use crate::protocol::reader::MessageReader;
 use crate::wal::Lsn;
 
 /// The largest message accepted from a server.
 const MAX_MESSAGE: usize = 64 << 20;
+/// The read buffer: room for several of a walsender's largest XLogData
+/// messages (128 kB), so that moving a partly read one to the front, to
+/// keep it contiguous, is seldom and small next to the bytes read.
+const READ_BUFFER: usize = 1 << 20;
 
 /// How long a message already begun may take to arrive in full.
 const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,8 +137,9 @@ impl Rows {
 
 /// A message of a copy stream.
 #[derive(Debug)]
-pub enum CopyMessage {
-    Data(Vec<u8>),
+pub enum CopyMessage<'a> {
+    /// Lent until the client's next read.
+    Data(&'a [u8]),
     /// The server ended the copy (CopyDone).
     Done,
 }
@@ -234,7 +240,7 @@ fn open(info: &ConnInfo) -> io::Result<Conn> {
 /// A connection to a PostgreSQL-protocol server.
 pub struct Client {
     peer: String,
-    r: BufReader<Conn>,
+    r: MessageReader<Conn>,
     w: BufWriter<Conn>,
     /// ParameterStatus values the server sent.
     pub parameters: HashMap<String, String>,
@@ -253,7 +259,7 @@ impl Client {
         stream
             .set_read_timeout(MID_MESSAGE_TIMEOUT)
             .map_err(connect_err)?;
-        let r = BufReader::with_capacity(256 << 10, stream.try_clone().map_err(connect_err)?);
+        let r = MessageReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(connect_err)?);
         let w = BufWriter::with_capacity(64 << 10, stream);
         let mut client = Client {
             peer,
@@ -313,21 +319,23 @@ impl Client {
         out.send(&mut self.w).map_err(|e| self.io(e))
     }
 
-    fn read(&mut self) -> Result<(u8, Vec<u8>), ClientError> {
+    /// Reads the next message that is not a notice or a parameter
+    /// status, and returns its type ([`MessageReader::body`] lends its
+    /// body); an ErrorResponse becomes [`ClientError::Server`].
+    fn next_message(&mut self) -> Result<u8, ClientError> {
         loop {
-            let (tag, body) =
-                codec::read_message(&mut self.r, MAX_MESSAGE).map_err(|e| match e {
-                    ProtoError::Closed => self.io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection",
-                    )),
-                    e => self.io(e),
-                })?;
+            let tag = self.r.next_message(MAX_MESSAGE).map_err(|e| match e {
+                ProtoError::Closed => self.io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )),
+                e => self.io(e),
+            })?;
             match tag {
                 // NoticeResponse and ParameterStatus may come at any time.
                 b'N' => continue,
                 b'S' => {
-                    let mut c = Cursor::new(&body);
+                    let mut c = Cursor::new(self.r.body());
                     let name = c.cstr().map_err(|e| self.io(e))?;
                     let value = c.cstr().map_err(|e| self.io(e))?;
                     self.parameters.insert(name, value);
@@ -335,12 +343,18 @@ impl Client {
                 b'E' => {
                     return Err(ClientError::Server {
                         peer: self.peer.clone(),
-                        error: Box::new(parse_error(&body)),
+                        error: Box::new(parse_error(self.r.body())),
                     })
                 }
-                _ => return Ok((tag, body)),
+                _ => return Ok(tag),
             }
         }
+    }
+
+    /// [`Client::next_message`], with the body copied out.
+    fn read(&mut self) -> Result<(u8, Vec<u8>), ClientError> {
+        let tag = self.next_message()?;
+        Ok((tag, self.r.body().to_vec()))
     }
 
     fn authenticate(&mut self, user: &str, password: Option<&str>) -> Result<(), ClientError> {
@@ -580,13 +594,12 @@ impl Client {
 
     /// Waits up to `timeout` for the next copy message; `None` when none
     /// came in time.
-    pub fn recv_copy(&mut self, timeout: Duration) -> Result<Option<CopyMessage>, ClientError> {
-        if self.r.buffer().is_empty() && !self.wait_readable(timeout)? {
+    pub fn recv_copy(&mut self, timeout: Duration) -> Result<Option<CopyMessage<'_>>, ClientError> {
+        if self.r.buffered().is_empty() && !self.wait_readable(timeout)? {
             return Ok(None);
         }
-        let (tag, body) = self.read()?;
-        match tag {
-            b'd' => Ok(Some(CopyMessage::Data(body))),
+        match self.next_message()? {
+            b'd' => Ok(Some(CopyMessage::Data(self.r.body()))),
             b'c' => Ok(Some(CopyMessage::Done)),
             other => Err(self.protocol(format!(
                 "unexpected message type '{}' in a copy stream",
@@ -602,7 +615,7 @@ impl Client {
 
     /// True when a whole message may be read without waiting on the network.
     pub fn has_buffered(&self) -> bool {
-        self.r.buffer().len() >= 5
+        self.r.buffered().len() >= 5
     }
 
     fn wait_readable(&mut self, timeout: Duration) -> Result<bool, ClientError> {

@@ -485,7 +485,7 @@ fn stream(
                 match msg.first() {
                     Some(b'w') => {
                         let (Some(at), Some(end), Some(sent)) =
-                            (be_u64(&msg, 1), be_u64(&msg, 9), be_u64(&msg, 17))
+                            (be_u64(msg, 1), be_u64(msg, 9), be_u64(msg, 17))
                         else {
                             return Err(malformed("XLogData shorter than its header"));
                         };
@@ -528,7 +528,7 @@ fn stream(
                         st.last_msg_receipt_time = pg_now();
                     }
                     Some(b'k') => {
-                        let (Some(end), Some(sent)) = (be_u64(&msg, 1), be_u64(&msg, 9)) else {
+                        let (Some(end), Some(sent)) = (be_u64(msg, 1), be_u64(msg, 9)) else {
                             return Err(malformed("keepalive shorter than its fields"));
                         };
                         reply_due |= msg.get(17) == Some(&1);

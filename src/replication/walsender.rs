@@ -7,7 +7,7 @@
 //! flushed LSN, read from the segment files), so a standby never holds WAL
 //! the primary could lose in a crash.
 
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use super::command::{self, ReplicationCommand};
 use super::slots::Slots;
 use super::syncrep::WalSenders;
 use crate::durable::FileError;
-use crate::protocol::codec::{self, Cursor, Out, ProtoError};
+use crate::protocol::codec::{Cursor, Out, ProtoError};
 use crate::sql::exec::oid;
 use crate::sqlstate::{code, PgError};
 use crate::wal::history::TimelineHistory;
@@ -84,7 +84,7 @@ struct Feedback {
     done: AtomicBool,
 }
 
-type Reader = BufReader<crate::node::busy_poll::BusyPoll>;
+type Reader = crate::protocol::reader::MessageReader<crate::node::busy_poll::BusyPoll>;
 type Writer = BufWriter<TcpStream>;
 
 fn text_result(out: &mut Out, columns: &[(&str, u32)], row: &[Option<String>]) {
@@ -120,10 +120,10 @@ pub fn serve(
     let _unregister = Unregister(host.senders(), peer.pid);
     let mut out = Out::default();
     loop {
-        let (tag, body) = codec::read_message(r, host.max_message_size())?;
+        let (tag, body) = r.read_message(host.max_message_size())?;
         match tag {
             b'Q' => {
-                let text = Cursor::new(&body).cstr()?;
+                let text = Cursor::new(body).cstr()?;
                 debug!(command = %text, "replication command");
                 let result = match command::parse(&text) {
                     Ok(cmd) => run_command(host, peer.pid, cmd, r, w, &mut out),
@@ -506,7 +506,7 @@ fn stream(
         let began = Instant::now();
         let receiver = scope.spawn(move || -> Result<(), ProtoError> {
             loop {
-                let (tag, body) = match codec::read_message(r, max) {
+                let (tag, body) = match r.read_message(max) {
                     Ok(m) => m,
                     Err(e) => {
                         fb.done.store(true, Ordering::Release);
@@ -516,7 +516,7 @@ fn stream(
                 heard.store(began.elapsed().as_millis() as u64, Ordering::Release);
                 match tag {
                     b'd' => {
-                        let mut c = Cursor::new(&body);
+                        let mut c = Cursor::new(body);
                         if c.u8()? == b'r' {
                             let write = Lsn(c.i64()? as u64);
                             let flush = Lsn(c.i64()? as u64);
