@@ -624,6 +624,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The long-running commands set up their own log (with --log-format);
+    // the others print their result and their error themselves, and show
+    // only warnings from below (a password file others may read, ...).
+    if !matches!(
+        cli.command,
+        Command::Server(_) | Command::Receive(_) | Command::Archive(_) | Command::Demo(_)
+    ) {
+        init_warnings();
+    }
     match cli.command {
         Command::Demo(args) => {
             walship::demo::run(args.keep)?;
@@ -717,6 +726,19 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// Warnings and errors on stderr, one line each, for one-shot commands.
+fn init_warnings() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_max_level(tracing::Level::WARN)
+        .log_internal_errors(false)
+        .with_ansi(io::stderr().is_terminal())
+        .init();
 }
 
 fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
@@ -1397,7 +1419,10 @@ mod man {
             r".SH ENVIRONMENT
 .TP
 \fBPGUSER\fR
-The role to connect as when \fICONNINFO\fR names no \fBuser\fR; without it, the name of the OS user running the command. The database defaults to the role's name. No other libpq variable is read, nor \fI~/.pgpass\fR: the host (default 127.0.0.1), port (default 5432) and password come from \fICONNINFO\fR alone.{more}
+The role to connect as when \fICONNINFO\fR names no \fBuser\fR; without it, the name of the OS user running the command. The database defaults to the role's name.{more}
+.TP
+\fBPGPASSWORD\fR, \fBPGPASSFILE\fR
+The password, when \fICONNINFO\fR gives none and the server asks for one: \fBPGPASSWORD\fR, else the first matching line \fIhost\fR:\fIport\fR:\fIdatabase\fR:\fIuser\fR:\fIpassword\fR of the file \fBPGPASSFILE\fR names (default \fI~/.pgpass\fR), as libpq reads it: \fB*\fR matches anything, a replication connection matches the database \fBreplication\fR, and a file others may read is not used (with a warning). Neither shows in \fBps\fR, as a password in \fICONNINFO\fR does. No other libpq variable is read: the host (default 127.0.0.1) and port (default 5432) come from \fICONNINFO\fR alone.
 "
         )
     }
@@ -1415,7 +1440,10 @@ A WAL archive: its identity \fIARCHIVE\fR, archived segments and history files, 
 .SH ENVIRONMENT
 .TP
 \fBPGUSER\fR
-The role to connect as when a connection string (\fB\-\-from\fR, \fBprimary_conninfo\fR) names none. No other libpq variable is read, nor \fI~/.pgpass\fR.
+The role to connect as when a connection string (\fB\-\-from\fR, \fBprimary_conninfo\fR) names none.
+.TP
+\fBPGPASSWORD\fR, \fBPGPASSFILE\fR
+The password when a connection string gives none, as libpq reads them (default file \fI~/.pgpass\fR); see \fBwalship\-receive\fR(1). No other libpq variable is read.
 .TP
 \fBTMPDIR\fR
 Where \fBwalship demo\fR and \fBwalship promote\fR put their temporary files (default \fI/tmp\fR).
@@ -1698,6 +1726,9 @@ With \fBarchive_directory\fR set: the highest epoch claimed there, read at start
 .TP
 \fBPGUSER\fR
 The role a standby streams as, and a promotion fences the old primary as, when \fBprimary_conninfo\fR names none; without it, the name of the OS user running the server.
+.TP
+\fBPGPASSWORD\fR, \fBPGPASSFILE\fR
+The password for \fBprimary_conninfo\fR when it gives none, as libpq reads them (default file \fI~/.pgpass\fR of the user running the server); see \fBwalship\-receive\fR(1).
 .TP
 \fBWALSHIP_CRASH_AT\fR
 For crash tests only: the node kills itself (SIGKILL) at the named point (\fBpromote\-fence\fR, \fBpromote\-switch\fR, ...). Never set it in production.

@@ -276,6 +276,63 @@ fn scram_sha_256_accepts_the_password_and_nothing_else() {
     assert!(!std::fs::read_to_string(node.dir.join("users"))
         .unwrap()
         .contains("s3cret"));
+
+    // walship's own clients find the password as libpq's do: PGPASSWORD,
+    // then a password file only its owner can read.
+    let status = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_walship"));
+        cmd.args(["status", "--from", &node.conninfo()])
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .env("HOME", root.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = status(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set PGPASSWORD"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = status(&[("PGPASSWORD", "s3cret")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passfile = root.path().join("pgpass");
+    std::fs::write(
+        &passfile,
+        format!(
+            "127.0.0.1:{}:walship:nobody:wrong\n127.0.0.1:{}:*:tester:s3cret\n",
+            node.port, node.port
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = passfile.to_str().unwrap();
+    let out = status(&[("PGPASSFILE", file)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = status(&[("PGPASSFILE", file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has group or world access"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ~/.pgpass by default.
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&passfile, root.path().join(".pgpass")).unwrap();
+    assert!(status(&[]).status.success());
 }
 
 #[test]

@@ -20,6 +20,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use thiserror::Error;
 
 use super::conninfo::ConnInfo;
+use super::passfile;
 use crate::protocol::codec::{Cursor, Out, ProtoError};
 use crate::protocol::reader::MessageReader;
 use crate::wal::Lsn;
@@ -279,10 +280,8 @@ impl Client {
             })
             .unwrap_or_else(|| "postgres".into());
         let mut params = vec![("user", user.clone())];
-        params.push((
-            "database",
-            info.dbname.clone().unwrap_or_else(|| user.clone()),
-        ));
+        let database = info.dbname.clone().unwrap_or_else(|| user.clone());
+        params.push(("database", database.clone()));
         if let Some(app) = &info.application_name {
             params.push(("application_name", app.clone()));
         }
@@ -292,7 +291,19 @@ impl Client {
         let mut out = Out::default();
         out.startup(&params);
         client.send(&mut out)?;
-        client.authenticate(&user, info.password.as_deref())?;
+        let password = info.password.clone().or_else(|| {
+            passfile::lookup(&passfile::Target {
+                host: &info.host,
+                port: info.port,
+                // As libpq's replication clients match it.
+                database: match (&info.dbname, replication) {
+                    (None, Some(_)) => "replication",
+                    _ => &database,
+                },
+                user: &user,
+            })
+        });
+        client.authenticate(&user, password.as_deref())?;
         Ok(client)
     }
 
@@ -372,7 +383,7 @@ impl Client {
                     let rest = &body[4..];
                     let need_password = || {
                         password.ok_or_else(|| {
-                            auth_err(&self.peer, "the server asks for a password; give one with password= in the connection string")
+                            auth_err(&self.peer, "the server asks for a password; set PGPASSWORD, add a line for this server to ~/.pgpass (or the file PGPASSFILE names), or give password= in the connection string")
                         })
                     };
                     let mut out = Out::default();

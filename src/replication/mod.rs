@@ -7,6 +7,7 @@ pub mod client;
 pub mod command;
 pub mod conninfo;
 pub mod follow;
+mod passfile;
 pub mod receive;
 pub mod rejoin;
 pub mod slots;

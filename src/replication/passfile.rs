@@ -1,0 +1,167 @@
+//! Where a client's password comes from when the connection string has
+//! none, as libpq does it: `PGPASSWORD`, then the password file
+//! (`PGPASSFILE`, default `~/.pgpass`). A password in a connection string
+//! given on the command line shows in `ps`; these do not.
+//!
+//! The file's lines are `host:port:database:user:password`, `*` matching
+//! anything and `\` escaping `:` or `\`; the first matching line wins. As
+//! libpq does, a file that others may read is not used (with a warning),
+//! and a replication connection matches the database `replication`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use tracing::warn;
+
+/// The socket directory libpq treats as `localhost` in the file.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// What a connection is matched by.
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub database: &'a str,
+    pub user: &'a str,
+}
+
+/// The password for `target` from `PGPASSWORD` or the password file.
+pub fn lookup(target: &Target<'_>) -> Option<String> {
+    if let Some(pw) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()) {
+        return Some(pw);
+    }
+    let path = password_file()?;
+    let meta = fs::metadata(&path).ok()?;
+    if !meta.is_file() {
+        warn!(
+            "password file {} is not a plain file; not using it",
+            path.display()
+        );
+        return None;
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        warn!(
+            "password file {} has group or world access; not using it (permissions should be u=rw (0600) or less: chmod 0600 {})",
+            path.display(),
+            path.display()
+        );
+        return None;
+    }
+    match fs::read_to_string(&path) {
+        Ok(text) => find(&text, target),
+        Err(e) => {
+            warn!(
+                "could not read password file {}: {}",
+                path.display(),
+                crate::durable::io_cause(&e)
+            );
+            None
+        }
+    }
+}
+
+fn password_file() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PGPASSFILE").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })?;
+    Some(home.join(".pgpass"))
+}
+
+/// The password of the first line of `text` that matches `target`.
+fn find(text: &str, target: &Target<'_>) -> Option<String> {
+    let host = if target.host == DEFAULT_SOCKET_DIR {
+        "localhost"
+    } else {
+        target.host
+    };
+    let port = target.port.to_string();
+    let wanted = [host, port.as_str(), target.database, target.user];
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .find_map(|line| {
+            let fields = split(line);
+            let [h, p, d, u, pw] = <[String; 5]>::try_from(fields).ok()?;
+            let matches = [h, p, d, u]
+                .iter()
+                .zip(wanted)
+                .all(|(field, want)| field == "*" || field == want);
+            matches.then_some(pw)
+        })
+}
+
+/// Splits a line at unescaped `:`; the fifth field takes the rest.
+fn split(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let (Some(next), Some(f)) = (chars.next(), fields.last_mut()) {
+                    f.push(next);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => {
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target<'a>(host: &'a str, database: &'a str) -> Target<'a> {
+        Target {
+            host,
+            port: 5433,
+            database,
+            user: "rep",
+        }
+    }
+
+    #[test]
+    fn the_first_matching_line_wins_with_wildcards_and_escapes() {
+        let text = "# comment\n\
+                    \n\
+                    10.0.0.9:5433:*:rep:other\n\
+                    10.0.0.5:5433:replication:rep:p\\:w\\\\d\n\
+                    *:*:*:rep:fallback\n";
+        assert_eq!(
+            find(text, &target("10.0.0.5", "replication")).as_deref(),
+            Some("p:w\\d")
+        );
+        assert_eq!(
+            find(text, &target("10.0.0.5", "walship")).as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            find("10.0.0.5:5433:*:someone:x\n", &target("10.0.0.5", "db")),
+            None
+        );
+    }
+
+    #[test]
+    fn the_default_socket_directory_is_localhost_and_short_lines_never_match() {
+        let text = "localhost:5433:*:rep:sock\n";
+        assert_eq!(
+            find(text, &target(DEFAULT_SOCKET_DIR, "db")).as_deref(),
+            Some("sock")
+        );
+        assert_eq!(find(text, &target("/tmp", "db")), None);
+        assert_eq!(find("*:*:*:rep\n", &target("h", "db")), None);
+    }
+}
