@@ -19,6 +19,11 @@ use crate::sql::exec::{oid, QueryResult, Session};
 use crate::sql::parse::{self, Statement};
 use crate::sqlstate::{code, PgError};
 
+/// The largest SASL message a client not yet authenticated may send
+/// (PostgreSQL allows tokens of 65535 bytes): whoever can connect must not
+/// make the server hold max_message_size for them.
+const AUTH_MESSAGE_MAX: usize = 64 << 10;
+
 /// Startup parameters clients commonly send that are not settings.
 const STARTUP_KEYS: &[&str] = &[
     "user",
@@ -264,7 +269,7 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             let mut scram = ScramServer::new(verifier);
             out.auth_sasl(&["SCRAM-SHA-256"]);
             out.send(w)?;
-            let (tag, body) = r.read_message(max)?;
+            let (tag, body) = r.read_message(AUTH_MESSAGE_MAX.min(max))?;
             if tag != b'p' {
                 return Err(ProtoError::Malformed(format!(
                     "expected a SASL initial response, got message type '{}'",
@@ -290,7 +295,7 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             };
             out.auth(11, server_first.as_bytes());
             out.send(w)?;
-            let (tag, body) = r.read_message(max)?;
+            let (tag, body) = r.read_message(AUTH_MESSAGE_MAX.min(max))?;
             if tag != b'p' {
                 return Err(ProtoError::Malformed("expected a SASL response".into()));
             }

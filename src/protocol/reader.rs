@@ -7,9 +7,9 @@
 //! a tenth of its CPU. Here a message is read straight into the buffer and
 //! its body borrowed from there until the next message is asked for.
 //!
-//! Invariants: `start <= end <= buf.len()`; `buf[start..end]` holds bytes
-//! read and not yet handed out, beginning at a message's type byte; `lent`
-//! bytes at `start` are the message last handed out.
+//! Invariants: `start + lent <= end <= buf.len()`; `buf[start..end]` holds
+//! bytes read and not yet consumed, of which the first `lent` are the
+//! message last handed out.
 
 use std::io::{self, Read};
 
@@ -21,6 +21,8 @@ const HEADER: usize = 5;
 /// See the module documentation.
 pub struct MessageReader<R> {
     inner: R,
+    /// The buffer's size between large messages.
+    capacity: usize,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -31,9 +33,11 @@ impl<R: Read> MessageReader<R> {
     /// A reader whose buffer starts at `capacity` bytes and grows to hold
     /// the largest message read.
     pub fn with_capacity(capacity: usize, inner: R) -> Self {
+        let capacity = capacity.max(HEADER);
         MessageReader {
             inner,
-            buf: vec![0; capacity.max(HEADER)],
+            capacity,
+            buf: vec![0; capacity],
             start: 0,
             end: 0,
             lent: 0,
@@ -58,6 +62,11 @@ impl<R: Read> MessageReader<R> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            // A buffer grown for one large message does not stay grown.
+            if self.buf.len() > self.capacity {
+                self.buf.truncate(self.capacity);
+                self.buf.shrink_to_fit();
+            }
         }
         self.fill(HEADER)?;
         let head = &self.buf[self.start..self.start + HEADER];
@@ -89,17 +98,20 @@ impl<R: Read> MessageReader<R> {
 
     /// Reads until `want` bytes from `start` are in the buffer, making
     /// room first: the bytes held move to the front, and the buffer grows
-    /// only for a message larger than itself.
+    /// (doubling, up to `want`) only as bytes arrive, so that a length
+    /// field alone, from a peer that sends nothing after it, commits no
+    /// memory.
     fn fill(&mut self, want: usize) -> Result<(), ProtoError> {
         if self.start + want > self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if want > self.buf.len() {
-                self.buf.resize(want, 0);
-            }
         }
         while self.end - self.start < want {
+            if self.end == self.buf.len() {
+                let grown = (self.buf.len() * 2).min(self.start + want);
+                self.buf.resize(grown, 0);
+            }
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) if self.end == self.start => return Err(ProtoError::Closed),
                 Ok(0) => {
@@ -174,6 +186,33 @@ mod tests {
             }
             assert!(matches!(r.next_message(1 << 20), Err(ProtoError::Closed)));
         }
+    }
+
+    /// A peer that has sent nothing more.
+    struct Silent;
+
+    impl Read for Silent {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::WouldBlock))
+        }
+    }
+
+    #[test]
+    fn a_length_alone_does_not_grow_the_buffer_and_a_large_message_does_not_keep_it() {
+        let mut r = MessageReader::with_capacity(64, Silent);
+        r.buf[..5].copy_from_slice(&[b'p', 0x04, 0, 0, 0]);
+        r.end = 5;
+        assert!(matches!(r.next_message(1 << 30), Err(ProtoError::Io(_))));
+        assert_eq!(r.buf.len(), 64, "no room made for bytes that did not come");
+        let mut bytes = message(b'd', &vec![7; 10_000]);
+        bytes.extend(message(b'd', b"small"));
+        let mut r = MessageReader::with_capacity(64, Trickle(bytes, 4096));
+        assert_eq!(r.next_message(1 << 20).unwrap(), b'd');
+        assert_eq!(r.body().len(), 10_000);
+        assert_eq!(r.next_message(1 << 20).unwrap(), b'd');
+        assert_eq!(r.body(), b"small");
+        r.next_message(1 << 20).unwrap_err();
+        assert_eq!(r.buf.len(), 64);
     }
 
     #[test]
