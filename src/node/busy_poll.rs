@@ -15,7 +15,9 @@
 //! another session is at work (between reading a message and waiting for
 //! the next). With several clients busy every session sleeps in `recv` as
 //! before: polling there took CPU from the clients on the same machine,
-//! and cost 8 pgbench clients 10-20 % of their reads.
+//! and cost 8 pgbench clients 10-20 % of their reads. A walsender counts
+//! as at work only while it reads a standby's command, not while it
+//! streams: a lone client's session may poll while WAL goes out.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
@@ -33,6 +35,9 @@ const QUIET: Duration = Duration::from_millis(10);
 
 /// `last_switch` before any switch.
 const NEVER: u64 = u64::MAX;
+
+/// `last_reader` before any session received; session ids start above it.
+const NONE: usize = 0;
 
 /// The sessions that decide together whether one of them may poll.
 ///
@@ -56,8 +61,8 @@ impl PollGate {
         PollGate {
             working: AtomicUsize::new(0),
             polling: AtomicUsize::new(0),
-            next_id: AtomicUsize::new(1),
-            last_reader: AtomicUsize::new(0),
+            next_id: AtomicUsize::new(NONE + 1),
+            last_reader: AtomicUsize::new(NONE),
             last_switch: AtomicU64::new(NEVER),
         }
     }
@@ -66,19 +71,21 @@ impl PollGate {
         self.working.load(Ordering::Relaxed) > 0
     }
 
-    /// Records that session `id` received bytes.
+    /// Records that session `id` received bytes: a switch when another
+    /// session received last.
     fn received(&self, id: usize) {
         if self.last_reader.load(Ordering::Relaxed) != id
-            && self.last_reader.swap(id, Ordering::Relaxed) != id
+            && !matches!(self.last_reader.swap(id, Ordering::Relaxed), n if n == id || n == NONE)
         {
             self.last_switch.store(now_ns(), Ordering::Relaxed);
         }
     }
 
-    /// True when only one session has received anything for [`QUIET`].
-    fn one_talking(&self) -> bool {
+    /// True when session `id` received last, and no other for [`QUIET`].
+    fn one_talking(&self, id: usize) -> bool {
         let last = self.last_switch.load(Ordering::Relaxed);
-        last == NEVER || now_ns().saturating_sub(last) >= QUIET.as_nanos() as u64
+        self.last_reader.load(Ordering::Relaxed) == id
+            && (last == NEVER || now_ns().saturating_sub(last) >= QUIET.as_nanos() as u64)
     }
 }
 
@@ -116,7 +123,7 @@ impl BusyPoll {
         let gate = self.gate;
         if self.window.is_zero()
             || gate.others_working()
-            || !gate.one_talking()
+            || !gate.one_talking(self.id)
             || gate
                 .polling
                 .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
@@ -125,14 +132,14 @@ impl BusyPoll {
             return None;
         }
         let fd = self.stream.as_raw_fd();
-        let deadline = Instant::now() + self.window;
+        let began = Instant::now();
         let got = loop {
             match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => break Some(Ok(n)),
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 Err(e) => break Some(Err(io::Error::from(e))),
             }
-            if gate.others_working() || Instant::now() >= deadline {
+            if gate.others_working() || began.elapsed() >= self.window {
                 break None;
             }
             std::hint::spin_loop();
@@ -216,6 +223,7 @@ mod tests {
         let working = BusyPoll::new(s1, Duration::from_millis(1), gate);
         let mut idle = BusyPoll::new(s2, Duration::from_secs(60), gate);
         assert_eq!(gate.working.load(Ordering::Relaxed), 2);
+        gate.received(idle.id);
         // Another session is at work: no polling, though data is there.
         c2.write_all(b"x").unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -255,6 +263,8 @@ mod tests {
         gate.received(usize::MAX);
         assert!(poll_in_read(&mut two, &mut buf).is_none());
         // Once only this session has spoken for QUIET, it may.
+        gate.received(two.id);
+        assert!(poll_in_read(&mut two, &mut buf).is_none());
         std::thread::sleep(QUIET);
         assert_eq!(poll_in_read(&mut two, &mut buf).unwrap().unwrap(), 1);
     }

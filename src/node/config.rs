@@ -82,6 +82,10 @@ impl fmt::Display for AuthMethod {
     }
 }
 
+/// The longest `busy_poll`: beyond it a lone session would hold a CPU
+/// for nothing.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
 /// Every setting of a node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -444,7 +448,15 @@ impl Settings {
             "max_message_size" => {
                 self.max_message_size = parse_size(value).map_err(SetError::Value)? as usize
             }
-            "busy_poll" => self.busy_poll = parse_duration(value).map_err(SetError::Value)?,
+            "busy_poll" => {
+                let d = parse_duration(value).map_err(SetError::Value)?;
+                if d > MAX_BUSY_POLL {
+                    return Err(SetError::Value(format!(
+                        "{value} is too long: a session polls at most 10ms (the default, 50us, covers a client's next message; 0 turns polling off)"
+                    )));
+                }
+                self.busy_poll = d
+            }
             "synchronous_commit" => {
                 self.synchronous_commit = value.parse().map_err(SetError::Value)?
             }
@@ -778,11 +790,13 @@ mod tests {
                 "checkpoint_timeout = 300",
                 "expected a duration with a unit",
             ),
+            ("busy_poll = 1s", "a session polls at most 10ms"),
         ] {
             let e = Settings::parse(line, "c").unwrap_err().to_string();
             assert!(e.contains(why), "{line}: {e}");
         }
         assert!(Settings::parse("max_wal_senders = 0\n", "c").is_ok());
+        assert!(Settings::parse("busy_poll = 0\nbusy_poll = 10ms\n", "c").is_ok());
         assert!(Settings::parse("node_name = 'open\n", "c").is_err());
         assert!(Settings::parse("max_wal_size = 1XB\n", "c").is_err());
     }
