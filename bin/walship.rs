@@ -1422,7 +1422,7 @@ mod man {
 The role to connect as when \fICONNINFO\fR names no \fBuser\fR; without it, the name of the OS user running the command. The database defaults to the role's name.{more}
 .TP
 \fBPGPASSWORD\fR, \fBPGPASSFILE\fR
-The password, when \fICONNINFO\fR gives none and the server asks for one: \fBPGPASSWORD\fR, else the first matching line \fIhost\fR:\fIport\fR:\fIdatabase\fR:\fIuser\fR:\fIpassword\fR of the file \fBPGPASSFILE\fR names (default \fI~/.pgpass\fR), as libpq reads it: \fB*\fR matches anything, a replication connection matches the database \fBreplication\fR, and a file others may read is not used (with a warning). Neither shows in \fBps\fR, as a password in \fICONNINFO\fR does. No other libpq variable is read: the host (default 127.0.0.1) and port (default 5432) come from \fICONNINFO\fR alone.
+The password, when \fICONNINFO\fR gives none and the server asks for one: \fBPGPASSWORD\fR, else the first matching line \fIhost\fR:\fIport\fR:\fIdatabase\fR:\fIuser\fR:\fIpassword\fR of the file \fBPGPASSFILE\fR names (default \fI~/.pgpass\fR), as libpq reads it: \fB*\fR matches anything, a replication connection matches the database \fBreplication\fR, the socket directory \fI/var/run/postgresql\fR matches \fBlocalhost\fR (any other host as \fICONNINFO\fR spells it: the default is \fB127.0.0.1\fR), and a file others may read is not used (with a warning). Neither shows in \fBps\fR, as a password in \fICONNINFO\fR does. No other libpq variable is read: the host (default 127.0.0.1) and port (default 5432) come from \fICONNINFO\fR alone.
 "
         )
     }

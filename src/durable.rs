@@ -223,10 +223,13 @@ pub fn allocate(file: &mut File, len: u64) -> io::Result<()> {
     let Ok(signed_len) = i64::try_from(len) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
-    match fallocate(file.as_raw_fd(), FallocateFlags::empty(), 0, signed_len) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EOPNOTSUPP) => fill_zeros(file, len),
-        Err(e) => Err(io::Error::from(e)),
+    loop {
+        return match fallocate(file.as_raw_fd(), FallocateFlags::empty(), 0, signed_len) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => fill_zeros(file, len),
+            Err(e) => Err(io::Error::from(e)),
+        };
     }
 }
 

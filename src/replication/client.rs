@@ -291,7 +291,8 @@ impl Client {
         let mut out = Out::default();
         out.startup(&params);
         client.send(&mut out)?;
-        let password = info.password.clone().or_else(|| {
+        // An empty password= is none, as libpq takes it.
+        let password = info.password.clone().filter(|p| !p.is_empty()).or_else(|| {
             passfile::lookup(&passfile::Target {
                 host: &info.host,
                 port: info.port,

@@ -47,8 +47,8 @@ pub fn lookup(target: &Target<'_>) -> Option<String> {
         );
         return None;
     }
-    match fs::read_to_string(&path) {
-        Ok(text) => find(&text, target),
+    match fs::read(&path) {
+        Ok(bytes) => find(&String::from_utf8_lossy(&bytes), target),
         Err(e) => {
             warn!(
                 "could not read password file {}: {}",
@@ -76,7 +76,8 @@ fn password_file() -> Option<PathBuf> {
     Some(home.join(".pgpass"))
 }
 
-/// The password of the first line of `text` that matches `target`.
+/// The password of the first line of `text` that matches `target` and
+/// has one.
 fn find(text: &str, target: &Target<'_>) -> Option<String> {
     let host = if target.host == DEFAULT_SOCKET_DIR {
         "localhost"
@@ -89,32 +90,51 @@ fn find(text: &str, target: &Target<'_>) -> Option<String> {
         .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
         .find_map(|line| {
             let fields = split(line);
-            let [h, p, d, u, pw] = <[String; 5]>::try_from(fields).ok()?;
-            let matches = [h, p, d, u]
+            let password = &fields.get(4)?.text;
+            let matches = fields
                 .iter()
                 .zip(wanted)
-                .all(|(field, want)| field == "*" || field == want);
-            matches.then_some(pw)
+                .all(|(field, want)| field.any || field.text == want);
+            (matches && !password.is_empty()).then(|| password.clone())
         })
 }
 
-/// Splits a line at unescaped `:`; the fifth field takes the rest.
-fn split(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
+/// One field of a line: its text with escapes removed, and whether it was
+/// a bare `*` (an escaped one is a literal star).
+struct Field {
+    text: String,
+    any: bool,
+}
+
+/// Splits a line at unescaped `:` into at most five fields (libpq ends
+/// the password at the next one).
+fn split(line: &str) -> Vec<Field> {
+    let mut fields = Vec::new();
+    let mut text = String::new();
+    let mut escaped = false;
     let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let (Some(next), Some(f)) = (chars.next(), fields.last_mut()) {
-                    f.push(next);
+    while fields.len() < 5 {
+        let next = chars.next();
+        match next {
+            Some('\\') => match chars.next() {
+                Some(c) => {
+                    text.push(c);
+                    escaped = true;
+                }
+                None => text.push('\\'),
+            },
+            Some(':') | None => {
+                let any = text == "*" && !escaped;
+                fields.push(Field {
+                    text: std::mem::take(&mut text),
+                    any,
+                });
+                escaped = false;
+                if next.is_none() {
+                    break;
                 }
             }
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            c => {
-                if let Some(f) = fields.last_mut() {
-                    f.push(c);
-                }
-            }
+            Some(c) => text.push(c),
         }
     }
     fields
@@ -151,6 +171,18 @@ mod tests {
         assert_eq!(
             find("10.0.0.5:5433:*:someone:x\n", &target("10.0.0.5", "db")),
             None
+        );
+    }
+
+    #[test]
+    fn an_escaped_star_is_a_star_and_the_password_ends_at_a_colon() {
+        let text = "\\*:5433:*:rep:first\n*:5433:*:rep:pw:extra\n";
+        assert_eq!(find(text, &target("h", "db")).as_deref(), Some("pw"));
+        assert_eq!(find(text, &target("*", "db")).as_deref(), Some("first"));
+        assert_eq!(
+            find("*:*:*:rep:\n", &target("h", "db")),
+            None,
+            "no password"
         );
     }
 

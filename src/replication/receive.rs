@@ -183,7 +183,7 @@ impl Session<'_> {
         let name = SegmentName::new(self.tli, segno);
         let done = self.opts.dir.join(name.file_name(self.size));
         let partial = self.opts.dir.join(name.partial_file_name(self.size));
-        // A synchronous receiver syncs after every message, so its blocks
+        // A synchronous receiver syncs after every batch, so its blocks
         // are written as zeros first and each sync carries only data; an
         // asynchronous one syncs seldom, and is spared writing each segment
         // twice.

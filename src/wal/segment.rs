@@ -89,8 +89,9 @@ impl OpenSegment {
         self.file.write_all_at(bytes, at.0 - self.start.0)
     }
 
-    /// Makes what was written durable (`fdatasync`: the file is
-    /// preallocated, so no metadata needs to go with it).
+    /// Makes what was written durable (`fdatasync`: for a zero-filled file
+    /// no metadata goes with it; for an allocated one, the conversion of
+    /// the extents written does).
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
