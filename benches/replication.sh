@@ -11,8 +11,11 @@
 #    local: replay_lag from pg_stat_replication sampled every 100 ms on each
 #    primary; median and max.
 # 3. walship receive against pg_receivewal, streaming the same WAL_MB of
-#    WAL (written by pgbench -i on PostgreSQL) from a slot each: MB/s and
-#    CPU seconds (user + system) of the receiver process.
+#    WAL (written by pgbench -i on PostgreSQL) from a slot each, twice each
+#    (ours, theirs, theirs, ours; page cache dropped before each, after
+#    PostgreSQL's standby has replayed that WAL and its primary has
+#    checkpointed): MB/s and CPU seconds (user + system) of the receiver
+#    process.
 # 4. A walship standby's peak RSS (VmHWM) while it catches up CATCHUP_MB of
 #    WAL written while it was stopped.
 #
@@ -199,8 +202,10 @@ PG_LAG=$(lag_run pg "$PG_P")
 
 # ------------------------------------------------------------ receivers
 say "generating ~$WAL_MB MB of WAL on PostgreSQL for the receivers"
-sql "$PG_P" -c "SELECT pg_create_physical_replication_slot('rw_theirs', true)" \
-    -c "SELECT pg_create_physical_replication_slot('rw_ours', true)" >/dev/null
+for run in 1 2; do
+    sql "$PG_P" -c "SELECT pg_create_physical_replication_slot('rw_theirs$run', true)" \
+        -c "SELECT pg_create_physical_replication_slot('rw_ours$run', true)" >/dev/null
+done
 START_LSN=$(sql "$PG_P" -c "SELECT pg_current_wal_lsn()")
 SCALE=$((WAL_MB / 15 + 1))
 PGOPTIONS="-c synchronous_commit=off" "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_P" -U "$USER_NAME" "$DB" >/dev/null 2>&1
@@ -213,17 +218,33 @@ receiver() { # receiver NAME CMD... -> "seconds cpu_seconds"
         || { cat "$WORK/recv.$name.log" >&2; die "$name failed"; }
     awk '{ printf "%s %.2f", $1, $2 + $3 }' "$WORK/time.$name"
 }
-mkdir -p "$WORK/rw-theirs" "$WORK/rw-ours"
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-THEIRS=$(receiver pg_receivewal "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$PG_P" -U "$USER_NAME" \
-    -D "$WORK/rw-theirs" -S rw_theirs -E "$END_LSN" -n)
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-OURS=$(receiver walship-receive "$WALSHIP" receive --from "host=127.0.0.1 port=$PG_P user=$USER_NAME" \
-    -D "$WORK/rw-ours" --slot rw_ours --endpos "$END_LSN" --no-loop)
+# PostgreSQL's standby replays the same WAL, and the primary writes back
+# what pgbench -i dirtied: let both finish first, so that neither competes
+# with the receivers (they did in earlier runs, by up to 4x in CPU).
+sql "$PG_P" -c "CHECKPOINT" >/dev/null
+for _ in $(seq 1200); do
+    [[ $(sql "$PG_P" -c "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= '$END_LSN'") -ge 1 ]] && break
+    sleep 0.5
+done
+theirs() { # theirs RUN
+    mkdir -p "$WORK/rw-theirs$1"
+    sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    receiver pg_receivewal "$PGBIN/pg_receivewal" -h 127.0.0.1 -p "$PG_P" -U "$USER_NAME" \
+        -D "$WORK/rw-theirs$1" -S "rw_theirs$1" -E "$END_LSN" -n
+}
+ours() { # ours RUN
+    mkdir -p "$WORK/rw-ours$1"
+    sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    receiver walship-receive "$WALSHIP" receive --from "host=127.0.0.1 port=$PG_P user=$USER_NAME" \
+        -D "$WORK/rw-ours$1" --slot "rw_ours$1" --endpos "$END_LSN" --no-loop
+}
+# Twice each, in the order ours, theirs, theirs, ours.
+OURS1=$(ours 1); THEIRS1=$(theirs 1); THEIRS2=$(theirs 2); OURS2=$(ours 2)
 SAME=yes
-for f in "$WORK"/rw-theirs/0*; do
+for f in "$WORK"/rw-theirs1/0*; do
     [[ ${#f} -gt 0 && $(basename "$f") != *.partial ]] || continue
-    cmp -s "$f" "$WORK/rw-ours/$(basename "$f")" || SAME=no
+    cmp -s "$f" "$WORK/rw-ours1/$(basename "$f")" || SAME=no
+    cmp -s "$f" "$WORK/rw-ours2/$(basename "$f")" || SAME=no
 done
 
 # ------------------------------------------------------------ standby catch-up RSS
@@ -264,8 +285,11 @@ done
 echo
 read -r wm wx <<<"$WS_LAG"; read -r pm px <<<"$PG_LAG"
 echo "replay lag, 8 clients, synchronous_commit = local: walship median $wm ms, max $wx ms; PostgreSQL median $pm ms, max $px ms"
-read -r ts tc <<<"$THEIRS"; read -r os oc <<<"$OURS"
 mb=$(awk -v b="$BYTES" 'BEGIN { printf "%.0f", b / 1048576 }')
-echo "receivers, $mb MB of WAL from PostgreSQL: pg_receivewal $(awk -v m="$mb" -v s="$ts" 'BEGIN{printf "%.1f", m / s}') MB/s, $tc CPU s;" \
-    "walship receive $(awk -v m="$mb" -v s="$os" 'BEGIN{printf "%.1f", m / s}') MB/s, $oc CPU s (CPU ratio $(ratio "$oc" "$tc")); segments identical: $SAME"
+rate() { awk -v m="$mb" -v s="$1" 'BEGIN { printf "%.1f", m / s }'; }
+read -r ts1 tc1 <<<"$THEIRS1"; read -r ts2 tc2 <<<"$THEIRS2"
+read -r os1 oc1 <<<"$OURS1"; read -r os2 oc2 <<<"$OURS2"
+tc=$(awk -v a="$tc1" -v b="$tc2" 'BEGIN { print a + b }'); oc=$(awk -v a="$oc1" -v b="$oc2" 'BEGIN { print a + b }')
+echo "receivers, $mb MB of WAL from PostgreSQL, two runs each: pg_receivewal $(rate "$ts1") and $(rate "$ts2") MB/s, $tc1 and $tc2 CPU s;" \
+    "walship receive $(rate "$os1") and $(rate "$os2") MB/s, $oc1 and $oc2 CPU s (CPU ratio of the sums $(ratio "$oc" "$tc")); segments identical: $SAME"
 echo "walship standby catch-up of ~$CATCHUP_MB MB of WAL: ${CATCHUP_S} s, peak RSS (VmHWM) $HWM MB"
