@@ -398,7 +398,8 @@ Examples:
 ///
 /// For restore_command: decompresses transparently, verifies the file
 /// (a segment's headers, CRCs and system identifier) and writes DEST
-/// durably. Restoring a segment also starts a background worker that
+/// whole, as a scratch file (not fsynced: a recovering server reads it at
+/// once and asks again after a crash). Restoring a segment also starts a background worker that
 /// fetches the following --prefetch segments, a few in parallel, into
 /// DEST's directory/.walship-prefetch, so the next requests are served
 /// at once. Exits 1 when the archive simply does not have the file (what
@@ -1358,7 +1359,7 @@ mod man {
             "restore" => (
                 RESTORE_EXTRA.to_string(),
                 exit_status(
-                    r"\fIDEST\fR was written, verified, and is durable.",
+                    r"\fIDEST\fR was written whole and verified.",
                     r"The archive does not have \fINAME\fR; one line on standard error says so. This is the answer a recovering server expects at the end of the archive: PostgreSQL and \fBwalship server\fR read every status from 1 to 125 that way, a usage error (2) included, so check the command when a standby stops restoring early.",
                     &[(
                         126,
@@ -1582,7 +1583,7 @@ The archive's identity: the system identifier and segment size a file is verifie
 The archived file; a compressed one is decompressed.
 .TP
 \fIDEST\fR
-Written under a temporary name beside it, fsynced and renamed: it appears whole or not at all.
+Written under a temporary name beside it and renamed: it appears whole or not at all. It is not fsynced, nor are the spool's files: \fIDEST\fR is a recovering server's scratch file (PostgreSQL's \fIRECOVERYXLOG\fR), read at once and asked for again after a crash, and the server makes durable what it keeps. (Syncing it cost a disk round trip per segment.) To keep a restored file, sync it yourself.
 .TP
 \fIDESTDIR/.walship\-prefetch/\fR
 The prefetch spool, in \fIDEST\fR's directory: up to \fB\-\-prefetch\fR verified segments of the same timeline, each with the CRC-32C of what was verified (\fINAME.crc32c\fR), the worker's range (\fIplan\fR) and its lock (\fIwalship.lock\fR: one worker per spool). A request takes its segment from there with a rename once the file matches its CRC (a file without one is verified in full), or waits up to 60 s for the worker fetching it; a spooled file that fails is discarded and the segment fetched from the archive. The worker stops at the first segment the archive does not have, or when nothing was taken for 30 s. Under \fBwalship server\fR, \fIDEST\fR is \fIDIR/wal/RECOVERYXLOG\fR, so the spool is \fIDIR/wal/.walship\-prefetch/\fR.

@@ -118,10 +118,21 @@ pub fn create_file_exclusive(
     }
 }
 
+/// Atomically replaces (or creates) `path` with `contents`, without making
+/// it durable: for scratch files a crash may lose because whoever reads
+/// them asks again after one (a `restore_command`'s output, which a
+/// recovering server reads at once and fetches again after a crash) and
+/// caches checked before use. A reader never sees it torn.
+pub fn replace_scratch_file(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    write_new_file(path, |f| f.write_all(contents), Publish::Scratch)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Publish {
     Replace,
     NoReplace,
+    /// Replace, without any fsync.
+    Scratch,
 }
 
 fn write_new_file(
@@ -139,9 +150,13 @@ fn write_new_file(
             .open(&tmp)
             .at("create", &tmp)?;
         fill(&mut f).at("write", &tmp)?;
-        f.sync_all().at("fsync", &tmp)?;
+        if publish != Publish::Scratch {
+            f.sync_all().at("fsync", &tmp)?;
+        }
         match publish {
-            Publish::Replace => fs::rename(&tmp, path).at("rename into place", path),
+            Publish::Replace | Publish::Scratch => {
+                fs::rename(&tmp, path).at("rename into place", path)
+            }
             Publish::NoReplace => rename_noreplace(&tmp, path),
         }
     })();
@@ -149,6 +164,9 @@ fn write_new_file(
         let _ = fs::remove_file(&tmp);
     }
     result?;
+    if publish == Publish::Scratch {
+        return Ok(());
+    }
     fsync_dir(parent_of(path))
 }
 

@@ -1,5 +1,5 @@
 //! `walship restore`: one file out of the archive, verified, written
-//! durably where `restore_command`'s `%p` says — with prefetch.
+//! where `restore_command`'s `%p` says — with prefetch.
 //!
 //! A recovering server asks for segments one at a time, each a new process.
 //! So that it is not one-archive-round-trip-at-a-time slow, restoring a
@@ -15,10 +15,17 @@
 //! (a spooled one in the worker, which leaves the CRC-32C of what it
 //! verified beside it in `NAME.crc32c`: a request checks that one CRC, a
 //! tenth of a full verification, and verifies in full only a file without
-//! it), and is durable under `DEST` before success is reported; the spool
+//! it), and is whole under `DEST` before success is reported; the spool
 //! is only a cache (a file in it that fails those checks is discarded and
 //! fetched again); at most one worker per spool (its lock), holding at
 //! most `depth` segments.
+//!
+//! Neither `DEST` nor the spool is made durable (no fsync): `DEST` is a
+//! recovering server's scratch file (PostgreSQL's `RECOVERYXLOG`, walship's
+//! the same), read at once and asked for again after a crash, and whatever
+//! the server keeps it makes durable itself. An fsync there cost a disk
+//! round trip per segment for nothing; a spooled file a crash tore fails
+//! its CRC and is fetched again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -125,7 +132,7 @@ fn fetch(archive: &Archive, name: &str, dest: &Path) -> Result<Restored, Restore
         return Ok(Restored::Absent);
     };
     verify(archive, name, &bytes)?;
-    durable::replace_file(dest, &bytes)?;
+    durable::replace_scratch_file(dest, &bytes)?;
     Ok(Restored::Written { from_spool: false })
 }
 
@@ -170,11 +177,10 @@ fn take_from_spool(
         || verify(archive, name, &bytes).is_ok();
     let _ = std::fs::remove_file(&crc_path);
     if !intact {
-        durable::remove_file(&path)?;
+        let _ = std::fs::remove_file(&path);
         return Ok(false);
     }
-    // The worker fsynced it: a rename makes it durable under DEST.
-    durable::rename(&path, dest)?;
+    std::fs::rename(&path, dest).map_err(|e| FileError::new("rename", &path, e))?;
     Ok(true)
 }
 
@@ -330,7 +336,7 @@ pub fn prefetch(
                                 // verifies in full.
                                 verify(&archive, &name, &bytes).is_ok()
                                     && std::fs::write(crc_path_of(&path), crc_text(&bytes)).is_ok()
-                                    && durable::replace_file(&path, &bytes).is_ok()
+                                    && durable::replace_scratch_file(&path, &bytes).is_ok()
                             }
                             // The end of the archive, or a failure the
                             // request itself will meet and report.
