@@ -15,9 +15,10 @@
 //! another session is at work (between reading a message and waiting for
 //! the next). With several clients busy every session sleeps in `recv` as
 //! before: polling there took CPU from the clients on the same machine,
-//! and cost 8 pgbench clients 10-20 % of their reads. A walsender counts
-//! as at work only while it reads a standby's command, not while it
-//! streams: a lone client's session may poll while WAL goes out.
+//! and cost 8 pgbench clients 10-20 % of their reads. A walsender's reader
+//! is a session like any other here: a standby's replies count as another
+//! session talking, so while WAL streams to standbys that reply often, a
+//! lone client's session seldom polls (the walsender then needs the CPU).
 
 use std::io::{self, Read};
 use std::net::TcpStream;
