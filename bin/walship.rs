@@ -729,17 +729,40 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Warnings and errors on stderr, one line each, for one-shot commands.
+/// Warnings and errors on stderr, one line each (`walship: warning: ...`,
+/// as the command's own error lines), for one-shot commands.
 fn init_warnings() {
-    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
-        .with_target(false)
-        .without_time()
         .with_max_level(tracing::Level::WARN)
         .log_internal_errors(false)
-        .with_ansi(io::stderr().is_terminal())
+        .event_format(CliLine)
         .init();
+}
+
+/// The format of [`init_warnings`].
+struct CliLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for CliLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = if *event.metadata().level() == tracing::Level::ERROR {
+            "error"
+        } else {
+            "warning"
+        };
+        write!(writer, "walship: {level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
@@ -1333,7 +1356,7 @@ mod man {
                 [RECEIVE_EXTRA, &client_env("")].concat(),
                 exit_status(
                     r"\fB\-\-endpos\fR was reached; with \fB\-\-no\-loop\fR, the primary ended streaming (it shut down); with \fB\-\-create\-slot\fR, the slot was created.",
-                    r"Streaming stopped on a failure: the primary sent WAL that fails verification (nothing from that record on was written; the LSN is named), \fIDIR\fR holds another system's segments, or another process holds \fIDIR\fR; with \fB\-\-create\-slot\fR, the slot could not be created; with \fB\-\-no\-loop\fR, any failure, a lost connection included. Without \fB\-\-no\-loop\fR other failures are logged and retried, with a backoff of up to 5 s.",
+                    r"Streaming stopped on a failure: the primary sent WAL that fails verification (nothing from that record on was written; the LSN is named), \fIDIR\fR holds another system's segments, the server refused the role or its password (or asked for a password there was none to give), or another process holds \fIDIR\fR; with \fB\-\-create\-slot\fR, the slot could not be created; with \fB\-\-no\-loop\fR, any failure, a lost connection included. Without \fB\-\-no\-loop\fR other failures are logged and retried, with a backoff of up to 5 s.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-dump\fR(1), \fBwalship\-archive\fR(1), \fBwalship\-server\fR(1), \fBpg_receivewal\fR(1)",

@@ -329,6 +329,25 @@ fn scram_sha_256_accepts_the_password_and_nothing_else() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A receiver refused its password stops at once (exit 1), as
+    // pg_receivewal does, rather than retrying what cannot succeed.
+    let recv_dir = root.path().join("recv");
+    let out = std::process::Command::new("timeout")
+        .args(["30", env!("CARGO_BIN_EXE_walship"), "receive", "--from"])
+        .arg(node.conninfo())
+        .arg("-D")
+        .arg(&recv_dir)
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", root.path().join("none"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("asks for a password"));
     // ~/.pgpass by default.
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::rename(&passfile, root.path().join(".pgpass")).unwrap();

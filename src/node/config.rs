@@ -449,7 +449,9 @@ impl Settings {
                 self.max_message_size = parse_size(value).map_err(SetError::Value)? as usize
             }
             "busy_poll" => {
-                let d = parse_duration(value).map_err(SetError::Value)?;
+                let d = parse_duration(value).map_err(|_| {
+                    SetError::Value("expected a duration such as 50us or 1ms, or 0 for off".into())
+                })?;
                 if d > MAX_BUSY_POLL {
                     return Err(SetError::Value(format!(
                         "{value} is too long: a session polls at most 10ms (the default, 50us, covers a client's next message; 0 turns polling off)"

@@ -45,6 +45,18 @@ pub struct ServerError {
     pub hint: Option<String>,
 }
 
+impl ClientError {
+    /// A refusal of the role or its password (SQLSTATE class 28, or no
+    /// password to give): trying again as the same role will not help.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            ClientError::Auth { .. } => true,
+            ClientError::Server { error, .. } => error.code.starts_with("28"),
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -384,7 +396,11 @@ impl Client {
                     let rest = &body[4..];
                     let need_password = || {
                         password.ok_or_else(|| {
-                            auth_err(&self.peer, "the server asks for a password; set PGPASSWORD, add a line for this server to ~/.pgpass (or the file PGPASSFILE names), or give password= in the connection string")
+                            let file = passfile::password_file().map_or_else(
+                                || "~/.pgpass".to_string(),
+                                |p| p.display().to_string(),
+                            );
+                            auth_err(&self.peer, &format!("the server asks for a password; set PGPASSWORD, add a line host:port:database:user:password for this server to {file} (mode 0600; PGPASSFILE names another), or give password= in the connection string"))
                         })
                     };
                     let mut out = Out::default();

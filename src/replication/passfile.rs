@@ -60,7 +60,8 @@ pub fn lookup(target: &Target<'_>) -> Option<String> {
     }
 }
 
-fn password_file() -> Option<PathBuf> {
+/// The password file a lookup reads: `PGPASSFILE`, else `~/.pgpass`.
+pub fn password_file() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PGPASSFILE").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }

@@ -109,9 +109,13 @@ pub fn run(opts: &ReceiveOptions) -> Result<Stopped, ReceiveError> {
         match result {
             Ok(Some(stop)) => return Ok(stop),
             Ok(None) => info!("the server ended streaming; reconnecting"),
-            // Bad WAL and a wrong system are not cured by trying again.
+            // Bad WAL, a wrong system and a refused role or password are
+            // not cured by trying again.
             Err(e @ (ReceiveError::BadWal { .. } | ReceiveError::WrongSystem { .. })) => {
                 return Err(e)
+            }
+            Err(ReceiveError::Client(e)) if e.is_auth_failure() => {
+                return Err(ReceiveError::Client(e))
             }
             Err(e) if opts.no_loop => return Err(e),
             Err(e) => warn!(retry_in_ms = backoff.as_millis() as u64, "{e}"),
