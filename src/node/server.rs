@@ -408,6 +408,11 @@ impl Node {
             Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
             Err(e) => error!("users file not reloaded: {e}"),
         }
+        warn_roles_without_password(
+            &self.settings(),
+            &self.users.read().unwrap_or_else(|p| p.into_inner()),
+            &dir.users(),
+        );
         self.wake_all();
     }
 }
@@ -1066,6 +1071,21 @@ pub struct ServerOptions {
 /// Runs a node until SIGTERM or SIGINT. Blocks those signals and SIGHUP in
 /// the calling thread (and so in every thread it starts) and waits for them
 /// on a thread of its own.
+/// Under SCRAM a role without a password can never log in: said at start
+/// and at each reload, not first to a client refused for it.
+fn warn_roles_without_password(settings: &Settings, users: &Users, file: &std::path::Path) {
+    if settings.authentication != super::config::AuthMethod::ScramSha256 {
+        return;
+    }
+    for user in users.users.iter().filter(|u| u.verifier.is_none()) {
+        warn!(
+            "role \"{}\" has no password in {}, so it cannot log in with authentication = scram-sha-256; walship sets passwords only at init (walship init --pwfile): keep trust for this node, or init one with a password",
+            user.name,
+            file.display()
+        );
+    }
+}
+
 pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     let mut signals = SigSet::empty();
     for s in [
@@ -1086,6 +1106,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     })?;
     let settings = Settings::load(&dir.conf())?;
     let users = Users::read(&dir.users()).map_err(DataDirError::from)?;
+    warn_roles_without_password(&settings, &users, &dir.users());
     let slots = Slots::load(&dir.slots()).map_err(DataDirError::from)?;
     let started = Instant::now();
     let is_standby = dir.standby_signal().exists();
