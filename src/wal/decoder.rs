@@ -244,6 +244,10 @@ impl Decoder {
     /// Consumes bytes that begin at [`Decoder::pos`]. Returns how many were
     /// consumed and what came of them. After a record, call again with the
     /// rest of the input (from the new `pos`: a segment switch jumps it).
+    ///
+    /// Always inlined into the few loops that call it: returning each
+    /// record's `Step` through memory cost 9 % of `walship dump --verify`.
+    #[inline(always)]
     pub fn decode<'a>(&'a mut self, input: &'a [u8]) -> (usize, Step<'a>) {
         let mut used = 0;
         loop {
