@@ -11,6 +11,10 @@
 //!   dropped the dirty pages, so retrying can "succeed" with data lost.
 //! - [`DirLock`] (an `flock` on a lock file) keeps two processes from
 //!   writing one directory.
+//! - Scratch files that a crash may lose, because their reader asks again
+//!   after one (a `restore_command`'s output, a cache checked before use),
+//!   skip the fsyncs but keep the temporary name and the rename
+//!   ([`replace_scratch_file`]): a reader never sees one torn.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
