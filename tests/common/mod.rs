@@ -263,6 +263,8 @@ pub struct Node {
     pub port: u16,
     child: Option<std::process::Child>,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread copying the running server's stderr into `log`.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     /// Restart on the port of the first start (see [`Node::keep_port`]).
     keep_port: bool,
 }
@@ -302,6 +304,7 @@ impl Node {
             port: 0,
             child: None,
             log: Default::default(),
+            log_reader: None,
             keep_port: false,
         }
     }
@@ -329,6 +332,7 @@ impl Node {
             port: 0,
             child: None,
             log: Default::default(),
+            log_reader: None,
             keep_port: false,
         }
     }
@@ -371,6 +375,7 @@ impl Node {
             port: 0,
             child: None,
             log: Default::default(),
+            log_reader: None,
             keep_port: false,
         }
     }
@@ -429,7 +434,7 @@ impl Node {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let log = self.log.clone();
-        std::thread::spawn(move || {
+        self.log_reader = Some(std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -450,7 +455,7 @@ impl Node {
                 l.push_str(&line);
                 l.push('\n');
             }
-        });
+        }));
         match rx.recv_timeout(std::time::Duration::from_secs(60)) {
             Ok(port) => self.port = port,
             Err(_) => {
@@ -487,6 +492,18 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.drain_log();
+    }
+
+    /// Lets the log reader take the last lines an exited server wrote (up
+    /// to 5 s: a child the server started may still hold its stderr).
+    fn drain_log(&mut self) {
+        if let Some(reader) = self.log_reader.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !reader.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 
     /// Sends a signal to the server.
@@ -511,7 +528,9 @@ impl Node {
             nix::sys::signal::SIGTERM,
         )
         .unwrap();
-        c.wait().unwrap()
+        let status = c.wait().unwrap();
+        self.drain_log();
+        status
     }
 
     pub fn log(&self) -> String {
