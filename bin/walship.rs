@@ -399,8 +399,8 @@ Examples:
 /// For restore_command: decompresses transparently, verifies the file
 /// (a segment's headers, CRCs and system identifier) and writes DEST
 /// whole, as a scratch file (not fsynced: a recovering server reads it at
-/// once and asks again after a crash). Restoring a segment also starts a background worker that
-/// fetches the following --prefetch segments, a few in parallel, into
+/// once and asks again after a crash). Restoring a segment also starts a
+/// background worker that fetches the following --prefetch segments, a few in parallel, into
 /// DEST's directory/.walship-prefetch, so the next requests are served
 /// at once. Exits 1 when the archive simply does not have the file (what
 /// a recovering server expects at the end of the archive), and 126 on a

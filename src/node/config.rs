@@ -238,7 +238,7 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "busy_poll",
         reload: true,
-        help: "when no other session is busy, a session polls its socket this long before it sleeps, to answer a client's next message without a CPU wake-up (0: never; new connections)",
+        help: "a session that alone has been receiving for 10ms polls its socket this long before it sleeps, to take a lone client's next message without a CPU wake-up (0: never, at most 10ms; new connections)",
     },
     SettingDoc {
         name: "synchronous_commit",

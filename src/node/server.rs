@@ -1068,9 +1068,6 @@ pub struct ServerOptions {
     pub listen: Option<String>,
 }
 
-/// Runs a node until SIGTERM or SIGINT. Blocks those signals and SIGHUP in
-/// the calling thread (and so in every thread it starts) and waits for them
-/// on a thread of its own.
 /// Under SCRAM a role without a password can never log in: said at start
 /// and at each reload, not first to a client refused for it.
 fn warn_roles_without_password(settings: &Settings, users: &Users, file: &std::path::Path) {
@@ -1086,6 +1083,9 @@ fn warn_roles_without_password(settings: &Settings, users: &Users, file: &std::p
     }
 }
 
+/// Runs a node until SIGTERM or SIGINT. Blocks those signals and SIGHUP in
+/// the calling thread (and so in every thread it starts) and waits for them
+/// on a thread of its own.
 pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     let mut signals = SigSet::empty();
     for s in [
