@@ -35,7 +35,7 @@ use thiserror::Error;
 
 use super::archiver::verify_file;
 use super::store::{Archive, ArchiveError};
-use crate::durable::{self, DirLock, FileError, LockError};
+use crate::durable::{self, DirLock, FileError, IoContext, LockError};
 use crate::wal::{SegNo, SegmentName, WalFileName};
 
 /// The spool directory's name, inside the destination's directory.
@@ -180,7 +180,7 @@ fn take_from_spool(
         let _ = std::fs::remove_file(&path);
         return Ok(false);
     }
-    std::fs::rename(&path, dest).map_err(|e| FileError::new("rename", &path, e))?;
+    std::fs::rename(&path, dest).at("rename", &path)?;
     Ok(true)
 }
 

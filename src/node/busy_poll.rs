@@ -23,7 +23,7 @@
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -43,12 +43,12 @@ const NONE: usize = 0;
 /// The sessions that decide together whether one of them may poll.
 ///
 /// Invariants: `working` counts the open [`BusyPoll`]s not inside `read`;
-/// `polling` is at most 1; `last_reader` is the id of the session that
+/// `polling` is set while one session polls; `last_reader` is the id of the session that
 /// last received bytes, and `last_switch` when (in [`now_ns`]) a session
 /// received bytes after another had, or [`NEVER`].
 pub struct PollGate {
     working: AtomicUsize,
-    polling: AtomicUsize,
+    polling: AtomicBool,
     next_id: AtomicUsize,
     last_reader: AtomicUsize,
     last_switch: AtomicU64,
@@ -61,7 +61,7 @@ impl PollGate {
     const fn new() -> PollGate {
         PollGate {
             working: AtomicUsize::new(0),
-            polling: AtomicUsize::new(0),
+            polling: AtomicBool::new(false),
             next_id: AtomicUsize::new(NONE + 1),
             last_reader: AtomicUsize::new(NONE),
             last_switch: AtomicU64::new(NEVER),
@@ -127,7 +127,7 @@ impl BusyPoll {
             || !gate.one_talking(self.id)
             || gate
                 .polling
-                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
         {
             return None;
@@ -145,7 +145,7 @@ impl BusyPoll {
             }
             std::hint::spin_loop();
         };
-        gate.polling.store(0, Ordering::Release);
+        gate.polling.store(false, Ordering::Release);
         got
     }
 }
@@ -233,12 +233,12 @@ mod tests {
         drop(working);
         // Alone now: the poll finds it.
         assert_eq!(poll_in_read(&mut idle, &mut buf).unwrap().unwrap(), 1);
-        assert_eq!(gate.polling.load(Ordering::Relaxed), 0);
+        assert!(!gate.polling.load(Ordering::Relaxed));
         // Only one session polls at a time.
-        gate.polling.store(1, Ordering::Relaxed);
+        gate.polling.store(true, Ordering::Relaxed);
         c2.write_all(b"y").unwrap();
         assert!(poll_in_read(&mut idle, &mut buf).is_none());
-        gate.polling.store(0, Ordering::Relaxed);
+        gate.polling.store(false, Ordering::Relaxed);
         drop(idle);
         assert_eq!(gate.working.load(Ordering::Relaxed), 0);
     }

@@ -45,18 +45,6 @@ pub struct ServerError {
     pub hint: Option<String>,
 }
 
-impl ClientError {
-    /// A refusal of the role or its password (SQLSTATE class 28, or no
-    /// password to give): trying again as the same role will not help.
-    pub fn is_auth_failure(&self) -> bool {
-        match self {
-            ClientError::Auth { .. } => true,
-            ClientError::Server { error, .. } => error.code.starts_with("28"),
-            _ => false,
-        }
-    }
-}
-
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -115,6 +103,18 @@ pub enum ClientError {
     Auth { peer: String, what: String },
     #[error("{peer} is not a walship node: {what}")]
     NotWalship { peer: String, what: String },
+}
+
+impl ClientError {
+    /// A refusal of the role or its password (SQLSTATE class 28, or no
+    /// password to give): trying again as the same role will not help.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            ClientError::Auth { .. } => true,
+            ClientError::Server { error, .. } => error.code.starts_with("28"),
+            _ => false,
+        }
+    }
 }
 
 /// The next step after a failed connection, by what failed.

@@ -58,6 +58,18 @@ pub enum ReceiveError {
     },
 }
 
+impl ReceiveError {
+    /// Bad WAL, a wrong system and a refused role or password: not cured
+    /// by trying again.
+    fn is_permanent(&self) -> bool {
+        match self {
+            ReceiveError::BadWal { .. } | ReceiveError::WrongSystem { .. } => true,
+            ReceiveError::Client(e) => e.is_auth_failure(),
+            _ => false,
+        }
+    }
+}
+
 pub struct ReceiveOptions {
     pub from: ConnInfo,
     pub dir: PathBuf,
@@ -109,15 +121,7 @@ pub fn run(opts: &ReceiveOptions) -> Result<Stopped, ReceiveError> {
         match result {
             Ok(Some(stop)) => return Ok(stop),
             Ok(None) => info!("the server ended streaming; reconnecting"),
-            // Bad WAL, a wrong system and a refused role or password are
-            // not cured by trying again.
-            Err(e @ (ReceiveError::BadWal { .. } | ReceiveError::WrongSystem { .. })) => {
-                return Err(e)
-            }
-            Err(ReceiveError::Client(e)) if e.is_auth_failure() => {
-                return Err(ReceiveError::Client(e))
-            }
-            Err(e) if opts.no_loop => return Err(e),
+            Err(e) if opts.no_loop || e.is_permanent() => return Err(e),
             Err(e) => warn!(retry_in_ms = backoff.as_millis() as u64, "{e}"),
         }
         if began.elapsed() > Duration::from_secs(30) {
