@@ -659,9 +659,7 @@ fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let seg_size = args.wal_segsize;
     let user = match args.user {
         Some(u) => u,
-        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
+        None => walship::replication::conninfo::os_user()
             .map(|u| u.name)
             .context("could not find the name of the OS user running init; give one with -U")?,
     };

@@ -284,12 +284,7 @@ impl Client {
             .user
             .clone()
             .or_else(|| std::env::var("PGUSER").ok())
-            .or_else(|| {
-                nix::unistd::User::from_uid(nix::unistd::geteuid())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-            })
+            .or_else(|| super::conninfo::os_user().map(|u| u.name))
             .unwrap_or_else(|| "postgres".into());
         let mut params = vec![("user", user.clone())];
         let database = info.dbname.clone().unwrap_or_else(|| user.clone());

@@ -61,6 +61,14 @@ impl fmt::Display for ConnInfo {
     }
 }
 
+/// The account this process runs as: libpq's default role, initdb's first
+/// role, and the home of `~/.pgpass` when `HOME` is unset.
+pub fn os_user() -> Option<nix::unistd::User> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+}
+
 /// Whether `host` names the machine it is read on: loopback or a socket.
 pub fn is_local_host(host: &str) -> bool {
     host.starts_with('/')

@@ -68,12 +68,7 @@ pub fn password_file() -> Option<PathBuf> {
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::geteuid())
-                .ok()
-                .flatten()
-                .map(|u| u.dir)
-        })?;
+        .or_else(|| super::conninfo::os_user().map(|u| u.dir))?;
     Some(home.join(".pgpass"))
 }
 
