@@ -218,16 +218,20 @@ pub fn decode_stream(setup: &Setup, stream: &[u8]) -> Outcome {
             }
             Step::Record(r) => {
                 assert!(used > 0, "returned a record without consuming a byte");
-                assert_eq!(r.bytes.len(), r.header.tot_len as usize);
-                assert_eq!(format::record_crc(r.bytes), r.header.crc, "CRC not checked");
+                assert_eq!(r.bytes.len(), r.header().tot_len as usize);
+                assert_eq!(
+                    format::record_crc(r.bytes),
+                    r.header().crc,
+                    "CRC not checked"
+                );
                 assert!(r.lsn.0 % 8 == 0 && r.end.0 % 8 == 0, "unaligned record");
-                assert!(r.end.0 >= r.lsn.0 + u64::from(r.header.tot_len));
+                assert!(r.end.0 >= r.lsn.0 + u64::from(r.header().tot_len));
                 if let Some(last) = last_lsn {
                     assert!(last < r.lsn, "records out of order");
                 }
                 last_lsn = Some(r.lsn);
                 let _ = r.main_data();
-                records.push((r.lsn, r.end, r.header.tot_len, r.header.crc));
+                records.push((r.lsn, r.end, r.header().tot_len, r.header().crc));
                 record_end = Some(r.end);
             }
             Step::End(e) => {

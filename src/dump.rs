@@ -118,9 +118,9 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
         let line = match opts.mode {
             DumpMode::Records => writeln!(out, "{}", RecordLine(r)),
             DumpMode::Stats => {
-                let e = stats.entry(r.header.rmid).or_default();
+                let e = stats.entry(r.header().rmid).or_default();
                 e.0 += 1;
-                e.1 += u64::from(r.header.tot_len);
+                e.1 += u64::from(r.header().tot_len);
                 Ok(())
             }
             DumpMode::Verify => Ok(()),
@@ -229,7 +229,7 @@ struct RecordLine<'a, 'r>(&'a Record<'r>);
 impl std::fmt::Display for RecordLine<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let r = self.0;
-        let h = &r.header;
+        let h = r.header();
         write!(
             f,
             "rmgr: {:<11} len (rec/tot): {:>6}/{:>8}, tx: {:>10}, lsn: {:X}/{:08X}, prev {:X}/{:08X}, desc: ",

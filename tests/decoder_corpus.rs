@@ -464,7 +464,7 @@ fn fixtures_decode_as_the_reader_walks_them_and_survive_mutation() {
         let mut decoder = Decoder::at_page_start(setup.seg_size, start, setup.expect);
         let mut walked = Vec::new();
         let end = walk(files, &mut decoder, None, |r| {
-            walked.push((r.lsn, r.end, r.header.tot_len, r.header.crc));
+            walked.push((r.lsn, r.end, r.header().tot_len, r.header().crc));
             ControlFlow::Continue(())
         })
         .unwrap();

@@ -245,13 +245,13 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
             // The record at the checkpoint LSN is the checkpoint itself
             // (ignored below), or — after walship rejoin labelled a
             // snapshot with a switch point — the first record it lacks.
-            if r.lsn < checkpoint || r.header.rmid != RM_WALSHIP_ID || replay_error.is_some() {
+            if r.lsn < checkpoint || r.header().rmid != RM_WALSHIP_ID || replay_error.is_some() {
                 return;
             }
             let payload = r
                 .main_data()
                 .ok_or_else(|| "record has block references".to_string())
-                .and_then(|d| Payload::decode(r.header.info, d).map_err(|e| e.to_string()));
+                .and_then(|d| Payload::decode(r.header().info, d).map_err(|e| e.to_string()));
             match payload {
                 Ok(Payload::Commit(ops)) => match rows.apply_record(&ops, r.end) {
                     Ok(()) => replayed += 1,

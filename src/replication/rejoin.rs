@@ -145,9 +145,9 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
     let mut first_past = None;
     let outcome = walk(&files, &mut decoder, None, |r| {
         end = r.end;
-        let is_commit = r.header.rmid == RM_WALSHIP_ID
+        let is_commit = r.header().rmid == RM_WALSHIP_ID
             && r.main_data()
-                .and_then(|d| Payload::decode(r.header.info, d).ok())
+                .and_then(|d| Payload::decode(r.header().info, d).ok())
                 .is_some_and(|p| matches!(p, Payload::Commit(_)));
         if is_commit && switch.is_some_and(|s| r.lsn >= s) && first_past.is_none() {
             first_past = Some(r.lsn);

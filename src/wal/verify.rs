@@ -98,11 +98,11 @@ impl StreamVerifier {
                         next: r.end,
                     };
                     checked.last_end = Some(r.end);
-                    if r.header.rmid == RM_WALSHIP_ID {
+                    if r.header().rmid == RM_WALSHIP_ID {
                         checked.own.push(OwnRecord {
                             lsn: r.lsn,
                             end: r.end,
-                            info: r.header.info,
+                            info: r.header().info,
                             data: r.main_data().map(<[u8]>::to_vec).unwrap_or_default(),
                         });
                     }

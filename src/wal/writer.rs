@@ -1187,7 +1187,7 @@ mod tests {
         );
         let mut out = Vec::new();
         let end = walk(&files, &mut d, None, |r| {
-            if r.header.rmid == RM_WALSHIP_ID {
+            if r.header().rmid == RM_WALSHIP_ID {
                 out.push((r.lsn, r.main_data().unwrap().to_vec()));
             }
             ControlFlow::Continue(())
