@@ -250,6 +250,10 @@ fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert!(
+        dir.path().join("something").exists(),
+        "a refused directory is left as it was"
+    );
     let empty = tempfile::tempdir().unwrap();
     let target = empty.path().join("s");
     let out = common::walship(&[
@@ -262,7 +266,31 @@ fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not connect to 127.0.0.1:1"), "{err:?}");
-    assert!(!target.join("control").exists());
+    assert!(err.contains("removed the data directory"), "{err:?}");
+    assert!(!target.exists(), "a failed backup leaves nothing behind");
+    // A backup that fails after it began writing (no such slot) empties the
+    // directory it was given, and the same command then simply works.
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &from,
+        "--slot",
+        "nosuch",
+        "-D",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(target.join("control").exists() && target.join("standby.signal").exists());
 }
 
 #[test]

@@ -141,22 +141,94 @@ fn new_system_id() -> u64 {
 
 /// Makes `root` a new, empty data directory only its owner may enter (as
 /// PostgreSQL keeps its own): created if absent, refused unless empty.
-pub fn create_empty(root: &Path) -> Result<DataDir, DataDirError> {
+pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     let dir = DataDir::new(root);
-    if dir.root.exists() {
+    let created = if dir.root.exists() {
         let mut entries = fs::read_dir(&dir.root).at("read directory", &dir.root)?;
         if entries.next().is_some() {
             return Err(DataDirError::NotEmpty(dir.root.clone()));
         }
+        false
     } else {
         durable::create_dir(&dir.root)?;
-    }
+        true
+    };
+    let new = NewDataDir {
+        dir,
+        created,
+        kept: false,
+    };
     fs::set_permissions(
-        &dir.root,
+        &new.root,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
-    .at("set permissions of", &dir.root)?;
-    Ok(dir)
+    .at("set permissions of", &new.root)?;
+    Ok(new)
+}
+
+/// A data directory being made by `init` or `basebackup`. Dropped before
+/// [`NewDataDir::keep`] (the command failed), it is removed again, or
+/// emptied when it was there, empty, before: as pg_basebackup does, so the
+/// command can simply be run again, and no half-made node is left to start.
+pub struct NewDataDir {
+    dir: DataDir,
+    /// Whether `create_empty` made the directory itself.
+    created: bool,
+    kept: bool,
+}
+
+impl NewDataDir {
+    /// The directory is complete: keep it.
+    pub fn keep(mut self) -> DataDir {
+        self.kept = true;
+        self.dir.clone()
+    }
+}
+
+impl std::ops::Deref for NewDataDir {
+    type Target = DataDir;
+    fn deref(&self) -> &DataDir {
+        &self.dir
+    }
+}
+
+impl Drop for NewDataDir {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let root = &self.dir.root;
+        let mut entries = 0;
+        let removed = if self.created {
+            fs::remove_dir_all(root)
+        } else {
+            fs::read_dir(root).and_then(|list| {
+                list.into_iter().try_for_each(|entry| {
+                    let path = entry?.path();
+                    entries += 1;
+                    if path.is_dir() {
+                        fs::remove_dir_all(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    }
+                })
+            })
+        };
+        match removed {
+            Ok(()) if self.created => {
+                tracing::warn!("removed the data directory {} it had created", root.display())
+            }
+            Ok(()) if entries == 0 => {}
+            Ok(()) => tracing::warn!(
+                "removed what it had written into the data directory {}",
+                root.display()
+            ),
+            Err(e) => tracing::warn!(
+                "could not remove the unfinished data directory {} ({e}): remove it before trying again",
+                root.display()
+            ),
+        }
+    }
 }
 
 /// Creates a new primary's data directory, with its first checkpoint.
@@ -198,6 +270,7 @@ pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
     snapshot::write(&dir.checkpoints(), lsn, &rows)?;
     control.checkpoint = lsn;
     control.write(&dir.control())?;
+    dir.keep();
     Ok(control)
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Every file goes through `durable`; the control file is written last, so
 //! an interrupted backup leaves a directory `walship server` refuses (it
-//! has no control file) rather than a half-copied node that starts.
+//! has no control file) rather than a half-copied node that starts. A
+//! backup that fails removes what it wrote (see `datadir::NewDataDir`).
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
@@ -158,6 +159,7 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
         WriteError::File(f) => BaseBackupError::File(f),
         WriteError::BadName(n) => malformed(&format!("unsafe file name \"{n}\"")),
     })?;
+    dir.keep();
     tracing::debug!(
         elapsed_ms = began.elapsed().as_millis() as u64,
         "base backup written"
