@@ -1444,7 +1444,7 @@ mod man {
 The role to connect as when \fICONNINFO\fR names no \fBuser\fR; without it, the name of the OS user running the command. The database defaults to the role's name.{more}
 .TP
 \fBPGPASSWORD\fR, \fBPGPASSFILE\fR
-The password, when \fICONNINFO\fR gives none and the server asks for one: \fBPGPASSWORD\fR, else the first matching line \fIhost\fR:\fIport\fR:\fIdatabase\fR:\fIuser\fR:\fIpassword\fR of the file \fBPGPASSFILE\fR names (default \fI~/.pgpass\fR), as libpq reads it: \fB*\fR matches anything, a replication connection matches the database \fBreplication\fR, the socket directory \fI/var/run/postgresql\fR matches \fBlocalhost\fR (any other host as \fICONNINFO\fR spells it: the default is \fB127.0.0.1\fR), and a file others may read is not used (with a warning). Neither shows in \fBps\fR, as a password in \fICONNINFO\fR does. No other libpq variable is read: the host (default 127.0.0.1) and port (default 5432) come from \fICONNINFO\fR alone.
+The password, when \fICONNINFO\fR gives none and the server asks for one: \fBPGPASSWORD\fR, else the first matching line \fIhost\fR:\fIport\fR:\fIdatabase\fR:\fIuser\fR:\fIpassword\fR of the password file (the one \fBpassfile=\fR in \fICONNINFO\fR names, else \fBPGPASSFILE\fR, else \fI~/.pgpass\fR), as libpq reads it: \fB*\fR matches anything, a replication connection matches the database \fBreplication\fR, the socket directory \fI/var/run/postgresql\fR matches \fBlocalhost\fR (any other host as \fICONNINFO\fR spells it: the default is \fB127.0.0.1\fR), and a file others may read is not used (with a warning). Neither shows in \fBps\fR, as a password in \fICONNINFO\fR does. No other libpq variable is read: the host (default 127.0.0.1) and port (default 5432) come from \fICONNINFO\fR alone.
 "
         )
     }
@@ -1465,7 +1465,7 @@ A WAL archive: its identity \fIARCHIVE\fR, archived segments and history files, 
 The role to connect as when a connection string (\fB\-\-from\fR, \fBprimary_conninfo\fR) names none.
 .TP
 \fBPGPASSWORD\fR, \fBPGPASSFILE\fR
-The password when a connection string gives none, as libpq reads them (default file \fI~/.pgpass\fR); see \fBwalship\-receive\fR(1). No other libpq variable is read.
+The password when a connection string gives none, as libpq reads them (default file \fI~/.pgpass\fR; the string's \fBpassfile=\fR comes first); see \fBwalship\-receive\fR(1). No other libpq variable is read.
 .TP
 \fBTMPDIR\fR
 Where \fBwalship demo\fR and \fBwalship promote\fR put their temporary files (default \fI/tmp\fR).
@@ -1750,7 +1750,7 @@ With \fBarchive_directory\fR set: the highest epoch claimed there, read at start
 The role a standby streams as, and a promotion fences the old primary as, when \fBprimary_conninfo\fR names none; without it, the name of the OS user running the server.
 .TP
 \fBPGPASSWORD\fR, \fBPGPASSFILE\fR
-The password for \fBprimary_conninfo\fR when it gives none, as libpq reads them (default file \fI~/.pgpass\fR of the user running the server); see \fBwalship\-receive\fR(1).
+The password for \fBprimary_conninfo\fR when it gives none, as libpq reads them (default file \fI~/.pgpass\fR of the user running the server; the string's \fBpassfile=\fR comes first); see \fBwalship\-receive\fR(1).
 .TP
 \fBWALSHIP_CRASH_AT\fR
 For crash tests only: the node kills itself (SIGKILL) at the named point (\fBpromote\-fence\fR, \fBpromote\-switch\fR, ...). Never set it in production.

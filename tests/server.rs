@@ -321,6 +321,19 @@ fn scram_sha_256_accepts_the_password_and_nothing_else() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The connection string's passfile= comes before PGPASSFILE.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["status", "--from"])
+        .arg(format!("{} passfile={file}", node.conninfo()))
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", root.path().join("none"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = status(&[("PGPASSFILE", file)]);
     assert_eq!(out.status.code(), Some(1));

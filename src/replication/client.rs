@@ -309,9 +309,10 @@ impl Client {
                     _ => &database,
                 },
                 user: &user,
+                passfile: info.passfile.as_deref(),
             })
         });
-        client.authenticate(&user, password.as_deref())?;
+        client.authenticate(&user, password.as_deref(), info.passfile.as_deref())?;
         Ok(client)
     }
 
@@ -376,7 +377,14 @@ impl Client {
         Ok((tag, self.r.body().to_vec()))
     }
 
-    fn authenticate(&mut self, user: &str, password: Option<&str>) -> Result<(), ClientError> {
+    /// `passfile` is only for the hint when a password is needed and none
+    /// was found.
+    fn authenticate(
+        &mut self,
+        user: &str,
+        password: Option<&str>,
+        passfile: Option<&str>,
+    ) -> Result<(), ClientError> {
         let auth_err = |peer: &str, what: &str| ClientError::Auth {
             peer: peer.to_string(),
             what: what.to_string(),
@@ -391,7 +399,7 @@ impl Client {
                     let rest = &body[4..];
                     let need_password = || {
                         password.ok_or_else(|| {
-                            let file = passfile::password_file().map_or_else(
+                            let file = passfile::password_file(passfile).map_or_else(
                                 || "~/.pgpass".to_string(),
                                 |p| p.display().to_string(),
                             );

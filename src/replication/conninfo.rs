@@ -24,6 +24,9 @@ pub struct ConnInfo {
     pub application_name: Option<String>,
     /// Seconds to wait for the TCP connection (libpq's `connect_timeout`).
     pub connect_timeout: Option<u64>,
+    /// The password file to read instead of `PGPASSFILE` or `~/.pgpass`
+    /// (libpq's `passfile`).
+    pub passfile: Option<String>,
 }
 
 impl Default for ConnInfo {
@@ -36,6 +39,7 @@ impl Default for ConnInfo {
             dbname: None,
             application_name: None,
             connect_timeout: None,
+            passfile: None,
         }
     }
 }
@@ -56,6 +60,9 @@ impl fmt::Display for ConnInfo {
         }
         if let Some(a) = &self.application_name {
             write!(f, " application_name={}", quote(a))?;
+        }
+        if let Some(p) = &self.passfile {
+            write!(f, " passfile={}", quote(p))?;
         }
         Ok(())
     }
@@ -106,6 +113,7 @@ impl ConnInfo {
             "password" => self.password = Some(value),
             "dbname" => self.dbname = Some(value),
             "application_name" => self.application_name = Some(value),
+            "passfile" => self.passfile = Some(value),
             "connect_timeout" => {
                 self.connect_timeout = Some(value.parse().map_err(|_| {
                     ConnInfoError(format!("connect_timeout \"{value}\" is not a number of seconds"))
@@ -126,7 +134,7 @@ impl ConnInfo {
             "options" | "keepalives" | "replication" => {}
             other => {
                 return Err(ConnInfoError(format!(
-                    "unknown keyword \"{other}\" (walship understands host, port, user, password, dbname, application_name, connect_timeout)"
+                    "unknown keyword \"{other}\" (walship understands host, port, user, password, passfile, dbname, application_name, connect_timeout)"
                 )))
             }
         }
@@ -275,9 +283,10 @@ mod tests {
     #[test]
     fn key_value_pairs() {
         let c = ConnInfo::parse(
-            "host=127.0.0.1 port=5433 user=rep application_name='s 1' password='it\\'s'",
+            "host=127.0.0.1 port=5433 user=rep application_name='s 1' password='it\\'s' passfile='/etc/walship/pg pass'",
         )
         .unwrap();
+        assert_eq!(c.passfile.as_deref(), Some("/etc/walship/pg pass"));
         assert_eq!(c.host, "127.0.0.1");
         assert_eq!(c.port, 5433);
         assert_eq!(c.user.as_deref(), Some("rep"));

@@ -1,6 +1,6 @@
 //! Where a client's password comes from when the connection string has
-//! none, as libpq does it: `PGPASSWORD`, then the password file
-//! (`PGPASSFILE`, default `~/.pgpass`). A password in a connection string
+//! none, as libpq does it: `PGPASSWORD`, then the password file (the
+//! connection string's `passfile`, else `PGPASSFILE`, else `~/.pgpass`). A password in a connection string
 //! given on the command line shows in `ps`; these do not.
 //!
 //! The file's lines are `host:port:database:user:password`, `*` matching
@@ -23,6 +23,8 @@ pub struct Target<'a> {
     pub port: u16,
     pub database: &'a str,
     pub user: &'a str,
+    /// The connection string's `passfile`, if it has one.
+    pub passfile: Option<&'a str>,
 }
 
 /// The password for `target` from `PGPASSWORD` or the password file.
@@ -30,7 +32,7 @@ pub fn lookup(target: &Target<'_>) -> Option<String> {
     if let Some(pw) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()) {
         return Some(pw);
     }
-    let path = password_file()?;
+    let path = password_file(target.passfile)?;
     let meta = fs::metadata(&path).ok()?;
     if !meta.is_file() {
         warn!(
@@ -60,8 +62,12 @@ pub fn lookup(target: &Target<'_>) -> Option<String> {
     }
 }
 
-/// The password file a lookup reads: `PGPASSFILE`, else `~/.pgpass`.
-pub fn password_file() -> Option<PathBuf> {
+/// The password file a lookup reads: the connection string's `passfile`,
+/// else `PGPASSFILE`, else `~/.pgpass`.
+pub fn password_file(passfile: Option<&str>) -> Option<PathBuf> {
+    if let Some(p) = passfile.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
     if let Some(p) = std::env::var_os("PGPASSFILE").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
@@ -146,6 +152,7 @@ mod tests {
             port: 5433,
             database,
             user: "rep",
+            passfile: None,
         }
     }
 
