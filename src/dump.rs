@@ -186,12 +186,15 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
     };
     let report = match opts.mode {
         DumpMode::Stats => stats_table(&stats),
+        // Damage is said once, by the caller on standard error; the summary
+        // only counts what checked out before it.
         DumpMode::Verify => format!(
-            "verified {records} record{} from {} in {} segment file{}: {how}\n",
+            "verified {records} record{} from {} in {} segment file{}: {}\n",
             if records == 1 { "" } else { "s" },
             first_lsn.map_or_else(|| start.to_string(), |l| l.to_string()),
             set.files.len(),
             if set.files.len() == 1 { "" } else { "s" },
+            if clean { &how } else { "then damaged WAL (see the error)" },
         ),
         DumpMode::Records => String::new(),
     };

@@ -744,8 +744,10 @@ fn dump_verify_reports_damage_with_file_and_lsn() {
     assert_one_line_naming(&run, &path, Some(target.lsn));
     assert!(run.stderr.contains("CRC"), "{}", run.stderr);
     assert!(
-        run.stdout.contains(&format!("verified {j} records")),
-        "{}",
+        run.stdout.contains(&format!("verified {j} records"))
+            && run.stdout.contains("then damaged WAL")
+            && !run.stdout.contains("CRC"),
+        "the damage is said once, on standard error: {}",
         run.stdout
     );
 
