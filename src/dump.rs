@@ -194,7 +194,11 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
             first_lsn.map_or_else(|| start.to_string(), |l| l.to_string()),
             set.files.len(),
             if set.files.len() == 1 { "" } else { "s" },
-            if clean { &how } else { "then damaged WAL (see the error)" },
+            if clean {
+                &how
+            } else {
+                "then damaged WAL (see the error)"
+            },
         ),
         DumpMode::Records => String::new(),
     };

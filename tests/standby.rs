@@ -445,8 +445,10 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
     primary.start();
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
     let archive = tempfile::tempdir().unwrap();
+    let restart_points = archive.path().join("restart-points");
     s1.configure(&format!(
-        "restore_command = 'cp {}/%f %p'",
+        "restore_command = 'echo %r %f >> {} && cp {}/%f %p'",
+        restart_points.display(),
         archive.path().display()
     ));
     // While s1 is away the primary fills segments; an archiver (here, a
@@ -480,6 +482,23 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
         "{}",
         s1.log()
     );
+    // %r names the segment of s1's last restartpoint (its base backup's
+    // checkpoint), as PostgreSQL's does: a segment of the timeline, at or
+    // before the one asked for.
+    let calls = std::fs::read_to_string(&restart_points).unwrap();
+    assert!(!calls.is_empty());
+    for call in calls.lines() {
+        let (point, asked) = call.split_once(' ').unwrap();
+        assert!(
+            point.starts_with("00000001") && point.len() == 24,
+            "{calls}"
+        );
+        assert!(point.bytes().all(|b| b.is_ascii_hexdigit()), "{calls}");
+        assert!(
+            point <= asked && point != "000000010000000000000000",
+            "{calls}"
+        );
+    }
     assert_eq!(
         s1.query_one("SELECT count(*) FROM kv WHERE key LIKE 'a-%'"),
         "4"

@@ -333,7 +333,7 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "restore_command",
         reload: true,
-        help: "on a standby: shell command copying archived segment %f to %p, used when the primary no longer has the WAL",
+        help: "on a standby: shell command copying archived segment %f to %p, used when the primary no longer has the WAL (%r: the segment of the last restartpoint, %%: a %)",
     },
     SettingDoc {
         name: "primary_slot_name",

@@ -782,6 +782,12 @@ impl WalReceiverHost for Node {
         let command = Node::settings(self).restore_command.clone();
         (!command.is_empty()).then_some(command)
     }
+    fn restart_point(&self) -> Lsn {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .checkpoint
+    }
     fn wal_dir(&self) -> PathBuf {
         DataDir::new(&self.dir).wal()
     }

@@ -65,6 +65,9 @@ pub trait WalReceiverHost: Send + Sync {
     fn replayed_lsn(&self) -> Lsn;
     /// `restore_command`, if one is set.
     fn restore_command(&self) -> Option<String>;
+    /// Where the last restartpoint's redo begins: WAL before it is not
+    /// needed to restart (`restore_command`'s `%r`).
+    fn restart_point(&self) -> Lsn;
     /// The node's WAL directory.
     fn wal_dir(&self) -> PathBuf;
     fn receiver_status(&self) -> MutexGuard<'_, ReceiverStatus>;
@@ -169,11 +172,14 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         let segno = pos.segno(size);
         let name = SegmentName::new(tli, segno).file_name(size);
         let _ = std::fs::remove_file(&scratch);
+        // %r as PostgreSQL gives it: the segment of the last restartpoint,
+        // the oldest one a restart still needs (pg_archivecleanup's cut).
+        let restart = SegmentName::new(tli, host.restart_point().segno(size)).file_name(size);
         let cmd = command
             .replace("%%", "\u{0}")
             .replace("%f", &name)
             .replace("%p", &scratch.to_string_lossy())
-            .replace("%r", "000000000000000000000000")
+            .replace("%r", &restart)
             .replace('\u{0}', "%");
         let status = std::process::Command::new("sh").args(["-c", &cmd]).status();
         match status {
