@@ -25,6 +25,7 @@ use walship::node::datadir::{self, InitOptions};
 use walship::node::server::{self, ServerOptions};
 use walship::progress::{Progress, Total};
 use walship::replication::basebackup::{self, BaseBackupOptions};
+use walship::replication::client::SlotChoice;
 use walship::replication::conninfo::ConnInfo;
 use walship::replication::receive::{self, ReceiveOptions, Stopped};
 use walship::replication::status;
@@ -429,7 +430,7 @@ struct RestoreArgs {
 const FOLLOW_EXAMPLES: &str = "\
 Examples:
   walship follow -D /var/lib/walship/s2 --from 'host=10.0.0.11 port=5433 user=replicator'
-  walship follow -D s2 --from 'host=10.0.0.11 port=5433 user=replicator' --slot s2";
+  walship follow -D s2 --from 'host=10.0.0.11 port=5433 user=replicator' --slot s2 --create-slot";
 
 /// Point a standby at another upstream (the new primary after a failover).
 ///
@@ -449,15 +450,19 @@ struct FollowArgs {
     /// The new upstream, as a libpq connection string or URI.
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
-    /// The replication slot to stream from on the new upstream (it must exist there).
+    /// The replication slot to stream from on the new upstream (it must
+    /// exist there, unless --create-slot makes it).
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
+    /// Create the slot on the new upstream first.
+    #[arg(long, requires = "slot")]
+    create_slot: bool,
 }
 
 const REJOIN_EXAMPLES: &str = "\
 Examples:
   walship rejoin -D /var/lib/walship/old --from 'host=10.0.0.12 port=5433 user=replicator'
-  walship rejoin -D old --from 'host=10.0.0.12 port=5433 user=replicator' --slot old && walship server -D old";
+  walship rejoin -D old --from 'host=10.0.0.12 port=5433 user=replicator' --slot old --create-slot && walship server -D old";
 
 /// Make a stopped old primary a standby of the new primary.
 ///
@@ -479,9 +484,14 @@ struct RejoinArgs {
     /// The new primary, as a libpq connection string or URI.
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
-    /// The replication slot to stream from on the new primary (it must exist there).
+    /// The replication slot to stream from on the new primary (it must
+    /// exist there, unless --create-slot makes it).
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
+    /// Create the slot on the new primary, once every check has passed and
+    /// before anything here changes.
+    #[arg(long, requires = "slot")]
+    create_slot: bool,
 }
 
 /// The background half of `walship restore --prefetch` (started by it).
@@ -1086,9 +1096,15 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `--slot` and `--create-slot`, as the library takes them.
+fn slot_choice(name: Option<&str>, create: bool) -> Option<SlotChoice<'_>> {
+    name.map(|name| SlotChoice { name, create })
+}
+
 fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     let from = args.from;
-    let done = walship::replication::follow::follow(&args.dir, &from, args.slot.as_deref())
+    let slot = slot_choice(args.slot.as_deref(), args.create_slot);
+    let done = walship::replication::follow::follow(&args.dir, &from, slot)
         .context("walship follow failed")?;
     out!(
         "{} now follows {} (epoch {}, timeline {}){}.",
@@ -1106,7 +1122,8 @@ fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
 
 fn run_rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let from = args.from;
-    let done = walship::replication::rejoin::rejoin(&args.dir, &from, args.slot.as_deref())
+    let slot = slot_choice(args.slot.as_deref(), args.create_slot);
+    let done = walship::replication::rejoin::rejoin(&args.dir, &from, slot)
         .context("walship rejoin failed")?;
     match (done.switch, done.rewound_from) {
         (Some(switch), Some(end)) => out!(
@@ -1411,7 +1428,7 @@ mod man {
                 [FOLLOW_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIwalship.conf\fR names the new upstream; a running standby was told (\fBSIGHUP\fR), a stopped one follows it when started.",
-                    r"\fIDIR\fR is not a standby, the upstream cannot be reached, has no slot named by \fB\-\-slot\fR or cannot give its timeline's history, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
+                    r"\fIDIR\fR is not a standby, the upstream cannot be reached, has no slot named by \fB\-\-slot\fR (without \fB\-\-create\-slot\fR) or could not create it (one of that name exists, say), cannot give its timeline's history, or it is refused: another system, an epoch older than the standby's, a fenced old primary. Nothing was changed then. Also when \fIwalship.conf\fR cannot be read or written, or the running standby cannot be signalled (\fIwalship.conf\fR is changed already: send the standby \fBSIGHUP\fR, or restart it). Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-status\fR(1), \fBwalship\-server\fR(1)",
@@ -1420,7 +1437,7 @@ mod man {
                 [REJOIN_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"\fIDIR\fR is a standby of the new primary, cut back to the switch point if it wrote past it; start it with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached, has no slot named by \fB\-\-slot\fR or cannot give its timeline's history; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
+                    r"Refused, with nothing changed: the node is running; the new primary cannot be reached, has no slot named by \fB\-\-slot\fR (without \fB\-\-create\-slot\fR) or could not create it, or cannot give its timeline's history; the new primary is another system, in an older epoch, or fenced, or it is on this node's timeline but not ahead of it; or this node cannot follow it (the new primary's history does not contain this node's timeline, this node committed past the switch point and its last checkpoint lies past it too, or the segment holding the switch point is gone): rebuild it with \fBwalship basebackup\fR. Or a file could not be written part-way; \fIstandby.signal\fR is then written already, and running \fBwalship rejoin\fR again finishes the job. Standard error says which.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-follow\fR(1), \fBwalship\-basebackup\fR(1), \fBwalship\-server\fR(1), \fBpg_rewind\fR(1)",

@@ -291,7 +291,18 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("add --create-slot"), "{}", text(&out));
-    let out = follow(&s1);
+    // --create-slot makes the slot on the new primary, and s2 streams
+    // through it.
+    let out = common::walship(&[
+        "follow",
+        "-D",
+        s2_dir.to_str().unwrap(),
+        "--from",
+        &s1_from,
+        "--slot",
+        "s2",
+        "--create-slot",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("epoch 2, timeline 2") && text(&out).contains("reload"),
@@ -300,6 +311,12 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
     );
     let lsn = s1.query_one("SELECT pg_current_wal_flush_lsn()");
     s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    // s1's only slot: s2's, in use.
+    assert_eq!(
+        s1.query_one("SELECT slot_name FROM pg_replication_slots"),
+        "s2"
+    );
+    assert_eq!(s1.query_one("SELECT active FROM pg_replication_slots"), "t");
     assert!(
         s2.log().contains("followed the upstream to a new timeline"),
         "{}",

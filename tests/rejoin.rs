@@ -58,7 +58,17 @@ fn a_fenced_primary_stopped_cleanly_rejoins_as_a_standby_of_the_new_one() {
         text(&out)
     );
     old.stop();
-    let out = rejoin(&old, &new);
+    // It streams through a slot --create-slot makes on the new primary.
+    let out = common::walship(&[
+        "rejoin",
+        "-D",
+        old.dir.to_str().unwrap(),
+        "--from",
+        &format!("host=127.0.0.1 port={} user=tester", new.port),
+        "--slot",
+        "old",
+        "--create-slot",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("is now a standby of"), "{}", text(&out));
     assert!(old.dir.join("standby.signal").exists());
@@ -67,6 +77,14 @@ fn a_fenced_primary_stopped_cleanly_rejoins_as_a_standby_of_the_new_one() {
         .batch_execute("INSERT INTO kv VALUES ('written', 'on the new primary')")
         .unwrap();
     caught_up(&new, &old);
+    assert_eq!(
+        new.query_one("SELECT slot_name FROM pg_replication_slots"),
+        "old"
+    );
+    assert_eq!(
+        new.query_one("SELECT active FROM pg_replication_slots"),
+        "t"
+    );
     assert_eq!(old.query_one("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(old.query_one("SHOW timeline"), "2");
     assert_eq!(old.query_one("SHOW epoch"), "2");

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::client::{Client, ClientError, CopyMessage, MissingSlot};
+use super::client::{Client, ClientError, CopyMessage, MissingSlot, SlotChoice};
 use super::conninfo::ConnInfo;
 use crate::durable::{self, FileError};
 use crate::node::datadir::{self, DataDir, DataDirError};
@@ -77,21 +77,11 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
     if let Some(by) = fenced_by {
         return Err(BaseBackupError::Fenced { peer, by });
     }
-    match (&opts.slot, opts.create_slot) {
-        (Some(slot), true) => {
-            client.query(&format!(
-                "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
-            ))?;
-        }
-        (Some(slot), false) if client.read_slot(slot)?.is_none() => {
-            return Err(MissingSlot {
-                peer,
-                slot: slot.clone(),
-                hint: "add --create-slot to create it",
-            }
-            .into());
-        }
-        _ => {}
+    if let Some(name) = &opts.slot {
+        client.ensure_slot::<BaseBackupError>(SlotChoice {
+            name,
+            create: opts.create_slot,
+        })?;
     }
     let sets = client.start_copy("BASE_BACKUP (LABEL 'walship basebackup', PROGRESS)")?;
     let start = sets

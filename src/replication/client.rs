@@ -72,12 +72,18 @@ pub struct SlotState {
 /// A replication slot the operator named that the server does not have: a
 /// standby pointed at it would be refused on every connection.
 #[derive(Debug, Error)]
-#[error("{peer} has no replication slot \"{slot}\": {hint}, or leave out --slot")]
+#[error("{peer} has no replication slot \"{slot}\": add --create-slot to create it, or leave out --slot")]
 pub struct MissingSlot {
     pub peer: String,
     pub slot: String,
-    /// How to create it, from the command at hand.
-    pub hint: &'static str,
+}
+
+/// The slot a command was given to stream through: `--slot NAME`, and
+/// whether `--create-slot` asks to create it.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotChoice<'a> {
+    pub name: &'a str,
+    pub create: bool,
 }
 
 #[derive(Debug, Error)]
@@ -555,6 +561,34 @@ impl Client {
     pub fn in_recovery(&mut self) -> Result<bool, ClientError> {
         let rows = self.query("SELECT pg_is_in_recovery()")?;
         Ok(rows.text(0, "pg_is_in_recovery").is_some_and(|v| v == "t"))
+    }
+
+    /// Creates physical slot `name`, keeping WAL from now on (RESERVE_WAL).
+    pub fn create_slot(&mut self, name: &str) -> Result<(), ClientError> {
+        self.query(&format!(
+            "CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL RESERVE_WAL"
+        ))?;
+        Ok(())
+    }
+
+    /// Makes sure the slot `slot` names exists on the server: creates it
+    /// when asked to, else refuses one the server does not have. Called
+    /// before a command changes anything of its own.
+    pub fn ensure_slot<E: From<ClientError> + From<MissingSlot>>(
+        &mut self,
+        slot: SlotChoice<'_>,
+    ) -> Result<(), E> {
+        if slot.create {
+            return Ok(self.create_slot(slot.name)?);
+        }
+        match self.read_slot(slot.name)? {
+            Some(_) => Ok(()),
+            None => Err(MissingSlot {
+                peer: self.peer.clone(),
+                slot: slot.name.to_string(),
+            }
+            .into()),
+        }
     }
 
     /// Slot `name` as READ_REPLICATION_SLOT shows it: `None` when the

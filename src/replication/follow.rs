@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::client::{Client, ClientError, MissingSlot};
+use super::client::{Client, ClientError, MissingSlot, SlotChoice};
 use super::conninfo::{is_local_host, ConnInfo};
 use crate::durable::{self, DirLock, FileError};
 use crate::fence::EpochFile;
@@ -171,27 +171,18 @@ pub(crate) fn point_at(
     Ok(())
 }
 
-/// Refuses a `slot` the upstream does not have, before anything changes.
-pub(crate) fn check_slot(upstream: &mut Upstream, slot: Option<&str>) -> Result<(), FollowError> {
-    match slot {
-        Some(slot) if upstream.client.read_slot(slot)?.is_none() => Err(MissingSlot {
-            peer: upstream.peer.clone(),
-            slot: slot.to_string(),
-            hint: "create it there first (walship receive --from CONNINFO --slot NAME --create-slot does)",
-        }
-        .into()),
-        _ => Ok(()),
-    }
-}
-
-/// Points the standby in `dir` at `from` (optionally through `slot`).
-pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followed, FollowError> {
+/// Points the standby in `dir` at `from` (optionally through `slot`,
+/// created first with `--create-slot`).
+pub fn follow(
+    dir: &Path,
+    from: &ConnInfo,
+    slot: Option<SlotChoice<'_>>,
+) -> Result<Followed, FollowError> {
     DataDir::new(dir).check()?;
     if !DataDir::new(dir).standby_signal().exists() {
         return Err(FollowError::NotStandby(dir.to_path_buf()));
     }
     let mut upstream = check_upstream(dir, from)?;
-    check_slot(&mut upstream, slot)?;
     // A data directory path names one node only on this host: compared
     // for an upstream reached on loopback or a local socket alone.
     let theirs = is_local_host(&from.host)
@@ -204,7 +195,10 @@ pub fn follow(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Followe
             dir: dir.to_path_buf(),
         });
     }
-    point_at(dir, &upstream, slot, "walship follow")?;
+    if let Some(slot) = slot {
+        upstream.client.ensure_slot::<FollowError>(slot)?;
+    }
+    point_at(dir, &upstream, slot.map(|s| s.name), "walship follow")?;
     let Upstream {
         client,
         peer,

@@ -97,9 +97,7 @@ pub enum Stopped {
 /// creates the slot and exits).
 pub fn create_slot(from: &ConnInfo, slot: &str) -> Result<Lsn, ReceiveError> {
     let mut client = Client::connect(from, Some("true"))?;
-    client.query(&format!(
-        "CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL RESERVE_WAL"
-    ))?;
+    client.create_slot(slot)?;
     // PostgreSQL answers a physical slot's creation with a consistent
     // point of 0/0; where it keeps WAL from is its restart LSN.
     let kept_from = client.read_slot(slot)?.and_then(|s| s.restart_lsn);

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::client::SlotChoice;
 use super::conninfo::ConnInfo;
 use super::follow::{self, FollowError};
 use crate::durable::{self, DirLock, FileError, LockError};
@@ -91,7 +92,11 @@ pub struct Rejoined {
 }
 
 /// Makes the stopped node in `dir` a standby of `from`.
-pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoined, RejoinError> {
+pub fn rejoin(
+    dir: &Path,
+    from: &ConnInfo,
+    slot: Option<SlotChoice<'_>>,
+) -> Result<Rejoined, RejoinError> {
     let _lock = DirLock::acquire(dir).map_err(|e| match e {
         LockError::Busy { holder, .. } => RejoinError::Running {
             dir: dir.to_path_buf(),
@@ -102,7 +107,6 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
     let data = DataDir::new(dir);
     let mut control = ControlFile::read(&data.control())?;
     let mut upstream = follow::check_upstream(dir, from)?;
-    follow::check_slot(&mut upstream, slot)?;
     let size = control.seg_size;
     let ours = control.timeline;
     let theirs = upstream.timeline;
@@ -177,59 +181,82 @@ pub fn rejoin(dir: &Path, from: &ConnInfo, slot: Option<&str>) -> Result<Rejoine
         }
         _ => {}
     }
-    let Some(switch) = switch else {
-        let ident = upstream
-            .client
-            .query("IDENTIFY_SYSTEM")
-            .map_err(FollowError::from)?;
-        let at = ident
-            .text(0, "xlogpos")
-            .and_then(|p| p.parse::<Lsn>().ok())
-            .unwrap_or(Lsn::INVALID);
-        if at < end {
-            return Err(RejoinError::NotAhead {
-                peer: upstream.peer,
-                timeline: theirs,
-                theirs: at,
-                ours: end,
-            });
+    // Decide before changing anything: follow as is, or cut back first.
+    let rewind = match switch {
+        None => {
+            let ident = upstream
+                .client
+                .query("IDENTIFY_SYSTEM")
+                .map_err(FollowError::from)?;
+            let at = ident
+                .text(0, "xlogpos")
+                .and_then(|p| p.parse::<Lsn>().ok())
+                .unwrap_or(Lsn::INVALID);
+            if at < end {
+                return Err(RejoinError::NotAhead {
+                    peer: upstream.peer,
+                    timeline: theirs,
+                    theirs: at,
+                    ours: end,
+                });
+            }
+            None
         }
-        durable::replace_file(&data.standby_signal(), b"")?;
-        return become_standby(dir, upstream, slot, None, None, 0);
+        Some(switch) if end <= switch => None,
+        Some(switch) => {
+            // Diverged: the WAL is cut back inside the segment holding the
+            // switch point, which must be here.
+            let holding = SegmentName::new(ours, switch.segno(size)).file_name(size);
+            let present = files.files.get(&switch.segno(size));
+            if !present.is_some_and(|p| p.ends_with(&holding)) {
+                return Err(RejoinError::SegmentGone {
+                    name: holding,
+                    switch,
+                });
+            }
+            if let (true, Some(first)) = (control.checkpoint > switch, first_past) {
+                return Err(RejoinError::CannotRewind {
+                    switch,
+                    first,
+                    checkpoint: control.checkpoint,
+                });
+            }
+            Some(switch)
+        }
     };
-    if end <= switch {
-        durable::replace_file(&data.standby_signal(), b"")?;
-        return become_standby(dir, upstream, slot, Some(switch), None, 0);
+    // Every refusal is behind: now the slot (created with --create-slot),
+    // then the changes, standby.signal first, so a rejoin stopped half-way
+    // leaves a node that takes no writes.
+    if let Some(slot) = slot {
+        upstream.client.ensure_slot::<FollowError>(slot)?;
     }
-    // Diverged: decide before changing anything. The WAL is cut back
-    // inside the segment holding the switch point, which must be here.
-    let holding = SegmentName::new(ours, switch.segno(size)).file_name(size);
-    let present = files.files.get(&switch.segno(size));
-    if !present.is_some_and(|p| p.ends_with(&holding)) {
-        return Err(RejoinError::SegmentGone {
-            name: holding,
-            switch,
-        });
-    }
-    if let (true, Some(first)) = (control.checkpoint > switch, first_past) {
-        return Err(RejoinError::CannotRewind {
-            switch,
-            first,
-            checkpoint: control.checkpoint,
-        });
-    }
-    // From the first change on, the node is a standby: if rejoin stops
-    // half-way and someone starts it, it takes no writes.
     durable::replace_file(&data.standby_signal(), b"")?;
-    if control.checkpoint > switch {
-        // No commit past the switch point: the snapshot is the state at it.
-        let store = snapshot::read(&data.checkpoints(), control.checkpoint)?;
-        snapshot::write(&data.checkpoints(), switch, &store)?;
-        let state = control.state;
-        crate::node::datadir::record_checkpoint(dir, &mut control, switch, state)?;
+    let mut removed_segments = 0;
+    if let Some(switch) = rewind {
+        if control.checkpoint > switch {
+            // No commit past the switch point: the snapshot is the state at it.
+            let store = snapshot::read(&data.checkpoints(), control.checkpoint)?;
+            snapshot::write(&data.checkpoints(), switch, &store)?;
+            let state = control.state;
+            crate::node::datadir::record_checkpoint(dir, &mut control, switch, state)?;
+        }
+        removed_segments = cut_back(&wal_dir, size, ours, switch, &files)?;
     }
-    let removed = cut_back(&wal_dir, size, ours, switch, &files)?;
-    become_standby(dir, upstream, slot, Some(switch), Some(end), removed)
+    follow::point_at(dir, &upstream, slot.map(|s| s.name), "walship rejoin")?;
+    let follow::Upstream {
+        client,
+        peer,
+        epoch,
+        ..
+    } = upstream;
+    client.close();
+    Ok(Rejoined {
+        peer,
+        epoch,
+        switch,
+        rewound_from: rewind.map(|_| end),
+        removed_segments,
+    })
 }
 
 /// Cuts the WAL of timeline `tli` back to `switch`: removes the later
@@ -269,30 +296,4 @@ fn cut_back(
         unmark(wal_dir, &name)?;
     }
     Ok(removed)
-}
-
-/// Points the node (already marked a standby) at the new primary.
-fn become_standby(
-    dir: &Path,
-    upstream: follow::Upstream,
-    slot: Option<&str>,
-    switch: Option<Lsn>,
-    rewound_from: Option<Lsn>,
-    removed_segments: usize,
-) -> Result<Rejoined, RejoinError> {
-    follow::point_at(dir, &upstream, slot, "walship rejoin")?;
-    let follow::Upstream {
-        client,
-        peer,
-        epoch,
-        ..
-    } = upstream;
-    client.close();
-    Ok(Rejoined {
-        peer,
-        epoch,
-        switch,
-        rewound_from,
-        removed_segments,
-    })
 }
