@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::archiver::verify_file;
-use super::store::{Archive, ArchiveError};
+use super::store::{Archive, ArchiveError, Content};
 use crate::durable::{self, DirLock, FileError, IoContext, LockError};
 use crate::wal::{SegNo, SegmentName, WalFileName};
 
@@ -168,7 +168,10 @@ fn take_from_spool(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Ok(bytes) = std::fs::File::open(&path)
+        .map_err(|e| FileError::new("open", &path, e))
+        .and_then(|file| Content::map(&file, &path))
+    else {
         return Ok(false);
     };
     let crc_path = crc_path_of(&path);
