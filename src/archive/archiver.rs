@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use thiserror::Error;
 
-use super::store::{Archive, ArchiveError, Compression, Put, IDENTITY};
+use super::store::{Archive, ArchiveError, Compression, Content, Put, IDENTITY};
 use crate::durable::{self, DirLock, FileError, LockError};
 use crate::fence::EpochFile;
 use crate::meta::MetaError;
@@ -375,7 +375,7 @@ impl Archiver {
     /// how it went and the file's size.
     fn copy_one(&self, name: &str) -> Result<(Put, u64), ArchiverError> {
         let path = DataDir::new(&self.data_dir).wal().join(name);
-        let bytes = std::fs::read(&path).map_err(|e| FileError::new("read", &path, e))?;
+        let bytes = Content::open(&path)?;
         verify_file(&bytes, name, self.archive.seg_size, self.archive.system_id).map_err(
             |why| ArchiverError::Invalid {
                 path: path.clone(),
@@ -442,7 +442,7 @@ pub fn archive_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = std::fs::read(path).map_err(|e| FileError::new("read", path, e))?;
+    let bytes = Content::open(path)?;
     let invalid = |why: String| ArchiverError::Invalid {
         path: path.to_path_buf(),
         why,

@@ -168,10 +168,7 @@ fn take_from_spool(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let Ok(bytes) = std::fs::File::open(&path)
-        .map_err(|e| FileError::new("open", &path, e))
-        .and_then(|file| Content::map(&file, &path))
-    else {
+    let Ok(bytes) = Content::open(&path) else {
         return Ok(false);
     };
     let crc_path = crc_path_of(&path);

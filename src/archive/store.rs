@@ -36,13 +36,21 @@ const KIND: MetaKind = MetaKind {
 /// kernel copy and a page fault per 4 KiB of the buffer, and that was
 /// most of what a `walship restore` cost. A file is mapped only read-only,
 /// and nothing truncates a file in an archive or the prefetch spool (they
-/// are replaced by rename and removed whole), so the mapping cannot fault.
+/// are replaced by rename and removed whole) or a completed segment being
+/// archived (a node recycles it only once it is archived), so the mapping
+/// cannot fault.
 pub enum Content {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
 }
 
 impl Content {
+    /// Opens the file at `path` and maps all of it.
+    pub fn open(path: &Path) -> Result<Content, FileError> {
+        let file = std::fs::File::open(path).map_err(|e| FileError::new("open", path, e))?;
+        Content::map(&file, path)
+    }
+
     /// Maps all of `file` (opened from `path`, for messages), its pages
     /// read in up front: every caller reads it all.
     pub fn map(file: &std::fs::File, path: &Path) -> Result<Content, FileError> {
