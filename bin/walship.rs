@@ -451,7 +451,8 @@ struct FollowArgs {
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
     /// The replication slot to stream from on the new upstream (it must
-    /// exist there, unless --create-slot makes it).
+    /// exist there, unless --create-slot makes it). Without it the standby
+    /// keeps its primary_slot_name, which the new upstream must have too.
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
     /// Create the slot on the new upstream first.
@@ -485,7 +486,8 @@ struct RejoinArgs {
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
     /// The replication slot to stream from on the new primary (it must
-    /// exist there, unless --create-slot makes it).
+    /// exist there, unless --create-slot makes it). Without it the node
+    /// keeps its primary_slot_name, which the new primary must have too.
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
     /// Create the slot on the new primary, once every check has passed and

@@ -291,6 +291,18 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("add --create-slot"), "{}", text(&out));
+    // Without --slot, the slot s2 keeps (primary_slot_name) must be on the
+    // new primary too, or s2 would retry "does not exist" for ever.
+    s2.configure("primary_slot_name = 'kept'");
+    let out = follow(&s1);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("has no replication slot \"kept\"")
+            && text(&out).contains("primary_slot_name")
+            && text(&out).contains("--slot kept --create-slot"),
+        "{}",
+        text(&out)
+    );
     // --create-slot makes the slot on the new primary, and s2 streams
     // through it.
     let out = common::walship(&[

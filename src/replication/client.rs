@@ -72,10 +72,16 @@ pub struct SlotState {
 /// A replication slot the operator named that the server does not have: a
 /// standby pointed at it would be refused on every connection.
 #[derive(Debug, Error)]
-#[error("{peer} has no replication slot \"{slot}\": add --create-slot to create it, or leave out --slot")]
+#[error("{peer} has no replication slot \"{slot}\": {}", if *.kept {
+    format!("it is this standby's primary_slot_name; give --slot {slot} --create-slot to create it there, or --slot NAME for another")
+} else {
+    "add --create-slot to create it, or leave out --slot".to_string()
+})]
 pub struct MissingSlot {
     pub peer: String,
     pub slot: String,
+    /// Named by the node's `primary_slot_name`, not by `--slot`.
+    pub kept: bool,
 }
 
 /// The slot a command was given to stream through: `--slot NAME`, and
@@ -586,6 +592,7 @@ impl Client {
             None => Err(MissingSlot {
                 peer: self.peer.clone(),
                 slot: slot.name.to_string(),
+                kept: false,
             }
             .into()),
         }

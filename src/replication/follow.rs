@@ -83,6 +83,33 @@ pub(crate) struct Upstream {
     /// Its timeline's history file (TIMELINE_HISTORY), fetched once; empty
     /// on timeline 1, which has none.
     pub history: Vec<u8>,
+    /// The node's `primary_slot_name`, if it has one: kept when no
+    /// `--slot` is given.
+    pub kept_slot: Option<String>,
+}
+
+impl Upstream {
+    /// Makes sure of the slot the node will stream through: `slot` (made
+    /// with `--create-slot`), else the `primary_slot_name` it keeps, which
+    /// the new upstream must have too, or the standby would retry "slot
+    /// does not exist" for ever. Called before anything changes.
+    pub(crate) fn settle_slot(&mut self, slot: Option<SlotChoice<'_>>) -> Result<(), FollowError> {
+        if let Some(slot) = slot {
+            return self.client.ensure_slot(slot);
+        }
+        let Some(kept) = &self.kept_slot else {
+            return Ok(());
+        };
+        match self.client.read_slot(kept)? {
+            Some(_) => Ok(()),
+            None => Err(MissingSlot {
+                peer: self.peer.clone(),
+                slot: kept.clone(),
+                kept: true,
+            }
+            .into()),
+        }
+    }
 }
 
 /// Connects to `from` for the node in `dir` and checks it may follow it.
@@ -141,6 +168,7 @@ pub(crate) fn check_upstream(dir: &Path, from: &ConnInfo) -> Result<Upstream, Fo
         timeline,
         epoch,
         history,
+        kept_slot: Some(settings.primary_slot_name).filter(|s| !s.is_empty()),
     })
 }
 
@@ -195,9 +223,7 @@ pub fn follow(
             dir: dir.to_path_buf(),
         });
     }
-    if let Some(slot) = slot {
-        upstream.client.ensure_slot::<FollowError>(slot)?;
-    }
+    upstream.settle_slot(slot)?;
     point_at(dir, &upstream, slot.map(|s| s.name), "walship follow")?;
     let Upstream {
         client,

@@ -227,9 +227,7 @@ pub fn rejoin(
     // Every refusal is behind: now the slot (created with --create-slot),
     // then the changes, standby.signal first, so a rejoin stopped half-way
     // leaves a node that takes no writes.
-    if let Some(slot) = slot {
-        upstream.client.ensure_slot::<FollowError>(slot)?;
-    }
+    upstream.settle_slot(slot)?;
     durable::replace_file(&data.standby_signal(), b"")?;
     let mut removed_segments = 0;
     if let Some(switch) = rewind {
