@@ -1337,7 +1337,7 @@ mod man {
                 INIT_EXTRA.to_string(),
                 exit_status(
                     r"\fIDIR\fR was created: a new system, its first checkpoint written; start it with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"Nothing usable was created: \fIDIR\fR exists and is not empty, the password file cannot be read or its first line is empty, the name of the OS user cannot be found (give \fB\-U\fR), or a file could not be written. Standard error says which. What was written is removed again (\fIDIR\fR itself when init created it).",
+                    r"Nothing usable was created: \fIDIR\fR exists and is not empty, the password file cannot be read or its first line is empty, the name of the OS user cannot be found (give \fB\-U\fR), or a file could not be written. Standard error says which, and that what was written was removed again (\fIDIR\fR itself when init created it).",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-basebackup\fR(1), \fBinitdb\fR(1)",
@@ -1364,7 +1364,7 @@ mod man {
                 [BASEBACKUP_EXTRA, &client_env(STANDBY_PGUSER)].concat(),
                 exit_status(
                     r"The backup is complete in \fIDIR\fR; start the standby with \fBwalship server \-D\fR \fIDIR\fR.",
-                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, it is a fenced old primary, the slot could not be created (one of that name exists, say) or, without \fB\-\-create\-slot\fR, the primary has no slot of that name, the primary sent a malformed backup, or a file could not be written. A failed backup removes what it wrote, as pg_basebackup does: \fIDIR\fR itself when it created it, its contents when it was there, empty, before (a warning says so), so the same command can simply be run again. If that removal fails too, the warning says so, and the partial \fIDIR\fR, which has no control file and which \fBwalship server\fR refuses, must be removed by hand. With \fB\-\-create\-slot\fR the slot may exist already on the primary, holding WAL: drop it, or run again without \fB\-\-create\-slot\fR.",
+                    r"No usable backup: \fIDIR\fR is not empty, the primary cannot be reached or refused the connection, it is a fenced old primary, the slot could not be created (one of that name exists, say) or, without \fB\-\-create\-slot\fR, the primary has no slot of that name, the primary sent a malformed backup, or a file could not be written. A failed backup undoes what it did, as pg_basebackup does, and its error says what it undid: it removes \fIDIR\fR when it created it, or empties it when it was there, empty, before, and drops the slot \fB\-\-create\-slot\fR made, so the same command can simply be run again. If an undoing fails too, the error says so and how to finish it by hand (a partial \fIDIR\fR has no control file, and \fBwalship server\fR refuses it; a slot left behind holds WAL on the primary). \fB\-\-create\-slot\fR refuses a slot that exists already: drop it, or run again without \fB\-\-create\-slot\fR.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-server\fR(1), \fBwalship\-init\fR(1), \fBwalship\-rejoin\fR(1), \fBwalship\-archive\fR(1), \fBpg_basebackup\fR(1)",

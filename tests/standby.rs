@@ -294,6 +294,46 @@ fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
 }
 
 #[test]
+fn a_basebackup_that_fails_after_creating_its_slot_drops_it() {
+    let mut primary = Node::init("");
+    primary.start();
+    primary.complete_segments(2, "filler");
+    let root = tempfile::tempdir().unwrap();
+    let Some(_small) = common::Tmpfs::mount(root.path(), "256k") else {
+        eprintln!("skipping: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let target = root.path().join("bb");
+    let from = format!("host=127.0.0.1 port={} user=tester", primary.port);
+    let out = common::walship(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        target.to_str().unwrap(),
+        "--slot",
+        "bb",
+        "--create-slot",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    // One error line: the cause, then what was undone.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("removed the data directory"), "{err}");
+    assert!(err.contains("dropped the replication slot \"bb\""), "{err}");
+    assert!(!target.exists());
+    let slots = primary
+        .client()
+        .simple_query("SELECT slot_name FROM pg_replication_slots")
+        .unwrap()
+        .into_iter()
+        .filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(slots, 0, "the slot it created is gone");
+}
+
+#[test]
 fn a_standby_serves_a_cascaded_standby() {
     let mut primary = Node::init("");
     primary.start();

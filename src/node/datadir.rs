@@ -114,6 +114,12 @@ pub enum DataDirError {
     },
     #[error("WAL record at {lsn} could not be replayed: {why}; the WAL is damaged — restore from a base backup")]
     Replay { lsn: Lsn, why: String },
+    /// A command gave up on a new data directory and removed it.
+    #[error("{cause}; {undone}")]
+    Undone {
+        cause: Box<DataDirError>,
+        undone: String,
+    },
 }
 
 /// What `walship init` needs.
@@ -156,7 +162,7 @@ pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     let new = NewDataDir {
         dir,
         created,
-        kept: false,
+        settled: false,
     };
     fs::set_permissions(
         &new.root,
@@ -166,37 +172,34 @@ pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     Ok(new)
 }
 
-/// A data directory being made by `init` or `basebackup`. Dropped before
-/// [`NewDataDir::keep`] (the command failed), it is removed again, or
-/// emptied when it was there, empty, before: as pg_basebackup does, so the
-/// command can simply be run again, and no half-made node is left to start.
+/// A data directory being made by `init` or `basebackup`. Discarded (the
+/// command failed), it is removed again, or emptied when it was there,
+/// empty, before: as pg_basebackup does, so the command can simply be run
+/// again, and no half-made node is left to start. Dropped without either
+/// (a panic), it is discarded with a warning.
 pub struct NewDataDir {
     dir: DataDir,
     /// Whether `create_empty` made the directory itself.
     created: bool,
-    kept: bool,
+    /// Kept or discarded already.
+    settled: bool,
 }
 
 impl NewDataDir {
     /// The directory is complete: keep it.
     pub fn keep(mut self) -> DataDir {
-        self.kept = true;
+        self.settled = true;
         self.dir.clone()
     }
-}
 
-impl std::ops::Deref for NewDataDir {
-    type Target = DataDir;
-    fn deref(&self) -> &DataDir {
-        &self.dir
+    /// Removes what was made; says what it did, for the error that made
+    /// the command give up (nothing when there was nothing to remove).
+    pub fn discard(mut self) -> Option<String> {
+        self.settled = true;
+        self.remove()
     }
-}
 
-impl Drop for NewDataDir {
-    fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
+    fn remove(&self) -> Option<String> {
         let root = &self.dir.root;
         let mut entries = 0;
         let removed = if self.created {
@@ -215,18 +218,37 @@ impl Drop for NewDataDir {
             })
         };
         match removed {
-            Ok(()) if self.created => {
-                tracing::warn!("removed the data directory {} it had created", root.display())
-            }
-            Ok(()) if entries == 0 => {}
-            Ok(()) => tracing::warn!(
+            Ok(()) if self.created => Some(format!(
+                "removed the data directory {} it had created",
+                root.display()
+            )),
+            Ok(()) if entries == 0 => None,
+            Ok(()) => Some(format!(
                 "removed what it had written into the data directory {}",
                 root.display()
-            ),
-            Err(e) => tracing::warn!(
-                "could not remove the unfinished data directory {} ({e}): remove it before trying again",
-                root.display()
-            ),
+            )),
+            Err(e) => Some(format!(
+                "could not remove the unfinished data directory {} ({}): remove it before trying again",
+                root.display(),
+                durable::io_cause(&e)
+            )),
+        }
+    }
+}
+
+impl std::ops::Deref for NewDataDir {
+    type Target = DataDir;
+    fn deref(&self) -> &DataDir {
+        &self.dir
+    }
+}
+
+impl Drop for NewDataDir {
+    fn drop(&mut self) {
+        if !self.settled {
+            if let Some(what) = self.remove() {
+                tracing::warn!("{what}");
+            }
         }
     }
 }
@@ -238,6 +260,23 @@ pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
         return Err(DataDirError::BadRoleName(opts.user.clone()));
     }
     let dir = create_empty(&opts.dir)?;
+    match fill_new(&dir, opts) {
+        Ok(control) => {
+            dir.keep();
+            Ok(control)
+        }
+        Err(cause) => Err(match dir.discard() {
+            Some(undone) => DataDirError::Undone {
+                cause: Box::new(cause),
+                undone,
+            },
+            None => cause,
+        }),
+    }
+}
+
+/// `init`'s files, written into the new, empty `dir`.
+fn fill_new(dir: &DataDir, opts: &InitOptions) -> Result<ControlFile, DataDirError> {
     durable::create_dir(&dir.wal())?;
     durable::create_dir(&dir.wal().join(ARCHIVE_STATUS_DIR))?;
     durable::create_dir(&dir.checkpoints())?;
@@ -264,13 +303,12 @@ pub fn init(opts: &InitOptions) -> Result<ControlFile, DataDirError> {
         fenced_by: None,
     }
     .write(&dir.epoch())?;
-    let (wal, _) = WalWriter::open(writer_config(&dir, &control, false), None, &mut |_| {})?;
+    let (wal, _) = WalWriter::open(writer_config(dir, &control, false), None, &mut |_| {})?;
     let db = Db::new(wal, Store::default());
     let (lsn, rows) = db.checkpoint()?;
     snapshot::write(&dir.checkpoints(), lsn, &rows)?;
     control.checkpoint = lsn;
     control.write(&dir.control())?;
-    dir.keep();
     Ok(control)
 }
 

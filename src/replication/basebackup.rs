@@ -35,6 +35,12 @@ pub enum BaseBackupError {
     MissingSlot(#[from] MissingSlot),
     #[error("{peer} is a fenced old primary (fenced by epoch {by}): a copy of it would follow a dead branch; back up the current primary")]
     Fenced { peer: String, by: String },
+    /// The backup failed and what it had made was removed.
+    #[error("{cause}; {undone}")]
+    Undone {
+        cause: Box<BaseBackupError>,
+        undone: String,
+    },
 }
 
 pub struct BaseBackupOptions {
@@ -58,9 +64,58 @@ pub struct BackupSummary {
     pub files: usize,
 }
 
-/// Takes the backup. See the module documentation.
+/// Takes the backup. See the module documentation. A backup that fails
+/// removes the directory it made and drops the slot it created, and its
+/// error says so.
 pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
     let dir = datadir::create_empty(&opts.dir)?;
+    let mut created_slot = false;
+    match take(&dir, opts, &mut created_slot) {
+        Ok(summary) => {
+            dir.keep();
+            Ok(summary)
+        }
+        Err(cause) => {
+            let slot = opts.slot.as_deref().filter(|_| created_slot);
+            let undone: Vec<String> = [dir.discard(), slot.map(|s| drop_slot(&opts.from, s))]
+                .into_iter()
+                .flatten()
+                .collect();
+            if undone.is_empty() {
+                return Err(cause);
+            }
+            Err(BaseBackupError::Undone {
+                cause: Box::new(cause),
+                undone: undone.join("; "),
+            })
+        }
+    }
+}
+
+/// Drops the slot a failed backup created (on a new connection: the
+/// backup's may be what failed), so that running it again works; says
+/// how it went.
+fn drop_slot(from: &ConnInfo, slot: &str) -> String {
+    let dropped = Client::connect(from, Some("true")).and_then(|mut client| {
+        client.query(&format!("DROP_REPLICATION_SLOT \"{slot}\""))?;
+        client.close();
+        Ok(())
+    });
+    match dropped {
+        Ok(()) => format!("dropped the replication slot \"{slot}\" it had created"),
+        Err(e) => format!(
+            "could not drop the replication slot \"{slot}\" it had created ({e}): it holds WAL on the primary; drop it with psql \"{from} replication=true\" -c 'DROP_REPLICATION_SLOT \"{slot}\"'"
+        ),
+    }
+}
+
+/// The backup proper, into the new `dir`; `created_slot` tells whether it
+/// got as far as creating `--slot`.
+fn take(
+    dir: &DataDir,
+    opts: &BaseBackupOptions,
+    created_slot: &mut bool,
+) -> Result<BackupSummary, BaseBackupError> {
     let mut client = Client::connect(&opts.from, Some("true"))?;
     let peer = client.peer().to_string();
     let malformed = |what: &str| BaseBackupError::Malformed {
@@ -82,6 +137,7 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
             name,
             create: opts.create_slot,
         })?;
+        *created_slot = opts.create_slot;
     }
     let sets = client.start_copy("BASE_BACKUP (LABEL 'walship basebackup', PROGRESS)")?;
     let start = sets
@@ -145,11 +201,10 @@ pub fn run(opts: &BaseBackupOptions) -> Result<BackupSummary, BaseBackupError> {
     // The server's size was an estimate; the backup is complete.
     progress.set_total(Total::Bytes(bytes));
     progress.finish();
-    write_files(&dir, &files, opts).map_err(|e| match e {
+    write_files(dir, &files, opts).map_err(|e| match e {
         WriteError::File(f) => BaseBackupError::File(f),
         WriteError::BadName(n) => malformed(&format!("unsafe file name \"{n}\"")),
     })?;
-    dir.keep();
     tracing::debug!(
         elapsed_ms = began.elapsed().as_millis() as u64,
         "base backup written"
