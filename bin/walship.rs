@@ -1741,7 +1741,7 @@ Settings, and the roles that may connect (see \fBwalship\-init\fR(1)): read at s
 System identifier, segment size, timeline and last checkpoint; the epoch the node writes in, and the epoch that fenced it if one did.
 .TP
 \fIDIR/walship.lock\fR
-Held while the server runs, so no other process opens the directory; holds its pid, which \fBwalship promote\fR and \fBwalship follow\fR signal.
+Held while the server runs, so no other process opens the directory; holds its pid, which \fBwalship promote\fR and \fBwalship follow\fR signal. Emptied when the server stops cleanly; a killed server's pid stays in it, as in PostgreSQL's \fIpostmaster.pid\fR, but the lock is free.
 .TP
 \fIDIR/wal/\fR
 WAL segments and timeline history files, and \fIwalship.lock\fR, the WAL writer's. With \fBarchive_mode = on\fR a primary marks each completed file \fIwal/archive_status/NAME.ready\fR for \fBwalship archive\fR.

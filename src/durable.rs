@@ -258,9 +258,19 @@ pub fn allocate(file: &mut File, len: u64) -> io::Result<()> {
 /// An exclusive lock on a directory, held as long as this value lives.
 ///
 /// The lock file records the holder's pid, so a refused process can say
-/// who holds it.
+/// who holds it, and is emptied when the lock is released, so that a
+/// script's `kill $(cat walship.lock)` on a stopped node signals nothing
+/// rather than whatever process has that pid now. (A killed holder leaves
+/// its pid, as PostgreSQL's postmaster.pid stays after a crash.)
 pub struct DirLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Still locked here: the flock goes with the field, after this.
+        let _ = self.lock.set_len(0);
+    }
 }
 
 #[derive(Debug, Error)]
@@ -305,7 +315,7 @@ impl DirLock {
         lock.set_len(0).at("truncate lock file", &path)?;
         lock.write_all(format!("{}\n", std::process::id()).as_bytes())
             .at("write lock file", &path)?;
-        Ok(DirLock { _lock: lock })
+        Ok(DirLock { lock })
     }
 
     /// Who holds `dir`'s lock (the pid its holder wrote), if anyone: asks

@@ -231,8 +231,15 @@ fn data_survives_a_clean_restart_and_a_second_server_is_refused() {
         err.contains("in use by another process") && err.contains(&format!("pid {}", node.pid())),
         "{err}"
     );
+    let lock_file = node.dir.join("walship.lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock_file).unwrap().trim(),
+        node.pid().to_string()
+    );
     assert!(node.stop().success(), "{}", node.log());
     assert!(node.log().contains("shut down cleanly"));
+    // A stopped node's lock file names no process for a script to signal.
+    assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), "");
     node.start();
     let v: String = node
         .client()
