@@ -173,8 +173,12 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         let name = SegmentName::new(tli, segno).file_name(size);
         let _ = std::fs::remove_file(&scratch);
         // %r as PostgreSQL gives it: the segment of the last restartpoint,
-        // the oldest one a restart still needs (pg_archivecleanup's cut).
-        let restart = SegmentName::new(tli, host.restart_point().segno(size)).file_name(size);
+        // the oldest one a restart still needs (pg_archivecleanup's cut),
+        // named with the timeline it was written on.
+        let restart_lsn = host.restart_point();
+        let restart_tli = TimelineHistory::read_in(&host.wal_dir(), tli)
+            .map_or(tli, |history| history.timeline_of(restart_lsn, tli));
+        let restart = SegmentName::new(restart_tli, restart_lsn.segno(size)).file_name(size);
         let cmd = command
             .replace("%%", "\u{0}")
             .replace("%f", &name)

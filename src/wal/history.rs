@@ -39,7 +39,6 @@ impl TimelineHistory {
         &self.entries
     }
 
-    /// Parses a history file's text.
     /// Timeline `tli`'s history file in WAL directory `dir`, when there is
     /// one that parses (timeline 1 has none).
     pub fn read_in(dir: &std::path::Path, tli: TimelineId) -> Option<TimelineHistory> {
@@ -47,6 +46,7 @@ impl TimelineHistory {
         TimelineHistory::parse(&text).ok()
     }
 
+    /// Parses a history file's text.
     pub fn parse(text: &str) -> Result<TimelineHistory, HistoryError> {
         let mut history = TimelineHistory::default();
         for (i, raw) in text.lines().enumerate() {
