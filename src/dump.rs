@@ -188,18 +188,20 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
         DumpMode::Stats => stats_table(&stats),
         // Damage is said once, by the caller on standard error; the summary
         // only counts what checked out before it.
-        DumpMode::Verify => format!(
-            "verified {records} record{} from {} in {} segment file{}: {}\n",
-            if records == 1 { "" } else { "s" },
-            first_lsn.map_or_else(|| start.to_string(), |l| l.to_string()),
-            set.files.len(),
-            if set.files.len() == 1 { "" } else { "s" },
+        DumpMode::Verify => {
+            let files = format!(
+                "{} segment file{}",
+                set.files.len(),
+                if set.files.len() == 1 { "" } else { "s" }
+            );
+            let first = first_lsn.map_or_else(|| start.to_string(), |l| l.to_string());
+            let s = if records == 1 { "" } else { "s" };
             if clean {
-                &how
+                format!("verified {records} record{s} from {first} in {files}: {how}\n")
             } else {
-                "then damaged WAL (see the error)"
-            },
-        ),
+                format!("verified {records} record{s} from {first}, up to damaged WAL (see the error); {files} given\n")
+            }
+        }
         DumpMode::Records => String::new(),
     };
     out.write_all(report.as_bytes())

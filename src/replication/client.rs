@@ -415,7 +415,12 @@ impl Client {
                                 || "~/.pgpass".to_string(),
                                 |p| p.display().to_string(),
                             );
-                            auth_err(&self.peer, &format!("the server asks for a password; set PGPASSWORD, add a line host:port:database:user:password for this server to {file} (mode 0600; PGPASSFILE names another), or give password= in the connection string"))
+                            let which = if passfile.is_some() {
+                                "the connection string's passfile="
+                            } else {
+                                "PGPASSFILE names another"
+                            };
+                            auth_err(&self.peer, &format!("the server asks for a password; set PGPASSWORD, add a line host:port:database:user:password for this server to {file} (mode 0600; {which}), or give password= in the connection string"))
                         })
                     };
                     let mut out = Out::default();
