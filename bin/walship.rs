@@ -482,7 +482,8 @@ struct RejoinArgs {
     /// The old primary's data directory (stopped).
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     dir: PathBuf,
-    /// The new primary, as a libpq connection string or URI.
+    /// The new primary, as a libpq connection string or URI (or one of its
+    /// standbys, to cascade from it).
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
     /// The replication slot to stream from on the new primary (it must

@@ -733,9 +733,10 @@ fn status_shows_the_archiver_once_a_backup_history_file_waits() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("archiver:") && l.contains("oldest waiting 00:")),
-        "{stdout}"
+        stdout.lines().any(|l| l.starts_with("archiver:")
+            && l.contains("backlog 0 segments")
+            && l.contains("oldest waiting 00:")
+            && l.contains(".backup)")),
+        "the file that waits is named: {stdout}"
     );
 }

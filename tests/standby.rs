@@ -338,6 +338,9 @@ fn a_standby_serves_a_cascaded_standby() {
     let mut primary = Node::init("");
     primary.start();
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    // A standby waits for nobody: its cascaded standbys are async whatever
+    // it inherited (a base backup copies the primary's settings).
+    s1.configure("synchronous_standby_names = 'ANY 1 (s2)'");
     s1.start();
     let mut s2 = Node::basebackup(&primary, "s2", &[]);
     // s2 streams from s1, not from the primary.
@@ -356,7 +359,7 @@ fn a_standby_serves_a_cascaded_standby() {
     assert_same_wal(&primary.dir, &s2.dir);
     let rows = s1
         .client()
-        .simple_query("SELECT application_name, state FROM pg_stat_replication")
+        .simple_query("SELECT application_name, state, sync_state FROM pg_stat_replication")
         .unwrap();
     let row = rows
         .iter()
@@ -367,6 +370,7 @@ fn a_standby_serves_a_cascaded_standby() {
         .expect("s1 shows its cascaded standby");
     assert_eq!(row.get(0), Some("s2"));
     assert_eq!(row.get(1), Some("streaming"));
+    assert_eq!(row.get(2), Some("async"));
 }
 
 /// Writes a few rows and ends the segment, `n` times; then checkpoints so

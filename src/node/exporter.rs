@@ -89,8 +89,7 @@ impl Node {
                 at(self.last_replay_lsn()),
             );
         }
-        let names = Host::settings(self).synchronous_standby_names.clone();
-        let standbys = self.senders().status(&names);
+        let standbys = self.senders().status(&self.sync_names_in_effect());
         for s in &standbys {
             let who = format!(
                 "{},{}",

@@ -134,6 +134,16 @@ impl Node {
             .clone()
     }
 
+    /// The `synchronous_standby_names` this node's walsenders answer to:
+    /// none on a standby, which waits for nobody (its cascaded standbys
+    /// are all async, as PostgreSQL shows a cascading walsender's).
+    pub fn sync_names_in_effect(&self) -> crate::replication::syncrep::SyncStandbyNames {
+        match self.standby() {
+            Some(_) => Default::default(),
+            None => self.settings().synchronous_standby_names.clone(),
+        }
+    }
+
     pub fn user(&self, name: &str) -> Option<User> {
         self.users
             .read()
@@ -1200,7 +1210,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
             .join(crate::archive::store::IDENTITY)
             .exists()
     {
-        warn!(archive = %adir, "archive_directory is not an archive (yet): until it is, a promotion claims no epoch there and a primary cut off from its standbys cannot learn from it that it was fenced; create it with walship archive --create (the first archiver run)");
+        warn!(archive = %adir, "archive_directory is not an archive (yet): until it is, a promotion claims no epoch there and a primary cut off from its standbys cannot learn from it that it was fenced; the first walship archive run into it creates it");
     }
     node.check_archive_epoch();
     node.senders.mark_heard();

@@ -22,9 +22,8 @@ impl Node {
         match view {
             SystemView::StatReplication => {
                 let flushed = self.wal().flushed_lsn();
-                let names = self.settings().synchronous_standby_names.clone();
                 self.senders()
-                    .status(&names)
+                    .status(&self.sync_names_in_effect())
                     .into_iter()
                     .map(|s| {
                         let behind = |pos: Lsn| {
@@ -90,6 +89,7 @@ impl Node {
                     Some(Value::Int(backlog.segments as i64)),
                     Some(Value::Int(backlog.bytes as i64)),
                     backlog.oldest_age.map(Value::Interval),
+                    backlog.oldest.map(Value::Text),
                     self.archive_gap().map(Value::Text),
                 ]]
             }

@@ -83,7 +83,7 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
     )?;
     json["standbys"] = Value::Array(objects(&standbys));
     let archiver = client.query(
-        "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, backlog_segments, backlog_bytes, oldest_backlog_age, archive_gap_since FROM pg_stat_archiver",
+        "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, backlog_segments, backlog_bytes, oldest_backlog_age, oldest_backlog_wal, archive_gap_since FROM pg_stat_archiver",
     )?;
     json["archiver"] = objects(&archiver).into_iter().next().unwrap_or(Value::Null);
     client.close();
@@ -145,13 +145,14 @@ impl Status {
             || !a["oldest_backlog_age"].is_null();
         if !a.is_null() && active {
             out.push_str(&format!(
-                "archiver:  {} archived (last {}), {} failed; backlog {} segments ({} bytes, oldest waiting {})\n",
+                "archiver:  {} archived (last {}), {} failed; backlog {} segments ({} bytes, oldest waiting {}: {})\n",
                 s(&a["archived_count"]),
                 s(&a["last_archived_wal"]),
                 s(&a["failed_count"]),
                 s(&a["backlog_segments"]),
                 s(&a["backlog_bytes"]),
-                s(&a["oldest_backlog_age"])
+                s(&a["oldest_backlog_age"]),
+                s(&a["oldest_backlog_wal"])
             ));
             if let Some(gap) = a["archive_gap_since"].as_str() {
                 out.push_str(&format!("archiver:  ARCHIVE CONTINUITY LOST since {gap}\n"));

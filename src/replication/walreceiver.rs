@@ -302,7 +302,8 @@ pub fn run(host: &dyn WalReceiverHost) {
         if host.paused() {
             match &outcome {
                 Ok(()) => info!(primary = %info, "streaming stopped for the promotion"),
-                Err(e) => warn!(primary = %info, "streaming stopped for the promotion: {e}"),
+                // Expected: the promotion cut the connection itself.
+                Err(e) => info!(primary = %info, "streaming stopped for the promotion ({e})"),
             }
             continue;
         }
