@@ -566,3 +566,24 @@ fn startup_options_set_session_parameters() {
         .unwrap();
     assert_eq!(code(&e), "22023");
 }
+
+#[test]
+fn pg_switch_wal_returns_the_end_of_its_switch_record_as_postgresql_does() {
+    use walship::wal::Lsn;
+    let mut node = Node::init("");
+    node.start();
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('k', 'v')")
+        .unwrap();
+    let lsn = |sql: &str| node.query_one(sql).parse::<Lsn>().unwrap();
+    let before = lsn("SELECT pg_current_wal_lsn()");
+    let end = lsn("SELECT pg_switch_wal()");
+    let next = lsn("SELECT pg_current_wal_lsn()");
+    // The switch record is a bare 24-byte header at the insert position;
+    // the next record begins the next segment.
+    assert_eq!(end.0, before.0 + 24, "{before} {end} {next}");
+    assert!(next > end);
+    assert_eq!(next.0 % (1 << 20), 0, "{next} begins a segment");
+    // A segment with no WAL yet is not switched: the position comes back.
+    assert_eq!(lsn("SELECT pg_switch_wal()"), next);
+}

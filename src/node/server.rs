@@ -1347,8 +1347,8 @@ fn wal_writer(node: &Node) {
                 Some((s, since)) if s == segno => {
                     if pos.segment_offset(size) > 0 && since.elapsed() >= settings.archive_timeout {
                         match node.db.switch_wal() {
-                            Ok(next) => {
-                                info!(next = %next, "archive_timeout: ended the segment so it can be archived")
+                            Ok(end) => {
+                                info!(switch_end = %end, "archive_timeout: ended the segment so it can be archived")
                             }
                             Err(e) => error!("archive_timeout: could not switch segments: {e}"),
                         }

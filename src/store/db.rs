@@ -283,14 +283,14 @@ impl Db {
     }
 
     /// Ends the current segment (`pg_switch_wal()`), durably; returns where
-    /// the next segment begins.
+    /// the switch record ends, as PostgreSQL's `pg_switch_wal()` does.
     pub fn switch_wal(&self) -> Result<Lsn, DbError> {
-        let next = {
+        let end = {
             let _queue = self.lock_queue();
             self.wal.switch_segment()?
         };
         self.flush_all()?;
-        Ok(next)
+        Ok(end)
     }
 
     /// Writes a checkpoint record and returns its LSN with a snapshot of the

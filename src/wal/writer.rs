@@ -73,7 +73,9 @@ pub struct WriterConfig {
 pub struct Appended {
     /// The record's LSN (where its header begins).
     pub lsn: Lsn,
-    /// Where the next record may begin; flush up to here to make it durable.
+    /// Where the record ends (MAXALIGNed); flush up to here to make it
+    /// durable. The next record begins here, except after a segment switch,
+    /// which leaves the rest of its segment empty.
     pub end: Lsn,
 }
 
@@ -495,8 +497,9 @@ impl WalWriter {
 
     /// Ends the current segment with an `XLOG_SWITCH` record, as
     /// `pg_switch_wal()` does, so the next record begins the next segment.
-    /// Returns the new insert position (unchanged when the current segment
-    /// holds no WAL yet).
+    /// Returns where the switch record ends, as PostgreSQL's does (the
+    /// insert position, unchanged, when the current segment holds no WAL
+    /// yet: nothing is written).
     pub fn switch_segment(&self) -> Result<Lsn, WalError> {
         self.insert_record(&RecordParts::new(0, XLOG_SWITCH, RM_XLOG_ID, &[]), true)
             .map(|appended| appended.end)
@@ -542,12 +545,13 @@ impl WalWriter {
             lsn
         };
         ins.prev = lsn;
+        let end = ins.pos;
         if switch && ins.pos.segment_offset(size) != 0 {
             // The rest of the segment stays as it is on disk: zeros.
             ins.pos = ins.pos.segno(size).next().start_lsn(size);
         }
         ins.complete = ins.pos;
-        let appended = Appended { lsn, end: ins.pos };
+        let appended = Appended { lsn, end };
         let backlog = ins.pending_bytes;
         drop(ins);
         if backlog > MAX_PENDING {
