@@ -99,7 +99,7 @@ pub enum ClientError {
     #[error(
         "could not connect to {peer}: {}{}",
         crate::durable::io_cause(cause),
-        connect_hint(cause)
+        connect_hint(peer, cause)
     )]
     Connect { peer: String, cause: io::Error },
     #[error("connection to {peer} failed: {cause}")]
@@ -129,9 +129,14 @@ impl ClientError {
     }
 }
 
-/// The next step after a failed connection, by what failed.
-fn connect_hint(e: &io::Error) -> &'static str {
+/// The next step after a failed connection to `peer`, by what failed.
+fn connect_hint(peer: &str, e: &io::Error) -> &'static str {
     match e.kind() {
+        // libpq's default port, which a connection string without port=
+        // gets, is not walship server's.
+        io::ErrorKind::ConnectionRefused if peer.ends_with(":5432") => {
+            "; is the server running, and listening on that address and port? (walship server listens on port 5433 unless told otherwise: add port=5433 to the connection string)"
+        }
         io::ErrorKind::ConnectionRefused => {
             "; is the server running, and listening on that address and port?"
         }
@@ -810,4 +815,17 @@ pub fn parse_error(body: &[u8]) -> ServerError {
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_to_libpqs_default_port_points_at_walships() {
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(connect_hint("127.0.0.1:5432", &refused()).contains("add port=5433"));
+        let other = connect_hint("127.0.0.1:6000", &refused());
+        assert!(other.contains("is the server running") && !other.contains("5433"));
+    }
 }
