@@ -199,7 +199,7 @@ pub fn run(opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpOutcome, DumpE
             if clean {
                 format!("verified {records} record{s} from {first} in {files}: {how}\n")
             } else {
-                format!("verified {records} record{s} from {first}, up to damaged WAL (see the error); {files} given\n")
+                format!("verified {records} record{s} from {first}, up to where the WAL breaks off (see the error); {files} given\n")
             }
         }
         DumpMode::Records => String::new(),

@@ -745,7 +745,9 @@ fn dump_verify_reports_damage_with_file_and_lsn() {
     assert!(run.stderr.contains("CRC"), "{}", run.stderr);
     assert!(
         run.stdout.contains(&format!("verified {j} records"))
-            && run.stdout.contains("up to damaged WAL (see the error)")
+            && run
+                .stdout
+                .contains("up to where the WAL breaks off (see the error)")
             && !run.stdout.contains("CRC"),
         "the damage is said once, on standard error: {}",
         run.stdout

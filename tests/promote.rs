@@ -304,18 +304,28 @@ fn another_standby_follows_the_new_primary_across_the_timeline_switch() {
         text(&out)
     );
     // --create-slot makes the slot on the new primary, and s2 streams
-    // through it.
-    let out = common::walship(&[
-        "follow",
-        "-D",
-        s2_dir.to_str().unwrap(),
-        "--from",
-        &s1_from,
-        "--slot",
-        "s2",
-        "--create-slot",
-    ]);
+    // through it; asked again, it refuses the slot that now exists.
+    let follow_creating = || {
+        common::walship(&[
+            "follow",
+            "-D",
+            s2_dir.to_str().unwrap(),
+            "--from",
+            &s1_from,
+            "--slot",
+            "s2",
+            "--create-slot",
+        ])
+    };
+    let out = follow_creating();
     assert!(out.status.success(), "{}", text(&out));
+    let again = follow_creating();
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        text(&again).contains("has a replication slot \"s2\" already"),
+        "{}",
+        text(&again)
+    );
     assert!(
         text(&out).contains("epoch 2, timeline 2") && text(&out).contains("reload"),
         "{}",

@@ -89,8 +89,8 @@ impl Node {
                     Some(Value::Int(backlog.segments as i64)),
                     Some(Value::Int(backlog.bytes as i64)),
                     backlog.oldest_age.map(Value::Interval),
-                    backlog.oldest.map(Value::Text),
                     self.archive_gap().map(Value::Text),
+                    backlog.oldest.map(Value::Text),
                 ]]
             }
             SystemView::ReplicationSlots => self

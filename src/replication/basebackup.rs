@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::client::{Client, ClientError, CopyMessage, MissingSlot, SlotChoice};
+use super::client::{Client, ClientError, CopyMessage, SlotChoice, SlotProblem};
 use super::conninfo::ConnInfo;
 use crate::durable::{self, FileError};
 use crate::node::datadir::{self, DataDir, DataDirError};
@@ -32,7 +32,7 @@ pub enum BaseBackupError {
     #[error("{peer} sent a malformed base backup: {what}")]
     Malformed { peer: String, what: String },
     #[error(transparent)]
-    MissingSlot(#[from] MissingSlot),
+    Slot(#[from] SlotProblem),
     #[error("{peer} is a fenced old primary (fenced by epoch {by}): a copy of it would follow a dead branch; back up the current primary")]
     Fenced { peer: String, by: String },
     /// The backup failed and what it had made was removed.
@@ -133,11 +133,16 @@ fn take(
         return Err(BaseBackupError::Fenced { peer, by });
     }
     if let Some(name) = &opts.slot {
-        client.ensure_slot::<BaseBackupError>(SlotChoice {
+        let slot = SlotChoice {
             name,
             create: opts.create_slot,
-        })?;
-        *created_slot = opts.create_slot;
+        };
+        client.check_slot::<BaseBackupError>(slot, false)?;
+        // Before the backup, so the slot holds the WAL it will need.
+        if slot.create {
+            client.create_slot(name)?;
+            *created_slot = true;
+        }
     }
     let sets = client.start_copy("BASE_BACKUP (LABEL 'walship basebackup', PROGRESS)")?;
     let start = sets

@@ -69,19 +69,17 @@ pub struct SlotState {
     pub restart_lsn: Option<Lsn>,
 }
 
-/// A replication slot the operator named that the server does not have: a
-/// standby pointed at it would be refused on every connection.
+/// A replication slot that is not as a command needs it, found before the
+/// command changes anything: a standby pointed at a missing slot would be
+/// refused on every connection.
 #[derive(Debug, Error)]
-#[error("{peer} has no replication slot \"{slot}\": {}", if *.kept {
-    format!("it is this standby's primary_slot_name; give --slot {slot} --create-slot to create it there, or --slot NAME for another")
-} else {
-    "add --create-slot to create it, or leave out --slot".to_string()
-})]
-pub struct MissingSlot {
-    pub peer: String,
-    pub slot: String,
-    /// Named by the node's `primary_slot_name`, not by `--slot`.
-    pub kept: bool,
+pub enum SlotProblem {
+    #[error("{peer} has no replication slot \"{slot}\": add --create-slot to create it, or leave out --slot")]
+    Missing { peer: String, slot: String },
+    #[error("{peer} has no replication slot \"{slot}\", which this node keeps as its primary_slot_name: give --slot {slot} --create-slot to create it there, --slot NAME for another, or set primary_slot_name = '' in walship.conf to stream without one")]
+    KeptMissing { peer: String, slot: String },
+    #[error("{peer} has a replication slot \"{slot}\" already: leave out --create-slot to stream through it (or drop it there first)")]
+    Exists { peer: String, slot: String },
 }
 
 /// The slot a command was given to stream through: `--slot NAME`, and
@@ -420,7 +418,7 @@ impl Client {
                                 || "~/.pgpass".to_string(),
                                 |p| p.display().to_string(),
                             );
-                            let which = if passfile.is_some() {
+                            let which = if passfile.is_some_and(|p| !p.is_empty()) {
                                 "the connection string's passfile="
                             } else {
                                 "PGPASSFILE names another"
@@ -587,24 +585,22 @@ impl Client {
         Ok(())
     }
 
-    /// Makes sure the slot `slot` names exists on the server: creates it
-    /// when asked to, else refuses one the server does not have. Called
-    /// before a command changes anything of its own.
-    pub fn ensure_slot<E: From<ClientError> + From<MissingSlot>>(
+    /// Refuses, before a command changes anything, a slot that is not as
+    /// it needs: `slot` must exist, unless `--create-slot` is to make it,
+    /// when it must not. `kept`: the name is the node's
+    /// `primary_slot_name`, not `--slot`.
+    pub fn check_slot<E: From<ClientError> + From<SlotProblem>>(
         &mut self,
         slot: SlotChoice<'_>,
+        kept: bool,
     ) -> Result<(), E> {
-        if slot.create {
-            return Ok(self.create_slot(slot.name)?);
-        }
-        match self.read_slot(slot.name)? {
-            Some(_) => Ok(()),
-            None => Err(MissingSlot {
-                peer: self.peer.clone(),
-                slot: slot.name.to_string(),
-                kept: false,
-            }
-            .into()),
+        let exists = self.read_slot(slot.name)?.is_some();
+        let (peer, name) = (self.peer.clone(), slot.name.to_string());
+        match (exists, slot.create) {
+            (true, false) | (false, true) => Ok(()),
+            (false, false) if kept => Err(SlotProblem::KeptMissing { peer, slot: name }.into()),
+            (false, false) => Err(SlotProblem::Missing { peer, slot: name }.into()),
+            (true, true) => Err(SlotProblem::Exists { peer, slot: name }.into()),
         }
     }
 

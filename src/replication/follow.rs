@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::client::{Client, ClientError, MissingSlot, SlotChoice};
+use super::client::{Client, ClientError, SlotChoice, SlotProblem};
 use super::conninfo::{is_local_host, ConnInfo};
 use crate::durable::{self, DirLock, FileError};
 use crate::fence::EpochFile;
@@ -57,7 +57,13 @@ pub enum FollowError {
     #[error(transparent)]
     DataDir(#[from] crate::node::datadir::DataDirError),
     #[error(transparent)]
-    MissingSlot(#[from] MissingSlot),
+    Slot(#[from] SlotProblem),
+    #[error("everything else is done, but the replication slot \"{slot}\" could not be created on {peer}: {cause}; run the same command again")]
+    SlotNotCreated {
+        peer: String,
+        slot: String,
+        cause: ClientError,
+    },
 }
 
 /// What `walship follow` did.
@@ -89,25 +95,40 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// Makes sure of the slot the node will stream through: `slot` (made
-    /// with `--create-slot`), else the `primary_slot_name` it keeps, which
-    /// the new upstream must have too, or the standby would retry "slot
-    /// does not exist" for ever. Called before anything changes.
-    pub(crate) fn settle_slot(&mut self, slot: Option<SlotChoice<'_>>) -> Result<(), FollowError> {
-        if let Some(slot) = slot {
-            return self.client.ensure_slot(slot);
+    /// Refuses, before anything changes, a slot the node could not stream
+    /// through: `slot` (which `--create-slot` is to make), else the
+    /// `primary_slot_name` it keeps, which the new upstream must have too,
+    /// or the standby would retry "slot does not exist" for ever.
+    pub(crate) fn check_slot(&mut self, slot: Option<SlotChoice<'_>>) -> Result<(), FollowError> {
+        match (slot, self.kept_slot.clone()) {
+            (Some(slot), _) => self.client.check_slot(slot, false),
+            (None, Some(kept)) => self.client.check_slot(
+                SlotChoice {
+                    name: &kept,
+                    create: false,
+                },
+                true,
+            ),
+            (None, None) => Ok(()),
         }
-        let Some(kept) = &self.kept_slot else {
-            return Ok(());
-        };
-        match self.client.read_slot(kept)? {
-            Some(_) => Ok(()),
-            None => Err(MissingSlot {
-                peer: self.peer.clone(),
-                slot: kept.clone(),
-                kept: true,
+    }
+
+    /// Creates the slot `--create-slot` asked for: the last change, so
+    /// that a command that fails before it leaves no slot holding WAL on
+    /// the upstream, and one that fails at it is finished by running it
+    /// again.
+    pub(crate) fn create_slot(&mut self, slot: Option<SlotChoice<'_>>) -> Result<(), FollowError> {
+        match slot {
+            Some(slot) if slot.create => {
+                self.client
+                    .create_slot(slot.name)
+                    .map_err(|cause| FollowError::SlotNotCreated {
+                        peer: self.peer.clone(),
+                        slot: slot.name.to_string(),
+                        cause,
+                    })
             }
-            .into()),
+            _ => Ok(()),
         }
     }
 }
@@ -211,6 +232,7 @@ pub fn follow(
         return Err(FollowError::NotStandby(dir.to_path_buf()));
     }
     let mut upstream = check_upstream(dir, from)?;
+    upstream.check_slot(slot)?;
     // A data directory path names one node only on this host: compared
     // for an upstream reached on loopback or a local socket alone.
     let theirs = is_local_host(&from.host)
@@ -223,8 +245,8 @@ pub fn follow(
             dir: dir.to_path_buf(),
         });
     }
-    upstream.settle_slot(slot)?;
     point_at(dir, &upstream, slot.map(|s| s.name), "walship follow")?;
+    upstream.create_slot(slot)?;
     let Upstream {
         client,
         peer,

@@ -224,10 +224,10 @@ pub fn rejoin(
             Some(switch)
         }
     };
-    // Every refusal is behind: now the slot (created with --create-slot),
-    // then the changes, standby.signal first, so a rejoin stopped half-way
+    // The slot is checked with the other refusals and created last. Then
+    // the changes, standby.signal first, so a rejoin stopped half-way
     // leaves a node that takes no writes.
-    upstream.settle_slot(slot)?;
+    upstream.check_slot(slot)?;
     durable::replace_file(&data.standby_signal(), b"")?;
     let mut removed_segments = 0;
     if let Some(switch) = rewind {
@@ -241,6 +241,7 @@ pub fn rejoin(
         removed_segments = cut_back(&wal_dir, size, ours, switch, &files)?;
     }
     follow::point_at(dir, &upstream, slot.map(|s| s.name), "walship rejoin")?;
+    upstream.create_slot(slot)?;
     let follow::Upstream {
         client,
         peer,

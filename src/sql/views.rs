@@ -106,8 +106,8 @@ impl SystemView {
                 ("backlog_segments", oid::INT8),
                 ("backlog_bytes", oid::INT8),
                 ("oldest_backlog_age", oid::INTERVAL),
-                ("oldest_backlog_wal", oid::TEXT),
                 ("archive_gap_since", oid::TEXT),
+                ("oldest_backlog_wal", oid::TEXT),
             ],
         }
     }

@@ -501,8 +501,19 @@ impl WalWriter {
     /// insert position, unchanged, when the current segment holds no WAL
     /// yet: nothing is written).
     pub fn switch_segment(&self) -> Result<Lsn, WalError> {
-        self.insert_record(&RecordParts::new(0, XLOG_SWITCH, RM_XLOG_ID, &[]), true)
-            .map(|appended| appended.end)
+        let Appended { lsn, end } =
+            self.insert_record(&RecordParts::new(0, XLOG_SWITCH, RM_XLOG_ID, &[]), true)?;
+        if lsn == Lsn::INVALID || end.page_offset() != 0 {
+            return Ok(end);
+        }
+        // A record that ends on a page boundary ends, as PostgreSQL counts
+        // it, after the next page's header (XLogInsertRecord).
+        let header = if end.segment_offset(self.config.seg_size) == 0 {
+            LONG_PAGE_HEADER
+        } else {
+            SHORT_PAGE_HEADER
+        };
+        Ok(Lsn(end.0 + header as u64))
     }
 
     /// Links, seals and copies in one record under the insert lock. A
@@ -514,8 +525,9 @@ impl WalWriter {
         let mut ins = self.lock_insert();
         self.check_poisoned()?;
         if switch && ins.pos.segment_offset(size) == 0 {
+            // Nothing written: no record, so no LSN.
             return Ok(Appended {
-                lsn: ins.prev,
+                lsn: Lsn::INVALID,
                 end: ins.pos,
             });
         }
