@@ -87,6 +87,19 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FileError> {
     d.sync_all().at("fsync directory", dir)
 }
 
+/// Creates `dir` itself (its parents as needed) and makes its name
+/// durable; `false` when it was there already. Unlike [`create_dir`] it
+/// tells which, race-free: only the process that made it gets `true`.
+pub fn create_dir_if_absent(dir: &Path) -> Result<bool, FileError> {
+    let parent = parent_of(dir);
+    fs::create_dir_all(parent).at("create directory", parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(parent).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(FileError::new("create directory", dir, e)),
+    }
+}
+
 /// Creates a directory (and its parents) and makes its name durable.
 pub fn create_dir(dir: &Path) -> Result<(), FileError> {
     fs::create_dir_all(dir).at("create directory", dir)?;

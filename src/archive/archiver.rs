@@ -375,7 +375,7 @@ impl Archiver {
     /// how it went and the file's size.
     fn copy_one(&self, name: &str) -> Result<(Put, u64), ArchiverError> {
         let path = DataDir::new(&self.data_dir).wal().join(name);
-        let bytes = Content::open(&path)?;
+        let bytes = Content::map(&path)?;
         verify_file(&bytes, name, self.archive.seg_size, self.archive.system_id).map_err(
             |why| ArchiverError::Invalid {
                 path: path.clone(),
@@ -442,7 +442,7 @@ pub fn archive_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = Content::open(path)?;
+    let bytes = Content::map(path)?;
     let invalid = |why: String| ArchiverError::Invalid {
         path: path.to_path_buf(),
         why,

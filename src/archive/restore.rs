@@ -168,7 +168,7 @@ fn take_from_spool(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let Ok(bytes) = Content::open(&path) else {
+    let Ok(bytes) = Content::map(&path) else {
         return Ok(false);
     };
     let crc_path = crc_path_of(&path);

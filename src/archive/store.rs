@@ -14,7 +14,7 @@
 //! different content an error; every segment belongs to the system the
 //! archive was created for.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -30,30 +30,31 @@ const KIND: MetaKind = MetaKind {
     version: 1,
 };
 
-/// A file's content: mapped where it lies, or (decompressed) in memory.
+/// A file's content: mapped where it lies, or read into memory.
 ///
-/// Mapped, not read: a 16 MiB segment read into a fresh buffer paid a
-/// kernel copy and a page fault per 4 KiB of the buffer, and that was
-/// most of what a `walship restore` cost. A file is mapped only read-only,
-/// and nothing truncates a file in an archive or the prefetch spool (they
-/// are replaced by rename and removed whole) or a completed segment being
-/// archived (a node recycles it only once it is archived), so the mapping
-/// cannot fault.
+/// Local files are mapped, not read: a 16 MiB segment read into a fresh
+/// buffer paid a kernel copy and a page fault per 4 KiB of the buffer, and
+/// that was most of what a `walship restore` cost. Only files on this
+/// machine's own disks are mapped, and only ones nothing truncates or
+/// rewrites while they are read: the prefetch spool's (replaced by rename,
+/// removed whole), completed WAL segments being archived (a node removes
+/// or reuses one only once it is archived), and an archive's (replaced by
+/// rename, removed whole) when the archive is on a local disk. An archive
+/// on a network file system is read: there a mapped file that another
+/// host removes would kill the process with SIGBUS at its next page fault
+/// instead of failing one read.
 pub enum Content {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
 }
 
 impl Content {
-    /// Opens the file at `path` and maps all of it.
-    pub fn open(path: &Path) -> Result<Content, FileError> {
+    /// Maps all of the local file at `path`, which nothing truncates or
+    /// rewrites while it is read (see above), its pages read in up front:
+    /// every caller reads it all. Read instead where it cannot be mapped
+    /// (a file system without mmap).
+    pub fn map(path: &Path) -> Result<Content, FileError> {
         let file = std::fs::File::open(path).map_err(|e| FileError::new("open", path, e))?;
-        Content::map(&file, path)
-    }
-
-    /// Maps all of `file` (opened from `path`, for messages), its pages
-    /// read in up front: every caller reads it all.
-    pub fn map(file: &std::fs::File, path: &Path) -> Result<Content, FileError> {
         let len = file
             .metadata()
             .map_err(|e| FileError::new("read the size of", path, e))?
@@ -61,11 +62,40 @@ impl Content {
         if len == 0 {
             return Ok(Content::Owned(Vec::new()));
         }
-        // SAFETY: read-only, of a file nothing truncates (see above).
-        unsafe { memmap2::MmapOptions::new().populate().map(file) }
-            .map(Content::Mapped)
-            .map_err(|e| FileError::new("memory-map", path, e))
+        // SAFETY: read-only, of a local file nothing truncates (see above).
+        match unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
+            Ok(map) => Ok(Content::Mapped(map)),
+            Err(_) => Content::read_from(file, len, path),
+        }
     }
+
+    /// Reads all of `file` (opened from `path`, for messages), `len` bytes
+    /// by its size, into a buffer of that size.
+    fn read_from(mut file: std::fs::File, len: u64, path: &Path) -> Result<Content, FileError> {
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| FileError::new("read", path, e))?;
+        Ok(Content::Owned(bytes))
+    }
+}
+
+/// Whether `dir` is on a local disk file system (ext4, XFS, Btrfs, F2FS,
+/// tmpfs): not a network one, where a mapped file another host removes
+/// turns the next page fault into SIGBUS.
+fn is_local_disk(dir: &Path) -> bool {
+    use nix::sys::statfs::{
+        statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+    };
+    statfs(dir).is_ok_and(|fs| {
+        [
+            EXT4_SUPER_MAGIC,
+            XFS_SUPER_MAGIC,
+            BTRFS_SUPER_MAGIC,
+            F2FS_SUPER_MAGIC,
+            TMPFS_MAGIC,
+        ]
+        .contains(&fs.filesystem_type())
+    })
 }
 
 impl std::ops::Deref for Content {
@@ -141,6 +171,9 @@ pub struct Archive {
     pub system_id: u64,
     pub seg_size: SegmentSize,
     pub compression: Compression,
+    /// Whether the archive is on a local disk file system, where its
+    /// files may be mapped (see [`Content`]).
+    local: bool,
 }
 
 /// What [`Archive::put`] did.
@@ -179,6 +212,7 @@ impl Archive {
             system_id,
             seg_size,
             compression,
+            local: is_local_disk(dir),
         })
     }
 
@@ -273,7 +307,15 @@ impl Archive {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(FileError::new("open", &path, e).into()),
         };
-        let raw = Content::map(&file, &path)?;
+        let raw = if self.local {
+            Content::map(&path)?
+        } else {
+            let len = file
+                .metadata()
+                .map_err(|e| FileError::new("read the size of", &path, e))?
+                .len();
+            Content::read_from(file, len, &path)?
+        };
         if path.extension().is_some_and(|e| e == "zst") {
             let limit = self.seg_size.bytes() as usize;
             return zstd::bulk::decompress(&raw, limit)
@@ -307,6 +349,17 @@ impl Archive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_disk_file_systems_are_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            is_local_disk(dir.path()),
+            "a temp dir is on a local disk here"
+        );
+        // procfs stands in for a file system that is not a local disk.
+        assert!(!is_local_disk(Path::new("/proc")));
+    }
 
     fn size() -> SegmentSize {
         SegmentSize::from_mib(1).unwrap()

@@ -19,7 +19,7 @@ use thiserror::Error;
 use super::config::{ConfigError, Settings};
 use super::control::{ControlFile, NodeState};
 use super::users::{UserError, Users};
-use crate::durable::{self, FileError, IoContext};
+use crate::durable::{self, DirLock, FileError, IoContext, LockError};
 use crate::fence::{Epoch, EpochFile};
 use crate::meta::MetaError;
 use crate::protocol::scram::ScramVerifier;
@@ -149,20 +149,25 @@ fn new_system_id() -> u64 {
 /// PostgreSQL keeps its own): created if absent, refused unless empty.
 pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     let dir = DataDir::new(root);
-    let created = if dir.root.exists() {
+    let created = durable::create_dir_if_absent(&dir.root)?;
+    if !created {
         let mut entries = fs::read_dir(&dir.root).at("read directory", &dir.root)?;
         if entries.next().is_some() {
             return Err(DataDirError::NotEmpty(dir.root.clone()));
         }
-        false
-    } else {
-        durable::create_dir(&dir.root)?;
-        true
-    };
+    }
+    // Held until the directory is kept or discarded: another init or
+    // basebackup into it finds it not empty, or (in a race) busy, and so
+    // never removes what this one makes.
+    let lock = DirLock::acquire(&dir.root).map_err(|e| match e {
+        LockError::Busy { .. } => DataDirError::NotEmpty(dir.root.clone()),
+        LockError::Io(e) => DataDirError::File(e),
+    })?;
     let new = NewDataDir {
         dir,
         created,
         settled: false,
+        _lock: lock,
     };
     fs::set_permissions(
         &new.root,
@@ -177,12 +182,15 @@ pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
 /// empty, before: as pg_basebackup does, so the command can simply be run
 /// again, and no half-made node is left to start. Dropped without either
 /// (a panic), it is discarded with a warning.
+#[must_use = "a NewDataDir that is dropped removes the directory: keep() it"]
 pub struct NewDataDir {
     dir: DataDir,
     /// Whether `create_empty` made the directory itself.
     created: bool,
     /// Kept or discarded already.
     settled: bool,
+    /// The directory's lock, until it is kept or discarded.
+    _lock: DirLock,
 }
 
 impl NewDataDir {
