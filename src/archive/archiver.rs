@@ -376,13 +376,12 @@ impl Archiver {
     fn copy_one(&self, name: &str) -> Result<(Put, u64), ArchiverError> {
         let path = DataDir::new(&self.data_dir).wal().join(name);
         let bytes = Content::map(&path)?;
-        verify_file(&bytes, name, self.archive.seg_size, self.archive.system_id).map_err(
-            |why| ArchiverError::Invalid {
-                path: path.clone(),
-                why,
-            },
-        )?;
-        Ok((self.archive.put(name, &bytes)?, bytes.len() as u64))
+        let archive = &self.archive;
+        let put = archive.put(name, &bytes, || {
+            verify_file(&bytes, name, archive.seg_size, archive.system_id)
+        })?;
+        let put = put.map_err(|why| ArchiverError::Invalid { path, why })?;
+        Ok((put, bytes.len() as u64))
     }
 
     /// Marks `NAME` archived (`.ready` → `.done`), once its copy is durable.
@@ -462,7 +461,10 @@ pub fn archive_file(
             SegmentSize::new(u64::from(long.seg_size)).map_err(|e| invalid(e.to_string()))?;
         Archive::open_or_create(archive_dir, long.sysid, size, compression)?
     };
-    verify_file(&bytes, &name, archive.seg_size, archive.system_id).map_err(invalid)?;
     let _lock = DirLock::acquire(archive_dir)?;
-    Ok(archive.put(&name, &bytes)?)
+    archive
+        .put(&name, &bytes, || {
+            verify_file(&bytes, &name, archive.seg_size, archive.system_id)
+        })?
+        .map_err(invalid)
 }

@@ -120,10 +120,11 @@ mod tests {
             "000000020000000000000003",
             "000000020000000000000004",
         ] {
-            archive.put(name, &[1u8; 64]).unwrap();
+            archive.put(name, &[1u8; 64], || Ok(())).unwrap().unwrap();
         }
         archive
-            .put("00000002.history", b"1\t0/3000000\tpromoted\n")
+            .put("00000002.history", b"1\t0/3000000\tpromoted\n", || Ok(()))
+            .unwrap()
             .unwrap();
         let removed = |p: &Plan| -> Vec<String> {
             p.remove
@@ -150,7 +151,9 @@ mod tests {
             .put(
                 "000000010000000000000002.00000028.backup",
                 b"START WAL LOCATION: 0/200028 (file 000000010000000000000002)\n",
+                || Ok(()),
             )
+            .unwrap()
             .unwrap();
         let p = plan(dir.path(), "000000020000000000000004").unwrap();
         assert_eq!(p.keep_from, "000000010000000000000002");

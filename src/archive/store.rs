@@ -270,25 +270,53 @@ impl Archive {
         }
     }
 
-    /// Archives `bytes` as `name`. See the module documentation.
-    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<Put, ArchiveError> {
+    /// Archives `bytes` as `name` (see the module documentation), with
+    /// `verify` (the file's checks) run on another thread beside the copy,
+    /// so that its CPU overlaps the write and the fsync; nothing is
+    /// published under `name` unless it passes (the inner `Err` says why it
+    /// did not). A file already archived is verified before it is compared.
+    pub fn put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        verify: impl FnOnce() -> Result<(), String> + Send,
+    ) -> Result<Result<Put, String>, ArchiveError> {
         let path = self.path_of(name);
         if path.exists() {
-            return self.same_or_conflict(name, bytes, &path);
+            return match verify() {
+                Ok(()) => self.same_or_conflict(name, bytes, &path).map(Ok),
+                Err(why) => Ok(Err(why)),
+            };
         }
-        let compressed;
-        let stored = match self.compression {
-            Compression::Zstd if !Self::is_text_file(name) => {
-                compressed = zstd::bulk::compress(bytes, 3)
-                    .map_err(|e| FileError::new("compress", &path, e))?;
-                &compressed[..]
-            }
-            _ => bytes,
-        };
-        if durable::create_file_exclusive(&path, |f| f.write_all(stored))? {
-            Ok(Put::Stored)
-        } else {
-            self.same_or_conflict(name, bytes, &path)
+        let mut failed = None;
+        let created = std::thread::scope(|s| {
+            let check = s.spawn(verify);
+            let compressed;
+            let stored = match self.compression {
+                Compression::Zstd if !Self::is_text_file(name) => {
+                    compressed = zstd::bulk::compress(bytes, 3)
+                        .map_err(|e| FileError::new("compress", &path, e))?;
+                    &compressed[..]
+                }
+                _ => bytes,
+            };
+            durable::create_file_exclusive(&path, |f| {
+                f.write_all(stored)?;
+                f.sync_data()?;
+                let verdict = check
+                    .join()
+                    .unwrap_or_else(|_| Err("its verification failed unexpectedly".into()));
+                verdict.map_err(|why| {
+                    failed = Some(why);
+                    std::io::Error::other("failed verification")
+                })
+            })
+        });
+        match (created, failed) {
+            (_, Some(why)) => Ok(Err(why)),
+            (Ok(true), None) => Ok(Ok(Put::Stored)),
+            (Ok(false), None) => self.same_or_conflict(name, bytes, &path).map(Ok),
+            (Err(e), None) => Err(e.into()),
         }
     }
 
@@ -371,22 +399,35 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let a = Archive::open_or_create(dir.path(), 42, size(), compression).unwrap();
             let seg = vec![7u8; 1 << 20];
+            let passes = || Ok(());
             assert_eq!(
-                a.put("000000010000000000000001", &seg).unwrap(),
-                Put::Stored
+                a.put("000000010000000000000001", &seg, passes).unwrap(),
+                Ok(Put::Stored)
             );
             assert_eq!(
-                a.put("000000010000000000000001", &seg).unwrap(),
-                Put::AlreadyThere
+                a.put("000000010000000000000001", &seg, passes).unwrap(),
+                Ok(Put::AlreadyThere)
             );
             let mut other = seg.clone();
             other[100] = 8;
             assert!(matches!(
-                a.put("000000010000000000000001", &other),
+                a.put("000000010000000000000001", &other, passes),
                 Err(ArchiveError::Conflict(_))
             ));
+            // A file that fails its checks is never published, nor left
+            // under a temporary name.
+            assert_eq!(
+                a.put("000000010000000000000002", &seg, || Err("bad".into()))
+                    .unwrap(),
+                Err("bad".to_string())
+            );
             assert!(*a.get("000000010000000000000001").unwrap().unwrap() == *seg);
             assert!(a.get("000000010000000000000002").unwrap().is_none());
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                2,
+                "ARCHIVE and one segment"
+            );
             let again = Archive::open(dir.path()).unwrap();
             assert_eq!(again.compression, compression);
             assert!(matches!(
