@@ -176,11 +176,17 @@ fn write_wal() -> Wal {
     while w.insert_lsn() < Lsn(4 * SEG + SEG / 2) {
         if !switched && w.insert_lsn() >= Lsn(2 * SEG + SEG / 3) {
             let before = w.insert_lsn();
-            let end = w.switch_segment().unwrap();
-            assert_eq!(end, Lsn(3 * SEG));
+            let switch_end = w.switch_segment().unwrap();
+            // pg_switch_wal()'s answer, the end of the switch record
+            // itself; the next record begins the next segment.
+            assert!(
+                switch_end > before && switch_end < Lsn(3 * SEG),
+                "{switch_end}"
+            );
+            assert_eq!(w.insert_lsn(), Lsn(3 * SEG));
             records.push(Written {
                 lsn: record_start(before),
-                end,
+                end: Lsn(3 * SEG),
                 rmid: RM_XLOG_ID,
                 data: Vec::new(),
                 bytes: Vec::new(),

@@ -84,7 +84,10 @@ fn small_wal() -> SmallWal {
         append(&w, &vec![0x5A; len], &mut records);
     }
     let switch = w.next_record_lsn();
-    assert_eq!(w.switch_segment().unwrap(), Lsn(2 * SEG));
+    // The end of the switch record (a bare header), as pg_switch_wal()
+    // says; the next record begins segment 2.
+    assert_eq!(w.switch_segment().unwrap(), Lsn(switch.0 + 24));
+    assert_eq!(w.insert_lsn(), Lsn(2 * SEG));
     records.push((switch, Lsn(2 * SEG)));
     while w.insert_lsn() < Lsn(2 * SEG + 30_000) {
         append(&w, &random(&mut rng), &mut records);
