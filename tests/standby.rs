@@ -268,8 +268,11 @@ fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
     assert!(err.contains("could not connect to 127.0.0.1:1"), "{err:?}");
     assert!(err.contains("removed the data directory"), "{err:?}");
     assert!(!target.exists(), "a failed backup leaves nothing behind");
-    // A backup that fails after it began writing (no such slot) empties the
-    // directory it was given, and the same command then simply works.
+    // A backup that fails in a directory that was there, empty, leaves it
+    // as it found it (nothing written, its mode given back), and the same
+    // command then simply works.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(empty.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = common::walship(&[
         "basebackup",
         "--from",
@@ -280,8 +283,14 @@ fn basebackup_refuses_a_non_empty_directory_and_an_unreachable_primary() {
         empty.path().to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    let err = common::stderr(&out);
+    assert!(err.contains("nosuch") && !err.contains("removed"), "{err}");
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    let mode = std::fs::metadata(empty.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
     let out = common::walship(&[
         "basebackup",
         "--from",

@@ -150,11 +150,17 @@ fn new_system_id() -> u64 {
 pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     let dir = DataDir::new(root);
     let created = durable::create_dir_if_absent(&dir.root)?;
+    let mut found_mode = None;
     if !created {
         let mut entries = fs::read_dir(&dir.root).at("read directory", &dir.root)?;
         if entries.next().is_some() {
             return Err(DataDirError::NotEmpty(dir.root.clone()));
         }
+        found_mode = Some(
+            fs::metadata(&dir.root)
+                .at("read the permissions of", &dir.root)?
+                .permissions(),
+        );
     }
     // Held until the directory is kept or discarded: another init or
     // basebackup into it finds it not empty, or (in a race) busy, and so
@@ -165,7 +171,7 @@ pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     })?;
     let new = NewDataDir {
         dir,
-        created,
+        found_mode,
         settled: false,
         _lock: lock,
     };
@@ -185,8 +191,9 @@ pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
 #[must_use = "a NewDataDir that is dropped removes the directory: keep() it"]
 pub struct NewDataDir {
     dir: DataDir,
-    /// Whether `create_empty` made the directory itself.
-    created: bool,
+    /// The permissions of the empty directory `create_empty` found, which
+    /// a discard gives back; `None` when it made the directory itself.
+    found_mode: Option<fs::Permissions>,
     /// Kept or discarded already.
     settled: bool,
     /// The directory's lock, until it is kept or discarded.
@@ -209,28 +216,31 @@ impl NewDataDir {
 
     fn remove(&self) -> Option<String> {
         let root = &self.dir.root;
-        let mut entries = 0;
-        let removed = if self.created {
-            fs::remove_dir_all(root)
-        } else {
-            fs::read_dir(root).and_then(|list| {
-                list.into_iter().try_for_each(|entry| {
-                    let path = entry?.path();
-                    entries += 1;
-                    if path.is_dir() {
-                        fs::remove_dir_all(&path)
-                    } else {
-                        fs::remove_file(&path)
-                    }
+        // Files written, besides the lock file this value holds.
+        let mut written = 0;
+        let removed = match &self.found_mode {
+            None => fs::remove_dir_all(root),
+            Some(mode) => fs::read_dir(root)
+                .and_then(|list| {
+                    list.into_iter().try_for_each(|entry| {
+                        let entry = entry?;
+                        written += usize::from(entry.file_name() != DirLock::FILE_NAME);
+                        let path = entry.path();
+                        if path.is_dir() {
+                            fs::remove_dir_all(&path)
+                        } else {
+                            fs::remove_file(&path)
+                        }
+                    })
                 })
-            })
+                .and_then(|()| fs::set_permissions(root, mode.clone())),
         };
         match removed {
-            Ok(()) if self.created => Some(format!(
+            Ok(()) if self.found_mode.is_none() => Some(format!(
                 "removed the data directory {} it had created",
                 root.display()
             )),
-            Ok(()) if entries == 0 => None,
+            Ok(()) if written == 0 => None,
             Ok(()) => Some(format!(
                 "removed what it had written into the data directory {}",
                 root.display()
