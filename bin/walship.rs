@@ -455,7 +455,9 @@ struct FollowArgs {
     /// keeps its primary_slot_name, which the new upstream must have too.
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
-    /// Create the slot on the new upstream first.
+    /// Create the slot on the new upstream (refused if it exists). It is
+    /// the last step, after every check and the change to walship.conf,
+    /// and just before the standby is told to reload.
     #[arg(long, requires = "slot")]
     create_slot: bool,
 }
@@ -491,8 +493,8 @@ struct RejoinArgs {
     /// keeps its primary_slot_name, which the new primary must have too.
     #[arg(long, value_name = "NAME")]
     slot: Option<String>,
-    /// Create the slot on the new primary, once every check has passed and
-    /// before anything here changes.
+    /// Create the slot on the new primary (refused if it exists). It is the
+    /// last step, after every check and every change here.
     #[arg(long, requires = "slot")]
     create_slot: bool,
 }
