@@ -91,7 +91,9 @@ fn walship_receive_matches_pg_receivewal_against_postgresql() {
         "{}; restart_lsn {kept}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // walship status knows a PostgreSQL server for what it is.
+    // walship status and basebackup know a PostgreSQL server for what it
+    // is, basebackup before it waits on PostgreSQL's checkpoint or leaves
+    // anything behind.
     let out = common::walship(&["status", "--from", &from]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -99,6 +101,15 @@ fn walship_receive_matches_pg_receivewal_against_postgresql() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let clone = made.path().join("clone");
+    let out = common::walship(&["basebackup", "--from", &from, "-D", clone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("is not a walship node") && err.contains("pg_basebackup"),
+        "{err}"
+    );
+    assert!(!clone.exists());
     // walship dump reads what it received.
     let out = common::walship(&["dump", "--verify", ours.path().to_str().unwrap()]);
     ok("walship dump --verify", &out);

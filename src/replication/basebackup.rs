@@ -122,13 +122,11 @@ fn take(
         peer: peer.clone(),
         what: what.to_string(),
     };
-    // A server that does not know the setting (not a walship node) fails
-    // later, on BASE_BACKUP, with its own words.
-    let fenced_by = client
-        .show("fenced_by")
-        .ok()
-        .flatten()
-        .filter(|by| !by.is_empty());
+    // Refused before anything waits on it: PostgreSQL would answer
+    // BASE_BACKUP, after its checkpoint, with a backup walship cannot run.
+    let fenced_by = client.walship_fenced_by(
+        "walship basebackup clones walship nodes (clone a PostgreSQL server with pg_basebackup)",
+    )?;
     if let Some(by) = fenced_by {
         return Err(BaseBackupError::Fenced { peer, by });
     }

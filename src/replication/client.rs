@@ -571,6 +571,22 @@ impl Client {
         Ok(self.query(&format!("SHOW {name}"))?.text(0, name))
     }
 
+    /// The epoch that fenced this walship node (`SHOW fenced_by`), `None`
+    /// when none did. A server without the setting is not walship (a
+    /// PostgreSQL one answers 42704): refused, `hint` saying what to use
+    /// instead.
+    pub fn walship_fenced_by(&mut self, hint: &str) -> Result<Option<String>, ClientError> {
+        match self.show("fenced_by") {
+            Err(ClientError::Server { peer, error }) if error.code == "42704" => {
+                Err(ClientError::NotWalship {
+                    peer,
+                    what: format!("{}; {hint}", error.message),
+                })
+            }
+            other => Ok(other?.filter(|by| !by.is_empty())),
+        }
+    }
+
     /// Whether the server is a standby (`pg_is_in_recovery()`).
     pub fn in_recovery(&mut self) -> Result<bool, ClientError> {
         let rows = self.query("SELECT pg_is_in_recovery()")?;

@@ -39,19 +39,9 @@ fn objects(rows: &Rows) -> Vec<Value> {
 pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
     let mut client = Client::connect(from, None)?;
     let standby = client.in_recovery()?;
-    // Every walship node knows fenced_by; PostgreSQL does not (42704).
-    let fenced_by = match client.show("fenced_by") {
-        Err(ClientError::Server { peer, error }) if error.code == "42704" => {
-            return Err(ClientError::NotWalship {
-                peer,
-                what: format!(
-                    "{}; walship status reads a walship node's views (ask PostgreSQL with psql)",
-                    error.message
-                ),
-            })
-        }
-        other => other?.filter(|e| !e.is_empty()),
-    };
+    let fenced_by = client.walship_fenced_by(
+        "walship status reads a walship node's views (ask PostgreSQL with psql)",
+    )?;
     let role = match (standby, &fenced_by) {
         (true, _) => "standby",
         (false, None) => "primary",
