@@ -524,7 +524,7 @@ Examples:
 /// kills the primary with SIGKILL, promotes the standby (a fence command
 /// proves the old primary is dead), checks that every acknowledged commit
 /// survived, restarts the old primary and shows it fenced, then stops
-/// everything it started. Each step is narrated. Takes about 15 seconds.
+/// everything it started. Each step is narrated. Takes a few seconds.
 #[derive(Args)]
 #[command(after_help = DEMO_EXAMPLES)]
 struct DemoArgs {
@@ -1738,7 +1738,7 @@ Look for a promotion request (\fIDIR/promote.signal\fR) now; \fBwalship promote\
     const SERVER_FILES: &str = r#".SH FILES
 .TP
 \fIDIR/walship.conf\fR, \fIDIR/users\fR
-Settings, and the roles that may connect (see \fBwalship\-init\fR(1)): read at start and on \fBSIGHUP\fR.
+Settings, and the roles that may connect (see \fBwalship\-init\fR(1)): read at start and on \fBSIGHUP\fR. Every setting is listed in \fIwalship.conf\fR with its default and what it does. \fBmetrics_listen_address\fR (\fIHOST\fR:\fIPORT\fR, off by default, read at start) serves Prometheus metrics at \fB/metrics\fR: LSNs, epoch, timeline, each standby's lag in bytes and seconds, the archive backlog, and histograms of commit and WAL fsync latency (the README lists the names).
 .TP
 \fIDIR/control\fR, \fIDIR/epoch\fR
 System identifier, segment size, timeline and last checkpoint; the epoch the node writes in, and the epoch that fenced it if one did.
