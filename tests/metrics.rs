@@ -9,8 +9,12 @@ use std::io::{Read, Write};
 use common::Node;
 
 fn get(port: u16, path: &str) -> String {
+    request(port, "GET", path)
+}
+
+fn request(port: u16, method: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -67,4 +71,11 @@ fn the_metrics_endpoint_reports_lsns_lag_backlog_and_latencies() {
         value(&text, "walship_commit_latency_seconds_count ")
     );
     assert!(get(port, "/").starts_with("HTTP/1.1 404"));
+    // HEAD: GET's status and headers, no body; other methods: 405.
+    let head = request(port, "HEAD", "/metrics");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    assert!(request(port, "POST", "/metrics").starts_with("HTTP/1.1 405"));
 }

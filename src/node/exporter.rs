@@ -4,7 +4,8 @@
 //! backlog, and the commit and fsync latency histograms.
 //!
 //! A deliberately tiny HTTP/1.1 responder: one request per connection,
-//! answered and closed; anything but `GET /metrics` gets 404. A slow or
+//! answered and closed; `HEAD /metrics` gets GET's headers, another
+//! method on `/metrics` 405, any other path 404. A slow or
 //! broken scraper costs one connection, bounded by a read timeout.
 
 use std::io::{Read, Write};
@@ -183,19 +184,30 @@ fn answer(node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
         request.extend_from_slice(&buf[..n]);
     }
     let line = String::from_utf8_lossy(&request);
-    let first = line.lines().next().unwrap_or_default();
-    let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
-        ("200 OK", metrics::render(&node.metric_samples()))
-    } else {
-        (
+    let mut first = line.lines().next().unwrap_or_default().split(' ');
+    let (method, path) = (
+        first.next().unwrap_or_default(),
+        first.next().unwrap_or_default(),
+    );
+    let (status, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => ("200 OK", metrics::render(&node.metric_samples())),
+        (_, "/metrics") => (
+            "405 Method Not Allowed",
+            "only GET and HEAD are served here\n".to_string(),
+        ),
+        _ => (
             "404 Not Found",
-            "only GET /metrics is served here\n".to_string(),
-        )
+            "only /metrics is served here\n".to_string(),
+        ),
     };
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
+    // HEAD: the headers a GET would get, without the body.
+    if method != "HEAD" {
+        stream.write_all(body.as_bytes())?;
+    }
     stream.flush()
 }
