@@ -302,7 +302,8 @@ struct ReceiveArgs {
     no_loop: bool,
     /// Flush and report the position after every batch of WAL, so this
     /// receiver can be a synchronous standby (name it with
-    /// application_name in --from).
+    /// application_name in --from; the default is "walship receive", as
+    /// pg_receivewal's is "pg_receivewal").
     #[arg(long)]
     synchronous: bool,
     /// Seconds between status reports to the primary.
@@ -803,7 +804,10 @@ fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
 
 fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let from = args.from;
+    let mut from = args.from;
+    // Named in pg_stat_replication, as pg_receivewal names itself.
+    from.application_name
+        .get_or_insert_with(|| "walship receive".to_string());
     if args.create_slot {
         let slot = args.slot.as_deref().unwrap_or_default();
         let at =

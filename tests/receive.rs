@@ -121,6 +121,15 @@ fn receive_from_walship_resumes_and_matches_the_primary() {
     node.start();
     let from = format!("host=127.0.0.1 port={} user=tester", node.port);
     let dir = tempfile::tempdir().unwrap();
+    // An end before anything it could receive is refused, not "reached".
+    let early = tempfile::tempdir().unwrap();
+    let out = receive(&from, early.path(), &["--endpos", "0/100", "--no-loop"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("--endpos 0/100 lies before"),
+        "{}",
+        common::stderr(&out)
+    );
     ok(
         "create slot",
         &receive(&from, dir.path(), &["--slot", "r", "--create-slot"]),

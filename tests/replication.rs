@@ -274,6 +274,11 @@ fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // It names itself, as pg_receivewal does.
+    assert_eq!(
+        node.query_one("SELECT application_name FROM pg_stat_replication"),
+        "walship receive"
+    );
     let held = node.query_one("SELECT restart_lsn FROM pg_replication_slots");
     // The receiver stops reading; the primary keeps writing, past what the
     // socket buffers hold.

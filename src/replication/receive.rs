@@ -49,6 +49,12 @@ pub enum ReceiveError {
     BadWal { peer: String, end: EndOfWal },
     #[error("{peer}: {what}")]
     Protocol { peer: String, what: String },
+    #[error("--endpos {endpos} lies before {start}, where streaming from {peer} would begin (the start of the segment the server writes, or its slot keeps, now): give a later --endpos")]
+    EndposBeforeStart {
+        peer: String,
+        endpos: Lsn,
+        start: Lsn,
+    },
     #[error("{dir} holds segments of system {found}, but {peer} is system {server}: use another directory")]
     WrongSystem {
         dir: PathBuf,
@@ -63,7 +69,9 @@ impl ReceiveError {
     /// by trying again.
     fn is_permanent(&self) -> bool {
         match self {
-            ReceiveError::BadWal { .. } | ReceiveError::WrongSystem { .. } => true,
+            ReceiveError::BadWal { .. }
+            | ReceiveError::WrongSystem { .. }
+            | ReceiveError::EndposBeforeStart { .. } => true,
             ReceiveError::Client(e) => e.is_auth_failure(),
             _ => false,
         }
@@ -329,8 +337,16 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
                 Some(slot) => client.read_slot(slot)?.and_then(|s| s.restart_lsn),
                 None => None,
             };
-            let at = from_slot.unwrap_or(xlogpos);
-            at.segno(size).start_lsn(size)
+            let at = from_slot.unwrap_or(xlogpos).segno(size).start_lsn(size);
+            // Nothing here to resume from, and nothing earlier is asked for.
+            if let Some(endpos) = opts.endpos.filter(|e| *e < at) {
+                return Err(ReceiveError::EndposBeforeStart {
+                    peer,
+                    endpos,
+                    start: at,
+                });
+            }
+            at
         }
     };
     loop {
