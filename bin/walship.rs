@@ -915,6 +915,7 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    tracing::info!("stopped: every pass that began was finished");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -933,7 +934,8 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
     std::thread::spawn(move || loop {
         match set.wait() {
             Ok(Signal::SIGHUP) => tracing::info!("SIGHUP received: nothing to reload"),
-            Ok(_) => {
+            Ok(signal) => {
+                tracing::info!("{signal} received: stopping after the pass under way");
                 f.store(true, std::sync::atomic::Ordering::Release);
                 return;
             }

@@ -1201,7 +1201,12 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
     });
     if let Some(by) = node.lock_epoch().fenced_by {
         node.db.fence(by.0).map_err(DataDirError::Db)?;
-        error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
+        if is_standby {
+            // A rejoined old primary: the fence is its past, not a fault.
+            info!(epoch = %by, "this node was fenced by epoch {by} as a primary; it starts as a standby");
+        } else {
+            error!(epoch = %by, "this node was FENCED by epoch {by}: it serves reads but takes no writes");
+        }
     }
     node.check_interrupted_promotion()?;
     let adir = node.settings().archive_directory.clone();

@@ -134,15 +134,22 @@ impl Status {
             || a["backlog_segments"] != "0"
             || !a["oldest_backlog_age"].is_null();
         if !a.is_null() && active {
+            let backlog = if a["oldest_backlog_age"].is_null() {
+                "nothing waiting".to_string()
+            } else {
+                format!(
+                    "backlog {} segments ({} bytes, oldest waiting {}: {})",
+                    s(&a["backlog_segments"]),
+                    s(&a["backlog_bytes"]),
+                    s(&a["oldest_backlog_age"]),
+                    s(&a["oldest_backlog_wal"])
+                )
+            };
             out.push_str(&format!(
-                "archiver:  {} archived (last {}), {} failed; backlog {} segments ({} bytes, oldest waiting {}: {})\n",
+                "archiver:  {} archived (last {}), {} failed; {backlog}\n",
                 s(&a["archived_count"]),
                 s(&a["last_archived_wal"]),
                 s(&a["failed_count"]),
-                s(&a["backlog_segments"]),
-                s(&a["backlog_bytes"]),
-                s(&a["oldest_backlog_age"]),
-                s(&a["oldest_backlog_wal"])
             ));
             if let Some(gap) = a["archive_gap_since"].as_str() {
                 out.push_str(&format!("archiver:  ARCHIVE CONTINUITY LOST since {gap}\n"));

@@ -300,11 +300,8 @@ pub fn run(host: &dyn WalReceiverHost) {
         let outcome = stream(host, &info, slot.as_deref());
         host.receiver_status().interrupter = None;
         if host.paused() {
-            match &outcome {
-                Ok(()) => info!(primary = %info, "streaming stopped for the promotion"),
-                // Expected: the promotion cut the connection itself.
-                Err(e) => info!(primary = %info, "streaming stopped for the promotion ({e})"),
-            }
+            // However it ended: the promotion cut the connection itself.
+            info!(primary = %info, "streaming stopped for the promotion");
             continue;
         }
         match outcome {
