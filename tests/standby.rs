@@ -368,7 +368,9 @@ fn a_standby_serves_a_cascaded_standby() {
     assert_same_wal(&primary.dir, &s2.dir);
     let rows = s1
         .client()
-        .simple_query("SELECT application_name, state, sync_state FROM pg_stat_replication")
+        .simple_query(
+            "SELECT application_name, state, sync_state, usename, client_port, backend_start FROM pg_stat_replication",
+        )
         .unwrap();
     let row = rows
         .iter()
@@ -380,6 +382,17 @@ fn a_standby_serves_a_cascaded_standby() {
     assert_eq!(row.get(0), Some("s2"));
     assert_eq!(row.get(1), Some("streaming"));
     assert_eq!(row.get(2), Some("async"));
+    // PostgreSQL's columns about the connection, too.
+    assert_eq!(row.get(3), Some("tester"));
+    assert!(row
+        .get(4)
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| p > 0));
+    assert!(
+        row.get(5).is_some_and(|t| t.starts_with("20")),
+        "{:?}",
+        row.get(5)
+    );
 }
 
 /// Writes a few rows and ends the segment, `n` times; then checkpoints so

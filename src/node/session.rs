@@ -96,11 +96,15 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                         .find(|(k, _)| k == "application_name")
                         .map(|(_, v)| v.as_str())
                         .unwrap_or("");
-                    let client_addr = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
+                    let (client_addr, client_port) = peer
+                        .rsplit_once(':')
+                        .map_or((peer.as_str(), "0"), |(host, port)| (host, port));
                     let who = walsender::Peer {
                         pid,
+                        usename: &user,
                         application_name: app,
                         client_addr,
+                        client_port: client_port.parse().unwrap_or(0),
                     };
                     walsender::serve(&*node, &who, &mut reader, &mut writer)
                 })

@@ -32,9 +32,16 @@ impl Node {
                         };
                         vec![
                             Some(Value::Int(i64::from(s.pid))),
+                            // walship's roles have no OIDs, nor its
+                            // standbys an xmin to hold back.
                             None,
+                            text(s.usename),
                             text(s.application_name),
                             text(s.client_addr),
+                            None,
+                            Some(Value::Int(i64::from(s.client_port))),
+                            Some(Value::Timestamp(s.backend_start)),
+                            None,
                             text(s.state),
                             lsn(s.sent),
                             lsn(s.write),

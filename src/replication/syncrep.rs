@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use super::walsender::{pg_now, Peer};
 use crate::node::config::SyncCommit;
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
@@ -157,8 +158,12 @@ impl LagTracker {
 /// One walsender, as `pg_stat_replication` shows it.
 struct Sender {
     pid: i32,
+    usename: String,
     application_name: String,
     client_addr: String,
+    client_port: u16,
+    /// When the connection began (PostgreSQL's microseconds since 2000).
+    backend_start: i64,
     streaming: bool,
     sent: Lsn,
     write: Lsn,
@@ -172,8 +177,11 @@ struct Sender {
 #[derive(Clone, Debug)]
 pub struct SenderStatus {
     pub pid: i32,
+    pub usename: String,
     pub application_name: String,
     pub client_addr: String,
+    pub client_port: u16,
+    pub backend_start: i64,
     pub state: &'static str,
     pub sent: Lsn,
     pub write: Lsn,
@@ -208,11 +216,14 @@ impl WalSenders {
         self.senders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, pid: i32, application_name: &str, client_addr: &str) {
+    pub fn register(&self, peer: &Peer<'_>) {
         self.lock().push(Sender {
-            pid,
-            application_name: application_name.to_string(),
-            client_addr: client_addr.to_string(),
+            pid: peer.pid,
+            usename: peer.usename.to_string(),
+            application_name: peer.application_name.to_string(),
+            client_addr: peer.client_addr.to_string(),
+            client_port: peer.client_port,
+            backend_start: pg_now(),
             streaming: false,
             sent: Lsn::INVALID,
             write: Lsn::INVALID,
@@ -326,6 +337,9 @@ impl WalSenders {
                 };
                 SenderStatus {
                     pid: s.pid,
+                    usename: s.usename.clone(),
+                    client_port: s.client_port,
+                    backend_start: s.backend_start,
                     application_name: s.application_name.clone(),
                     client_addr: s.client_addr.clone(),
                     state: if s.streaming { "streaming" } else { "startup" },
@@ -500,8 +514,11 @@ mod tests {
     fn sender(pid: i32, name: &str, flush: u64) -> Sender {
         Sender {
             pid,
+            usename: String::new(),
             application_name: name.into(),
             client_addr: String::new(),
+            client_port: 0,
+            backend_start: 0,
             streaming: true,
             sent: Lsn(flush),
             write: Lsn(flush),
@@ -534,7 +551,13 @@ mod tests {
     #[test]
     fn each_level_is_released_by_its_own_position() {
         let senders = std::sync::Arc::new(WalSenders::default());
-        senders.register(1, "s1", "");
+        senders.register(&Peer {
+            pid: 1,
+            usename: "rep",
+            application_name: "s1",
+            client_addr: "",
+            client_port: 0,
+        });
         senders.streaming(1, Lsn(0));
         let names = SyncStandbyNames::parse("s1").unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

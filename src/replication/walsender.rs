@@ -97,8 +97,11 @@ fn text_result(out: &mut Out, columns: &[(&str, u32)], row: &[Option<String>]) {
 pub struct Peer<'a> {
     /// The session's process id (`pg_stat_replication.pid`).
     pub pid: i32,
+    /// The role it authenticated as.
+    pub usename: &'a str,
     pub application_name: &'a str,
     pub client_addr: &'a str,
+    pub client_port: u16,
 }
 
 /// Serves a replication connection after authentication (and after
@@ -109,8 +112,7 @@ pub fn serve(
     r: &mut Reader,
     w: &mut Writer,
 ) -> Result<(), ProtoError> {
-    host.senders()
-        .register(peer.pid, peer.application_name, peer.client_addr);
+    host.senders().register(peer);
     struct Unregister<'a>(&'a WalSenders, i32);
     impl Drop for Unregister<'_> {
         fn drop(&mut self) {

@@ -21,6 +21,8 @@ pub mod oid {
     pub const INT8: u32 = 20;
     pub const INT4: u32 = 23;
     pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const XID: u32 = 28;
     pub const PG_LSN: u32 = 3220;
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const INTERVAL: u32 = 1186;
@@ -64,7 +66,7 @@ impl Value {
     /// PostgreSQL's binary output form for a column of type `oid`.
     pub fn to_binary(&self, type_oid: u32) -> Vec<u8> {
         match (self, type_oid) {
-            (Value::Int(i), oid::INT4) => (*i as i32).to_be_bytes().to_vec(),
+            (Value::Int(i), oid::INT4 | oid::OID | oid::XID) => (*i as i32).to_be_bytes().to_vec(),
             (Value::Int(i), _) => i.to_be_bytes().to_vec(),
             (Value::Bool(b), _) => vec![u8::from(*b)],
             (Value::Lsn(l), _) => l.0.to_be_bytes().to_vec(),

@@ -48,9 +48,14 @@ impl SystemView {
         match self {
             SystemView::StatReplication => &[
                 ("pid", oid::INT4),
+                ("usesysid", oid::OID),
                 ("usename", oid::TEXT),
                 ("application_name", oid::TEXT),
                 ("client_addr", oid::TEXT),
+                ("client_hostname", oid::TEXT),
+                ("client_port", oid::INT4),
+                ("backend_start", oid::TIMESTAMPTZ),
+                ("backend_xmin", oid::XID),
                 ("state", oid::TEXT),
                 ("sent_lsn", oid::PG_LSN),
                 ("write_lsn", oid::PG_LSN),
