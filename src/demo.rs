@@ -383,7 +383,7 @@ fn replication_line(port: u16) -> String {
         let a = c.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
         let t = |col: &str| r.text(0, col).unwrap_or_else(|| "-".into());
         Ok(format!(
-            "{} ({}): sent {}, flushed {}, replayed {} ({} bytes behind) | archived up to {}",
+            "{} ({}): sent {}, flushed {}, replayed {} ({} bytes behind) | last archived: {}",
             t("application_name"),
             t("sync_state"),
             t("sent_lsn"),
