@@ -548,6 +548,14 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
         "{}",
         s1.log()
     );
+    // What restore_command printed (cp, on the segment the archive does
+    // not have) is a field of the line that says so, not a loose line.
+    let log = s1.log();
+    assert!(
+        log.lines().all(|l| l.is_empty() || l.starts_with("20")),
+        "{log}"
+    );
+    assert!(log.contains("said=cp: cannot stat"), "{log}");
     // %r names the segment of s1's last restartpoint (its base backup's
     // checkpoint), as PostgreSQL's does: a segment of the timeline, at or
     // before the one asked for.

@@ -185,18 +185,37 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             .replace("%p", &scratch.to_string_lossy())
             .replace("%r", &restart)
             .replace('\u{0}', "%");
-        let status = std::process::Command::new("sh").args(["-c", &cmd]).status();
-        match status {
-            Ok(s) if s.success() => {}
+        // What it prints is kept, to go into this log as one field of the
+        // line that says how the command ended, not as loose lines.
+        let run = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map(|out| {
+                let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
+                said.push_str(&String::from_utf8_lossy(&out.stderr));
+                (out.status, said.trim().to_string())
+            });
+        match run {
+            Ok((status, said)) if status.success() => {
+                if !said.is_empty() {
+                    info!(segment = %name, said = %said, "restore_command");
+                }
+            }
             // Above 125: a real failure (walship restore: corrupt, another
             // system's, unreadable), not "not in the archive".
-            Ok(s) if s.code().is_none_or(|c| c > 125) => {
+            Ok((status, said)) if status.code().is_none_or(|c| c > 125) => {
+                let said = if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it said: {said})")
+                };
                 return Err(ReceiveError::Restore(format!(
-                    "restore_command failed for {name} ({s}): not an absent file but a real failure; fix the archive, then the standby retries: {cmd}"
+                    "restore_command failed for {name} ({status}): not an absent file but a real failure; fix the archive, then the standby retries: {cmd}{said}"
                 )));
             }
-            Ok(s) => {
-                info!(segment = %name, command = %cmd, status = %s, "restore_command did not restore the segment");
+            Ok((status, said)) => {
+                info!(segment = %name, command = %cmd, status = %status, said = %said, "restore_command did not restore the segment");
                 return Ok(restored);
             }
             Err(e) => {
