@@ -434,8 +434,33 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
 
     // A slot that holds more than max_slot_wal_keep_size is invalidated.
     slotted.kill9();
+    let safe_wal_size = |node: &Node| {
+        node.client()
+            .simple_query("SELECT safe_wal_size FROM pg_replication_slots")
+            .unwrap()
+            .into_iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        safe_wal_size(&primary),
+        None,
+        "no limit: NULL, as in PostgreSQL"
+    );
     primary.configure("max_slot_wal_keep_size = 2MB");
     primary.signal(nix::sys::signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let safe = loop {
+        if let Some(v) = safe_wal_size(&primary) {
+            break v.parse::<i64>().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGHUP not taken");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(safe <= 2 << 20, "{safe}");
     fill_segments(&primary, 5, "too-far");
     assert!(
         primary.wait_log("replication slot invalidated"),
@@ -446,6 +471,7 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
         primary.query_one("SELECT wal_status FROM pg_replication_slots"),
         "lost"
     );
+    assert_eq!(safe_wal_size(&primary), None, "a lost slot: NULL");
     slotted.start();
     assert!(
         slotted.wait_log("can no longer get changes from replication slot"),

@@ -76,6 +76,8 @@ impl Node {
                     time(r.last_msg_send_time),
                     time(r.last_msg_receipt_time),
                     lsn(r.latest_end_lsn),
+                    // The sender's time of that position: its last message's.
+                    time(r.last_msg_send_time),
                     r.slot_name.map(Value::Text),
                     r.sender_host.map(Value::Text),
                     r.sender_port.map(|p| Value::Int(i64::from(p))),
@@ -100,28 +102,45 @@ impl Node {
                     backlog.oldest.map(Value::Text),
                 ]]
             }
-            SystemView::ReplicationSlots => self
-                .slots()
-                .list()
-                .map(|(name, slot)| {
-                    vec![
-                        text(name.clone()),
-                        None,
-                        text("physical"),
-                        None,
-                        None,
-                        Some(Value::Bool(false)),
-                        Some(Value::Bool(slot.active)),
-                        None,
-                        slot.restart_lsn.and_then(lsn),
-                        if slot.lost {
-                            text("lost")
-                        } else {
-                            slot.restart_lsn.map(|_| Value::Text("reserved".into()))
-                        },
-                    ]
-                })
-                .collect(),
+            SystemView::ReplicationSlots => {
+                // What may still be written before the slot is lost: NULL
+                // without a limit, and for a lost slot (as PostgreSQL's).
+                let keep = self.settings().max_slot_wal_keep_size;
+                let insert = self.wal().insert_lsn();
+                let safe_wal_size = |restart: Option<Lsn>| {
+                    let (keep, restart) = (keep?, restart?);
+                    let held = insert.0.saturating_sub(restart.0);
+                    Some(Value::Int(keep as i64 - held as i64))
+                };
+                self.slots()
+                    .list()
+                    .map(|(name, slot)| {
+                        vec![
+                            text(name.clone()),
+                            None,
+                            text("physical"),
+                            None,
+                            None,
+                            Some(Value::Bool(false)),
+                            Some(Value::Bool(slot.active)),
+                            None,
+                            // Physical slots hold no xmin, confirm no flush
+                            // (logical decoding's), and know no two-phase.
+                            None,
+                            None,
+                            slot.restart_lsn.and_then(lsn),
+                            None,
+                            if slot.lost {
+                                text("lost")
+                            } else {
+                                slot.restart_lsn.map(|_| Value::Text("reserved".into()))
+                            },
+                            safe_wal_size(slot.restart_lsn.filter(|_| !slot.lost)),
+                            Some(Value::Bool(false)),
+                        ]
+                    })
+                    .collect()
+            }
         }
     }
 }
