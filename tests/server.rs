@@ -587,3 +587,32 @@ fn pg_switch_wal_returns_the_end_of_its_switch_record_as_postgresql_does() {
     // A segment with no WAL yet is not switched: the position comes back.
     assert_eq!(lsn("SELECT pg_switch_wal()"), next);
 }
+
+#[test]
+fn show_all_lists_every_setting_as_postgresql_does() {
+    let mut node = Node::init("checkpoint_timeout = 7min");
+    node.start();
+    let rows: Vec<(String, String)> = node
+        .client()
+        .query("SHOW ALL", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>("name"), r.get::<_, String>("setting")))
+        .collect();
+    let setting = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    // Each as SHOW of it alone gives it.
+    let alone = node.query_one("SHOW checkpoint_timeout");
+    assert_eq!(setting("checkpoint_timeout"), Some(alone.as_str()));
+    assert_ne!(alone, "5m", "the file's value, not the default");
+    assert_eq!(setting("synchronous_commit"), Some("on"));
+    assert!(setting("application_name").is_some());
+    let mut names: Vec<&String> = rows.iter().map(|(n, _)| n).collect();
+    let listed = names.clone();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, listed, "sorted by name, each once");
+}

@@ -397,6 +397,12 @@ pub fn append_settings(
 }
 
 impl Settings {
+    /// Every setting's name and what it does, as `walship.conf` lists
+    /// them (for `SHOW ALL`).
+    pub fn documented() -> impl Iterator<Item = (&'static str, &'static str)> {
+        DOCS.iter().map(|d| (d.name, d.help))
+    }
+
     /// Reads `walship.conf`: defaults, overridden by each line in order.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {

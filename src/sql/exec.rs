@@ -409,6 +409,11 @@ impl Session {
                     })
                     .collect(),
             ),
+            Statement::Show { name } if name == "all" => Some(vec![
+                col("name", oid::TEXT),
+                col("setting", oid::TEXT),
+                col("description", oid::TEXT),
+            ]),
             Statement::Show { name } => Some(vec![col(name, oid::TEXT)]),
             Statement::WaitForLsn { .. } => Some(vec![col("status", oid::TEXT)]),
             Statement::View { view, columns } => Some(
@@ -546,6 +551,36 @@ impl Session {
                     columns: self.describe(stmt),
                     rows: vec![vec![Some(Value::Text("success".into()))]],
                     tag: "WAIT".into(),
+                    ..Default::default()
+                })
+            }
+            Statement::Show { name } if name == "all" => {
+                // As PostgreSQL's: every setting, by name, with its value
+                // as SHOW gives it and what it does.
+                let mut rows: Vec<[String; 3]> = Settings::documented()
+                    .map(|(name, help)| (name, help.to_string()))
+                    .chain(
+                        SESSION_PARAMS
+                            .iter()
+                            .map(|(name, _)| (*name, "session setting".to_string())),
+                    )
+                    .chain(std::iter::once((
+                        "synchronous_commit",
+                        "session setting".to_string(),
+                    )))
+                    .filter_map(|(name, help)| {
+                        Some([name.to_string(), self.show(name).ok()?, help])
+                    })
+                    .collect();
+                rows.sort();
+                rows.dedup_by(|a, b| a[0] == b[0]);
+                Ok(QueryResult {
+                    columns: self.describe(stmt),
+                    rows: rows
+                        .into_iter()
+                        .map(|r| r.into_iter().map(|v| Some(Value::Text(v))).collect())
+                        .collect(),
+                    tag: "SHOW".into(),
                     ..Default::default()
                 })
             }
