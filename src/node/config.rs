@@ -572,7 +572,7 @@ impl Settings {
             "archive_timeout" => format_duration(self.archive_timeout),
             "archive_backlog_limit" => format_size(self.archive_backlog_limit),
             "archive_backlog_policy" => self.archive_backlog_policy.to_string(),
-            "synchronous_standby_names" => self.synchronous_standby_names.to_string(),
+            "synchronous_standby_names" => self.synchronous_standby_names.written.clone(),
             "wal_keep_size" => format_size(self.wal_keep_size),
             "max_slot_wal_keep_size" => match self.max_slot_wal_keep_size {
                 None => "-1".into(),

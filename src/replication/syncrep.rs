@@ -36,6 +36,9 @@ pub struct SyncStandbyNames {
     pub num: usize,
     /// Names in priority order; `*` matches any standby.
     pub names: Vec<String>,
+    /// The setting as written, which SHOW gives back (as PostgreSQL's
+    /// does); `Display` gives the canonical `FIRST n (…)` form instead.
+    pub written: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -91,7 +94,12 @@ impl SyncStandbyNames {
                 names.len()
             ));
         }
-        Ok(SyncStandbyNames { method, num, names })
+        Ok(SyncStandbyNames {
+            method,
+            num,
+            names,
+            written: s.to_string(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -486,6 +494,14 @@ fn describe(senders: &[Sender], names: &SyncStandbyNames) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn show_gives_the_setting_as_written_and_logs_the_canonical_form() {
+        let names = SyncStandbyNames::parse("  s1, s2 ").unwrap();
+        assert_eq!(names.written, "s1, s2");
+        assert_eq!(names.to_string(), "FIRST 1 (s1, s2)");
+        assert_eq!(SyncStandbyNames::parse("").unwrap().written, "");
+    }
 
     #[test]
     fn parses_postgresql_syntax() {
