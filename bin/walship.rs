@@ -282,7 +282,9 @@ Examples:
 #[command(after_help = RECEIVE_EXAMPLES)]
 struct ReceiveArgs {
     /// The primary, as a libpq connection string or URI (host=/dir for a
-    /// unix socket).
+    /// unix socket). Without application_name, the receiver shows in the
+    /// primary's pg_stat_replication as "walship receive" (pg_receivewal's
+    /// shows as "pg_receivewal").
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
     /// The directory to write segments to (created if missing).
@@ -302,8 +304,7 @@ struct ReceiveArgs {
     no_loop: bool,
     /// Flush and report the position after every batch of WAL, so this
     /// receiver can be a synchronous standby (name it with
-    /// application_name in --from; the default is "walship receive", as
-    /// pg_receivewal's is "pg_receivewal").
+    /// application_name in --from).
     #[arg(long)]
     synchronous: bool,
     /// Seconds between status reports to the primary.

@@ -610,6 +610,13 @@ fn show_all_lists_every_setting_as_postgresql_does() {
     assert_ne!(alone, "5m", "the file's value, not the default");
     assert_eq!(setting("synchronous_commit"), Some("on"));
     assert!(setting("application_name").is_some());
+    assert_eq!(setting("server_version_num"), Some("150000"));
+    // Every name listed is one SHOW knows, with the same value.
+    let mut c = node.client();
+    for (name, value) in rows.iter().filter(|(n, _)| n != "application_name") {
+        let alone: String = c.query_one(&format!("SHOW {name}"), &[]).unwrap().get(0);
+        assert_eq!(&alone, value, "{name}");
+    }
     let mut names: Vec<&String> = rows.iter().map(|(n, _)| n).collect();
     let listed = names.clone();
     names.sort();

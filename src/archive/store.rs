@@ -290,7 +290,12 @@ impl Archive {
         }
         let mut failed = None;
         let created = std::thread::scope(|s| {
-            let check = s.spawn(verify);
+            // Never panics (a panic would leave the scope by unwinding):
+            // a verification that does is a failed one.
+            let check = s.spawn(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(verify))
+                    .unwrap_or_else(|_| Err("its verification failed unexpectedly".into()))
+            });
             let compressed;
             let stored = match self.compression {
                 Compression::Zstd if !Self::is_text_file(name) => {
@@ -302,6 +307,8 @@ impl Archive {
             };
             durable::create_file_exclusive(&path, |f| {
                 f.write_all(stored)?;
+                // Synced here, beside the check, not after it: the helper's
+                // own fsync then finds nothing left to write.
                 f.sync_data()?;
                 let verdict = check
                     .join()

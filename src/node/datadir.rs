@@ -166,8 +166,14 @@ pub fn create_empty(root: &Path) -> Result<NewDataDir, DataDirError> {
     // basebackup into it finds it not empty, or (in a race) busy, and so
     // never removes what this one makes.
     let lock = DirLock::acquire(&dir.root).map_err(|e| match e {
+        // Another process has it now: it is theirs, left alone.
         LockError::Busy { .. } => DataDirError::NotEmpty(dir.root.clone()),
-        LockError::Io(e) => DataDirError::File(e),
+        LockError::Io(e) => {
+            if created {
+                let _ = fs::remove_dir(&dir.root);
+            }
+            DataDirError::File(e)
+        }
     })?;
     let new = NewDataDir {
         dir,
@@ -220,11 +226,17 @@ impl NewDataDir {
         let mut written = 0;
         let removed = match &self.found_mode {
             None => fs::remove_dir_all(root),
+            // The lock file goes last: until then the directory is not
+            // empty, so no other init or basebackup starts in it while
+            // this one is still removing.
             Some(mode) => fs::read_dir(root)
                 .and_then(|list| {
                     list.into_iter().try_for_each(|entry| {
                         let entry = entry?;
-                        written += usize::from(entry.file_name() != DirLock::FILE_NAME);
+                        if entry.file_name() == DirLock::FILE_NAME {
+                            return Ok(());
+                        }
+                        written += 1;
                         let path = entry.path();
                         if path.is_dir() {
                             fs::remove_dir_all(&path)
@@ -233,6 +245,7 @@ impl NewDataDir {
                         }
                     })
                 })
+                .and_then(|()| fs::remove_file(root.join(DirLock::FILE_NAME)))
                 .and_then(|()| fs::set_permissions(root, mode.clone())),
         };
         match removed {

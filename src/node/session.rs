@@ -64,6 +64,7 @@ fn proto_to_pg(e: &ProtoError) -> PgError {
 
 /// Serves one connection to its end. Errors are logged here.
 pub fn serve(node: Arc<Node>, stream: TcpStream) {
+    let backend_start = walsender::pg_now();
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -105,6 +106,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                         application_name: app,
                         client_addr,
                         client_port: client_port.parse().unwrap_or(0),
+                        backend_start,
                     };
                     walsender::serve(&*node, &who, &mut reader, &mut writer)
                 })

@@ -76,8 +76,7 @@ impl Node {
                     time(r.last_msg_send_time),
                     time(r.last_msg_receipt_time),
                     lsn(r.latest_end_lsn),
-                    // The sender's time of that position: its last message's.
-                    time(r.last_msg_send_time),
+                    time(r.latest_end_time),
                     r.slot_name.map(Value::Text),
                     r.sender_host.map(Value::Text),
                     r.sender_port.map(|p| Value::Int(i64::from(p))),

@@ -267,8 +267,8 @@ impl Out {
             self.i32(*type_oid as i32);
             let size: i16 = match *type_oid {
                 16 => 1,
-                20 | 3220 => 8,
-                23 => 4,
+                20 | 1184 | 3220 => 8,
+                23 | 26 | 28 => 4,
                 _ => -1,
             };
             self.i16(size);

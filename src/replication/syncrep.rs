@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::walsender::{pg_now, Peer};
+use super::walsender::Peer;
 use crate::node::config::SyncCommit;
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
@@ -231,7 +231,7 @@ impl WalSenders {
             application_name: peer.application_name.to_string(),
             client_addr: peer.client_addr.to_string(),
             client_port: peer.client_port,
-            backend_start: pg_now(),
+            backend_start: peer.backend_start,
             streaming: false,
             sent: Lsn::INVALID,
             write: Lsn::INVALID,
@@ -573,6 +573,7 @@ mod tests {
             application_name: "s1",
             client_addr: "",
             client_port: 0,
+            backend_start: 0,
         });
         senders.streaming(1, Lsn(0));
         let names = SyncStandbyNames::parse("s1").unwrap();

@@ -30,6 +30,48 @@ use crate::wal::{
 /// How often the standby reports its positions when nothing else makes it.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// What a command printed, as one log field: its lines joined with " | "
+/// (stdout's, then stderr's), at most [`SAID_MAX`] bytes of them.
+fn said(stdout: &[u8], stderr: &[u8]) -> String {
+    let mut said = [stdout, stderr]
+        .iter()
+        .flat_map(|bytes| {
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if said.len() > SAID_MAX {
+        let cut = (0..=SAID_MAX)
+            .rev()
+            .find(|&i| said.is_char_boundary(i))
+            .unwrap_or(0);
+        said.truncate(cut);
+        said.push_str(" …");
+    }
+    said
+}
+
+/// The most of a command's output one log line carries.
+const SAID_MAX: usize = 4096;
+
+impl ReceiverStatus {
+    /// A message from the primary, sent at `sent`, saying its WAL ends at
+    /// `end` (as PostgreSQL's ProcessWalSndrMessage records it).
+    fn heard(&mut self, end: Lsn, sent: i64) {
+        if end > self.latest_end_lsn {
+            self.latest_end_time = sent;
+        }
+        self.latest_end_lsn = end;
+        self.last_msg_send_time = sent;
+        self.last_msg_receipt_time = pg_now();
+    }
+}
+
 /// What `pg_stat_wal_receiver` shows.
 #[derive(Clone, Debug, Default)]
 pub struct ReceiverStatus {
@@ -38,6 +80,9 @@ pub struct ReceiverStatus {
     pub receive_start_lsn: Lsn,
     pub flushed_lsn: Lsn,
     pub latest_end_lsn: Lsn,
+    /// The sender's time of the message that last moved `latest_end_lsn`
+    /// forward (microseconds since 2000): still while the primary is idle.
+    pub latest_end_time: i64,
     /// When the primary last sent something (microseconds since 2000).
     pub last_msg_send_time: i64,
     pub last_msg_receipt_time: i64,
@@ -191,11 +236,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             .args(["-c", &cmd])
             .stdin(std::process::Stdio::null())
             .output()
-            .map(|out| {
-                let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
-                said.push_str(&String::from_utf8_lossy(&out.stderr));
-                (out.status, said.trim().to_string())
-            });
+            .map(|out| (out.status, said(&out.stdout, &out.stderr)));
         match run {
             Ok((status, said)) if status.success() => {
                 if !said.is_empty() {
@@ -549,20 +590,14 @@ fn stream(
                             }
                         }
                         unflushed = true;
-                        let mut st = host.receiver_status();
-                        st.latest_end_lsn = Lsn(end);
-                        st.last_msg_send_time = sent as i64;
-                        st.last_msg_receipt_time = pg_now();
+                        host.receiver_status().heard(Lsn(end), sent as i64);
                     }
                     Some(b'k') => {
                         let (Some(end), Some(sent)) = (be_u64(msg, 1), be_u64(msg, 9)) else {
                             return Err(malformed("keepalive shorter than its fields"));
                         };
                         reply_due |= msg.get(17) == Some(&1);
-                        let mut st = host.receiver_status();
-                        st.latest_end_lsn = Lsn(end);
-                        st.last_msg_send_time = sent as i64;
-                        st.last_msg_receipt_time = pg_now();
+                        host.receiver_status().heard(Lsn(end), sent as i64);
                     }
                     _ => return Err(malformed("unknown CopyData message type")),
                 }
@@ -643,4 +678,20 @@ fn flush_and_replay(
     }
     to_replay.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commands_output_is_one_bounded_line() {
+        assert_eq!(
+            said(b"one\n\n two \n", b"cp: cannot stat 'x'\n"),
+            "one | two | cp: cannot stat 'x'"
+        );
+        assert_eq!(said(b"", b""), "");
+        let long = said(&vec![b'x'; 10_000], b"");
+        assert!(long.len() <= SAID_MAX + " …".len() && long.ends_with(" …"));
+    }
 }

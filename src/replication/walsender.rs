@@ -102,6 +102,8 @@ pub struct Peer<'a> {
     pub application_name: &'a str,
     pub client_addr: &'a str,
     pub client_port: u16,
+    /// When the connection was accepted (microseconds since 2000).
+    pub backend_start: i64,
 }
 
 /// Serves a replication connection after authentication (and after

@@ -118,8 +118,8 @@ pub trait Host: Send + Sync {
     /// Why writes are refused right now (a standby, a fenced primary), if
     /// they are.
     fn write_refusal(&self) -> Option<PgError>;
-    /// Read-only parameters SHOW knows beyond the settings
-    /// (`server_version`, `wal_segment_size`, …).
+    /// Read-only parameters SHOW knows beyond the settings: those of
+    /// [`READ_ONLY_PARAMS`].
     fn show(&self, name: &str) -> Option<String>;
     /// `pg_last_wal_receive_lsn()` / `pg_last_wal_replay_lsn()` on a standby.
     fn last_receive_lsn(&self) -> Option<Lsn>;
@@ -557,22 +557,21 @@ impl Session {
             Statement::Show { name } if name == "all" => {
                 // As PostgreSQL's: every setting, by name, with its value
                 // as SHOW gives it and what it does.
+                // Documented settings first, so that a name also set per
+                // session keeps their description; then by name (stable).
                 let mut rows: Vec<[String; 3]> = Settings::documented()
-                    .map(|(name, help)| (name, help.to_string()))
+                    .chain(READ_ONLY_PARAMS.iter().copied())
                     .chain(
                         SESSION_PARAMS
                             .iter()
-                            .map(|(name, _)| (*name, "session setting".to_string())),
+                            .map(|(name, _)| (*name, "session setting")),
                     )
-                    .chain(std::iter::once((
-                        "synchronous_commit",
-                        "session setting".to_string(),
-                    )))
+                    .chain(std::iter::once(("synchronous_commit", "session setting")))
                     .filter_map(|(name, help)| {
-                        Some([name.to_string(), self.show(name).ok()?, help])
+                        Some([name.to_string(), self.show(name).ok()?, help.to_string()])
                     })
                     .collect();
-                rows.sort();
+                rows.sort_by(|a, b| a[0].cmp(&b[0]));
                 rows.dedup_by(|a, b| a[0] == b[0]);
                 Ok(QueryResult {
                     columns: self.describe(stmt),
@@ -1021,6 +1020,34 @@ impl Session {
         })
     }
 }
+
+/// The read-only parameters [`Host::show`] answers, with what they say
+/// (for `SHOW ALL`).
+pub const READ_ONLY_PARAMS: &[(&str, &str)] = &[
+    ("block_size", "the size of a WAL page"),
+    ("data_directory", "the node's data directory"),
+    ("data_directory_mode", "the data directory's permissions"),
+    ("epoch", "the epoch this node writes in"),
+    ("fenced_by", "the epoch that fenced this node, if one did"),
+    (
+        "in_hot_standby",
+        "whether this node is a standby serving reads",
+    ),
+    ("integer_datetimes", "PostgreSQL's integer timestamps"),
+    ("is_superuser", "whether this session's role is a superuser"),
+    ("max_identifier_length", "the longest name"),
+    ("server_encoding", "the server's character set"),
+    ("server_version", "the PostgreSQL version walship speaks as"),
+    ("server_version_num", "the same, as a number"),
+    (
+        "standard_conforming_strings",
+        "backslashes in strings are literal",
+    ),
+    ("system_identifier", "the system this node belongs to"),
+    ("timeline", "the timeline this node is on"),
+    ("wal_block_size", "the size of a WAL page"),
+    ("wal_segment_size", "the size of a WAL segment"),
+];
 
 /// The columns a SELECT returns.
 fn select_columns(s: &Select) -> Vec<ColumnDesc> {

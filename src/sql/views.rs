@@ -92,7 +92,7 @@ impl SystemView {
                 ("slot_name", oid::TEXT),
                 ("plugin", oid::TEXT),
                 ("slot_type", oid::TEXT),
-                ("datoid", oid::INT4),
+                ("datoid", oid::OID),
                 ("database", oid::TEXT),
                 ("temporary", oid::BOOL),
                 ("active", oid::BOOL),
