@@ -55,6 +55,12 @@ impl Content {
     /// (a file system without mmap).
     pub fn map(path: &Path) -> Result<Content, FileError> {
         let file = std::fs::File::open(path).map_err(|e| FileError::new("open", path, e))?;
+        Content::of(file, path, true)
+    }
+
+    /// All of `file` (opened from `path`, for messages): mapped when
+    /// `mappable` and the file system allows it, read otherwise.
+    fn of(mut file: std::fs::File, path: &Path, mappable: bool) -> Result<Content, FileError> {
         let len = file
             .metadata()
             .map_err(|e| FileError::new("read the size of", path, e))?
@@ -62,16 +68,13 @@ impl Content {
         if len == 0 {
             return Ok(Content::Owned(Vec::new()));
         }
-        // SAFETY: read-only, of a local file nothing truncates (see above).
-        match unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
-            Ok(map) => Ok(Content::Mapped(map)),
-            Err(_) => Content::read_from(file, len, path),
+        if mappable {
+            // SAFETY: read-only, of a local file nothing truncates (see
+            // above).
+            if let Ok(map) = unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
+                return Ok(Content::Mapped(map));
+            }
         }
-    }
-
-    /// Reads all of `file` (opened from `path`, for messages), `len` bytes
-    /// by its size, into a buffer of that size.
-    fn read_from(mut file: std::fs::File, len: u64, path: &Path) -> Result<Content, FileError> {
         let mut bytes = Vec::with_capacity(len as usize);
         file.read_to_end(&mut bytes)
             .map_err(|e| FileError::new("read", path, e))?;
@@ -342,15 +345,7 @@ impl Archive {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(FileError::new("open", &path, e).into()),
         };
-        let raw = if self.local {
-            Content::map(&path)?
-        } else {
-            let len = file
-                .metadata()
-                .map_err(|e| FileError::new("read the size of", &path, e))?
-                .len();
-            Content::read_from(file, len, &path)?
-        };
+        let raw = Content::of(file, &path, self.local)?;
         if path.extension().is_some_and(|e| e == "zst") {
             let limit = self.seg_size.bytes() as usize;
             return zstd::bulk::decompress(&raw, limit)

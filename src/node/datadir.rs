@@ -208,9 +208,8 @@ pub struct NewDataDir {
 
 impl NewDataDir {
     /// The directory is complete: keep it.
-    pub fn keep(mut self) -> DataDir {
+    pub fn keep(mut self) {
         self.settled = true;
-        self.dir.clone()
     }
 
     /// Removes what was made; says what it did, for the error that made

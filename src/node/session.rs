@@ -65,10 +65,8 @@ fn proto_to_pg(e: &ProtoError) -> PgError {
 /// Serves one connection to its end. Errors are logged here.
 pub fn serve(node: Arc<Node>, stream: TcpStream) {
     let backend_start = walsender::pg_now();
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map_or_else(|| "unknown".into(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -97,15 +95,14 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                         .find(|(k, _)| k == "application_name")
                         .map(|(_, v)| v.as_str())
                         .unwrap_or("");
-                    let (client_addr, client_port) = peer
-                        .rsplit_once(':')
-                        .map_or((peer.as_str(), "0"), |(host, port)| (host, port));
+                    let client_addr =
+                        peer_addr.map_or_else(|| peer.clone(), |a| a.ip().to_string());
                     let who = walsender::Peer {
                         pid,
                         usename: &user,
                         application_name: app,
-                        client_addr,
-                        client_port: client_port.parse().unwrap_or(0),
+                        client_addr: &client_addr,
+                        client_port: peer_addr.map_or(0, |a| a.port()),
                         backend_start,
                     };
                     walsender::serve(&*node, &who, &mut reader, &mut writer)

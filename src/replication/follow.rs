@@ -221,7 +221,7 @@ pub(crate) fn point_at(
 }
 
 /// Points the standby in `dir` at `from` (optionally through `slot`,
-/// created first with `--create-slot`).
+/// which `--create-slot` creates as the last step).
 pub fn follow(
     dir: &Path,
     from: &ConnInfo,

@@ -65,8 +65,8 @@ pub enum ReceiveError {
 }
 
 impl ReceiveError {
-    /// Bad WAL, a wrong system and a refused role or password: not cured
-    /// by trying again.
+    /// Bad WAL, a wrong system, an --endpos before the start and a refused
+    /// role or password: not cured by trying again.
     fn is_permanent(&self) -> bool {
         match self {
             ReceiveError::BadWal { .. }

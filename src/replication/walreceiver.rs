@@ -33,16 +33,12 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// What a command printed, as one log field: its lines joined with " | "
 /// (stdout's, then stderr's), at most [`SAID_MAX`] bytes of them.
 fn said(stdout: &[u8], stderr: &[u8]) -> String {
-    let mut said = [stdout, stderr]
+    let text = [stdout, stderr].map(String::from_utf8_lossy);
+    let mut said = text
         .iter()
-        .flat_map(|bytes| {
-            String::from_utf8_lossy(bytes)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|t| t.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
     if said.len() > SAID_MAX {
@@ -209,6 +205,9 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             max_timeline: Some(tli.get()),
         },
     );
+    // The timeline restored is fixed for the loop, so its history is too
+    // (for %r's timeline).
+    let history = TimelineHistory::read_in(&host.wal_dir(), tli);
     loop {
         if host.is_shutting_down() || host.paused() {
             return Ok(restored);
@@ -221,7 +220,8 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         // the oldest one a restart still needs (pg_archivecleanup's cut),
         // named with the timeline it was written on.
         let restart_lsn = host.restart_point();
-        let restart_tli = TimelineHistory::read_in(&host.wal_dir(), tli)
+        let restart_tli = history
+            .as_ref()
             .map_or(tli, |history| history.timeline_of(restart_lsn, tli));
         let restart = SegmentName::new(restart_tli, restart_lsn.segno(size)).file_name(size);
         let cmd = command

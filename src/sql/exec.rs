@@ -555,10 +555,10 @@ impl Session {
                 })
             }
             Statement::Show { name } if name == "all" => {
-                // As PostgreSQL's: every setting, by name, with its value
-                // as SHOW gives it and what it does.
-                // Documented settings first, so that a name also set per
-                // session keeps their description; then by name (stable).
+                // As PostgreSQL's: every setting, by name, with its value as
+                // SHOW gives it and what it does. Documented settings come
+                // first, so that one also set per session (synchronous_commit)
+                // keeps its description through the stable sort and dedup.
                 let mut rows: Vec<[String; 3]> = Settings::documented()
                     .chain(READ_ONLY_PARAMS.iter().copied())
                     .chain(
@@ -566,7 +566,6 @@ impl Session {
                             .iter()
                             .map(|(name, _)| (*name, "session setting")),
                     )
-                    .chain(std::iter::once(("synchronous_commit", "session setting")))
                     .filter_map(|(name, help)| {
                         Some([name.to_string(), self.show(name).ok()?, help.to_string()])
                     })
