@@ -538,8 +538,11 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
     let archive = tempfile::tempdir().unwrap();
     let restart_points = archive.path().join("restart-points");
+    // The command leaves a process behind that holds its output open (as
+    // an ssh control master would): the standby goes on when the command
+    // exits, not when its output ends.
     s1.configure(&format!(
-        "restore_command = 'echo %r %f >> {} && cp {}/%f %p'",
+        "restore_command = 'sleep 60 & echo %r %f >> {} && cp {}/%f %p'",
         restart_points.display(),
         archive.path().display()
     ));
@@ -582,6 +585,7 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
         "{log}"
     );
     assert!(log.contains("said=cp: cannot stat"), "{log}");
+    assert!(!s1.dir.join("wal/RECOVERYXLOG.said").exists());
     // %r names the segment of s1's last restartpoint (its base backup's
     // checkpoint), as PostgreSQL's does: a segment of the timeline, at or
     // before the one asked for.

@@ -7,7 +7,9 @@
 //! It reconnects with backoff (100 ms doubling to 5 s) whenever the
 //! primary goes away, and never follows a primary of another system.
 
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,13 +32,11 @@ use crate::wal::{
 /// How often the standby reports its positions when nothing else makes it.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What a command printed, as one log field: its lines joined with " | "
-/// (stdout's, then stderr's), at most [`SAID_MAX`] bytes of them.
-fn said(stdout: &[u8], stderr: &[u8]) -> String {
-    let text = [stdout, stderr].map(String::from_utf8_lossy);
-    let mut said = text
-        .iter()
-        .flat_map(|t| t.lines())
+/// What a command printed, as one log field: its lines joined with " | ",
+/// at most [`SAID_MAX`] bytes of them.
+fn said(output: &[u8]) -> String {
+    let mut said = String::from_utf8_lossy(output)
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
@@ -54,6 +54,36 @@ fn said(stdout: &[u8], stderr: &[u8]) -> String {
 
 /// The most of a command's output one log line carries.
 const SAID_MAX: usize = 4096;
+
+/// Runs `cmd` with `sh -c`, its stdin empty and its stdout and stderr both
+/// going, in the order written, to `capture` (unlinked as soon as it is
+/// open, so nothing is left behind). Returns how it ended and what it said.
+///
+/// The output goes to a file, not a pipe, so that the command's end is its
+/// exit: a background process it started that keeps the output open (an
+/// ssh control master, a prefetcher) does not hold the standby up, as it
+/// would a reader waiting for a pipe's end.
+fn run_capturing(cmd: &str, capture: &Path) -> std::io::Result<(ExitStatus, String)> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(capture)?;
+    std::fs::remove_file(capture)?;
+    let status = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file.try_clone()?)
+        .status()?;
+    let mut output = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    (&mut file)
+        .take(4 * SAID_MAX as u64)
+        .read_to_end(&mut output)?;
+    Ok((status, said(&output)))
+}
 
 impl ReceiverStatus {
     /// A message from the primary, sent at `sent`, saying its WAL ends at
@@ -189,6 +219,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     let tli = host.timeline();
     let wal = host.wal();
     let scratch = host.wal_dir().join("RECOVERYXLOG");
+    let said_file = host.wal_dir().join("RECOVERYXLOG.said");
     let mut restored = 0;
     // A long catch-up says how it goes every ten seconds.
     let mut progress = Progress::for_log("restoring WAL from the archive", Total::Unknown);
@@ -232,11 +263,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             .replace('\u{0}', "%");
         // What it prints is kept, to go into this log as one field of the
         // line that says how the command ended, not as loose lines.
-        let run = std::process::Command::new("sh")
-            .args(["-c", &cmd])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map(|out| (out.status, said(&out.stdout, &out.stderr)));
+        let run = run_capturing(&cmd, &said_file);
         match run {
             Ok((status, said)) if status.success() => {
                 if !said.is_empty() {
@@ -687,11 +714,11 @@ mod tests {
     #[test]
     fn a_commands_output_is_one_bounded_line() {
         assert_eq!(
-            said(b"one\n\n two \n", b"cp: cannot stat 'x'\n"),
+            said(b"one\n\n two \ncp: cannot stat 'x'\n"),
             "one | two | cp: cannot stat 'x'"
         );
-        assert_eq!(said(b"", b""), "");
-        let long = said(&vec![b'x'; 10_000], b"");
+        assert_eq!(said(b""), "");
+        let long = said(&vec![b'x'; 10_000]);
         assert!(long.len() <= SAID_MAX + " …".len() && long.ends_with(" …"));
     }
 }
