@@ -1539,7 +1539,7 @@ System identifier, segment size, timeline, last checkpoint; CRC-protected, repla
 The generation this node writes in (1 for a new cluster).
 .TP
 \fIDIR/users\fR
-Roles, one per line: \fBname:attributes:verifier\fR, the verifier a SCRAM-SHA-256 hash, never the password.
+Roles, one per line: \fBname:attributes:verifier\fR, the verifier a SCRAM-SHA-256 hash, never the password. After init, manage roles in SQL on the primary (\fBCREATE ROLE\fR, \fBALTER ROLE\fR ... \fBPASSWORD\fR, psql's \fB\\password\fR, \fBDROP ROLE\fR; see \fBwalship\-server\fR(1)).
 .TP
 \fIDIR/wal/\fR
 WAL segments in PostgreSQL 15's format; \fIwal/archive_status/\fR for \fBwalship archive\fR.
@@ -1745,7 +1745,7 @@ Look for a promotion request (\fIDIR/promote.signal\fR) now; \fBwalship promote\
     const SERVER_FILES: &str = r#".SH FILES
 .TP
 \fIDIR/walship.conf\fR, \fIDIR/users\fR
-Settings, and the roles that may connect (see \fBwalship\-init\fR(1)): read at start and on \fBSIGHUP\fR. Every setting is listed in \fIwalship.conf\fR with its default and what it does. \fBmetrics_listen_address\fR (\fIHOST\fR:\fIPORT\fR, off by default, read at start) serves Prometheus metrics at \fB/metrics\fR: LSNs, epoch, timeline, each standby's lag in bytes and seconds, the archive backlog, and histograms of commit and WAL fsync latency (the README lists the names).
+Settings, and the roles that may connect (see \fBwalship\-init\fR(1)): read at start and on \fBSIGHUP\fR. On a primary, a superuser manages roles in SQL: \fBCREATE ROLE\fR \fIname\fR [\fBWITH\fR] [\fBSUPERUSER\fR] [\fBREPLICATION\fR] [\fBPASSWORD\fR '\fIpassword\fR'], \fBALTER ROLE\fR with the same options (and \fBNOSUPERUSER\fR, \fBNOREPLICATION\fR, \fBPASSWORD NULL\fR), \fBDROP ROLE\fR [\fBIF EXISTS\fR]; \fBUSER\fR is a synonym, and any role may change its own password (psql's \fB\\password\fR sends a SCRAM-SHA-256 verifier, kept as it is; a password is hashed into one). Each change rewrites \fIDIR/users\fR and is logged in the WAL with every role, so standbys and crash recovery get the same file. An edit by hand stays on the node edited until the next change in SQL replaces the file. Every setting is listed in \fIwalship.conf\fR with its default and what it does. \fBmetrics_listen_address\fR (\fIHOST\fR:\fIPORT\fR, off by default, read at start) serves Prometheus metrics at \fB/metrics\fR: LSNs, epoch, timeline, each standby's lag in bytes and seconds, the archive backlog, and histograms of commit and WAL fsync latency (the README lists the names).
 .TP
 \fIDIR/control\fR, \fIDIR/epoch\fR
 System identifier, segment size, timeline and last checkpoint; the epoch the node writes in, and the epoch that fenced it if one did.

@@ -51,6 +51,12 @@ impl fmt::Display for PgError {
 
 /// The SQLSTATEs walship uses, named as PostgreSQL's errcodes.txt names them.
 pub mod code {
+    pub const SUCCESSFUL_COMPLETION: &str = "00000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const DUPLICATE_OBJECT: &str = "42710";
+    pub const RESERVED_NAME: &str = "42939";
+    pub const INVALID_NAME: &str = "42602";
+    pub const OBJECT_IN_USE: &str = "55006";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const UNDEFINED_TABLE: &str = "42P01";
     pub const UNDEFINED_COLUMN: &str = "42703";

@@ -335,7 +335,7 @@ fn fill_new(dir: &DataDir, opts: &InitOptions) -> Result<ControlFile, DataDirErr
     .write(&dir.epoch())?;
     let (wal, _) = WalWriter::open(writer_config(dir, &control, false), None, &mut |_| {})?;
     let db = Db::new(wal, Store::default());
-    let (lsn, rows) = db.checkpoint()?;
+    let (lsn, rows) = db.checkpoint(&db.lock_roles())?;
     snapshot::write(&dir.checkpoints(), lsn, &rows)?;
     control.checkpoint = lsn;
     control.write(&dir.control())?;
@@ -378,6 +378,9 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
     let mut rows = snapshot::read(&dir.checkpoints(), control.checkpoint)?;
     let mut replayed = 0;
     let mut replay_error = None;
+    // The roles of the last ROLES record replayed: its users file may not
+    // have been written before the crash.
+    let mut roles = None;
     let checkpoint = control.checkpoint;
     let (wal, resumed) = WalWriter::open(
         writer_config(&dir, &control, settings.archive_mode && !standby),
@@ -398,6 +401,13 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
                     Ok(()) => replayed += 1,
                     Err(e) => replay_error = Some((r.lsn, e.to_string())),
                 },
+                Ok(Payload::Roles(text)) => match Users::from_record(text, r.lsn) {
+                    Ok(users) => {
+                        roles = Some(users);
+                        replayed += 1;
+                    }
+                    Err(e) => replay_error = Some((r.lsn, e.to_string())),
+                },
                 Ok(_) => {}
                 Err(e) => replay_error = Some((r.lsn, e)),
             }
@@ -405,6 +415,9 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
     )?;
     if let Some((lsn, why)) = replay_error {
         return Err(DataDirError::Replay { lsn, why });
+    }
+    if let Some(users) = roles {
+        users.write(&dir.users())?;
     }
     let mut control = control;
     control.state = NodeState::InProduction;

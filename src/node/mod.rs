@@ -8,6 +8,7 @@ pub mod datadir;
 mod exporter;
 pub mod promote;
 pub mod promote_journal;
+pub mod roles;
 pub mod server;
 pub mod session;
 pub mod standby;

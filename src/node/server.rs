@@ -36,6 +36,7 @@ use crate::replication::syncrep::WalSenders;
 use crate::replication::walreceiver::{self, ReceiverStatus, WalReceiverHost};
 use crate::replication::walsender::{Backup, WalSenderHost};
 use crate::sql::exec::{Host, Session, Value};
+use crate::sql::parse::RoleStatement;
 use crate::sql::views::SystemView;
 use crate::sqlstate::PgError;
 use crate::store::snapshot;
@@ -98,6 +99,10 @@ pub struct Node {
     dir: PathBuf,
     settings: RwLock<Arc<Settings>>,
     users: RwLock<Users>,
+    /// A role change is in force but the users file does not have it (its
+    /// write failed): the next checkpoint writes it first. Changed only
+    /// under the roles guard.
+    users_file_stale: AtomicBool,
     db: Db,
     control: Mutex<ControlFile>,
     pub(crate) epoch: Mutex<EpochFile>,
@@ -142,6 +147,11 @@ impl Node {
             Some(_) => Default::default(),
             None => self.settings().synchronous_standby_names.clone(),
         }
+    }
+
+    /// The roles in force.
+    fn users_now(&self) -> Users {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn user(&self, name: &str) -> Option<User> {
@@ -274,10 +284,18 @@ impl Node {
             ),
             ("integer_datetimes".into(), "on".into()),
             ("IntervalStyle".into(), p("intervalstyle")),
-            ("is_superuser".into(), "on".into()),
+            (
+                "is_superuser".into(),
+                if self.is_superuser(session.user()) {
+                    "on"
+                } else {
+                    "off"
+                }
+                .into(),
+            ),
             ("server_encoding".into(), "UTF8".into()),
             ("server_version".into(), SERVER_VERSION.into()),
-            ("session_authorization".into(), String::new()),
+            ("session_authorization".into(), session.user().into()),
             ("standard_conforming_strings".into(), "on".into()),
             ("TimeZone".into(), p("timezone")),
         ]
@@ -331,7 +349,14 @@ impl Node {
     fn checkpoint_locked(&self, state: NodeState) -> Result<Lsn, DataDirError> {
         let started = Instant::now();
         let (lsn, rows) = match self.standby() {
-            None => self.db.checkpoint()?,
+            None => {
+                let roles = self.db.lock_roles();
+                if self.users_file_stale.load(Ordering::Acquire) {
+                    self.users_now().write(&DataDir::new(&self.dir).users())?;
+                    self.users_file_stale.store(false, Ordering::Release);
+                }
+                self.db.checkpoint(&roles)?
+            }
             // A standby cannot write a checkpoint record: it makes a
             // restartpoint at the last checkpoint record it replayed.
             Some(standby) => match standby.take_restart_point() {
@@ -745,6 +770,16 @@ impl WalReceiverHost for Node {
                     Ok(Payload::Checkpoint { .. }) => {
                         standby.offer_restart_point(r.lsn, store.clone())
                     }
+                    // The file first: a restartpoint past this record may
+                    // follow, after which it is not replayed again.
+                    Ok(Payload::Roles(text)) => {
+                        let users = Users::from_record(text, r.lsn).map_err(|e| e.to_string())?;
+                        users
+                            .write(&DataDir::new(&self.dir).users())
+                            .map_err(|e| format!("record at {}: {e}", r.lsn))?;
+                        info!(lsn = %r.lsn, roles = users.users.len(), "replayed a role change");
+                        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+                    }
                     Ok(_) => {}
                     Err(e) => return Err(format!("record at {}: {e}", r.lsn)),
                 }
@@ -878,6 +913,7 @@ impl Host for Node {
             "data_directory" => self.dir.display().to_string(),
             "data_directory_mode" => "0700".into(),
             "max_identifier_length" => "63".into(),
+            "password_encryption" => "scram-sha-256".into(),
             "system_identifier" => control.system_id.to_string(),
             "timeline" => control.timeline.to_string(),
             "epoch" => self.lock_epoch().epoch.to_string(),
@@ -892,7 +928,6 @@ impl Host for Node {
                 "off"
             }
             .into(),
-            "is_superuser" => "on".into(),
             _ => return None,
         })
     }
@@ -1034,6 +1069,35 @@ impl Host for Node {
             &|| self.is_shutting_down(),
         )
     }
+    fn change_roles(
+        &self,
+        by: &str,
+        statement: &RoleStatement,
+    ) -> Result<(Lsn, Vec<PgError>), PgError> {
+        let guard = self.db.lock_roles();
+        let (users, notices) = super::roles::apply(&self.users_now(), by, statement)?;
+        let end = guard
+            .log(&users.to_text())
+            .map_err(crate::sql::exec::db_error)?;
+        let file = DataDir::new(&self.dir).users();
+        let written = users.write(&file);
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+        self.users_file_stale
+            .store(written.is_err(), Ordering::Release);
+        info!(role = %by, lsn = %end, "{}", statement.tag());
+        written.map_err(|e| {
+            error!(lsn = %end, "role change logged and in force, but the users file was not written (checkpoints write it first, or fail): {e}");
+            PgError::new(
+                crate::sqlstate::code::IO_ERROR,
+                format!("the role change is logged (at {end}) and in force, but {} could not be written: {e}", file.display()),
+            )
+            .with_hint("free space or fix the file's directory: the next checkpoint writes the file, and fails until it can")
+        })?;
+        Ok((end, notices))
+    }
+    fn is_superuser(&self, name: &str) -> bool {
+        self.user(name).is_some_and(|u| u.superuser)
+    }
     fn checkpoint(&self) -> Result<Lsn, PgError> {
         Node::checkpoint(self, NodeState::InProduction).map_err(|e| {
             error!("checkpoint failed: {e}");
@@ -1092,7 +1156,7 @@ fn warn_roles_without_password(settings: &Settings, users: &Users, file: &std::p
     }
     for user in users.users.iter().filter(|u| u.verifier.is_none()) {
         warn!(
-            "role \"{}\" has no password in {}, so it cannot log in with authentication = scram-sha-256; walship sets passwords only at init (walship init --pwfile): keep trust for this node, or init one with a password",
+            "role \"{}\" has no password in {}, so it cannot log in with authentication = scram-sha-256: give it one on the primary (ALTER ROLE name PASSWORD '…', or psql's \\password) while a role with a password, or trust, lets you in",
             user.name,
             file.display()
         );
@@ -1121,12 +1185,13 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         source,
     })?;
     let settings = Settings::load(&dir.conf())?;
-    let users = Users::read(&dir.users()).map_err(DataDirError::from)?;
-    warn_roles_without_password(&settings, &users, &dir.users());
     let slots = Slots::load(&dir.slots()).map_err(DataDirError::from)?;
     let started = Instant::now();
     let is_standby = dir.standby_signal().exists();
+    // Recovery rewrites the users file when it replays a role change.
     let opened = datadir::open(&dir.root, &settings, is_standby)?;
+    let users = Users::read(&dir.users()).map_err(DataDirError::from)?;
+    warn_roles_without_password(&settings, &users, &dir.users());
     info!(
         system_identifier = opened.control.system_id,
         timeline = %opened.control.timeline,
@@ -1182,6 +1247,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         dir: dir.root.clone(),
         settings: RwLock::new(Arc::new(settings)),
         users: RwLock::new(users),
+        users_file_stale: AtomicBool::new(false),
         db: opened.db,
         control: Mutex::new(opened.control),
         epoch: Mutex::new(opened.epoch),

@@ -326,7 +326,7 @@ fn send_result(
 ) -> usize {
     if from == 0 {
         for notice in &result.notices {
-            out.warning(notice);
+            out.notice(notice);
         }
     }
     if describe {

@@ -3,6 +3,12 @@
 //! `replication`, the verifier PostgreSQL's SCRAM-SHA-256 form
 //! (`SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey`) or empty.
 //! Passwords themselves are never stored.
+//!
+//! The file is rewritten (atomically) by CREATE / ALTER / DROP ROLE, whose
+//! ROLES record carries its whole text to standbys and to crash recovery,
+//! so every node of a system has the primary's roles. An edit by hand
+//! stays on the node edited (SIGHUP reloads it) until the next role change
+//! replaces the file.
 
 use std::path::Path;
 
@@ -10,6 +16,7 @@ use thiserror::Error;
 
 use crate::durable::{self, FileError, IoContext};
 use crate::protocol::scram::ScramVerifier;
+use crate::wal::Lsn;
 
 /// One role.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,13 +64,29 @@ impl Users {
 
     pub fn read(path: &Path) -> Result<Users, UserError> {
         let text = std::fs::read_to_string(path).at("read", path)?;
+        Users::parse(&text, &path.display().to_string())
+    }
+
+    /// The roles a ROLES record at `lsn` carries.
+    pub fn from_record(text: &[u8], lsn: Lsn) -> Result<Users, UserError> {
+        let label = format!("ROLES record at {lsn}");
+        let text = std::str::from_utf8(text).map_err(|_| UserError::Syntax {
+            file: label.clone(),
+            line: 0,
+            why: "not UTF-8".into(),
+        })?;
+        Users::parse(text, &label)
+    }
+
+    /// The roles `text` lists; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Users, UserError> {
         let mut users = Users::default();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
             let err = |why: &str| UserError::Syntax {
-                file: path.display().to_string(),
+                file: file.to_string(),
                 line: i + 1,
                 why: why.to_string(),
             };
@@ -105,6 +128,12 @@ impl Users {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), UserError> {
+        durable::replace_file(path, self.to_text().as_bytes())?;
+        Ok(())
+    }
+
+    /// The file's text: what [`Users::parse`] reads back as these roles.
+    pub fn to_text(&self) -> String {
         let mut text =
             String::from("# name:attributes:SCRAM-SHA-256 verifier (see walship-init(1))\n");
         for u in &self.users {
@@ -122,8 +151,7 @@ impl Users {
                 .unwrap_or_default();
             text.push_str(&format!("{}:{}:{}\n", u.name, attrs.join(","), verifier));
         }
-        durable::replace_file(path, text.as_bytes())?;
-        Ok(())
+        text
     }
 }
 

@@ -345,9 +345,16 @@ impl Out {
         self.report(b'E', severity, e);
     }
 
-    /// NoticeResponse at severity WARNING.
-    pub fn warning(&mut self, e: &PgError) {
-        self.report(b'N', "WARNING", e);
+    /// NoticeResponse: severity NOTICE for a SQLSTATE of class 00
+    /// (successful completion: "role does not exist, skipping"), WARNING
+    /// for any other, as PostgreSQL reports them.
+    pub fn notice(&mut self, e: &PgError) {
+        let severity = if e.code.starts_with("00") {
+            "NOTICE"
+        } else {
+            "WARNING"
+        };
+        self.report(b'N', severity, e);
     }
 
     fn report(&mut self, tag: u8, severity: &str, e: &PgError) {

@@ -73,6 +73,8 @@ pub enum RejoinError {
         first: Lsn,
         checkpoint: Lsn,
     },
+    #[error("this node changed its roles past the switch point {switch} (at {lsn}): its users file cannot be rewound. Rebuild it as a standby: walship basebackup --from <new primary> -D <new directory>")]
+    RolesChanged { switch: Lsn, lsn: Lsn },
     #[error("the segment {name} holding the switch point {switch} is gone from this node (recycled by its checkpoints): it cannot be cut back there. Rebuild it as a standby: walship basebackup --from <new primary> -D <new directory>")]
     SegmentGone { name: String, switch: Lsn },
     #[error("{0}")]
@@ -147,14 +149,23 @@ pub fn rejoin(
     };
     let mut end = from_lsn;
     let mut first_past = None;
+    let mut roles_past = None;
     let outcome = walk(&files, &mut decoder, None, |r| {
         end = r.end;
-        let is_commit = r.header().rmid == RM_WALSHIP_ID
-            && r.main_data()
-                .and_then(|d| Payload::decode(r.header().info, d).ok())
-                .is_some_and(|p| matches!(p, Payload::Commit(_)));
-        if is_commit && switch.is_some_and(|s| r.lsn >= s) && first_past.is_none() {
-            first_past = Some(r.lsn);
+        let payload = (r.header().rmid == RM_WALSHIP_ID)
+            .then(|| r.main_data())
+            .flatten()
+            .and_then(|d| Payload::decode(r.header().info, d).ok());
+        if switch.is_some_and(|s| r.lsn >= s) {
+            match payload {
+                Some(Payload::Commit(_)) => {
+                    first_past.get_or_insert(r.lsn);
+                }
+                Some(Payload::Roles(_)) => {
+                    roles_past.get_or_insert(r.lsn);
+                }
+                _ => {}
+            }
         }
         ControlFlow::Continue(())
     })?;
@@ -213,6 +224,10 @@ pub fn rejoin(
                     name: holding,
                     switch,
                 });
+            }
+            // The users file has no history to cut back to.
+            if let Some(lsn) = roles_past {
+                return Err(RejoinError::RolesChanged { switch, lsn });
             }
             if let (true, Some(first)) = (control.checkpoint > switch, first_past) {
                 return Err(RejoinError::CannotRewind {

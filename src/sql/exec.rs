@@ -8,7 +8,9 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::parse::{Column, Expr, Filter, Func, OnConflict, Projection, Select, Statement};
+use super::parse::{
+    Column, Expr, Filter, Func, OnConflict, Projection, RoleStatement, Select, Statement,
+};
 use super::views::SystemView;
 use crate::node::config::{Settings, SyncCommit};
 use crate::sqlstate::{code, PgError};
@@ -142,6 +144,16 @@ pub trait Host: Send + Sync {
     fn fence(&self, epoch: u64) -> Result<(), PgError>;
     /// `pg_promote()`: promote this standby and wait for it.
     fn promote(&self) -> Result<(), PgError>;
+    /// CREATE / ALTER / DROP ROLE, run by the role `by`: logged, durable
+    /// and in force when it returns. Returns where its record ends and the
+    /// notices for the client.
+    fn change_roles(
+        &self,
+        by: &str,
+        statement: &RoleStatement,
+    ) -> Result<(Lsn, Vec<PgError>), PgError>;
+    /// Whether the role `name` is a superuser now.
+    fn is_superuser(&self, name: &str) -> bool;
     /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
     /// (primary), `timeout` passes, or `cancel` is raised.
     fn wait_for_lsn(
@@ -183,6 +195,8 @@ const SESSION_PARAMS: &[(&str, &str)] = &[
 /// One client session's state.
 pub struct Session {
     host: Arc<dyn Host>,
+    /// The role the session authenticated as.
+    user: String,
     params: HashMap<String, String>,
     synchronous_commit: Option<SyncCommit>,
     txn: Option<Txn>,
@@ -286,8 +300,14 @@ impl Session {
                 params.insert(k, v.clone());
             }
         }
+        let user = startup_params
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         Session {
             host,
+            user,
             params,
             synchronous_commit: None,
             txn: None,
@@ -325,6 +345,11 @@ impl Session {
         self.params.get(name).map(String::as_str)
     }
 
+    /// The role the session authenticated as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// The session's effective `synchronous_commit`.
     pub fn synchronous_commit(&self) -> SyncCommit {
         self.synchronous_commit
@@ -347,18 +372,23 @@ impl Session {
     ) -> Result<R, PgError> {
         let began = std::time::Instant::now();
         let (result, end) = self.host.db().write(self.durability(), decide)?;
+        if let Some(end) = end {
+            self.wait_for_standbys(end)?;
+            crate::metrics::COMMIT_LATENCY.observe(began.elapsed());
+        }
+        Ok(result)
+    }
+
+    /// After a record ending at `end` is flushed locally: waits for the
+    /// synchronous standbys as `synchronous_commit` asks.
+    fn wait_for_standbys(&mut self, end: Lsn) -> Result<(), PgError> {
         let level = self.synchronous_commit();
-        if let (Some(end), SyncCommit::RemoteWrite | SyncCommit::On | SyncCommit::RemoteApply) =
-            (end, level)
-        {
+        if let SyncCommit::RemoteWrite | SyncCommit::On | SyncCommit::RemoteApply = level {
             if let Some(warning) = self.host.wait_for_sync(end, level, &self.cancel)? {
                 self.notices.push(warning);
             }
         }
-        if end.is_some() {
-            crate::metrics::COMMIT_LATENCY.observe(began.elapsed());
-        }
-        Ok(result)
+        Ok(())
     }
 
     /// Marks the current transaction block failed (after any error in it).
@@ -520,6 +550,21 @@ impl Session {
             Statement::Checkpoint => {
                 self.host.checkpoint()?;
                 Ok(tag("CHECKPOINT"))
+            }
+            Statement::Role(role) => {
+                // A role change is its own record, not part of a
+                // transaction's commit: a ROLLBACK could not undo it.
+                if self.txn.is_some() {
+                    return Err(PgError::new(
+                        code::ACTIVE_TRANSACTION,
+                        format!("{} cannot run inside a transaction block", role.tag()),
+                    ));
+                }
+                self.check_writable()?;
+                let (end, mut notices) = self.host.change_roles(&self.user, role)?;
+                self.notices.append(&mut notices);
+                self.wait_for_standbys(end)?;
+                Ok(tag(role.tag()))
             }
             Statement::View { view, columns } => {
                 let all = view.columns();
@@ -1002,8 +1047,14 @@ impl Session {
     }
 
     fn show(&self, name: &str) -> Result<String, PgError> {
-        if name == "synchronous_commit" {
-            return Ok(self.synchronous_commit().to_string());
+        match name {
+            "synchronous_commit" => return Ok(self.synchronous_commit().to_string()),
+            "is_superuser" => {
+                let on = self.host.is_superuser(&self.user);
+                return Ok(if on { "on" } else { "off" }.into());
+            }
+            "session_authorization" => return Ok(self.user.clone()),
+            _ => {}
         }
         if let Some(v) = self.params.get(name) {
             return Ok(v.clone());
@@ -1035,6 +1086,14 @@ pub const READ_ONLY_PARAMS: &[(&str, &str)] = &[
     ("integer_datetimes", "PostgreSQL's integer timestamps"),
     ("is_superuser", "whether this session's role is a superuser"),
     ("max_identifier_length", "the longest name"),
+    (
+        "password_encryption",
+        "how a password given to CREATE or ALTER ROLE is hashed",
+    ),
+    (
+        "session_authorization",
+        "the role this session authenticated as",
+    ),
     ("server_encoding", "the server's character set"),
     ("server_version", "the PostgreSQL version walship speaks as"),
     ("server_version_num", "the same, as a number"),

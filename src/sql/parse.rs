@@ -3,9 +3,10 @@
 //! PostgreSQL would use and a message naming what is supported.
 
 use sqlparser::ast::{
-    self, AssignmentTarget, CastKind, ConflictTarget, DataType, FromTable, FunctionArg,
-    FunctionArgExpr, FunctionArguments, GroupByExpr, ObjectName, OnConflictAction, OnInsert,
-    SelectItem, SetExpr, TableFactor, TableWithJoins, Value,
+    self, AlterRoleOperation, AssignmentTarget, CastKind, ConflictTarget, DataType, FromTable,
+    FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, ObjectType,
+    OnConflictAction, OnInsert, Password, RoleOption, SelectItem, SetExpr, TableFactor,
+    TableWithJoins, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -18,7 +19,7 @@ pub use super::views::SystemView;
 
 /// What walship supports, for error messages.
 pub const SUPPORTED: &str = "walship supports INSERT, UPDATE, DELETE and SELECT on the table kv (key text primary key, value text), \
-BEGIN/COMMIT/ROLLBACK, SET/SHOW, and the functions pg_current_wal_lsn(), pg_switch_wal(), pg_is_in_recovery(), \
+BEGIN/COMMIT/ROLLBACK, SET/SHOW, CREATE/ALTER/DROP ROLE, and the functions pg_current_wal_lsn(), pg_switch_wal(), pg_is_in_recovery(), \
 pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), version() and current_setting()";
 
 /// A value in a statement: a literal, or a parameter filled in at Bind.
@@ -140,6 +141,37 @@ pub enum Statement {
         lsn: Lsn,
         timeout: Option<std::time::Duration>,
     },
+    Role(RoleStatement),
+}
+
+/// CREATE, ALTER and DROP ROLE (USER is a synonym, as in PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoleStatement {
+    Create { name: String, options: RoleOptions },
+    Alter { name: String, options: RoleOptions },
+    Drop { names: Vec<String>, if_exists: bool },
+}
+
+impl RoleStatement {
+    /// The CommandComplete tag.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            RoleStatement::Create { .. } => "CREATE ROLE",
+            RoleStatement::Alter { .. } => "ALTER ROLE",
+            RoleStatement::Drop { .. } => "DROP ROLE",
+        }
+    }
+}
+
+/// The attributes a CREATE or ALTER ROLE sets; `None` leaves one as it is
+/// (for CREATE: not a superuser, may not replicate, no password).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleOptions {
+    pub superuser: Option<bool>,
+    pub replication: Option<bool>,
+    /// `PASSWORD 'text'` (`Some(Some(text))`) or `PASSWORD NULL`
+    /// (`Some(None)`); the text is a password or a SCRAM-SHA-256 verifier.
+    pub password: Option<Option<String>>,
 }
 
 impl Statement {
@@ -201,7 +233,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
             .windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
     };
-    if !names("checkpoint") && !names("wait") {
+    if !names("checkpoint") && !names("wait") && !names("user") {
         return parse_sql(sql);
     }
     let pieces = split_statements(sql);
@@ -218,10 +250,25 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
     Ok(statements)
 }
 
-/// CHECKPOINT and WAIT FOR LSN, which sqlparser does not know.
+/// CHECKPOINT, WAIT FOR LSN and CREATE / ALTER / DROP USER, which
+/// sqlparser does not know.
 fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
     if let Some(rest) = strip_words(statement, &["wait", "for", "lsn"]) {
         return Some(parse_wait_for_lsn(rest));
+    }
+    // `… USER name` is `… ROLE name` (but `… USER MAPPING` is another
+    // command). USER and ROLE are as long: error positions stay right.
+    for verb in ["create", "alter", "drop"] {
+        match strip_words(statement, &[verb, "user"]) {
+            Some(rest) if strip_words(rest, &["mapping"]).is_none() => {
+                let statement = parse_sql(&format!("{verb} ROLE{rest}")).and_then(|mut s| {
+                    s.pop()
+                        .ok_or_else(|| PgError::new(code::SYNTAX_ERROR, "syntax error"))
+                });
+                return Some(statement);
+            }
+            _ => {}
+        }
     }
     statement
         .eq_ignore_ascii_case("checkpoint")
@@ -314,6 +361,11 @@ fn postgres_command(sql: &str) -> Option<String> {
         .split(|c: char| !c.is_ascii_alphabetic())
         .next()?
         .to_ascii_uppercase();
+    // CREATE, ALTER and DROP ROLE are supported: an error in one is a
+    // syntax error.
+    if strip_words(sql, &[&word, "role"]).is_some() {
+        return None;
+    }
     COMMANDS.contains(&word.as_str()).then_some(word)
 }
 
@@ -467,6 +519,78 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
                 .collect::<Vec<_>>()
                 .join(" "),
         }),
+        ast::Statement::CreateRole {
+            names,
+            login,
+            inherit,
+            bypassrls,
+            password,
+            superuser,
+            create_db,
+            create_role,
+            replication,
+            connection_limit,
+            valid_until,
+            in_role,
+            in_group,
+            role,
+            user,
+            admin,
+            ..
+        } => {
+            let [name] = &names[..] else {
+                return Err(PgError::new(
+                    code::SYNTAX_ERROR,
+                    "CREATE ROLE creates one role at a time",
+                ));
+            };
+            for (clause, roles) in [
+                ("IN ROLE", in_role),
+                ("IN GROUP", in_group),
+                ("ROLE", role),
+                ("USER", user),
+                ("ADMIN", admin),
+            ] {
+                if !roles.is_empty() {
+                    return Err(role_unsupported(clause));
+                }
+            }
+            let options = [
+                login.map(RoleOption::Login),
+                inherit.map(RoleOption::Inherit),
+                bypassrls.map(RoleOption::BypassRLS),
+                password.map(RoleOption::Password),
+                superuser.map(RoleOption::SuperUser),
+                create_db.map(RoleOption::CreateDB),
+                create_role.map(RoleOption::CreateRole),
+                replication.map(RoleOption::Replication),
+                connection_limit.map(RoleOption::ConnectionLimit),
+                valid_until.map(RoleOption::ValidUntil),
+            ];
+            Ok(Statement::Role(RoleStatement::Create {
+                name: role_name(name)?,
+                options: role_options(options.into_iter().flatten())?,
+            }))
+        }
+        ast::Statement::AlterRole { name, operation } => match operation {
+            AlterRoleOperation::WithOptions { options } => {
+                Ok(Statement::Role(RoleStatement::Alter {
+                    name: ident_name(&name),
+                    options: role_options(options)?,
+                }))
+            }
+            AlterRoleOperation::RenameRole { .. } => Err(role_unsupported("RENAME")),
+            _ => Err(role_unsupported("SET and RESET")),
+        },
+        ast::Statement::Drop {
+            object_type: ObjectType::Role,
+            if_exists,
+            names,
+            ..
+        } => Ok(Statement::Role(RoleStatement::Drop {
+            names: names.iter().map(role_name).collect::<Result<_, _>>()?,
+            if_exists,
+        })),
         other => {
             let text = other.to_string();
             let verb: String = text
@@ -477,6 +601,55 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
             Err(unsupported(verb))
         }
     }
+}
+
+fn role_unsupported(what: &str) -> PgError {
+    PgError::new(
+        code::FEATURE_NOT_SUPPORTED,
+        format!("{what} is not supported on roles"),
+    )
+    .with_hint("a walship role has SUPERUSER, REPLICATION and PASSWORD, and may always log in")
+}
+
+/// A role's name as PostgreSQL folds it: lower case unless quoted.
+fn ident_name(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn role_name(name: &ObjectName) -> Result<String, PgError> {
+    match &name.0[..] {
+        [ident] => Ok(ident_name(ident)),
+        _ => Err(PgError::new(
+            code::SYNTAX_ERROR,
+            format!("\"{name}\" is not a role name"),
+        )),
+    }
+}
+
+fn role_options(options: impl IntoIterator<Item = RoleOption>) -> Result<RoleOptions, PgError> {
+    let mut out = RoleOptions::default();
+    for option in options {
+        match option {
+            RoleOption::Login(true) => {}
+            RoleOption::SuperUser(on) => out.superuser = Some(on),
+            RoleOption::Replication(on) => out.replication = Some(on),
+            RoleOption::Password(Password::NullPassword) => out.password = Some(None),
+            RoleOption::Password(Password::Password(ast::Expr::Value(
+                Value::SingleQuotedString(text),
+            ))) => out.password = Some(Some(text)),
+            RoleOption::Password(Password::Password(_)) => {
+                return Err(PgError::new(
+                    code::SYNTAX_ERROR,
+                    "PASSWORD takes a string literal or NULL",
+                ))
+            }
+            other => return Err(role_unsupported(&other.to_string())),
+        }
+    }
+    Ok(out)
 }
 
 fn setting_value(e: &ast::Expr) -> Result<String, PgError> {
@@ -1166,5 +1339,70 @@ mod tests {
             .hint
             .unwrap()
             .contains("INSERT, UPDATE, DELETE and SELECT"));
+    }
+
+    #[test]
+    fn roles_are_created_altered_and_dropped_as_in_postgresql() {
+        let role = |sql: &str| match one(sql) {
+            Statement::Role(r) => r,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            role("CREATE ROLE App WITH LOGIN REPLICATION PASSWORD 'pw'"),
+            RoleStatement::Create {
+                name: "app".into(),
+                options: RoleOptions {
+                    superuser: None,
+                    replication: Some(true),
+                    password: Some(Some("pw".into())),
+                },
+            }
+        );
+        // psql's \password, and the USER synonyms.
+        assert_eq!(
+            role("ALTER USER \"Bob\" PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b'"),
+            RoleStatement::Alter {
+                name: "Bob".into(),
+                options: RoleOptions {
+                    password: Some(Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into())),
+                    ..Default::default()
+                },
+            }
+        );
+        assert_eq!(
+            role("create user carol superuser"),
+            role("CREATE ROLE carol SUPERUSER")
+        );
+        assert_eq!(
+            role("ALTER ROLE carol NOSUPERUSER PASSWORD NULL"),
+            RoleStatement::Alter {
+                name: "carol".into(),
+                options: RoleOptions {
+                    superuser: Some(false),
+                    replication: None,
+                    password: Some(None),
+                },
+            }
+        );
+        assert_eq!(
+            role("DROP USER IF EXISTS a, B"),
+            RoleStatement::Drop {
+                names: vec!["a".into(), "b".into()],
+                if_exists: true,
+            }
+        );
+        let refused = |sql: &str| parse(sql).unwrap_err();
+        for sql in [
+            "CREATE ROLE a CREATEDB",
+            "CREATE ROLE a NOLOGIN",
+            "CREATE ROLE a IN ROLE b",
+            "ALTER ROLE a RENAME TO b",
+            "ALTER ROLE a SET work_mem = 1",
+            "CREATE USER MAPPING FOR a SERVER s",
+        ] {
+            assert_eq!(refused(sql).code, "0A000", "{sql}");
+        }
+        assert_eq!(refused("ALTER ROLE a PASSWORD $1").code, "42601");
+        assert_eq!(refused("ALTER USER a").code, "42601");
     }
 }

@@ -123,6 +123,38 @@ pub struct Db {
     wal: WalWriter,
     rows: RwLock<Store>,
     queue: Mutex<Queue>,
+    /// Held from deciding a role change to writing it out (see
+    /// [`Db::lock_roles`]), and by a checkpoint; taken before `queue`.
+    roles: Mutex<()>,
+}
+
+/// The right to change the roles: one change at a time, and no checkpoint
+/// until the change is written out.
+pub struct RolesGuard<'a> {
+    db: &'a Db,
+    _held: MutexGuard<'a, ()>,
+}
+
+impl RolesGuard<'_> {
+    /// Logs a ROLES record carrying the users file's new `text` and waits
+    /// until it is durable (and every commit before it visible); returns
+    /// where it ends.
+    pub fn log(&self, text: &str) -> Result<Lsn, DbError> {
+        let db = self.db;
+        let end = {
+            let _queue = db.lock_queue();
+            match db.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
+                0 => {}
+                epoch => return Err(DbError::Fenced(epoch)),
+            }
+            let mut data = Vec::new();
+            let info = Payload::Roles(text.as_bytes()).encode(&mut data);
+            db.wal.append(RM_WALSHIP_ID, info, 0, &data)?.end
+        };
+        let flushed = db.wal.flush(end)?;
+        db.apply_upto(flushed);
+        Ok(end)
+    }
 }
 
 impl Db {
@@ -133,6 +165,19 @@ impl Db {
             wal,
             rows: RwLock::new(rows),
             queue: Mutex::new(Queue::default()),
+            roles: Mutex::new(()),
+        }
+    }
+
+    /// For a role change: decide it while holding the guard, log it with
+    /// [`RolesGuard::log`], then write the users file before letting go.
+    /// A checkpoint needs the guard too, so its redo point never falls
+    /// between a ROLES record and the users file it changed: crash
+    /// recovery replays every ROLES record whose file may not be written.
+    pub fn lock_roles(&self) -> RolesGuard<'_> {
+        RolesGuard {
+            db: self,
+            _held: self.roles.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
 
@@ -296,7 +341,8 @@ impl Db {
     /// Writes a checkpoint record and returns its LSN with a snapshot of the
     /// rows holding exactly every change before it. The caller makes the
     /// snapshot durable and then records the checkpoint in the control file.
-    pub fn checkpoint(&self) -> Result<(Lsn, Store), DbError> {
+    /// It holds the roles guard, and has written out every role change.
+    pub fn checkpoint(&self, _roles: &RolesGuard<'_>) -> Result<(Lsn, Store), DbError> {
         let queue = self.lock_queue();
         let redo = self.wal.next_record_lsn();
         let mut data = Vec::new();

@@ -16,7 +16,7 @@ use imbl::OrdMap;
 use crate::wal::payload::Op;
 use crate::wal::Lsn;
 
-pub use db::{Db, DbError, Durability, KvOp, View};
+pub use db::{Db, DbError, Durability, KvOp, RolesGuard, View};
 
 /// A key or a value as the store holds it: inline when it is short (up to
 /// 24 bytes, as most keys are), so a lookup compares keys where the tree's

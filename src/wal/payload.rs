@@ -7,9 +7,13 @@
 //!                         u32 key length, key, [u32 value length, value]
 //! CHECKPOINT (info 0x10)  u64 redo LSN
 //! MESSAGE    (info 0x20)  opaque bytes (tests, benchmarks, keep-alive)
+//! ROLES      (info 0x30)  the whole users file after a CREATE, ALTER or
+//!                         DROP ROLE, as text (see `node::users`)
 //! ```
 //! All integers little-endian. A transaction's writes travel in its one
-//! COMMIT record, so they are durable and visible together.
+//! COMMIT record, so they are durable and visible together. A ROLES record
+//! carries every role, not the change, so replaying it twice, or replaying
+//! only the last of several, leaves the same roles.
 
 use std::fmt;
 
@@ -19,6 +23,7 @@ use super::lsn::Lsn;
 const INFO_COMMIT: u8 = 0x00;
 const INFO_CHECKPOINT: u8 = 0x10;
 const INFO_MESSAGE: u8 = 0x20;
+const INFO_ROLES: u8 = 0x30;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -33,8 +38,12 @@ pub enum Op<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload<'a> {
     Commit(Vec<Op<'a>>),
-    Checkpoint { redo: Lsn },
+    Checkpoint {
+        redo: Lsn,
+    },
     Message(&'a [u8]),
+    /// The users file's text.
+    Roles(&'a [u8]),
 }
 
 /// Why a walship record's main data does not decode.
@@ -74,6 +83,10 @@ impl<'a> Payload<'a> {
                 out.extend_from_slice(bytes);
                 INFO_MESSAGE
             }
+            Payload::Roles(text) => {
+                out.extend_from_slice(text);
+                INFO_ROLES
+            }
         }
     }
 
@@ -105,6 +118,7 @@ impl<'a> Payload<'a> {
                 redo: Lsn(r.u64().ok_or(err("truncated redo LSN"))?),
             },
             INFO_MESSAGE => Payload::Message(r.rest()),
+            INFO_ROLES => Payload::Roles(r.rest()),
             _ => return Err(err("unknown kind")),
         };
         if !r.is_done() {
@@ -157,6 +171,13 @@ impl fmt::Display for Payload<'_> {
             }
             Payload::Checkpoint { redo } => write!(f, "CHECKPOINT redo {redo}"),
             Payload::Message(b) => write!(f, "MESSAGE {} bytes", b.len()),
+            Payload::Roles(text) => {
+                let roles = text
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+                    .count();
+                write!(f, "ROLES {roles} role{}", if roles == 1 { "" } else { "s" })
+            }
         }
     }
 }
@@ -180,6 +201,7 @@ mod tests {
                 redo: Lsn(0x1000028),
             },
             Payload::Message(b"hello"),
+            Payload::Roles(b"# header\nalice:superuser:\n"),
         ];
         for p in cases {
             let mut buf = Vec::new();
@@ -209,6 +231,10 @@ mod tests {
             }])
             .to_string(),
             "COMMIT 1 op: put 'a\\n'='b'"
+        );
+        assert_eq!(
+            Payload::Roles(b"# name:attributes:verifier\nalice:superuser:\nbob::\n").to_string(),
+            "ROLES 2 roles"
         );
     }
 }

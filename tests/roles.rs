@@ -1,0 +1,176 @@
+//! Roles managed in SQL: CREATE / ALTER / DROP ROLE on the primary (and
+//! psql's `\password`), carried to standbys in the WAL and through crash
+//! recovery, checked by logging in with the passwords they set.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{pg_bin, Node};
+use nix::sys::signal::Signal;
+
+/// A verifier PostgreSQL 15 computed (`CREATE ROLE … PASSWORD
+/// 'walship-interop'`, then `pg_authid.rolpassword`).
+const PG_VERIFIER: &str = "SCRAM-SHA-256$4096:XSJORJwU9D/NPEt21MnF7Q==$ztK+lTIbk/9URivJyBydhhjghjAOCUcntEKcn2ZDNsI=:twk0O9N4z5a5tzt2E6nV9v8mmnTehRvii17mf8+DMko=";
+
+fn connect(node: &Node, user: &str, password: &str) -> Result<postgres::Client, postgres::Error> {
+    postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=walship connect_timeout=10",
+            node.port
+        ),
+        postgres::NoTls,
+    )
+}
+
+fn sqlstate(e: &postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// The first column of the first row `sql` returns.
+fn one(client: &mut postgres::Client, sql: &str) -> String {
+    client
+        .simple_query(sql)
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql} returned no row"))
+}
+
+fn caught_up(primary: &mut postgres::Client, standby: &mut postgres::Client) {
+    let lsn = one(primary, "SELECT pg_current_wal_lsn()");
+    let status = one(
+        standby,
+        &format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '30s')"),
+    );
+    assert_eq!(status, "success");
+}
+
+fn require_scram(node: &Node) {
+    node.configure("authentication = scram-sha-256");
+    node.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connect(node, "tester", "wrong").is_ok() {
+        assert!(std::time::Instant::now() < deadline, "{}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn roles_changed_in_sql_reach_standbys_and_survive_a_crash() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    standby.start();
+    let mut c = primary.client();
+    c.batch_execute("ALTER ROLE tester PASSWORD 's3cret'")
+        .unwrap();
+    c.batch_execute("CREATE ROLE app LOGIN PASSWORD 'first'")
+        .unwrap();
+    c.batch_execute("CREATE USER repl WITH REPLICATION")
+        .unwrap();
+    // A verifier made by PostgreSQL is taken as it is.
+    c.batch_execute(&format!("ALTER USER app PASSWORD '{PG_VERIFIER}'"))
+        .unwrap();
+    let e = c.batch_execute("CREATE ROLE app").unwrap_err();
+    assert_eq!(sqlstate(&e), "42710");
+    let e = c
+        .batch_execute("BEGIN; CREATE ROLE other; COMMIT")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "25001");
+    c.batch_execute("ROLLBACK").unwrap();
+    caught_up(&mut c, &mut standby.client());
+    assert_eq!(
+        std::fs::read_to_string(standby.dir.join("users")).unwrap(),
+        std::fs::read_to_string(primary.dir.join("users")).unwrap()
+    );
+    assert!(standby.log().contains("replayed a role change"));
+
+    require_scram(&primary);
+    require_scram(&standby);
+    for node in [&primary, &standby] {
+        let mut app = connect(node, "app", "walship-interop").unwrap();
+        assert_eq!(one(&mut app, "SHOW is_superuser"), "off");
+        assert_eq!(
+            sqlstate(&connect(node, "app", "first").err().unwrap()),
+            "28P01"
+        );
+        let mut tester = connect(node, "tester", "s3cret").unwrap();
+        assert_eq!(one(&mut tester, "SHOW is_superuser"), "on");
+    }
+    // A standby takes no role changes; a role that is not a superuser may
+    // change its own password and nothing else.
+    let mut on_standby = connect(&standby, "tester", "s3cret").unwrap();
+    let e = on_standby.batch_execute("CREATE ROLE x").unwrap_err();
+    assert_eq!(sqlstate(&e), "25006");
+    let mut app = connect(&primary, "app", "walship-interop").unwrap();
+    let e = app.batch_execute("CREATE ROLE x").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e = app.batch_execute("ALTER ROLE app SUPERUSER").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    app.batch_execute("ALTER ROLE app PASSWORD 'second'")
+        .unwrap();
+    let mut c = connect(&primary, "tester", "s3cret").unwrap();
+    c.batch_execute("DROP ROLE repl").unwrap();
+    caught_up(&mut c, &mut on_standby);
+    for node in [&primary, &standby] {
+        connect(node, "app", "second").unwrap();
+        assert_eq!(
+            sqlstate(&connect(node, "repl", "x").err().unwrap()),
+            "28000"
+        );
+    }
+
+    // A crash after a role change's record is durable and before its
+    // users file is written: recovery replays the record.
+    let before = primary.dir.join("users.before");
+    std::fs::copy(primary.dir.join("users"), &before).unwrap();
+    c.batch_execute("ALTER ROLE app PASSWORD 'third'").unwrap();
+    primary.kill9();
+    std::fs::rename(&before, primary.dir.join("users")).unwrap();
+    primary.start();
+    connect(&primary, "app", "third").unwrap();
+    assert!(connect(&primary, "app", "second").is_err());
+}
+
+#[test]
+fn psql_password_sets_a_password_walship_accepts() {
+    let mut node = Node::init("");
+    node.start();
+    node.client()
+        .batch_execute("CREATE ROLE app LOGIN")
+        .unwrap();
+    // psql reads the new password from the terminal, or from its stdin
+    // when it has none (setsid: no controlling terminal).
+    let mut psql = std::process::Command::new("setsid")
+        .arg("-w")
+        .arg(pg_bin("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-p", &node.port.to_string()])
+        .args(["-U", "tester", "-d", "walship", "-c", "\\password app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    psql.stdin
+        .take()
+        .unwrap()
+        .write_all(b"from-psql\nfrom-psql\n")
+        .unwrap();
+    let out = psql.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = std::fs::read_to_string(node.dir.join("users")).unwrap();
+    assert!(!users.contains("from-psql"), "{users}");
+    require_scram(&node);
+    connect(&node, "app", "from-psql").unwrap();
+}
