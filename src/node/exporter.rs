@@ -94,7 +94,7 @@ impl Node {
         for s in &standbys {
             let who = format!(
                 "{},{}",
-                label("application_name", &s.application_name),
+                label("application_name", &s.peer.application_name),
                 label("sync_state", s.sync_state)
             );
             // A standby that has not reported a position yet has no lag to

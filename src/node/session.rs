@@ -90,18 +90,16 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                     key,
                 )
                 .and_then(|()| {
-                    let app = params
+                    let application_name = params
                         .iter()
                         .find(|(k, _)| k == "application_name")
-                        .map(|(_, v)| v.as_str())
-                        .unwrap_or("");
-                    let client_addr =
-                        peer_addr.map_or_else(|| peer.clone(), |a| a.ip().to_string());
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
                     let who = walsender::Peer {
                         pid,
-                        usename: &user,
-                        application_name: app,
-                        client_addr: &client_addr,
+                        usename: user.clone(),
+                        application_name,
+                        client_addr: peer_addr.map_or_else(|| peer.clone(), |a| a.ip().to_string()),
                         client_port: peer_addr.map_or(0, |a| a.port()),
                         backend_start,
                     };

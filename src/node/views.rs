@@ -31,16 +31,16 @@ impl Node {
                                 .then(|| Value::Int(flushed.0.saturating_sub(pos.0) as i64))
                         };
                         vec![
-                            Some(Value::Int(i64::from(s.pid))),
+                            Some(Value::Int(i64::from(s.peer.pid))),
                             // walship's roles have no OIDs, nor its
                             // standbys an xmin to hold back.
                             None,
-                            text(s.usename),
-                            text(s.application_name),
-                            text(s.client_addr),
+                            text(s.peer.usename),
+                            text(s.peer.application_name),
+                            text(s.peer.client_addr),
                             None,
-                            Some(Value::Int(i64::from(s.client_port))),
-                            Some(Value::Timestamp(s.backend_start)),
+                            Some(Value::Int(i64::from(s.peer.client_port))),
+                            Some(Value::Timestamp(s.peer.backend_start)),
                             None,
                             text(s.state),
                             lsn(s.sent),

@@ -165,13 +165,7 @@ impl LagTracker {
 
 /// One walsender, as `pg_stat_replication` shows it.
 struct Sender {
-    pid: i32,
-    usename: String,
-    application_name: String,
-    client_addr: String,
-    client_port: u16,
-    /// When the connection began (PostgreSQL's microseconds since 2000).
-    backend_start: i64,
+    peer: Peer,
     streaming: bool,
     sent: Lsn,
     write: Lsn,
@@ -184,12 +178,7 @@ struct Sender {
 /// A row of `pg_stat_replication`.
 #[derive(Clone, Debug)]
 pub struct SenderStatus {
-    pub pid: i32,
-    pub usename: String,
-    pub application_name: String,
-    pub client_addr: String,
-    pub client_port: u16,
-    pub backend_start: i64,
+    pub peer: Peer,
     pub state: &'static str,
     pub sent: Lsn,
     pub write: Lsn,
@@ -224,14 +213,9 @@ impl WalSenders {
         self.senders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, peer: &Peer<'_>) {
+    pub fn register(&self, peer: Peer) {
         self.lock().push(Sender {
-            pid: peer.pid,
-            usename: peer.usename.to_string(),
-            application_name: peer.application_name.to_string(),
-            client_addr: peer.client_addr.to_string(),
-            client_port: peer.client_port,
-            backend_start: peer.backend_start,
+            peer,
             streaming: false,
             sent: Lsn::INVALID,
             write: Lsn::INVALID,
@@ -258,14 +242,14 @@ impl WalSenders {
     }
 
     pub fn unregister(&self, pid: i32) {
-        self.lock().retain(|s| s.pid != pid);
+        self.lock().retain(|s| s.peer.pid != pid);
         for changed in &self.changed {
             changed.notify_all();
         }
     }
 
     fn with(&self, pid: i32, f: impl FnOnce(&mut Sender)) {
-        if let Some(s) = self.lock().iter_mut().find(|s| s.pid == pid) {
+        if let Some(s) = self.lock().iter_mut().find(|s| s.peer.pid == pid) {
             f(s);
         }
     }
@@ -330,7 +314,7 @@ impl WalSenders {
             .iter()
             .map(|s| {
                 let priority = if s.streaming {
-                    names.priority(&s.application_name).unwrap_or(0)
+                    names.priority(&s.peer.application_name).unwrap_or(0)
                 } else {
                     0
                 };
@@ -338,18 +322,13 @@ impl WalSenders {
                     "async"
                 } else if names.method == SyncMethod::Any {
                     "quorum"
-                } else if sync.contains(&s.pid) {
+                } else if sync.contains(&s.peer.pid) {
                     "sync"
                 } else {
                     "potential"
                 };
                 SenderStatus {
-                    pid: s.pid,
-                    usename: s.usename.clone(),
-                    client_port: s.client_port,
-                    backend_start: s.backend_start,
-                    application_name: s.application_name.clone(),
-                    client_addr: s.client_addr.clone(),
+                    peer: s.peer.clone(),
                     state: if s.streaming { "streaming" } else { "startup" },
                     sent: s.sent,
                     write: s.write,
@@ -441,7 +420,7 @@ fn candidates<'a>(senders: &'a [Sender], names: &SyncStandbyNames) -> Vec<(usize
     let mut c: Vec<(usize, &Sender)> = senders
         .iter()
         .filter(|s| s.streaming)
-        .filter_map(|s| names.priority(&s.application_name).map(|p| (p, s)))
+        .filter_map(|s| names.priority(&s.peer.application_name).map(|p| (p, s)))
         .collect();
     c.sort_by_key(|(p, _)| *p);
     c
@@ -453,7 +432,7 @@ fn sync_members(senders: &[Sender], names: &SyncStandbyNames) -> Vec<i32> {
         SyncMethod::First => candidates(senders, names)
             .iter()
             .take(names.num)
-            .map(|(_, s)| s.pid)
+            .map(|(_, s)| s.peer.pid)
             .collect(),
         SyncMethod::Any => Vec::new(),
     }
@@ -486,7 +465,7 @@ fn describe(senders: &[Sender], names: &SyncStandbyNames) -> String {
         return "none of them is connected".into();
     }
     c.iter()
-        .map(|(_, s)| format!("{} flushed to {}", s.application_name, s.flush))
+        .map(|(_, s)| format!("{} flushed to {}", s.peer.application_name, s.flush))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -529,12 +508,11 @@ mod tests {
 
     fn sender(pid: i32, name: &str, flush: u64) -> Sender {
         Sender {
-            pid,
-            usename: String::new(),
-            application_name: name.into(),
-            client_addr: String::new(),
-            client_port: 0,
-            backend_start: 0,
+            peer: Peer {
+                pid,
+                application_name: name.into(),
+                ..Peer::default()
+            },
             streaming: true,
             sent: Lsn(flush),
             write: Lsn(flush),
@@ -567,13 +545,11 @@ mod tests {
     #[test]
     fn each_level_is_released_by_its_own_position() {
         let senders = std::sync::Arc::new(WalSenders::default());
-        senders.register(&Peer {
+        senders.register(Peer {
             pid: 1,
-            usename: "rep",
-            application_name: "s1",
-            client_addr: "",
-            client_port: 0,
-            backend_start: 0,
+            usename: "rep".into(),
+            application_name: "s1".into(),
+            ..Peer::default()
         });
         senders.streaming(1, Lsn(0));
         let names = SyncStandbyNames::parse("s1").unwrap();

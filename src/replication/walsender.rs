@@ -94,13 +94,14 @@ fn text_result(out: &mut Out, columns: &[(&str, u32)], row: &[Option<String>]) {
 }
 
 /// Who is at the other end of a walsender.
-pub struct Peer<'a> {
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
     /// The session's process id (`pg_stat_replication.pid`).
     pub pid: i32,
     /// The role it authenticated as.
-    pub usename: &'a str,
-    pub application_name: &'a str,
-    pub client_addr: &'a str,
+    pub usename: String,
+    pub application_name: String,
+    pub client_addr: String,
     pub client_port: u16,
     /// When the connection was accepted (microseconds since 2000).
     pub backend_start: i64,
@@ -110,11 +111,11 @@ pub struct Peer<'a> {
 /// ReadyForQuery was sent).
 pub fn serve(
     host: &dyn WalSenderHost,
-    peer: &Peer<'_>,
+    peer: &Peer,
     r: &mut Reader,
     w: &mut Writer,
 ) -> Result<(), ProtoError> {
-    host.senders().register(peer);
+    host.senders().register(peer.clone());
     struct Unregister<'a>(&'a WalSenders, i32);
     impl Drop for Unregister<'_> {
         fn drop(&mut self) {
