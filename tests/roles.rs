@@ -79,10 +79,16 @@ fn roles_changed_in_sql_reach_standbys_and_survive_a_crash() {
         .unwrap();
     let e = c.batch_execute("CREATE ROLE app").unwrap_err();
     assert_eq!(sqlstate(&e), "42710");
+    // A transaction block's role changes are made at COMMIT, together;
+    // a ROLLBACK undoes them; rows and roles do not mix in one block.
+    c.batch_execute("BEGIN; CREATE ROLE other; ALTER ROLE other PASSWORD 'o'; ROLLBACK")
+        .unwrap();
+    c.batch_execute("DROP ROLE IF EXISTS other; CREATE ROLE other; DROP ROLE other")
+        .unwrap();
     let e = c
-        .batch_execute("BEGIN; CREATE ROLE other; COMMIT")
+        .batch_execute("BEGIN; CREATE ROLE other; INSERT INTO kv VALUES ('k', 'v')")
         .unwrap_err();
-    assert_eq!(sqlstate(&e), "25001");
+    assert_eq!(sqlstate(&e), "0A000");
     c.batch_execute("ROLLBACK").unwrap();
     caught_up(&mut c, &mut standby.client());
     assert_eq!(
@@ -111,7 +117,19 @@ fn roles_changed_in_sql_reach_standbys_and_survive_a_crash() {
     let mut app = connect(&primary, "app", "walship-interop").unwrap();
     let e = app.batch_execute("CREATE ROLE x").unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
-    let e = app.batch_execute("ALTER ROLE app SUPERUSER").unwrap_err();
+    for refused in [
+        "ALTER ROLE app SUPERUSER",
+        "CHECKPOINT",
+        "SELECT pg_switch_wal()",
+        "SELECT walship_fence(9)",
+    ] {
+        let e = app.batch_execute(refused).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{refused}");
+    }
+    let mut app_on_standby = connect(&standby, "app", "walship-interop").unwrap();
+    let e = app_on_standby
+        .batch_execute("SELECT pg_promote()")
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     app.batch_execute("ALTER ROLE app PASSWORD 'second'")
         .unwrap();
@@ -122,7 +140,7 @@ fn roles_changed_in_sql_reach_standbys_and_survive_a_crash() {
         connect(node, "app", "second").unwrap();
         assert_eq!(
             sqlstate(&connect(node, "repl", "x").err().unwrap()),
-            "28000"
+            "28P01"
         );
     }
 
@@ -146,12 +164,13 @@ fn psql_password_sets_a_password_walship_accepts() {
         .batch_execute("CREATE ROLE app LOGIN")
         .unwrap();
     // psql reads the new password from the terminal, or from its stdin
-    // when it has none (setsid: no controlling terminal).
+    // when it has none (setsid: no controlling terminal). Without a name,
+    // \password asks for the session's role and changes its password.
     let mut psql = std::process::Command::new("setsid")
         .arg("-w")
         .arg(pg_bin("psql"))
         .args(["-X", "-h", "127.0.0.1", "-p", &node.port.to_string()])
-        .args(["-U", "tester", "-d", "walship", "-c", "\\password app"])
+        .args(["-U", "app", "-d", "walship", "-c", "\\password"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

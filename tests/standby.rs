@@ -616,3 +616,47 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
         primary.query_one("SELECT walship_store_checksum()")
     );
 }
+
+/// A record that passes its CRC but does not replay (here a ROLES record
+/// whose text is not a users file, put into the primary's WAL before its
+/// last checkpoint, so that only the standby replays it) stops the
+/// standby with an error naming it, and its recovery refuses it again:
+/// nothing after it is skipped, and nothing builds on a store that lacks it.
+#[test]
+fn a_record_that_does_not_replay_stops_the_standby() {
+    use walship::node::{config::Settings, control::NodeState, datadir};
+    use walship::store::snapshot;
+
+    let mut primary = Node::init("");
+    primary.keep_port().start();
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    primary.stop();
+    let bad = {
+        let settings = Settings::load(&primary.dir.join("walship.conf")).unwrap();
+        let opened = datadir::open(&primary.dir, &settings, false).unwrap();
+        let before = opened.db.wal().insert_lsn();
+        opened.db.lock_roles().log("tester:wizard:\n").unwrap();
+        let roles = opened.db.lock_roles();
+        let (lsn, rows) = opened.db.checkpoint(&roles).unwrap();
+        snapshot::write(&primary.dir.join("checkpoints"), lsn, &rows).unwrap();
+        let mut control = opened.control;
+        datadir::record_checkpoint(&primary.dir, &mut control, lsn, NodeState::ShutDown).unwrap();
+        before
+    };
+    primary.start();
+    standby.start();
+    assert!(standby.wait_log("replay failed"), "{}", standby.log());
+    assert_eq!(standby.stop().code(), Some(1));
+    let log = standby.log();
+    assert!(
+        log.contains(&format!("ROLES record at {bad}")) && log.contains("unknown attribute"),
+        "{log}"
+    );
+    let out = common::walship(&["server", "-D", standby.dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains(&format!("WAL record at {bad} could not be replayed")),
+        "{}",
+        common::stderr(&out)
+    );
+}

@@ -15,23 +15,36 @@ use crate::sqlstate::{code, PgError};
 /// PostgreSQL's limit on a name (NAMEDATALEN - 1 bytes).
 const MAX_NAME: usize = 63;
 
-/// The roles after `statement`, run by the role `by`, and the notices for
-/// its client; or why it is refused, with nothing changed.
+/// The roles after `statements` (a transaction's, in order), run by the
+/// role `by`, and the notices for its client; or why one is refused, with
+/// nothing changed.
 pub fn apply(
     users: &Users,
     by: &str,
-    statement: &RoleStatement,
+    statements: &[RoleStatement],
 ) -> Result<(Users, Vec<PgError>), PgError> {
-    let is_superuser = users.get(by).is_some_and(|u| u.superuser);
     let mut after = users.clone();
     let mut notices = Vec::new();
+    for statement in statements {
+        apply_one(&mut after, by, statement, &mut notices)?;
+    }
+    Ok((after, notices))
+}
+
+fn apply_one(
+    after: &mut Users,
+    by: &str,
+    statement: &RoleStatement,
+    notices: &mut Vec<PgError>,
+) -> Result<(), PgError> {
+    let is_superuser = after.get(by).is_some_and(|u| u.superuser);
     match statement {
         RoleStatement::Create { name, options } => {
             if !is_superuser {
                 return Err(denied("permission denied to create role"));
             }
             check_name(name)?;
-            if users.get(name).is_some() {
+            if after.get(name).is_some() {
                 return Err(PgError::new(
                     code::DUPLICATE_OBJECT,
                     format!("role \"{name}\" already exists"),
@@ -43,14 +56,15 @@ pub fn apply(
                 replication: false,
                 verifier: None,
             };
-            set(&mut user, options, &mut notices)?;
+            set(&mut user, options, notices)?;
             after.users.push(user);
         }
         RoleStatement::Alter { name, options } => {
-            let Some(user) = after.users.iter_mut().find(|u| u.name == *name) else {
+            let name = name.as_deref().unwrap_or(by);
+            let Some(user) = after.users.iter_mut().find(|u| u.name == name) else {
                 return Err(missing(name));
             };
-            let own_password = *name == by
+            let own_password = name == by
                 && options.superuser.is_none()
                 && options.replication.is_none()
                 && options.password.is_some();
@@ -59,7 +73,7 @@ pub fn apply(
                     "permission denied to alter role \"{name}\""
                 )));
             }
-            set(user, options, &mut notices)?;
+            set(user, options, notices)?;
             if !after.users.iter().any(|u| u.superuser) {
                 return Err(denied(format!(
                     "\"{name}\" is the last superuser: walship would have no role left to manage roles"
@@ -91,7 +105,7 @@ pub fn apply(
             }
         }
     }
-    Ok((after, notices))
+    Ok(())
 }
 
 fn denied(message: impl Into<String>) -> PgError {
@@ -116,6 +130,20 @@ fn check_name(name: &str) -> Result<(), PgError> {
         )
         .with_detail("Role names starting with \"pg_\" are reserved."));
     }
+    // What PostgreSQL's role specifications mean by these.
+    const RESERVED: [&str; 5] = [
+        "public",
+        "none",
+        "current_user",
+        "session_user",
+        "current_role",
+    ];
+    if RESERVED.contains(&name) {
+        return Err(PgError::new(
+            code::RESERVED_NAME,
+            format!("role name \"{name}\" is reserved"),
+        ));
+    }
     let why = if name.is_empty() {
         Some("it is empty")
     } else if name.len() > MAX_NAME {
@@ -123,7 +151,7 @@ fn check_name(name: &str) -> Result<(), PgError> {
     } else if name.contains(':') || name.chars().any(char::is_control) {
         Some("it holds a colon or a control character")
     } else if name.starts_with('#') || name.trim() != name {
-        Some("it starts with # or with or ends in a space")
+        Some("it starts with # or with a space, or ends with a space")
     } else {
         None
     };
@@ -190,9 +218,44 @@ fn verifier(text: &str) -> Result<ScramVerifier, PgError> {
 mod tests {
     use super::*;
 
+    /// One statement's effect.
+    fn apply(
+        users: &Users,
+        by: &str,
+        statement: &RoleStatement,
+    ) -> Result<(Users, Vec<PgError>), PgError> {
+        super::apply(users, by, std::slice::from_ref(statement))
+    }
+
+    #[test]
+    fn a_transactions_statements_apply_in_order() {
+        let admin = Users::first("admin");
+        let create = RoleStatement::Create {
+            name: "app".into(),
+            options: RoleOptions::default(),
+        };
+        let recreate = [
+            RoleStatement::Drop {
+                names: vec!["app".into()],
+                if_exists: true,
+            },
+            create.clone(),
+            alter("app", password("pw")),
+        ];
+        let (users, notices) = super::apply(&admin, "admin", &recreate).unwrap();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(users.get("app").unwrap().verifier.is_some());
+        // The second CREATE fails: nothing of the first is kept.
+        let twice = [create.clone(), create];
+        assert_eq!(
+            super::apply(&admin, "admin", &twice).unwrap_err().code,
+            code::DUPLICATE_OBJECT
+        );
+    }
+
     fn alter(name: &str, options: RoleOptions) -> RoleStatement {
         RoleStatement::Alter {
-            name: name.into(),
+            name: Some(name.into()),
             options,
         }
     }
@@ -292,6 +355,8 @@ mod tests {
         };
         for (name, code) in [
             ("pg_monitor", code::RESERVED_NAME),
+            ("public", code::RESERVED_NAME),
+            ("current_user", code::RESERVED_NAME),
             ("a:b", code::INVALID_NAME),
             ("#x", code::INVALID_NAME),
             ("", code::INVALID_NAME),

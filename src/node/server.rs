@@ -27,7 +27,7 @@ use super::config::{ConfigError, Settings, SyncCommit};
 use super::control::{ControlFile, NodeState};
 use super::datadir::{self, DataDir, DataDirError};
 use super::standby::StandbyState;
-use super::users::{User, Users};
+use super::users::{User, UserError, Users};
 use crate::durable::{io_cause, DirLock, LockError};
 use crate::fence::EpochFile;
 use crate::replication::conninfo::ConnInfo;
@@ -35,7 +35,7 @@ use crate::replication::slots::Slots;
 use crate::replication::syncrep::WalSenders;
 use crate::replication::walreceiver::{self, ReceiverStatus, WalReceiverHost};
 use crate::replication::walsender::{Backup, WalSenderHost};
-use crate::sql::exec::{Host, Session, Value};
+use crate::sql::exec::{Host, Rights, Session, Value};
 use crate::sql::parse::RoleStatement;
 use crate::sql::views::SystemView;
 use crate::sqlstate::PgError;
@@ -74,6 +74,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Signal(#[from] nix::Error),
+    #[error("{0}; the standby stopped (cleanly, at its last restartpoint): fix the cause and start it again, or rebuild it with walship basebackup")]
+    ReplayFailed(String),
 }
 
 /// What to do about a listen failure.
@@ -149,6 +151,32 @@ impl Node {
         }
     }
 
+    /// Puts the roles of the ROLES record at `lsn` in force and writes them
+    /// to the users file. A failed write leaves them in force and the file
+    /// marked stale: the next checkpoint or restartpoint writes it first,
+    /// or fails. Call with the roles guard held.
+    fn install_users(&self, users: Users, lsn: Lsn) -> Result<(), UserError> {
+        let written = users.write(&DataDir::new(&self.dir).users());
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+        self.users_file_stale
+            .store(written.is_err(), Ordering::Release);
+        if let Err(e) = &written {
+            error!(lsn = %lsn, "the role change is in force, but the users file was not written (checkpoints write it first, or fail): {e}");
+        }
+        written
+    }
+
+    /// Writes the roles in force to the users file if an earlier write
+    /// failed. Call with the roles guard held.
+    fn write_stale_users_file(&self) -> Result<(), UserError> {
+        if self.users_file_stale.load(Ordering::Acquire) {
+            self.users_now().write(&DataDir::new(&self.dir).users())?;
+            self.users_file_stale.store(false, Ordering::Release);
+            info!("wrote the users file a role change had failed to write");
+        }
+        Ok(())
+    }
+
     /// The roles in force.
     fn users_now(&self) -> Users {
         self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -160,6 +188,14 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Starts a clean shutdown: every loop sees it, and `wake` (the accept
+    /// loop's pipe) ends its wait.
+    fn begin_shutdown(&self, wake: &std::os::fd::OwnedFd) {
+        self.shutting_down.store(true, Ordering::Release);
+        let _ = nix::unistd::write(wake, b"x");
+        self.wake_all();
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -286,7 +322,7 @@ impl Node {
             ("IntervalStyle".into(), p("intervalstyle")),
             (
                 "is_superuser".into(),
-                if self.is_superuser(session.user()) {
+                if self.rights(session.user()).superuser {
                     "on"
                 } else {
                     "off"
@@ -348,15 +384,10 @@ impl Node {
     /// [`Node::checkpoint`], with the checkpoint lock held.
     fn checkpoint_locked(&self, state: NodeState) -> Result<Lsn, DataDirError> {
         let started = Instant::now();
+        let roles = self.db.lock_roles();
+        self.write_stale_users_file()?;
         let (lsn, rows) = match self.standby() {
-            None => {
-                let roles = self.db.lock_roles();
-                if self.users_file_stale.load(Ordering::Acquire) {
-                    self.users_now().write(&DataDir::new(&self.dir).users())?;
-                    self.users_file_stale.store(false, Ordering::Release);
-                }
-                self.db.checkpoint(&roles)?
-            }
+            None => self.db.checkpoint(&roles)?,
             // A standby cannot write a checkpoint record: it makes a
             // restartpoint at the last checkpoint record it replayed.
             Some(standby) => match standby.take_restart_point() {
@@ -370,6 +401,7 @@ impl Node {
                 }
             },
         };
+        drop(roles);
         let dir = DataDir::new(&self.dir);
         snapshot::write(&dir.checkpoints(), lsn, &rows)?;
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,9 +471,17 @@ impl Node {
             }
             Err(e) => error!("walship.conf not reloaded, the old settings stay in force: {e}"),
         }
-        match Users::read(&dir.users()) {
-            Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
-            Err(e) => error!("users file not reloaded: {e}"),
+        {
+            // A file that lacks a change in force is written before it is
+            // read, so a reload never undoes a role change.
+            let _roles = self.db.lock_roles();
+            match self
+                .write_stale_users_file()
+                .and_then(|()| Users::read(&dir.users()))
+            {
+                Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
+                Err(e) => error!("users file not reloaded, the roles in force stay: {e}"),
+            }
         }
         warn_roles_without_password(
             &self.settings(),
@@ -761,6 +801,8 @@ impl WalReceiverHost for Node {
         let Some(standby) = &self.standby_state else {
             return Err("replay on a node that is not a standby".into());
         };
+        // Taken before the rows' lock, as everywhere.
+        let _roles = self.db.lock_roles();
         self.db.replay(|store| {
             for r in records {
                 match Payload::decode(r.info, &r.data) {
@@ -770,15 +812,12 @@ impl WalReceiverHost for Node {
                     Ok(Payload::Checkpoint { .. }) => {
                         standby.offer_restart_point(r.lsn, store.clone())
                     }
-                    // The file first: a restartpoint past this record may
-                    // follow, after which it is not replayed again.
+                    // (A file left unwritten is written before the next
+                    // restartpoint, past which this record is not replayed.)
                     Ok(Payload::Roles(text)) => {
                         let users = Users::from_record(text, r.lsn).map_err(|e| e.to_string())?;
-                        users
-                            .write(&DataDir::new(&self.dir).users())
-                            .map_err(|e| format!("record at {}: {e}", r.lsn))?;
                         info!(lsn = %r.lsn, roles = users.users.len(), "replayed a role change");
-                        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+                        let _ = self.install_users(users, r.lsn);
                     }
                     Ok(_) => {}
                     Err(e) => return Err(format!("record at {}: {e}", r.lsn)),
@@ -1072,31 +1111,44 @@ impl Host for Node {
     fn change_roles(
         &self,
         by: &str,
-        statement: &RoleStatement,
-    ) -> Result<(Lsn, Vec<PgError>), PgError> {
+        statements: &[RoleStatement],
+    ) -> Result<(Option<Lsn>, Vec<PgError>), PgError> {
         let guard = self.db.lock_roles();
-        let (users, notices) = super::roles::apply(&self.users_now(), by, statement)?;
+        let before = self.users_now();
+        let (users, notices) = super::roles::apply(&before, by, statements)?;
+        if users == before {
+            return Ok((None, notices));
+        }
         let end = guard
             .log(&users.to_text())
             .map_err(crate::sql::exec::db_error)?;
-        let file = DataDir::new(&self.dir).users();
-        let written = users.write(&file);
-        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
-        self.users_file_stale
-            .store(written.is_err(), Ordering::Release);
-        info!(role = %by, lsn = %end, "{}", statement.tag());
-        written.map_err(|e| {
-            error!(lsn = %end, "role change logged and in force, but the users file was not written (checkpoints write it first, or fail): {e}");
+        for statement in statements {
+            info!(by = %by, lsn = %end, "{statement}");
+        }
+        self.install_users(users, end).map_err(|e| {
             PgError::new(
                 crate::sqlstate::code::IO_ERROR,
-                format!("the role change is logged (at {end}) and in force, but {} could not be written: {e}", file.display()),
+                format!("the role change is logged (at {end}) and in force, but {e}"),
             )
             .with_hint("free space or fix the file's directory: the next checkpoint writes the file, and fails until it can")
         })?;
-        Ok((end, notices))
+        Ok((Some(end), notices))
     }
-    fn is_superuser(&self, name: &str) -> bool {
-        self.user(name).is_some_and(|u| u.superuser)
+    fn check_roles(
+        &self,
+        by: &str,
+        done: &[RoleStatement],
+        next: &RoleStatement,
+    ) -> Result<Vec<PgError>, PgError> {
+        let (users, _) = super::roles::apply(&self.users_now(), by, done)?;
+        let (_, notices) = super::roles::apply(&users, by, std::slice::from_ref(next))?;
+        Ok(notices)
+    }
+    fn rights(&self, name: &str) -> Rights {
+        self.user(name).map_or_else(Rights::default, |u| Rights {
+            superuser: u.superuser,
+            replication: u.replication,
+        })
     }
     fn checkpoint(&self) -> Result<Lsn, PgError> {
         Node::checkpoint(self, NodeState::InProduction).map_err(|e| {
@@ -1289,6 +1341,9 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         info!(primary = %node.settings().show("primary_conninfo").unwrap_or_default(), "starting as a standby (standby.signal is present)");
     }
     let (wake_rx, wake_tx) = nix::unistd::pipe()?;
+    let wake_tx = Arc::new(wake_tx);
+    let replay_failure = Mutex::new(None);
+    let replay_failure = &replay_failure;
     std::thread::scope(|scope| -> Result<(), ServerError> {
         let n = node.clone();
         scope.spawn(move || wal_writer(&n));
@@ -1299,8 +1354,14 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
             scope.spawn(move || super::exporter::serve(&n, listener));
         }
         if node.standby().is_some() {
-            let n = node.clone();
-            scope.spawn(move || walreceiver::run(&*n));
+            let (n, wake) = (node.clone(), wake_tx.clone());
+            scope.spawn(move || {
+                if let Err(why) = walreceiver::run(&*n) {
+                    error!("{why}: stopping the standby");
+                    *replay_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    n.begin_shutdown(&wake);
+                }
+            });
         }
         let n = node.clone();
         scope.spawn(move || loop {
@@ -1314,9 +1375,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
                 Ok(Signal::SIGUSR1) => n.wake_all(),
                 Ok(sig) => {
                     info!(signal = %sig, "shutdown requested: stopping");
-                    n.shutting_down.store(true, Ordering::Release);
-                    let _ = nix::unistd::write(&wake_tx, b"x");
-                    n.wake_all();
+                    n.begin_shutdown(&wake_tx);
                     return;
                 }
                 Err(e) => {
@@ -1347,7 +1406,14 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         info!(checkpoint = %lsn, "shut down cleanly");
         Ok(())
     })?;
-    Ok(())
+    let failed = replay_failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match failed {
+        Some(why) => Err(ServerError::ReplayFailed(why)),
+        None => Ok(()),
+    }
 }
 
 fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::OwnedFd) {

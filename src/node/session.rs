@@ -13,7 +13,7 @@ use super::server::Node;
 use crate::node::config::AuthMethod;
 use crate::protocol::codec::{self, format_of, Cursor, Out, ProtoError, Startup};
 use crate::protocol::reader::MessageReader;
-use crate::protocol::scram::ScramServer;
+use crate::protocol::scram::{ScramServer, ScramVerifier};
 use crate::replication::walsender;
 use crate::sql::exec::{oid, QueryResult, Session};
 use crate::sql::parse::{self, Statement};
@@ -225,35 +225,7 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             .with_hint(format!("max_connections is {}", settings.max_connections)),
         );
     }
-    let Some(role) = node.user(&user) else {
-        warn!(user = %user, "authentication failed: role does not exist");
-        return refuse(
-            w,
-            PgError::fatal(
-                code::INVALID_AUTHORIZATION,
-                format!("role \"{user}\" does not exist"),
-            ),
-        );
-    };
-    if replication {
-        if !(role.replication || role.superuser) {
-            return refuse(
-                w,
-                PgError::fatal(code::INVALID_AUTHORIZATION, format!("role \"{user}\" may not start a walsender"))
-                    .with_hint("only superusers and roles with the replication attribute (DIR/users) may replicate"),
-            );
-        }
-        if node.walsender_count() >= settings.max_wal_senders {
-            return refuse(
-                w,
-                PgError::fatal(
-                    code::TOO_MANY_CONNECTIONS,
-                    "number of requested standby connections exceeds max_wal_senders",
-                )
-                .with_hint(format!("max_wal_senders is {}", settings.max_wal_senders)),
-            );
-        }
-    }
+    let role = node.user(&user);
     match settings.authentication {
         AuthMethod::Trust => {}
         AuthMethod::ScramSha256 => {
@@ -263,11 +235,17 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
                     format!("password authentication failed for user \"{user}\""),
                 )
             };
-            let Some(verifier) = role.verifier.clone() else {
-                warn!(user = %user, "authentication failed: role has no password");
-                return refuse(w, failed());
+            // A role that does not exist, or has no password, goes through
+            // the same exchange and fails at the same step, with the same
+            // message, as a wrong password: nobody learns which roles exist.
+            let verifier = role.as_ref().and_then(|r| r.verifier.clone());
+            let cannot = match (&role, &verifier) {
+                (None, _) => Some("role does not exist"),
+                (Some(_), None) => Some("role has no password"),
+                _ => None,
             };
-            let mut scram = ScramServer::new(verifier);
+            let mut scram =
+                ScramServer::new(verifier.unwrap_or_else(|| ScramVerifier::mock(&user)));
             out.auth_sasl(&["SCRAM-SHA-256"]);
             out.send(w)?;
             let (tag, body) = r.read_message(AUTH_MESSAGE_MAX.min(max))?;
@@ -300,13 +278,47 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             if tag != b'p' {
                 return Err(ProtoError::Malformed("expected a SASL response".into()));
             }
-            match scram.client_final(body) {
-                Ok(server_final) => out.auth(12, server_final.as_bytes()),
-                Err(e) => {
-                    warn!(user = %user, "password authentication failed: {e}");
+            match (scram.client_final(body), cannot) {
+                (Ok(server_final), None) => out.auth(12, server_final.as_bytes()),
+                (Ok(_), Some(why)) => {
+                    warn!(user = %user, "password authentication failed: {why}");
+                    return refuse(w, failed());
+                }
+                (Err(e), why) => {
+                    let why = why.map_or_else(|| e.to_string(), str::to_string);
+                    warn!(user = %user, "password authentication failed: {why}");
                     return refuse(w, failed());
                 }
             }
+        }
+    }
+    let Some(role) = role else {
+        warn!(user = %user, "authentication failed: role does not exist");
+        return refuse(
+            w,
+            PgError::fatal(
+                code::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" does not exist"),
+            ),
+        );
+    };
+    if replication {
+        if !(role.replication || role.superuser) {
+            return refuse(
+                w,
+                PgError::fatal(code::INVALID_AUTHORIZATION, format!("role \"{user}\" may not start a walsender"))
+                    .with_hint("only superusers and roles with the replication attribute (DIR/users) may replicate"),
+            );
+        }
+        if node.walsender_count() >= settings.max_wal_senders {
+            return refuse(
+                w,
+                PgError::fatal(
+                    code::TOO_MANY_CONNECTIONS,
+                    "number of requested standby connections exceeds max_wal_senders",
+                )
+                .with_hint(format!("max_wal_senders is {}", settings.max_wal_senders)),
+            );
         }
     }
     out.auth(0, &[]);

@@ -64,6 +64,24 @@ impl ScramVerifier {
         }
     }
 
+    /// A verifier no password matches, for a role that does not exist or
+    /// has no password: the exchange runs as for any role and fails only
+    /// at the proof, so a client cannot tell which roles exist (as
+    /// PostgreSQL's mock authentication). The salt is the same for a name
+    /// for as long as the process runs, as a real role's would be.
+    pub fn mock(user: &str) -> ScramVerifier {
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(rand::random);
+        let mut seed = secret.to_vec();
+        seed.extend_from_slice(user.as_bytes());
+        ScramVerifier {
+            iterations: 4096,
+            salt: sha256(&seed)[..16].to_vec(),
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
+    }
+
     pub fn parse(text: &str) -> Option<ScramVerifier> {
         let rest = text.strip_prefix("SCRAM-SHA-256$")?;
         let (params, keys) = rest.split_once('$')?;

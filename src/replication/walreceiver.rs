@@ -7,7 +7,7 @@
 //! It reconnects with backoff (100 ms doubling to 5 s) whenever the
 //! primary goes away, and never follows a primary of another system.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, MutexGuard};
@@ -62,26 +62,26 @@ const SAID_MAX: usize = 4096;
 /// The output goes to a file, not a pipe, so that the command's end is its
 /// exit: a background process it started that keeps the output open (an
 /// ssh control master, a prefetcher) does not hold the standby up, as it
-/// would a reader waiting for a pipe's end.
+/// would a reader waiting for a pipe's end. The file is opened to append,
+/// so what such a process writes later lands after what is read here; and
+/// what cannot be read is only missing from the log line.
 fn run_capturing(cmd: &str, capture: &Path) -> std::io::Result<(ExitStatus, String)> {
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .append(true)
         .create(true)
-        .truncate(true)
         .open(capture)?;
     std::fs::remove_file(capture)?;
+    file.set_len(0)?;
     let status = std::process::Command::new("sh")
         .args(["-c", cmd])
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file.try_clone()?)
         .status()?;
-    let mut output = Vec::new();
-    file.seek(SeekFrom::Start(0))?;
-    (&mut file)
-        .take(4 * SAID_MAX as u64)
-        .read_to_end(&mut output)?;
+    let mut output = vec![0; 4 * SAID_MAX];
+    let read = file.read_at(&mut output, 0).unwrap_or(0);
+    output.truncate(read);
     Ok((status, said(&output)))
 }
 
@@ -343,31 +343,42 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
 }
 
 /// Restores what the archive has with `restore_command`, if one is set;
-/// returns how many segments came.
-fn restore_from_archive(host: &dyn WalReceiverHost) -> usize {
+/// returns how many segments came, or the replay failure that must stop
+/// the standby.
+fn restore_from_archive(host: &dyn WalReceiverHost) -> Result<usize, String> {
     let Some(command) = host.restore_command() else {
-        return 0;
+        return Ok(0);
     };
     let before = host.wal().insert_lsn();
     match restore(host, &command) {
         // Restoring again only the segment whose end a stream broke off in
         // the middle of (see `discard_partial_record`) is no progress: the
         // caller must still back off before it tries the primary again.
-        Ok(_) if host.wal().insert_lsn() <= before => 0,
+        Ok(_) if host.wal().insert_lsn() <= before => Ok(0),
         Ok(n) => {
             info!(segments = n, "restored WAL from the archive");
-            n
+            Ok(n)
         }
+        Err(ReceiveError::Replay(why)) => Err(why),
         Err(e) => {
             error!("restoring from the archive stopped: {e}");
-            0
+            Ok(0)
         }
     }
 }
 
+/// A record that does not replay stops the standby: the records after
+/// it are written, so going on would skip them for good.
+fn stop_replaying(host: &dyn WalReceiverHost, why: String) -> Result<(), String> {
+    host.receiver_status().status = "stopped";
+    Err(format!("replay failed: {why}"))
+}
+
 /// Runs until the node stops: stream, and on any failure try the archive,
-/// wait and retry.
-pub fn run(host: &dyn WalReceiverHost) {
+/// wait and retry. Returns an error only when a record does not replay:
+/// then the node must stop, as PostgreSQL's startup process does, so that
+/// nothing (a promotion) builds on a store that lacks records its WAL has.
+pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
     let mut backoff = Duration::from_millis(100);
     while !host.is_shutting_down() {
         if host.paused() {
@@ -379,7 +390,9 @@ pub fn run(host: &dyn WalReceiverHost) {
         let Some((info, slot)) = host.primary() else {
             // No primary to stream from: an archive-only standby.
             host.receiver_status().status = "waiting";
-            restore_from_archive(host);
+            if let Err(why) = restore_from_archive(host) {
+                return stop_replaying(host, why);
+            }
             host.nap(Duration::from_secs(1));
             continue;
         };
@@ -393,13 +406,18 @@ pub fn run(host: &dyn WalReceiverHost) {
         }
         match outcome {
             Ok(()) => info!(primary = %info, "streaming ended"),
+            Err(ReceiveError::Replay(why)) => return stop_replaying(host, why),
             Err(e) => {
                 warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
                 // The primary is down or no longer has the WAL we need: the
                 // archive may have it. Then back to streaming.
-                if restore_from_archive(host) > 0 {
-                    backoff = Duration::from_millis(100);
-                    continue;
+                match restore_from_archive(host) {
+                    Err(why) => return stop_replaying(host, why),
+                    Ok(0) => {}
+                    Ok(_) => {
+                        backoff = Duration::from_millis(100);
+                        continue;
+                    }
                 }
             }
         }
@@ -411,6 +429,7 @@ pub fn run(host: &dyn WalReceiverHost) {
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     host.receiver_status().status = "stopped";
+    Ok(())
 }
 
 fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {

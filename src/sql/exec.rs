@@ -111,6 +111,15 @@ pub struct QueryResult {
     pub notices: Vec<PgError>,
 }
 
+/// A role's attributes, as they bear on what it may run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rights {
+    pub superuser: bool,
+    /// May stream WAL, and fence an old primary (`walship promote` does,
+    /// with its standby's `primary_conninfo`).
+    pub replication: bool,
+}
+
 /// What the session needs of the node it runs on.
 pub trait Host: Send + Sync {
     fn db(&self) -> &Db;
@@ -144,16 +153,25 @@ pub trait Host: Send + Sync {
     fn fence(&self, epoch: u64) -> Result<(), PgError>;
     /// `pg_promote()`: promote this standby and wait for it.
     fn promote(&self) -> Result<(), PgError>;
-    /// CREATE / ALTER / DROP ROLE, run by the role `by`: logged, durable
-    /// and in force when it returns. Returns where its record ends and the
-    /// notices for the client.
+    /// CREATE / ALTER / DROP ROLE statements (one, or a transaction's),
+    /// run by the role `by`: logged as one record, durable and in force
+    /// when it returns. Returns where its record ends (none when nothing
+    /// changed) and the notices for the client.
     fn change_roles(
         &self,
         by: &str,
-        statement: &RoleStatement,
-    ) -> Result<(Lsn, Vec<PgError>), PgError>;
-    /// Whether the role `name` is a superuser now.
-    fn is_superuser(&self, name: &str) -> bool;
+        statements: &[RoleStatement],
+    ) -> Result<(Option<Lsn>, Vec<PgError>), PgError>;
+    /// Whether `next` would succeed after `done` (a transaction's role
+    /// changes so far); its notices. Changes nothing.
+    fn check_roles(
+        &self,
+        by: &str,
+        done: &[RoleStatement],
+        next: &RoleStatement,
+    ) -> Result<Vec<PgError>, PgError>;
+    /// What the role `name` may do now (nothing, if it is gone).
+    fn rights(&self, name: &str) -> Rights;
     /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
     /// (primary), `timeout` passes, or `cancel` is raised.
     fn wait_for_lsn(
@@ -173,7 +191,19 @@ struct Txn {
     /// Keys a plain INSERT found absent: still absent at COMMIT, or the
     /// commit fails with a unique violation.
     must_be_absent: Vec<String>,
+    /// Role changes, made at COMMIT as one ROLES record. A block changes
+    /// rows or roles, not both: the two are different records, which no
+    /// one commit could make atomic.
+    roles: Vec<RoleStatement>,
     failed: bool,
+}
+
+fn rows_and_roles() -> PgError {
+    PgError::new(
+        code::FEATURE_NOT_SUPPORTED,
+        "a transaction block cannot both write rows and change roles",
+    )
+    .with_hint("commit the one before the other")
 }
 
 /// Session parameters a client may SET, with PostgreSQL's defaults.
@@ -513,6 +543,13 @@ impl Session {
                 if txn.failed {
                     return Ok(tag("ROLLBACK"));
                 }
+                if !txn.roles.is_empty() {
+                    self.check_writable()?;
+                    let (end, _) = self.host.change_roles(&self.user, &txn.roles)?;
+                    if let Some(end) = end {
+                        self.wait_for_standbys(end)?;
+                    }
+                }
                 if !txn.ops.is_empty() {
                     self.check_writable()?;
                     let must = txn.must_be_absent;
@@ -548,22 +585,31 @@ impl Session {
                 Ok(tag("SET"))
             }
             Statement::Checkpoint => {
+                self.require_superuser("CHECKPOINT", false)?;
                 self.host.checkpoint()?;
                 Ok(tag("CHECKPOINT"))
             }
             Statement::Role(role) => {
-                // A role change is its own record, not part of a
-                // transaction's commit: a ROLLBACK could not undo it.
-                if self.txn.is_some() {
-                    return Err(PgError::new(
-                        code::ACTIVE_TRANSACTION,
-                        format!("{} cannot run inside a transaction block", role.tag()),
-                    ));
-                }
                 self.check_writable()?;
-                let (end, mut notices) = self.host.change_roles(&self.user, role)?;
+                let mut notices = match &self.txn {
+                    // Checked now against the roles as the block left
+                    // them, made at COMMIT (and checked again then).
+                    Some(t) if !t.ops.is_empty() => return Err(rows_and_roles()),
+                    Some(t) => self.host.check_roles(&self.user, &t.roles, role)?,
+                    None => {
+                        let (end, notices) = self
+                            .host
+                            .change_roles(&self.user, std::slice::from_ref(role))?;
+                        if let Some(end) = end {
+                            self.wait_for_standbys(end)?;
+                        }
+                        notices
+                    }
+                };
+                if let Some(t) = &mut self.txn {
+                    t.roles.push(role.clone());
+                }
                 self.notices.append(&mut notices);
-                self.wait_for_standbys(end)?;
                 Ok(tag(role.tag()))
             }
             Statement::View { view, columns } => {
@@ -639,6 +685,33 @@ impl Session {
         }
     }
 
+    /// Refuses `what` (42501) unless the session's role is a superuser, or,
+    /// with `or_replication`, a role that may replicate.
+    fn require_superuser(&self, what: &str, or_replication: bool) -> Result<(), PgError> {
+        let rights = self.host.rights(&self.user);
+        if rights.superuser || (or_replication && rights.replication) {
+            return Ok(());
+        }
+        let who = if or_replication {
+            "a superuser or a role with REPLICATION"
+        } else {
+            "a superuser"
+        };
+        Err(PgError::new(
+            code::INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to run {what}"),
+        )
+        .with_hint(format!("only {who} may run it")))
+    }
+
+    /// Refuses a row write in a block that changes roles.
+    fn check_no_roles(&self) -> Result<(), PgError> {
+        match &self.txn {
+            Some(t) if !t.roles.is_empty() => Err(rows_and_roles()),
+            _ => Ok(()),
+        }
+    }
+
     fn check_writable(&self) -> Result<(), PgError> {
         match self.host.write_refusal() {
             Some(e) => Err(e),
@@ -663,6 +736,7 @@ impl Session {
         params: &[Option<String>],
     ) -> Result<QueryResult, PgError> {
         self.check_writable()?;
+        self.check_no_roles()?;
         let mut resolved = Vec::with_capacity(rows.len());
         for (k, v) in rows {
             resolved.push((resolve_key(k, params)?, resolve_value(v, params)?));
@@ -730,6 +804,7 @@ impl Session {
         applies: impl Fn(bool) -> bool,
     ) -> Result<usize, PgError> {
         self.check_writable()?;
+        self.check_no_roles()?;
         let op = match value {
             Some(value) => KvOp::Put {
                 key: key.clone(),
@@ -960,10 +1035,12 @@ impl Session {
                 }
                 Func::CurrentWalFlushLsn => Some(Value::Lsn(db.wal().flushed_lsn())),
                 Func::SwitchWal => {
+                    self.require_superuser("pg_switch_wal()", false)?;
                     self.check_writable()?;
                     Some(Value::Lsn(db.switch_wal()?))
                 }
                 Func::Fence(e) => {
+                    self.require_superuser("walship_fence()", true)?;
                     let text = resolve(e, params)?.unwrap_or_default();
                     let epoch: u64 = text.parse().map_err(|_| {
                         PgError::new(
@@ -975,6 +1052,7 @@ impl Session {
                     Some(Value::Text("fenced".into()))
                 }
                 Func::Promote => {
+                    self.require_superuser("pg_promote()", false)?;
                     self.host.promote()?;
                     Some(Value::Bool(true))
                 }
@@ -989,6 +1067,7 @@ impl Session {
                 Func::IsInRecovery => Some(Value::Bool(self.host.in_recovery())),
                 Func::LastWalReceiveLsn => self.host.last_receive_lsn().map(Value::Lsn),
                 Func::LastWalReplayLsn => self.host.last_replay_lsn().map(Value::Lsn),
+                Func::CurrentUser => Some(Value::Text(self.user.clone())),
                 Func::Version => Some(Value::Text(format!(
                     "PostgreSQL 15.0 (walship {})",
                     env!("CARGO_PKG_VERSION")
@@ -1050,7 +1129,7 @@ impl Session {
         match name {
             "synchronous_commit" => return Ok(self.synchronous_commit().to_string()),
             "is_superuser" => {
-                let on = self.host.is_superuser(&self.user);
+                let on = self.host.rights(&self.user).superuser;
                 return Ok(if on { "on" } else { "off" }.into());
             }
             "session_authorization" => return Ok(self.user.clone()),

@@ -10,7 +10,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Location, Token, TokenWithLocation, Tokenizer};
 
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
@@ -19,8 +19,9 @@ pub use super::views::SystemView;
 
 /// What walship supports, for error messages.
 pub const SUPPORTED: &str = "walship supports INSERT, UPDATE, DELETE and SELECT on the table kv (key text primary key, value text), \
-BEGIN/COMMIT/ROLLBACK, SET/SHOW, CREATE/ALTER/DROP ROLE, and the functions pg_current_wal_lsn(), pg_switch_wal(), pg_is_in_recovery(), \
-pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), version() and current_setting()";
+BEGIN/COMMIT/ROLLBACK, SET/SHOW, CHECKPOINT, CREATE/ALTER/DROP ROLE, WAIT FOR LSN, and the functions pg_current_wal_lsn(), \
+pg_switch_wal(), pg_is_in_recovery(), pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), pg_promote(), walship_fence(), \
+walship_store_checksum(), current_user, version() and current_setting()";
 
 /// A value in a statement: a literal, or a parameter filled in at Bind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +85,9 @@ pub enum Func {
     LastWalReceiveLsn,
     LastWalReplayLsn,
     Version,
+    /// `current_user`, `session_user`, `current_role`, `user`: the
+    /// session's role (psql's `\password` asks it).
+    CurrentUser,
     /// `walship_store_checksum()`: the store's applied LSN and checksum,
     /// so two nodes can be compared at the same LSN.
     StoreChecksum,
@@ -147,9 +151,36 @@ pub enum Statement {
 /// CREATE, ALTER and DROP ROLE (USER is a synonym, as in PostgreSQL).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RoleStatement {
-    Create { name: String, options: RoleOptions },
-    Alter { name: String, options: RoleOptions },
-    Drop { names: Vec<String>, if_exists: bool },
+    Create {
+        name: String,
+        options: RoleOptions,
+    },
+    /// `name` is `None` for CURRENT_USER, SESSION_USER or CURRENT_ROLE.
+    Alter {
+        name: Option<String>,
+        options: RoleOptions,
+    },
+    Drop {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+}
+
+/// For the log: the command and the roles it names (never a password).
+impl std::fmt::Display for RoleStatement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoleStatement::Create { name, .. } => write!(f, "CREATE ROLE {name}"),
+            RoleStatement::Alter { name, .. } => {
+                write!(
+                    f,
+                    "ALTER ROLE {}",
+                    name.as_deref().unwrap_or("CURRENT_USER")
+                )
+            }
+            RoleStatement::Drop { names, .. } => write!(f, "DROP ROLE {}", names.join(", ")),
+        }
+    }
 }
 
 impl RoleStatement {
@@ -233,7 +264,10 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
             .windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
     };
-    if !names("checkpoint") && !names("wait") && !names("user") {
+    if !["checkpoint", "wait", "user", "encrypted"]
+        .iter()
+        .any(|w| names(w))
+    {
         return parse_sql(sql);
     }
     let pieces = split_statements(sql);
@@ -251,51 +285,116 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
 }
 
 /// CHECKPOINT, WAIT FOR LSN and CREATE / ALTER / DROP USER, which
-/// sqlparser does not know.
+/// sqlparser does not know, in one statement's text.
 fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
-    if let Some(rest) = strip_words(statement, &["wait", "for", "lsn"]) {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, statement)
+        .tokenize_with_location()
+        .ok()?;
+    // Keywords are matched in the tokens rendered without comments (so
+    // that `-- why\nCHECKPOINT` is CHECKPOINT): CHECKPOINT and WAIT FOR
+    // LSN hold nothing a rendering could change the meaning of.
+    let plain = tokens
+        .iter()
+        .map(|t| match &t.token {
+            Token::Whitespace(_) => " ".to_string(),
+            other => other.to_string(),
+        })
+        .collect::<String>();
+    let plain = plain.trim();
+    if let Some(rest) = strip_words(plain, &["wait", "for", "lsn"]) {
         return Some(parse_wait_for_lsn(rest));
     }
-    // `… USER name` is `… ROLE name` (but `… USER MAPPING` is another
-    // command). USER and ROLE are as long: error positions stay right.
-    for verb in ["create", "alter", "drop"] {
-        match strip_words(statement, &[verb, "user"]) {
-            Some(rest) if strip_words(rest, &["mapping"]).is_none() => {
-                let statement = parse_sql(&format!("{verb} ROLE{rest}")).and_then(|mut s| {
-                    s.pop()
-                        .ok_or_else(|| PgError::new(code::SYNTAX_ERROR, "syntax error"))
-                });
-                return Some(statement);
-            }
-            _ => {}
-        }
+    if plain.eq_ignore_ascii_case("checkpoint") {
+        return Some(Ok(Statement::Checkpoint));
     }
-    statement
-        .eq_ignore_ascii_case("checkpoint")
-        .then_some(Ok(Statement::Checkpoint))
+    role_statement(statement, &tokens)
 }
 
-/// The statements of a query string, split at the semicolons that end
-/// them (not those inside quotes or comments), trimmed, empty ones left
-/// out. A query that does not tokenize is one piece: sqlparser then says
-/// what is wrong with it.
-fn split_statements(sql: &str) -> Vec<String> {
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
-        return vec![sql.trim().to_string()];
+/// CREATE / ALTER / DROP ROLE in the forms sqlparser does not take:
+/// `… USER name` for `… ROLE name` (but `… USER MAPPING` is another
+/// command), and `ENCRYPTED PASSWORD` for `PASSWORD`. Rewritten in the
+/// statement's own text, so a password's quotes and escapes stay exactly
+/// as the client sent them.
+fn role_statement(
+    statement: &str,
+    tokens: &[TokenWithLocation],
+) -> Option<Result<Statement, PgError>> {
+    let words: Vec<(usize, &Token)> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|t| (byte_offset(statement, t.location), &t.token))
+        .collect();
+    let keyword = |i: usize, k: &str| {
+        matches!(words.get(i), Some((_, Token::Word(w)))
+            if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k))
     };
-    // Comments become spaces, so that `-- why\nCHECKPOINT` is CHECKPOINT.
-    let text = |t: &Token| match t {
-        Token::Whitespace(
-            Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_),
-        ) => " ".to_string(),
-        other => other.to_string(),
+    let is_role = ["create", "alter", "drop"].iter().any(|v| keyword(0, v))
+        && (keyword(1, "role") || keyword(1, "user"))
+        && !keyword(2, "mapping");
+    if !is_role {
+        return None;
+    }
+    // (start, length, replacement), in order.
+    let mut edits = Vec::new();
+    if keyword(1, "user") {
+        edits.push((words[1].0, "user".len(), "ROLE"));
+    }
+    for (i, (at, _)) in words.iter().enumerate().skip(2) {
+        if keyword(i, "encrypted") && keyword(i + 1, "password") {
+            edits.push((*at, "encrypted".len(), ""));
+        }
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let mut text = String::with_capacity(statement.len());
+    let mut from = 0;
+    for (start, len, with) in edits {
+        text.push_str(&statement[from..start]);
+        text.push_str(with);
+        from = start + len;
+    }
+    text.push_str(&statement[from..]);
+    Some(parse_sql(&text).and_then(|mut s| {
+        s.pop()
+            .ok_or_else(|| PgError::new(code::SYNTAX_ERROR, "syntax error"))
+    }))
+}
+
+/// The statements of a query string, as slices of it: split at the
+/// semicolons that end them (not those inside quotes or comments),
+/// trimmed, empty ones left out. A query that does not tokenize is one
+/// piece: sqlparser then says what is wrong with it.
+fn split_statements(sql: &str) -> Vec<&str> {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
+        return vec![sql.trim()];
     };
-    tokens
-        .split(|t| *t == Token::SemiColon)
-        .map(|piece| piece.iter().map(text).collect::<String>())
-        .map(|text| text.trim().to_string())
-        .filter(|text| !text.is_empty())
-        .collect()
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for t in tokens.iter().filter(|t| t.token == Token::SemiColon) {
+        let at = byte_offset(sql, t.location);
+        pieces.push(sql[start..at].trim());
+        start = at + 1;
+    }
+    pieces.push(sql[start..].trim());
+    pieces.retain(|p| !p.is_empty());
+    pieces
+}
+
+/// Where in `sql` a token the tokenizer placed at `at` begins (its lines
+/// and columns count from 1, columns in characters).
+fn byte_offset(sql: &str, at: Location) -> usize {
+    let line_start = if at.line <= 1 {
+        0
+    } else {
+        sql.match_indices('\n')
+            .nth((at.line - 2) as usize)
+            .map_or(sql.len(), |(i, _)| i + 1)
+    };
+    sql[line_start..]
+        .char_indices()
+        .nth(at.column.saturating_sub(1) as usize)
+        .map_or(sql.len(), |(i, _)| line_start + i)
 }
 
 /// Parses statements sqlparser knows.
@@ -574,14 +673,26 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
         }
         ast::Statement::AlterRole { name, operation } => match operation {
             AlterRoleOperation::WithOptions { options } => {
+                let current = name.quote_style.is_none()
+                    && ["current_user", "session_user", "current_role"]
+                        .iter()
+                        .any(|c| name.value.eq_ignore_ascii_case(c));
                 Ok(Statement::Role(RoleStatement::Alter {
-                    name: ident_name(&name),
+                    name: (!current).then(|| ident_name(&name)),
                     options: role_options(options)?,
                 }))
             }
             AlterRoleOperation::RenameRole { .. } => Err(role_unsupported("RENAME")),
             _ => Err(role_unsupported("SET and RESET")),
         },
+        ast::Statement::Drop {
+            object_type: ObjectType::Role,
+            cascade: true,
+            ..
+        } => Err(PgError::new(
+            code::SYNTAX_ERROR,
+            "DROP ROLE takes no CASCADE: a role owns nothing",
+        )),
         ast::Statement::Drop {
             object_type: ObjectType::Role,
             if_exists,
@@ -611,11 +722,12 @@ fn role_unsupported(what: &str) -> PgError {
     .with_hint("a walship role has SUPERUSER, REPLICATION and PASSWORD, and may always log in")
 }
 
-/// A role's name as PostgreSQL folds it: lower case unless quoted.
+/// A role's name as PostgreSQL folds it: ASCII letters to lower case,
+/// unless quoted.
 fn ident_name(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
+        None => ident.value.to_ascii_lowercase(),
     }
 }
 
@@ -631,15 +743,30 @@ fn role_name(name: &ObjectName) -> Result<String, PgError> {
 
 fn role_options(options: impl IntoIterator<Item = RoleOption>) -> Result<RoleOptions, PgError> {
     let mut out = RoleOptions::default();
+    // Each option at most once, as PostgreSQL has it.
+    fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), PgError> {
+        match slot.replace(value) {
+            None => Ok(()),
+            Some(_) => Err(PgError::new(
+                code::SYNTAX_ERROR,
+                "conflicting or redundant options",
+            )),
+        }
+    }
+    let (mut login, mut inherit) = (None, None);
     for option in options {
         match option {
-            RoleOption::Login(true) => {}
-            RoleOption::SuperUser(on) => out.superuser = Some(on),
-            RoleOption::Replication(on) => out.replication = Some(on),
-            RoleOption::Password(Password::NullPassword) => out.password = Some(None),
+            RoleOption::Login(true) => once(&mut login, ())?,
+            // Every role inherits: there are no role memberships.
+            RoleOption::Inherit(true) => once(&mut inherit, ())?,
+            RoleOption::SuperUser(on) => once(&mut out.superuser, on)?,
+            RoleOption::Replication(on) => once(&mut out.replication, on)?,
+            RoleOption::Password(Password::NullPassword) => once(&mut out.password, None)?,
             RoleOption::Password(Password::Password(ast::Expr::Value(
-                Value::SingleQuotedString(text),
-            ))) => out.password = Some(Some(text)),
+                Value::SingleQuotedString(text)
+                | Value::EscapedStringLiteral(text)
+                | Value::DollarQuotedString(ast::DollarQuotedString { value: text, .. }),
+            ))) => once(&mut out.password, Some(text))?,
             RoleOption::Password(Password::Password(_)) => {
                 return Err(PgError::new(
                     code::SYNTAX_ERROR,
@@ -1148,6 +1275,9 @@ fn func_item(item: &SelectItem) -> Result<FuncItem, PgError> {
                 "pg_last_wal_receive_lsn" => no_args(Func::LastWalReceiveLsn)?,
                 "pg_last_wal_replay_lsn" => no_args(Func::LastWalReplayLsn)?,
                 "version" => no_args(Func::Version)?,
+                "current_user" | "session_user" | "current_role" | "user" => {
+                    no_args(Func::CurrentUser)?
+                }
                 "walship_store_checksum" => no_args(Func::StoreChecksum)?,
                 "pg_promote" => Func::Promote,
                 "walship_fence" => match &args[..] {
@@ -1362,7 +1492,7 @@ mod tests {
         assert_eq!(
             role("ALTER USER \"Bob\" PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b'"),
             RoleStatement::Alter {
-                name: "Bob".into(),
+                name: Some("Bob".into()),
                 options: RoleOptions {
                     password: Some(Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into())),
                     ..Default::default()
@@ -1376,7 +1506,7 @@ mod tests {
         assert_eq!(
             role("ALTER ROLE carol NOSUPERUSER PASSWORD NULL"),
             RoleStatement::Alter {
-                name: "carol".into(),
+                name: Some("carol".into()),
                 options: RoleOptions {
                     superuser: Some(false),
                     replication: None,
@@ -1404,5 +1534,74 @@ mod tests {
         }
         assert_eq!(refused("ALTER ROLE a PASSWORD $1").code, "42601");
         assert_eq!(refused("ALTER USER a").code, "42601");
+        assert_eq!(refused("ALTER ROLE a SUPERUSER NOSUPERUSER").code, "42601");
+        assert_eq!(refused("DROP ROLE a CASCADE").code, "42601");
+        // A password's quotes and escapes are the client's: nothing in it
+        // is read as an option, even where a statement is rewritten.
+        for (sql, password) in [
+            (
+                "ALTER USER app PASSWORD 'x'' SUPERUSER --'",
+                "x' SUPERUSER --",
+            ),
+            (
+                "ALTER USER app PASSWORD E'x\\' SUPERUSER --'",
+                "x' SUPERUSER --",
+            ),
+            ("-- rotate\nCREATE USER app PASSWORD 'a;b'", "a;b"),
+            ("ALTER ROLE app ENCRYPTED PASSWORD 'e'", "e"),
+            ("CREATE USER app INHERIT ENCRYPTED PASSWORD $$d'$$", "d'"),
+        ] {
+            let options = match role(sql) {
+                RoleStatement::Alter { options, .. } | RoleStatement::Create { options, .. } => {
+                    options
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(options.superuser, None, "{sql}");
+            assert_eq!(options.password, Some(Some(password.into())), "{sql}");
+        }
+        assert_eq!(
+            role("ALTER ROLE CURRENT_USER PASSWORD 'pw'"),
+            RoleStatement::Alter {
+                name: None,
+                options: password("pw"),
+            }
+        );
+        assert_eq!(
+            role("ALTER ROLE \"current_user\" PASSWORD 'pw'"),
+            RoleStatement::Alter {
+                name: Some("current_user".into()),
+                options: password("pw"),
+            }
+        );
+        assert!(matches!(
+            one("SELECT CURRENT_USER"),
+            Statement::Functions(items) if items[0].func == Func::CurrentUser
+        ));
+    }
+
+    fn password(text: &str) -> RoleOptions {
+        RoleOptions {
+            password: Some(Some(text.into())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn statements_split_around_our_own_commands_keep_their_text() {
+        let statements = parse("INSERT INTO kv VALUES ('a;''b', E'c\\'d'); CHECKPOINT").unwrap();
+        assert_eq!(statements.len(), 2);
+        assert_eq!(
+            statements[0],
+            Statement::Insert {
+                rows: vec![(lit("a;'b"), lit("c'd"))],
+                on_conflict: OnConflict::Error,
+            }
+        );
+        assert_eq!(statements[1], Statement::Checkpoint);
+        assert_eq!(
+            parse("/* é */ CHECKPOINT -- now\n;\n  CHECKPOINT").unwrap(),
+            vec![Statement::Checkpoint, Statement::Checkpoint]
+        );
     }
 }
