@@ -193,3 +193,49 @@ fn psql_password_sets_a_password_walship_accepts() {
     require_scram(&node);
     connect(&node, "app", "from-psql").unwrap();
 }
+
+#[test]
+fn a_non_ascii_password_set_in_sql_is_the_one_psql_logs_in_with() {
+    let mut node = Node::init("");
+    node.start();
+    // U+2168 (ROMAN NUMERAL NINE) and U+00A0 (NO-BREAK SPACE): SASLprep,
+    // which libpq applies before it proves a password, turns them into
+    // "IX" and a space, so the server must hash the same prepared text.
+    let password = "\u{2168}\u{a0}caf\u{e9}";
+    node.client()
+        .batch_execute(&format!("CREATE ROLE app LOGIN PASSWORD '{password}'"))
+        .unwrap();
+    require_scram(&node);
+    let psql = |password: &str| {
+        std::process::Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-w",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &node.port.to_string(),
+            ])
+            .args(["-U", "app", "-d", "walship", "-c", "SELECT current_user"])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let out = psql(password);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
+    // The prepared form is the same password; another one is not.
+    assert!(psql("IX caf\u{e9}").status.success());
+    let wrong = psql("IX cafe");
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+}

@@ -30,6 +30,19 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// A password as SCRAM hashes it: SASLprep'd (RFC 4013; NFKC, spaces
+/// mapped, some characters removed), or the bytes as given when that
+/// fails (a prohibited character), as PostgreSQL's `pg_saslprep` and libpq
+/// do. Both ends must agree: psql and pg_receivewal prepare the password
+/// before they prove it, so a verifier made from an unprepared non-ASCII
+/// password would never match theirs.
+fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
+    if password.is_ascii() {
+        return password.into();
+    }
+    stringprep::saslprep(password).unwrap_or(password.into())
+}
+
 /// SCRAM's `Hi()`: PBKDF2 with HMAC-SHA-256.
 fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut block = salt.to_vec();
@@ -53,8 +66,9 @@ impl ScramVerifier {
         ScramVerifier::with_salt(password, &salt, 4096)
     }
 
+    /// The verifier for `password` (SASLprep'd first, see [`prepared`]).
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> ScramVerifier {
-        let salted = hi(password.as_bytes(), salt, iterations);
+        let salted = hi(prepared(password).as_bytes(), salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         ScramVerifier {
             iterations,
@@ -225,6 +239,21 @@ mod tests {
         assert!(text.starts_with("SCRAM-SHA-256$4096:c2FsdA==$"));
         assert_eq!(ScramVerifier::parse(&text), Some(v));
         assert_eq!(ScramVerifier::parse("md5abc"), None);
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_as_postgresql_does() {
+        let salt = b"0123456789abcdef";
+        let v = |p: &str| ScramVerifier::with_salt(p, salt, 16);
+        // NFKC and non-ASCII spaces mapped to a space.
+        assert_eq!(v("\u{2168}\u{a0}x"), v("IX x"));
+        // A soft hyphen is mapped to nothing.
+        assert_eq!(v("pass\u{ad}word"), v("password"));
+        // Prohibited in SASLprep (a control character beside non-ASCII):
+        // the bytes as given, not a refusal.
+        assert_ne!(v("\u{e9}\u{7}"), v("\u{e9}"));
+        // ASCII is taken as it is, control characters included.
+        assert_ne!(v("a\u{7}"), v("a"));
     }
 
     /// The client side of RFC 5802, to drive the server.
