@@ -10,7 +10,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Location, Token, TokenWithLocation, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
@@ -255,10 +255,11 @@ fn unsupported(what: impl std::fmt::Display) -> PgError {
 /// Parses one query string (which may hold several statements, as the
 /// simple query protocol allows).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
-    // Commands sqlparser does not know (CHECKPOINT, WAIT FOR LSN) are
-    // parsed here, each statement apart; a query without them goes to
-    // sqlparser whole, so its error positions are the query's own. Most
-    // queries never name either word: they skip the extra tokenizing.
+    // Commands sqlparser does not know (CHECKPOINT, WAIT FOR LSN, and the
+    // USER and ENCRYPTED forms of role commands) are parsed here, each
+    // statement apart; a query without them goes to sqlparser whole, so
+    // its error positions are the query's own. Most queries name none of
+    // these words: they skip the extra tokenizing.
     let names = |word: &str| {
         sql.as_bytes()
             .windows(word.len())
@@ -271,12 +272,13 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
         return parse_sql(sql);
     }
     let pieces = split_statements(sql);
-    if !pieces.iter().any(|p| own_command(p).is_some()) {
+    let own: Vec<_> = pieces.iter().map(|p| own_command(p)).collect();
+    if own.iter().all(Option::is_none) {
         return parse_sql(sql);
     }
     let mut statements = Vec::new();
-    for piece in &pieces {
-        match own_command(piece) {
+    for (piece, own) in pieces.iter().zip(own) {
+        match own {
             Some(statement) => statements.push(statement?),
             None => statements.extend(parse_sql(piece)?),
         }
@@ -315,14 +317,12 @@ fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
 /// command), and `ENCRYPTED PASSWORD` for `PASSWORD`. Rewritten in the
 /// statement's own text, so a password's quotes and escapes stay exactly
 /// as the client sent them.
-fn role_statement(
-    statement: &str,
-    tokens: &[TokenWithLocation],
-) -> Option<Result<Statement, PgError>> {
+fn role_statement(statement: &str, tokens: &[TokenWithSpan]) -> Option<Result<Statement, PgError>> {
+    let mut offsets = Offsets::new(statement);
     let words: Vec<(usize, &Token)> = tokens
         .iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .map(|t| (byte_offset(statement, t.location), &t.token))
+        .map(|t| (offsets.of(t.span.start), &t.token))
         .collect();
     let keyword = |i: usize, k: &str| {
         matches!(words.get(i), Some((_, Token::Word(w)))
@@ -339,9 +339,11 @@ fn role_statement(
     if keyword(1, "user") {
         edits.push((words[1].0, "user".len(), "ROLE"));
     }
-    for (i, (at, _)) in words.iter().enumerate().skip(2) {
+    // From after the role's name (a role may be called "encrypted"); a
+    // space for the word, so that its neighbours do not run together.
+    for (i, (at, _)) in words.iter().enumerate().skip(3) {
         if keyword(i, "encrypted") && keyword(i + 1, "password") {
-            edits.push((*at, "encrypted".len(), ""));
+            edits.push((*at, "encrypted".len(), " "));
         }
     }
     if edits.is_empty() {
@@ -369,10 +371,11 @@ fn split_statements(sql: &str) -> Vec<&str> {
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
         return vec![sql.trim()];
     };
+    let mut offsets = Offsets::new(sql);
     let mut pieces = Vec::new();
     let mut start = 0;
     for t in tokens.iter().filter(|t| t.token == Token::SemiColon) {
-        let at = byte_offset(sql, t.location);
+        let at = offsets.of(t.span.start);
         pieces.push(sql[start..at].trim());
         start = at + 1;
     }
@@ -381,20 +384,42 @@ fn split_statements(sql: &str) -> Vec<&str> {
     pieces
 }
 
-/// Where in `sql` a token the tokenizer placed at `at` begins (its lines
-/// and columns count from 1, columns in characters).
-fn byte_offset(sql: &str, at: Location) -> usize {
-    let line_start = if at.line <= 1 {
-        0
-    } else {
-        sql.match_indices('\n')
-            .nth((at.line - 2) as usize)
-            .map_or(sql.len(), |(i, _)| i + 1)
-    };
-    sql[line_start..]
-        .char_indices()
-        .nth(at.column.saturating_sub(1) as usize)
-        .map_or(sql.len(), |(i, _)| line_start + i)
+/// Byte offsets in a text of the places its tokenizer gave (lines and
+/// columns counting from 1, columns in characters, a line ending at each
+/// `\n`), asked for in the order of the text: one pass over it in all, so
+/// a query of many statements costs no more than its length.
+struct Offsets<'a> {
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    len: usize,
+    /// Where the next character of `chars` is.
+    at: Location,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(text: &'a str) -> Offsets<'a> {
+        Offsets {
+            chars: text.char_indices().peekable(),
+            len: text.len(),
+            at: Location { line: 1, column: 1 },
+        }
+    }
+
+    /// The byte offset of `place`, which is not before the last one asked.
+    fn of(&mut self, place: Location) -> usize {
+        while (self.at.line, self.at.column) < (place.line, place.column) {
+            match self.chars.next() {
+                Some((_, '\n')) => {
+                    self.at = Location {
+                        line: self.at.line + 1,
+                        column: 1,
+                    }
+                }
+                Some(_) => self.at.column += 1,
+                None => return self.len,
+            }
+        }
+        self.chars.peek().map_or(self.len, |&(i, _)| i)
+    }
 }
 
 /// Parses statements sqlparser knows.
@@ -548,9 +573,10 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
             from,
             selection,
             returning,
+            or,
         } => {
             check_table(&table)?;
-            if from.is_some() || returning.is_some() {
+            if from.is_some() || returning.is_some() || or.is_some() {
                 return Err(unsupported("UPDATE … FROM / RETURNING"));
             }
             let [assignment] = &assignments[..] else {
@@ -976,7 +1002,10 @@ fn key_equals(selection: Option<&ast::Expr>, verb: &str) -> Result<Expr, PgError
 }
 
 fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
-    check_table_name(&insert.table_name)?;
+    let ast::TableObject::TableName(table) = &insert.table else {
+        return Err(unsupported("INSERT INTO a table function"));
+    };
+    check_table_name(table)?;
     if insert.returning.is_some() {
         return Err(unsupported("INSERT … RETURNING"));
     }
@@ -1550,6 +1579,9 @@ mod tests {
             ("-- rotate\nCREATE USER app PASSWORD 'a;b'", "a;b"),
             ("ALTER ROLE app ENCRYPTED PASSWORD 'e'", "e"),
             ("CREATE USER app INHERIT ENCRYPTED PASSWORD $$d'$$", "d'"),
+            ("CREATE ROLE encrypted PASSWORD 'f'", "f"),
+            ("ALTER USER encrypted ENCRYPTED PASSWORD 'g'", "g"),
+            ("ALTER ROLE app/**/ENCRYPTED/**/PASSWORD 'h'", "h"),
         ] {
             let options = match role(sql) {
                 RoleStatement::Alter { options, .. } | RoleStatement::Create { options, .. } => {
@@ -1603,5 +1635,32 @@ mod tests {
             parse("/* é */ CHECKPOINT -- now\n;\n  CHECKPOINT").unwrap(),
             vec![Statement::Checkpoint, Statement::Checkpoint]
         );
+    }
+
+    /// Where PostgreSQL sees one statement, so must walship: a query string
+    /// quoted with dollar quotes, nested comments or identifiers holding
+    /// `$` must not become several statements (a role change among them).
+    #[test]
+    fn quotes_and_comments_hide_semicolons_as_postgresql_lexes_them() {
+        let select = |sql: &str| {
+            let statements = parse(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert!(
+                matches!(statements[..], [Statement::Select(_)]),
+                "{sql}: {statements:?}"
+            );
+        };
+        // A tagged dollar quote whose text ends in `$`.
+        select("SELECT key FROM kv WHERE key >= $q$x$$q$ AND key < $q$ AND key < 'z'; ALTER ROLE CURRENT_USER PASSWORD 'pwned'; --$q$");
+        select("SELECT value FROM kv WHERE key = $t$a$$t$");
+        select("SELECT value FROM kv WHERE key = $$a;b$$");
+        select(
+            "SELECT value FROM kv /* a /* nested */ ; ALTER ROLE x SUPERUSER; */ WHERE key = 'k'",
+        );
+        select("SELECT value FROM kv WHERE key = E'\\\\'';ALTER ROLE x SUPERUSER;'");
+        select("SELECT value FROM kv WHERE key = 'a'';ALTER ROLE x SUPERUSER;'");
+        // A backslash escapes nothing in a standard string
+        // (standard_conforming_strings is on): PostgreSQL sees two
+        // statements here, and so does walship.
+        assert_eq!(parse("SELECT '\\'; CHECKPOINT").unwrap().len(), 2);
     }
 }
