@@ -63,11 +63,22 @@ impl MetaKind {
 
     /// Reads and checks the file; returns its body.
     pub fn read(&self, path: &Path) -> Result<Vec<u8>, MetaError> {
-        let bytes = std::fs::read(path).at("read", path)?;
-        self.decode(path, bytes)
+        Ok(self.read_since(path, self.version)?.1)
     }
 
-    fn decode(&self, path: &Path, mut bytes: Vec<u8>) -> Result<Vec<u8>, MetaError> {
+    /// Reads and checks a file of any version from `oldest` to this one;
+    /// returns its version and body.
+    pub fn read_since(&self, path: &Path, oldest: u32) -> Result<(u32, Vec<u8>), MetaError> {
+        let bytes = std::fs::read(path).at("read", path)?;
+        self.decode(path, bytes, oldest)
+    }
+
+    fn decode(
+        &self,
+        path: &Path,
+        mut bytes: Vec<u8>,
+        oldest: u32,
+    ) -> Result<(u32, Vec<u8>), MetaError> {
         let damaged = || MetaError::Damaged {
             path: path.to_path_buf(),
             what: self.what,
@@ -86,7 +97,7 @@ impl MetaKind {
                 found: magic,
             });
         }
-        if version != self.version {
+        if !(oldest..=self.version).contains(&version) {
             return Err(MetaError::Version {
                 path: path.to_path_buf(),
                 what: self.what,
@@ -100,7 +111,7 @@ impl MetaKind {
         }
         bytes.truncate(body_end);
         bytes.drain(..8);
-        Ok(bytes)
+        Ok((version, bytes))
     }
 }
 

@@ -239,3 +239,122 @@ fn a_non_ascii_password_set_in_sql_is_the_one_psql_logs_in_with() {
         String::from_utf8_lossy(&wrong.stderr)
     );
 }
+
+#[test]
+fn a_hand_edit_reloaded_on_the_primary_reaches_standbys_and_survives_a_crash() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    standby.start();
+    let mut c = primary.client();
+    // A role change after the last checkpoint: crash recovery replays it.
+    c.batch_execute("CREATE ROLE mallory LOGIN SUPERUSER PASSWORD 'm'")
+        .unwrap();
+    caught_up(&mut c, &mut standby.client());
+    let users = primary.dir.join("users");
+    let text = std::fs::read_to_string(&users).unwrap();
+    let edited: String = text
+        .lines()
+        .filter(|l| !l.starts_with("mallory:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(edited, text);
+    std::fs::write(&users, &edited).unwrap();
+    primary.signal(Signal::SIGHUP);
+    assert!(primary.wait_log("edited by hand"), "{}", primary.log());
+    caught_up(&mut c, &mut standby.client());
+    assert!(!std::fs::read_to_string(standby.dir.join("users"))
+        .unwrap()
+        .contains("mallory"));
+    // Reloading the same file again changes nothing and logs nothing.
+    primary.signal(Signal::SIGHUP);
+    let reloads = |node: &Node| node.log().matches("reloaded walship.conf").count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reloads(&primary) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", primary.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(primary.log().matches("edited by hand").count(), 1);
+    primary.kill9();
+    primary.start();
+    assert!(!std::fs::read_to_string(&users).unwrap().contains("mallory"));
+    require_scram(&primary);
+    assert_eq!(
+        sqlstate(&connect(&primary, "mallory", "m").err().unwrap()),
+        "28P01"
+    );
+}
+
+/// The salt a node offers `user` in its SCRAM server-first message.
+fn offered_salt(node: &Node, user: &str) -> String {
+    use std::io::{Read, Write};
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "walship", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    out.extend(body);
+    let first = b"n,,n=,r=abcdefghijklmnop";
+    let mut sasl = b"SCRAM-SHA-256\0".to_vec();
+    sasl.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    sasl.extend_from_slice(first);
+    out.push(b'p');
+    out.extend_from_slice(&((sasl.len() + 4) as i32).to_be_bytes());
+    out.extend(sasl);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(&out).unwrap();
+    let mut header = [0u8; 5];
+    loop {
+        s.read_exact(&mut header).unwrap();
+        let len = i32::from_be_bytes(header[1..].try_into().unwrap()) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        assert_eq!(header[0], b'R', "{}", String::from_utf8_lossy(&body));
+        // AuthenticationSASLContinue: r=…,s=SALT,i=…
+        if body[..4] == 11i32.to_be_bytes() {
+            let text = String::from_utf8(body[4..].to_vec()).unwrap();
+            return text
+                .split(',')
+                .find_map(|f| f.strip_prefix("s="))
+                .unwrap()
+                .to_string();
+        }
+    }
+}
+
+#[test]
+fn a_missing_role_is_offered_the_same_salt_by_every_node_and_after_a_restart() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    standby.start();
+    primary
+        .client()
+        .batch_execute("ALTER ROLE tester PASSWORD 'pw'")
+        .unwrap();
+    caught_up(&mut primary.client(), &mut standby.client());
+    require_scram(&primary);
+    require_scram(&standby);
+    // A real role's salt is its verifier's, on every node; a missing
+    // role's must not differ in any way a client can see.
+    for user in ["tester", "nobody"] {
+        let salt = offered_salt(&primary, user);
+        assert_eq!(offered_salt(&standby, user), salt, "{user}");
+        assert_eq!(offered_salt(&primary, user), salt, "{user}");
+    }
+    assert_ne!(
+        offered_salt(&primary, "nobody"),
+        offered_salt(&primary, "nobody2")
+    );
+    let before = offered_salt(&primary, "nobody");
+    primary.stop();
+    primary.start();
+    assert_eq!(offered_salt(&primary, "nobody"), before);
+    // Another system has another secret.
+    let mut other = Node::init("authentication = scram-sha-256");
+    other.start();
+    assert_ne!(offered_salt(&other, "nobody"), before);
+}

@@ -1,6 +1,7 @@
 //! `DIR/control`: what a node must know before it reads any WAL
 //! (PostgreSQL's `pg_control`): the system identifier, segment size,
-//! timeline, the last checkpoint and the state at the last shutdown.
+//! timeline, the last checkpoint, the state at the last shutdown, and the
+//! secret behind mock authentication.
 
 use std::path::Path;
 
@@ -11,8 +12,12 @@ use crate::wal::{Lsn, SegmentSize, TimelineId};
 const KIND: MetaKind = MetaKind {
     what: "control",
     magic: 0x4643_5357, // "WSCF"
-    version: 1,
+    version: 2,
 };
+
+/// Version 1 had no mock authentication nonce: read, it gets a new one,
+/// which the node's next control write keeps.
+const OLDEST: u32 = 1;
 
 /// How the node last stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +38,18 @@ pub struct ControlFile {
     /// change before it.
     pub checkpoint: Lsn,
     pub state: NodeState,
+    /// Random at `walship init`, copied by base backups (as the file
+    /// is), kept by every later write: the salt a role that does not
+    /// exist is offered is derived from it (see
+    /// [`ScramVerifier::mock`](crate::protocol::scram::ScramVerifier::mock)),
+    /// so it is the same on every node of a system and across restarts,
+    /// as a real role's is (PostgreSQL's `mock_authentication_nonce`).
+    pub mock_auth_nonce: [u8; 32],
 }
 
 impl ControlFile {
     pub fn read(path: &Path) -> Result<ControlFile, MetaError> {
-        let body = KIND.read(path)?;
+        let (version, body) = KIND.read_since(path, OLDEST)?;
         let damaged = || MetaError::Damaged {
             path: path.to_path_buf(),
             what: KIND.what,
@@ -55,6 +67,13 @@ impl ControlFile {
             2 => NodeState::InProduction,
             _ => return Err(damaged()),
         };
+        let mock_auth_nonce = if version < 2 {
+            rand::random()
+        } else {
+            f.take(32)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(damaged)?
+        };
         if !f.is_done() {
             return Err(damaged());
         }
@@ -64,12 +83,13 @@ impl ControlFile {
             timeline,
             checkpoint: Lsn(checkpoint),
             state,
+            mock_auth_nonce,
         })
     }
 
     /// Atomically replaces the control file.
     pub fn write(&self, path: &Path) -> Result<(), MetaError> {
-        let mut body = Vec::with_capacity(28);
+        let mut body = Vec::with_capacity(60);
         body.extend_from_slice(&self.system_id.to_le_bytes());
         body.extend_from_slice(&self.seg_size.as_u32().to_le_bytes());
         body.extend_from_slice(&self.timeline.get().to_le_bytes());
@@ -79,6 +99,7 @@ impl ControlFile {
             NodeState::InProduction => 2,
         };
         body.extend_from_slice(&state.to_le_bytes());
+        body.extend_from_slice(&self.mock_auth_nonce);
         KIND.write(path, &body)
     }
 }
@@ -97,7 +118,27 @@ mod tests {
             timeline: TimelineId::FIRST,
             checkpoint: Lsn(0x1000028),
             state: NodeState::InProduction,
+            mock_auth_nonce: [7; 32],
         };
+        c.write(&p).unwrap();
+        assert_eq!(ControlFile::read(&p).unwrap(), c);
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_and_gets_a_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("control");
+        let mut body = Vec::new();
+        body.extend_from_slice(&42u64.to_le_bytes());
+        body.extend_from_slice(&SegmentSize::DEFAULT.as_u32().to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&0x1000028u64.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        MetaKind { version: 1, ..KIND }.write(&p, &body).unwrap();
+        let c = ControlFile::read(&p).unwrap();
+        assert_eq!((c.system_id, c.checkpoint), (42, Lsn(0x1000028)));
+        assert_eq!(c.state, NodeState::ShutDown);
+        assert_ne!(c.mock_auth_nonce, [0; 32]);
         c.write(&p).unwrap();
         assert_eq!(ControlFile::read(&p).unwrap(), c);
     }

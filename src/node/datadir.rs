@@ -325,6 +325,7 @@ fn fill_new(dir: &DataDir, opts: &InitOptions) -> Result<ControlFile, DataDirErr
         timeline: TimelineId::FIRST,
         checkpoint: Lsn::INVALID,
         state: NodeState::ShutDown,
+        mock_auth_nonce: rand::random(),
     };
     EpochFile {
         epoch: Epoch::FIRST,

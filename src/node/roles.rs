@@ -187,6 +187,23 @@ fn set(user: &mut User, options: &RoleOptions, notices: &mut Vec<PgError>) -> Re
     Ok(())
 }
 
+/// `statement` with its PASSWORD clause's password hashed into the text of
+/// its verifier. Applying that again costs no hashing (4096 rounds of
+/// PBKDF2): a transaction block's statements are applied at each
+/// statement's check and again at COMMIT, and a COMMIT holds the roles
+/// guard, which checkpoints wait for.
+pub fn with_verifier(statement: &RoleStatement) -> Result<RoleStatement, PgError> {
+    let mut statement = statement.clone();
+    if let RoleStatement::Create { options, .. } | RoleStatement::Alter { options, .. } =
+        &mut statement
+    {
+        if let Some(Some(text)) = &mut options.password {
+            *text = verifier(text)?.to_string();
+        }
+    }
+    Ok(statement)
+}
+
 /// The verifier a PASSWORD clause gives: a SCRAM-SHA-256 verifier as it
 /// is (what psql's `\password` sends), a password hashed into one.
 fn verifier(text: &str) -> Result<ScramVerifier, PgError> {

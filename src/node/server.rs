@@ -474,12 +474,26 @@ impl Node {
         {
             // A file that lacks a change in force is written before it is
             // read, so a reload never undoes a role change.
-            let _roles = self.db.lock_roles();
+            let roles = self.db.lock_roles();
             match self
                 .write_stale_users_file()
                 .and_then(|()| Users::read(&dir.users()))
             {
-                Ok(users) => *self.users.write().unwrap_or_else(|p| p.into_inner()) = users,
+                Ok(users) if users == self.users_now() => {}
+                // A standby's edit lasts until the primary's next change.
+                Ok(users) if self.standby().is_some() => {
+                    *self.users.write().unwrap_or_else(|p| p.into_inner()) = users
+                }
+                // A primary logs the edit as a role change, so that crash
+                // recovery (which rewrites the file from the ROLES records
+                // after the checkpoint) and the standbys keep it too.
+                Ok(users) => match roles.log(&users.to_text()) {
+                    Ok(end) => {
+                        info!(lsn = %end, "the users file was edited by hand: its roles are in force and logged in the WAL, for the standbys and crash recovery");
+                        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+                    }
+                    Err(e) => error!("users file not reloaded: its roles could not be logged in the WAL ({e}), so the roles in force stay"),
+                },
                 Err(e) => error!("users file not reloaded, the roles in force stay: {e}"),
             }
         }
@@ -1113,6 +1127,11 @@ impl Host for Node {
         by: &str,
         statements: &[RoleStatement],
     ) -> Result<(Option<Lsn>, Vec<PgError>), PgError> {
+        let statements = statements
+            .iter()
+            .map(super::roles::with_verifier)
+            .collect::<Result<Vec<_>, _>>()?;
+        let statements = &statements[..];
         let guard = self.db.lock_roles();
         let before = self.users_now();
         let (users, notices) = super::roles::apply(&before, by, statements)?;
@@ -1125,13 +1144,16 @@ impl Host for Node {
         for statement in statements {
             info!(by = %by, lsn = %end, "{statement}");
         }
-        self.install_users(users, end).map_err(|e| {
-            PgError::new(
+        let mut notices = notices;
+        // The change is made whatever the file: a warning, not an error a
+        // client would retry.
+        if let Err(e) = self.install_users(users, end) {
+            notices.push(PgError::new(
                 crate::sqlstate::code::IO_ERROR,
                 format!("the role change is logged (at {end}) and in force, but {e}"),
             )
-            .with_hint("free space or fix the file's directory: the next checkpoint writes the file, and fails until it can")
-        })?;
+            .with_hint("free space or fix the file's directory: the next checkpoint writes the file, and fails until it can"));
+        }
         Ok((Some(end), notices))
     }
     fn check_roles(
@@ -1139,10 +1161,11 @@ impl Host for Node {
         by: &str,
         done: &[RoleStatement],
         next: &RoleStatement,
-    ) -> Result<Vec<PgError>, PgError> {
+    ) -> Result<(RoleStatement, Vec<PgError>), PgError> {
+        let next = super::roles::with_verifier(next)?;
         let (users, _) = super::roles::apply(&self.users_now(), by, done)?;
-        let (_, notices) = super::roles::apply(&users, by, std::slice::from_ref(next))?;
-        Ok(notices)
+        let (_, notices) = super::roles::apply(&users, by, std::slice::from_ref(&next))?;
+        Ok((next, notices))
     }
     fn rights(&self, name: &str) -> Rights {
         self.user(name).map_or_else(Rights::default, |u| Rights {

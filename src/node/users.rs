@@ -7,10 +7,10 @@
 //! The file is rewritten (atomically) by CREATE / ALTER / DROP ROLE, whose
 //! ROLES record carries its whole text to standbys and to crash recovery,
 //! so every node of a system has the primary's roles. An edit by hand
-//! belongs on a primary, reloaded with SIGHUP: the next role change carries
-//! the roles then in force to every node (an edit not yet reloaded is lost
-//! to it), and a standby's replay of the primary's changes rewrites its
-//! own file.
+//! belongs on a primary, reloaded with SIGHUP, which logs the edited roles
+//! as a role change (standbys and crash recovery keep them; an edit not
+//! yet reloaded is lost to the next change in SQL). On a standby an edit
+//! lasts until its replay of the primary's next change rewrites the file.
 
 use std::path::Path;
 

@@ -81,16 +81,14 @@ impl ScramVerifier {
     /// A verifier no password matches, for a role that does not exist or
     /// has no password: the exchange runs as for any role and fails only
     /// at the proof, so a client cannot tell which roles exist (as
-    /// PostgreSQL's mock authentication). The salt is the same for a name
-    /// for as long as the process runs, as a real role's would be.
-    pub fn mock(user: &str) -> ScramVerifier {
-        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-        let secret = SECRET.get_or_init(rand::random);
-        let mut seed = secret.to_vec();
-        seed.extend_from_slice(user.as_bytes());
+    /// PostgreSQL's mock authentication). The salt is derived from the
+    /// system's secret `nonce` and the name: the same for a name on every
+    /// node and across restarts, as a real role's is, and not computable
+    /// without the nonce.
+    pub fn mock(user: &str, nonce: &[u8; 32]) -> ScramVerifier {
         ScramVerifier {
             iterations: 4096,
-            salt: sha256(&seed)[..16].to_vec(),
+            salt: hmac(nonce, user.as_bytes())[..16].to_vec(),
             stored_key: rand::random(),
             server_key: rand::random(),
         }

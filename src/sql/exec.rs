@@ -163,13 +163,14 @@ pub trait Host: Send + Sync {
         statements: &[RoleStatement],
     ) -> Result<(Option<Lsn>, Vec<PgError>), PgError>;
     /// Whether `next` would succeed after `done` (a transaction's role
-    /// changes so far); its notices. Changes nothing.
+    /// changes so far): `next` as the transaction keeps it (its password
+    /// hashed) and its notices. Changes nothing.
     fn check_roles(
         &self,
         by: &str,
         done: &[RoleStatement],
         next: &RoleStatement,
-    ) -> Result<Vec<PgError>, PgError>;
+    ) -> Result<(RoleStatement, Vec<PgError>), PgError>;
     /// What the role `name` may do now (nothing, if it is gone).
     fn rights(&self, name: &str) -> Rights;
     /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
@@ -591,11 +592,15 @@ impl Session {
             }
             Statement::Role(role) => {
                 self.check_writable()?;
-                let mut notices = match &self.txn {
+                let mut notices = match &mut self.txn {
                     // Checked now against the roles as the block left
                     // them, made at COMMIT (and checked again then).
                     Some(t) if !t.ops.is_empty() => return Err(rows_and_roles()),
-                    Some(t) => self.host.check_roles(&self.user, &t.roles, role)?,
+                    Some(t) => {
+                        let (kept, notices) = self.host.check_roles(&self.user, &t.roles, role)?;
+                        t.roles.push(kept);
+                        notices
+                    }
                     None => {
                         let (end, notices) = self
                             .host
@@ -606,9 +611,6 @@ impl Session {
                         notices
                     }
                 };
-                if let Some(t) = &mut self.txn {
-                    t.roles.push(role.clone());
-                }
                 self.notices.append(&mut notices);
                 Ok(tag(role.tag()))
             }
@@ -1017,6 +1019,10 @@ impl Session {
         let db = self.host.db();
         let mut row = Vec::with_capacity(items.len());
         for item in items {
+            // Permission first, as PostgreSQL checks it before recovery.
+            if matches!(item.func, Func::SwitchWal) {
+                self.require_superuser("pg_switch_wal()", false)?;
+            }
             let v = match &item.func {
                 Func::CurrentWalLsn
                 | Func::CurrentWalInsertLsn
@@ -1035,7 +1041,6 @@ impl Session {
                 }
                 Func::CurrentWalFlushLsn => Some(Value::Lsn(db.wal().flushed_lsn())),
                 Func::SwitchWal => {
-                    self.require_superuser("pg_switch_wal()", false)?;
                     self.check_writable()?;
                     Some(Value::Lsn(db.switch_wal()?))
                 }
