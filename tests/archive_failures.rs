@@ -151,3 +151,28 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
     // needs a new base backup, as the error said.
     assert_eq!(check_whole(&adir, &node), 2);
 }
+
+#[test]
+fn a_primary_says_when_its_archive_directory_goes_away_and_comes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let adir = root.path().join("archive");
+    let mut node = Node::init(&format!(
+        "archive_mode = on\narchive_directory = '{}'",
+        adir.display()
+    ));
+    node.start();
+    node.complete_segments(1, "a");
+    let out = archive(&adir, &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The node looks at the archive once a second: let it see it whole.
+    std::thread::sleep(Duration::from_millis(1500));
+    let moved = root.path().join("moved");
+    std::fs::rename(&adir, &moved).unwrap();
+    assert!(
+        node.wait_log("cannot be read as an archive any more"),
+        "{}",
+        node.log()
+    );
+    std::fs::rename(&moved, &adir).unwrap();
+    assert!(node.wait_log("readable again"), "{}", node.log());
+}

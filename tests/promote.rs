@@ -686,3 +686,33 @@ fn a_standby_pointed_at_a_newer_timeline_never_promotes_onto_its_number() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("on timeline 3"), "{}", text(&out));
 }
+
+#[test]
+fn an_unreadable_archive_refuses_the_promotion_before_anything_is_fenced() {
+    let adir = tempfile::tempdir().unwrap();
+    let gone = adir.path().join("archive");
+    let conf = format!("archive_directory = '{}'", gone.display());
+    let mut primary = Node::init(&conf);
+    primary.start();
+    let mut s1 = standby_of(&primary, "s1");
+    let out = promote(&s1, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("for timeline history files")
+            && text(&out).contains("nothing was fenced")
+            && !text(&out).contains("os error"),
+        "{}",
+        text(&out)
+    );
+    // The old primary still takes writes; the standby is still one.
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'refusal')")
+        .unwrap();
+    assert_eq!(s1.query_one("SELECT pg_is_in_recovery()"), "t");
+    std::fs::create_dir(&gone).unwrap();
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}\n{}", text(&out), s1.log());
+    assert_eq!(s1.query_one("SHOW epoch"), "2");
+    let _ = &mut s1;
+}

@@ -226,6 +226,14 @@ impl Node {
         };
         let epoch = journal.epoch;
         if journal.step == Step::Fence {
+            // What the steps after the fence read is checked before it: a
+            // promotion refused once the old primary is fenced leaves no
+            // node that takes writes.
+            self.next_timeline(dir, None).map_err(|e| {
+                refused(format!(
+                    "{e}: nothing was fenced; make it readable (mount the archive, or set archive_directory = '' if this node should not use one) and run walship promote again"
+                ))
+            })?;
             self.fence_old_primary(epoch, req)
                 .map_err(Failure::Refused)?;
             crashpoint::reach("promote-fenced");
@@ -254,7 +262,10 @@ impl Node {
             // primaries watching the archive to fence themselves by. So
             // the timeline is chosen first, and a failure after the claim
             // keeps the journal (its token recognises the claim on rerun).
-            journal.timeline = Some(self.next_timeline(dir, None).map_err(refused)?);
+            let fenced = |e: String| {
+                refused(format!("{e}; the old primary is fenced already (epoch {epoch}), so no node takes writes until this is fixed: fix it and run walship promote again"))
+            };
+            journal.timeline = Some(self.next_timeline(dir, None).map_err(fenced)?);
             if !settings.archive_directory.is_empty() {
                 fence::archive::claim(
                     Path::new(&settings.archive_directory),
@@ -262,7 +273,7 @@ impl Node {
                     &settings.node_name,
                     &journal.token,
                 )
-                .map_err(Failure::Refused)?;
+                .map_err(fenced)?;
                 crashpoint::reach("promote-claimed");
             }
             journal.advance(&dir.root, Step::Switch).map_err(stuck)?;
@@ -416,8 +427,9 @@ impl Node {
         for d in &dirs {
             let entries = std::fs::read_dir(d).map_err(|e| {
                 format!(
-                    "could not list {} for timeline history files: {e}",
-                    d.display()
+                    "could not list {} for timeline history files: {}",
+                    d.display(),
+                    crate::durable::io_cause(&e)
                 )
             })?;
             for entry in entries.flatten() {

@@ -105,6 +105,11 @@ pub struct Node {
     /// write failed): the next checkpoint writes it first. Changed only
     /// under the roles guard.
     users_file_stale: AtomicBool,
+    /// Since when `archive_directory`, once seen as an archive, cannot be
+    /// read as one (and when that was last said), for a repeated warning.
+    archive_lost: Mutex<Option<(Instant, Instant)>>,
+    /// Whether `archive_directory` has been read as an archive.
+    archive_was_seen: AtomicBool,
     db: Db,
     control: Mutex<ControlFile>,
     pub(crate) epoch: Mutex<EpochFile>,
@@ -710,6 +715,7 @@ impl Node {
             return;
         }
         let adir = std::path::Path::new(&settings.archive_directory);
+        self.watch_archive_reachable(adir);
         let Some(highest) = crate::fence::archive::highest(adir) else {
             return;
         };
@@ -720,6 +726,33 @@ impl Node {
         warn!(archive = %adir.display(), epoch = %highest, "the archive records epoch {highest}, newer than this node's {}: fencing", ep.epoch);
         if let Err(e) = Host::fence(self, highest.0) {
             error!("could not fence this node for epoch {highest}: {e}");
+        }
+    }
+
+    /// Says, loudly and every minute, when `adir` stops being readable as
+    /// an archive (unmounted, removed, permissions), and when it is back:
+    /// while it is gone, fencing through the archive cannot reach this
+    /// node, and archiving fails.
+    fn watch_archive_reachable(&self, adir: &std::path::Path) {
+        const REPEAT: Duration = Duration::from_secs(60);
+        let readable = adir.join(crate::archive::store::IDENTITY).is_file();
+        let mut lost = self.archive_lost.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match (*lost, readable) {
+            (Some((since, _)), true) => {
+                info!(archive = %adir.display(), "archive_directory is readable again (after {} s)", since.elapsed().as_secs());
+                *lost = None;
+            }
+            (Some((since, said)), false) if now.duration_since(said) >= REPEAT => {
+                warn!(archive = %adir.display(), "archive_directory still cannot be read as an archive ({} s now): mount it or fix its permissions", since.elapsed().as_secs());
+                *lost = Some((since, now));
+            }
+            (None, false) if self.archive_was_seen.load(Ordering::Acquire) => {
+                warn!(archive = %adir.display(), "archive_directory cannot be read as an archive any more (unmounted, removed, or its permissions changed): archiving fails, and a promotion elsewhere cannot fence this node through it; mount it or fix its permissions");
+                *lost = Some((now, now));
+            }
+            (None, true) => self.archive_was_seen.store(true, Ordering::Release),
+            _ => {}
         }
     }
 
@@ -1323,6 +1356,8 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         settings: RwLock::new(Arc::new(settings)),
         users: RwLock::new(users),
         users_file_stale: AtomicBool::new(false),
+        archive_lost: Mutex::new(None),
+        archive_was_seen: AtomicBool::new(false),
         db: opened.db,
         control: Mutex::new(opened.control),
         epoch: Mutex::new(opened.epoch),
