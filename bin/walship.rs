@@ -1756,6 +1756,9 @@ Held while the server runs, so no other process opens the directory; holds its p
 \fIDIR/wal/\fR
 WAL segments and timeline history files, and \fIwalship.lock\fR, the WAL writer's. With \fBarchive_mode = on\fR a primary marks each completed file \fIwal/archive_status/NAME.ready\fR for \fBwalship archive\fR.
 .TP
+\fIDIR/wal/discarded/LSN/\fR
+Recovery ends at the first record that does not check out, as PostgreSQL's does, and the node writes on from there. When what lay past that point held data (a damaged record with WAL after it, or a later segment file that is not all zeros), those files are moved or copied here first, and the log says so at error level. After a crash in the middle of a write they hold that write, never acknowledged: remove the directory. If the node did not crash, the WAL was damaged on disk and acknowledged commits may be in them: check the disk, look at them with \fBwalship dump \-\-verify\fR, and take the node's data from a standby or the archive.
+.TP
 \fIDIR/checkpoints/snapshot.LSN\fR
 The store as of the last checkpoint; recovery replays the WAL after it.
 .TP

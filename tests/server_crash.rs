@@ -110,3 +110,54 @@ fn acknowledged_writes_survive_kill_9_under_load() {
         h.acked.len()
     );
 }
+
+/// Damage in the middle of the WAL (not a torn last write): recovery ends
+/// before it, as PostgreSQL's does, but what lay past it is kept and the
+/// log says where and what it may hold.
+#[test]
+fn wal_cut_off_by_damage_is_kept_not_silently_zeroed() {
+    let mut node = Node::init("");
+    node.start();
+    let mut c = node.client();
+    c.batch_execute("CHECKPOINT").unwrap();
+    for i in 0..10 {
+        c.batch_execute(&format!("INSERT INTO kv VALUES ('k{i}', 'v')"))
+            .unwrap();
+    }
+    let at = node.query_one("SELECT pg_current_wal_lsn()");
+    for i in 10..40 {
+        c.batch_execute(&format!("INSERT INTO kv VALUES ('k{i}', 'v')"))
+            .unwrap();
+    }
+    node.kill9();
+    // A byte of the 11th commit's body (past its 24-byte header).
+    let (hi, lo) = at.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let seg = 1u64 << 20;
+    let name = format!(
+        "00000001{:08X}{:08X}",
+        (lsn / seg) >> 32,
+        (lsn / seg) & 0xffff_ffff
+    );
+    let path = node.dir.join("wal").join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(lsn % seg) as usize + 30] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    node.start();
+    assert_eq!(node.query_one("SELECT count(*) FROM kv"), "10");
+    assert!(node.wait_log("held data: it is kept in"), "{}", node.log());
+    let kept = node
+        .dir
+        .join("wal/discarded")
+        .join(format!("{hi}-{:0>8}", lo));
+    let copy = kept.join(&name);
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes, "{}", node.log());
+    // The kept segment is WAL walship's tools read: the damage is named.
+    let out = common::walship(&["dump", "--verify", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains(&format!("invalid record at {at}")),
+        "{}",
+        common::stderr(&out)
+    );
+}

@@ -363,6 +363,9 @@ pub struct Opened {
     /// Where the WAL ended, and why, when it ended on damage.
     pub end: Lsn,
     pub end_note: Option<String>,
+    /// Where what lay past the end of valid WAL was kept (see
+    /// `WalWriter::open`), when it held data.
+    pub discarded: Option<PathBuf>,
 }
 
 /// Opens a data directory: reads the control and epoch files, loads the
@@ -433,6 +436,7 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
             .stopped_by
             .filter(|(e, _)| !e.is_clean())
             .map(|(e, path)| format!("{e} (in {})", path.display())),
+        discarded: resumed.discarded,
     })
 }
 

@@ -1310,8 +1310,17 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovery complete"
     );
-    if let Some(note) = &opened.end_note {
-        warn!("WAL ends on an incomplete or damaged record: {note}; after a crash this is the write it interrupted, and recovery ends there, as PostgreSQL's does (anything after it is zeroed); otherwise check the disk");
+    match (&opened.end_note, &opened.discarded) {
+        (Some(note), None) => warn!("WAL ends on an incomplete or damaged record: {note}; after a crash this is the write it interrupted, and recovery ends there, as PostgreSQL's does (anything after it is zeroed); otherwise check the disk"),
+        (note, Some(kept)) => error!(
+            kept = %kept.display(),
+            "WAL ends at {}{}, but what lay past that end held data: it is kept in {} and the node goes on from the end of valid WAL. After a crash in the middle of a write that is the write the crash interrupted, never acknowledged: remove the directory. If this node did not crash, its WAL was damaged on disk and commits acknowledged after {} may be in it: check the disk (walship dump --verify on the kept files shows what they hold), and take this node's data from a standby or the archive",
+            opened.end,
+            note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            kept.display(),
+            opened.end,
+        ),
+        (None, None) => {}
     }
     let addrs: Vec<String> = match &opts.listen {
         Some(l) => vec![l.clone()],

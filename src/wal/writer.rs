@@ -91,7 +91,15 @@ pub struct Resumed {
     /// Why the scan stopped, and in which file, when it found anything but
     /// the end of the last segment.
     pub stopped_by: Option<(EndOfWal, PathBuf)>,
+    /// Where what lay past the end of valid WAL is kept, when it was
+    /// anything but zeros or a recycled segment's leftovers (see
+    /// [`discard_after`]).
+    pub discarded: Option<PathBuf>,
 }
+
+/// The subdirectory of the WAL directory where [`discard_after`] keeps
+/// what it would otherwise destroy.
+pub const DISCARDED_DIR: &str = "discarded";
 
 /// See the module documentation.
 pub struct WalWriter {
@@ -200,6 +208,7 @@ impl WalWriter {
                     last_record: None,
                     records: 0,
                     stopped_by: None,
+                    discarded: None,
                 },
                 Lsn::INVALID,
             ),
@@ -264,6 +273,7 @@ impl WalWriter {
                         last_record: last,
                         records,
                         stopped_by,
+                        discarded: None,
                     },
                     prev,
                 )
@@ -283,7 +293,21 @@ impl WalWriter {
             off if off == header => page,
             _ => resumed.end,
         };
-        discard_after(&config, &files, pos)?;
+        let recycled = matches!(
+            &resumed.stopped_by,
+            Some((
+                EndOfWal {
+                    reason: crate::wal::EndReason::StalePage { .. },
+                    ..
+                },
+                _
+            ))
+        );
+        let damaged = resumed
+            .stopped_by
+            .as_ref()
+            .is_some_and(|(e, _)| !e.is_clean());
+        resumed.discarded = discard_after(&config, &files, pos, damaged, !recycled)?;
         let writer = WalWriter {
             flushed: AtomicU64::new(pos.0),
             written: AtomicU64::new(pos.0),
@@ -1010,16 +1034,66 @@ pub(crate) fn page_header_len(size: SegmentSize, page: Lsn) -> usize {
 
 /// Zeroes the segment at `end` from `end` on, and removes later segments,
 /// so that nothing beyond the end of valid WAL survives to be misread.
-fn discard_after(config: &WriterConfig, files: &SegmentFiles, end: Lsn) -> Result<(), WalError> {
+/// Clears the way for writing at `end`: zeros the rest of its segment and
+/// removes the segments after it. What that would destroy is kept first,
+/// in `DISCARDED_DIR/X-XXXXXXXX/` (named for `end`), when it holds data:
+/// the rest of `end`'s segment when the WAL ended on `damaged` WAL, and
+/// any later segment not all zeros when `later` says so (not for a
+/// recycled segment's leftovers). After a crash that is the write it
+/// interrupted; otherwise it is what damage cut off, which may hold
+/// acknowledged commits: it is evidence, never silently gone. Returns the
+/// directory when anything was kept.
+fn discard_after(
+    config: &WriterConfig,
+    files: &SegmentFiles,
+    end: Lsn,
+    damaged: bool,
+    later: bool,
+) -> Result<Option<PathBuf>, WalError> {
     let size = config.seg_size;
     let segno = end.segno(size);
+    let keep_dir =
+        config
+            .dir
+            .join(DISCARDED_DIR)
+            .join(format!("{:X}-{:08X}", end.0 >> 32, end.0 as u32));
+    let mut kept = false;
+    let mut make_keep_dir = || -> Result<(), WalError> {
+        if !kept {
+            durable::create_dir_if_absent(&config.dir.join(DISCARDED_DIR))?;
+            durable::create_dir_if_absent(&keep_dir)?;
+            kept = true;
+        }
+        Ok(())
+    };
     for path in files.files.range(segno.next()..).map(|(_, p)| p) {
-        durable::remove_file(path)?;
+        match path.file_name() {
+            Some(name) if later && holds_data(path, 0)? => {
+                make_keep_dir()?;
+                durable::rename(path, &keep_dir.join(name))?;
+            }
+            _ => durable::remove_file(path)?,
+        }
     }
     if let Some(path) = files.files.get(&segno) {
-        zero_tail(path, end.segment_offset(size), size)?;
+        let offset = end.segment_offset(size);
+        if let Some(name) = path.file_name().filter(|_| damaged) {
+            if holds_data(path, offset)? {
+                make_keep_dir()?;
+                let bytes = std::fs::read(path).at("read segment", path)?;
+                durable::replace_file(&keep_dir.join(name), &bytes)?;
+            }
+        }
+        zero_tail(path, offset, size)?;
     }
-    Ok(())
+    Ok(kept.then_some(keep_dir))
+}
+
+/// Whether the file at `path` holds anything but zeros from `offset` on.
+fn holds_data(path: &Path, offset: u64) -> Result<bool, WalError> {
+    let bytes = std::fs::read(path).at("read segment", path)?;
+    let from = (offset as usize).min(bytes.len());
+    Ok(bytes[from..].iter().any(|&b| b != 0))
 }
 
 /// Zeros a segment file from `offset` to its end, durably (after checking
