@@ -450,6 +450,24 @@ fn walship_receive_follows_the_timeline_switch_of_a_promotion() {
         }
     }
     assert!(compared >= 1, "no timeline 2 segment was received");
+    // A new directory that starts on timeline 2 gets its history too, as
+    // pg_receivewal's does.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = common::walship(&[
+        "receive",
+        "--from",
+        &from_s1,
+        "-D",
+        fresh.path().to_str().unwrap(),
+        "--endpos",
+        &end,
+        "--no-loop",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(fresh.path().join("00000002.history")).unwrap(),
+        std::fs::read(s1.dir.join("wal/00000002.history")).unwrap()
+    );
 }
 
 #[test]

@@ -350,6 +350,12 @@ fn stream_once(opts: &ReceiveOptions) -> Result<Option<Stopped>, ReceiveError> {
         }
     };
     loop {
+        // As pg_receivewal: the history of the timeline streamed, when
+        // this directory does not have it yet (a restore on that timeline
+        // asks for it first).
+        if tli > TimelineId::FIRST && !opts.dir.join(history_file_name(tli)).exists() {
+            fetch_history(&mut client, &opts.dir, tli)?;
+        }
         let slot = opts
             .slot
             .as_ref()
