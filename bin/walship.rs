@@ -1700,7 +1700,7 @@ For crash tests only: the node kills itself (SIGKILL) at the named point (\fBpro
 Must be present: only a standby follows (\fBwalship rejoin\fR makes an old primary one).
 .TP
 \fIDIR/walship.conf\fR
-Read for \fBnode_name\fR, sent upstream as \fBapplication_name\fR. \fBprimary_conninfo\fR and, with \fB\-\-slot\fR, \fBprimary_slot_name\fR are appended under a comment saying who added them and when; the last value of a setting wins. A password in \fICONNINFO\fR is written there too.
+Read for \fBnode_name\fR, sent upstream as \fBapplication_name\fR. \fBprimary_conninfo\fR and, with \fB\-\-slot\fR, \fBprimary_slot_name\fR are appended under a comment saying who added them and when, and earlier lines of those settings become comments without their values (an old password does not linger); the last value of a setting wins. A password in \fICONNINFO\fR is written there too.
 .TP
 \fIDIR/control\fR, \fIDIR/epoch\fR
 The system identifier and epoch the upstream is checked against.

@@ -370,23 +370,42 @@ pub enum ConfigError {
     Write(String),
 }
 
+/// `text` (a settings file) with every line that sets one of `names` made
+/// a comment that says `by` replaced it, without its value: the last line
+/// of a setting wins anyway, and a value such as a `primary_conninfo`
+/// holding a password that has since changed should not linger.
+pub fn retire_settings(text: &str, names: &[&str], by: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for raw in text.lines() {
+        match split_line(raw) {
+            Ok(Some((name, _))) if names.contains(&name.as_str()) => {
+                out.push_str(&format!("# {name} = ... (replaced by {by}, below)\n"));
+            }
+            _ => {
+                out.push_str(raw);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// Appends `name = value` lines to the settings file at `path`, under a
-/// comment saying who added them (the last value of a setting wins, so the
-/// file keeps its history). The result is parsed before it replaces the
-/// file, atomically: a bad value never reaches the disk.
+/// comment saying who added them, and retires the earlier lines of those
+/// settings ([`retire_settings`]). The result is parsed before it replaces
+/// the file, atomically: a bad value never reaches the disk.
 pub fn append_settings(
     path: &Path,
     who: &str,
     lines: &[(&str, String)],
 ) -> Result<(), ConfigError> {
-    let mut text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         file: path.display().to_string(),
         why: e.to_string(),
     })?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let names: Vec<&str> = lines.iter().map(|(n, _)| *n).collect();
+    let mut text = retire_settings(&text, &names, &format!("{who} at {when}"));
     text.push_str(&format!("\n# Added by {who} at {when}\n"));
     for (name, value) in lines {
         text.push_str(&format!("{name} = {}\n", quote(value)));
@@ -850,5 +869,33 @@ mod tests {
             );
             assert!(Settings::default().show(doc.name).is_some());
         }
+    }
+
+    #[test]
+    fn appended_settings_retire_the_earlier_lines_and_their_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("walship.conf");
+        std::fs::write(
+            &path,
+            "#primary_conninfo = ''\nprimary_conninfo = 'host=a password=old'\nport = 5433\n",
+        )
+        .unwrap();
+        append_settings(
+            &path,
+            "walship follow",
+            &[("primary_conninfo", "host=b password=new".into())],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("old"), "{text}");
+        assert!(
+            text.starts_with(
+                "#primary_conninfo = ''\n# primary_conninfo = ... (replaced by walship follow at "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("port = 5433\n"), "{text}");
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.primary_conninfo, "host=b password=new");
     }
 }

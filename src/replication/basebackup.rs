@@ -259,6 +259,16 @@ fn write_files(
         }
         let mut data = data.clone();
         if name == "walship.conf" {
+            let mut names = vec!["node_name", "primary_conninfo"];
+            if opts.slot.is_some() {
+                names.push("primary_slot_name");
+            }
+            let text = crate::node::config::retire_settings(
+                &String::from_utf8_lossy(&data),
+                &names,
+                "walship basebackup",
+            );
+            data = text.into_bytes();
             data.extend_from_slice(standby_settings(opts).as_bytes());
         }
         durable::replace_file(&dir.root.join(rel), &data)?;
