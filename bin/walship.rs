@@ -887,12 +887,19 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
                 "Nothing to archive: {} is a standby (its primary archives its WAL).",
                 dir.display()
             ),
+            _ if !archive_mode_on(&dir) => out!(
+                "Nothing to archive: archive_mode is off in {}, so the node marks no segment for archiving; set archive_mode = on and restart it.",
+                datadir::DataDir::new(&dir).conf().display()
+            ),
             _ => out!("Nothing to archive."),
         }
         return Ok(ExitCode::SUCCESS);
     }
     let stop = stop_on_signals()?;
     tracing::info!(archive = %args.archive.display(), "archiving continuously (SIGTERM or SIGINT to stop)");
+    if !archive_mode_on(&dir) {
+        tracing::warn!(conf = %datadir::DataDir::new(&dir).conf().display(), "archive_mode is off: the node marks no segment for archiving, so this archiver waits for nothing; set archive_mode = on and restart the node");
+    }
     let mut failing = false;
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         match archiver.pass() {
@@ -923,6 +930,13 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
 /// A flag raised by SIGTERM or SIGINT (blocked here, awaited on a thread).
 /// SIGHUP, which a service manager's reload sends, is logged and ignored:
 /// the daemon has nothing to reload, and must not die of it.
+/// Whether the node at `dir` marks segments for archiving (a walship.conf
+/// that cannot be read counts as on: the archiver then says nothing of it).
+fn archive_mode_on(dir: &std::path::Path) -> bool {
+    walship::node::config::Settings::load(&datadir::DataDir::new(dir).conf())
+        .map_or(true, |s| s.archive_mode)
+}
+
 fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();

@@ -740,3 +740,16 @@ fn status_shows_the_archiver_once_a_backup_history_file_waits() {
         "the file that waits is named: {stdout}"
     );
 }
+
+#[test]
+fn archiving_a_node_with_archive_mode_off_says_why_nothing_goes() {
+    let node = Node::init("");
+    let root = tempfile::tempdir().unwrap();
+    let out = archive(&root.path().join("a"), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("archive_mode is off in") && text.contains("set archive_mode = on"),
+        "{text}"
+    );
+}

@@ -358,3 +358,23 @@ fn a_missing_role_is_offered_the_same_salt_by_every_node_and_after_a_restart() {
     other.start();
     assert_ne!(offered_salt(&other, "nobody"), before);
 }
+
+#[test]
+fn switching_to_passwords_with_no_superuser_password_is_said_loudly() {
+    let mut node = Node::init("authentication = scram-sha-256");
+    node.start();
+    assert!(
+        node.wait_log("no superuser has a password in"),
+        "{}",
+        node.log()
+    );
+    let pwfile = node.root.path().join("pw");
+    std::fs::write(&pwfile, "secret\n").unwrap();
+    let mut with_password = Node::init_with(
+        "authentication = scram-sha-256",
+        &["--pwfile", pwfile.to_str().unwrap()],
+    );
+    with_password.start();
+    connect(&with_password, "tester", "secret").unwrap();
+    assert!(!with_password.log().contains("no superuser has a password"));
+}

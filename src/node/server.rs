@@ -863,7 +863,7 @@ impl WalReceiverHost for Node {
                     // restartpoint, past which this record is not replayed.)
                     Ok(Payload::Roles(text)) => {
                         let users = Users::from_record(text, r.lsn).map_err(|e| e.to_string())?;
-                        info!(lsn = %r.lsn, roles = users.users.len(), "replayed a role change");
+                        info!(lsn = %r.end, roles = users.users.len(), "replayed a role change");
                         let _ = self.install_users(users, r.lsn);
                     }
                     Ok(_) => {}
@@ -1266,6 +1266,16 @@ fn warn_roles_without_password(settings: &Settings, users: &Users, file: &std::p
         warn!(
             "role \"{}\" has no password in {}, so it cannot log in with authentication = scram-sha-256: give it one on the primary (ALTER ROLE name PASSWORD '…', or psql's \\password) while a role with a password, or trust, lets you in",
             user.name,
+            file.display()
+        );
+    }
+    if !users
+        .users
+        .iter()
+        .any(|u| u.superuser && u.verifier.is_some())
+    {
+        error!(
+            "no superuser has a password in {}, so with authentication = scram-sha-256 no superuser can log in (role changes, CHECKPOINT and promotion by SQL need one): set authentication = trust and reload, give a superuser a password (ALTER ROLE name PASSWORD '…'), then switch back",
             file.display()
         );
     }

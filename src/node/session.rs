@@ -76,9 +76,13 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
         BusyPoll::new(stream, node.settings().busy_poll, &busy_poll::SESSIONS),
     );
     let mut writer = BufWriter::with_capacity(16 << 10, write_half);
+    // Every line about this connection names the client, from the first
+    // (a failed login says who tried).
+    let connection = tracing::info_span!("connection", peer = %peer);
+    let _in_connection = connection.enter();
     match startup(&node, &mut reader, &mut writer) {
         Ok(Some((user, params, replication))) => {
-            let span = tracing::info_span!("session", peer = %peer, user = %user);
+            let span = tracing::info_span!("session", user = %user);
             let _enter = span.enter();
             let (pid, key) = node.register(&writer, replication);
             let result = if replication {
@@ -125,7 +129,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
         Ok(None) => {}
         Err(e) => {
             if !matches!(e, ProtoError::Closed) {
-                info!(peer = %peer, "connection refused during startup: {e}");
+                info!("connection refused during startup: {e}");
                 let mut out = Out::default();
                 out.error(&proto_to_pg(&e));
                 let _ = out.send(&mut writer);

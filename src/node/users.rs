@@ -101,6 +101,11 @@ impl Users {
             if name.is_empty() {
                 return Err(err("empty role name"));
             }
+            if users.users.iter().any(|u| u.name == name) {
+                return Err(err(&format!(
+                    "role \"{name}\" is listed twice (keep one line per role)"
+                )));
+            }
             let mut user = User {
                 name: name.to_string(),
                 superuser: false,
@@ -121,7 +126,7 @@ impl Users {
             if !verifier.is_empty() {
                 user.verifier = Some(
                     ScramVerifier::parse(verifier)
-                        .ok_or_else(|| err("invalid SCRAM-SHA-256 verifier"))?,
+                        .ok_or_else(|| err("invalid SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey; set a password with ALTER ROLE ... PASSWORD or walship init --pwfile rather than by hand)"))?,
                 );
             }
             users.users.push(user);
@@ -179,5 +184,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains(":1: unknown attribute"));
+        std::fs::write(&p, "carol:superuser:\n# again\ncarol::\n").unwrap();
+        assert!(Users::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains(":3: role \"carol\" is listed twice"));
     }
 }
