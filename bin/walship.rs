@@ -1304,7 +1304,9 @@ mod man {
     fn page_for(cmd: &clap::Command, name: &str, sections: &Sections) -> String {
         let mut buf = Vec::new();
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
-        let cmd = cmd.clone().name(name);
+        // The page is walship-promote(1); the command typed is
+        // `walship promote`, as its SYNOPSIS shows.
+        let cmd = cmd.clone().name(name).bin_name(name.replacen('-', " ", 1));
         clap_mangen::Man::new(cmd)
             .render(&mut buf)
             .expect("render to memory");
@@ -1741,7 +1743,7 @@ Cut back to the switch point: the segment holding it zeroed from there on, later
 When the last checkpoint lies past the switch point and no commit does: its snapshot is recorded as the switch point's, and \fIDIR/control\fR points at it.
 .TP
 \fIDIR/walship.conf\fR
-Read for \fBnode_name\fR; \fBprimary_conninfo\fR and, with \fB\-\-slot\fR, \fBprimary_slot_name\fR are appended under a comment saying who added them and when. A password in \fICONNINFO\fR is written there too.
+Read for \fBnode_name\fR; \fBprimary_conninfo\fR and, with \fB\-\-slot\fR, \fBprimary_slot_name\fR are appended under a comment saying who added them and when, and earlier lines of those settings become comments without their values. A password in \fICONNINFO\fR is written there too.
 "#;
 
     const SERVER_EXTRA: &str = r#".SH SIGNALS

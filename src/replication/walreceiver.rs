@@ -65,6 +65,17 @@ const SAID_MAX: usize = 4096;
 /// would a reader waiting for a pipe's end. The file is opened to append,
 /// so what such a process writes later lands after what is read here; and
 /// what cannot be read is only missing from the log line.
+/// How a command ended, as a shell user says it: `exit 1`, `killed by
+/// signal 9`.
+fn ended(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
 fn run_capturing(cmd: &str, capture: &Path) -> std::io::Result<(ExitStatus, String)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -279,11 +290,12 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
                     format!(" (it said: {said})")
                 };
                 return Err(ReceiveError::Restore(format!(
-                    "restore_command failed for {name} ({status}): not an absent file but a real failure; fix the archive, then the standby retries: {cmd}{said}"
+                    "restore_command failed for {name} ({}): not an absent file but a real failure; fix the archive, then the standby retries: {cmd}{said}",
+                    ended(status)
                 )));
             }
             Ok((status, said)) => {
-                info!(segment = %name, command = %cmd, status = %status, said = %said, "restore_command did not restore the segment");
+                info!(segment = %name, command = %cmd, ended = %ended(status), said = %said, "restore_command did not restore the segment");
                 return Ok(restored);
             }
             Err(e) => {

@@ -846,6 +846,26 @@ fn check_table_name(name: &ObjectName) -> Result<(), PgError> {
 }
 
 fn check_table(t: &TableWithJoins) -> Result<(), PgError> {
+    // psql's \d, \l and \du read PostgreSQL's catalogs (with joins):
+    // say that, not that a join is unsupported.
+    let relations = std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation));
+    for relation in relations {
+        if let TableFactor::Table { name, .. } = relation {
+            let first = name.0.first().map(|i| i.value.to_ascii_lowercase());
+            let catalog = first.as_deref().is_some_and(|s| {
+                s == "pg_catalog"
+                    || s == "information_schema"
+                    || (name.0.len() == 1 && s.starts_with("pg_"))
+            });
+            if catalog {
+                return Err(PgError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    format!("walship has no system catalog \"{name}\": it is not PostgreSQL, and psql's \\d, \\l and \\du read such catalogs"),
+                )
+                .with_hint("the one table is kv (key text primary key, value text); SELECT current_user, SHOW ALL and the views pg_stat_replication, pg_replication_slots, pg_stat_wal_receiver and pg_stat_archiver say the rest"));
+            }
+        }
+    }
     if !t.joins.is_empty() {
         return Err(unsupported("JOIN"));
     }
@@ -1635,6 +1655,20 @@ mod tests {
             parse("/* é */ CHECKPOINT -- now\n;\n  CHECKPOINT").unwrap(),
             vec![Statement::Checkpoint, Statement::Checkpoint]
         );
+    }
+
+    #[test]
+    fn psql_catalog_queries_are_told_there_are_no_catalogs() {
+        for sql in [
+            "SELECT c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+            "SELECT datname FROM pg_database",
+            "SELECT * FROM information_schema.tables",
+        ] {
+            let e = parse(sql).unwrap_err();
+            assert_eq!(e.code, "0A000", "{sql}");
+            assert!(e.message.contains("no system catalog"), "{sql}: {}", e.message);
+        }
+        assert_eq!(parse("SELECT * FROM other").unwrap_err().code, "42P01");
     }
 
     /// Where PostgreSQL sees one statement, so must walship: a query string
