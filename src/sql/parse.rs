@@ -1000,6 +1000,16 @@ fn expr(e: &ast::Expr) -> Result<Expr, PgError> {
             }
             _ => Err(unsupported(format!("the expression {e}"))),
         },
+        // A name that is no column of kv is an error in PostgreSQL too.
+        ast::Expr::Identifier(ident)
+            if !matches!(ident.value.to_ascii_lowercase().as_str(), "key" | "value") =>
+        {
+            Err(PgError::new(
+                code::UNDEFINED_COLUMN,
+                format!("column \"{}\" does not exist", ident.value),
+            )
+            .with_hint("kv has two columns: key and value"))
+        }
         other => Err(unsupported(format!("the expression {other}"))),
     }
 }
@@ -1018,7 +1028,7 @@ fn key_equals(selection: Option<&ast::Expr>, verb: &str) -> Result<Expr, PgError
             return expr(left);
         }
     }
-    Err(unsupported(format!("{verb} without WHERE key = …")))
+    Err(unsupported(format!("{verb} other than by WHERE key = …")))
 }
 
 fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
@@ -1669,6 +1679,7 @@ mod tests {
             assert!(e.message.contains("no system catalog"), "{sql}: {}", e.message);
         }
         assert_eq!(parse("SELECT * FROM other").unwrap_err().code, "42P01");
+        assert_eq!(parse("SELECT bogus").unwrap_err().code, "42703");
     }
 
     /// Where PostgreSQL sees one statement, so must walship: a query string
