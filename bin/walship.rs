@@ -927,16 +927,18 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A flag raised by SIGTERM or SIGINT (blocked here, awaited on a thread).
-/// SIGHUP, which a service manager's reload sends, is logged and ignored:
-/// the daemon has nothing to reload, and must not die of it.
-/// Whether the node at `dir` marks segments for archiving (a walship.conf
-/// that cannot be read counts as on: the archiver then says nothing of it).
+/// Whether the node at `dir` marks segments for archiving, as its
+/// walship.conf says (a file that cannot be read counts as on: the
+/// archiver then says nothing of it). archive_mode takes effect at a
+/// restart, so a node changed since its start may differ.
 fn archive_mode_on(dir: &std::path::Path) -> bool {
     walship::node::config::Settings::load(&datadir::DataDir::new(dir).conf())
         .map_or(true, |s| s.archive_mode)
 }
 
+/// A flag raised by SIGTERM or SIGINT (blocked here, awaited on a thread).
+/// SIGHUP, which a service manager's reload sends, is logged and ignored:
+/// the daemon has nothing to reload, and must not die of it.
 fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
@@ -1549,7 +1551,7 @@ Created if absent (an existing one must be empty); only its owner may enter it (
 Settings, PostgreSQL style (\fBname = value\fR); every setting is listed with its default.
 .TP
 \fIDIR/control\fR
-System identifier, segment size, timeline, last checkpoint, and a random secret from which the salt offered to a role that does not exist is derived (as PostgreSQL's mock authentication nonce: a base backup copies it, so every node of a system offers the same salt, and a client cannot tell which roles exist); CRC-protected, replaced atomically. A control file of version 1 (no secret) is read, and gets one at its next write.
+System identifier, segment size, timeline, last checkpoint, and a random secret from which the salt offered to a role that does not exist is derived (as PostgreSQL's mock authentication nonce: a base backup copies it, so every node of a system offers the same salt, and a client cannot tell which roles exist); CRC-protected, replaced atomically. A control file of version 1 (no secret) is read, and gets one at its next write; standbys cloned before that keep a secret of their own until they are cloned again.
 .TP
 \fIDIR/epoch\fR
 The generation this node writes in (1 for a new cluster).

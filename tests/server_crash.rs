@@ -160,4 +160,19 @@ fn wal_cut_off_by_damage_is_kept_not_silently_zeroed() {
         "{}",
         common::stderr(&out)
     );
+    // The same block goes bad again: a second copy beside the first.
+    let mut c = node.client();
+    for i in 10..20 {
+        c.batch_execute(&format!("INSERT INTO kv VALUES ('k{i}', 'again')"))
+            .unwrap();
+    }
+    node.kill9();
+    let mut again = std::fs::read(&path).unwrap();
+    again[(lsn % seg) as usize + 30] ^= 0xff;
+    std::fs::write(&path, &again).unwrap();
+    node.start();
+    assert_eq!(node.query_one("SELECT count(*) FROM kv"), "10");
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+    let second = kept.with_extension("2").join(&name);
+    assert_eq!(std::fs::read(&second).unwrap(), again, "{}", node.log());
 }

@@ -27,12 +27,12 @@ pub fn highest(adir: &Path) -> Option<Epoch> {
 /// who won. A claim already made with `token` — by this promotion, before
 /// it was interrupted — is this promotion's. A higher epoch claimed
 /// already means a newer primary exists: nothing is claimed.
-pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), String> {
+pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), ClaimError> {
     if !adir.exists() {
-        return Err(format!(
+        return Err(ClaimError::Failed(format!(
             "archive_directory {} does not exist: cannot claim an epoch there",
             adir.display()
-        ));
+        )));
     }
     let path = adir.join(format!("epoch.{}", epoch.0));
     let claimant = || {
@@ -45,25 +45,43 @@ pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), S
     if let Some(newer) = highest(adir).filter(|h| *h > epoch) {
         let by =
             std::fs::read_to_string(adir.join(format!("epoch.{}", newer.0))).unwrap_or_default();
-        return Err(format!(
+        return Err(ClaimError::Lost(format!(
             "the archive {} records epoch {newer} (claimed by {}), newer than epoch {epoch}: a newer primary exists; this node stays a standby (point it at that primary with walship follow)",
             adir.display(),
             by.split_whitespace().next().unwrap_or("an unknown node")
-        ));
+        )));
     }
     let created = durable::create_file_exclusive(&path, |f| {
         f.write_all(format!("{node} {token}\n").as_bytes())
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| ClaimError::Failed(e.to_string()))?;
     if !created && !ours(&claimant()) {
-        return Err(format!(
+        return Err(ClaimError::Lost(format!(
             "epoch {epoch} was already claimed in the archive by {}: another promotion won; this node stays a standby",
             claimant().split_whitespace().next().unwrap_or("an unknown node")
-        ));
+        )));
     }
     if highest(adir).is_none_or(|h| h < epoch) {
         durable::replace_file(&adir.join(HIGHEST), format!("{}\n", epoch.0).as_bytes())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClaimError::Failed(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Why [`claim`] claimed nothing.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// Another node holds this epoch or a newer one: the promotion lost,
+    /// and must not be retried blindly.
+    Lost(String),
+    /// The archive could not be read or written.
+    Failed(String),
+}
+
+impl std::fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimError::Lost(why) | ClaimError::Failed(why) => f.write_str(why),
+        }
+    }
 }

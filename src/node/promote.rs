@@ -273,7 +273,10 @@ impl Node {
                     &settings.node_name,
                     &journal.token,
                 )
-                .map_err(fenced)?;
+                .map_err(|e| match e {
+                    fence::archive::ClaimError::Lost(why) => refused(why),
+                    fence::archive::ClaimError::Failed(why) => fenced(why),
+                })?;
                 crashpoint::reach("promote-claimed");
             }
             journal.advance(&dir.root, Step::Switch).map_err(stuck)?;

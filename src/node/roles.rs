@@ -23,10 +23,33 @@ pub fn apply(
     by: &str,
     statements: &[RoleStatement],
 ) -> Result<(Users, Vec<PgError>), PgError> {
+    apply_hashing(users, by, statements, true)
+}
+
+/// Whether `statements` would succeed, as [`apply`] decides it, and their
+/// notices, without hashing any password: the cheap check that comes
+/// before [`with_verifier`], so a role that may not change a password
+/// cannot make the server hash one.
+pub fn check(
+    users: &Users,
+    by: &str,
+    statements: &[RoleStatement],
+) -> Result<Vec<PgError>, PgError> {
+    Ok(apply_hashing(users, by, statements, false)?.1)
+}
+
+/// [`apply`]; with `hash` false a password is checked but not hashed (its
+/// role gets a verifier nothing matches).
+fn apply_hashing(
+    users: &Users,
+    by: &str,
+    statements: &[RoleStatement],
+    hash: bool,
+) -> Result<(Users, Vec<PgError>), PgError> {
     let mut after = users.clone();
     let mut notices = Vec::new();
     for statement in statements {
-        apply_one(&mut after, by, statement, &mut notices)?;
+        apply_one(&mut after, by, statement, &mut notices, hash)?;
     }
     Ok((after, notices))
 }
@@ -36,6 +59,7 @@ fn apply_one(
     by: &str,
     statement: &RoleStatement,
     notices: &mut Vec<PgError>,
+    hash: bool,
 ) -> Result<(), PgError> {
     let is_superuser = after.get(by).is_some_and(|u| u.superuser);
     match statement {
@@ -56,7 +80,7 @@ fn apply_one(
                 replication: false,
                 verifier: None,
             };
-            set(&mut user, options, notices)?;
+            set(&mut user, options, notices, hash)?;
             after.users.push(user);
         }
         RoleStatement::Alter { name, options } => {
@@ -73,7 +97,7 @@ fn apply_one(
                     "permission denied to alter role \"{name}\""
                 )));
             }
-            set(user, options, notices)?;
+            set(user, options, notices, hash)?;
             if !after.users.iter().any(|u| u.superuser) {
                 return Err(denied(format!(
                     "\"{name}\" is the last superuser: walship would have no role left to manage roles"
@@ -164,7 +188,12 @@ fn check_name(name: &str) -> Result<(), PgError> {
     }
 }
 
-fn set(user: &mut User, options: &RoleOptions, notices: &mut Vec<PgError>) -> Result<(), PgError> {
+fn set(
+    user: &mut User,
+    options: &RoleOptions,
+    notices: &mut Vec<PgError>,
+    hash: bool,
+) -> Result<(), PgError> {
     if let Some(on) = options.superuser {
         user.superuser = on;
     }
@@ -181,7 +210,7 @@ fn set(user: &mut User, options: &RoleOptions, notices: &mut Vec<PgError>) -> Re
                 ));
                 None
             }
-            Some(text) => Some(verifier(text)?),
+            Some(text) => Some(verifier(text, hash)?),
         };
     }
     Ok(())
@@ -197,16 +226,20 @@ pub fn with_verifier(statement: &RoleStatement) -> Result<RoleStatement, PgError
     if let RoleStatement::Create { options, .. } | RoleStatement::Alter { options, .. } =
         &mut statement
     {
+        // An empty one stays: it clears the password, as in PostgreSQL.
         if let Some(Some(text)) = &mut options.password {
-            *text = verifier(text)?.to_string();
+            if !text.is_empty() {
+                *text = verifier(text, true)?.to_string();
+            }
         }
     }
     Ok(statement)
 }
 
 /// The verifier a PASSWORD clause gives: a SCRAM-SHA-256 verifier as it
-/// is (what psql's `\password` sends), a password hashed into one.
-fn verifier(text: &str) -> Result<ScramVerifier, PgError> {
+/// is (what psql's `\password` sends), a password hashed into one (with
+/// `hash` false, checked only: a verifier nothing matches stands in).
+fn verifier(text: &str, hash: bool) -> Result<ScramVerifier, PgError> {
     if text.starts_with("SCRAM-SHA-256$") {
         return ScramVerifier::parse(text).ok_or_else(|| {
             PgError::new(
@@ -227,6 +260,9 @@ fn verifier(text: &str) -> Result<ScramVerifier, PgError> {
             "MD5 password verifiers are not supported",
         )
         .with_hint("give the password itself, or a SCRAM-SHA-256 verifier (password_encryption = 'scram-sha-256')"));
+    }
+    if !hash {
+        return Ok(ScramVerifier::mock("", &[0; 32]));
     }
     Ok(ScramVerifier::new(text))
 }
@@ -401,5 +437,15 @@ mod tests {
         let (users, notices) = apply(&users, "admin", &alter("a", password(""))).unwrap();
         assert_eq!(users.get("a").unwrap().verifier, None);
         assert_eq!(notices[0].code, code::SUCCESSFUL_COMPLETION);
+        // Hashed ahead (as the server does), an empty password still
+        // clears it rather than becoming one.
+        let (with, _) = apply(&admin, "admin", &create("a", password("pw"))).unwrap();
+        let empty = with_verifier(&alter("a", password(""))).unwrap();
+        let (users, notices) = apply(&with, "admin", &empty).unwrap();
+        assert_eq!(users.get("a").unwrap().verifier, None);
+        assert_eq!(notices[0].code, code::SUCCESSFUL_COMPLETION);
+        // The privilege is checked before the password is looked at.
+        let e = super::check(&with, "a", &[alter("admin", password(&md5))]).unwrap_err();
+        assert_eq!(e.code, code::INSUFFICIENT_PRIVILEGE);
     }
 }

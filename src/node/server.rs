@@ -105,13 +105,15 @@ pub struct Node {
     /// write failed): the next checkpoint writes it first. Changed only
     /// under the roles guard.
     users_file_stale: AtomicBool,
-    /// Since when `archive_directory`, once seen as an archive, cannot be
-    /// read as one (and when that was last said), for a repeated warning.
-    archive_lost: Mutex<Option<(Instant, Instant)>>,
-    /// Whether `archive_directory` has been read as an archive.
-    archive_was_seen: AtomicBool,
+    /// Whether `archive_directory` can be read as an archive, for
+    /// [`Node::watch_archive_reachable`].
+    archive_reach: Mutex<ArchiveReach>,
     db: Db,
     control: Mutex<ControlFile>,
+    /// The control file's mock authentication nonce, which never changes:
+    /// read without the control lock, so a login for a role that does not
+    /// exist never waits on a checkpoint when a real role's does not.
+    pub(crate) mock_auth_nonce: [u8; 32],
     pub(crate) epoch: Mutex<EpochFile>,
     slots: Mutex<Slots>,
     checkpointing: Mutex<()>,
@@ -134,6 +136,17 @@ pub struct Node {
     /// flushed: walsenders send the rest and end.
     final_wal_written: AtomicBool,
     archive_watch: ArchiveWatch,
+}
+
+/// What a node knows of its `archive_directory`'s reachability.
+#[derive(Default)]
+struct ArchiveReach {
+    /// The directory this is about.
+    dir: PathBuf,
+    /// It has been read as an archive.
+    seen: bool,
+    /// Since when it cannot be, and when that was last said.
+    lost: Option<(Instant, Instant)>,
 }
 
 impl Node {
@@ -736,22 +749,29 @@ impl Node {
     fn watch_archive_reachable(&self, adir: &std::path::Path) {
         const REPEAT: Duration = Duration::from_secs(60);
         let readable = adir.join(crate::archive::store::IDENTITY).is_file();
-        let mut lost = self.archive_lost.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reach = self.archive_reach.lock().unwrap_or_else(|p| p.into_inner());
+        if reach.dir != adir {
+            // A new archive_directory (reloaded): nothing known of it yet.
+            *reach = ArchiveReach {
+                dir: adir.to_path_buf(),
+                ..ArchiveReach::default()
+            };
+        }
         let now = Instant::now();
-        match (*lost, readable) {
+        match (reach.lost, readable) {
             (Some((since, _)), true) => {
                 info!(archive = %adir.display(), "archive_directory is readable again (after {} s)", since.elapsed().as_secs());
-                *lost = None;
+                reach.lost = None;
             }
             (Some((since, said)), false) if now.duration_since(said) >= REPEAT => {
                 warn!(archive = %adir.display(), "archive_directory still cannot be read as an archive ({} s now): mount it or fix its permissions", since.elapsed().as_secs());
-                *lost = Some((since, now));
+                reach.lost = Some((since, now));
             }
-            (None, false) if self.archive_was_seen.load(Ordering::Acquire) => {
+            (None, false) if reach.seen => {
                 warn!(archive = %adir.display(), "archive_directory cannot be read as an archive any more (unmounted, removed, or its permissions changed): archiving fails, and a promotion elsewhere cannot fence this node through it; mount it or fix its permissions");
-                *lost = Some((now, now));
+                reach.lost = Some((now, now));
             }
-            (None, true) => self.archive_was_seen.store(true, Ordering::Release),
+            (None, true) => reach.seen = true,
             _ => {}
         }
     }
@@ -1160,6 +1180,10 @@ impl Host for Node {
         by: &str,
         statements: &[RoleStatement],
     ) -> Result<(Option<Lsn>, Vec<PgError>), PgError> {
+        // Checked first, so that no role can make the server hash a
+        // password it may not set; hashed before the guard, so that no
+        // checkpoint waits on PBKDF2.
+        super::roles::check(&self.users_now(), by, statements)?;
         let statements = statements
             .iter()
             .map(super::roles::with_verifier)
@@ -1195,10 +1219,9 @@ impl Host for Node {
         done: &[RoleStatement],
         next: &RoleStatement,
     ) -> Result<(RoleStatement, Vec<PgError>), PgError> {
-        let next = super::roles::with_verifier(next)?;
         let (users, _) = super::roles::apply(&self.users_now(), by, done)?;
-        let (_, notices) = super::roles::apply(&users, by, std::slice::from_ref(&next))?;
-        Ok((next, notices))
+        let notices = super::roles::check(&users, by, std::slice::from_ref(next))?;
+        Ok((super::roles::with_verifier(next)?, notices))
     }
     fn rights(&self, name: &str) -> Rights {
         self.user(name).map_or_else(Rights::default, |u| Rights {
@@ -1324,7 +1347,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         (Some(note), None) => warn!("WAL ends on an incomplete or damaged record: {note}; after a crash this is the write it interrupted, and recovery ends there, as PostgreSQL's does (anything after it is zeroed); otherwise check the disk"),
         (note, Some(kept)) => error!(
             kept = %kept.display(),
-            "WAL ends at {}{}, but what lay past that end held data: it is kept in {} and the node goes on from the end of valid WAL. After a crash in the middle of a write that is the write the crash interrupted, never acknowledged: remove the directory. If this node did not crash, its WAL was damaged on disk and commits acknowledged after {} may be in it: check the disk (walship dump --verify on the kept files shows what they hold), and take this node's data from a standby or the archive",
+            "WAL ends at {}{}, but what lay past that end held data: it is kept in {} and the node goes on from the end of valid WAL. After a crash in the middle of a write that is the write the crash interrupted, never acknowledged: remove the directory. If this node did not crash, its WAL was damaged on disk and commits acknowledged after {} may be in it: check the disk (walship dump --verify on the kept files shows what they hold), and take this node's data from another node or the archive",
             opened.end,
             note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
             kept.display(),
@@ -1375,9 +1398,9 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         settings: RwLock::new(Arc::new(settings)),
         users: RwLock::new(users),
         users_file_stale: AtomicBool::new(false),
-        archive_lost: Mutex::new(None),
-        archive_was_seen: AtomicBool::new(false),
+        archive_reach: Mutex::new(ArchiveReach::default()),
         db: opened.db,
+        mock_auth_nonce: opened.control.mock_auth_nonce,
         control: Mutex::new(opened.control),
         epoch: Mutex::new(opened.epoch),
         slots: Mutex::new(slots),

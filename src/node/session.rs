@@ -248,9 +248,9 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
                 (Some(_), None) => Some("role has no password"),
                 _ => None,
             };
-            let mut scram = ScramServer::new(verifier.unwrap_or_else(|| {
-                ScramVerifier::mock(&user, &node.lock_control().mock_auth_nonce)
-            }));
+            let mut scram = ScramServer::new(
+                verifier.unwrap_or_else(|| ScramVerifier::mock(&user, &node.mock_auth_nonce)),
+            );
             out.auth_sasl(&["SCRAM-SHA-256"]);
             out.send(w)?;
             let (tag, body) = r.read_message(AUTH_MESSAGE_MAX.min(max))?;

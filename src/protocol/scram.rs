@@ -40,7 +40,12 @@ fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
     if password.is_ascii() {
         return password.into();
     }
-    stringprep::saslprep(password).unwrap_or(password.into())
+    // Nothing left (only characters SASLprep removes): the bytes as
+    // given, as pg_saslprep does too.
+    match stringprep::saslprep(password) {
+        Ok(prepared) if !prepared.is_empty() => prepared,
+        _ => password.into(),
+    }
 }
 
 /// SCRAM's `Hi()`: PBKDF2 with HMAC-SHA-256.
@@ -247,6 +252,8 @@ mod tests {
         assert_eq!(v("\u{2168}\u{a0}x"), v("IX x"));
         // A soft hyphen is mapped to nothing.
         assert_eq!(v("pass\u{ad}word"), v("password"));
+        // Nothing left after SASLprep: the bytes as given, never "".
+        assert_ne!(v("\u{ad}"), v(""));
         // Prohibited in SASLprep (a control character beside non-ASCII):
         // the bytes as given, not a refusal.
         assert_ne!(v("\u{e9}\u{7}"), v("\u{e9}"));

@@ -259,13 +259,10 @@ fn write_files(
         }
         let mut data = data.clone();
         if name == "walship.conf" {
-            let mut names = vec!["node_name", "primary_conninfo"];
-            if opts.slot.is_some() {
-                names.push("primary_slot_name");
-            }
+            // The source's own slot name (a standby's) is never the clone's.
             let text = crate::node::config::retire_settings(
                 &String::from_utf8_lossy(&data),
-                &names,
+                &["node_name", "primary_conninfo", "primary_slot_name"],
                 "walship basebackup",
             );
             data = text.into_bytes();

@@ -55,16 +55,6 @@ fn said(output: &[u8]) -> String {
 /// The most of a command's output one log line carries.
 const SAID_MAX: usize = 4096;
 
-/// Runs `cmd` with `sh -c`, its stdin empty and its stdout and stderr both
-/// going, in the order written, to `capture` (unlinked as soon as it is
-/// open, so nothing is left behind). Returns how it ended and what it said.
-///
-/// The output goes to a file, not a pipe, so that the command's end is its
-/// exit: a background process it started that keeps the output open (an
-/// ssh control master, a prefetcher) does not hold the standby up, as it
-/// would a reader waiting for a pipe's end. The file is opened to append,
-/// so what such a process writes later lands after what is read here; and
-/// what cannot be read is only missing from the log line.
 /// How a command ended, as a shell user says it: `exit 1`, `killed by
 /// signal 9`.
 fn ended(status: ExitStatus) -> String {
@@ -76,6 +66,16 @@ fn ended(status: ExitStatus) -> String {
     }
 }
 
+/// Runs `cmd` with `sh -c`, its stdin empty and its stdout and stderr both
+/// going, in the order written, to `capture` (unlinked as soon as it is
+/// open, so nothing is left behind). Returns how it ended and what it said.
+///
+/// The output goes to a file, not a pipe, so that the command's end is its
+/// exit: a background process it started that keeps the output open (an
+/// ssh control master, a prefetcher) does not hold the standby up, as it
+/// would a reader waiting for a pipe's end. The file is opened to append,
+/// so what such a process writes later lands after what is read here; and
+/// what cannot be read is only missing from the log line.
 fn run_capturing(cmd: &str, capture: &Path) -> std::io::Result<(ExitStatus, String)> {
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -851,8 +851,15 @@ fn check_table(t: &TableWithJoins) -> Result<(), PgError> {
     let relations = std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation));
     for relation in relations {
         if let TableFactor::Table { name, .. } = relation {
-            let first = name.0.first().map(|i| i.value.to_ascii_lowercase());
-            let catalog = first.as_deref().is_some_and(|s| {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect();
+            let first = parts
+                .first()
+                .filter(|_| SystemView::from_name(&parts).is_none());
+            let catalog = first.is_some_and(|s| {
                 s == "pg_catalog"
                     || s == "information_schema"
                     || (name.0.len() == 1 && s.starts_with("pg_"))

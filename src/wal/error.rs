@@ -32,6 +32,8 @@ pub enum WalError {
     RecordTooLarge(usize),
     #[error("received WAL at {at} does not continue the local WAL, which ends at {local}")]
     NotContiguous { at: Lsn, local: Lsn },
+    #[error("could not keep what lies past the end of valid WAL at {end} before writing over it: {source}; free space (it needs up to a segment), or move the segment files after {end} out of wal/ yourself, and start again")]
+    KeepDiscarded { end: Lsn, source: FileError },
     #[error("the WAL writer stopped after a failed flush at {0}: nothing after it can be acknowledged; restart the server so that recovery finds the end of durable WAL")]
     Poisoned(Lsn),
 }

@@ -16,10 +16,12 @@
 //!   nothing more is acknowledged (the kernel may have dropped the pages).
 //! - On open, the writer resumes exactly at the end of valid WAL and zeroes
 //!   everything after it before writing, so stale bytes can never be read as
-//!   a continuation of new WAL.
+//!   a continuation of new WAL; what held data there (damage, not a clean
+//!   end) is first kept in `wal/discarded/` (see [`discard_after`]).
 
 use std::collections::VecDeque;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1032,11 +1034,10 @@ pub(crate) fn page_header_len(size: SegmentSize, page: Lsn) -> usize {
     }
 }
 
-/// Zeroes the segment at `end` from `end` on, and removes later segments,
-/// so that nothing beyond the end of valid WAL survives to be misread.
 /// Clears the way for writing at `end`: zeros the rest of its segment and
 /// removes the segments after it. What that would destroy is kept first,
-/// in `DISCARDED_DIR/X-XXXXXXXX/` (named for `end`), when it holds data:
+/// in `DISCARDED_DIR/X-XXXXXXXX[.N]/` (named for `end`, a new one each
+/// time), when it holds data:
 /// the rest of `end`'s segment when the WAL ended on `damaged` WAL, and
 /// any later segment not all zeros when `later` says so (not for a
 /// recycled segment's leftovers). After a crash that is the write it
@@ -1052,25 +1053,38 @@ fn discard_after(
 ) -> Result<Option<PathBuf>, WalError> {
     let size = config.seg_size;
     let segno = end.segno(size);
-    let keep_dir =
-        config
-            .dir
-            .join(DISCARDED_DIR)
-            .join(format!("{:X}-{:08X}", end.0 >> 32, end.0 as u32));
-    let mut kept = false;
-    let mut make_keep_dir = || -> Result<(), WalError> {
-        if !kept {
-            durable::create_dir_if_absent(&config.dir.join(DISCARDED_DIR))?;
-            durable::create_dir_if_absent(&keep_dir)?;
-            kept = true;
+    // A directory of its own each time: a second recovery that stops at
+    // the same LSN (the same bad block) never replaces the first's copy.
+    let mut keep_dir = None;
+    let keeping = |source: FileError| WalError::KeepDiscarded { end, source };
+    let mut keep_dir_for = || -> Result<PathBuf, WalError> {
+        if let Some(dir) = &keep_dir {
+            return Ok(PathBuf::clone(dir));
         }
-        Ok(())
+        let parent = config.dir.join(DISCARDED_DIR);
+        durable::create_dir_if_absent(&parent).map_err(keeping)?;
+        let base = format!("{:X}-{:08X}", end.0 >> 32, end.0 as u32);
+        let dir = (1..)
+            .map(|n| match n {
+                1 => parent.join(&base),
+                n => parent.join(format!("{base}.{n}")),
+            })
+            .find_map(|dir| match durable::create_dir_if_absent(&dir) {
+                Ok(true) => Some(Ok(dir)),
+                Ok(false) => None,
+                Err(e) => Some(Err(keeping(e))),
+            })
+            .unwrap_or_else(|| unreachable!("an endless range"))?;
+        keep_dir = Some(dir.clone());
+        Ok(dir)
     };
     for path in files.files.range(segno.next()..).map(|(_, p)| p) {
         match path.file_name() {
-            Some(name) if later && holds_data(path, 0)? => {
-                make_keep_dir()?;
-                durable::rename(path, &keep_dir.join(name))?;
+            // Unreadable counts as data: moved aside, never removed.
+            Some(name) if later && holds_data(path, 0).unwrap_or(true) => {
+                let dir = keep_dir_for()?;
+                durable::rename(path, &dir.join(name)).map_err(keeping)?;
+                unmark(&config.dir, &name.to_string_lossy()).map_err(keeping)?;
             }
             _ => durable::remove_file(path)?,
         }
@@ -1078,22 +1092,33 @@ fn discard_after(
     if let Some(path) = files.files.get(&segno) {
         let offset = end.segment_offset(size);
         if let Some(name) = path.file_name().filter(|_| damaged) {
-            if holds_data(path, offset)? {
-                make_keep_dir()?;
-                let bytes = std::fs::read(path).at("read segment", path)?;
-                durable::replace_file(&keep_dir.join(name), &bytes)?;
+            if holds_data(path, offset).unwrap_or(true) {
+                let dir = keep_dir_for()?;
+                let mut source = File::open(path).at("open segment", path).map_err(keeping)?;
+                durable::replace_file_with(&dir.join(name), |f| {
+                    std::io::copy(&mut source, f).map(drop)
+                })
+                .map_err(keeping)?;
             }
         }
         zero_tail(path, offset, size)?;
     }
-    Ok(kept.then_some(keep_dir))
+    Ok(keep_dir)
 }
 
-/// Whether the file at `path` holds anything but zeros from `offset` on.
-fn holds_data(path: &Path, offset: u64) -> Result<bool, WalError> {
-    let bytes = std::fs::read(path).at("read segment", path)?;
-    let from = (offset as usize).min(bytes.len());
-    Ok(bytes[from..].iter().any(|&b| b != 0))
+/// Whether the file at `path` holds anything but zeros from `offset` on
+/// (read a block at a time: a segment may be 1 GiB).
+fn holds_data(path: &Path, offset: u64) -> std::io::Result<bool> {
+    let mut file = File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut block = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut block)? {
+            0 => return Ok(false),
+            n if block[..n].iter().any(|&b| b != 0) => return Ok(true),
+            _ => {}
+        }
+    }
 }
 
 /// Zeros a segment file from `offset` to its end, durably (after checking
