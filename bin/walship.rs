@@ -1528,6 +1528,10 @@ In it: the two nodes' data directories and the archive.
 .TP
 \fIprimary.log\fR, \fIstandby.log\fR, \fIarchiver.log\fR, \fIold\-primary.log\fR
 In it: the logs of the processes the tour starts.
+.SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR, \fBSIGHUP\fR
+Stop the tour where it is: every process it started is stopped and, without \fB\-\-keep\fR, its directory removed; the exit status is 128 plus the signal's number.
 .SH ENVIRONMENT
 .TP
 \fBTMPDIR\fR

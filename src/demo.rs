@@ -9,13 +9,15 @@
 //! fenced — narrating each step.
 //!
 //! Invariant: every process it starts is stopped, and the directory
-//! removed, however the tour ends (see [`Tour`]'s `Drop`), unless the
-//! operator asked to keep it.
+//! removed, however the tour ends (see [`Tour`]'s `Drop`, and
+//! [`stop_on_signals`] for SIGTERM, SIGINT and SIGHUP), unless the operator
+//! asked to keep it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,6 +32,61 @@ const WRITE_FOR: Duration = Duration::from_secs(4);
 const CLIENTS: usize = 4;
 /// The role the demo's nodes are created with.
 const USER: &str = "walship";
+
+/// The pids of the processes the tour runs, for [`stop_on_signals`]; held
+/// while one is started, so none escapes it.
+static BACKGROUND: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Blocks SIGTERM, SIGINT and SIGHUP here (and so in every thread started
+/// after; the processes the tour starts get an empty mask from `Command`),
+/// and waits for them on a thread of its own: one stops the tour's
+/// background processes, removes `dir` unless `keep`, and exits, as the
+/// tour's own end would have. Without this a SIGTERM (a service manager, a
+/// `timeout`) or the hangup of a closed terminal killed the tour alone and
+/// left its servers running.
+fn stop_on_signals(dir: PathBuf, keep: bool) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, SigSet, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("could not block signals")?;
+    std::thread::spawn(move || {
+        let Ok(signal) = set.wait() else {
+            return;
+        };
+        say(&format!(
+            "\n{signal} received: stopping the tour's servers."
+        ));
+        // Held until the exit: the tour starts nothing more meanwhile.
+        let running = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
+        let pids: Vec<Pid> = running.iter().map(|&p| Pid::from_raw(p as i32)).collect();
+        for &pid in &pids {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &pid in &pids {
+            while !matches!(
+                waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
+            ) {
+                if Instant::now() > deadline {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if !keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        std::process::exit(128 + signal as i32);
+    });
+    Ok(())
+}
 
 /// One running `walship` process of the tour.
 struct Process {
@@ -106,10 +163,26 @@ fn append_conf(dir: &Path, lines: &[(&str, String)]) -> anyhow::Result<()> {
 impl Tour {
     /// Runs `walship ARGS` to completion; its output, or an error with it.
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.exe)
-            .args(args)
-            .output()
+        let child = {
+            let mut running = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
+            let child = Command::new(&self.exe)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("could not run {}", self.exe.display()))?;
+            running.push(child.id());
+            child
+        };
+        let pid = child.id();
+        let out = child
+            .wait_with_output()
             .with_context(|| format!("could not run {}", self.exe.display()))?;
+        BACKGROUND
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&p| p != pid);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -126,6 +199,7 @@ impl Tour {
         let log_path = self.dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut running = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
         let child = Command::new(&self.exe)
             .args(args)
             .stdin(Stdio::null())
@@ -134,6 +208,8 @@ impl Tour {
             .spawn()
             .with_context(|| format!("could not start walship {}", args.join(" ")))?;
         let pid = child.id();
+        running.push(pid);
+        drop(running);
         self.processes.push(Process { name, child });
         Ok(pid)
     }
@@ -181,6 +257,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         bail!("{} is not empty: choose a new directory", dir.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    stop_on_signals(dir.clone(), keep.is_some())?;
     let mut tour = Tour {
         exe,
         dir: dir.clone(),
