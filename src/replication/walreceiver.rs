@@ -417,7 +417,14 @@ pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
             continue;
         }
         match outcome {
-            Ok(()) => info!(primary = %info, "streaming ended"),
+            // An end the upstream chose (a timeline's end, its shutdown)
+            // is no failure: reconnect soon, whatever earlier failures
+            // had grown the backoff to (a standby just pointed at a new
+            // primary by walship follow streams within 100 ms, not 5 s).
+            Ok(()) => {
+                info!(primary = %info, "streaming ended");
+                backoff = Duration::from_millis(100);
+            }
             Err(ReceiveError::Replay(why)) => return stop_replaying(host, why),
             Err(e) => {
                 warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
