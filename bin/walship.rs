@@ -31,9 +31,26 @@ use walship::replication::receive::{self, ReceiveOptions, Stopped};
 use walship::replication::status;
 use walship::wal::{Lsn, SegmentSize, WalFileName};
 
+const ROOT_EXAMPLES: &str = "\
+Examples:
+  walship demo
+  walship init -D data && walship server -D data
+  walship basebackup --from 'host=10.0.0.1 user=walship' -D standby --node-name s1
+  walship status --from 'host=127.0.0.1 port=5433'
+  walship archive --archive /srv/wal-archive -D data
+  walship promote -D standby --wait";
+
 /// A PostgreSQL-style physical WAL-shipping replication toolkit.
+///
+/// A node (walship server) is a durable key-value store that speaks
+/// PostgreSQL's wire and replication protocols and writes PostgreSQL 15's
+/// WAL format. Its WAL ships byte for byte to standbys (basebackup, then
+/// streaming), synchronously or not; walship archive keeps completed
+/// segments in an archive that standbys and PostgreSQL can restore from;
+/// walship promote makes a standby the primary only after fencing the old
+/// one with a new epoch. Each command has its own page: walship-COMMAND(1).
 #[derive(Parser)]
-#[command(name = "walship", version, about, long_about = None, max_term_width = 100, disable_help_subcommand = true)]
+#[command(name = "walship", version, about, max_term_width = 100, disable_help_subcommand = true, after_help = ROOT_EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
