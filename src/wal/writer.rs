@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::decoder::{Decoder, EndOfWal, Expect, Record};
+use super::decoder::{Decoder, EndOfWal, EndReason, Expect, Record};
 use super::error::WalError;
 use super::format::{
     LongHeader, PageHeader, RecordParts, LONG_PAGE_HEADER, MAX_RECORD_LEN, PAGE_MAGIC, PAGE_SIZE,
@@ -295,21 +295,8 @@ impl WalWriter {
             off if off == header => page,
             _ => resumed.end,
         };
-        let recycled = matches!(
-            &resumed.stopped_by,
-            Some((
-                EndOfWal {
-                    reason: crate::wal::EndReason::StalePage { .. },
-                    ..
-                },
-                _
-            ))
-        );
-        let damaged = resumed
-            .stopped_by
-            .as_ref()
-            .is_some_and(|(e, _)| !e.is_clean());
-        resumed.discarded = discard_after(&config, &files, pos, damaged, !recycled)?;
+        let ended_by = resumed.stopped_by.as_ref().map(|(e, _)| e);
+        resumed.discarded = discard_after(&config, &files, pos, ended_by)?;
         let writer = WalWriter {
             flushed: AtomicU64::new(pos.0),
             written: AtomicU64::new(pos.0),
@@ -1037,10 +1024,10 @@ pub(crate) fn page_header_len(size: SegmentSize, page: Lsn) -> usize {
 /// Clears the way for writing at `end`: zeros the rest of its segment and
 /// removes the segments after it. What that would destroy is kept first,
 /// in `DISCARDED_DIR/X-XXXXXXXX[.N]/` (named for `end`, a new one each
-/// time), when it holds data:
-/// the rest of `end`'s segment when the WAL ended on `damaged` WAL, and
-/// any later segment not all zeros when `later` says so (not for a
-/// recycled segment's leftovers). After a crash that is the write it
+/// time), when it holds data: the rest of `end`'s segment when the WAL
+/// ended on damage (`ended_by` is not clean), and any later segment not
+/// all zeros unless the WAL ended at a recycled segment's leftovers.
+/// After a crash that is the write it
 /// interrupted; otherwise it is what damage cut off, which may hold
 /// acknowledged commits: it is evidence, never silently gone. Returns the
 /// directory when anything was kept.
@@ -1048,11 +1035,12 @@ fn discard_after(
     config: &WriterConfig,
     files: &SegmentFiles,
     end: Lsn,
-    damaged: bool,
-    later: bool,
+    ended_by: Option<&EndOfWal>,
 ) -> Result<Option<PathBuf>, WalError> {
     let size = config.seg_size;
     let segno = end.segno(size);
+    let damaged = ended_by.is_some_and(|e| !e.is_clean());
+    let later = !ended_by.is_some_and(|e| matches!(e.reason, EndReason::StalePage { .. }));
     // A directory of its own each time: a second recovery that stops at
     // the same LSN (the same bad block) never replaces the first's copy.
     let mut keep_dir = None;
@@ -1064,17 +1052,12 @@ fn discard_after(
         let parent = config.dir.join(DISCARDED_DIR);
         durable::create_dir_if_absent(&parent).map_err(keeping)?;
         let base = format!("{:X}-{:08X}", end.0 >> 32, end.0 as u32);
-        let dir = (1..)
-            .map(|n| match n {
-                1 => parent.join(&base),
-                n => parent.join(format!("{base}.{n}")),
-            })
-            .find_map(|dir| match durable::create_dir_if_absent(&dir) {
-                Ok(true) => Some(Ok(dir)),
-                Ok(false) => None,
-                Err(e) => Some(Err(keeping(e))),
-            })
-            .unwrap_or_else(|| unreachable!("an endless range"))?;
+        let mut dir = parent.join(&base);
+        let mut n = 1;
+        while !durable::create_dir_if_absent(&dir).map_err(keeping)? {
+            n += 1;
+            dir = parent.join(format!("{base}.{n}"));
+        }
         keep_dir = Some(dir.clone());
         Ok(dir)
     };
