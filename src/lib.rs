@@ -8,6 +8,7 @@
 //! - `fence`: epochs
 //! - `node`: a data directory and the server that runs it
 //! - `dump`: `walship dump`, pg_waldump's job
+//! - `shell`: how an operator's shell command ended
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod archive;
@@ -22,6 +23,7 @@ pub mod node;
 pub mod progress;
 pub mod protocol;
 pub mod replication;
+pub mod shell;
 pub mod sql;
 pub mod sqlstate;
 pub mod store;

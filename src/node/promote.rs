@@ -349,11 +349,7 @@ impl Node {
                 .status()
                 .map_err(|e| format!("could not run the fence command: {e}"))?;
             if !status.success() {
-                let why = match status.code() {
-                    Some(127) => "exit status 127: command not found".to_string(),
-                    Some(126) => "exit status 126: not executable".to_string(),
-                    _ => status.to_string(),
-                };
+                let why = crate::shell::ended(status);
                 // Whether the old primary may still take writes depends on
                 // the direct attempt: wait for it to say.
                 let fenced_directly = direct.is_some_and(|rx| rx.recv().is_ok_and(|r| r.is_ok()));

@@ -55,17 +55,6 @@ fn said(output: &[u8]) -> String {
 /// The most of a command's output one log line carries.
 const SAID_MAX: usize = 4096;
 
-/// How a command ended, as a shell user says it: `exit 1`, `killed by
-/// signal 9`.
-fn ended(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => status.to_string(),
-    }
-}
-
 /// Runs `cmd` with `sh -c`, its stdin empty and its stdout and stderr both
 /// going, in the order written, to `capture` (unlinked as soon as it is
 /// open, so nothing is left behind). Returns how it ended and what it said.
@@ -291,11 +280,11 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
                 };
                 return Err(ReceiveError::Restore(format!(
                     "restore_command failed for {name} ({}): not an absent file but a real failure; fix the archive, then the standby retries: {cmd}{said}",
-                    ended(status)
+                    crate::shell::ended(status)
                 )));
             }
             Ok((status, said)) => {
-                info!(segment = %name, command = %cmd, ended = %ended(status), said = %said, "restore_command did not restore the segment");
+                info!(segment = %name, command = %cmd, ended = %crate::shell::ended(status), said = %said, "restore_command did not restore the segment");
                 return Ok(restored);
             }
             Err(e) => {
