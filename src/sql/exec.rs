@@ -546,10 +546,7 @@ impl Session {
                 }
                 if !txn.roles.is_empty() {
                     self.check_writable()?;
-                    let (end, _) = self.host.change_roles(&self.user, &txn.roles)?;
-                    if let Some(end) = end {
-                        self.wait_for_standbys(end)?;
-                    }
+                    self.change_roles(&txn.roles)?;
                 }
                 if !txn.ops.is_empty() {
                     self.check_writable()?;
@@ -601,15 +598,7 @@ impl Session {
                         t.roles.push(kept);
                         notices
                     }
-                    None => {
-                        let (end, notices) = self
-                            .host
-                            .change_roles(&self.user, std::slice::from_ref(role))?;
-                        if let Some(end) = end {
-                            self.wait_for_standbys(end)?;
-                        }
-                        notices
-                    }
+                    None => self.change_roles(std::slice::from_ref(role))?,
                 };
                 self.notices.append(&mut notices);
                 Ok(tag(role.tag()))
@@ -704,6 +693,16 @@ impl Session {
             format!("permission denied to run {what}"),
         )
         .with_hint(format!("only {who} may run it")))
+    }
+
+    /// Makes role changes, as a commit is made: logged, in force, and
+    /// waited for as `synchronous_commit` says. Returns their notices.
+    fn change_roles(&mut self, statements: &[RoleStatement]) -> Result<Vec<PgError>, PgError> {
+        let (end, notices) = self.host.change_roles(&self.user, statements)?;
+        if let Some(end) = end {
+            self.wait_for_standbys(end)?;
+        }
+        Ok(notices)
     }
 
     /// Refuses a row write in a block that changes roles.
