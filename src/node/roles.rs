@@ -9,7 +9,7 @@
 
 use super::users::{User, Users};
 use crate::protocol::scram::ScramVerifier;
-use crate::sql::parse::{RoleOptions, RoleStatement};
+use crate::sql::parse::{RoleOptions, RoleStatement, SESSION_ROLE_WORDS};
 use crate::sqlstate::{code, PgError};
 
 /// PostgreSQL's limit on a name (NAMEDATALEN - 1 bytes).
@@ -155,14 +155,7 @@ fn check_name(name: &str) -> Result<(), PgError> {
         .with_detail("Role names starting with \"pg_\" are reserved."));
     }
     // What PostgreSQL's role specifications mean by these.
-    const RESERVED: [&str; 5] = [
-        "public",
-        "none",
-        "current_user",
-        "session_user",
-        "current_role",
-    ];
-    if RESERVED.contains(&name) {
+    if ["public", "none"].contains(&name) || SESSION_ROLE_WORDS.contains(&name) {
         return Err(PgError::new(
             code::RESERVED_NAME,
             format!("role name \"{name}\" is reserved"),

@@ -166,6 +166,10 @@ pub enum RoleStatement {
     },
 }
 
+/// The words a role specification uses for the session's own role, as in
+/// `ALTER ROLE CURRENT_USER` (so no role may be named one of them).
+pub const SESSION_ROLE_WORDS: [&str; 3] = ["current_user", "session_user", "current_role"];
+
 /// For the log: the command and the roles it names (never a password).
 impl std::fmt::Display for RoleStatement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -700,7 +704,7 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
         ast::Statement::AlterRole { name, operation } => match operation {
             AlterRoleOperation::WithOptions { options } => {
                 let current = name.quote_style.is_none()
-                    && ["current_user", "session_user", "current_role"]
+                    && SESSION_ROLE_WORDS
                         .iter()
                         .any(|c| name.value.eq_ignore_ascii_case(c));
                 Ok(Statement::Role(RoleStatement::Alter {
