@@ -45,9 +45,7 @@ static BACKGROUND: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// `timeout`) or the hangup of a closed terminal killed the tour alone and
 /// left its servers running.
 fn stop_on_signals(dir: PathBuf, keep: bool) -> anyhow::Result<()> {
-    use nix::sys::signal::{kill, SigSet, Signal};
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    use nix::unistd::Pid;
+    use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         set.add(s);
@@ -62,30 +60,40 @@ fn stop_on_signals(dir: PathBuf, keep: bool) -> anyhow::Result<()> {
         ));
         // Held until the exit: the tour starts nothing more meanwhile.
         let running = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
-        let pids: Vec<Pid> = running.iter().map(|&p| Pid::from_raw(p as i32)).collect();
-        for &pid in &pids {
-            let _ = kill(pid, Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for &pid in &pids {
-            while !matches!(
-                waitpid(pid, Some(WaitPidFlag::WNOHANG)),
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
-            ) {
-                if Instant::now() > deadline {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    let _ = waitpid(pid, None);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if !keep {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        clean_up(&running, &dir, keep);
         std::process::exit(128 + signal as i32);
     });
     Ok(())
+}
+
+/// Stops the processes `pids` (SIGTERM, then SIGKILL for one still there
+/// after 10 s), reaps them, and removes `dir` unless `keep`: how the tour
+/// ends, whatever ends it.
+fn clean_up(pids: &[u32], dir: &Path, keep: bool) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    let pids: Vec<Pid> = pids.iter().map(|&p| Pid::from_raw(p as i32)).collect();
+    for &pid in &pids {
+        let _ = kill(pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &pid in &pids {
+        while !matches!(
+            waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
+        ) {
+            if Instant::now() > deadline {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if !keep {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// One running `walship` process of the tour.
@@ -104,21 +112,8 @@ struct Tour {
 
 impl Drop for Tour {
     fn drop(&mut self) {
-        for p in &mut self.processes {
-            let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for p in &mut self.processes {
-            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let pids: Vec<u32> = self.processes.iter().map(|p| p.child.id()).collect();
+        clean_up(&pids, &self.dir, self.keep);
     }
 }
 
