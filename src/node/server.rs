@@ -884,7 +884,7 @@ impl WalReceiverHost for Node {
                     Ok(Payload::Roles(text)) => {
                         let users = Users::from_record(text, r.lsn).map_err(|e| e.to_string())?;
                         info!(lsn = %r.end, roles = users.users.len(), "replayed a role change");
-                        let _ = self.install_users(users, r.lsn);
+                        let _ = self.install_users(users, r.end);
                     }
                     Ok(_) => {}
                     Err(e) => return Err(format!("record at {}: {e}", r.lsn)),
