@@ -23,6 +23,11 @@ fn connect(node: &Node, user: &str, password: &str) -> Result<postgres::Client, 
     )
 }
 
+fn message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
 fn sqlstate(e: &postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
@@ -154,6 +159,71 @@ fn roles_changed_in_sql_reach_standbys_and_survive_a_crash() {
     primary.start();
     connect(&primary, "app", "third").unwrap();
     assert!(connect(&primary, "app", "second").is_err());
+}
+
+#[test]
+fn a_role_with_nologin_may_not_connect_until_a_superuser_allows_it() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut standby = Node::basebackup(&primary, "s1", &[]);
+    standby.start();
+    let mut c = primary.client();
+    c.batch_execute(
+        "ALTER ROLE tester PASSWORD 's3cret'; CREATE ROLE app NOLOGIN REPLICATION PASSWORD 'pw'",
+    )
+    .unwrap();
+    // Some superuser keeps the right to log in, or nobody could manage
+    // roles again.
+    let e = c.batch_execute("ALTER ROLE tester NOLOGIN").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert!(
+        message(&e).contains("last superuser that may log in"),
+        "{e:?}"
+    );
+    caught_up(&mut c, &mut standby.client());
+    assert!(std::fs::read_to_string(standby.dir.join("users"))
+        .unwrap()
+        .contains("\napp:replication,nologin:SCRAM-SHA-256$"));
+
+    require_scram(&primary);
+    require_scram(&standby);
+    for node in [&primary, &standby] {
+        // A wrong password is told nothing about NOLOGIN.
+        assert_eq!(
+            sqlstate(&connect(node, "app", "wrong").err().unwrap()),
+            "28P01"
+        );
+        let e = connect(node, "app", "pw").err().unwrap();
+        assert_eq!(sqlstate(&e), "28000");
+        assert_eq!(message(&e), "role \"app\" is not permitted to log in");
+    }
+    // Replication connections too.
+    let waldir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(pg_bin("pg_receivewal"))
+        .args([
+            "-d",
+            &format!("host=127.0.0.1 port={} user=app password=pw", primary.port),
+        ])
+        .arg("-D")
+        .arg(waldir.path())
+        .arg("--no-loop")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("not permitted to log in"), "{stderr}");
+
+    let mut c = connect(&primary, "tester", "s3cret").unwrap();
+    c.batch_execute("ALTER ROLE app LOGIN").unwrap();
+    caught_up(&mut c, &mut connect(&standby, "tester", "s3cret").unwrap());
+    for node in [&primary, &standby] {
+        let mut app = connect(node, "app", "pw").unwrap();
+        // A role that is not a superuser may not change its own login.
+        if node.port == primary.port {
+            let e = app.batch_execute("ALTER ROLE app NOLOGIN").unwrap_err();
+            assert_eq!(sqlstate(&e), "42501");
+        }
+    }
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! The rules are PostgreSQL's, for the attributes walship has: only a
 //! superuser manages roles, except that any role may change its own
 //! password; the current role cannot be dropped; names starting `pg_` are
-//! reserved. One rule is walship's own: the last superuser stays one, as
-//! nobody could manage roles after it.
+//! reserved. One rule is walship's own: some superuser stays one that may
+//! log in, as nobody could manage roles after it.
 
 use super::users::{User, Users};
 use crate::protocol::scram::ScramVerifier;
@@ -74,12 +74,7 @@ fn apply_one(
                     format!("role \"{name}\" already exists"),
                 ));
             }
-            let mut user = User {
-                name: name.clone(),
-                superuser: false,
-                replication: false,
-                verifier: None,
-            };
+            let mut user = User::new(name);
             set(&mut user, options, notices, hash)?;
             after.users.push(user);
         }
@@ -91,6 +86,7 @@ fn apply_one(
             let own_password = name == by
                 && options.superuser.is_none()
                 && options.replication.is_none()
+                && options.login.is_none()
                 && options.password.is_some();
             if !(is_superuser || own_password) {
                 return Err(denied(format!(
@@ -98,11 +94,11 @@ fn apply_one(
                 )));
             }
             set(user, options, notices, hash)?;
-            if !after.users.iter().any(|u| u.superuser) {
+            if !after.users.iter().any(|u| u.superuser && u.login) {
                 return Err(denied(format!(
-                    "\"{name}\" is the last superuser: walship would have no role left to manage roles"
+                    "\"{name}\" is the last superuser that may log in: walship would have no role left to manage roles"
                 ))
-                .with_hint("make another role a superuser first"));
+                .with_hint("make another role a superuser (with LOGIN) first"));
             }
         }
         RoleStatement::Drop { names, if_exists } => {
@@ -192,6 +188,9 @@ fn set(
     }
     if let Some(on) = options.replication {
         user.replication = on;
+    }
+    if let Some(on) = options.login {
+        user.login = on;
     }
     if let Some(password) = &options.password {
         user.verifier = match password.as_deref() {

@@ -307,6 +307,19 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
             ),
         );
     };
+    // After authentication, as PostgreSQL checks it: only a role that
+    // proved who it is learns that it may not log in.
+    if !role.login {
+        warn!(user = %user, "authentication failed: the role has NOLOGIN");
+        return refuse(
+            w,
+            PgError::fatal(
+                code::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" is not permitted to log in"),
+            )
+            .with_hint("a superuser can allow it with ALTER ROLE ... LOGIN"),
+        );
+    }
     if replication {
         if !(role.replication || role.superuser) {
             return refuse(

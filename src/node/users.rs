@@ -1,6 +1,6 @@
 //! `DIR/users`: the roles that may connect, one per line:
-//! `name:attributes:verifier`, attributes a comma list of `superuser` and
-//! `replication`, the verifier PostgreSQL's SCRAM-SHA-256 form
+//! `name:attributes:verifier`, attributes a comma list of `superuser`,
+//! `replication` and `nologin` (the role may not connect), the verifier PostgreSQL's SCRAM-SHA-256 form
 //! (`SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey`) or empty.
 //! Passwords themselves are never stored.
 //!
@@ -26,7 +26,22 @@ pub struct User {
     pub name: String,
     pub superuser: bool,
     pub replication: bool,
+    /// Whether the role may connect (`nologin` in the file when not).
+    pub login: bool,
     pub verifier: Option<ScramVerifier>,
+}
+
+impl User {
+    /// A role with no attribute and no password, that may connect.
+    pub fn new(name: &str) -> User {
+        User {
+            name: name.to_string(),
+            superuser: false,
+            replication: false,
+            login: true,
+            verifier: None,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -52,10 +67,9 @@ impl Users {
     pub fn first(name: &str) -> Users {
         Users {
             users: vec![User {
-                name: name.to_string(),
                 superuser: true,
                 replication: true,
-                verifier: None,
+                ..User::new(name)
             }],
         }
     }
@@ -106,19 +120,15 @@ impl Users {
                     "role \"{name}\" is listed twice (keep one line per role)"
                 )));
             }
-            let mut user = User {
-                name: name.to_string(),
-                superuser: false,
-                replication: false,
-                verifier: None,
-            };
+            let mut user = User::new(name);
             for a in attrs.split(',').filter(|a| !a.is_empty()) {
                 match a {
                     "superuser" => user.superuser = true,
                     "replication" => user.replication = true,
+                    "nologin" => user.login = false,
                     _ => {
                         return Err(err(&format!(
-                            "unknown attribute \"{a}\" (expected superuser or replication)"
+                            "unknown attribute \"{a}\" (expected superuser, replication or nologin)"
                         )))
                     }
                 }
@@ -151,6 +161,9 @@ impl Users {
             if u.replication {
                 attrs.push("replication");
             }
+            if !u.login {
+                attrs.push("nologin");
+            }
             let verifier = u
                 .verifier
                 .as_ref()
@@ -172,10 +185,13 @@ mod tests {
         let p = dir.path().join("users");
         let mut u = Users::first("alice");
         u.users.push(User {
-            name: "bob".into(),
-            superuser: false,
-            replication: false,
             verifier: Some(ScramVerifier::new("pw")),
+            ..User::new("bob")
+        });
+        u.users.push(User {
+            replication: true,
+            login: false,
+            ..User::new("carol")
         });
         u.write(&p).unwrap();
         assert_eq!(Users::read(&p).unwrap(), u);

@@ -204,6 +204,10 @@ impl RoleStatement {
 pub struct RoleOptions {
     pub superuser: Option<bool>,
     pub replication: Option<bool>,
+    /// LOGIN or NOLOGIN. A new role may log in unless it says NOLOGIN, as
+    /// walship has no group roles (PostgreSQL's CREATE ROLE defaults to
+    /// NOLOGIN, for roles that only hold members).
+    pub login: Option<bool>,
     /// `PASSWORD 'text'` (`Some(Some(text))`) or `PASSWORD NULL`
     /// (`Some(None)`); the text is a password or a SCRAM-SHA-256 verifier.
     pub password: Option<Option<String>>,
@@ -783,10 +787,10 @@ fn role_options(options: impl IntoIterator<Item = RoleOption>) -> Result<RoleOpt
             )),
         }
     }
-    let (mut login, mut inherit) = (None, None);
+    let mut inherit = None;
     for option in options {
         match option {
-            RoleOption::Login(true) => once(&mut login, ())?,
+            RoleOption::Login(on) => once(&mut out.login, on)?,
             // Every role inherits: there are no role memberships.
             RoleOption::Inherit(true) => once(&mut inherit, ())?,
             RoleOption::SuperUser(on) => once(&mut out.superuser, on)?,
@@ -1554,6 +1558,7 @@ mod tests {
                 options: RoleOptions {
                     superuser: None,
                     replication: Some(true),
+                    login: Some(true),
                     password: Some(Some("pw".into())),
                 },
             }
@@ -1574,12 +1579,13 @@ mod tests {
             role("CREATE ROLE carol SUPERUSER")
         );
         assert_eq!(
-            role("ALTER ROLE carol NOSUPERUSER PASSWORD NULL"),
+            role("ALTER ROLE carol NOSUPERUSER NOLOGIN PASSWORD NULL"),
             RoleStatement::Alter {
                 name: Some("carol".into()),
                 options: RoleOptions {
                     superuser: Some(false),
                     replication: None,
+                    login: Some(false),
                     password: Some(None),
                 },
             }
@@ -1594,7 +1600,7 @@ mod tests {
         let refused = |sql: &str| parse(sql).unwrap_err();
         for sql in [
             "CREATE ROLE a CREATEDB",
-            "CREATE ROLE a NOLOGIN",
+            "CREATE ROLE a CONNECTION LIMIT 3",
             "CREATE ROLE a IN ROLE b",
             "ALTER ROLE a RENAME TO b",
             "ALTER ROLE a SET work_mem = 1",
@@ -1605,6 +1611,7 @@ mod tests {
         assert_eq!(refused("ALTER ROLE a PASSWORD $1").code, "42601");
         assert_eq!(refused("ALTER USER a").code, "42601");
         assert_eq!(refused("ALTER ROLE a SUPERUSER NOSUPERUSER").code, "42601");
+        assert_eq!(refused("CREATE ROLE a LOGIN NOLOGIN").code, "42601");
         assert_eq!(refused("DROP ROLE a CASCADE").code, "42601");
         // A password's quotes and escapes are the client's: nothing in it
         // is read as an option, even where a statement is rewritten.
