@@ -225,17 +225,7 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     let mut progress = Progress::for_log("restoring WAL from the archive", Total::Unknown);
     // One verifier for every segment restored in a row, so a record that
     // runs from one segment into the next is checked and replayed whole.
-    let start = wal.discard_partial_record()?;
-    let last = wal.last_record_lsn();
-    let mut verifier = StreamVerifier::new(
-        size,
-        start,
-        (last != Lsn::INVALID).then_some(last),
-        Expect {
-            sysid: Some(host.system_id()),
-            max_timeline: Some(tli.get()),
-        },
-    );
+    let (_, mut verifier) = resume(host, true)?;
     // The timeline restored is fixed for the loop, so its history is too
     // (for %r's timeline).
     let history = TimelineHistory::read_in(&host.wal_dir(), tli);
@@ -343,6 +333,51 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     }
 }
 
+/// Where WAL from an upstream or the archive resumes on this node's
+/// timeline, and the verifier for what comes from there.
+///
+/// With `keep_partial`, the first part of a record that the last stream
+/// or restored segment broke off in stays, and WAL resumes at the end of
+/// what is local. Those bytes were flushed upstream with the whole record
+/// before any of them was sent (a flush ends at a record's end), so what
+/// comes next on the same timeline is that record's rest; and nothing is
+/// asked for again that the upstream may have removed since — the
+/// segment the record begins in, restored from the archive, while the
+/// primary has only the next. The kept bytes go through the verifier
+/// again, so the record is still checked whole. Otherwise (its rest would
+/// come from past a timeline switch) the first part is dropped and WAL
+/// resumes where the record began, as PostgreSQL's does.
+fn resume(
+    host: &dyn WalReceiverHost,
+    keep_partial: bool,
+) -> Result<(Lsn, StreamVerifier), ReceiveError> {
+    let wal = host.wal();
+    let expect = Expect {
+        sysid: Some(host.system_id()),
+        max_timeline: Some(host.timeline().get()),
+    };
+    let last = wal.last_record_lsn();
+    let prev = (last != Lsn::INVALID).then_some(last);
+    if keep_partial {
+        if let Some((from, bytes)) = wal.partial_record()? {
+            let mut verifier = StreamVerifier::new(host.seg_size(), from, prev, expect);
+            match verifier.check(from, &bytes) {
+                Ok(_) => return Ok((wal.insert_lsn(), verifier)),
+                Err(rejected) => warn!(
+                    at = %from,
+                    "dropping the first part of a record the last stream broke off in: {}",
+                    rejected.end
+                ),
+            }
+        }
+    }
+    let start = wal.discard_partial_record()?;
+    Ok((
+        start,
+        StreamVerifier::new(host.seg_size(), start, prev, expect),
+    ))
+}
+
 /// Restores what the archive has with `restore_command`, if one is set;
 /// returns how many segments came, or the replay failure that must stop
 /// the standby.
@@ -352,9 +387,8 @@ fn restore_from_archive(host: &dyn WalReceiverHost) -> Result<usize, String> {
     };
     let before = host.wal().insert_lsn();
     match restore(host, &command) {
-        // Restoring again only the segment whose end a stream broke off in
-        // the middle of (see `discard_partial_record`) is no progress: the
-        // caller must still back off before it tries the primary again.
+        // Restoring nothing new is no progress: the caller must still back
+        // off before it tries the primary again.
         Ok(_) if host.wal().insert_lsn() <= before => Ok(0),
         Ok(n) => {
             info!(segments = n, "restored WAL from the archive");
@@ -498,10 +532,11 @@ fn stream(
         }
     }
     let wal = host.wal();
-    // Streaming starts again at the end of the last complete record, as
-    // PostgreSQL's does: the first part of a record the last stream broke
-    // off in the middle of is sent again with the rest.
-    let mut start = wal.discard_partial_record()?;
+    // Where the last complete record ends: past it, perhaps, the first
+    // part of a record the last stream or restored segment broke off in.
+    let complete = wal.complete_lsn();
+    let mut keep_partial = true;
+    let mut switch_at = None;
     if their_tli > ours {
         // The upstream is on a later timeline: stream ours up to its switch
         // point (the upstream ends it there), then follow.
@@ -521,22 +556,28 @@ fn stream(
                 })?;
         // Our WAL may end just past the (empty) page header at a
         // page-aligned switch point: that is still the switch point.
-        if crate::wal::writer::ends_at(start, switch, host.seg_size()) {
-            start = switch;
-        }
-        if start > switch {
+        let at_switch = crate::wal::writer::ends_at(complete, switch, host.seg_size());
+        if complete > switch && !at_switch {
             return Err(ReceiveError::Diverged {
                 peer,
                 ours,
-                local_end: start,
+                local_end: complete,
                 switch,
             });
         }
+        // A record begun at the switch point is none of the upstream's: its
+        // timeline begins there.
+        keep_partial = complete < switch && !at_switch;
+        switch_at = at_switch.then_some(switch);
         durable::replace_file(
             &host.wal_dir().join(history_file_name(their_tli)),
             text.as_bytes(),
         )
         .map_err(|e| ReceiveError::Wal(e.into()))?;
+    }
+    let (mut start, mut verifier) = resume(host, keep_partial)?;
+    if let Some(switch) = switch_at {
+        start = switch;
     }
     let slot_clause = slot.map(|s| format!("SLOT \"{s}\" ")).unwrap_or_default();
     client.start_copy(&format!(
@@ -554,16 +595,6 @@ fn stream(
         st.sender_port = Some(info.port);
         st.conninfo = Some(info.to_string());
     }
-    let last = wal.last_record_lsn();
-    let mut verifier = StreamVerifier::new(
-        host.seg_size(),
-        start,
-        (last != Lsn::INVALID).then_some(last),
-        Expect {
-            sysid: Some(host.system_id()),
-            max_timeline: Some(host.timeline().get()),
-        },
-    );
     let mut to_replay: Vec<OwnRecord> = Vec::new();
     let mut replay_upto = Lsn::INVALID;
     let mut unflushed = false;

@@ -38,6 +38,7 @@ use super::format::{
 use super::history::TimelineHistory;
 use super::lsn::{Lsn, SegNo, SegmentSize, TimelineId};
 use super::reader::{walk, SegmentFiles, WalkEnd};
+use super::segment::SegmentData;
 use super::segment::{self, OpenSegment};
 use super::verify::LastRecord;
 use crate::durable::{self, DirLock, FileError, IoContext};
@@ -354,7 +355,14 @@ impl WalWriter {
     /// stream breaks off mid-record (see
     /// [`WalWriter::discard_partial_record`]).
     pub fn reportable(&self, lsn: Lsn) -> Lsn {
-        lsn.min(self.lock_insert().complete)
+        lsn.min(self.complete_lsn())
+    }
+
+    /// Where the last complete record ends: the insert position, except
+    /// on a standby that holds the first part of a record whose rest has
+    /// not arrived (see [`WalWriter::partial_record`]).
+    pub fn complete_lsn(&self) -> Lsn {
+        self.lock_insert().complete
     }
 
     /// Where the next byte will be written (possibly a page boundary,
@@ -415,6 +423,37 @@ impl WalWriter {
         ins.prev = last_record.lsn;
         ins.complete = ins.complete.max(last_record.next);
         Ok(())
+    }
+
+    /// The first part of a record whose rest has not arrived (a standby's
+    /// stream, or the last segment it restored, broke off in it): where
+    /// the record begins and its bytes so far, read back from the files
+    /// once they are flushed. `None` when the WAL ends at a complete
+    /// record.
+    pub fn partial_record(&self) -> Result<Option<(Lsn, Vec<u8>)>, WalError> {
+        self.flush_all()?;
+        let ins = self.lock_insert();
+        if ins.complete >= ins.pos {
+            return Ok(None);
+        }
+        let size = self.config.seg_size;
+        let files = segment::list_segments_upto(&self.config.dir, size, ins.timeline)?;
+        let mut bytes = Vec::with_capacity((ins.pos.0 - ins.complete.0) as usize);
+        let mut at = ins.complete;
+        while at < ins.pos {
+            let segno = at.segno(size);
+            let Some(path) = files.get(&segno) else {
+                let path = segment::segment_path(&self.config.dir, ins.timeline, segno, size);
+                let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+                return Err(FileError::new("read back a partial record", &path, gone).into());
+            };
+            let data = SegmentData::open(path, size)?;
+            let upto = ins.pos.min(segno.next().start_lsn(size));
+            let offset = at.segment_offset(size) as usize;
+            bytes.extend_from_slice(&data[offset..offset + (upto.0 - at.0) as usize]);
+            at = upto;
+        }
+        Ok(Some((ins.complete, bytes)))
     }
 
     /// Forgets the first part of a record whose rest never arrived (a
@@ -1384,7 +1423,14 @@ mod tests {
         // Upstream, it reports no further than the record it lacks the end
         // of, so the upstream keeps the WAL it will ask for again.
         assert_eq!(standby.reportable(standby.flushed_lsn()), big.lsn);
+        // Its first part reads back as the stream sent it, across the
+        // segment boundary.
+        let (from, part) = standby.partial_record().unwrap().unwrap();
+        assert_eq!(from, big.lsn);
+        let offset = (big.lsn.0 - start.0) as usize;
+        assert_eq!(part, stream[offset..]);
         assert_eq!(standby.discard_partial_record().unwrap(), big.lsn);
+        assert!(standby.partial_record().unwrap().is_none());
         assert_eq!(standby.flushed_lsn(), big.lsn);
         let two = TimelineId::new(2).unwrap();
         assert_eq!(standby.switch_timeline(two).unwrap(), big.lsn);
