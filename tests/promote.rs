@@ -589,6 +589,43 @@ fn a_stopped_standby_is_promoted_at_once_and_left_stopped() {
     walship::durable::DirLock::acquire(&s2.dir).expect("the temporary server is gone");
 }
 
+/// A standby cloned from a promoted primary gets its timeline's history
+/// (from the base backup; and its walreceiver fetches it when missing),
+/// so its own promotion writes a history that lists every ancestor.
+#[test]
+fn a_second_promotion_writes_the_whole_timeline_history() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = standby_of(&primary, "s1");
+    let out = promote(&s1, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut s2 = Node::basebackup(&s1, "s2", &[]);
+    let history = s2.dir.join("wal/00000002.history");
+    assert_eq!(
+        std::fs::read(&history).unwrap(),
+        std::fs::read(s1.dir.join("wal/00000002.history")).unwrap()
+    );
+    std::fs::remove_file(&history).unwrap();
+    s2.start();
+    s1.client()
+        .batch_execute("INSERT INTO kv VALUES ('on', 'timeline 2')")
+        .unwrap();
+    let lsn = s1.query_one("SELECT pg_current_wal_flush_lsn()");
+    s2.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    assert!(history.exists(), "{}", s2.log());
+    let out = promote(&s2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let three = std::fs::read_to_string(s2.dir.join("wal/00000003.history")).unwrap();
+    let timelines: Vec<&str> = three
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(timelines, ["1", "2"], "{three}");
+    s1.kill9();
+    primary.kill9();
+}
+
 #[test]
 fn a_promoted_standby_marks_every_segment_of_its_new_timeline_for_the_archiver() {
     let mut primary = Node::init("archive_mode = on");

@@ -457,10 +457,21 @@ impl Node {
         let settings = self.settings();
         let wal = self.db().wal();
         let old_tli = self.lock_control().timeline;
-        let mut history = match std::fs::read_to_string(dir.wal().join(history_file_name(old_tli)))
-        {
+        let old_path = dir.wal().join(history_file_name(old_tli));
+        let mut history = match std::fs::read_to_string(&old_path) {
             Ok(text) => TimelineHistory::parse(&text).map_err(|e| e.to_string())?,
-            Err(_) => TimelineHistory::default(),
+            Err(e) => {
+                // Timeline 1 has none. Past it, the new history cannot list
+                // the ancestors; promoting anyway keeps a writable node.
+                if old_tli > TimelineId::FIRST {
+                    tracing::error!(
+                        path = %old_path.display(),
+                        "cannot read the history of timeline {old_tli} ({}): the history of timeline {new_tli} lists timeline {old_tli} alone, so nodes on earlier timelines cannot rejoin this one (rebuild them with walship basebackup)",
+                        crate::durable::io_cause(&e)
+                    );
+                }
+                TimelineHistory::default()
+            }
         };
         history
             .push(HistoryEntry {

@@ -640,6 +640,19 @@ impl WalSenderHost for Node {
             files.push((format!("wal/{name}"), bytes));
             segno = segno.next();
         }
+        // Every timeline history file, as pg_basebackup's WAL has them: a
+        // promotion of the copy extends the newest, which must list every
+        // ancestor; and a standby of the copy may ask for any.
+        let listing = std::fs::read_dir(dir.wal())
+            .map_err(|e| io(format!("could not read \"{}\": {e}", dir.wal().display())))?;
+        for entry in listing {
+            let entry = entry
+                .map_err(|e| io(format!("could not read \"{}\": {e}", dir.wal().display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(WalFileName::History(_)) = WalFileName::parse(&name, seg_size) {
+                files.push((format!("wal/{name}"), read(&entry.path())?));
+            }
+        }
         if self.settings().archive_mode {
             self.write_backup_history(start, end, timeline, started)
                 .map_err(|e| io(format!("could not write the backup history file: {e}")))?;

@@ -333,6 +333,33 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
     }
 }
 
+/// Timeline `tli`'s history, as the upstream `peer` has it, and its text.
+fn fetch_history(
+    client: &mut Client,
+    peer: &str,
+    tli: TimelineId,
+) -> Result<(TimelineHistory, String), ReceiveError> {
+    let content = client.timeline_history(tli)?;
+    let text = String::from_utf8_lossy(&content).into_owned();
+    let history = TimelineHistory::parse(&text).map_err(|e| ReceiveError::Malformed {
+        peer: peer.to_string(),
+        what: format!("timeline history {tli}: {e}"),
+    })?;
+    Ok((history, text))
+}
+
+fn save_history(
+    host: &dyn WalReceiverHost,
+    tli: TimelineId,
+    text: &str,
+) -> Result<(), ReceiveError> {
+    durable::replace_file(
+        &host.wal_dir().join(history_file_name(tli)),
+        text.as_bytes(),
+    )
+    .map_err(|e| ReceiveError::Wal(e.into()))
+}
+
 /// Where WAL from an upstream or the archive resumes on this node's
 /// timeline, and the verifier for what comes from there.
 ///
@@ -540,12 +567,7 @@ fn stream(
     if their_tli > ours {
         // The upstream is on a later timeline: stream ours up to its switch
         // point (the upstream ends it there), then follow.
-        let content = client.timeline_history(their_tli)?;
-        let text = String::from_utf8_lossy(&content).into_owned();
-        let history = TimelineHistory::parse(&text).map_err(|e| ReceiveError::Malformed {
-            peer: peer.clone(),
-            what: format!("timeline history {their_tli}: {e}"),
-        })?;
+        let (history, text) = fetch_history(&mut client, &peer, their_tli)?;
         let (switch, _) =
             history
                 .switch_of(ours, their_tli)
@@ -569,11 +591,22 @@ fn stream(
         // timeline begins there.
         keep_partial = complete < switch && !at_switch;
         switch_at = at_switch.then_some(switch);
-        durable::replace_file(
-            &host.wal_dir().join(history_file_name(their_tli)),
-            text.as_bytes(),
-        )
-        .map_err(|e| ReceiveError::Wal(e.into()))?;
+        save_history(host, their_tli, &text)?;
+    } else if ours > TimelineId::FIRST && !host.wal_dir().join(history_file_name(ours)).exists() {
+        // As PostgreSQL's walreceiver fetches the history files it lacks:
+        // a node cloned from a promoted primary has none of its own
+        // timeline, whose history a promotion of this node extends. An
+        // upstream without it (a standby cloned the same way) is still
+        // followed.
+        match fetch_history(&mut client, &peer, ours) {
+            Ok((_, text)) => {
+                save_history(host, ours, &text)?;
+                info!(primary = %info, timeline = %ours, "fetched the history of this node's timeline");
+            }
+            Err(e) => {
+                warn!(primary = %info, timeline = %ours, "could not fetch the history of this node's timeline: {e}")
+            }
+        }
     }
     let (mut start, mut verifier) = resume(host, keep_partial)?;
     if let Some(switch) = switch_at {

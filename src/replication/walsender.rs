@@ -199,11 +199,14 @@ fn run_command(
             let name = history_file_name(tli);
             let path = host.wal_dir().join(&name);
             let content = std::fs::read(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound if tli == TimelineId::FIRST => PgError::new(
+                    code::UNDEFINED_FILE,
+                    "timeline 1 has no history file: it is the first timeline",
+                ),
                 std::io::ErrorKind::NotFound => PgError::new(
                     code::UNDEFINED_FILE,
                     format!(
-                        "no history file for timeline {tli} ({}): this server is on timeline {}, and timeline 1 has none",
-                        path.display(),
+                        "this server has no history file for timeline {tli} (wal/{name}); it is on timeline {}",
                         host.timeline()
                     ),
                 ),
