@@ -595,7 +595,11 @@ Examples:
 /// is itself a standby, the fence goes up the chain to the primary) and/or
 /// with --fence-command, which must exit 0 — then claims epoch E+1 in
 /// archive_directory, when set (two promoters cannot both win), switches
-/// to a new timeline, persists the epoch and accepts writes. Without a fence it refuses, unless --force. A stopped
+/// to a new timeline, persists the epoch and accepts writes. With
+/// archive_mode = on it also marks for the archiver the complete segments
+/// it received as a standby, so what the old primary had not archived yet
+/// reaches the archive (what it had is found there, identical). Without a
+/// fence it refuses, unless --force. A stopped
 /// standby is started just long enough to promote, then stopped cleanly:
 /// it is a primary the next time it starts. A promotion interrupted at any
 /// point (kill -9, power loss) is finished by running walship promote

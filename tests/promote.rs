@@ -654,6 +654,55 @@ fn a_promoted_standby_marks_every_segment_of_its_new_timeline_for_the_archiver()
     );
 }
 
+/// The old primary archived some of its segments and died before the
+/// rest: the new primary archives the segments it received as a standby,
+/// so the archive has no gap, and then its checkpoints remove them.
+#[test]
+fn a_promoted_standby_archives_what_the_old_primary_had_not() {
+    let mut primary = Node::init("archive_mode = on");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    let archive = tempfile::tempdir().unwrap();
+    let adir = archive.path().join("a");
+    let archive_from = |node: &Node| {
+        let out = common::walship(&[
+            "archive",
+            "--archive",
+            adir.to_str().unwrap(),
+            "-D",
+            node.dir.to_str().unwrap(),
+            "--no-progress",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    primary.complete_segments(2, "archived");
+    archive_from(&primary);
+    primary.complete_segments(3, "not-archived");
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    let old: Vec<String> = common::file_names(&primary.dir.join("wal"), "")
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    primary.kill9();
+    let out = promote(&s1, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    archive_from(&s1);
+    let archived = common::file_names(&adir, "");
+    let before_switch = &old[..old.len() - 1];
+    for seg in before_switch {
+        assert!(
+            archived.contains(seg),
+            "{seg} is not archived: {archived:?}"
+        );
+    }
+    s1.client().batch_execute("CHECKPOINT").unwrap();
+    let left = common::file_names(&s1.dir.join("wal"), "");
+    for seg in before_switch {
+        assert!(!left.contains(seg), "{seg} stays in wal/: {left:?}");
+    }
+}
+
 #[test]
 fn promoting_a_cascaded_standby_fences_the_primary_not_its_upstream() {
     let mut primary = Node::init("");

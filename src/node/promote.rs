@@ -42,14 +42,16 @@ use super::control::{ControlFile, NodeState};
 use super::datadir::DataDir;
 use super::promote_journal::{Journal, JournalError, Step, JOURNAL};
 use super::server::Node;
+use crate::durable::FileError;
 use crate::fence::{self, Epoch, EpochFile};
 use crate::replication::client::Client;
 use crate::replication::conninfo::{is_local_host, ConnInfo};
 use crate::replication::walreceiver::WalReceiverHost;
 use crate::wal::history::{HistoryEntry, TimelineHistory};
 use crate::wal::name::{history_file_name, WalFileName};
-use crate::wal::writer::{mark_ready, remove_timeline};
-use crate::wal::{Lsn, TimelineId};
+use crate::wal::segment::list_segments_upto;
+use crate::wal::writer::{archive_mark, mark_ready, remove_timeline, ArchiveMark};
+use crate::wal::{Lsn, SegmentSize, TimelineId};
 use crate::{crashpoint, durable};
 
 /// The request file a promotion is asked for with.
@@ -293,6 +295,15 @@ impl Node {
         }
         // Finish.
         if settings.archive_mode {
+            let size = self.lock_control().seg_size;
+            let marked = mark_unarchived_before(&dir.wal(), size, wal.timeline(), end)
+                .map_err(|e| stuck(e.to_string()))?;
+            if marked > 0 {
+                info!(
+                    segments = marked,
+                    "marked the complete segments received as a standby for the archiver (those the old primary archived are found there)"
+                );
+            }
             wal.start_marking_ready();
         }
         self.set_promoted();
@@ -563,4 +574,37 @@ fn fence_directly(upstream: &ConnInfo, system_id: u64, epoch: Epoch) -> Result<C
     Err(format!(
         "no primary found within {MAX_CASCADE} standbys up from {upstream}"
     ))
+}
+
+/// Marks for the archiver (`.ready`) every complete segment before the
+/// switch point `end` that `wal_dir` holds with no archive status: WAL
+/// this node received or restored as a standby, which only the old
+/// primary archived. What the old primary did archive is found identical
+/// in the archive and marked done for the cost of a read; what it had not
+/// yet (it died first) would otherwise be a gap in the archive for good,
+/// and would stay in `wal/` for good, as a primary keeps what it has not
+/// archived. The segment of the switch point is left alone: the old
+/// primary's copy of it may hold more than this node's. Returns how many
+/// were marked.
+fn mark_unarchived_before(
+    wal_dir: &Path,
+    size: SegmentSize,
+    timeline: TimelineId,
+    end: Lsn,
+) -> Result<usize, FileError> {
+    let mut marked = 0;
+    for (_, path) in list_segments_upto(wal_dir, size, timeline)?.range(..end.segno(size)) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let unmarked = [ArchiveMark::Ready, ArchiveMark::Done]
+            .iter()
+            .all(|m| !archive_mark(wal_dir, &name, *m).exists());
+        if path.extension().is_none() && unmarked {
+            mark_ready(wal_dir, &name)?;
+            marked += 1;
+        }
+    }
+    Ok(marked)
 }
