@@ -921,24 +921,27 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     if !archive_mode_on(&dir) {
         tracing::warn!(conf = %datadir::DataDir::new(&dir).conf().display(), "archive_mode is off: the node marks no segment for archiving, so this archiver waits for nothing; set archive_mode = on and restart the node");
     }
-    let mut failing = false;
+    // The failure of the spell under way, said when it starts or changes.
+    let mut failing: Option<String> = None;
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         match archiver.pass() {
             Ok(pass) => {
                 for name in &pass.archived {
                     tracing::info!(file = %name, "archived");
                 }
-                if failing && !pass.archived.is_empty() {
+                if failing.take().is_some() {
                     tracing::info!("archiving works again");
                 }
-                failing = false;
+            }
+            Err(e @ walship::archive::archiver::ArchiverError::Replaced { .. }) => {
+                return Err(e.into());
             }
             Err(e) => {
-                // Said once per failure spell, then every pass at debug.
-                if !failing {
-                    tracing::error!("archiving failed, retrying every second: {e}");
+                let said = e.to_string();
+                if failing.as_ref() != Some(&said) {
+                    tracing::error!("archiving failed, retrying every second: {said}");
                 }
-                failing = true;
+                failing = Some(said);
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }

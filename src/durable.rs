@@ -331,6 +331,18 @@ impl DirLock {
         Ok(DirLock { lock })
     }
 
+    /// Whether `dir`'s lock file is still the one this lock holds: false
+    /// once the directory was removed (and perhaps made again) under it,
+    /// when the lock no longer keeps anyone out.
+    pub fn guards(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ours) = self.lock.metadata() else {
+            return false;
+        };
+        std::fs::metadata(dir.join(Self::FILE_NAME))
+            .is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+    }
+
     /// Who holds `dir`'s lock (the pid its holder wrote), if anyone: asks
     /// without rewriting the file, so the holder's pid stays in it. (It
     /// takes a shared lock for an instant: a process trying to lock `dir`

@@ -8,7 +8,8 @@ use std::process::ExitStatus;
 pub fn ended(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(127), _) => "exit 127 (command not found)".into(),
-        (Some(126), _) => "exit 126 (not executable)".into(),
+        // Also what walship restore exits with for a damaged archive.
+        (Some(126), _) => "exit 126 (a real failure, or not executable)".into(),
         (Some(code), _) => format!("exit {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
         (None, None) => status.to_string(),

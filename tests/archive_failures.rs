@@ -138,7 +138,6 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
         node.query_one("SELECT last_failed_wal FROM pg_stat_archiver"),
         ""
     );
-    assert!(daemon.terminate().success());
 
     // A one-shot run refuses too, and says how to start over.
     let out = archive(&adir, &node, &[]);
@@ -150,6 +149,14 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
     // The new archive holds what was waiting; what went with the old one
     // needs a new base backup, as the error said.
     assert_eq!(check_whole(&adir, &node), 2);
+    // The daemon's lock was on the old archive's file: it keeps nobody out
+    // of the new one, so the daemon stops rather than write beside another.
+    wait("the daemon to see the archive made again", &|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("was made again under this archiver")
+    });
+    assert_eq!(daemon.terminate().code(), Some(1));
 }
 
 #[test]

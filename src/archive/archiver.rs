@@ -37,10 +37,14 @@ pub enum ArchiverError {
     Meta(#[from] MetaError),
     #[error("archive {0}")]
     Lock(#[from] LockError),
-    #[error("{}: refusing to archive it: {why}", path.display())]
+    #[error("{}: refusing to archive it: {why}. Archiving stops here until it is whole: if a standby holds it intact (walship dump --verify on its copy), copy that over this one and run again; if no intact copy exists, take a new base backup, then rename its archive_status/NAME.ready to NAME.done to go on past the gap", path.display())]
     Invalid { path: PathBuf, why: String },
-    #[error("archive {} is gone (no {IDENTITY} file), yet this node archived {last} there: the archive was removed or its file system is not mounted. Mount it again; if it is lost for good, start a new one with --create and take a new base backup (the new archive begins with a gap)", dir.display())]
+    #[error("archive {} is gone (no {IDENTITY} file), yet this node has archived before (last {last}): the archive was removed, its file system is not mounted, or --archive names another directory than before. Mount it again; if it is lost for good, start a new one with --create and take a new base backup (the new archive begins with a gap)", dir.display())]
     Vanished { dir: PathBuf, last: String },
+    /// The archive was removed and made again while this archiver ran:
+    /// its lock no longer keeps another archiver out.
+    #[error("archive {} was made again under this archiver (its {} is not the file this process locked), so another archiver may be writing it too: this one stops; start it again", dir.display(), DirLock::FILE_NAME)]
+    Replaced { dir: PathBuf },
     #[error("this node is fenced: {source_of_fence} epoch {newer}, but the node writes in epoch {node}; a fenced node's WAL is never archived (a standby was promoted: archive from the new primary)")]
     Fenced {
         /// Where the newer epoch was found: the archive or the node's own
@@ -190,7 +194,7 @@ pub struct Pass {
 pub struct Archiver {
     data_dir: PathBuf,
     archive: Archive,
-    _lock: DirLock,
+    lock: DirLock,
 }
 
 impl Archiver {
@@ -224,7 +228,7 @@ impl Archiver {
         let archiver = Archiver {
             data_dir: data_dir.to_path_buf(),
             archive,
-            _lock: lock,
+            lock,
         };
         archiver.check_not_fenced()?;
         archiver.archive.remove_stale_temporaries()?;
@@ -295,6 +299,11 @@ impl Archiver {
         copied: &(dyn Fn(usize, u64) + Sync),
     ) -> Result<Pass, ArchiverError> {
         let mut pass = Pass::default();
+        // Checked even with nothing to do, so an idle daemon stops too.
+        let dir = &self.archive.dir;
+        if dir.join(IDENTITY).exists() && !self.lock.guards(dir) {
+            return Err(ArchiverError::Replaced { dir: dir.clone() });
+        }
         let names = self.ready()?;
         if names.is_empty() {
             return Ok(pass);
@@ -362,13 +371,17 @@ impl Archiver {
     /// Fails when the archive vanished under a running archiver (removed,
     /// or its file system unmounted) rather than writing into nothing.
     fn check_present(&self, stats: &ArchiverStats) -> Result<(), ArchiverError> {
-        if self.archive.dir.join(IDENTITY).exists() {
-            return Ok(());
+        let dir = &self.archive.dir;
+        if !dir.join(IDENTITY).exists() {
+            return Err(ArchiverError::Vanished {
+                dir: dir.clone(),
+                last: stats.last_archived_wal.clone().unwrap_or_default(),
+            });
         }
-        Err(ArchiverError::Vanished {
-            dir: self.archive.dir.clone(),
-            last: stats.last_archived_wal.clone().unwrap_or_default(),
-        })
+        if !self.lock.guards(dir) {
+            return Err(ArchiverError::Replaced { dir: dir.clone() });
+        }
+        Ok(())
     }
 
     /// Verifies `wal/NAME` and copies it durably into the archive; returns
