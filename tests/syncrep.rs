@@ -126,6 +126,40 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
         "WAIT FOR LSN '{}' WITH (TIMEOUT '1s')",
         primary.query_one("SELECT pg_current_wal_flush_lsn()")
     ));
+
+    // A fence ends a waiting commit with an error, never success, even
+    // when the standby confirms it afterwards: the new primary may not
+    // have it.
+    s2.signal(nix::sys::signal::SIGSTOP);
+    let waits = || {
+        primary
+            .log()
+            .matches("commit is waiting for synchronous replication")
+            .count()
+    };
+    let waited_before = waits();
+    let mut waiting = primary.client();
+    let writer = std::thread::spawn(move || {
+        waiting
+            .batch_execute("INSERT INTO kv VALUES ('f', '6')")
+            .map_err(|e| {
+                e.as_db_error()
+                    .map(|d| (d.code().code().to_string(), d.message().to_string()))
+            })
+    });
+    wait_until("the commit to wait", || waits() > waited_before);
+    primary
+        .client()
+        .batch_execute("SELECT walship_fence(2)")
+        .unwrap();
+    let result = writer.join().unwrap();
+    s2.signal(nix::sys::signal::SIGCONT);
+    let (code, message) = result.unwrap_err().expect("a server error");
+    assert_eq!(code, "25006", "{message}");
+    assert!(
+        message.contains("fenced by epoch 2 while the commit waited"),
+        "{message}"
+    );
 }
 
 #[test]

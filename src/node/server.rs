@@ -1133,6 +1133,8 @@ impl Host for Node {
         // the file and the store.
         self.db.fence(epoch).map_err(crate::sql::exec::db_error)?;
         drop(ep);
+        // Commits waiting for standbys end now, unacknowledged.
+        self.senders.wake_all();
         error!(
             epoch,
             "FENCED: a standby was promoted to epoch {epoch}; this node takes no more writes"
@@ -1186,6 +1188,7 @@ impl Host for Node {
             &settings.synchronous_standby_names,
             cancel,
             &|| self.is_shutting_down(),
+            &|| self.db.fenced_by(),
         )
     }
     fn change_roles(

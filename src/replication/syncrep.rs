@@ -345,10 +345,22 @@ impl WalSenders {
             .collect()
     }
 
+    /// Wakes every waiting commit, to look again at what ends its wait
+    /// (a fence).
+    pub fn wake_all(&self) {
+        let _senders = self.lock();
+        for changed in &self.changed {
+            changed.notify_all();
+        }
+    }
+
     /// Waits until the synchronous standbys have reached `lsn` at `level`.
     /// Returns a warning for the client when the wait was cancelled (the
     /// commit stands locally, as in PostgreSQL), an error when the node
-    /// is shutting down.
+    /// is shutting down, or when `fenced` names the epoch of a promotion
+    /// that fenced it: then the commit is never acknowledged, even if a
+    /// standby confirms it later (the new primary may not have it), and
+    /// that is looked at first, before any standby's position.
     pub fn wait(
         &self,
         lsn: Lsn,
@@ -356,11 +368,20 @@ impl WalSenders {
         names: &SyncStandbyNames,
         cancel: &AtomicBool,
         shutting_down: &dyn Fn() -> bool,
+        fenced: &dyn Fn() -> Option<u64>,
     ) -> Result<Option<PgError>, PgError> {
         let began = Instant::now();
         let mut logged = false;
         let mut senders = self.lock();
         loop {
+            if let Some(epoch) = fenced() {
+                return Err(PgError::new(
+                    code::READ_ONLY_TRANSACTION,
+                    format!("this node was fenced by epoch {epoch} while the commit waited for synchronous replication: it is not acknowledged"),
+                )
+                .with_detail("The transaction has already committed locally, but might not have been replicated to the standby, and the new primary may not have it.")
+                .with_hint("write to the new primary"));
+            }
             if synced_position(&senders, names, level).is_some_and(|p| p >= lsn) {
                 if logged {
                     info!(lsn = %lsn, waited_ms = began.elapsed().as_millis() as u64, "synchronous replication caught up");
@@ -557,8 +578,14 @@ mod tests {
         for level in [SyncCommit::RemoteWrite, SyncCommit::On] {
             let (senders, names, tx) = (senders.clone(), names.clone(), tx.clone());
             std::thread::spawn(move || {
-                let waited =
-                    senders.wait(Lsn(100), level, &names, &AtomicBool::new(false), &|| false);
+                let waited = senders.wait(
+                    Lsn(100),
+                    level,
+                    &names,
+                    &AtomicBool::new(false),
+                    &|| false,
+                    &|| None,
+                );
                 tx.send((level, waited.is_ok())).unwrap();
             });
         }

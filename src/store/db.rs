@@ -311,6 +311,14 @@ impl Db {
         Ok(())
     }
 
+    /// The epoch that fenced this node, if one did.
+    pub fn fenced_by(&self) -> Option<u64> {
+        match self.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            epoch => Some(epoch),
+        }
+    }
+
     /// Takes writes again: the node's own epoch file no longer says it is
     /// fenced (it was promoted, in an epoch above the one that fenced it).
     pub fn lift_fence(&self) {
