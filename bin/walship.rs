@@ -589,11 +589,13 @@ Examples:
 
 /// Promote a standby to primary, fencing the old primary first.
 ///
-/// The standby stops streaming, replays all it received, fences the old
-/// primary in epoch E+1 — directly over the protocol (it persists the new
-/// epoch and refuses every write from then on; when the standby's upstream
-/// is itself a standby, the fence goes up the chain to the primary) and/or
-/// with --fence-command, which must exit 0 — then claims epoch E+1 in
+/// The standby fences the old primary in epoch E+1 — directly over the protocol (it persists the new epoch and refuses
+/// every write from then on, and ends commits waiting for standbys
+/// unacknowledged; when the standby's upstream is itself a standby, the
+/// fence goes up the chain to the primary) and/or with --fence-command,
+/// which must exit 0. After a direct fence it streams until it has the
+/// old primary's WAL up to where the fence ended it (10 s at most), then
+/// stops streaming and replays all it received; then it claims epoch E+1 in
 /// archive_directory, when set (two promoters cannot both win), switches
 /// to a new timeline, persists the epoch and accepts writes. With
 /// archive_mode = on it also marks for the archiver the complete segments

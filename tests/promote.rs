@@ -703,6 +703,52 @@ fn a_promoted_standby_archives_what_the_old_primary_had_not() {
     }
 }
 
+/// With ANY 1 (b, c), b confirms commits c has not received: promoting
+/// c while the primary runs fences it first, then streams the WAL it
+/// wrote before the fence, so every commit it acknowledged is on c.
+#[test]
+fn a_promotion_receives_the_fenced_primarys_last_commits_before_it_switches() {
+    let mut primary = Node::init("synchronous_standby_names = 'ANY 1 (b, c)'");
+    primary.start();
+    let mut b = Node::basebackup(&primary, "b", &[]);
+    b.start();
+    let mut c = Node::basebackup(&primary, "c", &[]);
+    let proxy = common::Proxy::start(primary.port);
+    c.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester application_name=c'",
+        proxy.port
+    ));
+    c.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('warm', 'up')")
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    c.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    // c hears nothing more; b alone confirms these.
+    proxy.cut();
+    let mut client = primary.client();
+    for i in 0..20 {
+        client
+            .execute(
+                "INSERT INTO kv VALUES ($1, 'acknowledged')",
+                &[&format!("k{i}")],
+            )
+            .unwrap();
+    }
+    proxy.heal();
+    let out = promote(&c, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM kv WHERE key LIKE 'k%'"),
+        "20",
+        "{}",
+        c.log()
+    );
+    b.kill9();
+    primary.kill9();
+}
+
 #[test]
 fn promoting_a_cascaded_standby_fences_the_primary_not_its_upstream() {
     let mut primary = Node::init("");

@@ -7,14 +7,19 @@
 //! second — and runs [`Node::promote`]. Its steps, each begun by a durable
 //! entry in `DIR/promote.journal` (see [`super::promote_journal`]):
 //!
-//! 1. stop streaming (everything received is flushed and replayed: the
-//!    walreceiver replays each batch right after its fsync); choose epoch
-//!    E+1;
-//! 2. **fence**: fence the old primary directly (`SELECT walship_fence(E+1)`
-//!    on `primary_conninfo`: it persists the epoch before it answers and
-//!    refuses every write from then on) and/or with `--fence-command`,
-//!    which must exit 0; with neither, refuse unless `--force`. Then
-//!    persist E+1 as this node's epoch;
+//! 1. choose epoch E+1 (and refuse fence orders: this node's own may
+//!    come back to it);
+//! 2. **fence**, streaming on: fence the old primary directly (`SELECT
+//!    walship_fence(E+1)` on `primary_conninfo`: it persists the epoch
+//!    before it answers and refuses every write from then on, and ends
+//!    every commit still waiting for standbys unacknowledged) and/or with
+//!    `--fence-command`, which must exit 0; with neither, refuse unless
+//!    `--force`. A direct fence says where the old primary's WAL ended:
+//!    receive it all (10 s at most), since another standby — a quorum's
+//!    other member, or this node's upstream — may have confirmed commits
+//!    this node had not received yet. Then persist E+1 as this node's
+//!    epoch, and stop streaming (everything received is flushed and
+//!    replayed: the walreceiver replays each batch right after its fsync);
 //! 3. **claim**: when `archive_directory` is set, claim E+1 there by
 //!    creating `ADIR/epoch.E+1` exclusively, so of two promoters racing
 //!    only one wins and the other says who did (a refused promotion
@@ -177,18 +182,27 @@ impl Node {
             fence_command = req.fence_command.as_deref().unwrap_or("none"),
             "promotion requested"
         );
+        // No write is taken from here on, but streaming goes on through
+        // the fence, so that this node gets what the old primary wrote
+        // before it was fenced.
+        self.set_promoting_streaming(true);
+        let fenced = self.fence_and_catch_up(&dir, req);
         // Stop streaming (set_promoting wakes the walreceiver from a
         // reconnect backoff that may be seconds long).
-        self.set_promoting(true);
+        self.set_promoting_streaming(false);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.receiver_stopped() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let outcome = if self.receiver_stopped() {
-            self.run_promotion(&dir, req)
-        } else {
-            Err(refused("the walreceiver did not stop within 30 s (a hung connection to the primary?): the end of received WAL is not known, so the promotion is refused; try again"))
-        };
+        let outcome = fenced.and_then(|(journal, resumed_at)| {
+            if self.receiver_stopped() {
+                self.run_promotion(&dir, journal, resumed_at)
+            } else if journal.step == Step::Fence {
+                Err(refused("the walreceiver did not stop within 30 s (a hung connection to the primary?): the end of received WAL is not known, so the promotion is refused; try again"))
+            } else {
+                Err(stuck("the walreceiver did not stop within 30 s (a hung connection to the primary?): the end of received WAL is not known"))
+            }
+        });
         match outcome {
             Ok(()) => Ok(()),
             Err(Failure::Refused(why)) => {
@@ -207,13 +221,14 @@ impl Node {
         }
     }
 
-    fn run_promotion(&self, dir: &DataDir, req: &PromoteRequest) -> Result<(), Failure> {
-        let wal = self.db().wal();
-        // The new timeline begins where the last complete record ends: the
-        // first part of a record the old primary never finished sending is
-        // no WAL of either timeline.
-        let end = wal.discard_partial_record().map_err(refused)?;
-        let settings = self.settings();
+    /// The promotion's first step, while the walreceiver still streams:
+    /// the journal, then the fence, then the old primary's last WAL.
+    /// Returns the journal and the step it was resumed at, if it was.
+    fn fence_and_catch_up(
+        &self,
+        dir: &DataDir,
+        req: &PromoteRequest,
+    ) -> Result<(Journal, Option<Step>), Failure> {
         let (mut journal, resumed_at) = match Journal::read(&dir.root).map_err(stuck)? {
             Some(j) => {
                 info!(step = %j.step, epoch = %j.epoch, "resuming an interrupted promotion");
@@ -236,9 +251,13 @@ impl Node {
                     "{e}: nothing was fenced; make it readable (mount the archive, or set archive_directory = '' if this node should not use one) and run walship promote again"
                 ))
             })?;
-            self.fence_old_primary(epoch, req)
+            let old_end = self
+                .fence_old_primary(epoch, req)
                 .map_err(Failure::Refused)?;
             crashpoint::reach("promote-fenced");
+            if let Some(old_end) = old_end {
+                self.catch_up(old_end);
+            }
             // This node never writes in a lower epoch again, whatever
             // happens next. A fence order of this epoch or a later one that
             // came in while the epoch was chosen (before fence orders were
@@ -258,6 +277,48 @@ impl Node {
             drop(ep);
             journal.advance(&dir.root, Step::Claim).map_err(refused)?;
         }
+        Ok((journal, resumed_at))
+    }
+
+    /// Waits, a few seconds at most, until this node holds the fenced old
+    /// primary's WAL up to `old_end`, where it ended once fenced: every
+    /// commit it acknowledged is in it, and another standby may have
+    /// confirmed one this node had not received yet (a quorum's other
+    /// member, or this node's own upstream when it cascades).
+    fn catch_up(&self, old_end: Lsn) {
+        let wal = self.db().wal();
+        if wal.complete_lsn() >= old_end {
+            return;
+        }
+        info!(old_primary_end = %old_end, received = %wal.complete_lsn(), "receiving the fenced old primary's last WAL before switching");
+        let deadline = Instant::now() + CATCH_UP_MAX;
+        while wal.complete_lsn() < old_end && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if wal.complete_lsn() < old_end {
+            error!(
+                old_primary_end = %old_end,
+                received = %wal.complete_lsn(),
+                "the fenced old primary's WAL did not all arrive within {} s: promoting with what came; a commit it acknowledged past {} is not on this node",
+                CATCH_UP_MAX.as_secs(),
+                wal.complete_lsn()
+            );
+        }
+    }
+
+    fn run_promotion(
+        &self,
+        dir: &DataDir,
+        mut journal: Journal,
+        resumed_at: Option<Step>,
+    ) -> Result<(), Failure> {
+        let wal = self.db().wal();
+        // The new timeline begins where the last complete record ends: the
+        // first part of a record the old primary never finished sending is
+        // no WAL of either timeline.
+        let end = wal.discard_partial_record().map_err(refused)?;
+        let settings = self.settings();
+        let epoch = journal.epoch;
         if journal.step == Step::Claim {
             // Claimed in the archive only once the promotion is going
             // ahead: a refused promotion leaves no claim there for
@@ -335,21 +396,22 @@ impl Node {
     /// host may take its whole connect timeout to not answer, and once the
     /// command has fenced it there is nothing to wait for (the attempt
     /// finishes on its own).
-    fn fence_old_primary(&self, epoch: Epoch, req: &PromoteRequest) -> Result<(), String> {
+    fn fence_old_primary(&self, epoch: Epoch, req: &PromoteRequest) -> Result<Option<Lsn>, String> {
         let system_id = self.lock_control().system_id;
         let direct = self.primary().map(|(info, _)| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let fenced = fence_directly(&info, system_id, epoch);
                 match &fenced {
-                    Ok(primary) => {
-                        info!(old_primary = %primary, epoch = %epoch, "fenced the old primary directly")
+                    Ok((primary, end)) => {
+                        let end = end.map_or("unknown".to_string(), |e| e.to_string());
+                        info!(old_primary = %primary, epoch = %epoch, wal_end = %end, "fenced the old primary directly")
                     }
                     Err(e) => {
                         warn!(upstream = %info, "could not fence the old primary directly: {e}")
                     }
                 }
-                let _ = tx.send(fenced.map(|_| ()));
+                let _ = tx.send(fenced.map(|(_, end)| end));
             });
             rx
         });
@@ -374,24 +436,22 @@ impl Node {
                 ));
             }
             info!(command = %cmd, "fence command succeeded");
+            Ok(None)
         } else {
             // Why the direct fence did not happen, from the attempt itself
             // (which may have climbed past this node's upstream).
             let why = match direct.map(|rx| rx.recv()) {
-                None => Some("no primary_conninfo is set".to_string()),
-                Some(Ok(Ok(()))) => None,
-                Some(Ok(Err(e))) => Some(e),
-                Some(Err(_)) => Some("the attempt ended without an answer".to_string()),
-            };
-            let Some(why) = why else {
-                return Ok(());
+                None => "no primary_conninfo is set".to_string(),
+                Some(Ok(Ok(end))) => return Ok(end),
+                Some(Ok(Err(e))) => e,
+                Some(Err(_)) => "the attempt ended without an answer".to_string(),
             };
             if !req.force {
                 return Err(format!("the old primary could not be fenced directly ({why}), and no fence command was given: refusing to promote (give --fence-command, or --force if you know it is down for good)"));
             }
             error!("PROMOTING WITHOUT A FENCE (--force): if the old primary is still alive it may take writes that will be lost, and clients may see two primaries");
+            Ok(None)
         }
-        Ok(())
     }
 
     /// A promotion resumed at its switch step. If the control file already
@@ -532,7 +592,17 @@ const MAX_CASCADE: usize = 8;
 /// port (a loopback host or a socket meaning that standby's own host), and
 /// every node on the way must belong to this node's system: an address
 /// that reaches another cluster is never fenced.
-fn fence_directly(upstream: &ConnInfo, system_id: u64, epoch: Epoch) -> Result<ConnInfo, String> {
+/// How long a promotion waits, once it fenced the old primary, for the
+/// WAL that primary wrote before (see `Node::catch_up`).
+const CATCH_UP_MAX: Duration = Duration::from_secs(10);
+
+/// Fences the primary at or above `upstream`; returns it and where its
+/// WAL ends once fenced (it takes no write after that).
+fn fence_directly(
+    upstream: &ConnInfo,
+    system_id: u64,
+    epoch: Epoch,
+) -> Result<(ConnInfo, Option<Lsn>), String> {
     let mut target = upstream.clone();
     target.connect_timeout = Some(target.connect_timeout.unwrap_or(5).min(5));
     for _ in 0..MAX_CASCADE {
@@ -568,8 +638,14 @@ fn fence_directly(upstream: &ConnInfo, system_id: u64, epoch: Epoch) -> Result<C
         client
             .query(&format!("SELECT walship_fence({})", epoch.0))
             .map_err(|e| format!("{peer}: {e}"))?;
+        // The fence made all it had appended durable: this is its end.
+        let end = client
+            .query("SELECT pg_current_wal_flush_lsn() AS lsn")
+            .ok()
+            .and_then(|rows| rows.text(0, "lsn"))
+            .and_then(|text| text.parse::<Lsn>().ok());
         client.close();
-        return Ok(target);
+        return Ok((target, end));
     }
     Err(format!(
         "no primary found within {MAX_CASCADE} standbys up from {upstream}"

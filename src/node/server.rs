@@ -131,6 +131,8 @@ pub struct Node {
     promoted: AtomicBool,
     /// Set while a promotion stops the walreceiver.
     promoting: AtomicBool,
+    /// A promotion under way still streams (its fence step).
+    promotion_streams: AtomicBool,
     pub(crate) senders: WalSenders,
     /// Set at shutdown once the last WAL (the shutdown checkpoint) is
     /// flushed: walsenders send the rest and end.
@@ -826,10 +828,11 @@ impl Node {
     }
 
     /// Starts or ends a promotion: while one is under way the walreceiver
-    /// stops (its connection is cut at once) and no write is taken.
+    /// stops (its connection is cut at once, unless the promotion streams
+    /// on: see [`Node::set_promoting_streaming`]) and no write is taken.
     pub(crate) fn set_promoting(&self, on: bool) {
         self.promoting.store(on, Ordering::Release);
-        if on {
+        if on && !self.promotion_streams.load(Ordering::Acquire) {
             if let Some(i) = self
                 .standby_state
                 .as_ref()
@@ -839,6 +842,14 @@ impl Node {
             }
         }
         self.wake_all();
+    }
+
+    /// Starts a promotion whose walreceiver streams on (`streaming`: its
+    /// fence step, to receive what the old primary wrote before it was
+    /// fenced), or stops that streaming. No write is taken either way.
+    pub(crate) fn set_promoting_streaming(&self, streaming: bool) {
+        self.promotion_streams.store(streaming, Ordering::Release);
+        self.set_promoting(true);
     }
 
     pub(crate) fn set_promoted(&self) {
@@ -971,7 +982,8 @@ impl WalReceiverHost for Node {
         Node::is_shutting_down(self)
     }
     fn paused(&self) -> bool {
-        self.is_promoting() || self.promoted.load(Ordering::Acquire)
+        (self.is_promoting() && !self.promotion_streams.load(Ordering::Acquire))
+            || self.promoted.load(Ordering::Acquire)
     }
     fn nap(&self, d: Duration) {
         // A promotion that begins just before the walreceiver naps is not
@@ -1429,6 +1441,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         standby_state: is_standby.then(|| StandbyState::new(opened.end)),
         promoted: AtomicBool::new(false),
         promoting: AtomicBool::new(false),
+        promotion_streams: AtomicBool::new(false),
         senders: WalSenders::default(),
         final_wal_written: AtomicBool::new(false),
         archive_watch: ArchiveWatch::default(),
