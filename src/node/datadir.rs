@@ -366,6 +366,8 @@ pub struct Opened {
     /// Where what lay past the end of valid WAL was kept (see
     /// `WalWriter::open`), when it held data.
     pub discarded: Option<PathBuf>,
+    /// The missing segment the WAL ran on into (see `Resumed::missing`).
+    pub missing: Option<PathBuf>,
 }
 
 /// Opens a data directory: reads the control and epoch files, loads the
@@ -437,6 +439,7 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
             .filter(|(e, _)| !e.is_clean())
             .map(|(e, path)| format!("{e} (in {})", path.display())),
         discarded: resumed.discarded,
+        missing: resumed.missing,
     })
 }
 

@@ -1375,13 +1375,21 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         (Some(note), None) => warn!("WAL ends on an incomplete or damaged record: {note}; after a crash this is the write it interrupted, and recovery ends there, as PostgreSQL's does (anything after it is zeroed); otherwise check the disk"),
         (note, Some(kept)) => error!(
             kept = %kept.display(),
-            "WAL ends at {}{}, but what lay past that end held data: it is kept in {} and the node goes on from the end of valid WAL. After a crash in the middle of a write that is the write the crash interrupted, never acknowledged: remove the directory. If this node did not crash, its WAL was damaged on disk and commits acknowledged after {} may be in it: check the disk (walship dump --verify on the kept files shows what they hold), and take this node's data from another node or the archive",
+            "WAL ends at {}{}, but what lay past that end held data: it is kept in {} and the node goes on from the end of valid WAL. After a crash in the middle of a write, the damage may be that write, never acknowledged; but if walship dump --verify on the kept files shows valid records past it, or this node did not crash, its WAL was damaged on disk and commits acknowledged after {} were lost from this node: check the disk, and take this node's data from another node or the archive. Remove the directory only once you know",
             opened.end,
             note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
             kept.display(),
             opened.end,
         ),
         (None, None) => {}
+    }
+    if let Some(missing) = &opened.missing {
+        error!(
+            "WAL ends at {}: the record that begins there runs on into {}, which is missing. A crash never leaves that (a segment file exists before a byte of a record goes into it): the file was removed or lost, and commits acknowledged after {} may have been in it. Stop this node before it takes writes, put the file back (from the archive with walship restore, or from a standby), and start it again; or take this node's data from another node",
+            opened.end,
+            missing.display(),
+            opened.end,
+        );
     }
     let addrs: Vec<String> = match &opts.listen {
         Some(l) => vec![l.clone()],

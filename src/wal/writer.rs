@@ -98,6 +98,10 @@ pub struct Resumed {
     /// anything but zeros or a recycled segment's leftovers (see
     /// [`discard_after`]).
     pub discarded: Option<PathBuf>,
+    /// The segment the last record runs on into, when that file is
+    /// missing: never a torn write (a segment file exists, durably,
+    /// before a byte of a record goes into it), so it was removed or lost.
+    pub missing: Option<PathBuf>,
 }
 
 /// The subdirectory of the WAL directory where [`discard_after`] keeps
@@ -212,6 +216,7 @@ impl WalWriter {
                     records: 0,
                     stopped_by: None,
                     discarded: None,
+                    missing: None,
                 },
                 Lsn::INVALID,
             ),
@@ -221,6 +226,7 @@ impl WalWriter {
                     None => Decoder::at_page_start(size, first.start_lsn(size), expect),
                 };
                 let mut last = None;
+                let mut missing = None;
                 let mut end = decoder.pos();
                 let mut records = 0;
                 let outcome = walk(&files, &mut decoder, None, |r| {
@@ -252,6 +258,12 @@ impl WalWriter {
                         end = eow.lsn;
                         Some((eow, path))
                     }
+                    WalkEnd::MissingSegment { segno, .. } if !decoder.at_record_boundary() => {
+                        let timeline =
+                            timeline_holding(&config.dir, config.timeline, segno.start_lsn(size));
+                        missing = Some(segment::segment_path(&config.dir, timeline, segno, size));
+                        None
+                    }
                     _ => {
                         if last.is_none() {
                             end = decoder.next_record_lsn();
@@ -277,6 +289,7 @@ impl WalWriter {
                         records,
                         stopped_by,
                         discarded: None,
+                        missing,
                     },
                     prev,
                 )
