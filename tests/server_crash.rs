@@ -185,34 +185,7 @@ fn a_missing_segment_a_record_runs_into_is_an_error() {
     node.start();
     let mut c = node.client();
     c.batch_execute("CHECKPOINT").unwrap();
-    let big = "v".repeat(300_000);
-    let start = node.query_one("SELECT pg_current_wal_lsn()");
-    let segment_of = |lsn: &str| {
-        let (hi, lo) = lsn.split_once('/').unwrap();
-        let lsn =
-            (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
-        format!(
-            "00000001{:08X}{:08X}",
-            (lsn >> 20) >> 12,
-            (lsn >> 20) & 0xfff
-        )
-    };
-    let mut current = segment_of(&start);
-    for i in 0.. {
-        assert!(i < 100, "no record crossed into a new segment");
-        c.execute(
-            "INSERT INTO kv VALUES ($1, $2)",
-            &[&format!("big-{i}"), &big],
-        )
-        .unwrap();
-        let now = segment_of(&node.query_one("SELECT pg_current_wal_lsn()"));
-        // XLP_FIRST_IS_CONTRECORD on the new segment's first page.
-        let first_page = std::fs::read(node.dir.join("wal").join(&now)).unwrap();
-        if now != segment_of(&start) && first_page[2] & 1 == 1 {
-            current = now;
-            break;
-        }
-    }
+    let current = common::write_until_a_record_crosses_segments(&node, 1);
     node.kill9();
     std::fs::remove_file(node.dir.join("wal").join(&current)).unwrap();
     node.start();

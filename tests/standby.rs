@@ -617,14 +617,6 @@ fn a_standby_restores_from_the_archive_what_the_primary_no_longer_has() {
     );
 }
 
-/// The name of the 1 MiB segment on timeline 1 that holds `lsn` (`X/X`).
-fn segment_of(lsn: &str) -> String {
-    let (hi, lo) = lsn.split_once('/').unwrap();
-    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
-    let segno = lsn >> 20;
-    format!("00000001{:08X}{:08X}", segno / 4096, segno % 4096)
-}
-
 /// The last segment a standby restores ends in the middle of a record
 /// whose rest is in the primary's current segment, and the primary has
 /// removed the restored one: the standby streams from where its WAL
@@ -640,29 +632,14 @@ fn a_standby_streams_the_rest_of_a_record_its_last_restored_segment_broke_off_in
         archive.path().display()
     ));
     let wal = primary.dir.join("wal");
-    let mut c = primary.client();
-    let big = "v".repeat(300_000);
-    let mut current = String::new();
-    for i in 0.. {
-        assert!(i < 100, "no record crossed into a new segment");
-        c.execute(
-            "INSERT INTO kv VALUES ($1, $2)",
-            &[&format!("big-{i}"), &big],
-        )
-        .unwrap();
-        current = segment_of(&primary.query_one("SELECT pg_current_wal_lsn()"));
-        // XLP_FIRST_IS_CONTRECORD on the current segment's first page.
-        let first_page = std::fs::read(wal.join(&current)).unwrap();
-        if i >= 6 && first_page[2] & 1 == 1 {
-            break;
-        }
-    }
+    let current = common::write_until_a_record_crosses_segments(&primary, 7);
     for entry in std::fs::read_dir(&wal).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if name.len() == 24 && name < current {
             std::fs::copy(wal.join(&name), archive.path().join(&name)).unwrap();
         }
     }
+    let mut c = primary.client();
     c.batch_execute("CHECKPOINT").unwrap();
     c.execute("INSERT INTO kv VALUES ('streamed', 'after')", &[])
         .unwrap();

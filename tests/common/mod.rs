@@ -763,3 +763,33 @@ fn pump(
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
+
+/// The name of the 1 MiB segment on timeline 1 that holds `lsn` (`X/X`).
+pub fn segment_of(lsn: &str) -> String {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let segno = lsn >> 20;
+    format!("00000001{:08X}{:08X}", segno / 4096, segno % 4096)
+}
+
+/// Inserts 300 kB values into `node` (a primary on timeline 1), at least
+/// `at_least` of them, until one runs on from a segment into the next;
+/// returns the name of that next segment, now the current one.
+pub fn write_until_a_record_crosses_segments(node: &Node, at_least: usize) -> String {
+    let mut c = node.client();
+    let big = "v".repeat(300_000);
+    for i in 0..100 {
+        c.execute(
+            "INSERT INTO kv VALUES ($1, $2)",
+            &[&format!("big-{i}"), &big],
+        )
+        .unwrap();
+        let current = segment_of(&node.query_one("SELECT pg_current_wal_lsn()"));
+        // XLP_FIRST_IS_CONTRECORD on the current segment's first page.
+        let first_page = std::fs::read(node.dir.join("wal").join(&current)).unwrap();
+        if i + 1 >= at_least && first_page[2] & 1 == 1 {
+            return current;
+        }
+    }
+    panic!("no record ran on into a new segment");
+}
