@@ -710,3 +710,53 @@ fn a_record_that_does_not_replay_stops_the_standby() {
         common::stderr(&out)
     );
 }
+
+/// The primary's recovery cut its WAL short (damage) and it wrote other
+/// records where a stopped standby already had WAL, on the same timeline:
+/// the standby compares the last record it holds with what the primary
+/// sends again, and refuses to follow, naming what to do.
+#[test]
+fn a_standby_refuses_a_primary_whose_wal_differs_from_its_own() {
+    let mut primary = Node::init("");
+    primary.start();
+    primary.keep_port();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    let mut c = primary.client();
+    c.batch_execute("CHECKPOINT").unwrap();
+    let insert = |c: &mut postgres::Client, range: std::ops::Range<usize>, tag: &str| {
+        for i in range {
+            c.batch_execute(&format!("INSERT INTO kv VALUES ('{tag}{i:04}', 'v')"))
+                .unwrap();
+        }
+    };
+    insert(&mut c, 0..10, "a");
+    let at = primary.query_one("SELECT pg_current_wal_lsn()");
+    insert(&mut c, 10..40, "a");
+    catch_up(&primary, &s1);
+    s1.stop();
+    primary.kill9();
+    // A byte of the 11th commit's body: recovery ends before it.
+    let name = common::segment_of(&at);
+    let (_, lo) = at.split_once('/').unwrap();
+    let offset = (u64::from_str_radix(lo, 16).unwrap() % (1 << 20)) as usize;
+    let path = primary.dir.join("wal").join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset + 30] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    primary.start();
+    assert_eq!(primary.query_one("SELECT count(*) FROM kv"), "10");
+    // Other rows of the same size, past where s1's WAL ends.
+    let mut c = primary.client();
+    insert(&mut c, 0..60, "b");
+    s1.start();
+    assert!(
+        s1.wait_log("differs from this standby's, on the same timeline"),
+        "{}",
+        s1.log()
+    );
+    assert_eq!(
+        s1.query_one("SELECT count(*) FROM kv WHERE key LIKE 'b%'"),
+        "0"
+    );
+}

@@ -200,6 +200,8 @@ pub enum ReceiveError {
         got: Lsn,
         expected: Lsn,
     },
+    #[error("{peer}'s WAL at {at} differs from this standby's, on the same timeline: the upstream lost WAL this standby holds (its recovery cut its WAL short after damage?) and wrote other WAL there, so this standby cannot follow it. Rebuild it with walship basebackup; or, if it holds commits the upstream lost, promote it instead (walship promote)")]
+    Differs { peer: String, at: Lsn },
     #[error("{peer} sent a malformed replication message: {what}")]
     Malformed { peer: String, what: String },
     #[error("could not write received WAL: {0}")]
@@ -612,9 +614,25 @@ fn stream(
     if let Some(switch) = switch_at {
         start = switch;
     }
+    // On the same timeline, the last record this standby holds is asked
+    // for again and compared: an upstream whose recovery cut its WAL short
+    // (damage on its disk) and wrote other records where this standby's
+    // were would otherwise line up by chance, and be followed. Only within
+    // the segment streaming resumes in, which the upstream still has.
+    let last = wal.last_record_lsn();
+    let size = host.seg_size();
+    let mut overlap = (their_tli == ours
+        && switch_at.is_none()
+        && wal.complete_lsn() == start
+        && last != Lsn::INVALID
+        && last < start
+        && last.segno(size) == start.segno(size))
+    .then(|| wal.read_back(last, start).map(|bytes| (last, bytes)))
+    .transpose()?;
+    let from = overlap.as_ref().map_or(start, |(at, _)| *at);
     let slot_clause = slot.map(|s| format!("SLOT \"{s}\" ")).unwrap_or_default();
     client.start_copy(&format!(
-        "START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {}",
+        "START_REPLICATION {slot_clause}PHYSICAL {from} TIMELINE {}",
         host.timeline()
     ))?;
     info!(primary = %info, start = %start, slot = slot.unwrap_or("none"), "started streaming WAL");
@@ -675,8 +693,30 @@ fn stream(
                         else {
                             return Err(malformed("XLogData shorter than its header"));
                         };
-                        let at = Lsn(at);
-                        let bytes = &msg[25..];
+                        let mut at = Lsn(at);
+                        let mut bytes = &msg[25..];
+                        if let Some((from, local)) = &mut overlap {
+                            // WAL this standby holds, sent again: the
+                            // same bytes, or the upstream is not the WAL
+                            // this standby followed.
+                            if at != *from {
+                                return Err(ReceiveError::OutOfOrder {
+                                    peer,
+                                    got: at,
+                                    expected: *from,
+                                });
+                            }
+                            let n = bytes.len().min(local.len());
+                            if bytes[..n] != local[..n] {
+                                return Err(ReceiveError::Differs { peer, at: *from });
+                            }
+                            local.drain(..n);
+                            *from = Lsn(from.0 + n as u64);
+                            (at, bytes) = (*from, &bytes[n..]);
+                            if local.is_empty() {
+                                overlap = None;
+                            }
+                        }
                         let expected = wal.insert_lsn();
                         if at != expected {
                             return Err(ReceiveError::OutOfOrder {
@@ -686,6 +726,7 @@ fn stream(
                             });
                         }
                         match verifier.check(at, bytes) {
+                            Ok(_) if bytes.is_empty() => {}
                             Ok(checked) => {
                                 wal.write_received(at, bytes, verifier.last_record())?;
                                 to_replay.extend(checked.own);

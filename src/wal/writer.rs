@@ -444,29 +444,39 @@ impl WalWriter {
     /// once they are flushed. `None` when the WAL ends at a complete
     /// record.
     pub fn partial_record(&self) -> Result<Option<(Lsn, Vec<u8>)>, WalError> {
-        self.flush_all()?;
-        let ins = self.lock_insert();
-        if ins.complete >= ins.pos {
+        let (complete, pos) = {
+            let ins = self.lock_insert();
+            (ins.complete, ins.pos)
+        };
+        if complete >= pos {
             return Ok(None);
         }
+        Ok(Some((complete, self.read_back(complete, pos)?)))
+    }
+
+    /// The WAL bytes from `from` to `to` (below the insert position), read
+    /// back from the files once they are flushed.
+    pub fn read_back(&self, from: Lsn, to: Lsn) -> Result<Vec<u8>, WalError> {
+        self.flush_all()?;
         let size = self.config.seg_size;
-        let files = segment::list_segments_upto(&self.config.dir, size, ins.timeline)?;
-        let mut bytes = Vec::with_capacity((ins.pos.0 - ins.complete.0) as usize);
-        let mut at = ins.complete;
-        while at < ins.pos {
+        let timeline = self.timeline();
+        let files = segment::list_segments_upto(&self.config.dir, size, timeline)?;
+        let mut bytes = Vec::with_capacity(to.0.saturating_sub(from.0) as usize);
+        let mut at = from;
+        while at < to {
             let segno = at.segno(size);
             let Some(path) = files.get(&segno) else {
-                let path = segment::segment_path(&self.config.dir, ins.timeline, segno, size);
+                let path = segment::segment_path(&self.config.dir, timeline, segno, size);
                 let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
-                return Err(FileError::new("read back a partial record", &path, gone).into());
+                return Err(FileError::new("read back WAL", &path, gone).into());
             };
             let data = SegmentData::open(path, size)?;
-            let upto = ins.pos.min(segno.next().start_lsn(size));
+            let upto = to.min(segno.next().start_lsn(size));
             let offset = at.segment_offset(size) as usize;
             bytes.extend_from_slice(&data[offset..offset + (upto.0 - at.0) as usize]);
             at = upto;
         }
-        Ok(Some((ins.complete, bytes)))
+        Ok(bytes)
     }
 
     /// Forgets the first part of a record whose rest never arrived (a
