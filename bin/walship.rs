@@ -723,8 +723,7 @@ fn run_init(args: InitArgs) -> anyhow::Result<ExitCode> {
         node_name: args.node_name,
         user: user.clone(),
         password,
-    })
-    .context("walship init failed")?;
+    })?;
     out!(
         "Created data directory {} (system identifier {}, WAL segments of {}, first role \"{}\").\nStart the node with:\n    walship server -D {}",
         args.dir.display(),
@@ -812,8 +811,7 @@ fn run_basebackup(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         slot: args.slot,
         create_slot: args.create_slot,
         progress: !args.no_progress,
-    })
-    .context("walship basebackup failed")?;
+    })?;
     out!(
         "Base backup written to {} ({} files, {} kB; checkpoint {}, WAL to {}).\nStart the standby with:\n    walship server -D {}",
         args.dir.display(),
@@ -834,8 +832,7 @@ fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         .get_or_insert_with(|| "walship receive".to_string());
     if args.create_slot {
         let slot = args.slot.as_deref().unwrap_or_default();
-        let at =
-            receive::create_slot(&from, slot).context("walship receive --create-slot failed")?;
+        let at = receive::create_slot(&from, slot)?;
         out!("Created replication slot \"{slot}\" (WAL kept from {at}).");
         return Ok(ExitCode::SUCCESS);
     }
@@ -847,8 +844,7 @@ fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         no_loop: args.no_loop,
         synchronous: args.synchronous,
         status_interval: std::time::Duration::from_secs(args.status_interval.max(1)),
-    })
-    .context("walship receive failed")?;
+    })?;
     match stopped {
         Stopped::EndPos(lsn) => tracing::info!(flushed = %lsn, "reached --endpos; stopping"),
         Stopped::ServerEnded(lsn) => {
@@ -860,7 +856,7 @@ fn run_receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
 
 fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let from = args.from;
-    let status = status::fetch(&from).context("walship status failed")?;
+    let status = status::fetch(&from)?;
     if args.json {
         out!("{}", status.json);
     } else {
@@ -874,14 +870,12 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     let compression: Compression = args.compression.parse().map_err(anyhow::Error::msg)?;
     if let Some(file) = &args.file {
-        let put = archiver::archive_file(file, &args.archive, compression)
-            .context("walship archive failed")?;
+        let put = archiver::archive_file(file, &args.archive, compression)?;
         tracing::info!(file = %file.display(), already_archived = put == Put::AlreadyThere, "archived");
         return Ok(ExitCode::SUCCESS);
     }
     let dir = args.dir.unwrap_or_default();
-    let archiver = Archiver::new(&dir, &args.archive, compression, args.create)
-        .context("walship archive failed")?;
+    let archiver = Archiver::new(&dir, &args.archive, compression, args.create)?;
     if !args.follow {
         let progress = std::sync::Mutex::new(Progress::for_command(
             "walship archive",
@@ -895,13 +889,13 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
             p.advance(1, bytes);
         });
         lock().finish();
-        let pass = pass.context("walship archive failed")?;
+        let pass = pass?;
         match (pass.archived.first(), pass.archived.last()) {
             (Some(first), Some(last)) => out!(
                 "Archived {} file(s), {first} to {last}{}.",
                 pass.archived.len(),
                 if pass.already > 0 {
-                    format!(" ({} already there)", pass.already)
+                    format!(" ({} of them already there, the same)", pass.already)
                 } else {
                     String::new()
                 }
@@ -1001,15 +995,14 @@ fn run_promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     if args.force && args.fence_command.is_none() {
         eprintln!("walship promote: WARNING: --force: if the old primary cannot be fenced and is still alive, two primaries may take writes");
     }
-    let running = walship::durable::DirLock::holder(&args.dir).context("walship promote failed")?;
+    let running = walship::durable::DirLock::holder(&args.dir)?;
     promote::request(
         &args.dir,
         &PromoteRequest {
             fence_command: args.fence_command,
             force: args.force,
         },
-    )
-    .context("walship promote failed")?;
+    )?;
     // Wake the node: it acts on the request at once instead of at its
     // next once-a-second look.
     if let Some(pid) = running.as_ref().and_then(|h| h.parse::<i32>().ok()) {
@@ -1158,8 +1151,7 @@ fn slot_choice(name: Option<&str>, create: bool) -> Option<SlotChoice<'_>> {
 fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     let from = args.from;
     let slot = slot_choice(args.slot.as_deref(), args.create_slot);
-    let done = walship::replication::follow::follow(&args.dir, &from, slot)
-        .context("walship follow failed")?;
+    let done = walship::replication::follow::follow(&args.dir, &from, slot)?;
     out!(
         "{} now follows {} (epoch {}, timeline {}){}.",
         args.dir.display(),
@@ -1177,8 +1169,7 @@ fn run_follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
 fn run_rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let from = args.from;
     let slot = slot_choice(args.slot.as_deref(), args.create_slot);
-    let done = walship::replication::rejoin::rejoin(&args.dir, &from, slot)
-        .context("walship rejoin failed")?;
+    let done = walship::replication::rejoin::rejoin(&args.dir, &from, slot)?;
     match (done.switch, done.rewound_from) {
         (Some(switch), Some(end)) => out!(
             "Rewound {}: its WAL ended at {end}, past the switch point {switch}; cut back to it ({} later segment(s) removed).",
@@ -1209,7 +1200,7 @@ fn run_prefetch_worker(args: PrefetchWorkerArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
-    let plan = cleanup::plan(&args.archive, &args.before).context("walship cleanup failed")?;
+    let plan = cleanup::plan(&args.archive, &args.before)?;
     if let Some(backup) = &plan.kept_for_backup {
         out!(
             "Keeping everything from {} on: the newest base backup ({backup}) needs it.",
@@ -1227,7 +1218,7 @@ fn run_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let removed = cleanup::execute(&plan).context("walship cleanup failed")?;
+    let removed = cleanup::execute(&plan)?;
     out!(
         "Removed {} file(s) ({} MiB) before {}.",
         plan.remove.len(),
@@ -1252,7 +1243,7 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let outcome = dump::run(&opts, &mut out).context("walship dump failed")?;
+    let outcome = dump::run(&opts, &mut out)?;
     out.flush().context("could not write to standard output")?;
     Ok(match outcome {
         DumpOutcome::Clean { message, .. } => {

@@ -315,7 +315,7 @@ impl DirLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = match holder.trim() {
-                    "" => "unknown".to_string(),
+                    "" => "not written yet".to_string(),
                     pid => pid.to_string(),
                 };
                 return Err(LockError::Busy {

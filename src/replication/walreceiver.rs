@@ -513,7 +513,15 @@ fn stream(
     info: &ConnInfo,
     slot: Option<&str>,
 ) -> Result<(), ReceiveError> {
-    host.receiver_status().status = "starting";
+    {
+        // What this attempt uses, shown while it connects and if it fails.
+        let mut st = host.receiver_status();
+        st.status = "starting";
+        st.slot_name = slot.map(str::to_string);
+        st.sender_host = Some(info.host.clone());
+        st.sender_port = Some(info.port);
+        st.conninfo = Some(info.to_string());
+    }
     let mut client = Client::connect(info, Some("true"))?;
     // From here a promotion can cut the connection, handshake included;
     // `run` drops the handle when the stream ends, however it ends.
@@ -641,10 +649,6 @@ fn stream(
         st.status = "streaming";
         st.receive_start_lsn = start;
         st.flushed_lsn = start;
-        st.slot_name = slot.map(str::to_string);
-        st.sender_host = Some(info.host.clone());
-        st.sender_port = Some(info.port);
-        st.conninfo = Some(info.to_string());
     }
     let mut to_replay: Vec<OwnRecord> = Vec::new();
     let mut replay_upto = Lsn::INVALID;
