@@ -708,6 +708,13 @@ fn a_promoted_standby_archives_what_the_old_primary_had_not() {
 /// wrote before the fence, so every commit it acknowledged is on c.
 #[test]
 fn a_promotion_receives_the_fenced_primarys_last_commits_before_it_switches() {
+    promote_a_lagging_quorum_member(&[]);
+    // With a fence command too: the direct fence still says where the old
+    // primary's WAL ended.
+    promote_a_lagging_quorum_member(&["--fence-command", "true"]);
+}
+
+fn promote_a_lagging_quorum_member(extra: &[&str]) {
     let mut primary = Node::init("synchronous_standby_names = 'ANY 1 (b, c)'");
     primary.start();
     let mut b = Node::basebackup(&primary, "b", &[]);
@@ -737,7 +744,7 @@ fn a_promotion_receives_the_fenced_primarys_last_commits_before_it_switches() {
             .unwrap();
     }
     proxy.heal();
-    let out = promote(&c, &[]);
+    let out = promote(&c, extra);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         c.query_one("SELECT count(*) FROM kv WHERE key LIKE 'k%'"),

@@ -177,7 +177,7 @@ fn a_role_with_nologin_may_not_connect_until_a_superuser_allows_it() {
     let e = c.batch_execute("ALTER ROLE tester NOLOGIN").unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     assert!(
-        message(&e).contains("last superuser that may log in"),
+        message(&e).contains("no superuser that may log in"),
         "{e:?}"
     );
     caught_up(&mut c, &mut standby.client());

@@ -183,9 +183,22 @@ impl Node {
             "promotion requested"
         );
         // No write is taken from here on, but streaming goes on through
-        // the fence, so that this node gets what the old primary wrote
-        // before it was fenced.
-        self.set_promoting_streaming(true);
+        // the fence (of a new promotion, or one resumed at its fence), so
+        // that this node gets what the old primary wrote before it was
+        // fenced. A promotion resumed past its fence streams no more.
+        let at_fence = matches!(
+            Journal::read(&dir.root),
+            Ok(None)
+                | Ok(Some(Journal {
+                    step: Step::Fence,
+                    ..
+                }))
+        );
+        if at_fence {
+            self.set_promoting_streaming(true);
+        } else {
+            self.set_promoting(true);
+        }
         let fenced = self.fence_and_catch_up(&dir, req);
         // Stop streaming (set_promoting wakes the walreceiver from a
         // reconnect backoff that may be seconds long).
@@ -197,8 +210,6 @@ impl Node {
         let outcome = fenced.and_then(|(journal, resumed_at)| {
             if self.receiver_stopped() {
                 self.run_promotion(&dir, journal, resumed_at)
-            } else if journal.step == Step::Fence {
-                Err(refused("the walreceiver did not stop within 30 s (a hung connection to the primary?): the end of received WAL is not known, so the promotion is refused; try again"))
             } else {
                 Err(stuck("the walreceiver did not stop within 30 s (a hung connection to the primary?): the end of received WAL is not known"))
             }
@@ -267,6 +278,11 @@ impl Node {
             if let Some(by) = ep.fenced_by.filter(|by| *by >= epoch) {
                 return Err(Failure::Refused(format!("a fence order for epoch {by} arrived while this promotion chose epoch {epoch}: another node was promoted; this node stays fenced")));
             }
+            // Nor an epoch this node adopted from its upstream while it
+            // streamed through the fence: another promotion took it.
+            if ep.epoch >= epoch {
+                return Err(Failure::Refused(format!("this node adopted epoch {} from its upstream while this promotion chose epoch {epoch}: another node was promoted; promote again to take a later epoch", ep.epoch)));
+            }
             let ours = EpochFile {
                 epoch,
                 fenced_by: None,
@@ -287,21 +303,23 @@ impl Node {
     /// member, or this node's own upstream when it cascades).
     fn catch_up(&self, old_end: Lsn) {
         let wal = self.db().wal();
-        if wal.complete_lsn() >= old_end {
+        // Whole records, durable here (the epoch is persisted next).
+        let held = || wal.reportable(wal.flushed_lsn());
+        if held() >= old_end {
             return;
         }
-        info!(old_primary_end = %old_end, received = %wal.complete_lsn(), "receiving the fenced old primary's last WAL before switching");
+        info!(old_primary_end = %old_end, held = %held(), "receiving the fenced old primary's last WAL before switching");
         let deadline = Instant::now() + CATCH_UP_MAX;
-        while wal.complete_lsn() < old_end && Instant::now() < deadline {
+        while held() < old_end && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if wal.complete_lsn() < old_end {
+        if held() < old_end {
             error!(
                 old_primary_end = %old_end,
-                received = %wal.complete_lsn(),
+                held = %held(),
                 "the fenced old primary's WAL did not all arrive within {} s: promoting with what came; a commit it acknowledged past {} is not on this node",
                 CATCH_UP_MAX.as_secs(),
-                wal.complete_lsn()
+                held()
             );
         }
     }
@@ -436,7 +454,12 @@ impl Node {
                 ));
             }
             info!(command = %cmd, "fence command succeeded");
-            Ok(None)
+            // A direct fence that reached a live old primary says where its
+            // WAL ended (it answers within milliseconds; a dead one never).
+            Ok(direct
+                .and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+                .and_then(Result::ok)
+                .flatten())
         } else {
             // Why the direct fence did not happen, from the attempt itself
             // (which may have climbed past this node's upstream).
@@ -584,20 +607,19 @@ impl Node {
 /// upstream, looking for the primary.
 const MAX_CASCADE: usize = 8;
 
+/// How long a promotion waits, once it fenced the old primary, for the
+/// WAL that primary wrote before (see `Node::catch_up`).
+const CATCH_UP_MAX: Duration = Duration::from_secs(10);
+
 /// Tells the primary of system `system_id` that epoch `epoch` now rules;
-/// returns where it was. `upstream` is this node's: when it is itself a
+/// returns where it was, and where its WAL ends once fenced (it takes no
+/// write after that). `upstream` is this node's: when it is itself a
 /// standby (cascading replication), the primary is its upstream's, and so
 /// on: fencing a standby would leave the real primary taking writes. The
 /// climb keeps this node's credentials and takes each standby's host and
 /// port (a loopback host or a socket meaning that standby's own host), and
 /// every node on the way must belong to this node's system: an address
 /// that reaches another cluster is never fenced.
-/// How long a promotion waits, once it fenced the old primary, for the
-/// WAL that primary wrote before (see `Node::catch_up`).
-const CATCH_UP_MAX: Duration = Duration::from_secs(10);
-
-/// Fences the primary at or above `upstream`; returns it and where its
-/// WAL ends once fenced (it takes no write after that).
 fn fence_directly(
     upstream: &ConnInfo,
     system_id: u64,
@@ -644,6 +666,9 @@ fn fence_directly(
             .ok()
             .and_then(|rows| rows.text(0, "lsn"))
             .and_then(|text| text.parse::<Lsn>().ok());
+        if end.is_none() {
+            warn!(old_primary = %peer, "the fenced old primary did not say where its WAL ends: commits it acknowledged that this node has not received yet may be lost");
+        }
         client.close();
         return Ok((target, end));
     }

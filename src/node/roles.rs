@@ -4,8 +4,8 @@
 //! The rules are PostgreSQL's, for the attributes walship has: only a
 //! superuser manages roles, except that any role may change its own
 //! password; the current role cannot be dropped; names starting `pg_` are
-//! reserved. One rule is walship's own: some superuser stays one that may
-//! log in, as nobody could manage roles after it.
+//! reserved. One rule is walship's own: some superuser that may log in
+//! stays, as nobody could manage roles without one.
 
 use super::users::{User, Users};
 use crate::protocol::scram::ScramVerifier;
@@ -51,6 +51,14 @@ fn apply_hashing(
     for statement in statements {
         apply_one(&mut after, by, statement, &mut notices, hash)?;
     }
+    // Checked once all are applied: a block's DROP may follow its ALTER.
+    let can_manage = |u: &Users| u.users.iter().any(|u| u.superuser && u.login);
+    if can_manage(users) && !can_manage(&after) {
+        return Err(denied(
+            "no superuser that may log in would be left: walship would have no role left to manage roles",
+        )
+        .with_hint("make another role a superuser (with LOGIN) first"));
+    }
     Ok((after, notices))
 }
 
@@ -94,12 +102,6 @@ fn apply_one(
                 )));
             }
             set(user, options, notices, hash)?;
-            if !after.users.iter().any(|u| u.superuser && u.login) {
-                return Err(denied(format!(
-                    "\"{name}\" is the last superuser that may log in: walship would have no role left to manage roles"
-                ))
-                .with_hint("make another role a superuser (with LOGIN) first"));
-            }
         }
         RoleStatement::Drop { names, if_exists } => {
             if !is_superuser {
@@ -388,7 +390,28 @@ mod tests {
             ..Default::default()
         };
         let refused = apply(&users, "admin", &alter("admin", demote)).unwrap_err();
-        assert!(refused.message.contains("last superuser"), "{refused}");
+        assert!(
+            refused.message.contains("no superuser that may log in"),
+            "{refused}"
+        );
+        // Nor by a block: each statement alone leaves one.
+        let mut two = Users::first("admin");
+        two.users.push(User {
+            superuser: true,
+            ..User::new("other")
+        });
+        let nologin = RoleOptions {
+            login: Some(false),
+            ..Default::default()
+        };
+        let block = [alter("admin", nologin), drop(&["other"], false)];
+        assert!(apply(&two, "admin", &block[0]).is_ok());
+        assert!(apply(&two, "admin", &block[1]).is_ok());
+        let refused = super::apply(&two, "admin", &block).unwrap_err();
+        assert!(
+            refused.message.contains("no superuser that may log in"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -1383,7 +1383,8 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         ),
         (None, None) => {}
     }
-    if let Some(missing) = &opened.missing {
+    // On a standby a segment not received or restored yet is no loss.
+    if let (Some(missing), false) = (&opened.missing, is_standby) {
         error!(
             "WAL ends at {}: the record that begins there runs on into {}, which is missing. A crash never leaves that (a segment file exists before a byte of a record goes into it): the file was removed or lost, and commits acknowledged after {} may have been in it. Stop this node before it takes writes, put the file back (from the archive with walship restore, or from a standby), and start it again; or take this node's data from another node",
             opened.end,

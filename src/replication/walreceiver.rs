@@ -200,7 +200,7 @@ pub enum ReceiveError {
         got: Lsn,
         expected: Lsn,
     },
-    #[error("{peer}'s WAL at {at} differs from this standby's, on the same timeline: the upstream lost WAL this standby holds (its recovery cut its WAL short after damage?) and wrote other WAL there, so this standby cannot follow it. Rebuild it with walship basebackup; or, if it holds commits the upstream lost, promote it instead (walship promote)")]
+    #[error("the WAL {peer} has at {at} differs from this standby's, on the same timeline: the upstream lost WAL this standby holds (its recovery cut its WAL short after damage?) and wrote other WAL there, so this standby cannot follow it. Rebuild it with walship basebackup; or, if it holds commits the upstream lost, promote it instead (walship promote)")]
     Differs { peer: String, at: Lsn },
     #[error("{peer} sent a malformed replication message: {what}")]
     Malformed { peer: String, what: String },
@@ -305,6 +305,27 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             )));
         }
         let from = pos.segment_offset(size) as usize;
+        // What this standby holds of the segment already (from its last
+        // record, or the segment's start) must be the archive's too, as
+        // a stream's is compared: else the archive took WAL written where
+        // this standby's was, after its upstream lost this one's.
+        let last = wal.last_record_lsn();
+        let held_from = if last != Lsn::INVALID && last.segno(size) == segno {
+            last.segment_offset(size) as usize
+        } else {
+            0
+        };
+        if held_from < from {
+            let seg_start = segno.start_lsn(size);
+            let ours = wal.read_back(Lsn(seg_start.0 + held_from as u64), pos)?;
+            if bytes[held_from..from] != ours[..] {
+                let _ = std::fs::remove_file(&scratch);
+                return Err(ReceiveError::Differs {
+                    peer: format!("the archive ({name})"),
+                    at: Lsn(seg_start.0 + held_from as u64),
+                });
+            }
+        }
         let chunk = &bytes[from..];
         let checked = match verifier.check(pos, chunk) {
             Ok(c) => c,
@@ -599,7 +620,7 @@ fn stream(
         }
         // A record begun at the switch point is none of the upstream's: its
         // timeline begins there.
-        keep_partial = complete < switch && !at_switch;
+        keep_partial = !at_switch;
         switch_at = at_switch.then_some(switch);
         save_history(host, their_tli, &text)?;
     } else if ours > TimelineId::FIRST && !host.wal_dir().join(history_file_name(ours)).exists() {
@@ -622,6 +643,11 @@ fn stream(
     if let Some(switch) = switch_at {
         start = switch;
     }
+    // A kept first part the upstream's rest does not continue is dropped
+    // when the stream fails on it, so that the next attempt asks for the
+    // whole record again (and compares what it has).
+    let kept_partial = wal.complete_lsn() < start;
+    let resumed_complete = wal.complete_lsn();
     // On the same timeline, the last record this standby holds is asked
     // for again and compared: an upstream whose recovery cut its WAL short
     // (damage on its disk) and wrote other records where this standby's
@@ -746,6 +772,9 @@ fn stream(
                                 )?;
                                 flush_and_replay(host, &mut to_replay, replay_upto)?;
                                 unflushed = false;
+                                if kept_partial && wal.complete_lsn() == resumed_complete {
+                                    wal.discard_partial_record()?;
+                                }
                                 return Err(ReceiveError::BadWal {
                                     peer,
                                     end: rejected.end,

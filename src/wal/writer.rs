@@ -259,8 +259,11 @@ impl WalWriter {
                         Some((eow, path))
                     }
                     WalkEnd::MissingSegment { segno, .. } if !decoder.at_record_boundary() => {
-                        let timeline =
-                            timeline_holding(&config.dir, config.timeline, segno.start_lsn(size));
+                        let timeline = timeline_holding(
+                            &config.dir,
+                            config.timeline,
+                            Lsn(segno.next().start_lsn(size).0 - 1),
+                        );
                         missing = Some(segment::segment_path(&config.dir, timeline, segno, size));
                         None
                     }
