@@ -427,7 +427,10 @@ Examples:
 /// real failure — a corrupt or unreadable file, another system's segment,
 /// a missing archive — so that PostgreSQL's recovery stops (it does on a
 /// status above 125) instead of taking the failure for the end of the
-/// archive.
+/// archive. So an archive on a network mount that is not mounted stops a
+/// PostgreSQL standby's recovery, even one that could stream meanwhile:
+/// mount it before starting the standby. A walship standby only logs
+/// the failure and goes on streaming.
 #[derive(Args)]
 #[command(after_help = RESTORE_EXAMPLES)]
 struct RestoreArgs {
