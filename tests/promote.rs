@@ -752,8 +752,23 @@ fn promote_a_lagging_quorum_member(extra: &[&str]) {
         "{}",
         c.log()
     );
+    // The fenced old primary, stopped cleanly, writes nothing past where
+    // c's timeline begins: b, which streamed from it, follows c.
+    assert!(primary.stop().success());
+    let out = common::walship(&[
+        "follow",
+        "-D",
+        b.dir.to_str().unwrap(),
+        "--from",
+        &format!("host=127.0.0.1 port={} user=tester", c.port),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'promotion')")
+        .unwrap();
+    let lsn = c.query_one("SELECT pg_current_wal_flush_lsn()");
+    b.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
     b.kill9();
-    primary.kill9();
 }
 
 #[test]

@@ -406,19 +406,24 @@ impl Node {
         let started = Instant::now();
         let roles = self.db.lock_roles();
         self.write_stale_users_file()?;
+        let last = || {
+            self.control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .checkpoint
+        };
         let (lsn, rows) = match self.standby() {
+            // A fenced node writes no WAL, not a checkpoint record either:
+            // its WAL ends where it told the promoter when fenced, which is
+            // where the new primary's timeline begins, so the standbys
+            // still streaming from it can follow the new primary.
+            None if self.db.fenced_by().is_some() => return Ok(last()),
             None => self.db.checkpoint(&roles)?,
             // A standby cannot write a checkpoint record: it makes a
             // restartpoint at the last checkpoint record it replayed.
             Some(standby) => match standby.take_restart_point() {
                 Some(point) => point,
-                None => {
-                    return Ok(self
-                        .control
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .checkpoint)
-                }
+                None => return Ok(last()),
             },
         };
         drop(roles);
