@@ -1096,10 +1096,13 @@ impl TemporaryServer {
         let log = std::env::temp_dir().join(format!("walship-promote-{}.log", std::process::id()));
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // No client needs to reach it, and its configured port may be
+        // taken (another node on the host): any free loopback port.
         let child = std::process::Command::new(std::env::current_exe()?)
             .arg("server")
             .arg("-D")
             .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -559,6 +559,9 @@ fn a_stopped_standby_is_promoted_at_once_and_left_stopped() {
     primary.start();
     let mut s1 = standby_of(&primary, "s1");
     s1.stop();
+    // Its configured port (the default) taken by someone else does not
+    // matter: the temporary server listens on a port of its own.
+    let _taken = std::net::TcpListener::bind("127.0.0.1:5433");
     let out = promote(&s1, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
