@@ -500,7 +500,12 @@ pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
             }
             Err(ReceiveError::Replay(why)) => return stop_replaying(host, why),
             Err(e) => {
-                warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
+                // A divergence lasts until an operator acts: said as an error.
+                if matches!(e, ReceiveError::Differs { .. }) {
+                    error!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
+                } else {
+                    warn!(primary = %info, retry_in_ms = backoff.as_millis() as u64, "walreceiver: {e}");
+                }
                 // The primary is down or no longer has the WAL we need: the
                 // archive may have it. Then back to streaming.
                 match restore_from_archive(host) {
