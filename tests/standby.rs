@@ -755,7 +755,11 @@ fn a_standby_refuses_a_primary_whose_wal_differs_from_its_own() {
         "{}",
         s1.log()
     );
-    assert!(s1.log().contains(" ERROR walreceiver: the WAL"), "{}", s1.log());
+    assert!(
+        s1.log().contains(" ERROR walreceiver: the WAL"),
+        "{}",
+        s1.log()
+    );
     assert_eq!(
         s1.query_one("SELECT count(*) FROM kv WHERE key LIKE 'b%'"),
         "0"
