@@ -651,8 +651,8 @@ fn stream(
     // A kept first part the upstream's rest does not continue is dropped
     // when the stream fails on it, so that the next attempt asks for the
     // whole record again (and compares what it has).
-    let kept_partial = wal.complete_lsn() < start;
     let resumed_complete = wal.complete_lsn();
+    let kept_partial = resumed_complete < start;
     // On the same timeline, the last record this standby holds is asked
     // for again and compared: an upstream whose recovery cut its WAL short
     // (damage on its disk) and wrote other records where this standby's
@@ -662,7 +662,7 @@ fn stream(
     let size = host.seg_size();
     let mut overlap = (their_tli == ours
         && switch_at.is_none()
-        && wal.complete_lsn() == start
+        && !kept_partial
         && last != Lsn::INVALID
         && last < start
         && last.segno(size) == start.segno(size))
