@@ -169,7 +169,10 @@ fn a_role_with_nologin_may_not_connect_until_a_superuser_allows_it() {
     standby.start();
     let mut c = primary.client();
     c.batch_execute(
-        "ALTER ROLE tester PASSWORD 's3cret'; CREATE ROLE app NOLOGIN REPLICATION PASSWORD 'pw'",
+        // CREATE ROLE means NOLOGIN unless it says LOGIN, as in
+        // PostgreSQL; CREATE USER means LOGIN.
+        "ALTER ROLE tester PASSWORD 's3cret'; CREATE ROLE app REPLICATION PASSWORD 'pw'; \
+         CREATE USER reader PASSWORD 'r'",
     )
     .unwrap();
     // Some superuser keeps the right to log in, or nobody could manage
@@ -196,6 +199,7 @@ fn a_role_with_nologin_may_not_connect_until_a_superuser_allows_it() {
         let e = connect(node, "app", "pw").err().unwrap();
         assert_eq!(sqlstate(&e), "28000");
         assert_eq!(message(&e), "role \"app\" is not permitted to log in");
+        connect(node, "reader", "r").unwrap();
     }
     // Replication connections too.
     let waldir = tempfile::tempdir().unwrap();

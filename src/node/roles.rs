@@ -82,7 +82,12 @@ fn apply_one(
                     format!("role \"{name}\" already exists"),
                 ));
             }
-            let mut user = User::new(name);
+            // As PostgreSQL's CREATE ROLE: no LOGIN unless it says so
+            // (CREATE USER says so).
+            let mut user = User {
+                login: false,
+                ..User::new(name)
+            };
             set(&mut user, options, notices, hash)?;
             after.users.push(user);
         }

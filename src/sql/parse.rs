@@ -204,9 +204,9 @@ impl RoleStatement {
 pub struct RoleOptions {
     pub superuser: Option<bool>,
     pub replication: Option<bool>,
-    /// LOGIN or NOLOGIN. A new role may log in unless it says NOLOGIN, as
-    /// walship has no group roles (PostgreSQL's CREATE ROLE defaults to
-    /// NOLOGIN, for roles that only hold members).
+    /// LOGIN or NOLOGIN. As in PostgreSQL, a role made by CREATE ROLE may
+    /// not log in unless it says LOGIN; CREATE USER says LOGIN unless it
+    /// says NOLOGIN.
     pub login: Option<bool>,
     /// `PASSWORD 'text'` (`Some(Some(text))`) or `PASSWORD NULL`
     /// (`Some(None)`); the text is a password or a SCRAM-SHA-256 verifier.
@@ -365,9 +365,18 @@ fn role_statement(statement: &str, tokens: &[TokenWithSpan]) -> Option<Result<St
         from = start + len;
     }
     text.push_str(&statement[from..]);
+    let create_user = keyword(0, "create") && keyword(1, "user");
     Some(parse_sql(&text).and_then(|mut s| {
-        s.pop()
-            .ok_or_else(|| PgError::new(code::SYNTAX_ERROR, "syntax error"))
+        let mut statement = s
+            .pop()
+            .ok_or_else(|| PgError::new(code::SYNTAX_ERROR, "syntax error"))?;
+        // CREATE USER is CREATE ROLE with LOGIN unless it says otherwise.
+        if let Statement::Role(RoleStatement::Create { options, .. }) = &mut statement {
+            if create_user {
+                options.login.get_or_insert(true);
+            }
+        }
+        Ok(statement)
     }))
 }
 
@@ -1576,7 +1585,11 @@ mod tests {
         );
         assert_eq!(
             role("create user carol superuser"),
-            role("CREATE ROLE carol SUPERUSER")
+            role("CREATE ROLE carol SUPERUSER LOGIN")
+        );
+        assert_eq!(
+            role("CREATE USER carol NOLOGIN"),
+            role("CREATE ROLE carol NOLOGIN")
         );
         assert_eq!(
             role("ALTER ROLE carol NOSUPERUSER NOLOGIN PASSWORD NULL"),
