@@ -1,6 +1,6 @@
 //! Synchronous replication and the monitoring of standbys: commits wait
-//! for the standbys synchronous_standby_names names, a waiting commit can
-//! be cancelled, kill -9 of the primary never loses an acknowledged commit
+//! for the standbys synchronous_standby_names names, other sessions see
+//! them only once the wait ends, a waiting commit can be cancelled, kill -9 of the primary never loses an acknowledged commit
 //! from the synchronous standby, and pg_stat_replication's lag neither
 //! freezes nor lies.
 
@@ -30,6 +30,18 @@ fn replication_column(primary: &Node, column: &str) -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
+}
+
+/// The first column of the one row `sql` returns, as text.
+fn one_row(c: &mut postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql} returned no row"))
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -82,16 +94,22 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
         primary.log()
     );
     assert!(primary.log().contains("none of them is connected"));
-    // The commit is local already: visible on the primary, in PostgreSQL's way.
+    // The commit is durable locally, but other sessions do not see it
+    // until its wait ends, as in PostgreSQL: a failover now would take
+    // it away.
     assert_eq!(
         primary.query_one("SELECT count(*) FROM kv WHERE key = 'b'"),
-        "1"
+        "0"
     );
-    // A cancel ends the wait with a warning; the commit stands.
+    // A cancel ends the wait with a warning; the commit stands, and shows.
     cancel.cancel_query(postgres::NoTls).unwrap();
     let (result, waited) = writer.join().unwrap();
     assert!(result.is_ok(), "{result:?}");
     assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    assert_eq!(
+        primary.query_one("SELECT count(*) FROM kv WHERE key = 'b'"),
+        "1"
+    );
 
     // local commits do not wait; remote ones resume when s1 returns.
     let mut c = primary.client();
@@ -106,6 +124,24 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
         !writer.is_finished(),
         "a remote_apply commit returned without s1"
     );
+    assert_eq!(
+        primary.query_one("SELECT count(*) FROM kv WHERE key = 'd'"),
+        "0"
+    );
+    // What other sessions see is a prefix of the WAL: a local commit
+    // logged after the waiting one shows both, without waiting itself.
+    let mut local = primary.client();
+    local
+        .batch_execute("SET synchronous_commit = local; INSERT INTO kv VALUES ('x', '9')")
+        .unwrap();
+    assert_eq!(
+        one_row(
+            &mut local,
+            "SELECT count(*) FROM kv WHERE key >= 'd' AND key < 'y'"
+        ),
+        "2"
+    );
+    assert!(!writer.is_finished());
     s1.start();
     writer.join().unwrap().unwrap();
     assert_eq!(s1.query_one("SELECT value FROM kv WHERE key = 'd'"), "4");
@@ -267,4 +303,40 @@ fn replication_lag_is_zero_when_idle_and_grows_when_a_standby_stalls() {
     assert!(slots
         .iter()
         .all(|m| !matches!(m, postgres::SimpleQueryMessage::Row(_))));
+}
+
+#[test]
+fn a_checkpoint_keeps_a_commit_still_waiting_for_standbys() {
+    // No standby ever connects: the commit waits, hidden, for good.
+    let mut primary = Node::init("synchronous_standby_names = 'FIRST 1 (s1)'");
+    primary.start();
+    let mut waiting = primary.client();
+    let writer = std::thread::spawn(move || {
+        waiting
+            .batch_execute("INSERT INTO kv VALUES ('h', '1')")
+            .map_err(|e| e.to_string())
+    });
+    assert!(
+        primary.wait_log("commit is waiting for synchronous replication"),
+        "{}",
+        primary.log()
+    );
+    assert_eq!(
+        primary.query_one("SELECT count(*) FROM kv WHERE key = 'h'"),
+        "0"
+    );
+    // The checkpoint's snapshot holds the commit (its redo point is past
+    // the commit's record), though no reader sees it yet.
+    primary.client().batch_execute("CHECKPOINT").unwrap();
+    assert_eq!(
+        primary.query_one("SELECT count(*) FROM kv WHERE key = 'h'"),
+        "0"
+    );
+    primary.kill9();
+    assert!(writer.join().unwrap().is_err());
+    primary.start();
+    assert_eq!(
+        primary.query_one("SELECT value FROM kv WHERE key = 'h'"),
+        "1"
+    );
 }

@@ -27,6 +27,17 @@ pub enum SyncCommit {
     RemoteApply,
 }
 
+impl SyncCommit {
+    /// `remote_write`, `on` and `remote_apply`: the levels that wait for
+    /// synchronous standbys, when there are any.
+    pub fn waits_for_standbys(self) -> bool {
+        matches!(
+            self,
+            SyncCommit::RemoteWrite | SyncCommit::On | SyncCommit::RemoteApply
+        )
+    }
+}
+
 impl FromStr for SyncCommit {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -183,6 +183,19 @@ pub trait Host: Send + Sync {
     ) -> Result<(), PgError>;
 }
 
+/// A commit hidden from other sessions while it waits for standbys: shown
+/// when this is dropped, however the wait ended.
+struct Held {
+    host: Arc<dyn Host>,
+    end: Lsn,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.host.db().release(self.end);
+    }
+}
+
 /// A transaction block's buffered writes.
 #[derive(Default)]
 struct Txn {
@@ -397,13 +410,22 @@ impl Session {
     /// Commits the changes `decide` returns as one record, made as durable
     /// as `synchronous_commit` asks: flushed locally, then confirmed by the
     /// synchronous standbys for `remote_write`, `on` and `remote_apply`.
+    ///
+    /// A commit that waits for standbys is hidden from other sessions until
+    /// the wait ends, however it ends (see [`crate::store::db`]).
     fn commit_write<R>(
         &mut self,
         decide: impl FnOnce(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
     ) -> Result<R, PgError> {
         let began = std::time::Instant::now();
-        let (result, end) = self.host.db().write(self.durability(), decide)?;
+        let held = self.synchronous_commit().waits_for_standbys()
+            && !self.host.settings().synchronous_standby_names.is_empty();
+        let (result, end) = self.host.db().write(self.durability(), held, decide)?;
         if let Some(end) = end {
+            let _hold = held.then(|| Held {
+                host: self.host.clone(),
+                end,
+            });
             self.wait_for_standbys(end)?;
             crate::metrics::COMMIT_LATENCY.observe(began.elapsed());
         }
@@ -414,7 +436,7 @@ impl Session {
     /// synchronous standbys as `synchronous_commit` asks.
     fn wait_for_standbys(&mut self, end: Lsn) -> Result<(), PgError> {
         let level = self.synchronous_commit();
-        if let SyncCommit::RemoteWrite | SyncCommit::On | SyncCommit::RemoteApply = level {
+        if level.waits_for_standbys() {
             if let Some(warning) = self.host.wait_for_sync(end, level, &self.cancel)? {
                 self.notices.push(warning);
             }

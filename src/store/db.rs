@@ -17,8 +17,18 @@
 //!    so an `off` commit also makes visible the commits logged before it
 //!    that are still waiting for their flush.
 //!
+//! A commit that waits for synchronous standbys is *held*: other sessions
+//! do not see it until its wait ends ([`Db::release`]), as PostgreSQL keeps
+//! such a transaction in progress until its standbys confirm it, so that a
+//! row a failover would take away is never read. Visibility stays a prefix
+//! of the WAL, so a held record is made visible early when a later record
+//! that is not held must be (a `local` or `off` commit from another session
+//! logged after it): that commit's own session must see its write, and
+//! PostgreSQL, which can show commits out of order, has no such exception.
+//!
 //! Invariant: `queue` holds exactly the records appended but not applied,
 //! in LSN order; `overlay` maps each key they touch to its newest value.
+//! Every record before the last one applied has been applied.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -91,6 +101,8 @@ pub enum DbError {
 struct Pending {
     end: Lsn,
     ops: Vec<KvOp>,
+    /// Its session waits for standbys: not to be shown alone yet.
+    held: bool,
 }
 
 #[derive(Default)]
@@ -137,8 +149,8 @@ pub struct RolesGuard<'a> {
 
 impl RolesGuard<'_> {
     /// Logs a ROLES record carrying the users file's new `text` and waits
-    /// until it is durable (and every commit before it visible); returns
-    /// where it ends.
+    /// until it is durable (and every commit before it visible, but for
+    /// those still held); returns where it ends.
     pub fn log(&self, text: &str) -> Result<Lsn, DbError> {
         let db = self.db;
         let end = {
@@ -202,9 +214,14 @@ impl Db {
     /// changes (and a result for the caller); they are logged as one COMMIT
     /// record, made as durable as `durability` asks, and applied. Returns
     /// the caller's result and where the record ends. No changes, no record.
+    ///
+    /// With `held`, the record is not shown to readers on its own account
+    /// (see the module documentation): the caller waits for its standbys,
+    /// then must call [`Db::release`] with its end, however the wait ends.
     pub fn write<R, E: From<DbError>>(
         &self,
         durability: Durability,
+        held: bool,
         decide: impl FnOnce(&View<'_>) -> Result<(Vec<KvOp>, R), E>,
     ) -> Result<(R, Option<Lsn>), E> {
         let end = {
@@ -245,6 +262,7 @@ impl Db {
             queue.pending.push_back(Pending {
                 end: appended.end,
                 ops,
+                held,
             });
             (result, appended.end)
         };
@@ -264,7 +282,18 @@ impl Db {
         self.wal.append(RM_WALSHIP_ID, info, 0, &data)
     }
 
-    /// Applies every pending record that ends at or before `upto`.
+    /// Ends the hold on the record that ends at `end` (its wait for the
+    /// standbys is over, however it ended) and shows what may now be shown.
+    pub fn release(&self, end: Lsn) {
+        let mut queue = self.lock_queue();
+        if let Some(p) = queue.pending.iter_mut().find(|p| p.end == end) {
+            p.held = false;
+        }
+        self.apply_locked(&mut queue, self.wal.flushed_lsn());
+    }
+
+    /// Applies the pending records that end at or before `upto`, but for
+    /// held ones after the last that is not held.
     fn apply_upto(&self, upto: Lsn) {
         let mut queue = self.lock_queue();
         self.apply_locked(&mut queue, upto);
@@ -272,11 +301,18 @@ impl Db {
 
     /// [`Db::apply_upto`] with the queue lock already held.
     fn apply_locked(&self, queue: &mut Queue, upto: Lsn) {
-        if queue.pending.front().is_none_or(|p| p.end > upto) {
+        let Some(last) = queue
+            .pending
+            .iter()
+            .take_while(|p| p.end <= upto)
+            .filter(|p| !p.held)
+            .map(|p| p.end)
+            .last()
+        else {
             return;
-        }
+        };
         let mut rows = self.write_rows();
-        while queue.pending.front().is_some_and(|p| p.end <= upto) {
+        while queue.pending.front().is_some_and(|p| p.end <= last) {
             let Some(p) = queue.pending.pop_front() else {
                 break;
             };
@@ -360,9 +396,13 @@ impl Db {
         self.wal.flush(appended.end)?;
         // Apply and copy under the queue lock: no commit may be appended (and,
         // if asynchronous, applied) between the record and the snapshot.
+        // Records still held are in the snapshot, not yet in the rows.
         let mut queue = queue;
         self.apply_locked(&mut queue, appended.end);
-        let snapshot = self.read().clone();
+        let mut snapshot = self.read().clone();
+        for p in &queue.pending {
+            snapshot.apply(&p.ops, p.end);
+        }
         drop(queue);
         Ok((appended.lsn, snapshot))
     }
