@@ -753,3 +753,40 @@ fn archiving_a_node_with_archive_mode_off_says_why_nothing_goes() {
         "{text}"
     );
 }
+
+#[test]
+fn a_spool_left_by_another_systems_archive_is_never_handed_over() {
+    let archived = || {
+        let mut node = Node::init("archive_mode = on");
+        node.start();
+        node.complete_segments(4, "k");
+        let adir = tempfile::tempdir().unwrap();
+        let out = archive(adir.path(), &node, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let segments: Vec<String> = file_names(adir.path(), "")
+            .into_iter()
+            .filter(|n| n.len() == 24)
+            .collect();
+        (node, adir, segments)
+    };
+    let (_a, adir_a, segments_a) = archived();
+    let (_b, adir_b, segments_b) = archived();
+    let pg_wal = tempfile::tempdir().unwrap();
+    let spool = pg_wal.path().join(".walship-prefetch");
+    let out = restore(adir_a.path(), &segments_a[0], &pg_wal.path().join("x"), 8);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let next = &segments_a[1];
+    wait_until("A's worker to spool the next segment", || {
+        spool.join(next).exists()
+    });
+    // The same name, restored into the same directory from B's archive,
+    // is B's segment, not A's spooled one.
+    assert!(segments_b.contains(next), "{segments_b:?}");
+    let dest = pg_wal.path().join("y");
+    let out = restore(adir_b.path(), next, &dest, 8);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&dest).unwrap() == std::fs::read(adir_b.path().join(next)).unwrap(),
+        "{next} came from the other system's spool"
+    );
+}

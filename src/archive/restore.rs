@@ -13,9 +13,11 @@
 //! Invariants: every file handed over — fetched directly or from the spool
 //! — has passed [`verify_file`] against the archive's system identifier
 //! (a spooled one in the worker, which leaves the CRC-32C of what it
-//! verified beside it in `NAME.crc32c`: a request checks that one CRC, a
-//! tenth of a full verification, and verifies in full only a file without
-//! it), and is whole under `DEST` before success is reported; the spool
+//! verified and the system identifier it verified it against beside it in
+//! `NAME.crc32c`: a request checks that one CRC and that the identifier is
+//! its archive's, a tenth of a full verification, and verifies in full any
+//! other file, such as one a worker for another archive spooled), and is
+//! whole under `DEST` before success is reported; the spool
 //! is only a cache (a file in it that fails those checks is discarded and
 //! fetched again); at most one worker per spool (its lock), holding at
 //! most `depth` segments.
@@ -173,7 +175,7 @@ fn take_from_spool(
     };
     let crc_path = crc_path_of(&path);
     let verified_as = std::fs::read_to_string(&crc_path).ok();
-    let intact = verified_as.is_some_and(|c| c.trim() == crc_text(&bytes))
+    let intact = verified_as.is_some_and(|c| c.trim() == hint_text(archive, &bytes))
         || verify(archive, name, &bytes).is_ok();
     let _ = std::fs::remove_file(&crc_path);
     if !intact {
@@ -191,8 +193,18 @@ fn crc_path_of(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn crc_text(bytes: &[u8]) -> String {
-    format!("{:08x}", crc32c::crc32c(bytes))
+/// What the worker leaves in `NAME.crc32c`: the spooled file's CRC-32C
+/// and the system identifier it was verified against.
+fn hint_text(archive: &Archive, bytes: &[u8]) -> String {
+    format!("{:08x} {}", crc32c::crc32c(bytes), archive.system_id)
+}
+
+/// Whether the hint beside a spooled segment says it was verified against
+/// `archive`'s system identifier (a spool may have served another archive).
+fn spooled_for(archive: &Archive, segment: &Path) -> bool {
+    std::fs::read_to_string(crc_path_of(segment)).is_ok_and(|hint| {
+        hint.split_whitespace().nth(1) == Some(archive.system_id.to_string().as_str())
+    })
 }
 
 /// Whether a live worker holds the spool and has started fetching `name`.
@@ -282,9 +294,11 @@ pub fn prefetch(
             WalFileName::parse(segment, size),
             Ok(WalFileName::Segment(_))
         );
-        if (is_segment && (segment.get(..8) != head.get(..8) || segment < head.as_str()))
-            || file.contains(".tmp.")
-        {
+        let stale = is_segment
+            && (segment.get(..8) != head.get(..8)
+                || segment < head.as_str()
+                || !spooled_for(&archive, &spool.join(segment)));
+        if stale || file.contains(".tmp.") {
             durable::remove_file(&spool.join(file))?;
         }
     }
@@ -335,7 +349,11 @@ pub fn prefetch(
                                 // the plan: without it the request
                                 // verifies in full.
                                 verify(&archive, &name, &bytes).is_ok()
-                                    && std::fs::write(crc_path_of(&path), crc_text(&bytes)).is_ok()
+                                    && std::fs::write(
+                                        crc_path_of(&path),
+                                        hint_text(&archive, &bytes),
+                                    )
+                                    .is_ok()
                                     && durable::replace_scratch_file(&path, &bytes).is_ok()
                             }
                             // The end of the archive, or a failure the
