@@ -217,6 +217,30 @@ fn two_promoters_claiming_in_one_archive_cannot_both_win() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("this node is fenced"), "{}", text(&out));
+    // Nor when the epoch file is lost (s1's claim, epoch.2, still fences)
+    // or damaged (then nothing can be told, and nothing is archived).
+    let archive_old_primary = || {
+        common::walship(&[
+            "archive",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            "-D",
+            primary.dir.to_str().unwrap(),
+        ])
+    };
+    std::fs::remove_file(adir.path().join("epoch")).unwrap();
+    let out = archive_old_primary();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("this node is fenced"), "{}", text(&out));
+    std::fs::write(adir.path().join("epoch"), "2 garbage\n").unwrap();
+    let out = archive_old_primary();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot tell whether this node is fenced")
+            && text(&out).contains("epoch.2"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -55,6 +55,10 @@ pub enum ArchiverError {
     },
     #[error(transparent)]
     DataDir(#[from] crate::node::datadir::DataDirError),
+    /// The archive's epoch file is damaged: whether the node is fenced
+    /// cannot be told, so nothing is archived.
+    #[error("cannot tell whether this node is fenced, so nothing is archived: {why}")]
+    EpochUnknown { why: String },
 }
 
 /// How many files one pass copies at once (fewer for large segments).
@@ -247,7 +251,9 @@ impl Archiver {
             return Ok(());
         }
         let node = EpochFile::read(&dir.epoch())?;
-        let archive_epoch = crate::fence::archive::highest(&self.archive.dir).map_or(0, |e| e.0);
+        let archive_epoch = crate::fence::archive::highest(&self.archive.dir)
+            .map_err(|e| ArchiverError::EpochUnknown { why: e.to_string() })?
+            .map_or(0, |e| e.0);
         let ordered = node.fenced_by.map_or(0, |e| e.0);
         let (source_of_fence, newer) = if archive_epoch >= ordered {
             (

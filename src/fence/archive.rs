@@ -13,11 +13,69 @@ use crate::durable;
 /// The file holding the highest epoch claimed.
 pub const HIGHEST: &str = "epoch";
 
-/// The highest epoch claimed in the archive, if any (and readable).
-pub fn highest(adir: &Path) -> Option<Epoch> {
-    std::fs::read_to_string(adir.join(HIGHEST))
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
+/// `ADIR/epoch` is there but cannot be read as an epoch. `claimed` is the
+/// highest claim `ADIR/epoch.N` found beside it, which fences meanwhile.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub why: String,
+    pub claimed: Option<Epoch>,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.why)?;
+        match self.claimed {
+            Some(e) => write!(f, "; the highest claim there is epoch.{}: write {} into it (one line) to repair it", e.0, e.0),
+            None => write!(f, "; no epoch.N claim is there either: write the highest epoch any node of this system has reached into it (one line), or remove it if none was ever promoted"),
+        }
+    }
+}
+
+/// The highest epoch the archive knows: what `ADIR/epoch` records, or a
+/// higher claim `ADIR/epoch.N` (a promotion claims before it rewrites
+/// `epoch`), so that a lost `epoch` file unfences nobody. `None` when the
+/// archive holds neither; an error when `epoch` is there but unreadable or
+/// not a number: fencing must never fail open on a damaged file.
+pub fn highest(adir: &Path) -> Result<Option<Epoch>, Unreadable> {
+    let path = adir.join(HIGHEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(highest_claim(adir)),
+        Err(e) => {
+            return Err(Unreadable {
+                why: format!("could not read {}: {e}", path.display()),
+                claimed: highest_claim(adir),
+            })
+        }
+    };
+    let Ok(recorded) = text.trim().parse::<u64>() else {
+        return Err(Unreadable {
+            why: format!("{} holds {:?}, not an epoch", path.display(), text.trim()),
+            claimed: highest_claim(adir),
+        });
+    };
+    // Claims are made one above the highest known: probing upwards finds
+    // one made after `epoch` was last written without listing the archive.
+    let mut n = recorded;
+    while adir.join(format!("epoch.{}", n + 1)).exists() {
+        n += 1;
+    }
+    Ok(Some(Epoch(n)))
+}
+
+/// The highest `ADIR/epoch.N` claim, from a listing of the archive.
+fn highest_claim(adir: &Path) -> Option<Epoch> {
+    std::fs::read_dir(adir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("epoch.")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
         .map(Epoch)
 }
 
@@ -42,7 +100,8 @@ pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), C
             .to_string()
     };
     let ours = |text: &str| text.split_whitespace().nth(1) == Some(token);
-    if let Some(newer) = highest(adir).filter(|h| *h > epoch) {
+    let known = highest(adir).map_err(|e| ClaimError::Failed(e.to_string()))?;
+    if let Some(newer) = known.filter(|h| *h > epoch) {
         let by =
             std::fs::read_to_string(adir.join(format!("epoch.{}", newer.0))).unwrap_or_default();
         return Err(ClaimError::Lost(format!(
@@ -61,7 +120,10 @@ pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), C
             claimant().split_whitespace().next().unwrap_or("an unknown node")
         )));
     }
-    if highest(adir).is_none_or(|h| h < epoch) {
+    let recorded = std::fs::read_to_string(adir.join(HIGHEST))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    if recorded.is_none_or(|h| h < epoch.0) {
         durable::replace_file(&adir.join(HIGHEST), format!("{}\n", epoch.0).as_bytes())
             .map_err(|e| ClaimError::Failed(e.to_string()))?;
     }
@@ -83,5 +145,28 @@ impl std::fmt::Display for ClaimError {
         match self {
             ClaimError::Lost(why) | ClaimError::Failed(why) => f.write_str(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_epoch_counts_claims_and_never_fails_open() {
+        let adir = tempfile::tempdir().unwrap();
+        let at = |name: &str, text: &str| std::fs::write(adir.path().join(name), text).unwrap();
+        assert_eq!(highest(adir.path()).unwrap(), None);
+        at("epoch", "1\n");
+        assert_eq!(highest(adir.path()).unwrap(), Some(Epoch(1)));
+        // A claim made before `epoch` was rewritten.
+        at("epoch.2", "s1 token\n");
+        assert_eq!(highest(adir.path()).unwrap(), Some(Epoch(2)));
+        std::fs::remove_file(adir.path().join("epoch")).unwrap();
+        assert_eq!(highest(adir.path()).unwrap(), Some(Epoch(2)));
+        at("epoch", "");
+        let e = highest(adir.path()).unwrap_err();
+        assert_eq!(e.claimed, Some(Epoch(2)));
+        assert!(e.to_string().contains("not an epoch"), "{e}");
     }
 }

@@ -149,6 +149,8 @@ struct ArchiveReach {
     seen: bool,
     /// Since when it cannot be, and when that was last said.
     lost: Option<(Instant, Instant)>,
+    /// When it was last said that its epoch file cannot be read.
+    epoch_unreadable_said: Option<Instant>,
 }
 
 impl Node {
@@ -749,8 +751,23 @@ impl Node {
         }
         let adir = std::path::Path::new(&settings.archive_directory);
         self.watch_archive_reachable(adir);
-        let Some(highest) = crate::fence::archive::highest(adir) else {
-            return;
+        let highest = match crate::fence::archive::highest(adir) {
+            Ok(Some(highest)) => highest,
+            Ok(None) => return,
+            Err(e) => {
+                let mut reach = self.archive_reach.lock().unwrap_or_else(|p| p.into_inner());
+                if reach
+                    .epoch_unreadable_said
+                    .is_none_or(|said| said.elapsed() >= Duration::from_secs(60))
+                {
+                    error!(archive = %adir.display(), "cannot tell from the archive whether this node is fenced: {e}");
+                    reach.epoch_unreadable_said = Some(Instant::now());
+                }
+                match e.claimed {
+                    Some(claimed) => claimed,
+                    None => return,
+                }
+            }
         };
         let ep = *self.lock_epoch();
         if highest <= ep.epoch || ep.fenced_by.is_some_and(|f| f >= highest) {
