@@ -65,6 +65,7 @@ pub mod code {
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const CARDINALITY_VIOLATION: &str = "21000";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const NOT_NULL_VIOLATION: &str = "23502";

@@ -67,6 +67,27 @@ fn sqlstate(bytes: &[u8]) -> Option<String> {
 }
 
 #[test]
+fn settings_sent_as_startup_parameters_are_made_as_set_makes_them() {
+    let mut node = Node::init("");
+    node.start();
+    let mut login = startup_packet(&[("user", "tester"), ("synchronous_commit", "off")]);
+    login.extend(msg(b'Q', b"SHOW synchronous_commit\0"));
+    login.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &login);
+    assert_eq!(sqlstate(&answer), None);
+    assert!(
+        answer.windows(3).any(|w| w == b"off"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let latin1 = startup_packet(&[("user", "tester"), ("client_encoding", "LATIN1")]);
+    assert_eq!(
+        sqlstate(&exchange(node.port, &latin1)).as_deref(),
+        Some("0A000")
+    );
+}
+
+#[test]
 fn malformed_input_never_takes_the_server_down() {
     let mut node = Node::init("max_message_size = 64kB");
     node.start();

@@ -209,6 +209,66 @@ fn transactions_are_atomic_and_fail_as_postgres_does() {
         ),
         "22023"
     );
+
+    // In a block, SET LOCAL lasts to its end, and a ROLLBACK undoes SET.
+    let show = |c: &mut postgres::Client| -> String {
+        c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0)
+    };
+    c.batch_execute("SET synchronous_commit = local").unwrap();
+    c.batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
+        .unwrap();
+    assert_eq!(show(&mut c), "off");
+    c.batch_execute("COMMIT").unwrap();
+    assert_eq!(show(&mut c), "local");
+    c.batch_execute("BEGIN; SET synchronous_commit = off; ROLLBACK")
+        .unwrap();
+    assert_eq!(show(&mut c), "local");
+    c.batch_execute("BEGIN; SET synchronous_commit = off; INSERT INTO kv VALUES ('t1', 'dup')")
+        .unwrap_err();
+    c.batch_execute("COMMIT").unwrap();
+    assert_eq!(show(&mut c), "local");
+    c.batch_execute("BEGIN; SET synchronous_commit = on; COMMIT")
+        .unwrap();
+    assert_eq!(show(&mut c), "on");
+    // Outside a block SET LOCAL does nothing (with PostgreSQL's warning).
+    c.batch_execute("SET LOCAL synchronous_commit = off")
+        .unwrap();
+    assert_eq!(show(&mut c), "on");
+}
+
+#[test]
+fn a_block_never_undoes_another_sessions_acknowledged_write() {
+    let mut node = Node::init("");
+    node.start();
+    let mut a = node.client();
+    let mut b = node.client();
+    let value = |c: &mut postgres::Client, key: &str| -> Option<String> {
+        c.query_opt("SELECT value FROM kv WHERE key = $1", &[&key])
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    // A's DO NOTHING found the key absent; B inserts it meanwhile.
+    a.batch_execute("BEGIN; INSERT INTO kv VALUES ('n', 'A') ON CONFLICT (key) DO NOTHING")
+        .unwrap();
+    b.batch_execute("INSERT INTO kv VALUES ('n', 'B')").unwrap();
+    assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
+    assert_eq!(value(&mut b, "n").as_deref(), Some("B"));
+    // A's UPDATE found the row; B deletes it meanwhile.
+    b.batch_execute("INSERT INTO kv VALUES ('u', 'old')")
+        .unwrap();
+    a.batch_execute("BEGIN; UPDATE kv SET value = 'A' WHERE key = 'u'")
+        .unwrap();
+    b.batch_execute("DELETE FROM kv WHERE key = 'u'").unwrap();
+    assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
+    assert_eq!(value(&mut b, "u"), None);
+    // What the block wrote itself, or what nobody touched, commits.
+    a.batch_execute(
+        "BEGIN; INSERT INTO kv VALUES ('m', '1'); UPDATE kv SET value = '2' WHERE key = 'm'; \
+         UPDATE kv SET value = 'A' WHERE key = 'n'; COMMIT",
+    )
+    .unwrap();
+    assert_eq!(value(&mut b, "m").as_deref(), Some("2"));
+    assert_eq!(value(&mut b, "n").as_deref(), Some("A"));
 }
 
 #[test]
@@ -567,6 +627,24 @@ fn startup_options_set_session_parameters() {
         .err()
         .unwrap();
     assert_eq!(code(&e), "22023");
+    // walship converts no text: another client encoding is refused, not
+    // taken for UTF-8.
+    let latin1 = format!("{} options='-c client_encoding=LATIN1'", node.conninfo());
+    let e = postgres::Client::connect(&latin1, postgres::NoTls)
+        .err()
+        .unwrap();
+    assert_eq!(code(&e), "0A000");
+    let mut c = node.client();
+    assert_eq!(
+        code(
+            &c.batch_execute("SET client_encoding = 'WIN1252'")
+                .unwrap_err()
+        ),
+        "0A000"
+    );
+    c.batch_execute("SET client_encoding = 'utf-8'").unwrap();
+    let v: String = c.query_one("SHOW client_encoding", &[]).unwrap().get(0);
+    assert_eq!(v, "UTF8");
 }
 
 #[test]

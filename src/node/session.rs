@@ -408,19 +408,29 @@ fn run(
     if let Some(flag) = node.cancel_flag(pid) {
         session.set_cancel_flag(flag);
     }
-    // `options` (libpq's PGOPTIONS): `-c name=value` or `--name=value`.
-    if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
-        for (name, value) in parse_options(options) {
-            let set = Statement::Set {
-                name: name.to_ascii_lowercase(),
-                value: Some(value),
-            };
-            if let Err(e) = session.execute(&set, &[]) {
-                let mut out = Out::default();
-                out.error(&PgError { fatal: true, ..e });
-                out.send(w)?;
-                return Ok(());
-            }
+    // The settings sent as startup parameters, then those of `options`
+    // (libpq's PGOPTIONS: `-c name=value` or `--name=value`), each made as
+    // a SET makes it: one that SET refuses ends the session.
+    let from_startup = params
+        .iter()
+        .filter(|(k, _)| Session::startup_param_known(k).is_some())
+        .cloned();
+    let from_options = params
+        .iter()
+        .find(|(k, _)| k == "options")
+        .map(|(_, options)| parse_options(options))
+        .unwrap_or_default();
+    for (name, value) in from_startup.chain(from_options) {
+        let set = Statement::Set {
+            name: name.to_ascii_lowercase(),
+            value: Some(value),
+            local: false,
+        };
+        if let Err(e) = session.execute(&set, &[]) {
+            let mut out = Out::default();
+            out.error(&PgError { fatal: true, ..e });
+            out.send(w)?;
+            return Ok(());
         }
     }
     greet(node, &session, w, pid, key)?;

@@ -205,11 +205,24 @@ struct Txn {
     /// Keys a plain INSERT found absent: still absent at COMMIT, or the
     /// commit fails with a unique violation.
     must_be_absent: Vec<String>,
+    /// What other buffered writes rest on, checked again at COMMIT: keys
+    /// an UPDATE found, and keys an INSERT … ON CONFLICT DO NOTHING found
+    /// absent. Should another session have deleted or inserted one since,
+    /// the block's write would undo that session's acknowledged one (bring
+    /// a deleted row back, overwrite an inserted one), so the commit fails
+    /// with a serialization failure instead. (PostgreSQL makes the other
+    /// session wait for the row instead; walship's blocks take no locks.)
+    must_still_exist: Vec<String>,
+    must_still_be_absent: Vec<String>,
     /// Role changes, made at COMMIT as one ROLES record. A block changes
     /// rows or roles, not both: the two are different records, which no
     /// one commit could make atomic.
     roles: Vec<RoleStatement>,
     failed: bool,
+    /// The settings at BEGIN (a ROLLBACK returns to them), and as the
+    /// block's SETs without LOCAL leave them (its COMMIT does).
+    saved: SessionSettings,
+    kept: SessionSettings,
 }
 
 fn rows_and_roles() -> PgError {
@@ -236,13 +249,37 @@ const SESSION_PARAMS: &[(&str, &str)] = &[
     ("transaction_isolation", "read committed"),
 ];
 
+/// What SET changes in a session.
+#[derive(Clone, Debug, Default)]
+struct SessionSettings {
+    params: HashMap<String, String>,
+    /// `None`: walship.conf's, as it is now.
+    synchronous_commit: Option<SyncCommit>,
+}
+
+/// One SET, checked.
+enum SettingChange {
+    SynchronousCommit(Option<SyncCommit>),
+    Param(String, String),
+}
+
+impl SessionSettings {
+    fn apply(&mut self, change: &SettingChange) {
+        match change {
+            SettingChange::SynchronousCommit(level) => self.synchronous_commit = *level,
+            SettingChange::Param(name, value) => {
+                self.params.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// One client session's state.
 pub struct Session {
     host: Arc<dyn Host>,
     /// The role the session authenticated as.
     user: String,
-    params: HashMap<String, String>,
-    synchronous_commit: Option<SyncCommit>,
+    settings: SessionSettings,
     txn: Option<Txn>,
     /// Raised by a CancelRequest for this session.
     cancel: Arc<AtomicBool>,
@@ -352,8 +389,10 @@ impl Session {
         Session {
             host,
             user,
-            params,
-            synchronous_commit: None,
+            settings: SessionSettings {
+                params,
+                synchronous_commit: None,
+            },
             txn: None,
             cancel: Arc::new(AtomicBool::new(false)),
             notices: Vec::new(),
@@ -366,13 +405,14 @@ impl Session {
         self.cancel = flag;
     }
 
-    /// The canonical name of a session parameter a client may send at
+    /// The canonical name of a session setting a client may send at
     /// startup or SET, if `name` is one.
     pub fn startup_param_known(name: &str) -> Option<&'static str> {
         SESSION_PARAMS
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(n, _)| *n)
+            .chain(["synchronous_commit"])
+            .find(|n| n.eq_ignore_ascii_case(name))
     }
 
     /// `I` (idle), `T` (in a transaction block) or `E` (in a failed one),
@@ -386,7 +426,7 @@ impl Session {
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str)
+        self.settings.params.get(name).map(String::as_str)
     }
 
     /// The role the session authenticated as.
@@ -396,7 +436,8 @@ impl Session {
 
     /// The session's effective `synchronous_commit`.
     pub fn synchronous_commit(&self) -> SyncCommit {
-        self.synchronous_commit
+        self.settings
+            .synchronous_commit
             .unwrap_or_else(|| self.host.settings().synchronous_commit)
     }
 
@@ -458,6 +499,45 @@ impl Session {
         if self.cancel.load(Ordering::Relaxed) {
             self.cancel.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// COMMIT of a block that did not fail: its role changes or its rows,
+    /// checked against what other sessions committed meanwhile.
+    fn commit_block(&mut self, txn: Txn) -> Result<(), PgError> {
+        if !txn.roles.is_empty() {
+            self.check_writable()?;
+            self.change_roles(&txn.roles)?;
+        }
+        if txn.ops.is_empty() {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let concurrent = |key: &str| {
+            PgError::new(
+                code::SERIALIZATION_FAILURE,
+                "could not serialize access due to concurrent update",
+            )
+            .with_detail(format!(
+                "Another session inserted or deleted key \"{key}\" after this transaction decided its write on it."
+            ))
+            .with_hint("The transaction was rolled back; run it again.")
+        };
+        self.commit_write(|view| {
+            if let Some(k) = txn.must_be_absent.iter().find(|k| view.get(k).is_some()) {
+                return Err(unique_violation(k));
+            }
+            if let Some(k) = txn.must_still_exist.iter().find(|k| view.get(k).is_none()) {
+                return Err(concurrent(k));
+            }
+            if let Some(k) = txn
+                .must_still_be_absent
+                .iter()
+                .find(|k| view.get(k).is_some())
+            {
+                return Err(concurrent(k));
+            }
+            Ok((txn.ops, ()))
+        })
     }
 
     /// Ends any open transaction block without committing (the client went away).
@@ -555,7 +635,11 @@ impl Session {
         match stmt {
             Statement::Begin => {
                 if self.txn.is_none() {
-                    self.txn = Some(Txn::default());
+                    self.txn = Some(Txn {
+                        saved: self.settings.clone(),
+                        kept: self.settings.clone(),
+                        ..Txn::default()
+                    });
                 }
                 Ok(tag("BEGIN"))
             }
@@ -564,26 +648,21 @@ impl Session {
                     return Ok(tag("COMMIT"));
                 };
                 if txn.failed {
+                    self.settings = txn.saved;
                     return Ok(tag("ROLLBACK"));
                 }
-                if !txn.roles.is_empty() {
-                    self.check_writable()?;
-                    self.change_roles(&txn.roles)?;
-                }
-                if !txn.ops.is_empty() {
-                    self.check_writable()?;
-                    let must = txn.must_be_absent;
-                    self.commit_write(|view| {
-                        if let Some(k) = must.iter().find(|k| view.get(k).is_some()) {
-                            return Err(unique_violation(k));
-                        }
-                        Ok((txn.ops, ()))
-                    })?;
-                }
-                Ok(tag("COMMIT"))
+                // The block's settings (SET LOCAL too) rule its commit;
+                // then its SET LOCALs end, and a failed commit is a
+                // rollback, which ends its SETs as well.
+                let (saved, kept) = (txn.saved.clone(), txn.kept.clone());
+                let committed = self.commit_block(txn);
+                self.settings = if committed.is_ok() { kept } else { saved };
+                committed.map(|()| tag("COMMIT"))
             }
             Statement::Rollback => {
-                self.txn = None;
+                if let Some(txn) = self.txn.take() {
+                    self.settings = txn.saved;
+                }
                 Ok(tag("ROLLBACK"))
             }
             Statement::Insert { rows, on_conflict } => self.insert(rows, *on_conflict, params),
@@ -600,8 +679,17 @@ impl Session {
             }
             Statement::Select(s) => self.select(s, params),
             Statement::Functions(items) => self.functions(stmt, items, params),
-            Statement::Set { name, value } => {
-                self.set(name, value.as_deref())?;
+            Statement::Set { name, value, local } => {
+                if *local && self.txn.is_none() {
+                    self.notices.push(PgError::new(
+                        code::NO_ACTIVE_TRANSACTION,
+                        "SET LOCAL can only be used in transaction blocks",
+                    ));
+                    // Checked all the same, as PostgreSQL does.
+                    self.setting_change(name, value.as_deref())?;
+                    return Ok(tag("SET"));
+                }
+                self.set(name, value.as_deref(), *local)?;
                 Ok(tag("SET"))
             }
             Statement::Checkpoint => {
@@ -799,12 +887,26 @@ impl Session {
                 }
                 Ok((ops, absent, n))
             };
-        let n = if self.txn.is_some() {
+        let n = if let Some(t) = &self.txn {
             let (ops, absent, n) = {
                 let store = self.host.db().read();
                 decide(&|k| self.lookup(&store, k).is_some())?
             };
+            // A DO NOTHING insert rests on the key's absence from the
+            // store, unless this block wrote the key before.
+            let still_absent = if on_conflict == OnConflict::DoNothing {
+                ops.iter()
+                    .map(|op| op.key())
+                    .filter(|k| !t.writes.contains_key(*k))
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             self.buffer(ops, absent);
+            if let Some(t) = &mut self.txn {
+                t.must_still_be_absent.extend(still_absent);
+            }
             n
         } else {
             self.commit_write(|view| {
@@ -835,12 +937,20 @@ impl Session {
             },
             None => KvOp::Delete { key: key.clone() },
         };
-        if self.txn.is_some() {
+        if let Some(t) = &self.txn {
             let exists = self.lookup(&self.host.db().read(), &key).is_some();
             if !applies(exists) {
                 return Ok(0);
             }
+            // An UPDATE rests on the row being in the store, unless this
+            // block wrote the key before.
+            let rests_on_row = matches!(op, KvOp::Put { .. }) && !t.writes.contains_key(&key);
             self.buffer(vec![op], vec![]);
+            if let Some(t) = &mut self.txn {
+                if rests_on_row {
+                    t.must_still_exist.push(key);
+                }
+            }
             return Ok(1);
         }
         self.commit_write(|view| {
@@ -1117,10 +1227,24 @@ impl Session {
         })
     }
 
-    fn set(&mut self, name: &str, value: Option<&str>) -> Result<(), PgError> {
+    /// SET, or SET LOCAL (`local`): in a transaction block, a ROLLBACK
+    /// undoes either, and its end undoes SET LOCAL, as in PostgreSQL.
+    fn set(&mut self, name: &str, value: Option<&str>, local: bool) -> Result<(), PgError> {
+        let change = self.setting_change(name, value)?;
+        if let Some(t) = &mut self.txn {
+            if !local {
+                t.kept.apply(&change);
+            }
+        }
+        self.settings.apply(&change);
+        Ok(())
+    }
+
+    /// What SET `name` to `value` would change, if it may.
+    fn setting_change(&self, name: &str, value: Option<&str>) -> Result<SettingChange, PgError> {
         let value = value.filter(|v| !v.eq_ignore_ascii_case("default"));
         if name == "synchronous_commit" {
-            self.synchronous_commit = match value {
+            return Ok(SettingChange::SynchronousCommit(match value {
                 None => None,
                 Some(v) => Some(v.parse().map_err(|why: String| {
                     PgError::new(
@@ -1129,8 +1253,13 @@ impl Session {
                     )
                     .with_hint(why)
                 })?),
-            };
-            return Ok(());
+            }));
+        }
+        if name == "client_encoding" {
+            return Ok(SettingChange::Param(
+                name.to_string(),
+                client_encoding(value.unwrap_or("UTF8"))?.to_string(),
+            ));
         }
         let Some((_, default)) = SESSION_PARAMS.iter().find(|(n, _)| *n == name) else {
             return Err(if self.host.settings().show(name).is_some() {
@@ -1146,9 +1275,10 @@ impl Session {
                 )
             });
         };
-        self.params
-            .insert(name.to_string(), value.unwrap_or(default).to_string());
-        Ok(())
+        Ok(SettingChange::Param(
+            name.to_string(),
+            value.unwrap_or(default).to_string(),
+        ))
     }
 
     fn show(&self, name: &str) -> Result<String, PgError> {
@@ -1161,7 +1291,7 @@ impl Session {
             "session_authorization" => return Ok(self.user.clone()),
             _ => {}
         }
-        if let Some(v) = self.params.get(name) {
+        if let Some(v) = self.settings.params.get(name) {
             return Ok(v.clone());
         }
         if let Some(v) = self.host.settings().show(name) {
@@ -1173,6 +1303,27 @@ impl Session {
                 format!("unrecognized configuration parameter \"{name}\""),
             )
         })
+    }
+}
+
+/// `client_encoding` as PostgreSQL shows it, for the encodings walship
+/// speaks: UTF8, and SQL_ASCII (bytes as they are, which UTF-8 text is).
+/// walship converts nothing, so any other is refused rather than have its
+/// text read as UTF-8.
+fn client_encoding(name: &str) -> Result<&'static str, PgError> {
+    let plain: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    match plain.as_str() {
+        "UTF8" | "UNICODE" => Ok("UTF8"),
+        "SQLASCII" => Ok("SQL_ASCII"),
+        _ => Err(PgError::new(
+            code::FEATURE_NOT_SUPPORTED,
+            format!("client_encoding \"{name}\" is not supported: walship speaks UTF8 only"),
+        )
+        .with_hint("set client_encoding to UTF8 (PGCLIENTENCODING=UTF8 for libpq clients)")),
     }
 }
 

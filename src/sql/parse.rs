@@ -124,9 +124,12 @@ pub enum Statement {
     Begin,
     Commit,
     Rollback,
+    /// `SET [LOCAL] name = value`; `local` lasts to the end of the
+    /// transaction block.
     Set {
         name: String,
         value: Option<String>,
+        local: bool,
     },
     Show {
         name: String,
@@ -636,7 +639,10 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
         } => Ok(Statement::Rollback),
         ast::Statement::Rollback { .. } => Err(unsupported("ROLLBACK TO SAVEPOINT")),
         ast::Statement::SetVariable {
-            variables, value, ..
+            local,
+            variables,
+            value,
+            ..
         } => {
             let name = match variables {
                 ast::OneOrManyWithParens::One(n) => object_name(&n),
@@ -648,11 +654,12 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
                 [one] => Some(setting_value(one)?),
                 _ => return Err(unsupported("SET with a list of values")),
             };
-            Ok(Statement::Set { name, value })
+            Ok(Statement::Set { name, value, local })
         }
-        ast::Statement::SetTimeZone { .. } => Ok(Statement::Set {
+        ast::Statement::SetTimeZone { local, .. } => Ok(Statement::Set {
             name: "timezone".into(),
             value: None,
+            local,
         }),
         ast::Statement::ShowVariable { variable } => Ok(Statement::Show {
             name: variable
@@ -1491,14 +1498,16 @@ mod tests {
             one("SET synchronous_commit = off"),
             Statement::Set {
                 name: "synchronous_commit".into(),
-                value: Some("off".into())
+                value: Some("off".into()),
+                local: false,
             }
         );
         assert_eq!(
             one("SET synchronous_commit TO 'local'"),
             Statement::Set {
                 name: "synchronous_commit".into(),
-                value: Some("local".into())
+                value: Some("local".into()),
+                local: false,
             }
         );
         assert_eq!(
