@@ -192,3 +192,43 @@ fn a_missing_segment_a_record_runs_into_is_an_error() {
     assert!(node.wait_log("which is missing"), "{}", node.log());
     assert!(node.log().contains(&current), "{}", node.log());
 }
+
+#[test]
+fn a_missing_segment_holding_the_checkpoint_stops_the_start() {
+    let mut node = Node::init("");
+    node.start();
+    let mut c = node.client();
+    c.batch_execute("CHECKPOINT").unwrap();
+    let lsn = node.query_one("SELECT pg_current_wal_lsn()");
+    for i in 0..50 {
+        c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("k{i}")])
+            .unwrap();
+    }
+    node.kill9();
+    let segment = common::segment_of(&lsn);
+    std::fs::remove_file(node.dir.join("wal").join(&segment)).unwrap();
+    // Before, it started with none of the 50 rows and said nothing.
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_walship"))
+        .args(["server", "-D", node.dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            server.kill().unwrap();
+            panic!("the server started without the checkpoint's segment");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holding the last checkpoint") && stderr.contains(&segment),
+        "{stderr}"
+    );
+}
