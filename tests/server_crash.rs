@@ -228,7 +228,7 @@ fn a_missing_segment_holding_the_checkpoint_stops_the_start() {
     std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("holding the last checkpoint") && stderr.contains(&segment),
+        stderr.contains(&format!("{segment} is missing")) && stderr.contains("the last checkpoint"),
         "{stderr}"
     );
 }

@@ -28,9 +28,7 @@ use crate::store::{Db, Store};
 use crate::wal::format::RM_WALSHIP_ID;
 use crate::wal::payload::Payload;
 use crate::wal::writer::ARCHIVE_STATUS_DIR;
-use crate::wal::{
-    Lsn, SegmentName, SegmentSize, TimelineId, WalError, WalFileName, WalWriter, WriterConfig,
-};
+use crate::wal::{Lsn, SegmentSize, TimelineId, WalError, WalWriter, WriterConfig};
 
 /// Paths inside a data directory.
 #[derive(Clone, Debug)]
@@ -116,12 +114,6 @@ pub enum DataDirError {
     },
     #[error("WAL record at {lsn} could not be replayed: {why}; the WAL is damaged — restore from a base backup")]
     Replay { lsn: Lsn, why: String },
-    #[error("the WAL segment holding the last checkpoint ({lsn}) is missing from {} (no {name} on any timeline), and with it every commit since that checkpoint: put it back (walship restore --archive ADIR {name} {}/{name}, or a copy from a standby's wal/) and start again; if it is lost for good, rebuild this node from a standby with walship basebackup", dir.display(), dir.display())]
-    CheckpointSegmentMissing {
-        lsn: Lsn,
-        dir: PathBuf,
-        name: String,
-    },
     /// A command gave up on a new data directory and removed it.
     #[error("{cause}; {undone}")]
     Undone {
@@ -396,9 +388,6 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
     // have been written before the crash.
     let mut roles = None;
     let checkpoint = control.checkpoint;
-    if !standby {
-        require_checkpoint_segment(&dir, &control)?;
-    }
     let (wal, resumed) = WalWriter::open(
         writer_config(&dir, &control, settings.archive_mode && !standby),
         Some(checkpoint),
@@ -451,32 +440,6 @@ pub fn open(root: &Path, settings: &Settings, standby: bool) -> Result<Opened, D
             .map(|(e, path)| format!("{e} (in {})", path.display())),
         discarded: resumed.discarded,
         missing: resumed.missing,
-    })
-}
-
-/// A primary's checkpoint record was flushed before the control file
-/// named it, and no segment from the checkpoint's on is ever removed: the
-/// segment holding it (on any timeline) must be there. Without it the WAL
-/// would seem to end at the checkpoint, and the node would start without
-/// every commit since, saying nothing (PostgreSQL refuses to start too).
-/// A standby is not held to this: a rejoined one streams that WAL anew.
-fn require_checkpoint_segment(dir: &DataDir, control: &ControlFile) -> Result<(), DataDirError> {
-    let segno = control.checkpoint.segno(control.seg_size);
-    let wal = dir.wal();
-    let entries = std::fs::read_dir(&wal).map_err(|e| FileError::new("read directory", &wal, e))?;
-    let present = entries.flatten().any(|e| {
-        matches!(
-            WalFileName::parse(&e.file_name().to_string_lossy(), control.seg_size),
-            Ok(WalFileName::Segment(s)) if s.segno == segno
-        )
-    });
-    if present {
-        return Ok(());
-    }
-    Err(DataDirError::CheckpointSegmentMissing {
-        lsn: control.checkpoint,
-        dir: wal,
-        name: SegmentName::new(control.timeline, segno).file_name(control.seg_size),
     })
 }
 

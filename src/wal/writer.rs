@@ -209,7 +209,20 @@ impl WalWriter {
         };
         let first = files.files.keys().next().copied();
         let (resumed, prev) = match (scan_from, first) {
-            (_, None) => (
+            // Recovery must begin at `from`, and no segment is there at
+            // all: starting a fresh WAL would drop every commit since.
+            (Some(from), None) => {
+                return Err(WalError::StartMissing {
+                    path: segment::segment_path(
+                        &config.dir,
+                        config.timeline,
+                        from.segno(size),
+                        size,
+                    ),
+                    lsn: from,
+                })
+            }
+            (None, None) => (
                 Resumed {
                     end: Lsn(SegNo(1).start_lsn(size).0 + LONG_PAGE_HEADER as u64),
                     last_record: None,
