@@ -393,9 +393,10 @@ struct ArchiveArgs {
     /// Keep archiving: a completed segment reaches the archive within a second.
     #[arg(long, conflicts_with = "file")]
     follow: bool,
-    /// Start a new archive even though this node archived to one that is
-    /// now gone (without it, a vanished archive is an error).
-    #[arg(long, conflicts_with = "file")]
+    /// Start a new archive even though this node (or, with SEGMENT_PATH,
+    /// the cluster whose archive_status/ holds .done marks) archived to one
+    /// that is now gone (without it, a vanished archive is an error).
+    #[arg(long)]
     create: bool,
     /// Compression for a new archive (an existing one keeps its own).
     #[arg(long, value_name = "METHOD", default_value = "none", value_parser = ["none", "zstd"])]
@@ -873,7 +874,7 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     let compression: Compression = args.compression.parse().map_err(anyhow::Error::msg)?;
     if let Some(file) = &args.file {
-        let put = archiver::archive_file(file, &args.archive, compression)?;
+        let put = archiver::archive_file(file, &args.archive, compression, args.create)?;
         tracing::info!(file = %file.display(), already_archived = put == Put::AlreadyThere, "archived");
         return Ok(ExitCode::SUCCESS);
     }

@@ -374,6 +374,38 @@ fn walship_archive_and_restore_serve_postgresql_as_its_commands() {
     let out = restore(&adir, &seg, &dest, 8);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(pg.wal_dir().join(&seg)).unwrap());
+
+    // The archive vanishes (an unmounted file system): the command fails,
+    // and makes no new archive in its place, since this cluster has
+    // archived before.
+    let away = pg.root.path().join("archive.unmounted");
+    std::fs::rename(&adir, &away).unwrap();
+    pg.psql("INSERT INTO t VALUES ('y')");
+    pg.psql("SELECT pg_switch_wal()");
+    wait_until("the archive_command to fail", || {
+        pg.psql("SELECT failed_count FROM pg_stat_archiver") != "0"
+    });
+    assert!(!adir.join("ARCHIVE").exists());
+    // By hand, --create starts a new one.
+    let next = pg.psql("SELECT last_failed_wal FROM pg_stat_archiver");
+    let path = pg.wal_dir().join(&next);
+    let out = common::walship(&[
+        "archive",
+        "--archive",
+        adir.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is gone"), "{}", stderr(&out));
+    let out = common::walship(&[
+        "archive",
+        "--archive",
+        adir.to_str().unwrap(),
+        "--create",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(adir.join(&next).exists());
 }
 
 /// Flips a bit in the last record of a segment's first page (the rest of a

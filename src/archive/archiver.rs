@@ -24,7 +24,7 @@ use crate::node::control::ControlFile;
 use crate::node::datadir::DataDir;
 use crate::replication::walsender::pg_now;
 use crate::wal::history::TimelineHistory;
-use crate::wal::writer::{marked, ArchiveMark};
+use crate::wal::writer::{marked, ArchiveMark, ARCHIVE_STATUS_DIR};
 use crate::wal::{Decoder, Expect, SegmentName, SegmentSize, Step, WalFileName};
 
 #[derive(Debug, Error)]
@@ -41,6 +41,9 @@ pub enum ArchiverError {
     Invalid { path: PathBuf, why: String },
     #[error("archive {} is gone (no {IDENTITY} file), yet this node has archived before (last {last}): the archive was removed, its file system is not mounted, or --archive names another directory than before. Mount it again; if it is lost for good, start a new one with --create and take a new base backup (the new archive begins with a gap)", dir.display())]
     Vanished { dir: PathBuf, last: String },
+    /// As `Vanished`, for one file given by path (archive_command).
+    #[error("archive {} is gone (no {IDENTITY} file), yet this cluster has archived before ({} holds .done marks): the archive was removed, its file system is not mounted, or the command names another directory than before. Mount it again; if it is lost for good, run the command once by hand with --create to start a new one, and take a new base backup (the new archive begins with a gap)", dir.display(), status.display())]
+    VanishedUnderCommand { dir: PathBuf, status: PathBuf },
     /// The archive was removed and made again while this archiver ran:
     /// its lock no longer keeps another archiver out.
     #[error("archive {} was made again under this archiver (its {} is not the file this process locked), so another archiver may be writing it too: this one stops; start it again", dir.display(), DirLock::FILE_NAME)]
@@ -451,10 +454,17 @@ pub fn backlog(wal_dir: &Path, seg_size: SegmentSize) -> Backlog {
 /// Archives one file given by path, as PostgreSQL's `archive_command`
 /// does (`walship archive --archive ADIR %p`): the archive's system
 /// identifier and segment size come from the segment's own long header.
+///
+/// A missing archive is created, unless the segment's directory shows that
+/// its cluster has archived before (a `.done` mark in `archive_status/`,
+/// which PostgreSQL and walship leave after each success) and `create` is
+/// not given: then the archive vanished (an unmounted file system), and a
+/// new one made in its place would take segments nobody will find.
 pub fn archive_file(
     path: &Path,
     archive_dir: &Path,
     compression: Compression,
+    create: bool,
 ) -> Result<Put, ArchiverError> {
     let name = path
         .file_name()
@@ -478,6 +488,23 @@ pub fn archive_file(
             .ok_or_else(|| invalid("its first page has no long header".into()))?;
         let size =
             SegmentSize::new(u64::from(long.seg_size)).map_err(|e| invalid(e.to_string()))?;
+        if !create && !archive_dir.join(IDENTITY).exists() {
+            let status = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(ARCHIVE_STATUS_DIR);
+            let archived_before = std::fs::read_dir(&status).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".done"))
+            });
+            if archived_before {
+                return Err(ArchiverError::VanishedUnderCommand {
+                    dir: archive_dir.to_path_buf(),
+                    status,
+                });
+            }
+        }
         Archive::open_or_create(archive_dir, long.sysid, size, compression)?
     };
     let _lock = DirLock::acquire(archive_dir)?;
