@@ -319,15 +319,38 @@ fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured
     node.configure("archive_backlog_policy = abandon_archive");
     node.signal(nix::sys::signal::SIGHUP);
     assert!(node.wait_log("reloaded walship.conf"));
+    // A backup history file waits too; it frees nothing, so it is kept.
+    let standby = Node::basebackup(&node, "s1", &[]);
+    let status = node.dir.join("wal").join("archive_status");
+    let backup_ready = || {
+        common::file_names(&status, ".backup.ready")
+            .first()
+            .cloned()
+    };
+    let waiting = backup_ready().expect("the backup history file waits");
+    drop(standby);
     node.complete_segments(4, "g");
     assert!(node.wait_log("ARCHIVE CONTINUITY LOST"), "{}", node.log());
     node.client()
         .batch_execute("INSERT INTO kv VALUES ('still', 'writing')")
         .unwrap();
-    assert_ne!(
+    let gap = node.query_one("SELECT archive_gap_since FROM pg_stat_archiver");
+    assert_eq!(gap.len(), 24, "{gap}");
+    assert_eq!(backup_ready().as_ref(), Some(&waiting));
+    // A restart does not forget the gap; a base backup does.
+    node.stop();
+    node.start();
+    assert_eq!(
         node.query_one("SELECT archive_gap_since FROM pg_stat_archiver"),
-        ""
+        gap
     );
+    let _standby = Node::basebackup(&node, "s2", &[]);
+    let gap: Option<String> = node
+        .client()
+        .query_one("SELECT archive_gap_since FROM pg_stat_archiver", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(gap, None);
 }
 
 /// A copy of the walship binary the `postgres` user can run (PostgreSQL
@@ -821,4 +844,34 @@ fn a_spool_left_by_another_systems_archive_is_never_handed_over() {
         std::fs::read(&dest).unwrap() == std::fs::read(adir_b.path().join(next)).unwrap(),
         "{next} came from the other system's spool"
     );
+}
+
+#[test]
+fn archiving_one_file_removes_what_a_killed_run_left() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    node.complete_segments(2, "t");
+    let adir = tempfile::tempdir().unwrap();
+    let wal = node.dir.join("wal");
+    let segments: Vec<String> = file_names(&wal, "")
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    let archive_one = |seg: &str| {
+        common::walship(&[
+            "archive",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            wal.join(seg).to_str().unwrap(),
+        ])
+    };
+    let out = archive_one(&segments[0]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // What a run PostgreSQL killed mid-copy leaves behind.
+    let left = adir.path().join(format!(".{}.tmp.4242", segments[1]));
+    std::fs::write(&left, b"half a segment").unwrap();
+    let out = archive_one(&segments[1]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!left.exists());
+    assert!(adir.path().join(&segments[1]).exists());
 }

@@ -24,7 +24,7 @@ use crate::node::control::ControlFile;
 use crate::node::datadir::DataDir;
 use crate::replication::walsender::pg_now;
 use crate::wal::history::TimelineHistory;
-use crate::wal::writer::{marked, ArchiveMark, ARCHIVE_STATUS_DIR};
+use crate::wal::writer::{archive_mark, marked, ArchiveMark, ARCHIVE_STATUS_DIR};
 use crate::wal::{Decoder, Expect, SegmentName, SegmentSize, Step, WalFileName};
 
 #[derive(Debug, Error)]
@@ -307,7 +307,7 @@ impl Archiver {
         &self,
         copied: &(dyn Fn(usize, u64) + Sync),
     ) -> Result<Pass, ArchiverError> {
-        let mut pass = Pass::default();
+        let pass = Pass::default();
         // Checked even with nothing to do, so an idle daemon stops too.
         let dir = &self.archive.dir;
         if dir.join(IDENTITY).exists() && !self.lock.guards(dir) {
@@ -318,7 +318,7 @@ impl Archiver {
             return Ok(pass);
         }
         self.check_not_fenced()?;
-        let mut stats = ArchiverStats::read(&self.data_dir);
+        let stats = ArchiverStats::read(&self.data_dir);
         // About 256 MiB of segments in memory at once (one, if larger).
         let parallel = (256 << 20) / self.archive.seg_size.bytes().max(1);
         let parallel = (parallel as usize).clamp(1, ARCHIVE_PARALLEL);
@@ -326,18 +326,68 @@ impl Archiver {
         let failed = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<std::sync::Mutex<Option<Result<Put, ArchiverError>>>> =
             names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        // Files are marked `.done` in order, each as soon as it and every
+        // file before it are in the archive, not when the whole pass ends:
+        // a long pass (or one killed part-way) leaves nothing archived
+        // still marked `.ready`, for the backlog policy to give up on.
+        struct Marking {
+            next: usize,
+            pass: Pass,
+            failure: Option<ArchiverError>,
+        }
+        let marking = std::sync::Mutex::new(Marking {
+            next: 0,
+            pass,
+            failure: None,
+        });
+        let stats_at_start = stats.clone();
+        let stats = std::sync::Mutex::new(stats);
+        let mark_in_order = || {
+            let mut m = marking.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
+            while m.failure.is_none() && m.next < names.len() {
+                let Some(copied) = results[m.next]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                else {
+                    break; // not done yet, or not tried: another file failed first
+                };
+                let name = &names[m.next];
+                match copied.and_then(|put| self.mark_done(name).map(|()| put)) {
+                    Ok(put) => {
+                        if put == Put::AlreadyThere {
+                            m.pass.already += 1;
+                        }
+                        stats.archived_count += 1;
+                        stats.last_archived_wal = Some(name.clone());
+                        stats.last_archived_time = Some(pg_now());
+                        m.pass.archived.push(name.clone());
+                        m.next += 1;
+                    }
+                    Err(e) => {
+                        stats.failed_count += 1;
+                        stats.last_failed_wal = Some(name.clone());
+                        stats.last_failed_time = Some(pg_now());
+                        stats.last_failure = Some(e.to_string());
+                        failed.store(true, std::sync::atomic::Ordering::Release);
+                        m.failure = Some(e);
+                    }
+                }
+            }
+        };
         std::thread::scope(|s| {
             for _ in 0..parallel.min(names.len()) {
                 s.spawn(|| loop {
                     // Checked before claiming: a claimed file always gets a
-                    // result, so the in-order walk below meets every failure.
+                    // result, so the in-order marking meets every failure.
                     if failed.load(std::sync::atomic::Ordering::Acquire) {
                         return;
                     }
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     let Some(name) = names.get(i) else { return };
                     let result = self
-                        .check_present(&stats)
+                        .check_present(&stats_at_start)
                         .and_then(|()| self.copy_one(name));
                     match &result {
                         Ok((_, len)) => copied(names.len(), *len),
@@ -345,36 +395,19 @@ impl Archiver {
                     }
                     *results[i].lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(result.map(|(put, _)| put));
+                    mark_in_order();
                 });
             }
         });
-        for (name, result) in names.into_iter().zip(results) {
-            let Some(copied) = result.into_inner().unwrap_or_else(|p| p.into_inner()) else {
-                break; // not tried: another file failed first
-            };
-            let archived = copied.and_then(|put| self.mark_done(&name).map(|()| put));
-            match archived {
-                Ok(put) => {
-                    if put == Put::AlreadyThere {
-                        pass.already += 1;
-                    }
-                    stats.archived_count += 1;
-                    stats.last_archived_wal = Some(name.clone());
-                    stats.last_archived_time = Some(pg_now());
-                    pass.archived.push(name);
-                }
-                Err(e) => {
-                    stats.failed_count += 1;
-                    stats.last_failed_wal = Some(name);
-                    stats.last_failed_time = Some(pg_now());
-                    stats.last_failure = Some(e.to_string());
-                    stats.write(&self.data_dir)?;
-                    return Err(e);
-                }
-            }
+        let m = marking.into_inner().unwrap_or_else(|p| p.into_inner());
+        stats
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&self.data_dir)?;
+        match m.failure {
+            Some(e) => Err(e),
+            None => Ok(m.pass),
         }
-        stats.write(&self.data_dir)?;
-        Ok(pass)
     }
 
     /// Fails when the archive vanished under a running archiver (removed,
@@ -407,11 +440,14 @@ impl Archiver {
     }
 
     /// Marks `NAME` archived (`.ready` → `.done`), once its copy is durable.
+    /// Already `.done` is no failure: the node's backlog policy gave it up
+    /// while it was being copied.
     fn mark_done(&self, name: &str) -> Result<(), ArchiverError> {
-        Ok(crate::wal::writer::mark_done(
-            &DataDir::new(&self.data_dir).wal(),
-            name,
-        )?)
+        let wal = DataDir::new(&self.data_dir).wal();
+        match crate::wal::writer::mark_done(&wal, name) {
+            Err(_) if archive_mark(&wal, name, ArchiveMark::Done).exists() => Ok(()),
+            marked => Ok(marked?),
+        }
     }
 }
 
@@ -424,6 +460,19 @@ pub struct Backlog {
     pub oldest_age: Option<std::time::Duration>,
     /// Its name.
     pub oldest: Option<String>,
+}
+
+/// The oldest segment (by name: WAL order) marked `.ready` in a WAL
+/// directory: the one a backlog policy gives up first. History and backup
+/// history files are never given up: they free no space, and a lost
+/// history file could let a later promotion reuse its timeline.
+pub fn oldest_ready_segment(wal_dir: &Path) -> Option<String> {
+    marked(wal_dir, ArchiveMark::Ready)
+        .ok()?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !Archive::is_text_file(name))
+        .min()
 }
 
 /// The backlog of a WAL directory: its `.ready` files.
@@ -508,6 +557,9 @@ pub fn archive_file(
         Archive::open_or_create(archive_dir, long.sysid, size, compression)?
     };
     let _lock = DirLock::acquire(archive_dir)?;
+    // What a run killed part-way left (PostgreSQL kills archive_command at
+    // a fast shutdown); the lock keeps any other archiver out meanwhile.
+    archive.remove_stale_temporaries()?;
     archive
         .put(&name, &bytes, || {
             verify_file(&bytes, &name, archive.seg_size, archive.system_id)

@@ -5,22 +5,29 @@
 //!
 //! Invariant: while writes are refused for the backlog, every commit gets
 //! SQLSTATE 53100 saying why; once a segment is abandoned, the alarm
-//! repeats (every minute, for the life of the process) until an operator
-//! restarts the node after taking a new base backup.
+//! repeats (every minute, across restarts: `DIR/archive_gap` remembers
+//! the gap) until a base backup is taken from the node.
+//!
+//! The backlog is measured once a second, so it can pass
+//! `archive_backlog_limit` by up to a second's worth of WAL.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::config::{BacklogPolicy, Settings};
-use crate::archive::archiver::{backlog, Backlog};
+use crate::archive::archiver::{backlog, oldest_ready_segment, Backlog};
 use crate::sqlstate::{code, PgError};
 use crate::wal::writer::mark_done;
 use crate::wal::SegmentSize;
 
 const ALARM_EVERY: Duration = Duration::from_secs(60);
+
+/// The file in the data directory that names the first segment given up,
+/// while the archive has that gap.
+pub const GAP_FILE: &str = "archive_gap";
 
 #[derive(Default)]
 struct State {
@@ -38,6 +45,34 @@ pub struct ArchiveWatch {
 }
 
 impl ArchiveWatch {
+    /// The watch of the node in `data_dir`, with the gap it remembers.
+    pub fn load(data_dir: &Path) -> ArchiveWatch {
+        let gap = std::fs::read_to_string(data_dir.join(GAP_FILE))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        if let Some(first) = &gap {
+            error!("ARCHIVE CONTINUITY LOST since {first}: the archive cannot restore past it; take a new base backup");
+        }
+        ArchiveWatch {
+            state: Mutex::new(State {
+                gap: gap.map(|g| (g, Instant::now())),
+                ..State::default()
+            }),
+        }
+    }
+
+    /// A base backup was taken: the archive restores from it, past any gap.
+    pub fn base_backup_taken(&self, data_dir: &Path) {
+        let mut state = self.lock();
+        if let Some((first, _)) = state.gap.take() {
+            match crate::durable::remove_file(&data_dir.join(GAP_FILE)) {
+                Ok(()) => info!("a base backup was taken after the archive gap since {first}: the archive restores from it again"),
+                Err(e) => warn!("could not forget the archive gap since {first}: {e}"),
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -66,7 +101,7 @@ impl ArchiveWatch {
             }
             (true, BacklogPolicy::AbandonArchive) => {
                 while b.bytes > limit {
-                    let Some(oldest) = b.oldest.clone() else {
+                    let Some(oldest) = oldest_ready_segment(wal_dir) else {
                         break;
                     };
                     if let Err(e) = mark_done(wal_dir, &oldest) {
@@ -78,6 +113,12 @@ impl ArchiveWatch {
                         "ARCHIVE CONTINUITY LOST: {oldest} was never archived and will be removed (archive_backlog_policy = abandon_archive); the archive cannot restore past it: take a new base backup once the archiver works"
                     );
                     if state.gap.is_none() {
+                        let file = wal_dir.parent().unwrap_or(wal_dir).join(GAP_FILE);
+                        if let Err(e) =
+                            crate::durable::replace_file(&file, format!("{oldest}\n").as_bytes())
+                        {
+                            error!("could not record the archive gap in {}: {e}; the alarm stops at the next restart", file.display());
+                        }
                         state.gap = Some((oldest, Instant::now()));
                     }
                     b = backlog(wal_dir, seg_size);

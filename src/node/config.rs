@@ -284,7 +284,7 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "archive_backlog_limit",
         reload: true,
-        help: "the most WAL that may wait for the archiver (0: no limit)",
+        help: "the most WAL that may wait for the archiver, measured every second (0: no limit)",
     },
     SettingDoc {
         name: "archive_backlog_policy",

@@ -668,6 +668,7 @@ impl WalSenderHost for Node {
         }
         // The control file last: it is what makes the copy a data directory.
         files.push(("control".into(), read(&dir.control())?));
+        self.archive_watch.base_backup_taken(&self.dir);
         Ok(Backup {
             start,
             end,
@@ -1475,7 +1476,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         promotion_streams: AtomicBool::new(false),
         senders: WalSenders::default(),
         final_wal_written: AtomicBool::new(false),
-        archive_watch: ArchiveWatch::default(),
+        archive_watch: ArchiveWatch::load(&dir.root),
     });
     if let Some(by) = node.lock_epoch().fenced_by {
         node.db.fence(by.0).map_err(DataDirError::Db)?;
