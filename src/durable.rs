@@ -210,6 +210,23 @@ pub fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
 }
 
 /// Removes a file and makes the removal durable. A file already gone is fine.
+/// Removes the temporaries (`.NAME.tmp.PID`) that writers into `dir`
+/// killed part-way left behind; returns how many. Only for a caller that
+/// keeps every other writer of `dir` out (its lock, or being its only
+/// writer), since a live writer's temporary looks the same.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, FileError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).at("read directory", dir)? {
+        let entry = entry.at("read directory", dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp.") {
+            remove_file(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 pub fn remove_file(path: &Path) -> Result<(), FileError> {
     match fs::remove_file(path) {
         Ok(()) => fsync_dir(parent_of(path)),

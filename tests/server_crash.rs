@@ -232,3 +232,16 @@ fn a_missing_segment_holding_the_checkpoint_stops_the_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_checkpoint_removes_the_snapshot_a_killed_checkpoint_left_half_written() {
+    let mut node = Node::init("");
+    node.start();
+    let left = node
+        .dir
+        .join("checkpoints")
+        .join(".snapshot.0-200000.tmp.4242");
+    std::fs::write(&left, b"half a snapshot").unwrap();
+    node.client().batch_execute("CHECKPOINT").unwrap();
+    assert!(!left.exists());
+}

@@ -361,18 +361,7 @@ impl Archive {
     /// Removes temporary files an interrupted archiver left (only while
     /// holding the archive's lock).
     pub fn remove_stale_temporaries(&self) -> Result<usize, FileError> {
-        let mut removed = 0;
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| FileError::new("read directory", &self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| FileError::new("read directory", &self.dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp.") {
-                durable::remove_file(&entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        durable::remove_stale_temporaries(&self.dir)
     }
 }
 

@@ -137,6 +137,10 @@ pub fn remove_others(dir: &Path, keep: Lsn) -> Result<(), FileError> {
             durable::remove_file(&entry.path())?;
         }
     }
+    // A checkpoint killed while writing its snapshot left it half-written
+    // under a temporary name; checkpoints are the only writers here, one
+    // at a time.
+    durable::remove_stale_temporaries(dir)?;
     Ok(())
 }
 
