@@ -88,6 +88,48 @@ fn settings_sent_as_startup_parameters_are_made_as_set_makes_them() {
 }
 
 #[test]
+fn an_extended_protocol_batch_is_one_transaction_up_to_its_sync() {
+    let mut node = Node::init("");
+    node.start();
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('taken', 'v')")
+        .unwrap();
+    let execute = |sql: &str| {
+        let mut m = msg(b'P', format!("\0{sql}\0\0\0").as_bytes());
+        m.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        m.extend(msg(b'E', b"\0\0\0\0\0"));
+        m
+    };
+    let mut batch = startup_packet(&[("user", "tester")]);
+    batch.extend(execute("INSERT INTO kv VALUES ('xb1', '1')"));
+    batch.extend(execute("INSERT INTO kv VALUES ('taken', 'dup')"));
+    batch.extend(msg(b'S', b""));
+    batch.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &batch);
+    assert_eq!(sqlstate(&answer).as_deref(), Some("23505"));
+    // The first insert went with the second.
+    assert_eq!(
+        node.query_one("SELECT count(*) FROM kv WHERE key = 'xb1'"),
+        "0"
+    );
+    // Each batch of its own commits as it runs.
+    let mut alone = startup_packet(&[("user", "tester")]);
+    alone.extend(execute("INSERT INTO kv VALUES ('xb2', '1')"));
+    alone.extend(msg(b'S', b""));
+    alone.extend(execute("INSERT INTO kv VALUES ('taken', 'dup')"));
+    alone.extend(msg(b'S', b""));
+    alone.extend(msg(b'X', b""));
+    assert_eq!(
+        sqlstate(&exchange(node.port, &alone)).as_deref(),
+        Some("23505")
+    );
+    assert_eq!(
+        node.query_one("SELECT count(*) FROM kv WHERE key = 'xb2'"),
+        "1"
+    );
+}
+
+#[test]
 fn malformed_input_never_takes_the_server_down() {
     let mut node = Node::init("max_message_size = 64kB");
     node.start();

@@ -184,6 +184,44 @@ fn transactions_are_atomic_and_fail_as_postgres_does() {
         .unwrap()
         .is_none());
 
+    // After a block's COMMIT, the rest of the string is another implicit
+    // transaction; a BEGIN makes the implicit one explicit, the statements
+    // before it included (PostgreSQL's rules).
+    let absent = |other: &mut postgres::Client, key: &str| {
+        other
+            .query_opt("SELECT value FROM kv WHERE key = $1", &[&key])
+            .unwrap()
+            .is_none()
+    };
+    assert!(c
+        .batch_execute(
+            "BEGIN; INSERT INTO kv VALUES ('ms1', 'a'); COMMIT; \
+             INSERT INTO kv VALUES ('ms2', 'b'); INSERT INTO kv VALUES ('ms1', 'dup')"
+        )
+        .is_err());
+    assert!(!absent(&mut other, "ms1") && absent(&mut other, "ms2"));
+    c.batch_execute(
+        "INSERT INTO kv VALUES ('ms3', 'c'); BEGIN; INSERT INTO kv VALUES ('ms4', 'd')",
+    )
+    .unwrap();
+    c.batch_execute("ROLLBACK").unwrap();
+    assert!(absent(&mut other, "ms3") && absent(&mut other, "ms4"));
+    // READ ONLY, AND CHAIN, ABORT.
+    c.batch_execute("BEGIN READ ONLY").unwrap();
+    assert_eq!(
+        code(
+            &c.batch_execute("INSERT INTO kv VALUES ('ro', 'x')")
+                .unwrap_err()
+        ),
+        "25006"
+    );
+    c.batch_execute("ABORT").unwrap();
+    c.batch_execute("BEGIN; INSERT INTO kv VALUES ('ch1', 'x'); COMMIT AND CHAIN")
+        .unwrap();
+    c.batch_execute("INSERT INTO kv VALUES ('ch2', 'y'); ROLLBACK")
+        .unwrap();
+    assert!(!absent(&mut other, "ch1") && absent(&mut other, "ch2"));
+
     // A client that vanishes mid-transaction leaves nothing behind.
     {
         let mut gone = node.client();

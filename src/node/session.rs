@@ -441,8 +441,8 @@ fn run(
     let mut skipping = false;
     loop {
         let max = node.settings().max_message_size;
-        let (tag, body) = match r.read_message(max) {
-            Ok(m) => m,
+        let tag = match r.next_message(max) {
+            Ok(tag) => tag,
             Err(e) => {
                 session.abandon();
                 if node.is_shutting_down() {
@@ -457,6 +457,10 @@ fn run(
                 return Err(e);
             }
         };
+        let body = r.body();
+        // Whether the client sent Sync right after this message (the usual
+        // Parse/Bind/Execute/Sync in one write).
+        let sync_follows = r.buffered().first() == Some(&b'S');
         session.forget_cancel();
         let mut c = Cursor::new(body);
         if skipping && !matches!(tag, b'S' | b'X') {
@@ -551,6 +555,20 @@ fn run(
                     return Ok(());
                 };
                 if portal.result.is_none() {
+                    // The statements of a batch, up to its Sync, are one
+                    // implicit transaction, as PostgreSQL makes them: a
+                    // later failure undoes this one. A statement whose Sync
+                    // is already here is alone in its batch, and commits as
+                    // it runs.
+                    let controls_blocks = matches!(
+                        stmt,
+                        Statement::Begin { .. }
+                            | Statement::Commit { .. }
+                            | Statement::Rollback { .. }
+                    );
+                    if !sync_follows && !controls_blocks {
+                        session.begin_implicit();
+                    }
                     match session.execute(stmt, &portal.params) {
                         Ok(res) => portal.result = Some(res),
                         Err(e) => {
@@ -587,6 +605,9 @@ fn run(
             }
             b'S' => {
                 skipping = false;
+                if let Err(e) = session.end_implicit() {
+                    out.error(&e);
+                }
                 portals.retain(|name, _| !name.is_empty());
                 if session.status() == b'I' {
                     portals.clear();
@@ -761,9 +782,11 @@ fn decode_param(raw: &[u8], binary: bool, type_oid: u32, i: usize) -> Result<Str
     }
 }
 
-/// The simple query protocol: every statement of the string in turn; a
-/// string of several statements outside a transaction block runs as one
-/// implicit transaction, as PostgreSQL does.
+/// The simple query protocol: every statement of the string in turn. As in
+/// PostgreSQL, the statements of a string of several that are outside a
+/// transaction block run as one implicit transaction: from the string's
+/// start, or from a COMMIT or ROLLBACK that ends a block, to the string's
+/// end; a BEGIN makes it explicit, the statements before it included.
 fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
     let statements = match parse::parse(sql) {
         Ok(s) => s,
@@ -777,37 +800,32 @@ fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
         out.empty_query();
         return;
     }
-    let implicit = statements.len() > 1
-        && session.status() == b'I'
-        && !statements.iter().any(|s| {
-            matches!(
-                s,
-                Statement::Begin | Statement::Commit | Statement::Rollback
-            )
-        });
-    if implicit {
-        let _ = session.execute(&Statement::Begin, &[]);
+    let several = statements.len() > 1;
+    if several {
+        session.begin_implicit();
     }
-    for stmt in &statements {
+    for (i, stmt) in statements.iter().enumerate() {
         match session.execute(stmt, &[]) {
             Ok(result) => {
                 send_result(out, &result, &[], 0, 0, true);
                 out.command_complete(&result.tag);
+                let ends_block =
+                    matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. });
+                if several && ends_block && i + 1 < statements.len() {
+                    session.begin_implicit();
+                }
             }
             Err(e) => {
                 session.fail_transaction();
                 out.error(&e);
-                if implicit {
-                    let _ = session.execute(&Statement::Rollback, &[]);
-                }
+                // A failed implicit block is rolled back; an explicit one
+                // stays open, failed, for the client's ROLLBACK.
+                let _ = session.end_implicit();
                 return;
             }
         }
     }
-    if implicit {
-        if let Err(e) = session.execute(&Statement::Commit, &[]) {
-            out.error(&e);
-            let _ = session.execute(&Statement::Rollback, &[]);
-        }
+    if let Err(e) = session.end_implicit() {
+        out.error(&e);
     }
 }

@@ -223,6 +223,11 @@ struct Txn {
     /// block's SETs without LOCAL leave them (its COMMIT does).
     saved: SessionSettings,
     kept: SessionSettings,
+    /// BEGIN READ ONLY: writes are refused.
+    read_only: bool,
+    /// Not begun by BEGIN: a query string's or a batch's, ended by the
+    /// session at the end of the string or at Sync.
+    implicit: bool,
 }
 
 fn rows_and_roles() -> PgError {
@@ -501,6 +506,35 @@ impl Session {
         }
     }
 
+    fn new_txn(&self, read_only: bool, implicit: bool) -> Txn {
+        Txn {
+            saved: self.settings.clone(),
+            kept: self.settings.clone(),
+            read_only,
+            implicit,
+            ..Txn::default()
+        }
+    }
+
+    /// Starts an implicit transaction block, unless a block is open: the
+    /// statements of a query string of several, or of an extended-protocol
+    /// batch up to its Sync, are one transaction, as PostgreSQL makes them.
+    pub fn begin_implicit(&mut self) {
+        if self.txn.is_none() {
+            self.txn = Some(self.new_txn(false, true));
+        }
+    }
+
+    /// Ends the implicit block, if one is open: commits it, or rolls it
+    /// back when a statement in it failed. The error is the commit's.
+    pub fn end_implicit(&mut self) -> Result<(), PgError> {
+        if !self.txn.as_ref().is_some_and(|t| t.implicit) {
+            return Ok(());
+        }
+        self.run(&Statement::Commit { chain: false }, &[])
+            .map(|_| self.notices.clear())
+    }
+
     /// COMMIT of a block that did not fail: its role changes or its rows,
     /// checked against what other sessions committed meanwhile.
     fn commit_block(&mut self, txn: Txn) -> Result<(), PgError> {
@@ -621,7 +655,7 @@ impl Session {
 
     fn run(&mut self, stmt: &Statement, params: &[Option<String>]) -> Result<QueryResult, PgError> {
         if let Some(t) = &self.txn {
-            if t.failed && !matches!(stmt, Statement::Commit | Statement::Rollback) {
+            if t.failed && !matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. }) {
                 return Err(PgError::new(
                     code::IN_FAILED_TRANSACTION,
                     "current transaction is aborted, commands ignored until end of transaction block",
@@ -633,37 +667,61 @@ impl Session {
             ..Default::default()
         };
         match stmt {
-            Statement::Begin => {
-                if self.txn.is_none() {
-                    self.txn = Some(Txn {
-                        saved: self.settings.clone(),
-                        kept: self.settings.clone(),
-                        ..Txn::default()
-                    });
+            Statement::Begin { read_only } => {
+                match &mut self.txn {
+                    // BEGIN in an implicit block makes it an explicit one,
+                    // the statements before it included, as in PostgreSQL.
+                    Some(t) if t.implicit => {
+                        t.implicit = false;
+                        t.read_only = *read_only;
+                    }
+                    Some(_) => self.notices.push(PgError::new(
+                        code::ACTIVE_TRANSACTION,
+                        "there is already a transaction in progress",
+                    )),
+                    None => self.txn = Some(self.new_txn(*read_only, false)),
                 }
                 Ok(tag("BEGIN"))
             }
-            Statement::Commit => {
-                let Some(txn) = self.txn.take() else {
-                    return Ok(tag("COMMIT"));
+            Statement::Commit { chain } | Statement::Rollback { chain } => {
+                let commit = matches!(stmt, Statement::Commit { .. });
+                let what = if commit { "COMMIT" } else { "ROLLBACK" };
+                let txn = match self.txn.take() {
+                    Some(t) if !(*chain && t.implicit) => t,
+                    open => {
+                        self.txn = open;
+                        if *chain {
+                            return Err(PgError::new(
+                                code::NO_ACTIVE_TRANSACTION,
+                                format!("{what} AND CHAIN can only be used in transaction blocks"),
+                            ));
+                        }
+                        if self.txn.is_none() {
+                            self.notices.push(PgError::new(
+                                code::NO_ACTIVE_TRANSACTION,
+                                "there is no transaction in progress",
+                            ));
+                        }
+                        return Ok(tag(what));
+                    }
                 };
-                if txn.failed {
+                let read_only = txn.read_only;
+                let ended = if !commit || txn.failed {
                     self.settings = txn.saved;
-                    return Ok(tag("ROLLBACK"));
+                    Ok(tag("ROLLBACK"))
+                } else {
+                    // The block's settings (SET LOCAL too) rule its commit;
+                    // then its SET LOCALs end, and a failed commit is a
+                    // rollback, which ends its SETs as well.
+                    let (saved, kept) = (txn.saved.clone(), txn.kept.clone());
+                    let committed = self.commit_block(txn);
+                    self.settings = if committed.is_ok() { kept } else { saved };
+                    committed.map(|()| tag("COMMIT"))
+                };
+                if *chain {
+                    self.txn = Some(self.new_txn(read_only, false));
                 }
-                // The block's settings (SET LOCAL too) rule its commit;
-                // then its SET LOCALs end, and a failed commit is a
-                // rollback, which ends its SETs as well.
-                let (saved, kept) = (txn.saved.clone(), txn.kept.clone());
-                let committed = self.commit_block(txn);
-                self.settings = if committed.is_ok() { kept } else { saved };
-                committed.map(|()| tag("COMMIT"))
-            }
-            Statement::Rollback => {
-                if let Some(txn) = self.txn.take() {
-                    self.settings = txn.saved;
-                }
-                Ok(tag("ROLLBACK"))
+                ended
             }
             Statement::Insert { rows, on_conflict } => self.insert(rows, *on_conflict, params),
             Statement::Update { key, value } => {
@@ -698,7 +756,7 @@ impl Session {
                 Ok(tag("CHECKPOINT"))
             }
             Statement::Role(role) => {
-                self.check_writable()?;
+                self.check_writes_allowed(role.command())?;
                 let mut notices = match &mut self.txn {
                     // Checked now against the roles as the block left
                     // them, made at COMMIT (and checked again then).
@@ -830,6 +888,18 @@ impl Session {
         }
     }
 
+    /// Refuses `what` (a command) in a READ ONLY block, then as
+    /// [`Session::check_writable`].
+    fn check_writes_allowed(&self, what: &str) -> Result<(), PgError> {
+        if self.txn.as_ref().is_some_and(|t| t.read_only) {
+            return Err(PgError::new(
+                code::READ_ONLY_TRANSACTION,
+                format!("cannot execute {what} in a read-only transaction"),
+            ));
+        }
+        self.check_writable()
+    }
+
     /// A key's value as this session sees it.
     fn lookup(&self, store: &Store, key: &str) -> Option<String> {
         if let Some(t) = &self.txn {
@@ -846,7 +916,7 @@ impl Session {
         on_conflict: OnConflict,
         params: &[Option<String>],
     ) -> Result<QueryResult, PgError> {
-        self.check_writable()?;
+        self.check_writes_allowed("INSERT")?;
         self.check_no_roles()?;
         let mut resolved = Vec::with_capacity(rows.len());
         for (k, v) in rows {
@@ -928,7 +998,7 @@ impl Session {
         value: Option<String>,
         applies: impl Fn(bool) -> bool,
     ) -> Result<usize, PgError> {
-        self.check_writable()?;
+        self.check_writes_allowed(if value.is_some() { "UPDATE" } else { "DELETE" })?;
         self.check_no_roles()?;
         let op = match value {
             Some(value) => KvOp::Put {

@@ -121,9 +121,18 @@ pub enum Statement {
     },
     Select(Select),
     Functions(Vec<FuncItem>),
-    Begin,
-    Commit,
-    Rollback,
+    /// BEGIN / START TRANSACTION; `read_only` refuses the block's writes.
+    Begin {
+        read_only: bool,
+    },
+    /// COMMIT / END; `chain` begins a new block at once, like the last.
+    Commit {
+        chain: bool,
+    },
+    /// ROLLBACK / ABORT; `chain` as for COMMIT.
+    Rollback {
+        chain: bool,
+    },
     /// `SET [LOCAL] name = value`; `local` lasts to the end of the
     /// transaction block.
     Set {
@@ -172,6 +181,17 @@ pub enum RoleStatement {
 /// The words a role specification uses for the session's own role, as in
 /// `ALTER ROLE CURRENT_USER` (so no role may be named one of them).
 pub const SESSION_ROLE_WORDS: [&str; 3] = ["current_user", "session_user", "current_role"];
+
+impl RoleStatement {
+    /// The command's name, as PostgreSQL's messages give it.
+    pub fn command(&self) -> &'static str {
+        match self {
+            RoleStatement::Create { .. } => "CREATE ROLE",
+            RoleStatement::Alter { .. } => "ALTER ROLE",
+            RoleStatement::Drop { .. } => "DROP ROLE",
+        }
+    }
+}
 
 /// For the log: the command and the roles it names (never a password).
 impl std::fmt::Display for RoleStatement {
@@ -276,7 +296,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
             .windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
     };
-    if !["checkpoint", "wait", "user", "encrypted"]
+    if !["checkpoint", "wait", "user", "encrypted", "abort"]
         .iter()
         .any(|w| names(w))
     {
@@ -297,7 +317,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
     Ok(statements)
 }
 
-/// CHECKPOINT, WAIT FOR LSN and CREATE / ALTER / DROP USER, which
+/// CHECKPOINT, WAIT FOR LSN, ABORT and CREATE / ALTER / DROP USER, which
 /// sqlparser does not know, in one statement's text.
 fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, statement)
@@ -319,6 +339,13 @@ fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
     }
     if plain.eq_ignore_ascii_case("checkpoint") {
         return Some(Ok(Statement::Checkpoint));
+    }
+    // ABORT is PostgreSQL's ROLLBACK, with the same words after it.
+    if let Some(rest) = strip_words(plain, &["abort"]) {
+        return Some(parse_sql(&format!("ROLLBACK {rest}")).and_then(|mut s| {
+            s.pop()
+                .ok_or_else(|| PgError::new(code::SYNTAX_ERROR, "syntax error"))
+        }));
     }
     role_statement(statement, &tokens)
 }
@@ -632,11 +659,33 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
             Ok(Statement::Delete { key })
         }
         ast::Statement::Query(query) => convert_query(*query),
-        ast::Statement::StartTransaction { .. } => Ok(Statement::Begin),
-        ast::Statement::Commit { .. } => Ok(Statement::Commit),
+        ast::Statement::StartTransaction { modes, .. } => {
+            let mut read_only = false;
+            for mode in modes {
+                match mode {
+                    ast::TransactionMode::AccessMode(access) => {
+                        read_only = access == ast::TransactionAccessMode::ReadOnly;
+                    }
+                    ast::TransactionMode::IsolationLevel(
+                        ast::TransactionIsolationLevel::ReadCommitted
+                        | ast::TransactionIsolationLevel::ReadUncommitted,
+                    ) => {}
+                    ast::TransactionMode::IsolationLevel(level) => {
+                        return Err(PgError::new(
+                            code::FEATURE_NOT_SUPPORTED,
+                            format!("isolation level {level} is not supported"),
+                        )
+                        .with_hint("walship runs every transaction at READ COMMITTED"))
+                    }
+                }
+            }
+            Ok(Statement::Begin { read_only })
+        }
+        ast::Statement::Commit { chain, .. } => Ok(Statement::Commit { chain }),
         ast::Statement::Rollback {
-            savepoint: None, ..
-        } => Ok(Statement::Rollback),
+            savepoint: None,
+            chain,
+        } => Ok(Statement::Rollback { chain }),
         ast::Statement::Rollback { .. } => Err(unsupported("ROLLBACK TO SAVEPOINT")),
         ast::Statement::SetVariable {
             local,
@@ -1474,7 +1523,19 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(one("BEGIN"), Statement::Begin);
+        assert_eq!(one("BEGIN"), Statement::Begin { read_only: false });
+        assert_eq!(
+            one("START TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY"),
+            Statement::Begin { read_only: true }
+        );
+        let e = parse("BEGIN ISOLATION LEVEL SERIALIZABLE").unwrap_err();
+        assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED, "{e:?}");
+        assert_eq!(one("abort"), Statement::Rollback { chain: false });
+        assert_eq!(
+            one("ABORT WORK AND CHAIN"),
+            Statement::Rollback { chain: true }
+        );
+        assert_eq!(one("END"), Statement::Commit { chain: false });
         assert_eq!(one(" checkpoint; "), Statement::Checkpoint);
         // Commands of walship's own mix with the rest in one query string;
         // a semicolon in a quoted value does not split it.
@@ -1493,7 +1554,8 @@ mod tests {
         );
         let e = parse("CHECKPOINT; VACUUM kv").unwrap_err();
         assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED, "{e:?}");
-        assert_eq!(one("commit"), Statement::Commit);
+        assert_eq!(one("commit"), Statement::Commit { chain: false });
+        assert_eq!(one("COMMIT AND CHAIN"), Statement::Commit { chain: true });
         assert_eq!(
             one("SET synchronous_commit = off"),
             Statement::Set {
