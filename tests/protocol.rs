@@ -88,6 +88,24 @@ fn settings_sent_as_startup_parameters_are_made_as_set_makes_them() {
 }
 
 #[test]
+fn text_that_is_not_utf8_is_an_error_and_the_session_goes_on() {
+    let mut node = Node::init("");
+    node.start();
+    let mut session = startup_packet(&[("user", "tester")]);
+    session.extend(msg(b'Q', b"SELECT value FROM kv WHERE key = '\xff'\0"));
+    session.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
+    session.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &session);
+    assert_eq!(sqlstate(&answer).as_deref(), Some("22021"));
+    // The second query's row: pg_is_in_recovery() is false.
+    assert!(
+        answer.windows(7).any(|w| w == b"D\0\0\0\x0b\0\x01"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
 fn an_extended_protocol_batch_is_one_transaction_up_to_its_sync() {
     let mut node = Node::init("");
     node.start();
@@ -181,8 +199,9 @@ fn malformed_input_never_takes_the_server_down() {
             "08P01",
         ),
         (
+            // Not UTF-8: PostgreSQL's error, and no protocol violation.
             [&[b'Q'][..], &9i32.to_be_bytes(), b"\xff\xfe\xfd\0\0"].concat(),
-            "08P01",
+            "22021",
         ),
     ];
     for (msg, want) in cases {

@@ -58,6 +58,8 @@ fn proto_to_pg(e: &ProtoError) -> PgError {
     match e {
         ProtoError::TooLarge { .. } => PgError::fatal(code::PROGRAM_LIMIT_EXCEEDED, e.to_string())
             .with_hint("raise max_message_size in walship.conf if such messages are intended"),
+        ProtoError::NotUtf8(_) => PgError::new(code::CHARACTER_NOT_IN_REPERTOIRE, e.to_string())
+            .with_hint("walship speaks UTF8 only: send text in UTF-8"),
         _ => PgError::fatal(code::PROTOCOL_VIOLATION, e.to_string()),
     }
 }
@@ -121,7 +123,10 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                 Err(e) => {
                     warn!("ending session: {e}");
                     let mut out = Out::default();
-                    out.error(&proto_to_pg(&e));
+                    out.error(&PgError {
+                        fatal: true,
+                        ..proto_to_pg(&e)
+                    });
                     let _ = out.send(&mut writer);
                 }
             }
@@ -131,7 +136,10 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
             if !matches!(e, ProtoError::Closed) {
                 info!("connection refused during startup: {e}");
                 let mut out = Out::default();
-                out.error(&proto_to_pg(&e));
+                out.error(&PgError {
+                    fatal: true,
+                    ..proto_to_pg(&e)
+                });
                 let _ = out.send(&mut writer);
             }
         }
@@ -467,12 +475,25 @@ fn run(
             continue;
         }
         let step: Result<(), PgError> = match tag {
-            b'Q' => {
-                let sql = c.cstr()?;
-                simple_query(&mut session, &mut out, &sql);
-                out.ready(session.status());
-                Ok(())
-            }
+            b'Q' => match c.cstr() {
+                Ok(sql) => {
+                    simple_query(&mut session, &mut out, &sql);
+                    out.ready(session.status());
+                    Ok(())
+                }
+                Err(e) => {
+                    // Not UTF-8: an error, and the session goes on.
+                    let e = proto_to_pg(&e);
+                    if !e.fatal {
+                        session.fail_transaction();
+                        out.error(&e);
+                        out.ready(session.status());
+                        out.send(w)?;
+                        continue;
+                    }
+                    Err(e)
+                }
+            },
             b'P' => (|| {
                 let name = c.cstr()?;
                 let sql = c.cstr()?;

@@ -28,6 +28,10 @@ pub enum ProtoError {
     Malformed(String),
     #[error("message of {len} bytes exceeds max_message_size ({max} bytes)")]
     TooLarge { len: usize, max: usize },
+    /// A string in a well-framed message is not UTF-8: the session can
+    /// go on, as PostgreSQL's does.
+    #[error("invalid byte sequence for encoding \"UTF8\": 0x{0:02x}")]
+    NotUtf8(u8),
 }
 
 /// The first packet of a connection.
@@ -152,7 +156,7 @@ impl<'a> Cursor<'a> {
             .position(|&b| b == 0)
             .ok_or_else(|| ProtoError::Malformed("string is not NUL-terminated".into()))?;
         let s = std::str::from_utf8(&self.buf[..end])
-            .map_err(|_| ProtoError::Malformed("string is not valid UTF-8".into()))?
+            .map_err(|e| ProtoError::NotUtf8(self.buf[e.valid_up_to()]))?
             .to_string();
         self.buf = &self.buf[end + 1..];
         Ok(s)

@@ -818,7 +818,7 @@ fn role_unsupported(what: &str) -> PgError {
         code::FEATURE_NOT_SUPPORTED,
         format!("{what} is not supported on roles"),
     )
-    .with_hint("a walship role has SUPERUSER, REPLICATION and PASSWORD, and may always log in")
+    .with_hint("a walship role has SUPERUSER, REPLICATION, LOGIN and PASSWORD")
 }
 
 /// A role's name as PostgreSQL folds it: ASCII letters to lower case,
