@@ -275,6 +275,29 @@ fn transactions_are_atomic_and_fail_as_postgres_does() {
 }
 
 #[test]
+fn aliases_name_columns_and_a_quoted_name_is_exact() {
+    let mut node = Node::init("");
+    node.start();
+    let mut c = node.client();
+    c.batch_execute("INSERT INTO kv VALUES ('a', '1')").unwrap();
+    for (sql, names) in [
+        ("SELECT value AS v, key AS k FROM kv", vec!["v", "k"]),
+        ("SELECT count(*) AS n FROM kv", vec!["n"]),
+        ("SELECT key, value FROM kv", vec!["key", "value"]),
+    ] {
+        // Both protocols: RowDescription comes from the same place.
+        let row = c.query_one(sql, &[]).unwrap();
+        let got: Vec<&str> = row.columns().iter().map(|col| col.name()).collect();
+        assert_eq!(got, names, "{sql}");
+    }
+    assert_eq!(
+        code(&c.batch_execute("SELECT value FROM \"KV\"").unwrap_err()),
+        "42P01"
+    );
+    c.batch_execute("SELECT value FROM \"kv\"").unwrap();
+}
+
+#[test]
 fn a_block_never_undoes_another_sessions_acknowledged_write() {
     let mut node = Node::init("");
     node.start();

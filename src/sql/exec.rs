@@ -1439,7 +1439,7 @@ fn select_columns(s: &Select) -> Vec<ColumnDesc> {
         name: name.into(),
         type_oid: oid::TEXT,
     };
-    match &s.projection {
+    let mut columns = match &s.projection {
         Projection::Count => vec![ColumnDesc {
             name: "count".into(),
             type_oid: oid::INT8,
@@ -1451,7 +1451,13 @@ fn select_columns(s: &Select) -> Vec<ColumnDesc> {
                 Column::Value => col("value"),
             })
             .collect(),
+    };
+    for (column, alias) in columns.iter_mut().zip(&s.names) {
+        if let Some(alias) = alias {
+            column.name = alias.clone();
+        }
     }
+    columns
 }
 
 fn bound_ref(b: &Bound<String>) -> Bound<&str> {

@@ -69,6 +69,9 @@ pub enum Filter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Select {
     pub projection: Projection,
+    /// The output columns' names where an alias (`AS name`) gives them,
+    /// in output order; `None` keeps the column's own name.
+    pub names: Vec<Option<String>>,
     pub filter: Filter,
     pub descending: bool,
     pub limit: Option<Expr>,
@@ -902,11 +905,9 @@ fn object_name(n: &ObjectName) -> String {
 }
 
 fn check_table_name(name: &ObjectName) -> Result<(), PgError> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|i| i.value.to_ascii_lowercase())
-        .collect();
+    // As PostgreSQL folds names: unquoted ones to lower case; a quoted
+    // one is exactly what it says ("KV" is not kv).
+    let parts: Vec<String> = name.0.iter().map(ident_name).collect();
     match &parts[..] {
         [t] if t == "kv" => Ok(()),
         [s, t] if (s == "public") && t == "kv" => Ok(()),
@@ -1241,6 +1242,15 @@ fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
     }
     check_table(table)?;
     let projection = projection(&select.projection)?;
+    let names = select
+        .projection
+        .iter()
+        .flat_map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => vec![Some(ident_name(alias))],
+            SelectItem::UnnamedExpr(_) => vec![None],
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => vec![None, None],
+        })
+        .collect();
     let filter = match &select.selection {
         None => Filter::All,
         Some(e) => filter(e)?,
@@ -1255,6 +1265,7 @@ fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
     let limit = query.limit.as_ref().map(expr).transpose()?;
     Ok(Statement::Select(Select {
         projection,
+        names,
         filter,
         descending,
         limit,
@@ -1501,6 +1512,7 @@ mod tests {
                 .as_str()),
             Statement::Select(Select {
                 projection: Projection::Columns(vec![Column::Value]),
+                names: vec![None],
                 filter: Filter::Key(lit("7")),
                 descending: false,
                 limit: None
@@ -1510,19 +1522,23 @@ mod tests {
             one("SELECT key, value FROM kv WHERE key >= 'a' AND key < 'b' ORDER BY key DESC LIMIT 10"),
             Statement::Select(Select {
                 projection: Projection::Columns(vec![Column::Key, Column::Value]),
+                names: vec![None, None],
                 filter: Filter::Range { lo: Some((lit("a"), true)), hi: Some((lit("b"), false)) },
                 descending: true,
                 limit: Some(lit("10")),
             })
         );
         assert!(matches!(
-            one("SELECT count(*) FROM kv WHERE key LIKE 'p%'"),
+            one("SELECT count(*) AS n FROM kv WHERE key LIKE 'p%'"),
             Statement::Select(Select {
                 projection: Projection::Count,
                 filter: Filter::Like(_),
+                names,
                 ..
-            })
+            }) if names == [Some("n".to_string())]
         ));
+        let e = parse("SELECT value FROM \"KV\"").unwrap_err();
+        assert_eq!(e.code, code::UNDEFINED_TABLE, "{e:?}");
         assert_eq!(one("BEGIN"), Statement::Begin { read_only: false });
         assert_eq!(
             one("START TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY"),
