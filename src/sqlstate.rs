@@ -76,6 +76,7 @@ pub mod code {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const INVALID_ROW_COUNT_IN_LIMIT: &str = "2201W";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const INVALID_PASSWORD: &str = "28P01";

@@ -87,6 +87,86 @@ fn settings_sent_as_startup_parameters_are_made_as_set_makes_them() {
     );
 }
 
+/// Whether `bytes` holds a DataRow of one column whose text is `value`.
+fn has_row(bytes: &[u8], value: &[u8]) -> bool {
+    let mut row = vec![b'D'];
+    row.extend_from_slice(&(4 + 2 + 4 + value.len() as i32).to_be_bytes());
+    row.extend_from_slice(&[0, 1]);
+    row.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    row.extend_from_slice(value);
+    bytes.windows(row.len()).any(|w| w == row)
+}
+
+#[test]
+fn protocol_errors_a_session_survives_in_postgresqls_way() {
+    let mut node = Node::init("");
+    node.start();
+    // Protocol 3.1 with an option: NegotiateProtocolVersion (3.0, the
+    // option unknown), then the session as usual.
+    let mut body = 196_609i32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0tester\0_pq_.frob\0on\0\0");
+    let mut s = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    s.extend(body);
+    s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
+    s.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &s);
+    let negotiate = [
+        &msg(b'v', b"")[..1],
+        &22i32.to_be_bytes(),
+        &[0, 0, 0, 0, 0, 0, 0, 1],
+        b"_pq_.frob\0",
+    ]
+    .concat();
+    assert!(
+        answer.windows(negotiate.len()).any(|w| w == negotiate),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(has_row(&answer, b"f"));
+    // A bad Describe is an error up to Sync; COPY data outside COPY is
+    // ignored; a FunctionCall is refused; the session goes on each time.
+    let mut s = startup_packet(&[("user", "tester")]);
+    s.extend(msg(b'D', b"X\0"));
+    s.extend(msg(b'S', b""));
+    s.extend(msg(b'd', b"stray"));
+    s.extend(msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]));
+    s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
+    s.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &s);
+    assert_eq!(sqlstate(&answer).as_deref(), Some("08P01"));
+    assert!(
+        answer.windows(6).any(|w| w == b"C0A000"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        has_row(&answer, b"f"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Fetched two rows at a time, the last Execute's tag counts its own
+    // row; a negative LIMIT is PostgreSQL's 2201W.
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('a', '1'), ('b', '2'), ('c', '3')")
+        .unwrap();
+    let mut s = startup_packet(&[("user", "tester")]);
+    s.extend(msg(b'P', b"\0SELECT key FROM kv ORDER BY key\0\0\0"));
+    s.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    s.extend(msg(b'E', b"\0\0\0\0\x02"));
+    s.extend(msg(b'E', b"\0\0\0\0\x02"));
+    s.extend(msg(b'S', b""));
+    s.extend(msg(b'Q', b"SELECT key FROM kv LIMIT -1\0"));
+    s.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &s);
+    assert!(
+        answer.windows(9).any(|w| w == b"SELECT 1\0"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(sqlstate(&answer).as_deref(), Some("2201W"));
+}
+
 #[test]
 fn text_that_is_not_utf8_is_an_error_and_the_session_goes_on() {
     let mut node = Node::init("");

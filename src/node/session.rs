@@ -162,7 +162,21 @@ fn startup(node: &Node, r: &mut Reader, w: &mut Writer) -> Result<Started, Proto
                 node.cancel(pid, key);
                 return Ok(None);
             }
-            Startup::Start { params } => break params,
+            Startup::Start { params, minor } => {
+                // A newer minor version, or protocol options: say what
+                // this server speaks (3.0, none), as PostgreSQL 15 does,
+                // and go on.
+                let options: Vec<&str> = params
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .filter(|k| k.starts_with("_pq_."))
+                    .collect();
+                if minor > 0 || !options.is_empty() {
+                    out.negotiate_protocol_version(&options);
+                    out.send(w)?;
+                }
+                break params;
+            }
         }
     };
     let refuse = |w: &mut Writer, e: PgError| -> Result<Started, ProtoError> {
@@ -556,7 +570,8 @@ fn run(
                         describe_rows(&session, &mut out, p.stmt.as_ref(), &p.formats);
                         Ok(())
                     }
-                    _ => Err(PgError::fatal(
+                    // An error, not the session's end, as PostgreSQL has it.
+                    _ => Err(PgError::new(
                         code::PROTOCOL_VIOLATION,
                         format!("invalid Describe target '{}'", kind as char),
                     )),
@@ -605,6 +620,9 @@ fn run(
                 portal.sent += n;
                 if max_rows > 0 && portal.sent < res.rows.len() {
                     out.portal_suspended();
+                } else if max_rows > 0 && res.tag.starts_with("SELECT ") {
+                    // The rows of this Execute, as PostgreSQL counts them.
+                    out.command_complete(&format!("SELECT {n}"));
                 } else {
                     out.command_complete(&res.tag);
                 }
@@ -641,6 +659,21 @@ fn run(
                 session.abandon();
                 return Ok(());
             }
+            // COPY data outside COPY: ignored, as PostgreSQL does.
+            b'd' | b'c' | b'f' => Ok(()),
+            // A FunctionCall is a cycle of its own, like a query: an
+            // error, then ReadyForQuery.
+            b'F' => {
+                out.error(
+                    &PgError::new(
+                        code::FEATURE_NOT_SUPPORTED,
+                        "fastpath function calls are not supported",
+                    )
+                    .with_hint("call functions with SELECT"),
+                );
+                out.ready(session.status());
+                Ok(())
+            }
             b'p' => Err(PgError::fatal(
                 code::PROTOCOL_VIOLATION,
                 "unexpected password message",
@@ -661,7 +694,7 @@ fn run(
                 skipping = true;
             }
         }
-        if matches!(tag, b'Q' | b'S' | b'H') || out.len() > 64 << 10 {
+        if matches!(tag, b'Q' | b'S' | b'H' | b'F') || out.len() > 64 << 10 {
             out.send(w)?;
         }
     }

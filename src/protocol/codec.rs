@@ -39,8 +39,15 @@ pub enum ProtoError {
 pub enum Startup {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, key: i32 },
-    Start { params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        key: i32,
+    },
+    /// A startup packet of protocol 3.`minor`.
+    Start {
+        params: Vec<(String, String)>,
+        minor: u16,
+    },
 }
 
 fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8]) -> Result<(), ProtoError> {
@@ -76,7 +83,9 @@ pub fn read_startup(r: &mut impl Read, max: usize) -> Result<Startup, ProtoError
             pid: c.i32()?,
             key: c.i32()?,
         }),
-        PROTOCOL_3_0 => {
+        // 3.x: a later minor version is answered with
+        // NegotiateProtocolVersion (3.0), as PostgreSQL does.
+        v if v >> 16 == 3 => {
             let mut params = Vec::new();
             loop {
                 let name = c.cstr()?;
@@ -86,7 +95,10 @@ pub fn read_startup(r: &mut impl Read, max: usize) -> Result<Startup, ProtoError
                 let value = c.cstr()?;
                 params.push((name, value));
             }
-            Ok(Startup::Start { params })
+            Ok(Startup::Start {
+                params,
+                minor: (v & 0xFFFF) as u16,
+            })
         }
         v => Err(ProtoError::Malformed(format!(
             "unsupported frontend protocol {}.{}: server supports 3.0",
@@ -220,6 +232,18 @@ impl Out {
     /// A raw single byte (the answer to SSLRequest).
     pub fn raw_byte(&mut self, b: u8) {
         self.buf.push(b);
+    }
+
+    /// NegotiateProtocolVersion: this server speaks 3.0, and not the
+    /// protocol options (`_pq_.*`) named.
+    pub fn negotiate_protocol_version(&mut self, unknown_options: &[&str]) {
+        let at = self.begin(b'v');
+        self.i32(0);
+        self.i32(unknown_options.len() as i32);
+        for option in unknown_options {
+            self.cstr(option);
+        }
+        self.end(at);
     }
 
     /// Authentication request `code` with optional data.
@@ -482,7 +506,8 @@ mod tests {
                 params: vec![
                     ("user".into(), "alice".into()),
                     ("database".into(), "db".into())
-                ]
+                ],
+                minor: 0,
             }
         );
         let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

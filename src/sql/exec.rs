@@ -1055,7 +1055,17 @@ impl Session {
                     v.trim()
                         .parse::<i64>()
                         .ok()
-                        .filter(|n| *n >= 0)
+                        .map(|n| {
+                            if n < 0 {
+                                Err(PgError::new(
+                                    code::INVALID_ROW_COUNT_IN_LIMIT,
+                                    "LIMIT must not be negative",
+                                ))
+                            } else {
+                                Ok(n)
+                            }
+                        })
+                        .transpose()?
                         .ok_or_else(|| {
                             PgError::new(
                                 code::INVALID_TEXT_REPRESENTATION,
