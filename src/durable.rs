@@ -210,16 +210,24 @@ pub fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
 }
 
 /// Removes a file and makes the removal durable. A file already gone is fine.
-/// Removes the temporaries (`.NAME.tmp.PID`) that writers into `dir`
-/// killed part-way left behind; returns how many. Only for a caller that
-/// keeps every other writer of `dir` out (its lock, or being its only
-/// writer), since a live writer's temporary looks the same.
-pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, FileError> {
+/// Removes the temporaries (`.NAME.tmp.PID`) that writers of the files
+/// `ours(NAME)` names in `dir`, killed part-way, left behind; returns how
+/// many. Only for a caller that keeps every other writer of those files
+/// out (their lock, or being their only writer), since a live writer's
+/// temporary looks the same; temporaries of other files are left alone.
+pub fn remove_stale_temporaries(
+    dir: &Path,
+    ours: impl Fn(&str) -> bool,
+) -> Result<usize, FileError> {
     let mut removed = 0;
     for entry in fs::read_dir(dir).at("read directory", dir)? {
         let entry = entry.at("read directory", dir)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp.") {
+        let target = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp."))
+            .map(|(target, _)| target);
+        if target.is_some_and(&ours) {
             remove_file(&entry.path())?;
             removed += 1;
         }

@@ -870,8 +870,22 @@ fn archiving_one_file_removes_what_a_killed_run_left() {
     // What a run PostgreSQL killed mid-copy leaves behind.
     let left = adir.path().join(format!(".{}.tmp.4242", segments[1]));
     std::fs::write(&left, b"half a segment").unwrap();
+    // A promotion's claim being written (without the archive's lock).
+    let claiming = adir.path().join(".epoch.2.tmp.4243");
+    std::fs::write(&claiming, b"s1 token\n").unwrap();
     let out = archive_one(&segments[1]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!left.exists());
+    assert!(claiming.exists());
     assert!(adir.path().join(&segments[1]).exists());
+    // The archive vanishes: with no .done mark beside the segments (this
+    // command marks none; PostgreSQL removes its own as it recycles), the
+    // command's own mark still tells it the archive was there.
+    let away = tempfile::tempdir().unwrap();
+    std::fs::rename(adir.path(), away.path().join("gone")).unwrap();
+    assert!(common::file_names(&wal.join("archive_status"), ".done").is_empty());
+    let out = archive_one(&segments[1]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is gone"), "{}", stderr(&out));
+    assert!(!adir.path().exists());
 }

@@ -225,6 +225,29 @@ fn an_extended_protocol_batch_is_one_transaction_up_to_its_sync() {
         node.query_one("SELECT count(*) FROM kv WHERE key = 'xb2'"),
         "1"
     );
+    // Any error in the batch undoes it: a bad Parse, a Bind to a statement
+    // that does not exist, an Execute of a portal that does not.
+    for (i, bad) in [
+        msg(b'P', b"\0INSERT INTO\0\0\0"),
+        msg(b'B', b"\0nope\0\0\0\0\0\0\0"),
+        msg(b'E', b"nope\0\0\0\0\0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("xe{i}");
+        let mut batch = startup_packet(&[("user", "tester")]);
+        batch.extend(execute(&format!("INSERT INTO kv VALUES ('{key}', '1')")));
+        batch.extend(bad);
+        batch.extend(msg(b'S', b""));
+        batch.extend(msg(b'X', b""));
+        assert!(sqlstate(&exchange(node.port, &batch)).is_some());
+        assert_eq!(
+            node.query_one(&format!("SELECT count(*) FROM kv WHERE key = '{key}'")),
+            "0",
+            "{key}"
+        );
+    }
 }
 
 #[test]

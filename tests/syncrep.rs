@@ -196,6 +196,11 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
         message.contains("fenced by epoch 2 while the commit waited"),
         "{message}"
     );
+    // The new primary may lack it: the fenced node keeps it hidden.
+    assert_eq!(
+        primary.query_one("SELECT count(*) FROM kv WHERE key = 'f'"),
+        "0"
+    );
 }
 
 #[test]

@@ -500,6 +500,18 @@ pub fn backlog(wal_dir: &Path, seg_size: SegmentSize) -> Backlog {
     b
 }
 
+/// Left in the `archive_status/` beside the files `walship archive ADIR
+/// PATH` archived (PostgreSQL ignores files there that are not `.ready` or
+/// `.done` marks): this cluster has archived, so an archive that is gone
+/// vanished rather than was never made.
+const ARCHIVED_MARK: &str = "walship.archived";
+
+fn status_dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .unwrap_or(Path::new("."))
+        .join(ARCHIVE_STATUS_DIR)
+}
+
 /// Archives one file given by path, as PostgreSQL's `archive_command`
 /// does (`walship archive --archive ADIR %p`): the archive's system
 /// identifier and segment size come from the segment's own long header.
@@ -538,15 +550,15 @@ pub fn archive_file(
         let size =
             SegmentSize::new(u64::from(long.seg_size)).map_err(|e| invalid(e.to_string()))?;
         if !create && !archive_dir.join(IDENTITY).exists() {
-            let status = path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(ARCHIVE_STATUS_DIR);
-            let archived_before = std::fs::read_dir(&status).is_ok_and(|entries| {
-                entries
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".done"))
-            });
+            let status = status_dir_of(path);
+            // PostgreSQL removes `.done` marks with the segments it
+            // recycles, so this command leaves a mark of its own too.
+            let archived_before = status.join(ARCHIVED_MARK).exists()
+                || std::fs::read_dir(&status).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".done"))
+                });
             if archived_before {
                 return Err(ArchiverError::VanishedUnderCommand {
                     dir: archive_dir.to_path_buf(),
@@ -560,9 +572,21 @@ pub fn archive_file(
     // What a run killed part-way left (PostgreSQL kills archive_command at
     // a fast shutdown); the lock keeps any other archiver out meanwhile.
     archive.remove_stale_temporaries()?;
-    archive
+    let put = archive
         .put(&name, &bytes, || {
             verify_file(&bytes, &name, archive.seg_size, archive.system_id)
         })?
-        .map_err(invalid)
+        .map_err(invalid)?;
+    let status = status_dir_of(path);
+    let mark = status.join(ARCHIVED_MARK);
+    if status.is_dir() && !mark.exists() {
+        let text = format!("{}\n", archive_dir.display());
+        if let Err(e) = durable::replace_file(&mark, text.as_bytes()) {
+            tracing::warn!(
+                "could not leave {}: {e}; a vanished archive may go unnoticed",
+                mark.display()
+            );
+        }
+    }
+    Ok(put)
 }

@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::durable::{self, FileError};
 use crate::meta::{MetaError, MetaKind};
 use crate::wal::format::LeReader;
-use crate::wal::SegmentSize;
+use crate::wal::{SegmentSize, WalFileName};
 
 const KIND: MetaKind = MetaKind {
     what: "archive identity",
@@ -359,9 +359,13 @@ impl Archive {
     }
 
     /// Removes temporary files an interrupted archiver left (only while
-    /// holding the archive's lock).
+    /// holding the archive's lock): those of archived files, never those
+    /// of the epoch files a promotion writes without the lock.
     pub fn remove_stale_temporaries(&self) -> Result<usize, FileError> {
-        durable::remove_stale_temporaries(&self.dir)
+        durable::remove_stale_temporaries(&self.dir, |name| {
+            let plain = name.strip_suffix(".zst").unwrap_or(name);
+            WalFileName::parse(plain, self.seg_size).is_ok()
+        })
     }
 }
 

@@ -45,12 +45,15 @@ pub struct ArchiveWatch {
 }
 
 impl ArchiveWatch {
-    /// The watch of the node in `data_dir`, with the gap it remembers.
-    pub fn load(data_dir: &Path) -> ArchiveWatch {
+    /// The watch of the node in `data_dir`, with the gap it remembers. A
+    /// standby has no archive of its own to alarm about (its primary
+    /// archives); the file stays, and its next start as a primary raises
+    /// the alarm again.
+    pub fn load(data_dir: &Path, standby: bool) -> ArchiveWatch {
         let gap = std::fs::read_to_string(data_dir.join(GAP_FILE))
             .ok()
             .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty() && !standby);
         if let Some(first) = &gap {
             error!("ARCHIVE CONTINUITY LOST since {first}: the archive cannot restore past it; take a new base backup");
         }

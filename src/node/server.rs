@@ -595,6 +595,10 @@ impl WalSenderHost for Node {
     fn final_wal_written(&self) -> bool {
         self.final_wal_written.load(Ordering::Acquire)
     }
+    fn base_backup_sent(&self) {
+        // The archive restores from this backup on, past any gap.
+        self.archive_watch.base_backup_taken(&self.dir);
+    }
     fn base_backup(&self) -> Result<Backup, PgError> {
         if self.standby().is_some() {
             return Err(PgError::new(
@@ -668,7 +672,6 @@ impl WalSenderHost for Node {
         }
         // The control file last: it is what makes the copy a data directory.
         files.push(("control".into(), read(&dir.control())?));
-        self.archive_watch.base_backup_taken(&self.dir);
         Ok(Backup {
             start,
             end,
@@ -1476,7 +1479,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         promotion_streams: AtomicBool::new(false),
         senders: WalSenders::default(),
         final_wal_written: AtomicBool::new(false),
-        archive_watch: ArchiveWatch::load(&dir.root),
+        archive_watch: ArchiveWatch::load(&dir.root, is_standby),
     });
     if let Some(by) = node.lock_epoch().fenced_by {
         node.db.fence(by.0).map_err(DataDirError::Db)?;

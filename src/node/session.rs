@@ -463,7 +463,16 @@ fn run(
     let mut skipping = false;
     loop {
         let max = node.settings().max_message_size;
-        let tag = match r.next_message(max) {
+        let tag = match r.next_message(max).and_then(|tag| {
+            // After an Execute, the next message's type: whether Sync
+            // follows decides how the statement commits, so it is waited
+            // for (a client sends Sync or Flush before it waits for
+            // output, so this cannot hang a well-behaved one).
+            if tag == b'E' {
+                r.peek_next_type()?;
+            }
+            Ok(tag)
+        }) {
             Ok(tag) => tag,
             Err(e) => {
                 session.abandon();
@@ -644,9 +653,7 @@ fn run(
             }
             b'S' => {
                 skipping = false;
-                if let Err(e) = session.end_implicit() {
-                    out.error(&e);
-                }
+                end_implicit(&mut session, &mut out);
                 portals.retain(|name, _| !name.is_empty());
                 if session.status() == b'I' {
                     portals.clear();
@@ -690,6 +697,10 @@ fn run(
                 session.abandon();
                 return Ok(());
             }
+            // Any error fails the transaction, as in PostgreSQL: a failed
+            // Parse or Bind in a batch undoes what ran before it, up to
+            // the Sync.
+            session.fail_transaction();
             if tag != b'Q' {
                 skipping = true;
             }
@@ -879,7 +890,18 @@ fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
             }
         }
     }
-    if let Err(e) = session.end_implicit() {
-        out.error(&e);
+    end_implicit(session, out);
+}
+
+/// Ends the session's implicit block, if any, telling the client of the
+/// commit's notices or its error.
+fn end_implicit(session: &mut Session, out: &mut Out) {
+    match session.end_implicit() {
+        Ok(notices) => {
+            for n in &notices {
+                out.notice(n);
+            }
+        }
+        Err(e) => out.error(&e),
     }
 }

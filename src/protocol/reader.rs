@@ -85,6 +85,14 @@ impl<R: Read> MessageReader<R> {
         Ok(self.buf[self.start])
     }
 
+    /// Waits until the type byte of the message after the one read last
+    /// has arrived, and returns it; the message stays unread
+    /// ([`MessageReader::buffered`] starts with it).
+    pub fn peek_next_type(&mut self) -> Result<u8, ProtoError> {
+        self.fill(self.lent + 1)?;
+        Ok(self.buf[self.start + self.lent])
+    }
+
     /// [`MessageReader::next_message`] and [`MessageReader::body`] at once.
     pub fn read_message(&mut self, max: usize) -> Result<(u8, &[u8]), ProtoError> {
         let tag = self.next_message(max)?;

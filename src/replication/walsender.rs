@@ -53,6 +53,8 @@ pub trait WalSenderHost: Send + Sync {
     fn senders(&self) -> &WalSenders;
     /// A consistent copy of the node for `BASE_BACKUP`.
     fn base_backup(&self) -> Result<Backup, PgError>;
+    /// The copy went out whole.
+    fn base_backup_sent(&self);
 }
 
 /// What `BASE_BACKUP` sends: files (paths relative to the data directory)
@@ -289,6 +291,7 @@ fn run_command(
                 )
             })?;
             info!(start = %backup.start, end = %backup.end, files = backup.files.len(), "base backup sent");
+            host.base_backup_sent();
         }
         ReplicationCommand::StartReplication {
             slot,

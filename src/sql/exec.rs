@@ -526,13 +526,16 @@ impl Session {
     }
 
     /// Ends the implicit block, if one is open: commits it, or rolls it
-    /// back when a statement in it failed. The error is the commit's.
-    pub fn end_implicit(&mut self) -> Result<(), PgError> {
+    /// back when a statement in it failed. Returns the commit's notices
+    /// (a synchronous commit's warning) for the client; the error is the
+    /// commit's.
+    pub fn end_implicit(&mut self) -> Result<Vec<PgError>, PgError> {
         if !self.txn.as_ref().is_some_and(|t| t.implicit) {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.run(&Statement::Commit { chain: false }, &[])
-            .map(|_| self.notices.clear())
+        let ended = self.run(&Statement::Commit { chain: false }, &[]);
+        let notices = std::mem::take(&mut self.notices);
+        ended.map(|_| notices)
     }
 
     /// COMMIT of a block that did not fail: its role changes or its rows,

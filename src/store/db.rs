@@ -268,7 +268,17 @@ impl Db {
         };
         let (result, end) = end;
         let visible = match durability {
-            Durability::Flushed => self.wal.flush(end).map_err(DbError::from)?,
+            Durability::Flushed => match self.wal.flush(end) {
+                Ok(flushed) => flushed,
+                Err(e) => {
+                    // The caller waits for no standby now: nothing else
+                    // would end the hold.
+                    if held {
+                        self.release(end);
+                    }
+                    return Err(DbError::from(e).into());
+                }
+            },
             Durability::Async => end,
         };
         self.apply_upto(visible);
@@ -284,8 +294,14 @@ impl Db {
 
     /// Ends the hold on the record that ends at `end` (its wait for the
     /// standbys is over, however it ended) and shows what may now be shown.
+    /// On a fenced node the hold stays: the new primary may lack the
+    /// record, and this node's readers must not see what the failover took
+    /// away (a restart shows it, from the WAL).
     pub fn release(&self, end: Lsn) {
         let mut queue = self.lock_queue();
+        if self.fenced_by().is_some() {
+            return;
+        }
         if let Some(p) = queue.pending.iter_mut().find(|p| p.end == end) {
             p.held = false;
         }

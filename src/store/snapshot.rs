@@ -140,7 +140,7 @@ pub fn remove_others(dir: &Path, keep: Lsn) -> Result<(), FileError> {
     // A checkpoint killed while writing its snapshot left it half-written
     // under a temporary name; checkpoints are the only writers here, one
     // at a time.
-    durable::remove_stale_temporaries(dir)?;
+    durable::remove_stale_temporaries(dir, |name| name.starts_with(PREFIX))?;
     Ok(())
 }
 
