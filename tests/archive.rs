@@ -889,3 +889,37 @@ fn archiving_one_file_removes_what_a_killed_run_left() {
     assert!(stderr(&out).contains("is gone"), "{}", stderr(&out));
     assert!(!adir.path().exists());
 }
+
+#[test]
+fn an_archive_the_user_cannot_search_is_said_to_be_unreadable_not_missing() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // needs another user to be denied
+    }
+    let (_bin, exe) = walship_for_postgres();
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    node.complete_segments(1, "p");
+    let adir = tempfile::tempdir_in("/tmp").unwrap();
+    let out = archive(adir.path(), &node, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let segment = file_names(adir.path(), "")
+        .into_iter()
+        .find(|n| n.len() == 24)
+        .unwrap();
+    // Only root may enter it; postgres may write the destination.
+    let mut perm = std::fs::metadata(adir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o700);
+    std::fs::set_permissions(adir.path(), perm).unwrap();
+    let out = common::pg_command(&exe)
+        .args(["restore", "--archive", adir.path().to_str().unwrap(), &segment])
+        .arg("/tmp/walship-denied-restore")
+        .output()
+        .unwrap();
+    let said = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert_ne!(out.status.code(), Some(1), "absent is not what happened: {said}");
+    assert!(
+        said.contains("ermission denied") && !said.contains("not a walship archive"),
+        "{said}"
+    );
+}

@@ -191,7 +191,7 @@ impl Archive {
     /// Opens an existing archive.
     pub fn open(dir: &Path) -> Result<Archive, ArchiveError> {
         let path = dir.join(IDENTITY);
-        if !path.exists() {
+        if !Self::identity_exists(dir)? {
             return Err(ArchiveError::Missing(dir.to_path_buf()));
         }
         let body = KIND.read(&path)?;
@@ -228,7 +228,7 @@ impl Archive {
         seg_size: SegmentSize,
         compression: Compression,
     ) -> Result<Archive, ArchiveError> {
-        if !dir.join(IDENTITY).exists() {
+        if !Self::identity_exists(dir)? {
             if !dir.exists() {
                 durable::create_dir(dir)?;
             }
@@ -258,6 +258,16 @@ impl Archive {
             });
         }
         Ok(archive)
+    }
+
+    /// Whether `dir` holds an archive's identity file. A directory that cannot
+    /// be searched (its permissions) is an error that says so, not "no
+    /// archive": that would send an operator looking for a missing archive,
+    /// or have one made anew in its place.
+    fn identity_exists(dir: &Path) -> Result<bool, FileError> {
+        let path = dir.join(IDENTITY);
+        path.try_exists()
+            .map_err(|e| FileError::new("look for", &path, e))
     }
 
     /// History and backup history files: small text, never compressed.
