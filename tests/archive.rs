@@ -911,13 +911,22 @@ fn an_archive_the_user_cannot_search_is_said_to_be_unreadable_not_missing() {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o700);
     std::fs::set_permissions(adir.path(), perm).unwrap();
     let out = common::pg_command(&exe)
-        .args(["restore", "--archive", adir.path().to_str().unwrap(), &segment])
+        .args([
+            "restore",
+            "--archive",
+            adir.path().to_str().unwrap(),
+            &segment,
+        ])
         .arg("/tmp/walship-denied-restore")
         .output()
         .unwrap();
     let said = stderr(&out);
     assert_ne!(out.status.code(), Some(0), "{said}");
-    assert_ne!(out.status.code(), Some(1), "absent is not what happened: {said}");
+    assert_ne!(
+        out.status.code(),
+        Some(1),
+        "absent is not what happened: {said}"
+    );
     assert!(
         said.contains("ermission denied") && !said.contains("not a walship archive"),
         "{said}"

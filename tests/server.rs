@@ -298,6 +298,34 @@ fn aliases_name_columns_and_a_quoted_name_is_exact() {
 }
 
 #[test]
+fn a_left_out_or_default_value_is_null_which_kv_does_not_hold() {
+    let mut node = Node::init("");
+    node.start();
+    let mut c = node.client();
+    for sql in [
+        "INSERT INTO kv VALUES ('h')",
+        "INSERT INTO kv VALUES ('h', DEFAULT)",
+        "INSERT INTO kv (key) VALUES ('h')",
+    ] {
+        assert_eq!(code(&c.batch_execute(sql).unwrap_err()), "0A000", "{sql}");
+    }
+    assert_eq!(
+        code(
+            &c.batch_execute("INSERT INTO kv VALUES (DEFAULT, 'v')")
+                .unwrap_err()
+        ),
+        "23502"
+    );
+    assert_eq!(
+        code(
+            &c.batch_execute("INSERT INTO kv VALUES ('h', 'v', 'w')")
+                .unwrap_err()
+        ),
+        "42601"
+    );
+}
+
+#[test]
 fn a_block_never_undoes_another_sessions_acknowledged_write() {
     let mut node = Node::init("");
     node.start();

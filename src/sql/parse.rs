@@ -1147,22 +1147,27 @@ fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
     };
     let mut rows = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
-        if row.len() != order.len() {
+        if row.len() > order.len() {
             return Err(PgError::new(
                 code::SYNTAX_ERROR,
-                format!(
-                    "INSERT has {} expressions for {} target columns",
-                    row.len(),
-                    order.len()
-                ),
+                "INSERT has more expressions than target columns",
             ));
         }
-        let key = expr(&row[key_at])?;
-        let value = match value_at {
-            Some(i) => expr(&row[i])?,
-            None => Expr::Null,
+        // A column left out, or given as DEFAULT, gets its default: NULL,
+        // which the key refuses and the value cannot hold (both said when
+        // the row is resolved), as PostgreSQL would say of NOT NULL.
+        let at = |i: Option<usize>| -> Result<Expr, PgError> {
+            match i.and_then(|i| row.get(i)) {
+                None => Ok(Expr::Null),
+                Some(ast::Expr::Identifier(w))
+                    if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("default") =>
+                {
+                    Ok(Expr::Null)
+                }
+                Some(e) => expr(e),
+            }
         };
-        rows.push((key, value));
+        rows.push((at(Some(key_at))?, at(value_at)?));
     }
     let on_conflict = match insert.on {
         None => OnConflict::Error,
