@@ -113,7 +113,7 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
     let negotiate = [
         &msg(b'v', b"")[..1],
         &22i32.to_be_bytes(),
-        &[0, 0, 0, 0, 0, 0, 0, 1],
+        &[0, 3, 0, 0, 0, 0, 0, 1],
         b"_pq_.frob\0",
     ]
     .concat();

@@ -248,6 +248,16 @@ fn transactions_are_atomic_and_fail_as_postgres_does() {
         "22023"
     );
 
+    // SHOW among other statements of one string.
+    let shown = c
+        .simple_query("SHOW synchronous_commit; SELECT 1 AS x; SET synchronous_commit = off")
+        .unwrap();
+    let rows = shown
+        .iter()
+        .filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 2);
+
     // In a block, SET LOCAL lasts to its end, and a ROLLBACK undoes SET.
     let show = |c: &mut postgres::Client| -> String {
         c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0)
@@ -295,6 +305,45 @@ fn aliases_name_columns_and_a_quoted_name_is_exact() {
         "42P01"
     );
     c.batch_execute("SELECT value FROM \"kv\"").unwrap();
+}
+
+#[test]
+fn reset_deallocate_and_discard_all_as_connection_poolers_use_them() {
+    let mut node = Node::init("");
+    node.start();
+    // The session began with synchronous_commit = local (its startup
+    // options): RESET returns there, not to walship.conf's.
+    let conninfo = format!("{} options='-c synchronous_commit=local'", node.conninfo());
+    let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+    let show = |c: &mut postgres::Client, name: &str| -> String {
+        c.query_one(&format!("SHOW {name}"), &[]).unwrap().get(0)
+    };
+    c.batch_execute("SET synchronous_commit = off; SET application_name = 'app'")
+        .unwrap();
+    c.batch_execute("RESET synchronous_commit").unwrap();
+    assert_eq!(show(&mut c, "synchronous_commit"), "local");
+    assert_eq!(show(&mut c, "application_name"), "app");
+    c.batch_execute("RESET ALL").unwrap();
+    assert_eq!(show(&mut c, "application_name"), "");
+    // A prepared statement (extended protocol), dropped by name, by
+    // DEALLOCATE ALL, or by DISCARD ALL, which also resets settings.
+    assert_eq!(
+        code(&c.batch_execute("DEALLOCATE nope").unwrap_err()),
+        "26000"
+    );
+    let stmt = c.prepare("SELECT value FROM kv WHERE key = $1").unwrap();
+    c.query(&stmt, &[&"k"]).unwrap();
+    c.batch_execute("DEALLOCATE ALL").unwrap();
+    assert_eq!(code(&c.query(&stmt, &[&"k"]).unwrap_err()), "26000");
+    c.batch_execute("SET synchronous_commit = off").unwrap();
+    c.batch_execute("DISCARD ALL").unwrap();
+    assert_eq!(show(&mut c, "synchronous_commit"), "local");
+    // Not in a block, nor in a string of several (an implicit block), as
+    // in PostgreSQL.
+    assert_eq!(
+        code(&c.batch_execute("SELECT 1; DISCARD ALL").unwrap_err()),
+        "25001"
+    );
 }
 
 #[test]
@@ -350,6 +399,13 @@ fn a_block_never_undoes_another_sessions_acknowledged_write() {
     b.batch_execute("DELETE FROM kv WHERE key = 'u'").unwrap();
     assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
     assert_eq!(value(&mut b, "u"), None);
+    // Both delete the row: only one may say so.
+    b.batch_execute("INSERT INTO kv VALUES ('d', 'job')")
+        .unwrap();
+    a.batch_execute("BEGIN; DELETE FROM kv WHERE key = 'd'")
+        .unwrap();
+    assert_eq!(b.execute("DELETE FROM kv WHERE key = 'd'", &[]).unwrap(), 1);
+    assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
     // What the block wrote itself, or what nobody touched, commits.
     a.batch_execute(
         "BEGIN; INSERT INTO kv VALUES ('m', '1'); UPDATE kv SET value = '2' WHERE key = 'm'; \

@@ -455,6 +455,7 @@ fn run(
             return Ok(());
         }
     }
+    session.mark_baseline();
     greet(node, &session, w, pid, key)?;
     let mut out = Out::default();
     let mut statements: HashMap<String, Prepared> = HashMap::new();
@@ -500,7 +501,7 @@ fn run(
         let step: Result<(), PgError> = match tag {
             b'Q' => match c.cstr() {
                 Ok(sql) => {
-                    simple_query(&mut session, &mut out, &sql);
+                    simple_query(&mut session, &mut out, &sql, &mut statements, &mut portals);
                     out.ready(session.status());
                     Ok(())
                 }
@@ -614,6 +615,17 @@ fn run(
                     if !sync_follows && !controls_blocks {
                         session.begin_implicit();
                     }
+                    if *stmt == Statement::DiscardAll {
+                        // It would close the portal running it.
+                        return Err(PgError::new(
+                            code::FEATURE_NOT_SUPPORTED,
+                            "DISCARD ALL is run as a simple query here",
+                        )
+                        .with_hint(
+                            "send it with the simple query protocol, as connection poolers do",
+                        ));
+                    }
+                    deallocate(stmt, &mut statements)?;
                     match session.execute(stmt, &portal.params) {
                         Ok(res) => portal.result = Some(res),
                         Err(e) => {
@@ -852,8 +864,14 @@ fn decode_param(raw: &[u8], binary: bool, type_oid: u32, i: usize) -> Result<Str
 /// transaction block run as one implicit transaction: from the string's
 /// start, or from a COMMIT or ROLLBACK that ends a block, to the string's
 /// end; a BEGIN makes it explicit, the statements before it included.
-fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
-    let statements = match parse::parse(sql) {
+fn simple_query(
+    session: &mut Session,
+    out: &mut Out,
+    sql: &str,
+    statements: &mut HashMap<String, Prepared>,
+    portals: &mut HashMap<String, Portal>,
+) {
+    let parsed = match parse::parse(sql) {
         Ok(s) => s,
         Err(e) => {
             session.fail_transaction();
@@ -861,22 +879,30 @@ fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
             return;
         }
     };
-    if statements.is_empty() {
+    if parsed.is_empty() {
         out.empty_query();
         return;
     }
-    let several = statements.len() > 1;
+    let several = parsed.len() > 1;
     if several {
         session.begin_implicit();
     }
-    for (i, stmt) in statements.iter().enumerate() {
-        match session.execute(stmt, &[]) {
+    for (i, stmt) in parsed.iter().enumerate() {
+        let ran = deallocate(stmt, statements)
+            .and_then(|()| session.execute(stmt, &[]))
+            .inspect(|_| {
+                if *stmt == Statement::DiscardAll {
+                    statements.clear();
+                    portals.clear();
+                }
+            });
+        match ran {
             Ok(result) => {
                 send_result(out, &result, &[], 0, 0, true);
                 out.command_complete(&result.tag);
                 let ends_block =
                     matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. });
-                if several && ends_block && i + 1 < statements.len() {
+                if several && ends_block && i + 1 < parsed.len() {
                     session.begin_implicit();
                 }
             }
@@ -891,6 +917,26 @@ fn simple_query(session: &mut Session, out: &mut Out, sql: &str) {
         }
     }
     end_implicit(session, out);
+}
+
+/// DEALLOCATE drops a prepared statement of this connection's (all, for
+/// DEALLOCATE ALL); one that does not exist is PostgreSQL's 26000.
+fn deallocate(stmt: &Statement, statements: &mut HashMap<String, Prepared>) -> Result<(), PgError> {
+    match stmt {
+        Statement::Deallocate { name: Some(name) } => {
+            statements.remove(name).map(drop).ok_or_else(|| {
+                PgError::new(
+                    code::INVALID_SQL_STATEMENT_NAME,
+                    format!("prepared statement \"{name}\" does not exist"),
+                )
+            })
+        }
+        Statement::Deallocate { name: None } => {
+            statements.clear();
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Ends the session's implicit block, if any, telling the client of the

@@ -235,10 +235,11 @@ impl Out {
     }
 
     /// NegotiateProtocolVersion: this server speaks 3.0, and not the
-    /// protocol options (`_pq_.*`) named.
+    /// protocol options (`_pq_.*`) named. The version goes whole, as
+    /// PostgreSQL sends it (libpq 18 reads it so).
     pub fn negotiate_protocol_version(&mut self, unknown_options: &[&str]) {
         let at = self.begin(b'v');
-        self.i32(0);
+        self.i32(PROTOCOL_3_0);
         self.i32(unknown_options.len() as i32);
         for option in unknown_options {
             self.cstr(option);

@@ -206,8 +206,8 @@ struct Txn {
     /// commit fails with a unique violation.
     must_be_absent: Vec<String>,
     /// What other buffered writes rest on, checked again at COMMIT: keys
-    /// an UPDATE found, and keys an INSERT … ON CONFLICT DO NOTHING found
-    /// absent. Should another session have deleted or inserted one since,
+    /// an UPDATE or DELETE found, and keys an INSERT … ON CONFLICT DO
+    /// NOTHING found absent. Should another session have deleted or inserted one since,
     /// the block's write would undo that session's acknowledged one (bring
     /// a deleted row back, overwrite an inserted one), so the commit fails
     /// with a serialization failure instead. (PostgreSQL makes the other
@@ -285,6 +285,8 @@ pub struct Session {
     /// The role the session authenticated as.
     user: String,
     settings: SessionSettings,
+    /// The settings RESET returns to: as the session began.
+    baseline: SessionSettings,
     txn: Option<Txn>,
     /// Raised by a CancelRequest for this session.
     cancel: Arc<AtomicBool>,
@@ -395,6 +397,10 @@ impl Session {
             host,
             user,
             settings: SessionSettings {
+                params: params.clone(),
+                synchronous_commit: None,
+            },
+            baseline: SessionSettings {
                 params,
                 synchronous_commit: None,
             },
@@ -402,6 +408,12 @@ impl Session {
             cancel: Arc::new(AtomicBool::new(false)),
             notices: Vec::new(),
         }
+    }
+
+    /// Takes the settings now in force (after those the client sent at
+    /// startup) as the ones RESET and DISCARD ALL return to.
+    pub fn mark_baseline(&mut self) {
+        self.baseline = self.settings.clone();
     }
 
     /// Shares the flag a CancelRequest for this session raises, so long
@@ -753,6 +765,34 @@ impl Session {
                 self.set(name, value.as_deref(), *local)?;
                 Ok(tag("SET"))
             }
+            Statement::Reset { name } => {
+                let changes = match name {
+                    Some(name) => vec![self.reset_change(name)?],
+                    None => self.reset_all(),
+                };
+                for change in &changes {
+                    if let Some(t) = &mut self.txn {
+                        t.kept.apply(change);
+                    }
+                    self.settings.apply(change);
+                }
+                Ok(tag("RESET"))
+            }
+            // The session's prepared statements are its connection's:
+            // the caller drops them.
+            Statement::Deallocate { .. } => Ok(tag("DEALLOCATE")),
+            Statement::DiscardAll => {
+                if self.txn.is_some() {
+                    return Err(PgError::new(
+                        code::ACTIVE_TRANSACTION,
+                        "DISCARD ALL cannot run inside a transaction block",
+                    ));
+                }
+                for change in self.reset_all() {
+                    self.settings.apply(&change);
+                }
+                Ok(tag("DISCARD ALL"))
+            }
             Statement::Checkpoint => {
                 self.require_superuser("CHECKPOINT", false)?;
                 self.host.checkpoint()?;
@@ -1015,9 +1055,10 @@ impl Session {
             if !applies(exists) {
                 return Ok(0);
             }
-            // An UPDATE rests on the row being in the store, unless this
-            // block wrote the key before.
-            let rests_on_row = matches!(op, KvOp::Put { .. }) && !t.writes.contains_key(&key);
+            // An UPDATE or DELETE rests on the row being in the store
+            // (another session deleting it too would make both say
+            // "DELETE 1"), unless this block wrote the key before.
+            let rests_on_row = !t.writes.contains_key(&key);
             self.buffer(vec![op], vec![]);
             if let Some(t) = &mut self.txn {
                 if rests_on_row {
@@ -1321,6 +1362,34 @@ impl Session {
         }
         self.settings.apply(&change);
         Ok(())
+    }
+
+    /// RESET `name`: back to its value as the session began.
+    fn reset_change(&self, name: &str) -> Result<SettingChange, PgError> {
+        if name == "synchronous_commit" {
+            return Ok(SettingChange::SynchronousCommit(
+                self.baseline.synchronous_commit,
+            ));
+        }
+        match self.baseline.params.get(name) {
+            Some(value) => Ok(SettingChange::Param(name.to_string(), value.clone())),
+            // Says why it cannot be (unknown, or not a session setting).
+            None => self.setting_change(name, None),
+        }
+    }
+
+    /// RESET ALL.
+    fn reset_all(&self) -> Vec<SettingChange> {
+        let mut changes: Vec<SettingChange> = self
+            .baseline
+            .params
+            .iter()
+            .map(|(name, value)| SettingChange::Param(name.clone(), value.clone()))
+            .collect();
+        changes.push(SettingChange::SynchronousCommit(
+            self.baseline.synchronous_commit,
+        ));
+        changes
     }
 
     /// What SET `name` to `value` would change, if it may.

@@ -148,6 +148,18 @@ pub enum Statement {
     },
     /// Run a checkpoint now.
     Checkpoint,
+    /// `RESET name`, or `RESET ALL` (`None`): back to the session's
+    /// defaults (walship.conf's, or what the client sent at startup).
+    Reset {
+        name: Option<String>,
+    },
+    /// `DEALLOCATE [PREPARE] name`, or `DEALLOCATE ALL` (`None`).
+    Deallocate {
+        name: Option<String>,
+    },
+    /// `DISCARD ALL`: the session as it began (connection poolers send it
+    /// between clients).
+    DiscardAll,
     /// `SELECT cols | * FROM` a system view.
     View {
         view: SystemView,
@@ -299,15 +311,27 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
             .windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
     };
-    if !["checkpoint", "wait", "user", "encrypted", "abort"]
-        .iter()
-        .any(|w| names(w))
+    // SHOW too: sqlparser's SHOW takes the words of the statements after
+    // it for its name, so a string holding one is parsed a statement at
+    // a time.
+    if ![
+        "checkpoint",
+        "wait",
+        "user",
+        "encrypted",
+        "abort",
+        "reset",
+        "deallocate",
+        "show",
+    ]
+    .iter()
+    .any(|w| names(w))
     {
         return parse_sql(sql);
     }
     let pieces = split_statements(sql);
     let own: Vec<_> = pieces.iter().map(|p| own_command(p)).collect();
-    if own.iter().all(Option::is_none) {
+    if own.iter().all(Option::is_none) && !names("show") {
         return parse_sql(sql);
     }
     let mut statements = Vec::new();
@@ -320,8 +344,8 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
     Ok(statements)
 }
 
-/// CHECKPOINT, WAIT FOR LSN, ABORT and CREATE / ALTER / DROP USER, which
-/// sqlparser does not know, in one statement's text.
+/// CHECKPOINT, WAIT FOR LSN, ABORT, RESET, DEALLOCATE and CREATE / ALTER /
+/// DROP USER, which sqlparser does not know, in one statement's text.
 fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, statement)
         .tokenize_with_location()
@@ -342,6 +366,33 @@ fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
     }
     if plain.eq_ignore_ascii_case("checkpoint") {
         return Some(Ok(Statement::Checkpoint));
+    }
+    if let Some(rest) = strip_words(plain, &["reset"]) {
+        let name = rest.trim();
+        return Some(match name {
+            "" => Err(PgError::new(
+                code::SYNTAX_ERROR,
+                "syntax error at end of input",
+            )),
+            n if n.eq_ignore_ascii_case("all") => Ok(Statement::Reset { name: None }),
+            n => Ok(Statement::Reset {
+                name: Some(n.trim_matches('"').to_ascii_lowercase()),
+            }),
+        });
+    }
+    if let Some(rest) = strip_words(plain, &["deallocate"]) {
+        let rest = strip_words(rest, &["prepare"]).unwrap_or(rest);
+        let name = rest.trim();
+        return Some(match name {
+            "" => Err(PgError::new(
+                code::SYNTAX_ERROR,
+                "syntax error at end of input",
+            )),
+            n if n.eq_ignore_ascii_case("all") => Ok(Statement::Deallocate { name: None }),
+            n => Ok(Statement::Deallocate {
+                name: Some(n.trim_matches('"').to_string()),
+            }),
+        });
     }
     // ABORT is PostgreSQL's ROLLBACK, with the same words after it.
     if let Some(rest) = strip_words(plain, &["abort"]) {
@@ -662,6 +713,9 @@ fn convert(stmt: ast::Statement) -> Result<Statement, PgError> {
             Ok(Statement::Delete { key })
         }
         ast::Statement::Query(query) => convert_query(*query),
+        ast::Statement::Discard {
+            object_type: ast::DiscardObject::ALL,
+        } => Ok(Statement::DiscardAll),
         ast::Statement::StartTransaction { modes, .. } => {
             let mut read_only = false;
             for mode in modes {
