@@ -844,6 +844,25 @@ fn a_spool_left_by_another_systems_archive_is_never_handed_over() {
         std::fs::read(&dest).unwrap() == std::fs::read(adir_b.path().join(next)).unwrap(),
         "{next} came from the other system's spool"
     );
+
+    // Another archive of the same system (a fenced primary's and the new
+    // one's share it) that lacks a segment A's worker spooled: absent.
+    let adir_c = tempfile::tempdir().unwrap();
+    for name in file_names(adir_a.path(), "") {
+        if name != segments_a[3] {
+            std::fs::copy(adir_a.path().join(&name), adir_c.path().join(&name)).unwrap();
+        }
+    }
+    let pg_wal = tempfile::tempdir().unwrap();
+    let spool = pg_wal.path().join(".walship-prefetch");
+    let out = restore(adir_a.path(), &segments_a[2], &pg_wal.path().join("x"), 8);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("A's worker to spool the next segment", || {
+        spool.join(&segments_a[3]).exists()
+    });
+    let out = restore(adir_c.path(), &segments_a[3], &pg_wal.path().join("y"), 8);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!pg_wal.path().join("y").exists());
 }
 
 #[test]

@@ -13,11 +13,10 @@
 //! Invariants: every file handed over — fetched directly or from the spool
 //! — has passed [`verify_file`] against the archive's system identifier
 //! (a spooled one in the worker, which leaves the CRC-32C of what it
-//! verified and the system identifier it verified it against beside it in
-//! `NAME.crc32c`: a request checks that one CRC and that the identifier is
-//! its archive's, a tenth of a full verification, and verifies in full any
-//! other file, such as one a worker for another archive spooled), and is
-//! whole under `DEST` before success is reported; the spool
+//! verified and the archive it came from beside it in `NAME.crc32c`: a
+//! request takes a spooled file only when that CRC matches, a tenth of a
+//! full verification, and the archive is its own; any other it fetches
+//! itself), and is whole under `DEST` before success is reported; the spool
 //! is only a cache (a file in it that fails those checks is discarded and
 //! fetched again); at most one worker per spool (its lock), holding at
 //! most `depth` segments.
@@ -175,8 +174,10 @@ fn take_from_spool(
     };
     let crc_path = crc_path_of(&path);
     let verified_as = std::fs::read_to_string(&crc_path).ok();
-    let intact = verified_as.is_some_and(|c| c.trim() == hint_text(archive, &bytes))
-        || verify(archive, name, &bytes).is_ok();
+    // Only what a worker verified against this very archive: another
+    // archive of the same system (a fenced primary's, the new one's) may
+    // hold other WAL under the same name.
+    let intact = verified_as.is_some_and(|c| c.trim() == hint_text(archive, &bytes));
     let _ = std::fs::remove_file(&crc_path);
     if !intact {
         let _ = std::fs::remove_file(&path);
@@ -193,17 +194,33 @@ fn crc_path_of(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// What the worker leaves in `NAME.crc32c`: the spooled file's CRC-32C
-/// and the system identifier it was verified against.
+/// What the worker leaves in `NAME.crc32c`: the spooled file's CRC-32C,
+/// then the archive it came from (see [`archive_identity`]).
 fn hint_text(archive: &Archive, bytes: &[u8]) -> String {
-    format!("{:08x} {}", crc32c::crc32c(bytes), archive.system_id)
+    format!(
+        "{:08x} {}",
+        crc32c::crc32c(bytes),
+        archive_identity(archive)
+    )
 }
 
-/// Whether the hint beside a spooled segment says it was verified against
-/// `archive`'s system identifier (a spool may have served another archive).
+/// The system identifier and the archive's directory, made absolute (one
+/// archive named two ways is one archive).
+fn archive_identity(archive: &Archive) -> String {
+    let dir = archive
+        .dir
+        .canonicalize()
+        .unwrap_or_else(|_| archive.dir.clone());
+    format!("{} {}", archive.system_id, dir.display())
+}
+
+/// Whether the hint beside a spooled segment says it came from `archive`
+/// (a spool may have served another).
 fn spooled_for(archive: &Archive, segment: &Path) -> bool {
     std::fs::read_to_string(crc_path_of(segment)).is_ok_and(|hint| {
-        hint.split_whitespace().nth(1) == Some(archive.system_id.to_string().as_str())
+        hint.trim()
+            .split_once(' ')
+            .is_some_and(|(_, from)| from == archive_identity(archive))
     })
 }
 

@@ -65,9 +65,18 @@ impl ArchiveWatch {
         }
     }
 
-    /// A base backup was taken: the archive restores from it, past any gap.
-    pub fn base_backup_taken(&self, data_dir: &Path) {
+    /// A base backup starting in segment `start` was taken: the archive
+    /// restores from it, past a gap that began before it (one that began
+    /// since lies in the backup's own WAL, and stays).
+    pub fn base_backup_taken(&self, data_dir: &Path, start: &str) {
         let mut state = self.lock();
+        if state
+            .gap
+            .as_ref()
+            .is_some_and(|(first, _)| first.as_str() >= start)
+        {
+            return;
+        }
         if let Some((first, _)) = state.gap.take() {
             match crate::durable::remove_file(&data_dir.join(GAP_FILE)) {
                 Ok(()) => info!("a base backup was taken after the archive gap since {first}: the archive restores from it again"),
@@ -107,6 +116,21 @@ impl ArchiveWatch {
                     let Some(oldest) = oldest_ready_segment(wal_dir) else {
                         break;
                     };
+                    // The gap is recorded before the segment is given up,
+                    // so no crash between the two forgets it.
+                    if state.gap.is_none() {
+                        let file = wal_dir.parent().unwrap_or(wal_dir).join(GAP_FILE);
+                        if let Err(e) =
+                            crate::durable::replace_file(&file, format!("{oldest}\n").as_bytes())
+                        {
+                            error!(
+                                "could not record the archive gap in {}: {e}; nothing is given up",
+                                file.display()
+                            );
+                            break;
+                        }
+                        state.gap = Some((oldest.clone(), Instant::now()));
+                    }
                     if let Err(e) = mark_done(wal_dir, &oldest) {
                         error!("could not give up {oldest}: {e}");
                         break;
@@ -115,15 +139,6 @@ impl ArchiveWatch {
                         segment = %oldest,
                         "ARCHIVE CONTINUITY LOST: {oldest} was never archived and will be removed (archive_backlog_policy = abandon_archive); the archive cannot restore past it: take a new base backup once the archiver works"
                     );
-                    if state.gap.is_none() {
-                        let file = wal_dir.parent().unwrap_or(wal_dir).join(GAP_FILE);
-                        if let Err(e) =
-                            crate::durable::replace_file(&file, format!("{oldest}\n").as_bytes())
-                        {
-                            error!("could not record the archive gap in {}: {e}; the alarm stops at the next restart", file.display());
-                        }
-                        state.gap = Some((oldest, Instant::now()));
-                    }
                     b = backlog(wal_dir, seg_size);
                 }
                 state.refusal = None;
@@ -158,5 +173,28 @@ impl ArchiveWatch {
     /// The first segment given up, if the archive has a gap.
     pub fn gap(&self) -> Option<String> {
         self.lock().gap.as_ref().map(|(g, _)| g.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_remembered_and_forgotten_only_for_a_backup_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(GAP_FILE), "000000010000000000000005\n").unwrap();
+        assert_eq!(ArchiveWatch::load(dir.path(), true).gap(), None);
+        let watch = ArchiveWatch::load(dir.path(), false);
+        assert_eq!(watch.gap().as_deref(), Some("000000010000000000000005"));
+        // A backup that began before the gap, or in its first segment,
+        // needs the WAL the gap lacks.
+        for start in ["000000010000000000000004", "000000010000000000000005"] {
+            watch.base_backup_taken(dir.path(), start);
+            assert!(watch.gap().is_some(), "{start}");
+        }
+        watch.base_backup_taken(dir.path(), "000000010000000000000006");
+        assert_eq!(watch.gap(), None);
+        assert!(!dir.path().join(GAP_FILE).exists());
     }
 }

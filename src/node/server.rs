@@ -595,9 +595,12 @@ impl WalSenderHost for Node {
     fn final_wal_written(&self) -> bool {
         self.final_wal_written.load(Ordering::Acquire)
     }
-    fn base_backup_sent(&self) {
-        // The archive restores from this backup on, past any gap.
-        self.archive_watch.base_backup_taken(&self.dir);
+    fn base_backup_sent(&self, backup: &Backup) {
+        // The archive restores from this backup on, past a gap before it.
+        let size = WalSenderHost::seg_size(self);
+        let start = SegmentName::new(backup.timeline, backup.start.segno(size));
+        self.archive_watch
+            .base_backup_taken(&self.dir, &start.file_name(size));
     }
     fn base_backup(&self) -> Result<Backup, PgError> {
         if self.standby().is_some() {

@@ -53,8 +53,9 @@ pub trait WalSenderHost: Send + Sync {
     fn senders(&self) -> &WalSenders;
     /// A consistent copy of the node for `BASE_BACKUP`.
     fn base_backup(&self) -> Result<Backup, PgError>;
-    /// The copy went out whole.
-    fn base_backup_sent(&self);
+    /// The copy went out whole (as far as this server can tell: into the
+    /// socket).
+    fn base_backup_sent(&self, backup: &Backup);
 }
 
 /// What `BASE_BACKUP` sends: files (paths relative to the data directory)
@@ -291,7 +292,7 @@ fn run_command(
                 )
             })?;
             info!(start = %backup.start, end = %backup.end, files = backup.files.len(), "base backup sent");
-            host.base_backup_sent();
+            host.base_backup_sent(&backup);
         }
         ReplicationCommand::StartReplication {
             slot,
