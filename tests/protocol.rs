@@ -165,6 +165,58 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(sqlstate(&answer).as_deref(), Some("2201W"));
+
+    // A limit reached exactly suspends the portal (the next Execute ends
+    // it with no row), as PostgreSQL does.
+    let mut s = startup_packet(&[("user", "tester")]);
+    s.extend(msg(b'P', b"\0SELECT key FROM kv ORDER BY key\0\0\0"));
+    s.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    s.extend(msg(b'E', b"\0\0\0\0\x03"));
+    s.extend(msg(b'E', b"\0\0\0\0\x03"));
+    s.extend(msg(b'S', b""));
+    s.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &s);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.windows(5).any(|w| w == b"s\0\0\0\x04"), "{text}");
+    assert!(text.contains("SELECT 0"), "{text}");
+
+    // Bind: a format code other than 0 or 1, a negative length other than
+    // -1 (NULL), bytes after its end; errors, and the session goes on.
+    for (bind, want) in [
+        (msg(b'B', b"\0\0\0\x01\0\x07\0\0\0\0"), "22023"),
+        (msg(b'B', b"\0\0\0\0\0\0\0\0junk"), "08P01"),
+    ] {
+        let mut s = startup_packet(&[("user", "tester")]);
+        s.extend(msg(b'P', b"\0SELECT key FROM kv\0\0\0"));
+        s.extend(bind);
+        s.extend(msg(b'S', b""));
+        s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
+        s.extend(msg(b'X', b""));
+        let answer = exchange(node.port, &s);
+        assert_eq!(sqlstate(&answer).as_deref(), Some(want));
+        assert!(has_row(&answer, b"f"));
+    }
+    let mut s = startup_packet(&[("user", "tester")]);
+    s.extend(msg(b'P', b"\0SELECT value FROM kv WHERE key = $1\0\0\0"));
+    s.extend(msg(b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"));
+    s.extend(msg(b'S', b""));
+    s.extend(msg(b'X', b""));
+    assert_eq!(sqlstate(&exchange(node.port, &s)).as_deref(), Some("08P01"));
+
+    // COMMIT in an implicit block: it commits, with PostgreSQL's warning.
+    let mut s = startup_packet(&[("user", "tester")]);
+    s.extend(msg(b'Q', b"INSERT INTO kv VALUES ('w', '1'); COMMIT\0"));
+    s.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &s);
+    assert!(
+        answer.windows(6).any(|w| w == b"C25P01"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        node.query_one("SELECT count(*) FROM kv WHERE key = 'w'"),
+        "1"
+    );
 }
 
 #[test]

@@ -639,7 +639,9 @@ fn run(
                 };
                 let n = send_result(&mut out, res, &portal.formats, portal.sent, max_rows, false);
                 portal.sent += n;
-                if max_rows > 0 && portal.sent < res.rows.len() {
+                // As PostgreSQL: a limit reached is a suspended portal, even
+                // with no row left (the next Execute then ends it).
+                if max_rows > 0 && (portal.sent < res.rows.len() || n == max_rows) {
                     out.portal_suspended();
                 } else if max_rows > 0 && res.tag.starts_with("SELECT ") {
                     // The rows of this Execute, as PostgreSQL counts them.
@@ -788,6 +790,12 @@ fn bind(
     for _ in 0..nfmt {
         param_formats.push(c.i16().map_err(pe)?);
     }
+    if let Some(f) = param_formats.iter().find(|f| !matches!(f, 0 | 1)) {
+        return Err(PgError::new(
+            code::INVALID_PARAMETER_VALUE,
+            format!("unsupported format code: {f}"),
+        ));
+    }
     let n = c.count16().map_err(pe)?;
     if n != prepared.param_types.len() {
         return Err(PgError::new(
@@ -798,9 +806,15 @@ fn bind(
     let mut params = Vec::with_capacity(n);
     for i in 0..n {
         let len = c.i32().map_err(pe)?;
-        if len < 0 {
+        if len == -1 {
             params.push(None);
             continue;
+        }
+        if len < 0 {
+            return Err(PgError::new(
+                code::PROTOCOL_VIOLATION,
+                format!("invalid length {len} of parameter ${}", i + 1),
+            ));
         }
         let raw = c.bytes(len as usize).map_err(pe)?;
         let binary = format_of(&param_formats, i) == 1;
@@ -811,10 +825,16 @@ fn bind(
     for _ in 0..nres {
         formats.push(c.i16().map_err(pe)?);
     }
-    if formats.iter().any(|f| !matches!(f, 0 | 1)) {
+    if let Some(f) = formats.iter().find(|f| !matches!(f, 0 | 1)) {
+        return Err(PgError::new(
+            code::INVALID_PARAMETER_VALUE,
+            format!("unsupported format code: {f}"),
+        ));
+    }
+    if !c.is_empty() {
         return Err(PgError::new(
             code::PROTOCOL_VIOLATION,
-            "unsupported result format code",
+            "invalid message format: bytes after the end of Bind",
         ));
     }
     portals.insert(

@@ -542,12 +542,38 @@ impl Session {
     /// (a synchronous commit's warning) for the client; the error is the
     /// commit's.
     pub fn end_implicit(&mut self) -> Result<Vec<PgError>, PgError> {
-        if !self.txn.as_ref().is_some_and(|t| t.implicit) {
+        let Some(txn) = self.txn.take_if(|t| t.implicit) else {
             return Ok(Vec::new());
-        }
-        let ended = self.run(&Statement::Commit { chain: false }, &[]);
+        };
+        let ended = self.end_block(txn, true, false);
         let notices = std::mem::take(&mut self.notices);
         ended.map(|_| notices)
+    }
+
+    /// Ends the block `txn` (taken out of the session): COMMIT (`commit`,
+    /// unless it failed) or ROLLBACK, then with `chain` a new block like it.
+    fn end_block(&mut self, txn: Txn, commit: bool, chain: bool) -> Result<QueryResult, PgError> {
+        let tag = |t: &str| QueryResult {
+            tag: t.into(),
+            ..Default::default()
+        };
+        let read_only = txn.read_only;
+        let ended = if !commit || txn.failed {
+            self.settings = txn.saved;
+            Ok(tag("ROLLBACK"))
+        } else {
+            // The block's settings (SET LOCAL too) rule its commit; then
+            // its SET LOCALs end, and a failed commit is a rollback, which
+            // ends its SETs as well.
+            let (saved, kept) = (txn.saved.clone(), txn.kept.clone());
+            let committed = self.commit_block(txn);
+            self.settings = if committed.is_ok() { kept } else { saved };
+            committed.map(|()| tag("COMMIT"))
+        };
+        if chain {
+            self.txn = Some(self.new_txn(read_only, false));
+        }
+        ended
     }
 
     /// COMMIT of a block that did not fail: its role changes or its rows,
@@ -720,23 +746,15 @@ impl Session {
                         return Ok(tag(what));
                     }
                 };
-                let read_only = txn.read_only;
-                let ended = if !commit || txn.failed {
-                    self.settings = txn.saved;
-                    Ok(tag("ROLLBACK"))
-                } else {
-                    // The block's settings (SET LOCAL too) rule its commit;
-                    // then its SET LOCALs end, and a failed commit is a
-                    // rollback, which ends its SETs as well.
-                    let (saved, kept) = (txn.saved.clone(), txn.kept.clone());
-                    let committed = self.commit_block(txn);
-                    self.settings = if committed.is_ok() { kept } else { saved };
-                    committed.map(|()| tag("COMMIT"))
-                };
-                if *chain {
-                    self.txn = Some(self.new_txn(read_only, false));
+                // In an implicit block: it ends, with PostgreSQL's warning
+                // that no BEGIN began it.
+                if txn.implicit {
+                    self.notices.push(PgError::new(
+                        code::NO_ACTIVE_TRANSACTION,
+                        "there is no transaction in progress",
+                    ));
                 }
-                ended
+                self.end_block(txn, commit, *chain)
             }
             Statement::Insert { rows, on_conflict } => self.insert(rows, *on_conflict, params),
             Statement::Update { key, value } => {

@@ -967,7 +967,7 @@ fn check_table_name(name: &ObjectName) -> Result<(), PgError> {
         [s, t] if (s == "public") && t == "kv" => Ok(()),
         _ => Err(PgError::new(
             code::UNDEFINED_TABLE,
-            format!("relation \"{name}\" does not exist"),
+            format!("relation \"{}\" does not exist", parts.join(".")),
         )
         .with_hint("walship has one table: kv (key text primary key, value text)")),
     }
