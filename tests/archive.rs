@@ -929,6 +929,11 @@ fn an_archive_the_user_cannot_search_is_said_to_be_unreadable_not_missing() {
     let mut perm = std::fs::metadata(adir.path()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o700);
     std::fs::set_permissions(adir.path(), perm).unwrap();
+    // A place postgres may write, holding a copy of the segment it may read.
+    let mine = tempfile::tempdir_in("/tmp").unwrap();
+    let mut perm = std::fs::metadata(mine.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o777);
+    std::fs::set_permissions(mine.path(), perm).unwrap();
     let out = common::pg_command(&exe)
         .args([
             "restore",
@@ -936,7 +941,7 @@ fn an_archive_the_user_cannot_search_is_said_to_be_unreadable_not_missing() {
             adir.path().to_str().unwrap(),
             &segment,
         ])
-        .arg("/tmp/walship-denied-restore")
+        .arg(mine.path().join("restored"))
         .output()
         .unwrap();
     let said = stderr(&out);
@@ -948,6 +953,22 @@ fn an_archive_the_user_cannot_search_is_said_to_be_unreadable_not_missing() {
     );
     assert!(
         said.contains("ermission denied") && !said.contains("not a walship archive"),
+        "{said}"
+    );
+    // As archive_command: not "gone", however often it archived before.
+    let wal = mine.path().join("pg_wal");
+    std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+    std::fs::write(wal.join("archive_status").join("walship.archived"), "").unwrap();
+    std::fs::copy(node.dir.join("wal").join(&segment), wal.join(&segment)).unwrap();
+    let out = common::pg_command(&exe)
+        .args(["archive", "--archive", adir.path().to_str().unwrap()])
+        .arg(wal.join(&segment))
+        .output()
+        .unwrap();
+    let said = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("ermission denied") && !said.contains("is gone"),
         "{said}"
     );
 }

@@ -203,6 +203,19 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
     s.extend(msg(b'X', b""));
     assert_eq!(sqlstate(&exchange(node.port, &s)).as_deref(), Some("08P01"));
 
+    // A FunctionCall in a block fails the block, as any error does.
+    let mut s = startup_packet(&[("user", "tester")]);
+    s.extend(msg(b'Q', b"BEGIN\0"));
+    s.extend(msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]));
+    s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
+    s.extend(msg(b'X', b""));
+    let answer = exchange(node.port, &s);
+    assert!(
+        answer.windows(6).any(|w| w == b"C25P02"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
     // COMMIT in an implicit block: it commits, with PostgreSQL's warning.
     let mut s = startup_packet(&[("user", "tester")]);
     s.extend(msg(b'Q', b"INSERT INTO kv VALUES ('w', '1'); COMMIT\0"));

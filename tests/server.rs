@@ -333,6 +333,15 @@ fn reset_deallocate_and_discard_all_as_connection_poolers_use_them() {
     );
     let stmt = c.prepare("SELECT value FROM kv WHERE key = $1").unwrap();
     c.query(&stmt, &[&"k"]).unwrap();
+    // A failed block refuses DEALLOCATE, and keeps the statement.
+    c.batch_execute("BEGIN").unwrap();
+    c.batch_execute("SELECT nope FROM kv").unwrap_err();
+    assert_eq!(
+        code(&c.batch_execute("DEALLOCATE ALL").unwrap_err()),
+        "25P02"
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    c.query(&stmt, &[&"k"]).unwrap();
     c.batch_execute("DEALLOCATE ALL").unwrap();
     assert_eq!(code(&c.query(&stmt, &[&"k"]).unwrap_err()), "26000");
     c.batch_execute("SET synchronous_commit = off").unwrap();
@@ -365,13 +374,14 @@ fn a_left_out_or_default_value_is_null_which_kv_does_not_hold() {
         ),
         "23502"
     );
-    assert_eq!(
-        code(
-            &c.batch_execute("INSERT INTO kv VALUES ('h', 'v', 'w')")
-                .unwrap_err()
-        ),
-        "42601"
-    );
+    for sql in [
+        "INSERT INTO kv VALUES ('h', 'v', 'w')",
+        // Fewer values than the columns it names, rows of two lengths.
+        "INSERT INTO kv (key, value) VALUES ('h')",
+        "INSERT INTO kv VALUES ('a', '1'), ('h')",
+    ] {
+        assert_eq!(code(&c.batch_execute(sql).unwrap_err()), "42601", "{sql}");
+    }
 }
 
 #[test]

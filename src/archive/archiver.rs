@@ -42,7 +42,7 @@ pub enum ArchiverError {
     #[error("archive {} is gone (no {IDENTITY} file), yet this node has archived before (last {last}): the archive was removed, its file system is not mounted, or --archive names another directory than before. Mount it again; if it is lost for good, start a new one with --create and take a new base backup (the new archive begins with a gap)", dir.display())]
     Vanished { dir: PathBuf, last: String },
     /// As `Vanished`, for one file given by path (archive_command).
-    #[error("archive {} is gone (no {IDENTITY} file), yet this cluster has archived before ({} holds .done marks): the archive was removed, its file system is not mounted, or the command names another directory than before. Mount it again; if it is lost for good, run the command once by hand with --create to start a new one, and take a new base backup (the new archive begins with a gap)", dir.display(), status.display())]
+    #[error("archive {} is gone (no {IDENTITY} file), yet this cluster has archived before ({} holds its marks): the archive was removed, its file system is not mounted, or the command names another directory than before. Mount it again; if it is lost for good, run the command once by hand with --create to start a new one, and take a new base backup (the new archive begins with a gap)", dir.display(), status.display())]
     VanishedUnderCommand { dir: PathBuf, status: PathBuf },
     /// The archive was removed and made again while this archiver ran:
     /// its lock no longer keeps another archiver out.
@@ -217,7 +217,7 @@ impl Archiver {
         let dir = DataDir::new(data_dir);
         dir.check()?;
         let control = ControlFile::read(&dir.control())?;
-        if !create && !archive_dir.join(IDENTITY).exists() {
+        if !create && !Archive::identity_exists(archive_dir)? {
             if let Some(last) = ArchiverStats::read(data_dir).last_archived_wal {
                 return Err(ArchiverError::Vanished {
                     dir: archive_dir.to_path_buf(),
@@ -414,7 +414,7 @@ impl Archiver {
     /// or its file system unmounted) rather than writing into nothing.
     fn check_present(&self, stats: &ArchiverStats) -> Result<(), ArchiverError> {
         let dir = &self.archive.dir;
-        if !dir.join(IDENTITY).exists() {
+        if !Archive::identity_exists(dir)? {
             return Err(ArchiverError::Vanished {
                 dir: dir.clone(),
                 last: stats.last_archived_wal.clone().unwrap_or_default(),
@@ -549,7 +549,7 @@ pub fn archive_file(
             .ok_or_else(|| invalid("its first page has no long header".into()))?;
         let size =
             SegmentSize::new(u64::from(long.seg_size)).map_err(|e| invalid(e.to_string()))?;
-        if !create && !archive_dir.join(IDENTITY).exists() {
+        if !create && !Archive::identity_exists(archive_dir)? {
             let status = status_dir_of(path);
             // PostgreSQL removes `.done` marks with the segments it
             // recycles, so this command leaves a mark of its own too.

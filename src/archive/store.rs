@@ -264,7 +264,7 @@ impl Archive {
     /// be searched (its permissions) is an error that says so, not "no
     /// archive": that would send an operator looking for a missing archive,
     /// or have one made anew in its place.
-    fn identity_exists(dir: &Path) -> Result<bool, FileError> {
+    pub fn identity_exists(dir: &Path) -> Result<bool, FileError> {
         let path = dir.join(IDENTITY);
         path.try_exists()
             .map_err(|e| FileError::new("look for", &path, e))

@@ -25,17 +25,31 @@ use crate::wal::SegmentSize;
 
 const ALARM_EVERY: Duration = Duration::from_secs(60);
 
-/// The file in the data directory that names the first segment given up,
-/// while the archive has that gap.
+/// The file in the data directory that names the first and the last
+/// segment given up (a line each), while the archive has that gap.
 pub const GAP_FILE: &str = "archive_gap";
+
+/// Segments given up: the archive cannot restore across them.
+struct Gap {
+    first: String,
+    last: String,
+    /// When the alarm last sounded.
+    said: Instant,
+}
+
+impl Gap {
+    fn record(&self, data_dir: &Path) -> Result<(), crate::durable::FileError> {
+        let text = format!("{}\n{}\n", self.first, self.last);
+        crate::durable::replace_file(&data_dir.join(GAP_FILE), text.as_bytes())
+    }
+}
 
 #[derive(Default)]
 struct State {
     backlog: Backlog,
     /// The refusal in force, if writes are refused.
     refusal: Option<String>,
-    /// The first segment given up, and when the alarm last sounded.
-    gap: Option<(String, Instant)>,
+    gap: Option<Gap>,
 }
 
 /// See the module documentation.
@@ -45,42 +59,39 @@ pub struct ArchiveWatch {
 }
 
 impl ArchiveWatch {
-    /// The watch of the node in `data_dir`, with the gap it remembers. A
-    /// standby has no archive of its own to alarm about (its primary
-    /// archives); the file stays, and its next start as a primary raises
-    /// the alarm again.
+    /// The watch of the node in `data_dir`, with the gap it remembers
+    /// (a standby's is kept, not sounded: its primary archives).
     pub fn load(data_dir: &Path, standby: bool) -> ArchiveWatch {
-        let gap = std::fs::read_to_string(data_dir.join(GAP_FILE))
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty() && !standby);
-        if let Some(first) = &gap {
-            error!("ARCHIVE CONTINUITY LOST since {first}: the archive cannot restore past it; take a new base backup");
+        let text = std::fs::read_to_string(data_dir.join(GAP_FILE)).unwrap_or_default();
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let gap = lines.next().map(|first| Gap {
+            first: first.to_string(),
+            last: lines.next().unwrap_or(first).to_string(),
+            said: Instant::now(),
+        });
+        if let Some(g) = gap.as_ref().filter(|_| !standby) {
+            error!("ARCHIVE CONTINUITY LOST since {}: the archive cannot restore past it; take a new base backup", g.first);
         }
         ArchiveWatch {
             state: Mutex::new(State {
-                gap: gap.map(|g| (g, Instant::now())),
+                gap,
                 ..State::default()
             }),
         }
     }
 
     /// A base backup starting in segment `start` was taken: the archive
-    /// restores from it, past a gap that began before it (one that began
-    /// since lies in the backup's own WAL, and stays).
+    /// restores from it, past a gap that ended before it (a segment given
+    /// up since it began lies in the backup's own WAL, and the gap stays).
     pub fn base_backup_taken(&self, data_dir: &Path, start: &str) {
         let mut state = self.lock();
-        if state
-            .gap
-            .as_ref()
-            .is_some_and(|(first, _)| first.as_str() >= start)
-        {
+        if state.gap.as_ref().is_some_and(|g| g.last.as_str() >= start) {
             return;
         }
-        if let Some((first, _)) = state.gap.take() {
+        if let Some(g) = state.gap.take() {
             match crate::durable::remove_file(&data_dir.join(GAP_FILE)) {
-                Ok(()) => info!("a base backup was taken after the archive gap since {first}: the archive restores from it again"),
-                Err(e) => warn!("could not forget the archive gap since {first}: {e}"),
+                Ok(()) => info!("a base backup was taken after the archive gap since {}: the archive restores from it again", g.first),
+                Err(e) => warn!("could not forget the archive gap since {}: {e}", g.first),
             }
         }
     }
@@ -118,18 +129,23 @@ impl ArchiveWatch {
                     };
                     // The gap is recorded before the segment is given up,
                     // so no crash between the two forgets it.
-                    if state.gap.is_none() {
-                        let file = wal_dir.parent().unwrap_or(wal_dir).join(GAP_FILE);
-                        if let Err(e) =
-                            crate::durable::replace_file(&file, format!("{oldest}\n").as_bytes())
-                        {
-                            error!(
-                                "could not record the archive gap in {}: {e}; nothing is given up",
-                                file.display()
-                            );
-                            break;
-                        }
-                        state.gap = Some((oldest.clone(), Instant::now()));
+                    let gap = match state.gap.take() {
+                        Some(g) => Gap {
+                            last: oldest.clone(),
+                            ..g
+                        },
+                        None => Gap {
+                            first: oldest.clone(),
+                            last: oldest.clone(),
+                            said: Instant::now(),
+                        },
+                    };
+                    let data_dir = wal_dir.parent().unwrap_or(wal_dir);
+                    let recorded = gap.record(data_dir);
+                    state.gap = Some(gap);
+                    if let Err(e) = recorded {
+                        error!("could not record the archive gap: {e}; nothing is given up");
+                        break;
                     }
                     if let Err(e) = mark_done(wal_dir, &oldest) {
                         error!("could not give up {oldest}: {e}");
@@ -149,10 +165,10 @@ impl ArchiveWatch {
                 }
             }
         }
-        if let Some((first, last_alarm)) = &mut state.gap {
-            if last_alarm.elapsed() >= ALARM_EVERY {
-                error!("ARCHIVE CONTINUITY LOST since {first}: the archive cannot restore past it; take a new base backup");
-                *last_alarm = Instant::now();
+        if let Some(g) = &mut state.gap {
+            if g.said.elapsed() >= ALARM_EVERY {
+                error!("ARCHIVE CONTINUITY LOST since {}: the archive cannot restore past it; take a new base backup", g.first);
+                g.said = Instant::now();
             }
         }
         state.backlog = b;
@@ -172,7 +188,7 @@ impl ArchiveWatch {
 
     /// The first segment given up, if the archive has a gap.
     pub fn gap(&self) -> Option<String> {
-        self.lock().gap.as_ref().map(|(g, _)| g.clone())
+        self.lock().gap.as_ref().map(|g| g.first.clone())
     }
 }
 
@@ -183,12 +199,20 @@ mod tests {
     #[test]
     fn a_gap_is_remembered_and_forgotten_only_for_a_backup_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(GAP_FILE), "000000010000000000000005\n").unwrap();
-        assert_eq!(ArchiveWatch::load(dir.path(), true).gap(), None);
+        std::fs::write(
+            dir.path().join(GAP_FILE),
+            "000000010000000000000003\n000000010000000000000005\n",
+        )
+        .unwrap();
+        let on_standby = ArchiveWatch::load(dir.path(), true);
+        assert_eq!(
+            on_standby.gap().as_deref(),
+            Some("000000010000000000000003")
+        );
         let watch = ArchiveWatch::load(dir.path(), false);
-        assert_eq!(watch.gap().as_deref(), Some("000000010000000000000005"));
-        // A backup that began before the gap, or in its first segment,
-        // needs the WAL the gap lacks.
+        assert_eq!(watch.gap().as_deref(), Some("000000010000000000000003"));
+        // A backup that began before the gap ended, or in its last
+        // segment, needs the WAL the gap lacks.
         for start in ["000000010000000000000004", "000000010000000000000005"] {
             watch.base_backup_taken(dir.path(), start);
             assert!(watch.gap().is_some(), "{start}");

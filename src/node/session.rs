@@ -625,8 +625,10 @@ fn run(
                             "send it with the simple query protocol, as connection poolers do",
                         ));
                     }
-                    deallocate(stmt, &mut statements)?;
-                    match session.execute(stmt, &portal.params) {
+                    match session
+                        .execute(stmt, &portal.params)
+                        .and_then(|r| deallocate(stmt, &mut statements).map(|()| r))
+                    {
                         Ok(res) => portal.result = Some(res),
                         Err(e) => {
                             session.fail_transaction();
@@ -685,6 +687,7 @@ fn run(
             // A FunctionCall is a cycle of its own, like a query: an
             // error, then ReadyForQuery.
             b'F' => {
+                session.fail_transaction();
                 out.error(
                     &PgError::new(
                         code::FEATURE_NOT_SUPPORTED,
@@ -908,8 +911,11 @@ fn simple_query(
         session.begin_implicit();
     }
     for (i, stmt) in parsed.iter().enumerate() {
-        let ran = deallocate(stmt, statements)
-            .and_then(|()| session.execute(stmt, &[]))
+        // The session first (a failed block refuses even DEALLOCATE), then
+        // the connection's prepared statements.
+        let ran = session
+            .execute(stmt, &[])
+            .and_then(|r| deallocate(stmt, statements).map(|()| r))
             .inspect(|_| {
                 if *stmt == Statement::DiscardAll {
                     statements.clear();

@@ -331,7 +331,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, PgError> {
     }
     let pieces = split_statements(sql);
     let own: Vec<_> = pieces.iter().map(|p| own_command(p)).collect();
-    if own.iter().all(Option::is_none) && !names("show") {
+    if own.iter().all(Option::is_none) && !(pieces.len() > 1 && names("show")) {
         return parse_sql(sql);
     }
     let mut statements = Vec::new();
@@ -376,7 +376,7 @@ fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
             )),
             n if n.eq_ignore_ascii_case("all") => Ok(Statement::Reset { name: None }),
             n => Ok(Statement::Reset {
-                name: Some(n.trim_matches('"').to_ascii_lowercase()),
+                name: Some(folded(n)),
             }),
         });
     }
@@ -390,7 +390,7 @@ fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
             )),
             n if n.eq_ignore_ascii_case("all") => Ok(Statement::Deallocate { name: None }),
             n => Ok(Statement::Deallocate {
-                name: Some(n.trim_matches('"').to_string()),
+                name: Some(folded(n)),
             }),
         });
     }
@@ -607,6 +607,15 @@ fn strip_words<'a>(s: &'a str, words: &[&str]) -> Option<&'a str> {
         rest = &t[w.len()..];
     }
     Some(rest)
+}
+
+/// A name as PostgreSQL reads it: quoted, exactly what it says; else in
+/// lower case.
+fn folded(name: &str) -> String {
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => name.to_ascii_lowercase(),
+    }
 }
 
 /// The rest of `WAIT FOR LSN`: `'X/X' [WITH (TIMEOUT 'duration' | ms)]`.
@@ -1200,11 +1209,26 @@ fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
         return Err(unsupported("INSERT … SELECT"));
     };
     let mut rows = Vec::with_capacity(values.rows.len());
+    let width = values.rows.first().map_or(0, Vec::len);
     for row in &values.rows {
+        if row.len() != width {
+            return Err(PgError::new(
+                code::SYNTAX_ERROR,
+                "VALUES lists must all be the same length",
+            ));
+        }
         if row.len() > order.len() {
             return Err(PgError::new(
                 code::SYNTAX_ERROR,
                 "INSERT has more expressions than target columns",
+            ));
+        }
+        // Fewer values than columns named is an error; with no column
+        // list, the columns left out get their defaults.
+        if row.len() < order.len() && !insert.columns.is_empty() {
+            return Err(PgError::new(
+                code::SYNTAX_ERROR,
+                "INSERT has more target columns than expressions",
             ));
         }
         // A column left out, or given as DEFAULT, gets its default: NULL,
