@@ -87,6 +87,16 @@ fn settings_sent_as_startup_parameters_are_made_as_set_makes_them() {
     );
 }
 
+/// A login, then `messages`, then Terminate.
+fn login_then(messages: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut s = startup_packet(&[("user", "tester")]);
+    for m in messages {
+        s.extend(m);
+    }
+    s.extend(msg(b'X', b""));
+    s
+}
+
 /// Whether `bytes` holds a DataRow of one column whose text is `value`.
 fn has_row(bytes: &[u8], value: &[u8]) -> bool {
     let mut row = vec![b'D'];
@@ -125,13 +135,13 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
     assert!(has_row(&answer, b"f"));
     // A bad Describe is an error up to Sync; COPY data outside COPY is
     // ignored; a FunctionCall is refused; the session goes on each time.
-    let mut s = startup_packet(&[("user", "tester")]);
-    s.extend(msg(b'D', b"X\0"));
-    s.extend(msg(b'S', b""));
-    s.extend(msg(b'd', b"stray"));
-    s.extend(msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]));
-    s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
-    s.extend(msg(b'X', b""));
+    let s = login_then(vec![
+        msg(b'D', b"X\0"),
+        msg(b'S', b""),
+        msg(b'd', b"stray"),
+        msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+        msg(b'Q', b"SELECT pg_is_in_recovery()\0"),
+    ]);
     let answer = exchange(node.port, &s);
     assert_eq!(sqlstate(&answer).as_deref(), Some("08P01"));
     assert!(
@@ -150,15 +160,19 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
     node.client()
         .batch_execute("INSERT INTO kv VALUES ('a', '1'), ('b', '2'), ('c', '3')")
         .unwrap();
-    let mut s = startup_packet(&[("user", "tester")]);
-    s.extend(msg(b'P', b"\0SELECT key FROM kv ORDER BY key\0\0\0"));
-    s.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    s.extend(msg(b'E', b"\0\0\0\0\x02"));
-    s.extend(msg(b'E', b"\0\0\0\0\x02"));
-    s.extend(msg(b'S', b""));
-    s.extend(msg(b'Q', b"SELECT key FROM kv LIMIT -1\0"));
-    s.extend(msg(b'X', b""));
-    let answer = exchange(node.port, &s);
+    // The three keys, `limit` rows per Execute, twice.
+    let fetching = |limit: u8| {
+        vec![
+            msg(b'P', b"\0SELECT key FROM kv ORDER BY key\0\0\0"),
+            msg(b'B', b"\0\0\0\0\0\0\0\0"),
+            msg(b'E', &[0, 0, 0, 0, limit]),
+            msg(b'E', &[0, 0, 0, 0, limit]),
+            msg(b'S', b""),
+        ]
+    };
+    let mut messages = fetching(2);
+    messages.push(msg(b'Q', b"SELECT key FROM kv LIMIT -1\0"));
+    let answer = exchange(node.port, &login_then(messages));
     assert!(
         answer.windows(9).any(|w| w == b"SELECT 1\0"),
         "{}",
@@ -168,14 +182,7 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
 
     // A limit reached exactly suspends the portal (the next Execute ends
     // it with no row), as PostgreSQL does.
-    let mut s = startup_packet(&[("user", "tester")]);
-    s.extend(msg(b'P', b"\0SELECT key FROM kv ORDER BY key\0\0\0"));
-    s.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-    s.extend(msg(b'E', b"\0\0\0\0\x03"));
-    s.extend(msg(b'E', b"\0\0\0\0\x03"));
-    s.extend(msg(b'S', b""));
-    s.extend(msg(b'X', b""));
-    let answer = exchange(node.port, &s);
+    let answer = exchange(node.port, &login_then(fetching(3)));
     let text = String::from_utf8_lossy(&answer).into_owned();
     assert!(answer.windows(5).any(|w| w == b"s\0\0\0\x04"), "{text}");
     assert!(text.contains("SELECT 0"), "{text}");
@@ -186,29 +193,29 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
         (msg(b'B', b"\0\0\0\x01\0\x07\0\0\0\0"), "22023"),
         (msg(b'B', b"\0\0\0\0\0\0\0\0junk"), "08P01"),
     ] {
-        let mut s = startup_packet(&[("user", "tester")]);
-        s.extend(msg(b'P', b"\0SELECT key FROM kv\0\0\0"));
-        s.extend(bind);
-        s.extend(msg(b'S', b""));
-        s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
-        s.extend(msg(b'X', b""));
+        let s = login_then(vec![
+            msg(b'P', b"\0SELECT key FROM kv\0\0\0"),
+            bind,
+            msg(b'S', b""),
+            msg(b'Q', b"SELECT pg_is_in_recovery()\0"),
+        ]);
         let answer = exchange(node.port, &s);
         assert_eq!(sqlstate(&answer).as_deref(), Some(want));
         assert!(has_row(&answer, b"f"));
     }
-    let mut s = startup_packet(&[("user", "tester")]);
-    s.extend(msg(b'P', b"\0SELECT value FROM kv WHERE key = $1\0\0\0"));
-    s.extend(msg(b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"));
-    s.extend(msg(b'S', b""));
-    s.extend(msg(b'X', b""));
+    let s = login_then(vec![
+        msg(b'P', b"\0SELECT value FROM kv WHERE key = $1\0\0\0"),
+        msg(b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
+        msg(b'S', b""),
+    ]);
     assert_eq!(sqlstate(&exchange(node.port, &s)).as_deref(), Some("08P01"));
 
     // A FunctionCall in a block fails the block, as any error does.
-    let mut s = startup_packet(&[("user", "tester")]);
-    s.extend(msg(b'Q', b"BEGIN\0"));
-    s.extend(msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]));
-    s.extend(msg(b'Q', b"SELECT pg_is_in_recovery()\0"));
-    s.extend(msg(b'X', b""));
+    let s = login_then(vec![
+        msg(b'Q', b"BEGIN\0"),
+        msg(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+        msg(b'Q', b"SELECT pg_is_in_recovery()\0"),
+    ]);
     let answer = exchange(node.port, &s);
     assert!(
         answer.windows(6).any(|w| w == b"C25P02"),
@@ -217,9 +224,10 @@ fn protocol_errors_a_session_survives_in_postgresqls_way() {
     );
 
     // COMMIT in an implicit block: it commits, with PostgreSQL's warning.
-    let mut s = startup_packet(&[("user", "tester")]);
-    s.extend(msg(b'Q', b"INSERT INTO kv VALUES ('w', '1'); COMMIT\0"));
-    s.extend(msg(b'X', b""));
+    let s = login_then(vec![msg(
+        b'Q',
+        b"INSERT INTO kv VALUES ('w', '1'); COMMIT\0",
+    )]);
     let answer = exchange(node.port, &s);
     assert!(
         answer.windows(6).any(|w| w == b"C25P01"),
