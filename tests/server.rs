@@ -305,6 +305,17 @@ fn aliases_name_columns_and_a_quoted_name_is_exact() {
         "42P01"
     );
     c.batch_execute("SELECT value FROM \"kv\"").unwrap();
+    // Column names too: quoted, exact; unquoted, folded.
+    c.batch_execute("SELECT VALUE FROM kv WHERE KEY = 'a'")
+        .unwrap();
+    c.batch_execute("SELECT \"value\" FROM kv").unwrap();
+    for sql in [
+        "SELECT \"VALUE\" FROM kv",
+        "INSERT INTO kv (\"KEY\", value) VALUES ('b', '2')",
+        "UPDATE kv SET \"Value\" = 'x' WHERE key = 'a'",
+    ] {
+        assert!(c.batch_execute(sql).is_err(), "{sql}");
+    }
 }
 
 #[test]

@@ -1071,8 +1071,9 @@ fn view_columns(view: SystemView, items: &[SelectItem]) -> Result<Vec<String>, P
     Ok(out)
 }
 
+/// A column's name, folded as PostgreSQL folds it (`"KEY"` is no column).
 fn column(name: &ObjectName) -> Result<Column, PgError> {
-    column_ident(&object_name(name))
+    column_ident(&name.0.last().map(ident_name).unwrap_or_default())
 }
 
 fn column_ident(name: &str) -> Result<Column, PgError> {
@@ -1089,10 +1090,10 @@ fn column_ident(name: &str) -> Result<Column, PgError> {
 
 fn column_of(e: &ast::Expr) -> Option<Column> {
     match e {
-        ast::Expr::Identifier(i) => column_ident(&i.value.to_ascii_lowercase()).ok(),
-        ast::Expr::CompoundIdentifier(parts) => parts
-            .last()
-            .and_then(|i| column_ident(&i.value.to_ascii_lowercase()).ok()),
+        ast::Expr::Identifier(i) => column_ident(&ident_name(i)).ok(),
+        ast::Expr::CompoundIdentifier(parts) => {
+            parts.last().and_then(|i| column_ident(&ident_name(i)).ok())
+        }
         _ => None,
     }
 }
@@ -1189,7 +1190,7 @@ fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
         insert
             .columns
             .iter()
-            .map(|c| column_ident(&c.value.to_ascii_lowercase()))
+            .map(|c| column_ident(&ident_name(c)))
             .collect::<Result<_, _>>()?
     };
     let key_at = order
