@@ -150,9 +150,24 @@ fn damage_conflicts_and_other_systems_are_refused_and_nothing_is_overwritten() {
         node.query_one("SELECT failed_count FROM pg_stat_archiver"),
         "2"
     );
+    // The failure under way shows, until a success follows it.
+    let failing = || -> Option<String> {
+        node.client()
+            .query_one("SELECT current_failure FROM pg_stat_archiver", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert!(failing().is_some_and(|why| why.contains("refusing to archive")));
+    let status = common::walship(&["status", "--from", &node.conninfo()]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("FAILING: "),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
     std::fs::write(&seg, &good).unwrap();
     let out = archive(adir.path(), &node, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(failing(), None);
 
     // Another system's node may not archive here.
     let mut other = Node::init("archive_mode = on");
@@ -301,6 +316,15 @@ fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured
     assert_eq!(
         node.query_one("SELECT backlog_segments FROM pg_stat_archiver"),
         "4"
+    );
+    assert!(node
+        .query_one("SELECT writes_refused FROM pg_stat_archiver")
+        .contains("archive_backlog_limit"));
+    let status = common::walship(&["status", "--from", &node.conninfo()]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("WRITES REFUSED: "),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
     );
     // Reads go on; the archiver catches up and writes return.
     assert_eq!(

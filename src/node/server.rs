@@ -313,6 +313,11 @@ impl Node {
         self.archive_watch.gap()
     }
 
+    /// Why writes are refused for the archive backlog, if they are.
+    pub fn archive_refusal(&self) -> Option<String> {
+        self.archive_watch.refusal().map(|e| e.message)
+    }
+
     /// The walreceiver's status, on a standby.
     pub fn receiver_snapshot(&self) -> Option<ReceiverStatus> {
         self.standby_state.as_ref().map(|s| s.receiver().clone())

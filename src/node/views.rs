@@ -86,6 +86,11 @@ impl Node {
             SystemView::StatArchiver => {
                 let stats = ArchiverStats::read(&self.data_dir());
                 let backlog = self.archive_backlog();
+                // Why archiving fails, while no success came after.
+                let current_failure = stats
+                    .last_failure
+                    .clone()
+                    .filter(|_| stats.last_failed_time >= stats.last_archived_time);
                 vec![vec![
                     Some(Value::Int(stats.archived_count as i64)),
                     stats.last_archived_wal.map(Value::Text),
@@ -99,6 +104,8 @@ impl Node {
                     backlog.oldest_age.map(Value::Interval),
                     self.archive_gap().map(Value::Text),
                     backlog.oldest.map(Value::Text),
+                    current_failure.map(Value::Text),
+                    self.archive_refusal().map(Value::Text),
                 ]]
             }
             SystemView::ReplicationSlots => {

@@ -73,7 +73,7 @@ pub fn fetch(from: &ConnInfo) -> Result<Status, ClientError> {
     )?;
     json["standbys"] = Value::Array(objects(&standbys));
     let archiver = client.query(
-        "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, backlog_segments, backlog_bytes, oldest_backlog_age, oldest_backlog_wal, archive_gap_since FROM pg_stat_archiver",
+        "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, backlog_segments, backlog_bytes, oldest_backlog_age, oldest_backlog_wal, archive_gap_since, current_failure, writes_refused FROM pg_stat_archiver",
     )?;
     json["archiver"] = objects(&archiver).into_iter().next().unwrap_or(Value::Null);
     client.close();
@@ -153,6 +153,12 @@ impl Status {
             ));
             if let Some(gap) = a["archive_gap_since"].as_str() {
                 out.push_str(&format!("archiver:  ARCHIVE CONTINUITY LOST since {gap}\n"));
+            }
+            if let Some(why) = a["current_failure"].as_str() {
+                out.push_str(&format!("archiver:  FAILING: {why}\n"));
+            }
+            if let Some(why) = a["writes_refused"].as_str() {
+                out.push_str(&format!("archiver:  WRITES REFUSED: {why}\n"));
             }
         }
         let standbys = j["standbys"].as_array().cloned().unwrap_or_default();

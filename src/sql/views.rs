@@ -119,6 +119,11 @@ impl SystemView {
                 ("oldest_backlog_age", oid::INTERVAL),
                 ("archive_gap_since", oid::TEXT),
                 ("oldest_backlog_wal", oid::TEXT),
+                // Why the archiver fails (its last failure, while no
+                // success came after), and why writes are refused
+                // (archive_backlog_policy = refuse_writes), if they are.
+                ("current_failure", oid::TEXT),
+                ("writes_refused", oid::TEXT),
             ],
         }
     }
