@@ -209,7 +209,6 @@ pub fn rename(from: &Path, to: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Removes a file and makes the removal durable. A file already gone is fine.
 /// Removes the temporaries (`.NAME.tmp.PID`) that writers of the files
 /// `ours(NAME)` names in `dir`, killed part-way, left behind; returns how
 /// many. Only for a caller that keeps every other writer of those files
@@ -235,6 +234,7 @@ pub fn remove_stale_temporaries(
     Ok(removed)
 }
 
+/// Removes a file and makes the removal durable. A file already gone is fine.
 pub fn remove_file(path: &Path) -> Result<(), FileError> {
     match fs::remove_file(path) {
         Ok(()) => fsync_dir(parent_of(path)),

@@ -37,22 +37,15 @@ impl std::fmt::Display for Unreadable {
 /// archive holds neither; an error when `epoch` is there but unreadable or
 /// not a number: fencing must never fail open on a damaged file.
 pub fn highest(adir: &Path) -> Result<Option<Epoch>, Unreadable> {
-    let path = adir.join(HIGHEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(highest_claim(adir)),
-        Err(e) => {
+    let recorded = match recorded(adir) {
+        Ok(Some(recorded)) => recorded,
+        Ok(None) => return Ok(highest_claim(adir)),
+        Err(why) => {
             return Err(Unreadable {
-                why: format!("could not read {}: {e}", path.display()),
+                why,
                 claimed: highest_claim(adir),
             })
         }
-    };
-    let Ok(recorded) = text.trim().parse::<u64>() else {
-        return Err(Unreadable {
-            why: format!("{} holds {:?}, not an epoch", path.display(), text.trim()),
-            claimed: highest_claim(adir),
-        });
     };
     // Claims are made one above the highest known: probing upwards finds
     // one made after `epoch` was last written without listing the archive.
@@ -61,6 +54,25 @@ pub fn highest(adir: &Path) -> Result<Option<Epoch>, Unreadable> {
         n += 1;
     }
     Ok(Some(Epoch(n)))
+}
+
+/// The epoch `ADIR/epoch` records: `None` when there is no such file, why
+/// not when it cannot be read as one.
+fn recorded(adir: &Path) -> Result<Option<u64>, String> {
+    let path = adir.join(HIGHEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("could not read {}: {e}", path.display())),
+    };
+    match text.trim().parse::<u64>() {
+        Ok(epoch) => Ok(Some(epoch)),
+        Err(_) => Err(format!(
+            "{} holds {:?}, not an epoch",
+            path.display(),
+            text.trim()
+        )),
+    }
 }
 
 /// The highest `ADIR/epoch.N` claim, from a listing of the archive.
@@ -120,10 +132,8 @@ pub fn claim(adir: &Path, epoch: Epoch, node: &str, token: &str) -> Result<(), C
             claimant().split_whitespace().next().unwrap_or("an unknown node")
         )));
     }
-    let recorded = std::fs::read_to_string(adir.join(HIGHEST))
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok());
-    if recorded.is_none_or(|h| h < epoch.0) {
+    // (A damaged file was refused above, by `highest`.)
+    if recorded(adir).ok().flatten().is_none_or(|h| h < epoch.0) {
         durable::replace_file(&adir.join(HIGHEST), format!("{}\n", epoch.0).as_bytes())
             .map_err(|e| ClaimError::Failed(e.to_string()))?;
     }
