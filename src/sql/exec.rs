@@ -393,17 +393,15 @@ impl Session {
             .find(|(k, _)| k == "user")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
+        let settings = SessionSettings {
+            params,
+            synchronous_commit: None,
+        };
         Session {
             host,
             user,
-            settings: SessionSettings {
-                params: params.clone(),
-                synchronous_commit: None,
-            },
-            baseline: SessionSettings {
-                params,
-                synchronous_commit: None,
-            },
+            baseline: settings.clone(),
+            settings,
             txn: None,
             cancel: Arc::new(AtomicBool::new(false)),
             notices: Vec::new(),
@@ -727,34 +725,24 @@ impl Session {
             Statement::Commit { chain } | Statement::Rollback { chain } => {
                 let commit = matches!(stmt, Statement::Commit { .. });
                 let what = if commit { "COMMIT" } else { "ROLLBACK" };
-                let txn = match self.txn.take() {
-                    Some(t) if !(*chain && t.implicit) => t,
-                    open => {
-                        self.txn = open;
-                        if *chain {
-                            return Err(PgError::new(
-                                code::NO_ACTIVE_TRANSACTION,
-                                format!("{what} AND CHAIN can only be used in transaction blocks"),
-                            ));
-                        }
-                        if self.txn.is_none() {
-                            self.notices.push(PgError::new(
-                                code::NO_ACTIVE_TRANSACTION,
-                                "there is no transaction in progress",
-                            ));
-                        }
-                        return Ok(tag(what));
+                // No block, or an implicit one (which it ends): PostgreSQL's
+                // warning that no BEGIN began one, and no AND CHAIN.
+                if self.txn.as_ref().is_none_or(|t| t.implicit) {
+                    if *chain {
+                        return Err(PgError::new(
+                            code::NO_ACTIVE_TRANSACTION,
+                            format!("{what} AND CHAIN can only be used in transaction blocks"),
+                        ));
                     }
-                };
-                // In an implicit block: it ends, with PostgreSQL's warning
-                // that no BEGIN began it.
-                if txn.implicit {
                     self.notices.push(PgError::new(
                         code::NO_ACTIVE_TRANSACTION,
                         "there is no transaction in progress",
                     ));
                 }
-                self.end_block(txn, commit, *chain)
+                match self.txn.take() {
+                    Some(txn) => self.end_block(txn, commit, *chain),
+                    None => Ok(tag(what)),
+                }
             }
             Statement::Insert { rows, on_conflict } => self.insert(rows, *on_conflict, params),
             Statement::Update { key, value } => {
@@ -789,10 +777,7 @@ impl Session {
                     None => self.reset_all(),
                 };
                 for change in &changes {
-                    if let Some(t) = &mut self.txn {
-                        t.kept.apply(change);
-                    }
-                    self.settings.apply(change);
+                    self.apply_setting(change, false);
                 }
                 Ok(tag("RESET"))
             }
@@ -807,7 +792,7 @@ impl Session {
                     ));
                 }
                 for change in self.reset_all() {
-                    self.settings.apply(&change);
+                    self.apply_setting(&change, false);
                 }
                 Ok(tag("DISCARD ALL"))
             }
@@ -1373,13 +1358,19 @@ impl Session {
     /// undoes either, and its end undoes SET LOCAL, as in PostgreSQL.
     fn set(&mut self, name: &str, value: Option<&str>, local: bool) -> Result<(), PgError> {
         let change = self.setting_change(name, value)?;
+        self.apply_setting(&change, local);
+        Ok(())
+    }
+
+    /// Makes a checked SET (or RESET): in force now, and, unless `local`,
+    /// what the block's COMMIT keeps.
+    fn apply_setting(&mut self, change: &SettingChange, local: bool) {
         if let Some(t) = &mut self.txn {
             if !local {
-                t.kept.apply(&change);
+                t.kept.apply(change);
             }
         }
-        self.settings.apply(&change);
-        Ok(())
+        self.settings.apply(change);
     }
 
     /// RESET `name`: back to its value as the session began.
