@@ -66,6 +66,7 @@ pub mod code {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const UNIQUE_VIOLATION: &str = "23505";
     pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const DEADLOCK_DETECTED: &str = "40P01";
     pub const CARDINALITY_VIOLATION: &str = "21000";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const NOT_NULL_VIOLATION: &str = "23502";

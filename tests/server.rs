@@ -395,38 +395,79 @@ fn a_left_out_or_default_value_is_null_which_kv_does_not_hold() {
     }
 }
 
+/// Runs `sql` on `c` in a thread of its own, which must still be waiting
+/// after a while: a writer blocked by another block's row lock.
+fn blocked(
+    mut c: postgres::Client,
+    sql: &'static str,
+) -> std::thread::JoinHandle<(postgres::Client, Result<u64, postgres::Error>)> {
+    let waiting = std::thread::spawn(move || {
+        let r = c.execute(sql, &[]);
+        (c, r)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !waiting.is_finished(),
+        "{sql} did not wait for the block's lock"
+    );
+    waiting
+}
+
 #[test]
-fn a_block_never_undoes_another_sessions_acknowledged_write() {
+fn writers_of_a_key_a_block_wrote_wait_for_it_as_in_postgresql() {
     let mut node = Node::init("");
     node.start();
     let mut a = node.client();
-    let mut b = node.client();
+    let b = node.client();
     let value = |c: &mut postgres::Client, key: &str| -> Option<String> {
         c.query_opt("SELECT value FROM kv WHERE key = $1", &[&key])
             .unwrap()
             .map(|r| r.get(0))
     };
-    // A's DO NOTHING found the key absent; B inserts it meanwhile.
+    a.batch_execute("INSERT INTO kv VALUES ('u', 'old'), ('d', 'job'), ('c', '0')")
+        .unwrap();
+    // A's DO NOTHING inserted the key: B's plain INSERT waits, then finds it.
     a.batch_execute("BEGIN; INSERT INTO kv VALUES ('n', 'A') ON CONFLICT (key) DO NOTHING")
         .unwrap();
-    b.batch_execute("INSERT INTO kv VALUES ('n', 'B')").unwrap();
-    assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
-    assert_eq!(value(&mut b, "n").as_deref(), Some("B"));
-    // A's UPDATE found the row; B deletes it meanwhile.
-    b.batch_execute("INSERT INTO kv VALUES ('u', 'old')")
-        .unwrap();
+    let waiting = blocked(b, "INSERT INTO kv VALUES ('n', 'B')");
+    a.batch_execute("COMMIT").unwrap();
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(code(&r.unwrap_err()), "23505");
+    assert_eq!(value(&mut b, "n").as_deref(), Some("A"));
+    // A's UPDATE holds the row: B's DELETE waits, then deletes A's row.
     a.batch_execute("BEGIN; UPDATE kv SET value = 'A' WHERE key = 'u'")
         .unwrap();
-    b.batch_execute("DELETE FROM kv WHERE key = 'u'").unwrap();
-    assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
+    let waiting = blocked(b, "DELETE FROM kv WHERE key = 'u'");
+    a.batch_execute("COMMIT").unwrap();
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 1);
     assert_eq!(value(&mut b, "u"), None);
-    // Both delete the row: only one may say so.
-    b.batch_execute("INSERT INTO kv VALUES ('d', 'job')")
-        .unwrap();
+    // Both delete the row: only one says so.
     a.batch_execute("BEGIN; DELETE FROM kv WHERE key = 'd'")
         .unwrap();
-    assert_eq!(b.execute("DELETE FROM kv WHERE key = 'd'", &[]).unwrap(), 1);
-    assert_eq!(code(&a.batch_execute("COMMIT").unwrap_err()), "40001");
+    let waiting = blocked(b, "DELETE FROM kv WHERE key = 'd'");
+    a.batch_execute("COMMIT").unwrap();
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 0);
+    // Two blocks update one row: the second waits and commits after the
+    // first, with no serialization failure.
+    a.batch_execute("BEGIN; UPDATE kv SET value = 'A' WHERE key = 'c'")
+        .unwrap();
+    b.batch_execute("BEGIN").unwrap();
+    let waiting = blocked(b, "UPDATE kv SET value = 'B' WHERE key = 'c'");
+    a.batch_execute("COMMIT").unwrap();
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 1);
+    b.batch_execute("COMMIT").unwrap();
+    assert_eq!(value(&mut a, "c").as_deref(), Some("B"));
+    // A block that rolls back lets the waiting INSERT through.
+    a.batch_execute("BEGIN; INSERT INTO kv VALUES ('r', 'A')")
+        .unwrap();
+    let waiting = blocked(b, "INSERT INTO kv VALUES ('r', 'B')");
+    a.batch_execute("ROLLBACK").unwrap();
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(value(&mut b, "r").as_deref(), Some("B"));
     // What the block wrote itself, or what nobody touched, commits.
     a.batch_execute(
         "BEGIN; INSERT INTO kv VALUES ('m', '1'); UPDATE kv SET value = '2' WHERE key = 'm'; \
@@ -435,6 +476,57 @@ fn a_block_never_undoes_another_sessions_acknowledged_write() {
     .unwrap();
     assert_eq!(value(&mut b, "m").as_deref(), Some("2"));
     assert_eq!(value(&mut b, "n").as_deref(), Some("A"));
+}
+
+#[test]
+fn a_deadlock_fails_one_block_and_a_lock_wait_ends_on_cancel_or_disconnect() {
+    let mut node = Node::init("");
+    node.start();
+    let mut a = node.client();
+    let mut b = node.client();
+    a.batch_execute("INSERT INTO kv VALUES ('1', '0'), ('2', '0')")
+        .unwrap();
+    // A and B each hold a row and want the other's: the wait that closes
+    // the cycle fails at once, and aborting B frees its row for A before
+    // B's client says ROLLBACK.
+    a.batch_execute("BEGIN; UPDATE kv SET value = 'A' WHERE key = '1'")
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE kv SET value = 'B' WHERE key = '2'")
+        .unwrap();
+    let waiting = blocked(a, "UPDATE kv SET value = 'A' WHERE key = '2'");
+    let err = b
+        .batch_execute("UPDATE kv SET value = 'B' WHERE key = '1'")
+        .unwrap_err();
+    assert_eq!(code(&err), "40P01", "{err:?}");
+    let (mut a, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 1);
+    a.batch_execute("COMMIT").unwrap();
+    b.batch_execute("ROLLBACK").unwrap();
+    let values: Vec<String> = b
+        .query("SELECT value FROM kv ORDER BY key", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(values, ["A", "A"]);
+    // A CancelRequest ends a lock wait.
+    a.batch_execute("BEGIN; UPDATE kv SET value = 'x' WHERE key = '1'")
+        .unwrap();
+    let cancel = b.cancel_token();
+    let waiting = blocked(b, "UPDATE kv SET value = 'y' WHERE key = '1'");
+    cancel.cancel_query(postgres::NoTls).unwrap();
+    let (b, r) = waiting.join().unwrap();
+    assert_eq!(code(&r.unwrap_err()), "57014");
+    // A client that goes away in its block frees its rows.
+    let waiting = blocked(b, "UPDATE kv SET value = 'y' WHERE key = '1'");
+    drop(a);
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 1);
+    let v: String = b
+        .query_one("SELECT value FROM kv WHERE key = '1'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "y");
 }
 
 #[test]

@@ -37,6 +37,7 @@ use crate::replication::walreceiver::{self, ReceiverStatus, WalReceiverHost};
 use crate::replication::walsender::{Backup, WalSenderHost};
 use crate::sql::exec::{Host, Rights, Session, Value};
 use crate::sql::parse::RoleStatement;
+use crate::sql::row_locks::RowLocks;
 use crate::sql::views::SystemView;
 use crate::sqlstate::PgError;
 use crate::store::snapshot;
@@ -109,6 +110,8 @@ pub struct Node {
     /// [`Node::watch_archive_reachable`].
     archive_reach: Mutex<ArchiveReach>,
     db: Db,
+    /// Row locks of transaction blocks.
+    row_locks: Arc<RowLocks>,
     control: Mutex<ControlFile>,
     /// The control file's mock authentication nonce, which never changes:
     /// read without the control lock, so a login for a role that does not
@@ -1034,6 +1037,9 @@ impl Host for Node {
     fn db(&self) -> &Db {
         &self.db
     }
+    fn row_locks(&self) -> &Arc<RowLocks> {
+        &self.row_locks
+    }
     fn settings(&self) -> Arc<Settings> {
         Node::settings(self)
     }
@@ -1471,6 +1477,7 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         users_file_stale: AtomicBool::new(false),
         archive_reach: Mutex::new(ArchiveReach::default()),
         db: opened.db,
+        row_locks: Arc::default(),
         mock_auth_nonce: opened.control.mock_auth_nonce,
         control: Mutex::new(opened.control),
         epoch: Mutex::new(opened.epoch),

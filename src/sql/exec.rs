@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::parse::{
     Column, Expr, Filter, Func, OnConflict, Projection, RoleStatement, Select, Statement,
 };
+use super::row_locks::{LockSet, RowLocks};
 use super::views::SystemView;
 use crate::node::config::{Settings, SyncCommit};
 use crate::sqlstate::{code, PgError};
@@ -123,6 +124,7 @@ pub struct Rights {
 /// What the session needs of the node it runs on.
 pub trait Host: Send + Sync {
     fn db(&self) -> &Db;
+    fn row_locks(&self) -> &Arc<RowLocks>;
     /// The settings now in force (reloaded on SIGHUP).
     fn settings(&self) -> Arc<Settings>;
     fn in_recovery(&self) -> bool;
@@ -197,8 +199,9 @@ impl Drop for Held {
 }
 
 /// A transaction block's buffered writes.
-#[derive(Default)]
 struct Txn {
+    /// The keys it writes, locked until it ends (see [`super::row_locks`]).
+    locks: LockSet,
     /// Each key's newest value in this transaction (`None`: deleted).
     writes: BTreeMap<String, Option<String>>,
     ops: Vec<KvOp>,
@@ -207,11 +210,13 @@ struct Txn {
     must_be_absent: Vec<String>,
     /// What other buffered writes rest on, checked again at COMMIT: keys
     /// an UPDATE or DELETE found, and keys an INSERT … ON CONFLICT DO
-    /// NOTHING found absent. Should another session have deleted or inserted one since,
-    /// the block's write would undo that session's acknowledged one (bring
-    /// a deleted row back, overwrite an inserted one), so the commit fails
-    /// with a serialization failure instead. (PostgreSQL makes the other
-    /// session wait for the row instead; walship's blocks take no locks.)
+    /// NOTHING found absent. The block's locks make other writers wait,
+    /// but a statement outside a block that found a key unlocked just
+    /// before this block locked it may still commit after this block
+    /// decided: were it let through, the block's write would undo that
+    /// session's acknowledged one (bring a deleted row back, overwrite an
+    /// inserted one), so the commit fails with a serialization failure
+    /// instead.
     must_still_exist: Vec<String>,
     must_still_be_absent: Vec<String>,
     /// Role changes, made at COMMIT as one ROLES record. A block changes
@@ -503,7 +508,10 @@ impl Session {
     /// Marks the current transaction block failed (after any error in it).
     pub fn fail_transaction(&mut self) {
         if let Some(t) = &mut self.txn {
+            // Aborted now, as PostgreSQL aborts it: the rows it locked are
+            // free for others while the client has yet to say ROLLBACK.
             t.failed = true;
+            t.locks.release();
         }
     }
 
@@ -518,11 +526,28 @@ impl Session {
 
     fn new_txn(&self, read_only: bool, implicit: bool) -> Txn {
         Txn {
+            locks: self.host.row_locks().lock_set(),
+            writes: BTreeMap::new(),
+            ops: Vec::new(),
+            must_be_absent: Vec::new(),
+            must_still_exist: Vec::new(),
+            must_still_be_absent: Vec::new(),
+            roles: Vec::new(),
+            failed: false,
             saved: self.settings.clone(),
             kept: self.settings.clone(),
             read_only,
             implicit,
-            ..Txn::default()
+        }
+    }
+
+    /// Before a write of `keys` is decided: in a block, locks them (waiting
+    /// for blocks that hold them); outside one, waits until no block holds
+    /// them.
+    fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<(), PgError> {
+        match &mut self.txn {
+            Some(t) => t.locks.lock(keys, &self.cancel),
+            None => self.host.row_locks().wait_unlocked(keys, &self.cancel),
         }
     }
 
@@ -968,6 +993,7 @@ impl Session {
         for (k, v) in rows {
             resolved.push((resolve_key(k, params)?, resolve_value(v, params)?));
         }
+        self.lock_keys(resolved.iter().map(|(k, _)| k.as_str()))?;
         // Decide each row against `exists`, which sees earlier rows of this
         // statement too.
         let decide =
@@ -1053,6 +1079,7 @@ impl Session {
             },
             None => KvOp::Delete { key: key.clone() },
         };
+        self.lock_keys([key.as_str()])?;
         if let Some(t) = &self.txn {
             let exists = self.lookup(&self.host.db().read(), &key).is_some();
             if !applies(exists) {

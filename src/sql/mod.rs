@@ -3,4 +3,5 @@
 
 pub mod exec;
 pub mod parse;
+pub mod row_locks;
 pub mod views;

@@ -1,0 +1,253 @@
+//! Row locks of transaction blocks: writers of one key wait for each other,
+//! as PostgreSQL's row locks make them, instead of both deciding on the
+//! same committed row and one of them failing at COMMIT.
+//!
+//! A block that writes a key (INSERT, UPDATE, DELETE) locks it before it
+//! decides the write, and holds it until the block ends: committed (once
+//! the commit is visible to other sessions, after any wait for standbys),
+//! rolled back, failed, or abandoned by its client. Another block that
+//! writes the key waits, then decides on what the first one committed. A
+//! statement outside a block waits likewise, but takes no lock: it decides
+//! and commits at once. A wait that would close a cycle of blocks waiting
+//! for each other fails at once with 40P01 (PostgreSQL finds the cycle
+//! after `deadlock_timeout`); a CancelRequest ends a wait with 57014.
+//!
+//! Invariants: a key has at most one owner. A waiting owner waits for one
+//! key and releases nothing meanwhile, so the waits form chains that the
+//! deadlock check can walk through the current owners.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::sqlstate::{code, PgError};
+
+/// Who holds or waits for locks: one transaction block.
+type Owner = u64;
+
+/// How often a waiter looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// The node's row locks.
+#[derive(Default)]
+pub struct RowLocks {
+    state: Mutex<State>,
+    released: Condvar,
+    /// How many keys are locked: statements outside blocks skip the table
+    /// while none is.
+    locked: AtomicUsize,
+    next_owner: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    owners: HashMap<String, Owner>,
+    /// The key each waiting owner waits for.
+    waiting: HashMap<Owner, String>,
+}
+
+/// The keys one transaction block has locked; released when dropped.
+pub struct LockSet {
+    locks: Arc<RowLocks>,
+    owner: Owner,
+    keys: Vec<String>,
+}
+
+impl RowLocks {
+    /// A new, empty set of locks for a block.
+    pub fn lock_set(self: &Arc<Self>) -> LockSet {
+        LockSet {
+            locks: self.clone(),
+            owner: self.next_owner.fetch_add(1, Ordering::Relaxed),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Waits until no block holds any of `keys` (for a statement outside a
+    /// block), or `cancel` is raised.
+    pub fn wait_unlocked<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+        cancel: &AtomicBool,
+    ) -> Result<(), PgError> {
+        if self.locked.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let mut st = self.lock_state();
+        for key in keys {
+            while st.owners.contains_key(key) {
+                st = self.wait(st, cancel)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One wait for a release, or a canceled one.
+    fn wait<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        cancel: &AtomicBool,
+    ) -> Result<MutexGuard<'a, State>, PgError> {
+        if cancel.swap(false, Ordering::AcqRel) {
+            return Err(PgError::new(
+                code::QUERY_CANCELED,
+                "canceling statement due to user request",
+            ));
+        }
+        let (st, _) = self
+            .released
+            .wait_timeout(st, CANCEL_POLL)
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(st)
+    }
+}
+
+impl State {
+    /// Whether `me` waiting for `holder` would close a cycle: `holder`
+    /// waits, through the owners of the keys waited for, for `me`.
+    fn closes_cycle(&self, me: Owner, holder: Owner) -> bool {
+        let mut at = holder;
+        for _ in 0..=self.waiting.len() {
+            if at == me {
+                return true;
+            }
+            let Some(next) = self.waiting.get(&at).and_then(|key| self.owners.get(key)) else {
+                return false;
+            };
+            at = *next;
+        }
+        false
+    }
+}
+
+impl LockSet {
+    /// Locks `keys` for this block, in order, waiting for other blocks
+    /// that hold them.
+    pub fn lock<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+        cancel: &AtomicBool,
+    ) -> Result<(), PgError> {
+        let locks = self.locks.clone();
+        let mut st = locks.lock_state();
+        for key in keys {
+            let taken = loop {
+                match st.owners.get(key) {
+                    None => break true,
+                    Some(&o) if o == self.owner => break false,
+                    Some(&holder) => {
+                        if st.closes_cycle(self.owner, holder) {
+                            st.waiting.remove(&self.owner);
+                            return Err(PgError::new(code::DEADLOCK_DETECTED, "deadlock detected")
+                                .with_detail(format!(
+                                    "Key \"{key}\" is locked by another transaction block, which waits for a key this one has locked."
+                                ))
+                                .with_hint("This transaction was aborted; run it again."));
+                        }
+                        st.waiting.insert(self.owner, key.to_string());
+                        st = match locks.wait(st, cancel) {
+                            Ok(st) => st,
+                            Err(e) => {
+                                locks.lock_state().waiting.remove(&self.owner);
+                                return Err(e);
+                            }
+                        };
+                    }
+                }
+            };
+            st.waiting.remove(&self.owner);
+            if taken {
+                st.owners.insert(key.to_string(), self.owner);
+                self.keys.push(key.to_string());
+                locks.locked.fetch_add(1, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every key this block holds, waking the blocks that wait.
+    pub fn release(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut st = self.locks.lock_state();
+        for key in self.keys.drain(..) {
+            if st.owners.get(&key) == Some(&self.owner) {
+                st.owners.remove(&key);
+                self.locks.locked.fetch_sub(1, Ordering::Release);
+            }
+        }
+        drop(st);
+        self.locks.released.notify_all();
+    }
+}
+
+impl Drop for LockSet {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(r: Result<(), PgError>) -> String {
+        r.unwrap_err().code.to_string()
+    }
+
+    #[test]
+    fn a_second_block_waits_until_the_first_releases() {
+        let locks = Arc::new(RowLocks::default());
+        let no = AtomicBool::new(false);
+        let mut a = locks.lock_set();
+        a.lock(["k"], &no).unwrap();
+        a.lock(["k"], &no).unwrap();
+        let waiter = {
+            let locks = locks.clone();
+            std::thread::spawn(move || {
+                let mut b = locks.lock_set();
+                b.lock(["k"], &AtomicBool::new(false)).unwrap();
+                b.keys.clone()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "the second block did not wait");
+        drop(a);
+        assert_eq!(waiter.join().unwrap(), ["k"]);
+        assert_eq!(locks.locked.load(Ordering::Acquire), 0);
+        locks.wait_unlocked(["k"], &no).unwrap();
+    }
+
+    #[test]
+    fn a_wait_that_closes_a_cycle_fails_and_a_canceled_one_ends() {
+        let locks = Arc::new(RowLocks::default());
+        let no = AtomicBool::new(false);
+        let (mut a, mut b) = (locks.lock_set(), locks.lock_set());
+        a.lock(["1"], &no).unwrap();
+        b.lock(["2"], &no).unwrap();
+        let waiter = std::thread::spawn(move || {
+            a.lock(["2"], &AtomicBool::new(false)).unwrap();
+            a
+        });
+        while locks.lock_state().waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(code_of(b.lock(["1"], &no)), "40P01");
+        b.release();
+        let a = waiter.join().unwrap();
+        assert_eq!(a.keys, ["1", "2"]);
+        let cancel = AtomicBool::new(true);
+        assert_eq!(code_of(locks.lock_set().lock(["1"], &cancel)), "57014");
+        assert_eq!(
+            code_of(locks.wait_unlocked(["2"], &AtomicBool::new(true))),
+            "57014"
+        );
+        assert!(locks.lock_state().waiting.is_empty());
+    }
+}
