@@ -765,3 +765,38 @@ fn a_standby_refuses_a_primary_whose_wal_differs_from_its_own() {
         "0"
     );
 }
+
+#[test]
+fn a_standby_pings_an_idle_primary_and_reconnects_to_a_silent_one() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.configure("wal_receiver_timeout = 2s");
+    s1.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('a', '1')")
+        .unwrap();
+    catch_up(&primary, &s1);
+    // Idle, the primary sends a keepalive only every 10 s; the standby
+    // asks for one after 1 s of silence, so a live primary is never
+    // taken for a dead one.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !s1.log().contains("terminating walreceiver"),
+        "{}",
+        s1.log()
+    );
+    // A primary that answers nothing (a hung host) is given up on after
+    // 2 s, and streamed from again once it answers.
+    primary.signal(nix::sys::signal::SIGSTOP);
+    let found = s1.wait_log("terminating walreceiver due to timeout");
+    primary.signal(nix::sys::signal::SIGCONT);
+    assert!(found, "{}", s1.log());
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('b', '2')")
+        .unwrap();
+    catch_up(&primary, &s1);
+    assert_eq!(s1.query_one("SELECT value FROM kv WHERE key = 'b'"), "2");
+}

@@ -345,3 +345,32 @@ fn a_checkpoint_keeps_a_commit_still_waiting_for_standbys() {
         "1"
     );
 }
+
+#[test]
+fn a_reload_applies_to_waiting_commits_and_to_streaming_walsenders() {
+    let mut primary = Node::init("synchronous_standby_names = 's1'");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    wait_until("s1 streaming", || {
+        replication_column(&primary, "sync_state") == vec![("s1".into(), "sync".into())]
+    });
+    s1.signal(nix::sys::signal::SIGSTOP);
+    let mut waiting = primary.client();
+    let writer =
+        std::thread::spawn(move || waiting.batch_execute("INSERT INTO kv VALUES ('a', '1')"));
+    assert!(primary.wait_log("commit is waiting for synchronous replication"));
+    // No synchronous standby any more: the waiting commit goes on, as in
+    // PostgreSQL.
+    primary.configure("synchronous_standby_names = ''");
+    primary.configure("wal_sender_timeout = 1s");
+    primary.signal(nix::sys::signal::SIGHUP);
+    wait_until("the waiting commit to end", || writer.is_finished());
+    let result = writer.join().unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    // The walsender streaming to the stalled s1 since before the reload
+    // keeps to the new wal_sender_timeout (it was 60 s).
+    let cut = primary.wait_log("terminating walsender");
+    s1.signal(nix::sys::signal::SIGCONT);
+    assert!(cut, "{}", primary.log());
+}

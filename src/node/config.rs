@@ -115,6 +115,9 @@ pub struct Settings {
     pub archive_mode: bool,
     pub node_name: String,
     pub wal_sender_timeout: Duration,
+    /// A standby whose upstream has sent nothing this long reconnects
+    /// (zero: never).
+    pub wal_receiver_timeout: Duration,
     /// A primary that has heard from no standby this long refuses writes
     /// (zero: never).
     pub isolation_fence_timeout: Duration,
@@ -196,6 +199,7 @@ impl Default for Settings {
             archive_mode: false,
             node_name: "walship".into(),
             wal_sender_timeout: Duration::from_secs(60),
+            wal_receiver_timeout: Duration::from_secs(60),
             isolation_fence_timeout: Duration::ZERO,
             metrics_listen_address: String::new(),
             max_wal_senders: 10,
@@ -305,6 +309,11 @@ const DOCS: &[SettingDoc] = &[
         name: "wal_sender_timeout",
         reload: true,
         help: "end a replication connection whose standby has been silent this long (0: never)",
+    },
+    SettingDoc {
+        name: "wal_receiver_timeout",
+        reload: true,
+        help: "a standby whose upstream has sent nothing this long (not even a keepalive) drops the connection and reconnects, so a hung primary or a black-holed network is noticed (0: never)",
     },
     SettingDoc {
         name: "isolation_fence_timeout",
@@ -510,6 +519,9 @@ impl Settings {
             "wal_sender_timeout" => {
                 self.wal_sender_timeout = parse_duration(value).map_err(SetError::Value)?
             }
+            "wal_receiver_timeout" => {
+                self.wal_receiver_timeout = parse_duration(value).map_err(SetError::Value)?
+            }
             "isolation_fence_timeout" => {
                 self.isolation_fence_timeout = parse_duration(value).map_err(SetError::Value)?
             }
@@ -588,6 +600,7 @@ impl Settings {
             "archive_mode" => if self.archive_mode { "on" } else { "off" }.into(),
             "node_name" => self.node_name.clone(),
             "wal_sender_timeout" => format_duration(self.wal_sender_timeout),
+            "wal_receiver_timeout" => format_duration(self.wal_receiver_timeout),
             "isolation_fence_timeout" => format_duration(self.isolation_fence_timeout),
             "metrics_listen_address" => self.metrics_listen_address.clone(),
             "max_wal_senders" => self.max_wal_senders.to_string(),

@@ -502,7 +502,10 @@ impl Node {
                     );
                 }
                 *current = Arc::new(new.reloadable_from(&current));
+                drop(current);
                 info!("reloaded walship.conf");
+                // Waiting commits look at synchronous_standby_names again.
+                self.senders.wake_all();
             }
             Err(e) => error!("walship.conf not reloaded, the old settings stay in force: {e}"),
         }
@@ -904,6 +907,9 @@ impl WalReceiverHost for Node {
     fn wal(&self) -> &WalWriter {
         self.db.wal()
     }
+    fn receiver_timeout(&self) -> Duration {
+        Node::settings(self).wal_receiver_timeout
+    }
     fn system_id(&self) -> u64 {
         WalSenderHost::system_id(self)
     }
@@ -1237,7 +1243,7 @@ impl Host for Node {
         self.senders.wait(
             lsn,
             level,
-            &settings.synchronous_standby_names,
+            &|| Node::settings(self).synchronous_standby_names.clone(),
             cancel,
             &|| self.is_shutting_down(),
             &|| self.db.fenced_by(),

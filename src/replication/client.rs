@@ -735,11 +735,14 @@ impl Client {
 
     /// A standby status update ('r'): what is written, flushed (fsynced)
     /// and applied here; sent at once.
+    /// A standby status update; with `reply_requested` the upstream answers
+    /// at once with a keepalive (a ping, when it has been silent).
     pub fn send_status(
         &mut self,
         write: crate::wal::Lsn,
         flush: crate::wal::Lsn,
         apply: crate::wal::Lsn,
+        reply_requested: bool,
     ) -> Result<(), ClientError> {
         let mut msg = Vec::with_capacity(34);
         msg.push(b'r');
@@ -747,7 +750,7 @@ impl Client {
             msg.extend_from_slice(&lsn.0.to_be_bytes());
         }
         msg.extend_from_slice(&super::walsender::pg_now().to_be_bytes());
-        msg.push(0);
+        msg.push(reply_requested.into());
         self.send_copy_data(&msg)?;
         self.flush()
     }

@@ -275,7 +275,7 @@ impl Session<'_> {
     }
 
     fn reply(&self, client: &mut Client) -> Result<(), ReceiveError> {
-        client.send_status(self.written, self.flushed, Lsn::INVALID)?;
+        client.send_status(self.written, self.flushed, Lsn::INVALID, false)?;
         Ok(())
     }
 }

@@ -346,7 +346,7 @@ impl WalSenders {
     }
 
     /// Wakes every waiting commit, to look again at what ends its wait
-    /// (a fence).
+    /// (a fence, a reload).
     pub fn wake_all(&self) {
         let _senders = self.lock();
         for changed in &self.changed {
@@ -354,8 +354,10 @@ impl WalSenders {
         }
     }
 
-    /// Waits until the synchronous standbys have reached `lsn` at `level`.
-    /// Returns a warning for the client when the wait was cancelled (the
+    /// Waits until the synchronous standbys that `names` gives (read again
+    /// each time the wait looks, so a reload applies to waiting commits as
+    /// in PostgreSQL; none, and the wait ends) have reached `lsn` at
+    /// `level`. Returns a warning for the client when the wait was cancelled (the
     /// commit stands locally, as in PostgreSQL), an error when the node
     /// is shutting down, or when `fenced` names the epoch of a promotion
     /// that fenced it: then the commit is never acknowledged, even if a
@@ -365,7 +367,7 @@ impl WalSenders {
         &self,
         lsn: Lsn,
         level: SyncCommit,
-        names: &SyncStandbyNames,
+        names: &dyn Fn() -> SyncStandbyNames,
         cancel: &AtomicBool,
         shutting_down: &dyn Fn() -> bool,
         fenced: &dyn Fn() -> Option<u64>,
@@ -382,7 +384,10 @@ impl WalSenders {
                 .with_detail("The transaction has already committed locally, but might not have been replicated to the standby, and the new primary may not have it.")
                 .with_hint("write to the new primary"));
             }
-            if synced_position(&senders, names, level).is_some_and(|p| p >= lsn) {
+            let names = names();
+            if names.is_empty()
+                || synced_position(&senders, &names, level).is_some_and(|p| p >= lsn)
+            {
                 if logged {
                     info!(lsn = %lsn, waited_ms = began.elapsed().as_millis() as u64, "synchronous replication caught up");
                 }
@@ -410,7 +415,7 @@ impl WalSenders {
                     lsn = %lsn,
                     level = %level,
                     synchronous_standby_names = %names,
-                    standbys = %describe(&senders, names),
+                    standbys = %describe(&senders, &names),
                     "commit is waiting for synchronous replication"
                 );
             }
@@ -581,7 +586,7 @@ mod tests {
                 let waited = senders.wait(
                     Lsn(100),
                     level,
-                    &names,
+                    &|| names.clone(),
                     &AtomicBool::new(false),
                     &|| false,
                     &|| None,

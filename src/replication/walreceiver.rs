@@ -150,6 +150,8 @@ pub trait WalReceiverHost: Send + Sync {
     /// WAL), durably: the upstream was promoted or followed a promotion.
     fn follow_timeline(&self, next: TimelineId, switch: Lsn) -> Result<(), String>;
     fn is_shutting_down(&self) -> bool;
+    /// `wal_receiver_timeout` as now in force (zero: never).
+    fn receiver_timeout(&self) -> Duration;
     /// Streaming must stop for now (a promotion is under way or done).
     fn paused(&self) -> bool;
     /// Sleeps up to `d`, or until the node is told to stop or reload, or
@@ -194,6 +196,8 @@ pub enum ReceiveError {
     },
     #[error("{peer} sent WAL that fails verification: {end}; nothing from that record on was written or replayed")]
     BadWal { peer: String, end: EndOfWal },
+    #[error("terminating walreceiver due to timeout: {peer} has sent nothing for {silent_ms} ms (wal_receiver_timeout), not even a keepalive; reconnecting")]
+    Silent { peer: String, silent_ms: u64 },
     #[error("{peer} sent WAL at {got}, but the standby expected {expected}")]
     OutOfOrder {
         peer: String,
@@ -688,6 +692,8 @@ fn stream(
     let mut last_reply = Instant::now();
     let mut reported_apply = host.replayed_lsn();
     let mut settings_checked = Instant::now();
+    let mut last_heard = Instant::now();
+    let mut pinged = false;
     let outcome = (|| loop {
         if host.is_shutting_down() {
             let _ = client.end_copy();
@@ -717,6 +723,8 @@ fn stream(
         };
         match client.recv_copy(wait)? {
             Some(CopyMessage::Data(msg)) => {
+                last_heard = Instant::now();
+                pinged = false;
                 let malformed = |what: &str| ReceiveError::Malformed {
                     peer: peer.clone(),
                     what: what.to_string(),
@@ -831,6 +839,7 @@ fn stream(
                 wal.reportable(written),
                 wal.reportable(wal.flushed_lsn()),
                 reported_apply,
+                false,
             )?;
             flush_and_replay(host, &mut to_replay, replay_upto)?;
             unflushed = false;
@@ -842,10 +851,29 @@ fn stream(
         }
         if reply_due || last_reply.elapsed() >= STATUS_INTERVAL {
             let flushed = wal.reportable(wal.flushed_lsn());
-            client.send_status(flushed, flushed, applied)?;
+            client.send_status(flushed, flushed, applied, false)?;
             reported_apply = applied;
             reply_due = false;
             last_reply = Instant::now();
+        }
+        // An upstream silent for half of wal_receiver_timeout is asked for
+        // a keepalive; one silent for all of it is given up on (a hung
+        // host, a network that drops everything), and the next attempt
+        // connects afresh, as PostgreSQL's walreceiver does.
+        let timeout = host.receiver_timeout();
+        if !timeout.is_zero() {
+            let silent = last_heard.elapsed();
+            if silent >= timeout {
+                return Err(ReceiveError::Silent {
+                    peer: peer.clone(),
+                    silent_ms: silent.as_millis() as u64,
+                });
+            }
+            if silent >= timeout / 2 && !pinged {
+                let flushed = wal.reportable(wal.flushed_lsn());
+                client.send_status(flushed, flushed, applied, true)?;
+                pinged = true;
+            }
         }
     })();
     // However the stream ended, what was written to the WAL is flushed and

@@ -85,6 +85,8 @@ pub fn pg_now() -> i64 {
 struct Feedback {
     flush: AtomicU64,
     done: AtomicBool,
+    /// The standby asked for a reply (it has heard nothing for a while).
+    ping: AtomicBool,
 }
 
 type Reader = crate::protocol::reader::MessageReader<crate::node::busy_poll::BusyPoll>;
@@ -534,6 +536,9 @@ fn stream(
                             let flush = Lsn(c.i64()? as u64);
                             let apply = Lsn(c.i64()? as u64);
                             let time = c.i64()?;
+                            if c.u8().unwrap_or(0) == 1 {
+                                fb.ping.store(true, Ordering::Release);
+                            }
                             fb.flush.store(flush.0, Ordering::Release);
                             senders.reply(pid, write, flush, apply, time);
                         }
@@ -555,13 +560,18 @@ fn stream(
         let mut segment: Option<(u64, SegmentData)> = None;
         let mut last_keepalive = Instant::now();
         let mut slot_lsn = Lsn::INVALID;
-        let timeout = host.sender_timeout();
-        // A standby that stops reading must not hold this walsender in a
-        // blocked write past wal_sender_timeout.
-        if !timeout.is_zero() {
-            let _ = w.get_ref().set_write_timeout(Some(timeout));
-        }
+        let mut timeout = Duration::MAX;
         let outcome = loop {
+            // wal_sender_timeout as now in force (a reload changes it for
+            // walsenders already streaming, as in PostgreSQL). A standby
+            // that stops reading must not hold this walsender in a blocked
+            // write past it.
+            let now_in_force = host.sender_timeout();
+            if now_in_force != timeout {
+                timeout = now_in_force;
+                let write_timeout = (!timeout.is_zero()).then_some(timeout);
+                let _ = w.get_ref().set_write_timeout(write_timeout);
+            }
             if feedback.done.load(Ordering::Acquire) {
                 break Ok(());
             }
@@ -661,7 +671,9 @@ fn stream(
             if let Err(e) = out.send(w) {
                 break Err(write_failed(e));
             }
-            if last_keepalive.elapsed() >= host.keepalive_interval() {
+            if last_keepalive.elapsed() >= host.keepalive_interval()
+                || feedback.ping.swap(false, Ordering::AcqRel)
+            {
                 let mut k = vec![b'k'];
                 k.extend_from_slice(&flushed.0.to_be_bytes());
                 k.extend_from_slice(&pg_now().to_be_bytes());
