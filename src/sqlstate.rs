@@ -58,6 +58,7 @@ pub mod code {
     pub const INVALID_NAME: &str = "42602";
     pub const OBJECT_IN_USE: &str = "55006";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const UNDEFINED_PARAMETER: &str = "42P02";
     pub const UNDEFINED_TABLE: &str = "42P01";
     pub const UNDEFINED_COLUMN: &str = "42703";
     pub const UNDEFINED_FUNCTION: &str = "42883";

@@ -375,6 +375,19 @@ fn malformed_input_never_takes_the_server_down() {
             "08P01",
         ),
         (
+            // A parameter number far past the protocol's 65535: refused,
+            // not taken as the size of anything.
+            [
+                msg(
+                    b'P',
+                    b"\0SELECT value FROM kv WHERE key = $4294967297\0\0\0",
+                ),
+                msg(b'S', b""),
+            ]
+            .concat(),
+            "42P02",
+        ),
+        (
             // Not UTF-8: PostgreSQL's error, and no protocol violation.
             [&[b'Q'][..], &9i32.to_be_bytes(), b"\xff\xfe\xfd\0\0"].concat(),
             "22021",
@@ -400,4 +413,31 @@ fn malformed_input_never_takes_the_server_down() {
         "{}",
         node.log()
     );
+}
+
+#[test]
+fn connections_that_never_log_in_are_bounded_and_closed_after_authentication_timeout() {
+    let mut node =
+        Node::init("max_connections = 2\nmax_wal_senders = 0\nauthentication_timeout = 1s");
+    node.start();
+    let port = node.port;
+    // Twice max_connections plus max_wal_senders may be open or starting.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The next is refused as it is accepted, before it says anything.
+    assert_eq!(sqlstate(&exchange(port, b"")).as_deref(), Some("53300"));
+    // Those that said nothing are told, then closed, after 1 s.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut said = Vec::new();
+        let _ = s.read_to_end(&mut said);
+        assert_eq!(sqlstate(&said).as_deref(), Some("57014"), "{said:?}");
+    }
+    node.client().batch_execute("SELECT 1").unwrap();
+    assert!(node
+        .log()
+        .contains("did not log in within authentication_timeout"));
+    assert!(!node.log().contains("panicked"), "{}", node.log());
 }

@@ -103,6 +103,8 @@ pub struct Settings {
     pub listen_addresses: String,
     pub port: u16,
     pub max_connections: usize,
+    /// How long a connection may take to start up and log in.
+    pub authentication_timeout: Duration,
     pub authentication: AuthMethod,
     pub max_message_size: usize,
     /// How long a session polls its idle socket before it sleeps (zero:
@@ -189,6 +191,7 @@ impl Default for Settings {
             listen_addresses: "127.0.0.1".into(),
             port: 5433,
             max_connections: 100,
+            authentication_timeout: Duration::from_secs(60),
             authentication: AuthMethod::Trust,
             max_message_size: 64 << 20,
             busy_poll: Duration::from_micros(50),
@@ -238,7 +241,12 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "max_connections",
         reload: false,
-        help: "client sessions at once",
+        help: "client sessions at once (at most 1000)",
+    },
+    SettingDoc {
+        name: "authentication_timeout",
+        reload: true,
+        help: "a connection that has not finished its startup and login this long after it was accepted is closed (1s to 10min)",
     },
     SettingDoc {
         name: "authentication",
@@ -436,6 +444,15 @@ pub fn append_settings(
 }
 
 impl Settings {
+    /// How many connections may have a thread at once, those still
+    /// starting up included: twice the sessions and walsenders allowed,
+    /// as PostgreSQL's postmaster allows twice its backends as children.
+    /// Beyond it a connection is refused as it is accepted, so a flood of
+    /// connections that never log in cannot use up the node's threads.
+    pub fn max_connection_threads(&self) -> usize {
+        2 * (self.max_connections + self.max_wal_senders)
+    }
+
     /// Every setting's name and what it does, as `walship.conf` lists
     /// them (for `SHOW ALL`).
     pub fn documented() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -490,6 +507,13 @@ impl Settings {
                 self.max_connections = parse_num(value, 1, MAX_BACKENDS).map_err(SetError::Value)?
             }
             "authentication" => self.authentication = value.parse().map_err(SetError::Value)?,
+            "authentication_timeout" => {
+                let d = parse_duration(value).map_err(SetError::Value)?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
+                    return Err(SetError::Value("expected from 1s to 10min".into()));
+                }
+                self.authentication_timeout = d
+            }
             "max_message_size" => {
                 self.max_message_size = parse_size(value).map_err(SetError::Value)? as usize
             }
@@ -591,6 +615,7 @@ impl Settings {
             "port" => self.port.to_string(),
             "max_connections" => self.max_connections.to_string(),
             "authentication" => self.authentication.to_string(),
+            "authentication_timeout" => format_duration(self.authentication_timeout),
             "max_message_size" => format_size(self.max_message_size as u64),
             "busy_poll" => format_duration(self.busy_poll),
             "synchronous_commit" => self.synchronous_commit.to_string(),
@@ -730,8 +755,12 @@ fn split_line(raw: &str) -> Result<Option<(String, String)>, String> {
     Ok(Some((name, value)))
 }
 
-/// The most connections of a kind PostgreSQL allows (`MAX_BACKENDS`).
-const MAX_BACKENDS: u64 = 262_143;
+/// The most connections of a kind: walship serves each with a thread (a
+/// walsender with two), and the threads at once, those of connections
+/// still starting up included (twice these, see
+/// [`Settings::max_connection_threads`]), must stay below the 4096 that
+/// the log's per-thread span registry can number.
+const MAX_BACKENDS: u64 = 1000;
 
 /// A whole number from `min` to `max`.
 fn parse_num<T: TryFrom<u64>>(v: &str, min: u64, max: u64) -> Result<T, String> {
@@ -831,8 +860,13 @@ mod tests {
             ("port = 99999", "expected a whole number from 1 to 65535"),
             (
                 "max_connections = 0",
-                "expected a whole number from 1 to 262143",
+                "expected a whole number from 1 to 1000",
             ),
+            (
+                "max_connections = 5000",
+                "expected a whole number from 1 to 1000",
+            ),
+            ("authentication_timeout = 0s", "expected from 1s to 10min"),
             (
                 "checkpoint_timeout = 5x",
                 "expected a duration with a unit, such as 200ms",

@@ -121,6 +121,10 @@ pub struct Node {
     slots: Mutex<Slots>,
     checkpointing: Mutex<()>,
     sessions: Mutex<HashMap<i32, SessionHandle>>,
+    /// Connections with a thread, those starting up included.
+    connection_threads: std::sync::atomic::AtomicUsize,
+    /// Connections refused since that was last logged, and when it was.
+    refused: Mutex<(u64, Option<Instant>)>,
     next_pid: AtomicI32,
     shutting_down: AtomicBool,
     /// Wakes the background threads (shutdown, reload).
@@ -1490,6 +1494,8 @@ pub fn run(opts: ServerOptions) -> Result<(), ServerError> {
         slots: Mutex::new(slots),
         checkpointing: Mutex::new(()),
         sessions: Mutex::new(HashMap::new()),
+        connection_threads: Default::default(),
+        refused: Mutex::new((0, None)),
         next_pid: AtomicI32::new(std::process::id() as i32 * 100 % 1_000_000_000 + 1),
         shutting_down: AtomicBool::new(false),
         wake: (Mutex::new(()), Condvar::new()),
@@ -1636,10 +1642,20 @@ fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::
         for (l, _) in listeners.iter().zip(&ready).filter(|(_, r)| **r) {
             match l.accept() {
                 Ok((stream, _)) => {
+                    let open = ConnectionThread::new(node);
+                    let most = node.settings().max_connection_threads();
+                    if open.count > most {
+                        refuse_connection(node, stream, most);
+                        continue;
+                    }
                     let node = node.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("session".into())
-                        .spawn(move || super::session::serve(node, stream));
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("session".into())
+                            .spawn(move || {
+                                let _open = open;
+                                super::session::serve(node, stream)
+                            });
                     if let Err(e) = spawned {
                         error!("could not start a session thread: {}", io_cause(&e));
                     }
@@ -1647,6 +1663,63 @@ fn accept_loop(node: &Arc<Node>, listeners: &[TcpListener], wake: &std::os::fd::
                 Err(e) => warn!("accept failed: {}", io_cause(&e)),
             }
         }
+    }
+}
+
+/// A connection's claim to a thread, counted in
+/// [`Node::connection_threads`] while it lives.
+struct ConnectionThread {
+    node: Arc<Node>,
+    /// How many claims there are, this one included.
+    count: usize,
+}
+
+impl ConnectionThread {
+    fn new(node: &Arc<Node>) -> ConnectionThread {
+        let count = node.connection_threads.fetch_add(1, Ordering::AcqRel) + 1;
+        ConnectionThread {
+            node: node.clone(),
+            count,
+        }
+    }
+}
+
+impl Drop for ConnectionThread {
+    fn drop(&mut self) {
+        self.node.connection_threads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuses a connection as it is accepted (too many are open), as
+/// PostgreSQL's postmaster does: "sorry, too many clients already", said
+/// at once, without waiting for the client's startup packet. Logged at
+/// most every 10 s, with how many were refused since.
+fn refuse_connection(node: &Node, stream: TcpStream, most: usize) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut w = BufWriter::new(stream);
+    let mut out = crate::protocol::codec::Out::default();
+    out.error(
+        &PgError::fatal(
+            crate::sqlstate::code::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+        .with_hint(format!(
+            "{most} connections are open or starting (twice max_connections plus max_wal_senders); those that never log in are closed after authentication_timeout"
+        )),
+    );
+    let _ = out.send(&mut w);
+    let mut refused = node.refused.lock().unwrap_or_else(|p| p.into_inner());
+    refused.0 += 1;
+    if refused
+        .1
+        .is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(10))
+    {
+        warn!(
+            refused = refused.0,
+            open = most,
+            "refusing connections: too many are open or starting"
+        );
+        *refused = (0, Some(Instant::now()));
     }
 }
 

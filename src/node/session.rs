@@ -82,7 +82,14 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
     // (a failed login says who tried).
     let connection = tracing::info_span!("connection", peer = %peer);
     let _in_connection = connection.enter();
-    match startup(&node, &mut reader, &mut writer) {
+    // A client gets authentication_timeout to start up and log in, as in
+    // PostgreSQL: one that sends nothing does not hold a thread for ever.
+    let _ = writer
+        .get_ref()
+        .set_read_timeout(Some(node.settings().authentication_timeout));
+    let started = startup(&node, &mut reader, &mut writer);
+    let _ = writer.get_ref().set_read_timeout(None);
+    match started {
         Ok(Some((user, params, replication))) => {
             let span = tracing::info_span!("session", user = %user);
             let _enter = span.enter();
@@ -132,6 +139,20 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
             }
         }
         Ok(None) => {}
+        Err(ProtoError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            info!("closing a connection that did not log in within authentication_timeout");
+            let mut out = Out::default();
+            out.error(&PgError::fatal(
+                code::QUERY_CANCELED,
+                "canceling authentication due to timeout",
+            ));
+            let _ = out.send(&mut writer);
+        }
         Err(e) => {
             if !matches!(e, ProtoError::Closed) {
                 info!("connection refused during startup: {e}");

@@ -519,14 +519,11 @@ fn stream(
         let senders = host.senders();
         let began = Instant::now();
         let receiver = scope.spawn(move || -> Result<(), ProtoError> {
-            loop {
-                let (tag, body) = match r.read_message(max) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        fb.done.store(true, Ordering::Release);
-                        return Err(e);
-                    }
-                };
+            // However the reader ends (a CopyDone, a closed connection, a
+            // malformed message), the stream ends with it: a walsender
+            // must not stream on for a standby nobody reads for.
+            let read = (|| loop {
+                let (tag, body) = r.read_message(max)?;
                 heard.store(began.elapsed().as_millis() as u64, Ordering::Release);
                 match tag {
                     b'd' => {
@@ -543,18 +540,16 @@ fn stream(
                             senders.reply(pid, write, flush, apply, time);
                         }
                     }
-                    b'c' | b'X' => {
-                        fb.done.store(true, Ordering::Release);
-                        return Ok(());
-                    }
+                    b'c' | b'X' => return Ok(()),
                     other => {
-                        fb.done.store(true, Ordering::Release);
                         return Err(ProtoError::Malformed(format!(
                             "unexpected message type {other} during COPY"
-                        )));
+                        )))
                     }
                 }
-            }
+            })();
+            fb.done.store(true, Ordering::Release);
+            read
         });
         let mut pos = position.start;
         let mut segment: Option<(u64, SegmentData)> = None;

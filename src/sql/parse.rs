@@ -195,6 +195,10 @@ pub enum RoleStatement {
 
 /// The words a role specification uses for the session's own role, as in
 /// `ALTER ROLE CURRENT_USER` (so no role may be named one of them).
+/// The most parameters a statement may have: the protocol counts them in
+/// an Int16.
+const MAX_PARAMS: usize = 65535;
+
 pub const SESSION_ROLE_WORDS: [&str; 3] = ["current_user", "session_user", "current_role"];
 
 impl RoleStatement {
@@ -1118,6 +1122,15 @@ fn expr(e: &ast::Expr) -> Result<Expr, PgError> {
                     .ok_or_else(|| {
                         PgError::new(code::SYNTAX_ERROR, format!("invalid parameter {p}"))
                     })?;
+                // The protocol carries at most 65535 parameters (an Int16
+                // count); a larger number must not size anything.
+                if n > MAX_PARAMS {
+                    return Err(PgError::new(
+                        code::UNDEFINED_PARAMETER,
+                        format!("there is no parameter {p}"),
+                    )
+                    .with_hint(format!("a statement has at most {MAX_PARAMS} parameters")));
+                }
                 Ok(Expr::Param(n - 1))
             }
             other => Err(unsupported(format!("the value {other}"))),
