@@ -220,3 +220,45 @@ fn wal_that_fails_its_crc_on_arrival_is_never_written() {
         "the records before the damaged one were not written"
     );
 }
+
+#[test]
+fn a_postgresql_primary_stops_cleanly_while_walship_receive_streams_from_it() {
+    let mut pg = PgCluster::init(1);
+    pg.start();
+    let socket = pg.socket_dir().display().to_string();
+    let from = format!("host={socket} port=5432 user=postgres");
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        "walship receive --create-slot",
+        &receive(&from, dir.path(), &["--slot", "s", "--create-slot"]),
+    );
+    let receiver = common::Background::walship(
+        &[
+            "receive",
+            "--from",
+            &from,
+            "-D",
+            dir.path().to_str().unwrap(),
+            "--slot",
+            "s",
+        ],
+        std::process::Stdio::null(),
+    );
+    common::mixed_workload(&pg);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // At shutdown PostgreSQL asks the receiver for replies until its flush
+    // position reaches the shutdown checkpoint: each answer must carry a
+    // flush that is true then, or the server waits for ever.
+    let out = common::pg_command(&common::pg_bin("pg_ctl"))
+        .arg("-D")
+        .arg(&pg.data)
+        .args(["-w", "-t", "20", "-m", "fast", "stop"])
+        .output()
+        .unwrap();
+    drop(receiver);
+    assert!(
+        out.status.success(),
+        "pg_ctl stop: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -512,7 +512,11 @@ fn receive(s: &mut Session<'_>, client: &mut Client, start: Lsn) -> Result<Outco
         }
         let batch_done = !client.has_buffered();
         let status_due = last_status.elapsed() >= s.opts.status_interval;
-        if unflushed && batch_done && (s.opts.synchronous || status_due) {
+        // A reply the server asks for carries a flush position that is
+        // true now, as pg_receivewal's does: a PostgreSQL primary shutting
+        // down asks until the flush position reaches its shutdown
+        // checkpoint, and would wait for ever on a stale one.
+        if unflushed && (reply_requested || (batch_done && (s.opts.synchronous || status_due))) {
             s.flush()?;
             unflushed = false;
             reply_requested = true;
