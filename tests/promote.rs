@@ -495,6 +495,84 @@ fn walship_receive_follows_the_timeline_switch_of_a_promotion() {
 }
 
 #[test]
+fn receivers_streaming_from_a_standby_follow_its_promotion_without_a_break() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('before', 'promotion')")
+        .unwrap();
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let from_s1 = format!("host=127.0.0.1 port={} user=tester", s1.port);
+    let receiver = common::Background::walship(
+        &[
+            "receive",
+            "--from",
+            &from_s1,
+            "-D",
+            ours.path().to_str().unwrap(),
+        ],
+        std::process::Stdio::null(),
+    );
+    let port = s1.port.to_string();
+    let log = theirs.path().join("pg_receivewal.log");
+    let mut pg_receivewal = std::process::Command::new(common::pg_bin("pg_receivewal"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "tester",
+            "--no-password",
+            "-v",
+            "-D",
+        ])
+        .arg(theirs.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(promote(&s1, &[]).status.success());
+    let mut c = s1.client();
+    for i in 0..50 {
+        c.execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("r-{i}")])
+            .unwrap();
+    }
+    c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    // The walsender that streamed timeline 1 ends it at the switch point
+    // and says where timeline 2 begins; both receivers follow on the
+    // same connection's end, and get timeline 2's first segment whole.
+    let name = "000000020000000000000001";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(ours.path().join(name).exists() && theirs.path().join(name).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timeline 2 not received; pg_receivewal said: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = pg_receivewal.kill();
+    let _ = pg_receivewal.wait();
+    drop(receiver);
+    let primarys = std::fs::read(s1.dir.join("wal").join(name)).unwrap();
+    assert!(std::fs::read(ours.path().join(name)).unwrap() == primarys);
+    assert!(std::fs::read(theirs.path().join(name)).unwrap() == primarys);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("switched to timeline 2"), "{said}");
+    // A primary shows no walreceiver, a promoted standby included.
+    assert!(s1
+        .client()
+        .simple_query("SELECT status FROM pg_stat_wal_receiver")
+        .unwrap()
+        .iter()
+        .all(|m| !matches!(m, postgres::SimpleQueryMessage::Row(_))));
+}
+
+#[test]
 fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_restarted() {
     let adir = tempfile::tempdir().unwrap();
     let conf = format!("archive_directory = '{}'", adir.path().display());

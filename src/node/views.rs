@@ -60,7 +60,12 @@ impl Node {
                     .collect()
             }
             SystemView::StatWalReceiver => {
-                let Some(r) = self.receiver_snapshot() else {
+                // No row on a primary, a promoted standby included, as
+                // PostgreSQL shows none.
+                let Some(r) = self
+                    .receiver_snapshot()
+                    .filter(|_| self.standby().is_some())
+                else {
                     return Vec::new();
                 };
                 let tli = Some(Value::Int(i64::from(self.timeline().get())));

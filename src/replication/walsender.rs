@@ -377,6 +377,8 @@ fn run_command(
             }
             match result {
                 Ok(()) => {
+                    // The timeline may have ended while it streamed.
+                    let end_of_timeline = end_of_timeline.or_else(|| timeline_end(host, tli));
                     if let Some((switch, next)) = end_of_timeline {
                         text_result(
                             out,
@@ -385,6 +387,10 @@ fn run_command(
                         );
                         info!(timeline = %tli, switch = %switch, next = %next, "end of timeline sent");
                     }
+                    // Two CommandCompletes, as PostgreSQL's walsender sends
+                    // them: the first ends the result set (pg_receivewal
+                    // reads it as the rows' end), the second the command.
+                    out.command_complete("START_STREAMING");
                     out.command_complete("START_REPLICATION")
                 }
                 Err(StreamEnd::Client(e)) => {
@@ -402,6 +408,17 @@ fn run_command(
 fn switch_point(host: &dyn WalSenderHost, tli: TimelineId) -> Option<(Lsn, TimelineId)> {
     let current = host.timeline();
     TimelineHistory::read_in(&host.wal_dir(), current)?.switch_of(tli, current)
+}
+
+/// Where timeline `tli` ends by the history of the timeline the WAL writer
+/// is on now: `None` while the writer is still on `tli` (or the history
+/// cannot be read).
+fn timeline_end(host: &dyn WalSenderHost, tli: TimelineId) -> Option<(Lsn, TimelineId)> {
+    let now_on = host.wal().timeline();
+    if now_on == tli {
+        return None;
+    }
+    TimelineHistory::read_in(&host.wal_dir(), now_on)?.switch_of(tli, now_on)
 }
 
 /// What to stream.
@@ -501,7 +518,7 @@ impl From<std::io::Error> for StreamEnd {
 fn stream(
     host: &dyn WalSenderHost,
     pid: i32,
-    position: Position,
+    mut position: Position,
     slot: Option<&str>,
     r: &mut Reader,
     w: &mut Writer,
@@ -617,9 +634,30 @@ fn stream(
                     slot_lsn = flushed_by_standby;
                 }
             }
+            let flushed = host.wal().flushed_lsn();
+            // A node that leaves the timeline being streamed (promoted, or
+            // following its upstream to a new one) ends the stream at the
+            // switch point, as PostgreSQL's walsender does when its
+            // timeline becomes historic. The timeline is read after the
+            // flush position, so none of the WAL below that is the new
+            // timeline's unseen.
+            if position.stop_at.is_none() && host.wal().timeline() != position.timeline {
+                match timeline_end(host, position.timeline) {
+                    Some((switch, _)) => position.stop_at = Some(switch),
+                    None => {
+                        break Err(StreamEnd::Error(PgError::fatal(
+                            code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                            format!(
+                                "this server left timeline {} but its history does not say where",
+                                position.timeline
+                            ),
+                        )))
+                    }
+                }
+            }
             let flushed = match position.stop_at {
-                Some(stop) => stop.min(host.wal().flushed_lsn()),
-                None => host.wal().flushed_lsn(),
+                Some(stop) => stop.min(flushed),
+                None => flushed,
             };
             if pos < flushed {
                 let segno = pos.segno(seg_size).0;

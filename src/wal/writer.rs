@@ -117,6 +117,11 @@ pub struct WalWriter {
     /// yet durable: at or past `flushed`.
     written: AtomicU64,
     poisoned: AtomicBool,
+    /// The timeline new WAL is written on (the insert state's, readable
+    /// without its lock). Changed before any WAL of the new timeline is
+    /// appended, so a reader that loads `flushed` and then this sees the
+    /// timeline of every byte below what it loaded.
+    current_timeline: std::sync::atomic::AtomicU32,
     /// Whether completed segments are marked for the archiver: from the
     /// config at open, switched on when a standby is promoted.
     mark_ready: AtomicBool,
@@ -341,6 +346,7 @@ impl WalWriter {
                 timeline: config.timeline,
             }),
             poisoned: AtomicBool::new(false),
+            current_timeline: config.timeline.get().into(),
             mark_ready: AtomicBool::new(config.mark_ready),
             flushed_signal: (Mutex::new(FlushState::default()), Condvar::new()),
             config,
@@ -582,6 +588,7 @@ impl WalWriter {
         }
         ins.segments.clear();
         ins.timeline = new;
+        self.current_timeline.store(new.get(), Ordering::Release);
         self.map_segment(&mut ins, segno)?;
         Ok(pos)
     }
@@ -665,7 +672,7 @@ impl WalWriter {
 
     /// The timeline new WAL is written on.
     pub fn timeline(&self) -> TimelineId {
-        self.lock_insert().timeline
+        TimelineId::new(self.current_timeline.load(Ordering::Acquire)).unwrap_or(TimelineId::FIRST)
     }
 
     /// Starts marking completed segments for the archiver (a promoted
