@@ -800,3 +800,72 @@ fn a_standby_pings_an_idle_primary_and_reconnects_to_a_silent_one() {
     catch_up(&primary, &s1);
     assert_eq!(s1.query_one("SELECT value FROM kv WHERE key = 'b'"), "2");
 }
+
+#[test]
+fn client_commands_give_up_on_a_silent_server_after_connect_timeout() {
+    // A server that accepts connections and never answers (a hung host).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let from = format!("host=127.0.0.1 port={port} connect_timeout=1");
+    let began = std::time::Instant::now();
+    let out = common::walship(&["status", "--from", &from]);
+    let took = began.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("timed out") && err.contains("connect_timeout"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn a_standby_catching_up_replays_and_reports_as_it_goes() {
+    let mut primary = Node::init("");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &["--slot", "s1", "--create-slot"]);
+    s1.start();
+    catch_up(&primary, &s1);
+    s1.stop();
+    // A backlog of about 200 MB of WAL.
+    let value = "x".repeat(8000);
+    let mut c = primary.client();
+    for batch in 0..250 {
+        let rows: Vec<String> = (0..100)
+            .map(|i| format!("('k{}', '{value}')", batch * 100 + i))
+            .collect();
+        c.batch_execute(&format!("INSERT INTO kv VALUES {}", rows.join(", ")))
+            .unwrap();
+    }
+    let end = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s1.start();
+    // Replay moves while WAL keeps arriving, not only once it has all
+    // arrived: some replay position lies strictly inside the backlog.
+    let mut standby = s1.client();
+    let mut seen = Vec::new();
+    loop {
+        let replayed = standby
+            .simple_query("SELECT pg_last_wal_replay_lsn()")
+            .unwrap()
+            .iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let done = replayed == end;
+        seen.push(replayed);
+        if done {
+            break;
+        }
+        assert!(seen.len() < 100_000, "the standby never caught up");
+    }
+    seen.dedup();
+    assert!(seen.len() >= 3, "replay jumped from {seen:?} to the end");
+}

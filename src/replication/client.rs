@@ -249,6 +249,12 @@ impl AsFd for Conn {
     }
 }
 
+/// How long connecting may take, the startup and login included, as
+/// libpq's `connect_timeout` bounds them (10 s when unset).
+fn connect_timeout(info: &ConnInfo) -> Duration {
+    Duration::from_secs(info.connect_timeout.unwrap_or(10).max(1))
+}
+
 /// Opens the transport `info` names.
 fn open(info: &ConnInfo) -> io::Result<Conn> {
     if info.host.starts_with('/') {
@@ -259,8 +265,7 @@ fn open(info: &ConnInfo) -> io::Result<Conn> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::other("the host name resolved to no address"))?;
-    let timeout = Duration::from_secs(info.connect_timeout.unwrap_or(10).max(1));
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect_timeout(&addr, connect_timeout(info))?;
     stream.set_nodelay(true)?;
     Ok(Conn::Tcp(stream))
 }
@@ -284,13 +289,14 @@ impl Client {
             cause,
         };
         let stream = open(info).map_err(connect_err)?;
-        stream
-            .set_read_timeout(MID_MESSAGE_TIMEOUT)
-            .map_err(connect_err)?;
+        // A server that accepts the connection but never answers (a hung
+        // host) is given up on after connect_timeout, as libpq does.
+        let timeout = connect_timeout(info);
+        stream.set_read_timeout(timeout).map_err(connect_err)?;
         let r = MessageReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(connect_err)?);
         let w = BufWriter::with_capacity(64 << 10, stream);
         let mut client = Client {
-            peer,
+            peer: peer.clone(),
             r,
             w,
             parameters: HashMap::new(),
@@ -312,7 +318,6 @@ impl Client {
         }
         let mut out = Out::default();
         out.startup(&params);
-        client.send(&mut out)?;
         // An empty password= is none, as libpq takes it.
         let password = info.password.clone().filter(|p| !p.is_empty()).or_else(|| {
             passfile::lookup(&passfile::Target {
@@ -327,7 +332,33 @@ impl Client {
                 passfile: info.passfile.as_deref(),
             })
         });
-        client.authenticate(&user, password.as_deref(), info.passfile.as_deref())?;
+        let login = client.send(&mut out).and_then(|()| {
+            client.authenticate(&user, password.as_deref(), info.passfile.as_deref())
+        });
+        match login {
+            Err(ClientError::Io {
+                cause: ProtoError::Io(e),
+                ..
+            }) if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+            {
+                return Err(connect_err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "timed out: no answer to the startup within {} s (connect_timeout)",
+                        timeout.as_secs()
+                    ),
+                )))
+            }
+            other => other?,
+        }
+        client
+            .r
+            .get_ref()
+            .set_read_timeout(MID_MESSAGE_TIMEOUT)
+            .map_err(|e| client.io(e))?;
         Ok(client)
     }
 

@@ -64,6 +64,9 @@ impl fmt::Display for ConnInfo {
         if let Some(p) = &self.passfile {
             write!(f, " passfile={}", quote(p))?;
         }
+        if let Some(t) = self.connect_timeout {
+            write!(f, " connect_timeout={t}")?;
+        }
         Ok(())
     }
 }

@@ -32,6 +32,10 @@ use crate::wal::{
 /// How often the standby reports its positions when nothing else makes it.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long WAL received may wait for its flush and replay while more
+/// keeps arriving (a standby catching up).
+const CATCH_UP_FLUSH: Duration = Duration::from_millis(100);
+
 /// What a command printed, as one log field: its lines joined with " | ",
 /// at most [`SAID_MAX`] bytes of them.
 fn said(output: &[u8]) -> String {
@@ -694,6 +698,7 @@ fn stream(
     let mut settings_checked = Instant::now();
     let mut last_heard = Instant::now();
     let mut pinged = false;
+    let mut unflushed_since = Instant::now();
     let outcome = (|| loop {
         if host.is_shutting_down() {
             let _ = client.end_copy();
@@ -794,6 +799,9 @@ fn stream(
                                 });
                             }
                         }
+                        if !unflushed {
+                            unflushed_since = Instant::now();
+                        }
                         unflushed = true;
                         host.receiver_status().heard(Lsn(end), sent as i64);
                     }
@@ -832,8 +840,11 @@ fn stream(
         // for everything that arrived together. Before it, as PostgreSQL's
         // walreceiver does, the WAL goes to the files and the upstream hears
         // the write position: commits waiting for `remote_write` need not
-        // wait for this standby's fsync.
-        if unflushed && !client.has_buffered() {
+        // wait for this standby's fsync. A standby catching up finds WAL
+        // waiting all the time: it flushes, replays and reports at least
+        // every CATCH_UP_FLUSH, so its replay and the primary's view of
+        // it move as it goes, not only once it has caught up.
+        if unflushed && (!client.has_buffered() || unflushed_since.elapsed() >= CATCH_UP_FLUSH) {
             let written = wal.write_all()?;
             client.send_status(
                 wal.reportable(written),
