@@ -29,6 +29,11 @@ pub enum MetaError {
         found: u32,
         expected: u32,
     },
+    #[error("{}: the {what} file is missing; restore it from a backup of this data directory, or rebuild the node (walship basebackup)", path.display())]
+    Missing {
+        path: std::path::PathBuf,
+        what: &'static str,
+    },
     #[error("{}: {what} file is damaged (CRC mismatch or wrong length); restore it from a backup", path.display())]
     Damaged {
         path: std::path::PathBuf,
@@ -69,7 +74,15 @@ impl MetaKind {
     /// Reads and checks a file of any version from `oldest` to this one;
     /// returns its version and body.
     pub fn read_since(&self, path: &Path, oldest: u32) -> Result<(u32, Vec<u8>), MetaError> {
-        let bytes = std::fs::read(path).at("read", path)?;
+        let bytes = match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(MetaError::Missing {
+                    path: path.to_path_buf(),
+                    what: self.what,
+                })
+            }
+            read => read.at("read", path)?,
+        };
         self.decode(path, bytes, oldest)
     }
 
@@ -141,5 +154,10 @@ mod tests {
         assert!(e.to_string().contains("format version 4"), "{e}");
         std::fs::write(&p, b"short").unwrap();
         assert!(KIND.read(&p).is_err());
+        let e = KIND.read(&dir.path().join("gone")).unwrap_err();
+        assert!(
+            matches!(e, MetaError::Missing { .. }) && e.to_string().contains("restore it"),
+            "{e}"
+        );
     }
 }

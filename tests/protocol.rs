@@ -388,6 +388,31 @@ fn malformed_input_never_takes_the_server_down() {
             "42P02",
         ),
         (
+            // Three parameter formats for one parameter.
+            [
+                msg(b'P', b"\0SELECT value FROM kv WHERE key = $1\0\0\0"),
+                msg(b'B', b"\0\0\0\x03\0\0\0\0\0\0\0\x01\0\0\0\x01a\0\0"),
+                msg(b'S', b""),
+            ]
+            .concat(),
+            "08P01",
+        ),
+        (
+            // A zero byte in a text parameter: no text holds one.
+            [
+                msg(b'P', b"\0SELECT value FROM kv WHERE key = $1\0\0\0"),
+                msg(b'B', b"\0\0\0\0\0\x01\0\0\0\x03a\0b\0\0"),
+                msg(b'S', b""),
+            ]
+            .concat(),
+            "22021",
+        ),
+        (
+            // Close of something that is neither a statement nor a portal.
+            [msg(b'C', b"Zx\0"), msg(b'S', b"")].concat(),
+            "08P01",
+        ),
+        (
             // Not UTF-8: PostgreSQL's error, and no protocol violation.
             [&[b'Q'][..], &9i32.to_be_bytes(), b"\xff\xfe\xfd\0\0"].concat(),
             "22021",

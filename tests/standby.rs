@@ -152,6 +152,18 @@ fn wait_for_lsn_times_out_with_a_clear_error() {
         s1.query_one("SELECT value FROM kv WHERE key = 'ryw'"),
         "seen"
     );
+    // Caught up, the standby does not call itself behind: the LSN lies
+    // past anything its primary has written.
+    let err = s1
+        .client()
+        .batch_execute("WAIT FOR LSN '5/0' WITH (TIMEOUT '200ms')")
+        .unwrap_err();
+    let hint = err
+        .as_db_error()
+        .and_then(|d| d.hint())
+        .unwrap_or_default()
+        .to_string();
+    assert!(hint.contains("past the primary's WAL"), "{hint}");
 }
 
 #[test]
@@ -424,6 +436,22 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
     kept.start();
     catch_up(&primary, &slotted);
     catch_up(&primary, &kept);
+    // The slot names the walsender streaming through it.
+    let s1_pid = primary
+        .client()
+        .simple_query("SELECT application_name, pid FROM pg_stat_replication")
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("s1") => {
+                r.get(1).map(str::to_string)
+            }
+            _ => None,
+        });
+    assert_eq!(
+        Some(primary.query_one("SELECT active_pid FROM pg_replication_slots")),
+        s1_pid
+    );
     // Without a slot and with wal_keep_size = 0, the WAL s3 needs is gone,
     // and the log says so.
     primary.configure("wal_keep_size = 0");

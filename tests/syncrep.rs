@@ -154,6 +154,11 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
     wait_until("s2 is a quorum member", || {
         replication_column(&primary, "sync_state") == vec![("s2".into(), "quorum".into())]
     });
+    // Every quorum member has priority 1, as PostgreSQL shows them.
+    assert_eq!(
+        replication_column(&primary, "sync_priority"),
+        vec![("s2".into(), "1".into())]
+    );
     primary
         .client()
         .batch_execute("INSERT INTO kv VALUES ('e', '5')")

@@ -515,7 +515,13 @@ impl Settings {
                 self.authentication_timeout = d
             }
             "max_message_size" => {
-                self.max_message_size = parse_size(value).map_err(SetError::Value)? as usize
+                let size = parse_size(value).map_err(SetError::Value)?;
+                // Below a page, startup packets and ordinary queries would
+                // be refused.
+                if size < 8192 {
+                    return Err(SetError::Value("expected at least 8kB".into()));
+                }
+                self.max_message_size = size as usize
             }
             "busy_poll" => {
                 let d = parse_duration(value).map_err(|_| {
@@ -867,6 +873,7 @@ mod tests {
                 "expected a whole number from 1 to 1000",
             ),
             ("authentication_timeout = 0s", "expected from 1s to 10min"),
+            ("max_message_size = 1", "expected at least 8kB"),
             (
                 "checkpoint_timeout = 5x",
                 "expected a duration with a unit, such as 200ms",

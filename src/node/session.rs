@@ -674,20 +674,27 @@ fn run(
                 }
                 Ok(())
             })(),
-            b'C' => {
-                let kind = c.u8()?;
-                let name = c.cstr()?;
+            b'C' => (|| {
+                let kind = c.u8().map_err(|e| proto_to_pg(&e))?;
+                let name = c.cstr().map_err(|e| proto_to_pg(&e))?;
                 match kind {
                     b'S' => {
                         statements.remove(&name);
                     }
-                    _ => {
+                    b'P' => {
                         portals.remove(&name);
+                    }
+                    // An error, not the session's end, as for Describe.
+                    _ => {
+                        return Err(PgError::new(
+                            code::PROTOCOL_VIOLATION,
+                            format!("invalid Close target '{}'", kind as char),
+                        ))
                     }
                 }
                 out.close_complete();
                 Ok(())
-            }
+            })(),
             b'S' => {
                 skipping = false;
                 end_implicit(&mut session, &mut out);
@@ -821,6 +828,12 @@ fn bind(
         ));
     }
     let n = c.count16().map_err(pe)?;
+    if nfmt > 1 && nfmt != n {
+        return Err(PgError::new(
+            code::PROTOCOL_VIOLATION,
+            format!("bind message has {nfmt} parameter formats but {n} parameters"),
+        ));
+    }
     if n != prepared.param_types.len() {
         return Err(PgError::new(
             code::PROTOCOL_VIOLATION,
@@ -890,10 +903,19 @@ fn decode_param(raw: &[u8], binary: bool, type_oid: u32, i: usize) -> Result<Str
             oid::BOOL => Ok(if raw == [1] { "true" } else { "false" }.into()),
             _ => String::from_utf8(raw.to_vec()).map_err(|_| bad()),
         }
+    } else if let Some(at) = raw.iter().position(|&b| b == 0) {
+        // A text value never holds a zero byte (PostgreSQL's text cannot).
+        Err(PgError::new(
+            code::CHARACTER_NOT_IN_REPERTOIRE,
+            format!(
+                "invalid byte sequence for encoding \"UTF8\": 0x00 at byte {at} of parameter ${}",
+                i + 1
+            ),
+        ))
     } else {
         String::from_utf8(raw.to_vec()).map_err(|_| {
             PgError::new(
-                "22021",
+                code::CHARACTER_NOT_IN_REPERTOIRE,
                 format!(
                     "invalid byte sequence for encoding \"UTF8\" in parameter ${}",
                     i + 1

@@ -97,11 +97,20 @@ impl StandbyState {
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    drop(g);
+                    // A standby that has replayed all its primary has
+                    // written is not behind: the LSN lies past that.
+                    let upstream_end = self.receiver().latest_end_lsn;
+                    let hint = if upstream_end != Lsn::INVALID && replayed >= upstream_end {
+                        format!("the standby has replayed all the WAL its primary has sent ({upstream_end}): LSN {target} lies past the primary's WAL; was it taken from another node?")
+                    } else {
+                        "the standby is behind its primary; see pg_stat_wal_receiver".into()
+                    };
                     return Err(PgError::new(
                         code::QUERY_CANCELED,
                         format!("timed out while waiting for target LSN {target} to be replayed; current replay LSN {replayed}"),
                     )
-                    .with_hint("the standby is behind its primary; see pg_stat_wal_receiver"));
+                    .with_hint(hint));
                 }
                 nap = nap.min(left);
             }

@@ -134,7 +134,9 @@ impl Node {
                             None,
                             Some(Value::Bool(false)),
                             Some(Value::Bool(slot.active)),
-                            None,
+                            self.senders
+                                .pid_of_slot(name)
+                                .map(|pid| Value::Int(i64::from(pid))),
                             // Physical slots hold no xmin, confirm no flush
                             // (logical decoding's), and know no two-phase.
                             None,

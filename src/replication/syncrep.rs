@@ -167,6 +167,8 @@ impl LagTracker {
 struct Sender {
     peer: Peer,
     streaming: bool,
+    /// The replication slot it streams through.
+    slot: Option<String>,
     sent: Lsn,
     write: Lsn,
     flush: Lsn,
@@ -217,6 +219,7 @@ impl WalSenders {
         self.lock().push(Sender {
             peer,
             streaming: false,
+            slot: None,
             sent: Lsn::INVALID,
             write: Lsn::INVALID,
             flush: Lsn::INVALID,
@@ -255,11 +258,21 @@ impl WalSenders {
     }
 
     /// The walsender began streaming from `start`.
-    pub fn streaming(&self, pid: i32, start: Lsn) {
+    pub fn streaming(&self, pid: i32, start: Lsn, slot: Option<&str>) {
         self.with(pid, |s| {
             s.streaming = true;
             s.sent = start;
+            s.slot = slot.map(str::to_string);
         });
+    }
+
+    /// The walsender streaming through `slot` (`pg_replication_slots`'
+    /// `active_pid`).
+    pub fn pid_of_slot(&self, slot: &str) -> Option<i32> {
+        self.lock()
+            .iter()
+            .find(|s| s.streaming && s.slot.as_deref() == Some(slot))
+            .map(|s| s.peer.pid)
     }
 
     /// WAL up to `upto` went out.
@@ -313,10 +326,12 @@ impl WalSenders {
         senders
             .iter()
             .map(|s| {
-                let priority = if s.streaming {
-                    names.priority(&s.peer.application_name).unwrap_or(0)
-                } else {
-                    0
+                // In a quorum every listed standby is alike: PostgreSQL
+                // shows them all at priority 1.
+                let priority = match names.priority(&s.peer.application_name) {
+                    Some(_) if s.streaming && names.method == SyncMethod::Any => 1,
+                    Some(p) if s.streaming => p,
+                    _ => 0,
                 };
                 let sync_state = if priority == 0 {
                     "async"
@@ -540,6 +555,7 @@ mod tests {
                 ..Peer::default()
             },
             streaming: true,
+            slot: None,
             sent: Lsn(flush),
             write: Lsn(flush),
             flush: Lsn(flush),
@@ -577,7 +593,7 @@ mod tests {
             application_name: "s1".into(),
             ..Peer::default()
         });
-        senders.streaming(1, Lsn(0));
+        senders.streaming(1, Lsn(0), None);
         let names = SyncStandbyNames::parse("s1").unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for level in [SyncCommit::RemoteWrite, SyncCommit::On] {

@@ -359,7 +359,7 @@ fn run_command(
                 host.slots().acquire(name)?;
             }
             info!(start = %start, slot = slot.as_deref().unwrap_or("none"), "streaming WAL");
-            host.senders().streaming(pid, start);
+            host.senders().streaming(pid, start, slot.as_deref());
             let result = stream(
                 host,
                 pid,
@@ -560,7 +560,8 @@ fn stream(
                     b'c' | b'X' => return Ok(()),
                     other => {
                         return Err(ProtoError::Malformed(format!(
-                            "unexpected message type {other} during COPY"
+                            "unexpected message type '{}' during COPY",
+                            other as char
                         )))
                     }
                 }
