@@ -993,3 +993,118 @@ fn an_unreadable_archive_refuses_the_promotion_before_anything_is_fenced() {
     assert_eq!(s1.query_one("SHOW epoch"), "2");
     let _ = &mut s1;
 }
+
+/// A proxy that passes the server's messages whole and, once `stall` is
+/// set, passes `then` more on each connection open then and holds the
+/// rest back: a stream cut off between the parts of a record.
+struct MessageProxy {
+    port: u16,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MessageProxy {
+    fn start(target: u16, then: usize) -> MessageProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalling = stall.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
+                let (mut from_server, mut to_client) = (server, client);
+                let stall = stalling.clone();
+                let opened_stalled = stall.load(Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut passed = 0;
+                    loop {
+                        let mut head = [0u8; 5];
+                        if from_server.read_exact(&mut head).is_err() {
+                            return;
+                        }
+                        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+                        let mut body = vec![0u8; len.saturating_sub(4)];
+                        if from_server.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if stall.load(Ordering::SeqCst) && !opened_stalled {
+                            if passed >= then {
+                                std::thread::sleep(Duration::from_secs(3600));
+                            }
+                            passed += 1;
+                        }
+                        if to_client.write_all(&head).is_err()
+                            || to_client.write_all(&body).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        MessageProxy { port, stall }
+    }
+}
+
+#[test]
+fn cascaded_standbys_follow_a_promotion_that_drops_a_record_they_began() {
+    let mut primary = Node::init("");
+    primary.start();
+    let proxy = MessageProxy::start(primary.port, 2);
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={} user=tester application_name=s1'",
+        proxy.port
+    ));
+    s1.start();
+    let chain = |upstream: &Node, name: &str| {
+        let mut s = Node::basebackup(&primary, name, &[]);
+        s.configure(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
+            upstream.port
+        ));
+        s.start();
+        s
+    };
+    let s2 = chain(&s1, "s2");
+    let s3 = chain(&s2, "s3");
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('a', '1')")
+        .unwrap();
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s3.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+    // s1, and s2 through it, get only the first parts of a large record.
+    proxy.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    primary
+        .client()
+        .execute(
+            "INSERT INTO kv VALUES ('big', $1)",
+            &[&"v".repeat(1_000_000)],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // s1's promotion drops that part: timeline 2 begins before it, and s2
+    // and s3 follow, the part gone, with the history of timeline 2.
+    assert!(promote(&s1, &["--force"]).status.success());
+    s1.client()
+        .batch_execute("INSERT INTO kv VALUES ('b', '2')")
+        .unwrap();
+    let lsn = s1.query_one("SELECT pg_current_wal_flush_lsn()");
+    for s in [&s2, &s3] {
+        s.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '20s')"));
+        assert_eq!(s.query_one("SELECT value FROM kv WHERE key = 'b'"), "2");
+        assert!(!s.log().contains("stopping the standby"), "{}", s.log());
+        assert!(
+            !s.log().contains("history does not say where"),
+            "{}",
+            s.log()
+        );
+    }
+}

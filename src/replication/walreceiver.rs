@@ -826,6 +826,24 @@ fn stream(
                 });
                 match next {
                     Some((tli, at)) => {
+                        // The new timeline's history, on this connection,
+                        // before this node is on it: its own walsenders
+                        // read there where the timeline they stream ends.
+                        match fetch_history(&mut client, &peer, tli) {
+                            Ok((_, text)) => save_history(host, tli, &text)?,
+                            Err(e) => {
+                                warn!(primary = %info, timeline = %tli, "could not fetch the history of the timeline followed: {e}")
+                            }
+                        }
+                        // The upstream may have sent the first part of a
+                        // record its promotion then dropped (the new
+                        // timeline begins where its last whole record
+                        // ends): that part is none of the new timeline's.
+                        if wal.insert_lsn() > at
+                            && crate::wal::writer::ends_at(wal.complete_lsn(), at, host.seg_size())
+                        {
+                            wal.discard_partial_record()?;
+                        }
                         host.follow_timeline(tli, at)
                             .map_err(ReceiveError::Replay)?;
                         info!(timeline = %tli, switch = %at, "followed the upstream to a new timeline");

@@ -193,12 +193,12 @@ pub enum RoleStatement {
     },
 }
 
-/// The words a role specification uses for the session's own role, as in
-/// `ALTER ROLE CURRENT_USER` (so no role may be named one of them).
 /// The most parameters a statement may have: the protocol counts them in
 /// an Int16.
 const MAX_PARAMS: usize = 65535;
 
+/// The words a role specification uses for the session's own role, as in
+/// `ALTER ROLE CURRENT_USER` (so no role may be named one of them).
 pub const SESSION_ROLE_WORDS: [&str; 3] = ["current_user", "session_user", "current_role"];
 
 impl RoleStatement {
