@@ -464,5 +464,30 @@ fn connections_that_never_log_in_are_bounded_and_closed_after_authentication_tim
     assert!(node
         .log()
         .contains("did not log in within authentication_timeout"));
+    // The timeout is for the whole login: a byte now and then does not
+    // stretch it.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let began = std::time::Instant::now();
+    let mut said = Vec::new();
+    for b in startup_packet(&[("user", "tester")]) {
+        if slow.write_all(&[b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        slow.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let got = slow.read(&mut buf);
+        slow.set_nonblocking(false).unwrap();
+        if let Ok(n) = got {
+            said.extend_from_slice(&buf[..n]);
+            break;
+        }
+    }
+    assert_eq!(sqlstate(&said).as_deref(), Some("57014"), "{said:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }

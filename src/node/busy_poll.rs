@@ -102,6 +102,10 @@ pub struct BusyPoll {
     window: Duration,
     gate: &'static PollGate,
     id: usize,
+    /// When reading must have ended (a login's `authentication_timeout`):
+    /// a read after it fails with `TimedOut`, and a blocking read waits at
+    /// most until it, however the bytes trickle in.
+    deadline: std::cell::Cell<Option<Instant>>,
 }
 
 impl BusyPoll {
@@ -114,7 +118,29 @@ impl BusyPoll {
             window,
             gate,
             id: gate.next_id.fetch_add(1, Ordering::Relaxed),
+            deadline: std::cell::Cell::new(None),
         }
+    }
+
+    /// Sets (or, with `None`, lifts) the time by which reading must end.
+    pub fn set_deadline(&self, deadline: Option<Instant>) -> io::Result<()> {
+        self.deadline.set(deadline);
+        if deadline.is_none() {
+            self.stream.set_read_timeout(None)?;
+        }
+        Ok(())
+    }
+
+    /// A blocking read, within the deadline if there is one.
+    fn read_blocking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(d) = self.deadline.get() {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
     }
 
     /// Polls without blocking until data arrives, the window closes or
@@ -155,7 +181,7 @@ impl Read for BusyPoll {
         self.gate.working.fetch_sub(1, Ordering::Relaxed);
         let got = match self.poll(buf) {
             Some(got) => got,
-            None => self.stream.read(buf),
+            None => self.read_blocking(buf),
         };
         self.gate.working.fetch_add(1, Ordering::Relaxed);
         if matches!(got, Ok(n) if n > 0) {

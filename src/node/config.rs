@@ -449,8 +449,11 @@ impl Settings {
     /// as PostgreSQL's postmaster allows twice its backends as children.
     /// Beyond it a connection is refused as it is accepted, so a flood of
     /// connections that never log in cannot use up the node's threads.
+    /// Whatever the settings, these threads and the walsenders' second
+    /// threads stay below [`THREAD_BUDGET`].
     pub fn max_connection_threads(&self) -> usize {
-        2 * (self.max_connections + self.max_wal_senders)
+        (2 * (self.max_connections + self.max_wal_senders))
+            .min(THREAD_BUDGET - self.max_wal_senders)
     }
 
     /// Every setting's name and what it does, as `walship.conf` lists
@@ -762,11 +765,13 @@ fn split_line(raw: &str) -> Result<Option<(String, String)>, String> {
 }
 
 /// The most connections of a kind: walship serves each with a thread (a
-/// walsender with two), and the threads at once, those of connections
-/// still starting up included (twice these, see
-/// [`Settings::max_connection_threads`]), must stay below the 4096 that
-/// the log's per-thread span registry can number.
+/// walsender with two).
 const MAX_BACKENDS: u64 = 1000;
+
+/// The most threads connections may have at once, those still starting up
+/// included: below the 4096 that the log's per-thread span registry can
+/// number, with room for the node's own threads.
+const THREAD_BUDGET: usize = 3500;
 
 /// A whole number from `min` to `max`.
 fn parse_num<T: TryFrom<u64>>(v: &str, min: u64, max: u64) -> Result<T, String> {

@@ -225,6 +225,7 @@ impl Node {
         self.shutting_down.store(true, Ordering::Release);
         let _ = nix::unistd::write(wake, b"x");
         self.wake_all();
+        self.row_locks.shut_down();
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -82,13 +82,13 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
     // (a failed login says who tried).
     let connection = tracing::info_span!("connection", peer = %peer);
     let _in_connection = connection.enter();
-    // A client gets authentication_timeout to start up and log in, as in
-    // PostgreSQL: one that sends nothing does not hold a thread for ever.
-    let _ = writer
-        .get_ref()
-        .set_read_timeout(Some(node.settings().authentication_timeout));
+    // A client gets authentication_timeout in all to start up and log in,
+    // as in PostgreSQL: one that sends nothing, or a byte now and then,
+    // does not hold a thread for ever.
+    let deadline = std::time::Instant::now() + node.settings().authentication_timeout;
+    let _ = reader.get_ref().set_deadline(Some(deadline));
     let started = startup(&node, &mut reader, &mut writer);
-    let _ = writer.get_ref().set_read_timeout(None);
+    let _ = reader.get_ref().set_deadline(None);
     match started {
         Ok(Some((user, params, replication))) => {
             let span = tracing::info_span!("session", user = %user);

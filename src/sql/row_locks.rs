@@ -38,6 +38,7 @@ pub struct RowLocks {
     /// while none is.
     locked: AtomicUsize,
     next_owner: AtomicU64,
+    shutting_down: AtomicBool,
 }
 
 #[derive(Default)]
@@ -74,13 +75,22 @@ impl RowLocks {
         if self.locked.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
+        let keys: Vec<&str> = keys.into_iter().collect();
         let mut st = self.lock_state();
-        for key in keys {
-            while st.owners.contains_key(key) {
-                st = self.wait(st, cancel)?;
-            }
+        // All free at one look: after a wait, a key found free before may
+        // have been locked meanwhile.
+        while keys.iter().any(|k| st.owners.contains_key(*k)) {
+            st = self.wait(st, cancel)?;
         }
         Ok(())
+    }
+
+    /// The node is stopping: every wait ends (57P01), so no session waits
+    /// for a lock past the shutdown.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let _st = self.lock_state();
+        self.released.notify_all();
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -97,6 +107,12 @@ impl RowLocks {
             return Err(PgError::new(
                 code::QUERY_CANCELED,
                 "canceling statement due to user request",
+            ));
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(PgError::fatal(
+                code::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
             ));
         }
         let (st, _) = self
@@ -249,5 +265,16 @@ mod tests {
             "57014"
         );
         assert!(locks.lock_state().waiting.is_empty());
+        // At shutdown every wait ends.
+        let waiter = {
+            let locks = locks.clone();
+            std::thread::spawn(move || {
+                code_of(locks.lock_set().lock(["1"], &AtomicBool::new(false)))
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        locks.shut_down();
+        assert_eq!(waiter.join().unwrap(), "57P01");
+        drop(a);
     }
 }
