@@ -379,3 +379,40 @@ fn a_reload_applies_to_waiting_commits_and_to_streaming_walsenders() {
     s1.signal(nix::sys::signal::SIGCONT);
     assert!(cut, "{}", primary.log());
 }
+
+#[test]
+fn a_block_waits_for_a_commit_still_waiting_for_its_standby_before_deciding_on_its_row() {
+    let mut primary = Node::init("synchronous_standby_names = 's1'");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('h', 'old')")
+        .unwrap();
+    s1.signal(nix::sys::signal::SIGSTOP);
+    // A DELETE outside any block is logged, then held for s1.
+    let mut a = primary.client();
+    let deleting = std::thread::spawn(move || a.execute("DELETE FROM kv WHERE key = 'h'", &[]));
+    assert!(primary.wait_log("commit is waiting for synchronous replication"));
+    // A block updating the row waits for that commit to show, then finds
+    // no row (it used to update the row it could still see, and fail at
+    // COMMIT).
+    let mut b = primary.client();
+    b.batch_execute("SET synchronous_commit = local; BEGIN")
+        .unwrap();
+    let updating = std::thread::spawn(move || {
+        let n = b.execute("UPDATE kv SET value = 'B' WHERE key = 'h'", &[]);
+        (b, n)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !updating.is_finished(),
+        "the block decided before the held commit showed"
+    );
+    s1.signal(nix::sys::signal::SIGCONT);
+    assert_eq!(deleting.join().unwrap().unwrap(), 1);
+    let (mut b, n) = updating.join().unwrap();
+    assert_eq!(n.unwrap(), 0);
+    b.batch_execute("COMMIT").unwrap();
+}

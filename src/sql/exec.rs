@@ -545,10 +545,32 @@ impl Session {
     /// for blocks that hold them); outside one, waits until no block holds
     /// them.
     fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<(), PgError> {
-        match &mut self.txn {
-            Some(t) => t.locks.lock(keys, &self.cancel),
-            None => self.host.row_locks().wait_unlocked(keys, &self.cancel),
+        let keys: Vec<&str> = keys.into_iter().collect();
+        let Some(t) = &mut self.txn else {
+            return self.host.row_locks().wait_unlocked(keys, &self.cancel);
+        };
+        t.locks.lock(keys.iter().copied(), &self.cancel)?;
+        // A statement outside any block takes no lock: one that committed
+        // a change to these keys just before may not be visible yet (its
+        // flush, or its synchronous standbys, still to come). The block
+        // decides on the row once that commit shows, as PostgreSQL's
+        // would wait for the row's lock.
+        while self.host.db().in_flight(keys.iter().copied()) {
+            if self.cancel.swap(false, Ordering::AcqRel) {
+                return Err(PgError::new(
+                    code::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                ));
+            }
+            if self.host.row_locks().stopping() {
+                return Err(PgError::fatal(
+                    code::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
+        Ok(())
     }
 
     /// Starts an implicit transaction block, unless a block is open: the

@@ -85,6 +85,11 @@ impl RowLocks {
         Ok(())
     }
 
+    /// Whether the node is stopping (see [`RowLocks::shut_down`]).
+    pub fn stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// The node is stopping: every wait ends (57P01), so no session waits
     /// for a lock past the shutdown.
     pub fn shut_down(&self) {

@@ -206,6 +206,13 @@ impl Db {
         self.rows.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a record logged but not yet visible (waiting for its flush,
+    /// or held for synchronous standbys) changes one of `keys`.
+    pub fn in_flight<'k>(&self, mut keys: impl Iterator<Item = &'k str>) -> bool {
+        let queue = self.lock_queue();
+        keys.any(|k| queue.overlay.contains_key(k))
+    }
+
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
