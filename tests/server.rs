@@ -961,3 +961,67 @@ fn show_all_lists_every_setting_as_postgresql_does() {
     names.dedup();
     assert_eq!(names, listed, "sorted by name, each once");
 }
+
+#[test]
+fn a_block_never_overwrites_a_write_acknowledged_outside_blocks() {
+    let mut node = Node::init("");
+    node.start();
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('c', '0')")
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    let mut undone = Vec::new();
+    std::thread::scope(|s| {
+        // Blocks: lock c, read it, write it plus one.
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = node.client();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c
+                        .batch_execute(
+                            "BEGIN; INSERT INTO kv VALUES ('c', '0') ON CONFLICT DO NOTHING",
+                        )
+                        .and_then(|()| {
+                            let v: String = c
+                                .query_one("SELECT value FROM kv WHERE key = 'c'", &[])?
+                                .get(0);
+                            let next = (v.parse::<u64>().unwrap() + 1).to_string();
+                            c.execute("UPDATE kv SET value = $1 WHERE key = 'c'", &[&next])?;
+                            c.batch_execute("COMMIT")
+                        });
+                    if r.is_err() {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = c.batch_execute("ROLLBACK");
+                    }
+                }
+            });
+        }
+        // Outside any block: set c to j million; once acknowledged, no
+        // block may bring it below that.
+        let mut w = node.client();
+        let began = std::time::Instant::now();
+        for j in 1.. {
+            if began.elapsed() >= std::time::Duration::from_secs(3) {
+                break;
+            }
+            let floor: u64 = j * 1_000_000;
+            w.execute(
+                "UPDATE kv SET value = $1 WHERE key = 'c'",
+                &[&floor.to_string()],
+            )
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let v: String = w
+                .query_one("SELECT value FROM kv WHERE key = 'c'", &[])
+                .unwrap()
+                .get(0);
+            if v.parse::<u64>().unwrap() < floor {
+                undone.push((floor, v));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(undone.is_empty(), "acknowledged values undone: {undone:?}");
+    assert_eq!(failures.into_inner(), 0);
+}

@@ -541,13 +541,13 @@ impl Session {
         }
     }
 
-    /// Before a write of `keys` is decided: in a block, locks them (waiting
-    /// for blocks that hold them); outside one, waits until no block holds
-    /// them.
+    /// Before a block's write of `keys` is decided: locks them (waiting
+    /// for blocks that hold them), then waits for commits in flight on
+    /// them. Outside a block, nothing: [`Session::commit_unlocked`] waits.
     fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<(), PgError> {
         let keys: Vec<&str> = keys.into_iter().collect();
         let Some(t) = &mut self.txn else {
-            return self.host.row_locks().wait_unlocked(keys, &self.cancel);
+            return Ok(());
         };
         t.locks.lock(keys.iter().copied(), &self.cancel)?;
         // A statement outside any block takes no lock: one that committed
@@ -1073,7 +1073,8 @@ impl Session {
             }
             n
         } else {
-            self.commit_write(|view| {
+            let keys: Vec<&str> = resolved.iter().map(|(k, _)| k.as_str()).collect();
+            self.commit_unlocked(&keys, |view| {
                 let (ops, _, n) = decide(&|k| view.get(k).is_some())?;
                 Ok((ops, n))
             })?
@@ -1119,13 +1120,41 @@ impl Session {
             }
             return Ok(1);
         }
-        self.commit_write(|view| {
+        self.commit_unlocked(&[key.as_str()], |view| {
             if applies(view.get(&key).is_some()) {
-                Ok((vec![op], 1))
+                Ok((vec![op.clone()], 1))
             } else {
                 Ok((vec![], 0))
             }
         })
+    }
+
+    /// Commits a statement outside any block that writes `keys`, when no
+    /// block holds any of them. The lock table is looked at again as the
+    /// write is decided, under the lock that orders commits: a block that
+    /// locked a key after the first look sees this write as in flight and
+    /// waits for it, and one that locked it before makes this write wait
+    /// and decide again. So no block decides on a row such a write is
+    /// about to change.
+    fn commit_unlocked<R>(
+        &mut self,
+        keys: &[&str],
+        decide: impl Fn(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
+    ) -> Result<R, PgError> {
+        let locks = self.host.row_locks().clone();
+        loop {
+            locks.wait_unlocked(keys.iter().copied(), &self.cancel)?;
+            let decided = self.commit_write(|view| {
+                if locks.any_locked(keys) {
+                    return Ok((Vec::new(), None));
+                }
+                let (ops, r) = decide(view)?;
+                Ok((ops, Some(r)))
+            })?;
+            if let Some(r) = decided {
+                return Ok(r);
+            }
+        }
     }
 
     fn buffer(&mut self, ops: Vec<KvOp>, absent: Vec<String>) {

@@ -85,6 +85,15 @@ impl RowLocks {
         Ok(())
     }
 
+    /// Whether a block holds one of `keys` now.
+    pub fn any_locked(&self, keys: &[&str]) -> bool {
+        if self.locked.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let st = self.lock_state();
+        keys.iter().any(|k| st.owners.contains_key(*k))
+    }
+
     /// Whether the node is stopping (see [`RowLocks::shut_down`]).
     pub fn stopping(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
