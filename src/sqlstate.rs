@@ -68,6 +68,7 @@ pub mod code {
     pub const UNIQUE_VIOLATION: &str = "23505";
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const DEADLOCK_DETECTED: &str = "40P01";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
     pub const CARDINALITY_VIOLATION: &str = "21000";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const NOT_NULL_VIOLATION: &str = "23502";

@@ -509,6 +509,15 @@ fn a_deadlock_fails_one_block_and_a_lock_wait_ends_on_cancel_or_disconnect() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(values, ["A", "A"]);
+    // lock_timeout bounds a lock wait, as in PostgreSQL.
+    a.batch_execute("BEGIN; UPDATE kv SET value = 'x' WHERE key = '2'")
+        .unwrap();
+    let err = b
+        .batch_execute("SET lock_timeout = '200ms'; UPDATE kv SET value = 'y' WHERE key = '2'")
+        .unwrap_err();
+    assert_eq!(code(&err), "55P03", "{err:?}");
+    b.batch_execute("RESET lock_timeout").unwrap();
+    a.batch_execute("ROLLBACK").unwrap();
     // A CancelRequest ends a lock wait.
     a.batch_execute("BEGIN; UPDATE kv SET value = 'x' WHERE key = '1'")
         .unwrap();
@@ -1024,4 +1033,21 @@ fn a_block_never_overwrites_a_write_acknowledged_outside_blocks() {
     });
     assert!(undone.is_empty(), "acknowledged values undone: {undone:?}");
     assert_eq!(failures.into_inner(), 0);
+}
+
+#[test]
+fn a_commit_and_chain_that_fails_leaves_the_session_idle() {
+    let mut node = Node::init("");
+    node.start();
+    let mut a = node.client();
+    a.batch_execute("BEGIN; INSERT INTO kv VALUES ('k', 'v')")
+        .unwrap();
+    node.client()
+        .batch_execute("SELECT walship_fence(2)")
+        .unwrap();
+    let err = a.batch_execute("COMMIT AND CHAIN").unwrap_err();
+    assert_eq!(code(&err), "25006", "{err:?}");
+    // No new block was chained to the failed one: the session is idle
+    // and runs statements again, as PostgreSQL's is.
+    a.batch_execute("SELECT 1").unwrap();
 }

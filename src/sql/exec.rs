@@ -449,6 +449,17 @@ impl Session {
         self.settings.params.get(name).map(String::as_str)
     }
 
+    /// When a row-lock wait that begins now must end: `lock_timeout`
+    /// (milliseconds, or a duration with a unit; 0 or unset: never).
+    fn lock_deadline(&self) -> Option<std::time::Instant> {
+        let v = self.param("lock_timeout")?.trim();
+        let timeout = match v.parse::<u64>() {
+            Ok(ms) => std::time::Duration::from_millis(ms),
+            Err(_) => crate::node::config::parse_duration(v).ok()?,
+        };
+        (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout)
+    }
+
     /// The role the session authenticated as.
     pub fn user(&self) -> &str {
         &self.user
@@ -546,10 +557,11 @@ impl Session {
     /// them. Outside a block, nothing: [`Session::commit_unlocked`] waits.
     fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<(), PgError> {
         let keys: Vec<&str> = keys.into_iter().collect();
+        let deadline = self.lock_deadline();
         let Some(t) = &mut self.txn else {
             return Ok(());
         };
-        t.locks.lock(keys.iter().copied(), &self.cancel)?;
+        t.locks.lock(keys.iter().copied(), &self.cancel, deadline)?;
         // A statement outside any block takes no lock: one that committed
         // a change to these keys just before may not be visible yet (its
         // flush, or its synchronous standbys, still to come). The block
@@ -615,7 +627,9 @@ impl Session {
             self.settings = if committed.is_ok() { kept } else { saved };
             committed.map(|()| tag("COMMIT"))
         };
-        if chain {
+        // A COMMIT that fails ends the block with no new one chained, as
+        // in PostgreSQL: the session is idle, not in a failed block.
+        if chain && ended.is_ok() {
             self.txn = Some(self.new_txn(read_only, false));
         }
         ended
@@ -1142,8 +1156,9 @@ impl Session {
         decide: impl Fn(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
     ) -> Result<R, PgError> {
         let locks = self.host.row_locks().clone();
+        let deadline = self.lock_deadline();
         loop {
-            locks.wait_unlocked(keys.iter().copied(), &self.cancel)?;
+            locks.wait_unlocked(keys.iter().copied(), &self.cancel, deadline)?;
             let decided = self.commit_write(|view| {
                 if locks.any_locked(keys) {
                     return Ok((Vec::new(), None));

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sqlstate::{code, PgError};
 
@@ -71,6 +71,7 @@ impl RowLocks {
         &self,
         keys: impl IntoIterator<Item = &'k str>,
         cancel: &AtomicBool,
+        deadline: Option<Instant>,
     ) -> Result<(), PgError> {
         if self.locked.load(Ordering::Acquire) == 0 {
             return Ok(());
@@ -80,7 +81,7 @@ impl RowLocks {
         // All free at one look: after a wait, a key found free before may
         // have been locked meanwhile.
         while keys.iter().any(|k| st.owners.contains_key(*k)) {
-            st = self.wait(st, cancel)?;
+            st = self.wait(st, cancel, deadline)?;
         }
         Ok(())
     }
@@ -111,12 +112,20 @@ impl RowLocks {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One wait for a release, or a canceled one.
+    /// One wait for a release, or a canceled one, or one past `deadline`
+    /// (`lock_timeout`).
     fn wait<'a>(
         &self,
         st: MutexGuard<'a, State>,
         cancel: &AtomicBool,
+        deadline: Option<Instant>,
     ) -> Result<MutexGuard<'a, State>, PgError> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(PgError::new(
+                code::LOCK_NOT_AVAILABLE,
+                "canceling statement due to lock timeout",
+            ));
+        }
         if cancel.swap(false, Ordering::AcqRel) {
             return Err(PgError::new(
                 code::QUERY_CANCELED,
@@ -162,6 +171,7 @@ impl LockSet {
         &mut self,
         keys: impl IntoIterator<Item = &'k str>,
         cancel: &AtomicBool,
+        deadline: Option<Instant>,
     ) -> Result<(), PgError> {
         let locks = self.locks.clone();
         let mut st = locks.lock_state();
@@ -180,7 +190,7 @@ impl LockSet {
                                 .with_hint("This transaction was aborted; run it again."));
                         }
                         st.waiting.insert(self.owner, key.to_string());
-                        st = match locks.wait(st, cancel) {
+                        st = match locks.wait(st, cancel, deadline) {
                             Ok(st) => st,
                             Err(e) => {
                                 locks.lock_state().waiting.remove(&self.owner);
@@ -236,13 +246,13 @@ mod tests {
         let locks = Arc::new(RowLocks::default());
         let no = AtomicBool::new(false);
         let mut a = locks.lock_set();
-        a.lock(["k"], &no).unwrap();
-        a.lock(["k"], &no).unwrap();
+        a.lock(["k"], &no, None).unwrap();
+        a.lock(["k"], &no, None).unwrap();
         let waiter = {
             let locks = locks.clone();
             std::thread::spawn(move || {
                 let mut b = locks.lock_set();
-                b.lock(["k"], &AtomicBool::new(false)).unwrap();
+                b.lock(["k"], &AtomicBool::new(false), None).unwrap();
                 b.keys.clone()
             })
         };
@@ -251,7 +261,7 @@ mod tests {
         drop(a);
         assert_eq!(waiter.join().unwrap(), ["k"]);
         assert_eq!(locks.locked.load(Ordering::Acquire), 0);
-        locks.wait_unlocked(["k"], &no).unwrap();
+        locks.wait_unlocked(["k"], &no, None).unwrap();
     }
 
     #[test]
@@ -259,23 +269,28 @@ mod tests {
         let locks = Arc::new(RowLocks::default());
         let no = AtomicBool::new(false);
         let (mut a, mut b) = (locks.lock_set(), locks.lock_set());
-        a.lock(["1"], &no).unwrap();
-        b.lock(["2"], &no).unwrap();
+        a.lock(["1"], &no, None).unwrap();
+        b.lock(["2"], &no, None).unwrap();
         let waiter = std::thread::spawn(move || {
-            a.lock(["2"], &AtomicBool::new(false)).unwrap();
+            a.lock(["2"], &AtomicBool::new(false), None).unwrap();
             a
         });
         while locks.lock_state().waiting.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(code_of(b.lock(["1"], &no)), "40P01");
+        assert_eq!(code_of(b.lock(["1"], &no, None)), "40P01");
         b.release();
         let a = waiter.join().unwrap();
         assert_eq!(a.keys, ["1", "2"]);
         let cancel = AtomicBool::new(true);
-        assert_eq!(code_of(locks.lock_set().lock(["1"], &cancel)), "57014");
         assert_eq!(
-            code_of(locks.wait_unlocked(["2"], &AtomicBool::new(true))),
+            code_of(locks.lock_set().lock(["1"], &cancel, None)),
+            "57014"
+        );
+        let soon = Some(Instant::now() + Duration::from_millis(100));
+        assert_eq!(code_of(locks.lock_set().lock(["1"], &no, soon)), "55P03");
+        assert_eq!(
+            code_of(locks.wait_unlocked(["2"], &AtomicBool::new(true), None)),
             "57014"
         );
         assert!(locks.lock_state().waiting.is_empty());
@@ -283,7 +298,7 @@ mod tests {
         let waiter = {
             let locks = locks.clone();
             std::thread::spawn(move || {
-                code_of(locks.lock_set().lock(["1"], &AtomicBool::new(false)))
+                code_of(locks.lock_set().lock(["1"], &AtomicBool::new(false), None))
             })
         };
         std::thread::sleep(Duration::from_millis(100));
