@@ -460,6 +460,28 @@ fn writers_of_a_key_a_block_wrote_wait_for_it_as_in_postgresql() {
     assert_eq!(r.unwrap(), 1);
     b.batch_execute("COMMIT").unwrap();
     assert_eq!(value(&mut a, "c").as_deref(), Some("B"));
+    // SELECT … FOR UPDATE locks the row for the block, as in PostgreSQL.
+    a.batch_execute("BEGIN; SELECT value FROM kv WHERE key = 'c' FOR UPDATE")
+        .unwrap();
+    let waiting = blocked(b, "UPDATE kv SET value = 'after' WHERE key = 'c'");
+    a.batch_execute("UPDATE kv SET value = 'A2' WHERE key = 'c'; COMMIT")
+        .unwrap();
+    let (mut b, r) = waiting.join().unwrap();
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(value(&mut a, "c").as_deref(), Some("after"));
+    // A statement that changes no row locks none: after a block's UPDATE
+    // of a missing key and DO NOTHING on a present one, nobody waits.
+    a.batch_execute(
+        "BEGIN; UPDATE kv SET value = 'x' WHERE key = 'missing'; \
+         INSERT INTO kv VALUES ('c', 'x') ON CONFLICT (key) DO NOTHING",
+    )
+    .unwrap();
+    b.batch_execute(
+        "SET lock_timeout = '2s'; INSERT INTO kv VALUES ('missing', 'b'); \
+         UPDATE kv SET value = 'b' WHERE key = 'c'; RESET lock_timeout",
+    )
+    .unwrap();
+    a.batch_execute("ROLLBACK").unwrap();
     // A block that rolls back lets the waiting INSERT through.
     a.batch_execute("BEGIN; INSERT INTO kv VALUES ('r', 'A')")
         .unwrap();
@@ -982,23 +1004,19 @@ fn a_block_never_overwrites_a_write_acknowledged_outside_blocks() {
     let failures = std::sync::atomic::AtomicUsize::new(0);
     let mut undone = Vec::new();
     std::thread::scope(|s| {
-        // Blocks: lock c, read it, write it plus one.
+        // Blocks: read c FOR UPDATE, write it plus one.
         for _ in 0..4 {
             s.spawn(|| {
                 let mut c = node.client();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = c
-                        .batch_execute(
-                            "BEGIN; INSERT INTO kv VALUES ('c', '0') ON CONFLICT DO NOTHING",
-                        )
-                        .and_then(|()| {
-                            let v: String = c
-                                .query_one("SELECT value FROM kv WHERE key = 'c'", &[])?
-                                .get(0);
-                            let next = (v.parse::<u64>().unwrap() + 1).to_string();
-                            c.execute("UPDATE kv SET value = $1 WHERE key = 'c'", &[&next])?;
-                            c.batch_execute("COMMIT")
-                        });
+                    let r = c.batch_execute("BEGIN").and_then(|()| {
+                        let v: String = c
+                            .query_one("SELECT value FROM kv WHERE key = 'c' FOR UPDATE", &[])?
+                            .get(0);
+                        let next = (v.parse::<u64>().unwrap() + 1).to_string();
+                        c.execute("UPDATE kv SET value = $1 WHERE key = 'c'", &[&next])?;
+                        c.batch_execute("COMMIT")
+                    });
                     if r.is_err() {
                         failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let _ = c.batch_execute("ROLLBACK");

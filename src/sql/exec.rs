@@ -817,7 +817,12 @@ impl Session {
                 let n = self.write_one(key, None, |exists| exists)?;
                 Ok(tag(&format!("DELETE {n}")))
             }
-            Statement::Select(s) => self.select(s, params),
+            Statement::Select(s) => {
+                if s.for_update {
+                    self.lock_for_update(s, params)?;
+                }
+                self.select(s, params)
+            }
             Statement::Functions(items) => self.functions(stmt, items, params),
             Statement::Set { name, value, local } => {
                 if *local && self.txn.is_none() {
@@ -1029,6 +1034,7 @@ impl Session {
         for (k, v) in rows {
             resolved.push((resolve_key(k, params)?, resolve_value(v, params)?));
         }
+        let fresh = self.fresh_keys(resolved.iter().map(|(k, _)| k.as_str()));
         self.lock_keys(resolved.iter().map(|(k, _)| k.as_str()))?;
         // Decide each row against `exists`, which sees earlier rows of this
         // statement too.
@@ -1081,6 +1087,7 @@ impl Session {
             } else {
                 Vec::new()
             };
+            self.unlock_unwritten(&fresh, &ops);
             self.buffer(ops, absent);
             if let Some(t) = &mut self.txn {
                 t.must_still_be_absent.extend(still_absent);
@@ -1116,10 +1123,12 @@ impl Session {
             },
             None => KvOp::Delete { key: key.clone() },
         };
+        let fresh = self.fresh_keys([key.as_str()]);
         self.lock_keys([key.as_str()])?;
         if let Some(t) = &self.txn {
             let exists = self.lookup(&self.host.db().read(), &key).is_some();
             if !applies(exists) {
+                self.unlock_unwritten(&fresh, &[]);
                 return Ok(0);
             }
             // An UPDATE or DELETE rests on the row being in the store
@@ -1141,6 +1150,52 @@ impl Session {
                 Ok((vec![], 0))
             }
         })
+    }
+
+    /// `SELECT … FOR UPDATE` by key: in a block, locks the key as a write
+    /// would (until the block ends); outside one, waits until no block
+    /// holds it, as PostgreSQL's lock for the statement would.
+    fn lock_for_update(&mut self, s: &Select, params: &[Option<String>]) -> Result<(), PgError> {
+        self.check_writes_allowed("SELECT FOR UPDATE")?;
+        let Filter::Key(k) = &s.filter else {
+            return Ok(());
+        };
+        let Some(key) = resolve(k, params)? else {
+            return Ok(());
+        };
+        if self.txn.is_some() {
+            self.lock_keys([key.as_str()])
+        } else {
+            let deadline = self.lock_deadline();
+            self.host
+                .row_locks()
+                .wait_unlocked([key.as_str()], &self.cancel, deadline)
+        }
+    }
+
+    /// Of `keys`, those the block does not hold yet (none outside a block).
+    fn fresh_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Vec<String> {
+        match &self.txn {
+            Some(t) => keys
+                .into_iter()
+                .filter(|k| !t.locks.holds(k))
+                .map(str::to_string)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// After a block's statement locked `fresh` keys (held by the block
+    /// only since the statement began): frees those it wrote nothing to,
+    /// as PostgreSQL locks no row it does not change.
+    fn unlock_unwritten(&mut self, fresh: &[String], ops: &[KvOp]) {
+        if let Some(t) = &mut self.txn {
+            for key in fresh {
+                if !ops.iter().any(|op| op.key() == key) {
+                    t.locks.unlock(key);
+                }
+            }
+        }
     }
 
     /// Commits a statement outside any block that writes `keys`, when no

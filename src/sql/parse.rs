@@ -75,6 +75,9 @@ pub struct Select {
     pub filter: Filter,
     pub descending: bool,
     pub limit: Option<Expr>,
+    /// `FOR UPDATE` (or `FOR SHARE`, taken as strongly): in a transaction
+    /// block the key is locked as a write would lock it.
+    pub for_update: bool,
 }
 
 /// A function walship evaluates in a FROM-less SELECT.
@@ -1296,13 +1299,17 @@ fn convert_insert(insert: ast::Insert) -> Result<Statement, PgError> {
 }
 
 fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
-    if query.with.is_some()
-        || query.offset.is_some()
-        || query.fetch.is_some()
-        || !query.locks.is_empty()
-    {
-        return Err(unsupported("WITH / OFFSET / FETCH / FOR UPDATE"));
+    if query.with.is_some() || query.offset.is_some() || query.fetch.is_some() {
+        return Err(unsupported("WITH / OFFSET / FETCH"));
     }
+    if query
+        .locks
+        .iter()
+        .any(|l| l.of.is_some() || l.nonblock.is_some())
+    {
+        return Err(unsupported("FOR UPDATE OF / NOWAIT / SKIP LOCKED"));
+    }
+    let for_update = !query.locks.is_empty();
     let SetExpr::Select(select) = *query.body else {
         return Err(unsupported("UNION, VALUES or a parenthesized query"));
     };
@@ -1314,8 +1321,8 @@ fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
         return Err(unsupported("DISTINCT / GROUP BY / HAVING"));
     }
     if select.from.is_empty() {
-        if query.order_by.is_some() || select.selection.is_some() {
-            return Err(unsupported("WHERE or ORDER BY without FROM"));
+        if query.order_by.is_some() || select.selection.is_some() || for_update {
+            return Err(unsupported("WHERE, ORDER BY or FOR UPDATE without FROM"));
         }
         return select
             .projection
@@ -1360,12 +1367,16 @@ fn convert_query(query: ast::Query) -> Result<Statement, PgError> {
         },
     };
     let limit = query.limit.as_ref().map(expr).transpose()?;
+    if for_update && !matches!(filter, Filter::Key(_)) {
+        return Err(unsupported("FOR UPDATE except on a SELECT by key"));
+    }
     Ok(Statement::Select(Select {
         projection,
         names,
         filter,
         descending,
         limit,
+        for_update,
     }))
 }
 
@@ -1612,7 +1623,8 @@ mod tests {
                 names: vec![None],
                 filter: Filter::Key(lit("7")),
                 descending: false,
-                limit: None
+                limit: None,
+                for_update: false
             })
         );
         assert_eq!(
@@ -1623,6 +1635,7 @@ mod tests {
                 filter: Filter::Range { lo: Some((lit("a"), true)), hi: Some((lit("b"), false)) },
                 descending: true,
                 limit: Some(lit("10")),
+                for_update: false,
             })
         );
         assert!(matches!(

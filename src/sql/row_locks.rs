@@ -165,6 +165,28 @@ impl State {
 }
 
 impl LockSet {
+    /// Releases `key` if this block holds it (a statement that locked it
+    /// and then wrote nothing there: PostgreSQL locks no row it does not
+    /// change), waking the blocks that wait.
+    pub fn unlock(&mut self, key: &str) {
+        let Some(at) = self.keys.iter().position(|k| k == key) else {
+            return;
+        };
+        let key = self.keys.swap_remove(at);
+        let mut st = self.locks.lock_state();
+        if st.owners.get(&key) == Some(&self.owner) {
+            st.owners.remove(&key);
+            self.locks.locked.fetch_sub(1, Ordering::Release);
+        }
+        drop(st);
+        self.locks.released.notify_all();
+    }
+
+    /// Whether this block holds `key`.
+    pub fn holds(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k == key)
+    }
+
     /// Locks `keys` for this block, in order, waiting for other blocks
     /// that hold them.
     pub fn lock<'k>(
