@@ -473,12 +473,14 @@ fn writers_of_a_key_a_block_wrote_wait_for_it_as_in_postgresql() {
     // of a missing key and DO NOTHING on a present one, nobody waits.
     a.batch_execute(
         "BEGIN; UPDATE kv SET value = 'x' WHERE key = 'missing'; \
-         INSERT INTO kv VALUES ('c', 'x') ON CONFLICT (key) DO NOTHING",
+         INSERT INTO kv VALUES ('c', 'x') ON CONFLICT (key) DO NOTHING; \
+         SELECT value FROM kv WHERE key = 'absent' FOR UPDATE",
     )
     .unwrap();
     b.batch_execute(
         "SET lock_timeout = '2s'; INSERT INTO kv VALUES ('missing', 'b'); \
-         UPDATE kv SET value = 'b' WHERE key = 'c'; RESET lock_timeout",
+         UPDATE kv SET value = 'b' WHERE key = 'c'; INSERT INTO kv VALUES ('absent', 'b'); \
+         RESET lock_timeout",
     )
     .unwrap();
     a.batch_execute("ROLLBACK").unwrap();

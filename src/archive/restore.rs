@@ -329,7 +329,12 @@ pub fn prefetch(
                 return None;
             }
             let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
-            let held = spooled().ok()?.len() + in_flight.load(Ordering::Acquire);
+            // In flight first, then the spool: a fetch ends by renaming its
+            // file into the spool before it leaves `in_flight`, so read in
+            // this order every segment is counted at least once (the other
+            // order could miss one between the two, and hold depth + 1).
+            let fetching = in_flight.load(Ordering::Acquire);
+            let held = spooled().ok()?.len() + fetching;
             if held < depth {
                 let name = name_at(*next);
                 *next += 1;

@@ -210,13 +210,12 @@ struct Txn {
     must_be_absent: Vec<String>,
     /// What other buffered writes rest on, checked again at COMMIT: keys
     /// an UPDATE or DELETE found, and keys an INSERT … ON CONFLICT DO
-    /// NOTHING found absent. The block's locks make other writers wait,
-    /// but a statement outside a block that found a key unlocked just
-    /// before this block locked it may still commit after this block
-    /// decided: were it let through, the block's write would undo that
-    /// session's acknowledged one (bring a deleted row back, overwrite an
-    /// inserted one), so the commit fails with a serialization failure
-    /// instead.
+    /// NOTHING found absent. The row locks (see [`super::row_locks`] and
+    /// [`Session::commit_unlocked`]) keep other writers off these keys;
+    /// this is the last guard should one get through: the block's write
+    /// would undo that session's acknowledged one (bring a deleted row
+    /// back, overwrite an inserted one), so the commit fails with a
+    /// serialization failure instead.
     must_still_exist: Vec<String>,
     must_still_be_absent: Vec<String>,
     /// Role changes, made at COMMIT as one ROLES record. A block changes
@@ -556,17 +555,24 @@ impl Session {
     /// for blocks that hold them), then waits for commits in flight on
     /// them. Outside a block, nothing: [`Session::commit_unlocked`] waits.
     fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<(), PgError> {
+        if self.txn.is_none() {
+            return Ok(());
+        }
         let keys: Vec<&str> = keys.into_iter().collect();
         let deadline = self.lock_deadline();
-        let Some(t) = &mut self.txn else {
-            return Ok(());
-        };
-        t.locks.lock(keys.iter().copied(), &self.cancel, deadline)?;
+        if let Some(t) = &mut self.txn {
+            t.locks.lock(keys.iter().copied(), &self.cancel, deadline)?;
+        }
         // A statement outside any block takes no lock: one that committed
         // a change to these keys just before may not be visible yet (its
         // flush, or its synchronous standbys, still to come). The block
         // decides on the row once that commit shows, as PostgreSQL's
         // would wait for the row's lock.
+        // The record may never show: the node was fenced while it waited
+        // for standbys, or the WAL failed; those end the wait with their
+        // own errors. The wait backs off, as each look takes the lock that
+        // orders commits.
+        let mut nap = std::time::Duration::from_micros(200);
         while self.host.db().in_flight(keys.iter().copied()) {
             if self.cancel.swap(false, Ordering::AcqRel) {
                 return Err(PgError::new(
@@ -580,7 +586,22 @@ impl Session {
                     "terminating connection due to administrator command",
                 ));
             }
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(PgError::new(
+                    code::LOCK_NOT_AVAILABLE,
+                    "canceling statement due to lock timeout",
+                ));
+            }
+            if let Some(epoch) = self.host.db().fenced_by() {
+                return Err(db_error(DbError::Fenced(epoch)));
+            }
+            self.host
+                .db()
+                .wal()
+                .check_poisoned()
+                .map_err(|e| db_error(DbError::Wal(e)))?;
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(std::time::Duration::from_millis(5));
         }
         Ok(())
     }
@@ -1143,11 +1164,12 @@ impl Session {
             }
             return Ok(1);
         }
+        // Decided at most once: the op is taken, not copied.
+        let op = std::cell::Cell::new(Some(op));
         self.commit_unlocked(&[key.as_str()], |view| {
-            if applies(view.get(&key).is_some()) {
-                Ok((vec![op.clone()], 1))
-            } else {
-                Ok((vec![], 0))
+            match op.take().filter(|_| applies(view.get(&key).is_some())) {
+                Some(op) => Ok((vec![op], 1)),
+                None => Ok((vec![], 0)),
             }
         })
     }
@@ -1164,7 +1186,14 @@ impl Session {
             return Ok(());
         };
         if self.txn.is_some() {
-            self.lock_keys([key.as_str()])
+            // As PostgreSQL locks no row that is not there, a missing key
+            // is not kept locked.
+            let fresh = self.fresh_keys([key.as_str()]);
+            self.lock_keys([key.as_str()])?;
+            if self.lookup(&self.host.db().read(), &key).is_none() {
+                self.unlock_unwritten(&fresh, &[]);
+            }
+            Ok(())
         } else {
             let deadline = self.lock_deadline();
             self.host

@@ -365,7 +365,8 @@ impl WalWriter {
         self.insert.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_poisoned(&self) -> Result<(), WalError> {
+    /// An error once a failed flush has poisoned the writer.
+    pub fn check_poisoned(&self) -> Result<(), WalError> {
         if self.poisoned.load(Ordering::Acquire) {
             Err(WalError::Poisoned(self.flushed_lsn()))
         } else {
