@@ -541,6 +541,8 @@ fn a_deadlock_fails_one_block_and_a_lock_wait_ends_on_cancel_or_disconnect() {
         .unwrap_err();
     assert_eq!(code(&err), "55P03", "{err:?}");
     b.batch_execute("RESET lock_timeout").unwrap();
+    let err = b.batch_execute("SET lock_timeout = 'soon'").unwrap_err();
+    assert_eq!(code(&err), "22023", "{err:?}");
     a.batch_execute("ROLLBACK").unwrap();
     // A CancelRequest ends a lock wait.
     a.batch_execute("BEGIN; UPDATE kv SET value = 'x' WHERE key = '1'")

@@ -416,3 +416,36 @@ fn a_block_waits_for_a_commit_still_waiting_for_its_standby_before_deciding_on_i
     assert_eq!(n.unwrap(), 0);
     b.batch_execute("COMMIT").unwrap();
 }
+
+#[test]
+fn a_block_does_not_wait_for_ever_on_a_commit_a_fence_keeps_hidden() {
+    let mut primary = Node::init("synchronous_standby_names = 's1'");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('h', 'old')")
+        .unwrap();
+    s1.signal(nix::sys::signal::SIGSTOP);
+    let mut a = primary.client();
+    let deleting = std::thread::spawn(move || a.execute("DELETE FROM kv WHERE key = 'h'", &[]));
+    assert!(primary.wait_log("commit is waiting for synchronous replication"));
+    // The fence ends that wait unacknowledged, and the commit stays hidden
+    // for good; a block that wants its row is told of the fence.
+    primary
+        .client()
+        .batch_execute("SELECT walship_fence(2)")
+        .unwrap();
+    assert!(deleting.join().unwrap().is_err());
+    let mut b = primary.client();
+    let updating = std::thread::spawn(move || {
+        b.batch_execute(
+            "SET synchronous_commit = local; BEGIN; UPDATE kv SET value = 'B' WHERE key = 'h'",
+        )
+    });
+    wait_until("the block to be refused", || updating.is_finished());
+    s1.signal(nix::sys::signal::SIGCONT);
+    let err = updating.join().unwrap().unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err:?}");
+}

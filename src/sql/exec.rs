@@ -242,6 +242,16 @@ fn rows_and_roles() -> PgError {
     .with_hint("commit the one before the other")
 }
 
+/// `lock_timeout` as PostgreSQL reads it: milliseconds, or a duration with
+/// a unit; `None` when it is neither.
+fn lock_timeout(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    match v.parse::<u64>() {
+        Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+        Err(_) => crate::node::config::parse_duration(v).ok(),
+    }
+}
+
 /// Session parameters a client may SET, with PostgreSQL's defaults.
 const SESSION_PARAMS: &[(&str, &str)] = &[
     ("application_name", ""),
@@ -451,11 +461,7 @@ impl Session {
     /// When a row-lock wait that begins now must end: `lock_timeout`
     /// (milliseconds, or a duration with a unit; 0 or unset: never).
     fn lock_deadline(&self) -> Option<std::time::Instant> {
-        let v = self.param("lock_timeout")?.trim();
-        let timeout = match v.parse::<u64>() {
-            Ok(ms) => std::time::Duration::from_millis(ms),
-            Err(_) => crate::node::config::parse_duration(v).ok()?,
-        };
+        let timeout = lock_timeout(self.param("lock_timeout")?)?;
         (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout)
     }
 
@@ -1178,7 +1184,7 @@ impl Session {
     /// would (until the block ends); outside one, waits until no block
     /// holds it, as PostgreSQL's lock for the statement would.
     fn lock_for_update(&mut self, s: &Select, params: &[Option<String>]) -> Result<(), PgError> {
-        self.check_writes_allowed("SELECT FOR UPDATE")?;
+        self.check_writes_allowed("SELECT FOR UPDATE/SHARE")?;
         let Filter::Key(k) = &s.filter else {
             return Ok(());
         };
@@ -1598,6 +1604,17 @@ impl Session {
                 name.to_string(),
                 client_encoding(value.unwrap_or("UTF8"))?.to_string(),
             ));
+        }
+        if let (Some(v), "lock_timeout") = (value, name) {
+            if lock_timeout(v).is_none() {
+                return Err(PgError::new(
+                    code::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"lock_timeout\": \"{v}\""),
+                )
+                .with_hint(
+                    "milliseconds, or a duration with a unit such as 500ms or 2s; 0 for none",
+                ));
+            }
         }
         let Some((_, default)) = SESSION_PARAMS.iter().find(|(n, _)| *n == name) else {
             return Err(if self.host.settings().show(name).is_some() {
