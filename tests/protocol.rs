@@ -491,3 +491,26 @@ fn connections_that_never_log_in_are_bounded_and_closed_after_authentication_tim
     );
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }
+
+#[test]
+fn a_malformed_standby_status_update_ends_the_walsender() {
+    let mut node = Node::init("");
+    node.start();
+    let lsn = node.query_one("SELECT pg_current_wal_lsn()");
+    let mut s = startup_packet(&[("user", "tester"), ("replication", "true")]);
+    s.extend(msg(b'Q', format!("START_REPLICATION {lsn}\0").as_bytes()));
+    // A status update cut short after its first field.
+    s.extend(msg(b'd', &[b'r', 0, 0, 0, 0, 0, 0, 0, 1]));
+    let r = exchange(node.port, &s);
+    assert_eq!(sqlstate(&r).as_deref(), Some("08P01"), "{r:?}");
+    // The walsender is gone with its client, its slot in max_wal_senders
+    // free again.
+    let streaming = node
+        .client()
+        .simple_query("SELECT pid FROM pg_stat_replication")
+        .unwrap()
+        .iter()
+        .filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(streaming, 0);
+}
