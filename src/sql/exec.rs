@@ -559,45 +559,33 @@ impl Session {
 
     /// Before a block's write of `keys` is decided: locks them (waiting
     /// for blocks that hold them), then waits for commits in flight on
-    /// them. Outside a block, nothing: [`Session::commit_unlocked`] waits.
-    fn lock_keys<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> Result<(), PgError> {
+    /// those it did not hold before, and returns them. Outside a block,
+    /// nothing: [`Session::commit_unlocked`] waits.
+    fn lock_keys<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<Vec<String>, PgError> {
         if self.txn.is_none() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let keys: Vec<&str> = keys.into_iter().collect();
         let deadline = self.lock_deadline();
-        if let Some(t) = &mut self.txn {
-            t.locks.lock(keys.iter().copied(), &self.cancel, deadline)?;
-        }
+        let Some(t) = &mut self.txn else {
+            return Ok(Vec::new());
+        };
+        // A key held before was waited for when it was taken, and no
+        // write outside blocks gets past a held key since.
+        let fresh = t.locks.lock(keys, &self.cancel, deadline)?;
         // A statement outside any block takes no lock: one that committed
         // a change to these keys just before may not be visible yet (its
         // flush, or its synchronous standbys, still to come). The block
         // decides on the row once that commit shows, as PostgreSQL's
-        // would wait for the row's lock.
-        // The record may never show: the node was fenced while it waited
-        // for standbys, or the WAL failed; those end the wait with their
-        // own errors. The wait backs off, as each look takes the lock that
-        // orders commits.
+        // would wait for the row's lock. The record may never show: the
+        // node was fenced while it waited for standbys, or the WAL failed;
+        // those end the wait with their own errors. The wait backs off, as
+        // each look takes the lock that orders commits.
         let mut nap = std::time::Duration::from_micros(200);
-        while self.host.db().in_flight(keys.iter().copied()) {
-            if self.cancel.swap(false, Ordering::AcqRel) {
-                return Err(PgError::new(
-                    code::QUERY_CANCELED,
-                    "canceling statement due to user request",
-                ));
-            }
-            if self.host.row_locks().stopping() {
-                return Err(PgError::fatal(
-                    code::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command",
-                ));
-            }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Err(PgError::new(
-                    code::LOCK_NOT_AVAILABLE,
-                    "canceling statement due to lock timeout",
-                ));
-            }
+        while !fresh.is_empty() && self.host.db().in_flight(fresh.iter().map(String::as_str)) {
+            self.host.row_locks().may_wait(&self.cancel, deadline)?;
             if let Some(epoch) = self.host.db().fenced_by() {
                 return Err(db_error(DbError::Fenced(epoch)));
             }
@@ -609,7 +597,7 @@ impl Session {
             std::thread::sleep(nap);
             nap = (nap * 2).min(std::time::Duration::from_millis(5));
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Starts an implicit transaction block, unless a block is open: the
@@ -1061,8 +1049,7 @@ impl Session {
         for (k, v) in rows {
             resolved.push((resolve_key(k, params)?, resolve_value(v, params)?));
         }
-        let fresh = self.fresh_keys(resolved.iter().map(|(k, _)| k.as_str()));
-        self.lock_keys(resolved.iter().map(|(k, _)| k.as_str()))?;
+        let fresh = self.lock_keys(resolved.iter().map(|(k, _)| k.as_str()))?;
         // Decide each row against `exists`, which sees earlier rows of this
         // statement too.
         let decide =
@@ -1150,8 +1137,7 @@ impl Session {
             },
             None => KvOp::Delete { key: key.clone() },
         };
-        let fresh = self.fresh_keys([key.as_str()]);
-        self.lock_keys([key.as_str()])?;
+        let fresh = self.lock_keys([key.as_str()])?;
         if let Some(t) = &self.txn {
             let exists = self.lookup(&self.host.db().read(), &key).is_some();
             if !applies(exists) {
@@ -1170,12 +1156,11 @@ impl Session {
             }
             return Ok(1);
         }
-        // Decided at most once: the op is taken, not copied.
-        let op = std::cell::Cell::new(Some(op));
         self.commit_unlocked(&[key.as_str()], |view| {
-            match op.take().filter(|_| applies(view.get(&key).is_some())) {
-                Some(op) => Ok((vec![op], 1)),
-                None => Ok((vec![], 0)),
+            if applies(view.get(&key).is_some()) {
+                Ok((vec![op], 1))
+            } else {
+                Ok((vec![], 0))
             }
         })
     }
@@ -1194,8 +1179,7 @@ impl Session {
         if self.txn.is_some() {
             // As PostgreSQL locks no row that is not there, a missing key
             // is not kept locked.
-            let fresh = self.fresh_keys([key.as_str()]);
-            self.lock_keys([key.as_str()])?;
+            let fresh = self.lock_keys([key.as_str()])?;
             if self.lookup(&self.host.db().read(), &key).is_none() {
                 self.unlock_unwritten(&fresh, &[]);
             }
@@ -1205,18 +1189,6 @@ impl Session {
             self.host
                 .row_locks()
                 .wait_unlocked([key.as_str()], &self.cancel, deadline)
-        }
-    }
-
-    /// Of `keys`, those the block does not hold yet (none outside a block).
-    fn fresh_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Vec<String> {
-        match &self.txn {
-            Some(t) => keys
-                .into_iter()
-                .filter(|k| !t.locks.holds(k))
-                .map(str::to_string)
-                .collect(),
-            None => Vec::new(),
         }
     }
 
@@ -1243,16 +1215,23 @@ impl Session {
     fn commit_unlocked<R>(
         &mut self,
         keys: &[&str],
-        decide: impl Fn(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
+        decide: impl FnOnce(&View<'_>) -> Result<(Vec<KvOp>, R), PgError>,
     ) -> Result<R, PgError> {
         let locks = self.host.row_locks().clone();
-        let deadline = self.lock_deadline();
+        // Decided once: a try that finds a key locked returns before.
+        let mut decide = Some(decide);
+        // lock_timeout is read only when there is something to wait for.
+        let mut deadline = None;
         loop {
-            locks.wait_unlocked(keys.iter().copied(), &self.cancel, deadline)?;
+            if locks.any_locked(keys) {
+                let d = *deadline.get_or_insert_with(|| self.lock_deadline());
+                locks.wait_unlocked(keys.iter().copied(), &self.cancel, d)?;
+            }
             let decided = self.commit_write(|view| {
                 if locks.any_locked(keys) {
                     return Ok((Vec::new(), None));
                 }
+                let decide = decide.take().expect("a write is decided at most once");
                 let (ops, r) = decide(view)?;
                 Ok((ops, Some(r)))
             })?;

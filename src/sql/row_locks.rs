@@ -95,9 +95,28 @@ impl RowLocks {
         keys.iter().any(|k| st.owners.contains_key(*k))
     }
 
-    /// Whether the node is stopping (see [`RowLocks::shut_down`]).
-    pub fn stopping(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
+    /// Whether a wait may go on: not past `deadline` (`lock_timeout`,
+    /// 55P03), not cancelled (57014), the node not stopping (57P01).
+    pub fn may_wait(&self, cancel: &AtomicBool, deadline: Option<Instant>) -> Result<(), PgError> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(PgError::new(
+                code::LOCK_NOT_AVAILABLE,
+                "canceling statement due to lock timeout",
+            ));
+        }
+        if cancel.swap(false, Ordering::AcqRel) {
+            return Err(PgError::new(
+                code::QUERY_CANCELED,
+                "canceling statement due to user request",
+            ));
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(PgError::fatal(
+                code::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            ));
+        }
+        Ok(())
     }
 
     /// The node is stopping: every wait ends (57P01), so no session waits
@@ -120,24 +139,7 @@ impl RowLocks {
         cancel: &AtomicBool,
         deadline: Option<Instant>,
     ) -> Result<MutexGuard<'a, State>, PgError> {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(PgError::new(
-                code::LOCK_NOT_AVAILABLE,
-                "canceling statement due to lock timeout",
-            ));
-        }
-        if cancel.swap(false, Ordering::AcqRel) {
-            return Err(PgError::new(
-                code::QUERY_CANCELED,
-                "canceling statement due to user request",
-            ));
-        }
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(PgError::fatal(
-                code::ADMIN_SHUTDOWN,
-                "terminating connection due to administrator command",
-            ));
-        }
+        self.may_wait(cancel, deadline)?;
         let (st, _) = self
             .released
             .wait_timeout(st, CANCEL_POLL)
@@ -182,19 +184,15 @@ impl LockSet {
         self.locks.released.notify_all();
     }
 
-    /// Whether this block holds `key`.
-    pub fn holds(&self, key: &str) -> bool {
-        self.keys.iter().any(|k| k == key)
-    }
-
     /// Locks `keys` for this block, in order, waiting for other blocks
-    /// that hold them.
+    /// that hold them. Returns those it did not hold before.
     pub fn lock<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k str>,
         cancel: &AtomicBool,
         deadline: Option<Instant>,
-    ) -> Result<(), PgError> {
+    ) -> Result<Vec<String>, PgError> {
+        let mut fresh = Vec::new();
         let locks = self.locks.clone();
         let mut st = locks.lock_state();
         for key in keys {
@@ -226,10 +224,11 @@ impl LockSet {
             if taken {
                 st.owners.insert(key.to_string(), self.owner);
                 self.keys.push(key.to_string());
+                fresh.push(key.to_string());
                 locks.locked.fetch_add(1, Ordering::Release);
             }
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Releases every key this block holds, waking the blocks that wait.
@@ -259,7 +258,7 @@ impl Drop for LockSet {
 mod tests {
     use super::*;
 
-    fn code_of(r: Result<(), PgError>) -> String {
+    fn code_of<T: std::fmt::Debug>(r: Result<T, PgError>) -> String {
         r.unwrap_err().code.to_string()
     }
 
