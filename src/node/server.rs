@@ -1241,14 +1241,13 @@ impl Host for Node {
         level: SyncCommit,
         cancel: &AtomicBool,
     ) -> Result<Option<PgError>, PgError> {
-        let settings = Node::settings(self);
-        if self.standby().is_some() || settings.synchronous_standby_names.is_empty() {
+        if self.sync_names_in_effect().is_empty() {
             return Ok(None);
         }
         self.senders.wait(
             lsn,
             level,
-            &|| Node::settings(self).synchronous_standby_names.clone(),
+            &|| self.sync_names_in_effect(),
             cancel,
             &|| self.is_shutting_down(),
             &|| self.db.fenced_by(),

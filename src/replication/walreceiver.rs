@@ -696,6 +696,7 @@ fn stream(
     let mut last_reply = Instant::now();
     let mut reported_apply = host.replayed_lsn();
     let mut settings_checked = Instant::now();
+    let mut receiver_timeout = host.receiver_timeout();
     let mut last_heard = Instant::now();
     let mut pinged = false;
     let mut unflushed_since = Instant::now();
@@ -713,6 +714,7 @@ fn stream(
         // next attempt uses the new settings.
         if settings_checked.elapsed() >= Duration::from_secs(1) {
             settings_checked = Instant::now();
+            receiver_timeout = host.receiver_timeout();
             let now = host.primary();
             if now.as_ref().map(|(i, s)| (i, s.as_deref())) != Some((info, slot)) {
                 info!(primary = %info, "primary_conninfo or primary_slot_name changed: reconnecting");
@@ -889,7 +891,7 @@ fn stream(
         // a keepalive; one silent for all of it is given up on (a hung
         // host, a network that drops everything), and the next attempt
         // connects afresh, as PostgreSQL's walreceiver does.
-        let timeout = host.receiver_timeout();
+        let timeout = receiver_timeout;
         if !timeout.is_zero() {
             let silent = last_heard.elapsed();
             if silent >= timeout {

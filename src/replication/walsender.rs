@@ -309,7 +309,7 @@ fn run_command(
             let end_of_timeline = if tli == current {
                 None
             } else {
-                let (switch, next) = switch_point(host, tli).ok_or_else(|| {
+                let (switch, next) = timeline_end(host, tli).ok_or_else(|| {
                     PgError::new(
                         code::INVALID_PARAMETER_VALUE,
                         format!("requested timeline {tli} is not in this server's history (it is on timeline {current})"),
@@ -401,13 +401,6 @@ fn run_command(
         }
     }
     Ok(())
-}
-
-/// Where timeline `tli` of this server's history ends, and the timeline
-/// after it.
-fn switch_point(host: &dyn WalSenderHost, tli: TimelineId) -> Option<(Lsn, TimelineId)> {
-    let current = host.timeline();
-    TimelineHistory::read_in(&host.wal_dir(), current)?.switch_of(tli, current)
 }
 
 /// Where timeline `tli` ends by the history of the timeline the WAL writer
@@ -574,16 +567,20 @@ fn stream(
         let mut last_keepalive = Instant::now();
         let mut slot_lsn = Lsn::INVALID;
         let mut timeout = Duration::MAX;
+        let mut timeout_read: Option<Instant> = None;
         let outcome = loop {
-            // wal_sender_timeout as now in force (a reload changes it for
-            // walsenders already streaming, as in PostgreSQL). A standby
-            // that stops reading must not hold this walsender in a blocked
-            // write past it.
-            let now_in_force = host.sender_timeout();
-            if now_in_force != timeout {
-                timeout = now_in_force;
-                let write_timeout = (!timeout.is_zero()).then_some(timeout);
-                let _ = w.get_ref().set_write_timeout(write_timeout);
+            // wal_sender_timeout as now in force, looked at once a second
+            // (a reload changes it for walsenders already streaming, as in
+            // PostgreSQL). A standby that stops reading must not hold this
+            // walsender in a blocked write past it.
+            if timeout_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                timeout_read = Some(Instant::now());
+                let now_in_force = host.sender_timeout();
+                if now_in_force != timeout {
+                    timeout = now_in_force;
+                    let write_timeout = (!timeout.is_zero()).then_some(timeout);
+                    let _ = w.get_ref().set_write_timeout(write_timeout);
+                }
             }
             if feedback.done.load(Ordering::Acquire) {
                 break Ok(());
