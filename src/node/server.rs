@@ -987,8 +987,17 @@ impl WalReceiverHost for Node {
     }
     fn follow_timeline(&self, next: TimelineId, switch: Lsn) -> Result<(), String> {
         let wal = self.db.wal();
+        let size = WalSenderHost::seg_size(self);
+        // The upstream may have sent the first part of a record its
+        // promotion then dropped (the new timeline begins where its last
+        // whole record ends): that part is none of the new timeline's.
+        if wal.insert_lsn() > switch
+            && crate::wal::writer::ends_at(wal.complete_lsn(), switch, size)
+        {
+            wal.discard_partial_record().map_err(|e| e.to_string())?;
+        }
         let end = wal.insert_lsn();
-        if !crate::wal::writer::ends_at(end, switch, WalSenderHost::seg_size(self)) {
+        if !crate::wal::writer::ends_at(end, switch, size) {
             return Err(format!(
                 "the upstream switched to timeline {next} at {switch}, but this standby's WAL ends at {end}"
             ));

@@ -151,7 +151,8 @@ pub trait WalReceiverHost: Send + Sync {
     /// Adopts the upstream's (higher) epoch, durably.
     fn adopt_epoch(&self, epoch: u64) -> Result<(), String>;
     /// Continues on timeline `next` from `switch` (the end of the local
-    /// WAL), durably: the upstream was promoted or followed a promotion.
+    /// WAL, or of its last whole record: a first part past it is dropped),
+    /// durably: the upstream was promoted or followed a promotion.
     fn follow_timeline(&self, next: TimelineId, switch: Lsn) -> Result<(), String>;
     fn is_shutting_down(&self) -> bool;
     /// `wal_receiver_timeout` as now in force (zero: never).
@@ -829,22 +830,16 @@ fn stream(
                 match next {
                     Some((tli, at)) => {
                         // The new timeline's history, on this connection,
-                        // before this node is on it: its own walsenders
+                        // before this node is on it (unless this attempt
+                        // saved it as it connected): its own walsenders
                         // read there where the timeline they stream ends.
-                        match fetch_history(&mut client, &peer, tli) {
-                            Ok((_, text)) => save_history(host, tli, &text)?,
-                            Err(e) => {
-                                warn!(primary = %info, timeline = %tli, "could not fetch the history of the timeline followed: {e}")
+                        if !host.wal_dir().join(history_file_name(tli)).exists() {
+                            match fetch_history(&mut client, &peer, tli) {
+                                Ok((_, text)) => save_history(host, tli, &text)?,
+                                Err(e) => {
+                                    warn!(primary = %info, timeline = %tli, "could not fetch the history of the timeline followed: {e}")
+                                }
                             }
-                        }
-                        // The upstream may have sent the first part of a
-                        // record its promotion then dropped (the new
-                        // timeline begins where its last whole record
-                        // ends): that part is none of the new timeline's.
-                        if wal.insert_lsn() > at
-                            && crate::wal::writer::ends_at(wal.complete_lsn(), at, host.seg_size())
-                        {
-                            wal.discard_partial_record()?;
                         }
                         host.follow_timeline(tli, at)
                             .map_err(ReceiveError::Replay)?;
