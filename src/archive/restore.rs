@@ -177,7 +177,8 @@ fn take_from_spool(
     // Only what a worker verified against this very archive: another
     // archive of the same system (a fenced primary's, the new one's) may
     // hold other WAL under the same name.
-    let intact = verified_as.is_some_and(|c| c.trim() == hint_text(archive, &bytes));
+    let intact =
+        verified_as.is_some_and(|c| c.trim() == hint_text(&archive_identity(archive), &bytes));
     let _ = std::fs::remove_file(&crc_path);
     if !intact {
         let _ = std::fs::remove_file(&path);
@@ -195,13 +196,9 @@ fn crc_path_of(path: &Path) -> PathBuf {
 }
 
 /// What the worker leaves in `NAME.crc32c`: the spooled file's CRC-32C,
-/// then the archive it came from (see [`archive_identity`]).
-fn hint_text(archive: &Archive, bytes: &[u8]) -> String {
-    format!(
-        "{:08x} {}",
-        crc32c::crc32c(bytes),
-        archive_identity(archive)
-    )
+/// then the archive it came from (its [`archive_identity`]).
+fn hint_text(identity: &str, bytes: &[u8]) -> String {
+    format!("{:08x} {identity}", crc32c::crc32c(bytes))
 }
 
 /// The system identifier and the archive's directory, made absolute (one
@@ -214,13 +211,13 @@ fn archive_identity(archive: &Archive) -> String {
     format!("{} {}", archive.system_id, dir.display())
 }
 
-/// Whether the hint beside a spooled segment says it came from `archive`
-/// (a spool may have served another).
-fn spooled_for(archive: &Archive, segment: &Path) -> bool {
+/// Whether the hint beside a spooled segment says it came from the
+/// archive of `identity` (a spool may have served another).
+fn spooled_for(identity: &str, segment: &Path) -> bool {
     std::fs::read_to_string(crc_path_of(segment)).is_ok_and(|hint| {
         hint.trim()
             .split_once(' ')
-            .is_some_and(|(_, from)| from == archive_identity(archive))
+            .is_some_and(|(_, from)| from == identity)
     })
 }
 
@@ -278,6 +275,7 @@ pub fn prefetch(
     depth: usize,
 ) -> Result<(), RestoreError> {
     let archive = Archive::open(archive_dir)?;
+    let identity = archive_identity(&archive);
     if !spool.exists() {
         durable::create_dir(spool)?;
     }
@@ -314,7 +312,7 @@ pub fn prefetch(
         let stale = is_segment
             && (segment.get(..8) != head.get(..8)
                 || segment < head.as_str()
-                || !spooled_for(&archive, &spool.join(segment)));
+                || !spooled_for(&identity, &spool.join(segment)));
         if stale || file.contains(".tmp.") {
             durable::remove_file(&spool.join(file))?;
         }
@@ -369,11 +367,11 @@ pub fn prefetch(
                                 // The CRC first, so a request that finds
                                 // the segment finds it too. A hint, like
                                 // the plan: without it the request
-                                // verifies in full.
+                                // fetches the segment itself.
                                 verify(&archive, &name, &bytes).is_ok()
                                     && std::fs::write(
                                         crc_path_of(&path),
-                                        hint_text(&archive, &bytes),
+                                        hint_text(&identity, &bytes),
                                     )
                                     .is_ok()
                                     && durable::replace_scratch_file(&path, &bytes).is_ok()
