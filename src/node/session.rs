@@ -485,17 +485,20 @@ fn run(
     let mut skipping = false;
     loop {
         let max = node.settings().max_message_size;
-        let tag = match r.next_message(max).and_then(|tag| {
-            // After an Execute, the next message's type: whether Sync
-            // follows decides how the statement commits, so it is waited
-            // for (a client sends Sync or Flush before it waits for
-            // output, so this cannot hang a well-behaved one).
-            if tag == b'E' {
-                r.peek_next_type()?;
-            }
-            Ok(tag)
+        // After an Execute, the next message's type: whether Sync follows
+        // (the usual Parse/Bind/Execute/Sync in one write) decides how the
+        // statement commits, so it is waited for (a client sends Sync or
+        // Flush before it waits for output, so this cannot hang a
+        // well-behaved one).
+        let (tag, sync_follows) = match r.next_message(max).and_then(|tag| {
+            let next = if tag == b'E' {
+                Some(r.peek_next_type()?)
+            } else {
+                None
+            };
+            Ok((tag, next == Some(b'S')))
         }) {
-            Ok(tag) => tag,
+            Ok(read) => read,
             Err(e) => {
                 session.abandon();
                 if node.is_shutting_down() {
@@ -511,9 +514,6 @@ fn run(
             }
         };
         let body = r.body();
-        // Whether the client sent Sync right after this message (the usual
-        // Parse/Bind/Execute/Sync in one write).
-        let sync_follows = r.buffered().first() == Some(&b'S');
         session.forget_cancel();
         let mut c = Cursor::new(body);
         if skipping && !matches!(tag, b'S' | b'X') {
@@ -646,16 +646,13 @@ fn run(
                             "send it with the simple query protocol, as connection poolers do",
                         ));
                     }
-                    match session
-                        .execute(stmt, &portal.params)
-                        .and_then(|r| deallocate(stmt, &mut statements).map(|()| r))
-                    {
-                        Ok(res) => portal.result = Some(res),
-                        Err(e) => {
-                            session.fail_transaction();
-                            return Err(e);
-                        }
-                    }
+                    // An error fails the transaction where every step's
+                    // error does, below.
+                    portal.result = Some(
+                        session
+                            .execute(stmt, &portal.params)
+                            .and_then(|r| deallocate(stmt, &mut statements).map(|()| r))?,
+                    );
                 }
                 let Some(res) = &portal.result else {
                     return Ok(());
