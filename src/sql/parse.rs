@@ -375,31 +375,11 @@ fn own_command(statement: &str) -> Option<Result<Statement, PgError>> {
         return Some(Ok(Statement::Checkpoint));
     }
     if let Some(rest) = strip_words(plain, &["reset"]) {
-        let name = rest.trim();
-        return Some(match name {
-            "" => Err(PgError::new(
-                code::SYNTAX_ERROR,
-                "syntax error at end of input",
-            )),
-            n if n.eq_ignore_ascii_case("all") => Ok(Statement::Reset { name: None }),
-            n => Ok(Statement::Reset {
-                name: Some(folded(n)),
-            }),
-        });
+        return Some(name_or_all(rest).map(|name| Statement::Reset { name }));
     }
     if let Some(rest) = strip_words(plain, &["deallocate"]) {
         let rest = strip_words(rest, &["prepare"]).unwrap_or(rest);
-        let name = rest.trim();
-        return Some(match name {
-            "" => Err(PgError::new(
-                code::SYNTAX_ERROR,
-                "syntax error at end of input",
-            )),
-            n if n.eq_ignore_ascii_case("all") => Ok(Statement::Deallocate { name: None }),
-            n => Ok(Statement::Deallocate {
-                name: Some(folded(n)),
-            }),
-        });
+        return Some(name_or_all(rest).map(|name| Statement::Deallocate { name }));
     }
     // ABORT is PostgreSQL's ROLLBACK, with the same words after it.
     if let Some(rest) = strip_words(plain, &["abort"]) {
@@ -618,6 +598,18 @@ fn strip_words<'a>(s: &'a str, words: &[&str]) -> Option<&'a str> {
 
 /// A name as PostgreSQL reads it: quoted, exactly what it says; else in
 /// lower case.
+/// The object of RESET or DEALLOCATE: `ALL` (`None`) or a name.
+fn name_or_all(rest: &str) -> Result<Option<String>, PgError> {
+    match rest.trim() {
+        "" => Err(PgError::new(
+            code::SYNTAX_ERROR,
+            "syntax error at end of input",
+        )),
+        n if n.eq_ignore_ascii_case("all") => Ok(None),
+        n => Ok(Some(folded(n))),
+    }
+}
+
 fn folded(name: &str) -> String {
     match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
         Some(quoted) => quoted.replace("\"\"", "\""),
