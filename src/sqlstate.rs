@@ -73,6 +73,7 @@ pub mod code {
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const NOT_NULL_VIOLATION: &str = "23502";
     pub const IN_FAILED_TRANSACTION: &str = "25P02";
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     pub const READ_ONLY_TRANSACTION: &str = "25006";
     pub const ACTIVE_TRANSACTION: &str = "25001";
     pub const NO_ACTIVE_TRANSACTION: &str = "25P01";

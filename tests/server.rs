@@ -565,6 +565,101 @@ fn a_deadlock_fails_one_block_and_a_lock_wait_ends_on_cancel_or_disconnect() {
 }
 
 #[test]
+fn statement_timeout_ends_waits_and_an_idle_block_past_its_timeout_ends_the_session() {
+    // Commits at `on` wait for a standby that never comes. Sessions idle
+    // in a block are ended after 300ms, unless they SET otherwise.
+    let mut node = Node::init(
+        "synchronous_standby_names = 'nobody'\nsynchronous_commit = local\n\
+         idle_in_transaction_session_timeout = 300ms\n",
+    );
+    node.start();
+    let mut a = node.client();
+    let mut b = node.client();
+    a.batch_execute(
+        "SET idle_in_transaction_session_timeout = 0; \
+         INSERT INTO kv VALUES ('1', '0'), ('3', '0')",
+    )
+    .unwrap();
+    // statement_timeout ends a row-lock wait with 57014, as in PostgreSQL.
+    a.batch_execute("BEGIN; UPDATE kv SET value = 'A' WHERE key = '1'")
+        .unwrap();
+    // (lock_timeout only so that a regression fails rather than hangs.)
+    b.batch_execute("SET statement_timeout = '300ms'; SET lock_timeout = '5s'")
+        .unwrap();
+    let began = std::time::Instant::now();
+    let err = b
+        .batch_execute("UPDATE kv SET value = 'B' WHERE key = '1'")
+        .unwrap_err();
+    assert_eq!(code(&err), "57014", "{err:?}");
+    let message = err.as_db_error().unwrap().message();
+    assert_eq!(message, "canceling statement due to statement timeout");
+    assert!(began.elapsed() >= std::time::Duration::from_millis(300));
+    // The clock is the statement's: statements that do not wait run on.
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        b.batch_execute("SELECT value FROM kv WHERE key = '3'")
+            .unwrap();
+    }
+    let err = b
+        .batch_execute("SET statement_timeout = 'soon'")
+        .unwrap_err();
+    assert_eq!(code(&err), "22023", "{err:?}");
+    a.batch_execute("ROLLBACK").unwrap();
+    // A commit waiting for synchronous standbys stops waiting, with a
+    // warning; it stands locally, as when the wait is cancelled.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = notices.clone();
+    let mut c = node
+        .conninfo()
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    c.batch_execute(
+        "SET synchronous_commit = on; SET statement_timeout = '300ms'; \
+         INSERT INTO kv VALUES ('s', 'stands')",
+    )
+    .unwrap();
+    assert_eq!(
+        *notices.lock().unwrap(),
+        ["canceling wait for synchronous replication due to statement timeout"]
+    );
+    let v: String = a
+        .query_one("SELECT value FROM kv WHERE key = 's'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "stands");
+    // A client idle in a block it began past
+    // idle_in_transaction_session_timeout loses its session (25P03) and
+    // its row locks; one idle outside a block keeps its session.
+    let mut idle = node.client();
+    let shown: String = idle
+        .query_one("SHOW idle_in_transaction_session_timeout", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "300ms", "walship.conf's value");
+    idle.batch_execute("BEGIN; UPDATE kv SET value = 'idle' WHERE key = '3'")
+        .unwrap();
+    let mut outside = node.client();
+    outside.batch_execute("SELECT 1").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    assert!(node.wait_log("idle_in_transaction_session_timeout"));
+    b.batch_execute("SET statement_timeout = 0; SET lock_timeout = '2s'; UPDATE kv SET value = 'b' WHERE key = '3'")
+        .unwrap();
+    let err = idle.batch_execute("COMMIT").unwrap_err();
+    if let Some(db) = err.as_db_error() {
+        assert_eq!(db.code().code(), "25P03", "{err:?}");
+    }
+    outside.batch_execute("SELECT 1").unwrap();
+    let v: String = a
+        .query_one("SELECT value FROM kv WHERE key = '3'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "b", "the idle block's update was rolled back");
+}
+
+#[test]
 fn data_survives_a_clean_restart_and_a_second_server_is_refused() {
     let mut node = Node::init("");
     node.start();

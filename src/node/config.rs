@@ -111,6 +111,11 @@ pub struct Settings {
     /// never polls); see `node::busy_poll`.
     pub busy_poll: Duration,
     pub synchronous_commit: SyncCommit,
+    /// Sessions' defaults for `statement_timeout`, `lock_timeout` and
+    /// `idle_in_transaction_session_timeout` (zero: none).
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub idle_in_transaction_session_timeout: Duration,
     pub wal_writer_delay: Duration,
     pub checkpoint_timeout: Duration,
     pub max_wal_size: u64,
@@ -196,6 +201,9 @@ impl Default for Settings {
             max_message_size: 64 << 20,
             busy_poll: Duration::from_micros(50),
             synchronous_commit: SyncCommit::On,
+            statement_timeout: Duration::ZERO,
+            lock_timeout: Duration::ZERO,
+            idle_in_transaction_session_timeout: Duration::ZERO,
             wal_writer_delay: Duration::from_millis(200),
             checkpoint_timeout: Duration::from_secs(300),
             max_wal_size: 1 << 30,
@@ -267,6 +275,21 @@ const DOCS: &[SettingDoc] = &[
         name: "synchronous_commit",
         reload: true,
         help: "off, local, remote_write, on or remote_apply",
+    },
+    SettingDoc {
+        name: "statement_timeout",
+        reload: true,
+        help: "sessions' default: a statement still waiting (for a row lock, WAIT FOR LSN, synchronous standbys) this long is stopped (0: never; a session may SET its own)",
+    },
+    SettingDoc {
+        name: "lock_timeout",
+        reload: true,
+        help: "sessions' default: a wait for a row lock this long fails with 55P03 (0: never; a session may SET its own)",
+    },
+    SettingDoc {
+        name: "idle_in_transaction_session_timeout",
+        reload: true,
+        help: "sessions' default: a session idle this long in a transaction block it began is ended, freeing its row locks (0: never; a session may SET its own)",
     },
     SettingDoc {
         name: "wal_writer_delay",
@@ -540,6 +563,15 @@ impl Settings {
             "synchronous_commit" => {
                 self.synchronous_commit = value.parse().map_err(SetError::Value)?
             }
+            "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
+                let d = parse_timeout(value).ok_or_else(|| {
+                    SetError::Value(
+                        "expected milliseconds, or a duration with a unit such as 500ms or 2s; 0 for none"
+                            .into(),
+                    )
+                })?;
+                *self.session_timeout_mut(name) = d
+            }
             "wal_writer_delay" => {
                 self.wal_writer_delay = parse_duration(value).map_err(SetError::Value)?
             }
@@ -617,6 +649,24 @@ impl Settings {
         }
     }
 
+    /// Sessions' default for the timeout setting `name`, if it is one.
+    pub fn session_timeout(&self, name: &str) -> Option<Duration> {
+        match name {
+            "statement_timeout" => Some(self.statement_timeout),
+            "lock_timeout" => Some(self.lock_timeout),
+            "idle_in_transaction_session_timeout" => Some(self.idle_in_transaction_session_timeout),
+            _ => None,
+        }
+    }
+
+    fn session_timeout_mut(&mut self, name: &str) -> &mut Duration {
+        match name {
+            "statement_timeout" => &mut self.statement_timeout,
+            "lock_timeout" => &mut self.lock_timeout,
+            _ => &mut self.idle_in_transaction_session_timeout,
+        }
+    }
+
     /// The value of a setting as `SHOW` prints it.
     pub fn show(&self, name: &str) -> Option<String> {
         Some(match name {
@@ -628,6 +678,11 @@ impl Settings {
             "max_message_size" => format_size(self.max_message_size as u64),
             "busy_poll" => format_duration(self.busy_poll),
             "synchronous_commit" => self.synchronous_commit.to_string(),
+            "statement_timeout" => format_duration(self.statement_timeout),
+            "lock_timeout" => format_duration(self.lock_timeout),
+            "idle_in_transaction_session_timeout" => {
+                format_duration(self.idle_in_transaction_session_timeout)
+            }
             "wal_writer_delay" => format_duration(self.wal_writer_delay),
             "checkpoint_timeout" => format_duration(self.checkpoint_timeout),
             "max_wal_size" => format_size(self.max_wal_size),
@@ -796,6 +851,16 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     humantime::parse_duration(v)
         .map_err(|_| "expected a duration with a unit, such as 200ms, 30s, 5min or 1h".to_string())
+}
+
+/// A timeout as PostgreSQL reads one: milliseconds, or a duration with a
+/// unit; `None` when it is neither.
+pub fn parse_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    match v.parse::<u64>() {
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(_) => parse_duration(v).ok(),
+    }
 }
 
 fn format_duration(d: Duration) -> String {

@@ -36,6 +36,7 @@ use crate::replication::syncrep::WalSenders;
 use crate::replication::walreceiver::{self, ReceiverStatus, WalReceiverHost};
 use crate::replication::walsender::{Backup, WalSenderHost};
 use crate::sql::exec::{Host, Rights, Session, Value};
+use crate::sql::interrupt::Interrupt;
 use crate::sql::parse::RoleStatement;
 use crate::sql::row_locks::RowLocks;
 use crate::sql::views::SystemView;
@@ -1132,10 +1133,10 @@ impl Host for Node {
         &self,
         lsn: Lsn,
         timeout: Option<Duration>,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
     ) -> Result<(), PgError> {
         if let Some(standby) = self.standby() {
-            return standby.wait_for_replay(lsn, timeout, cancel);
+            return standby.wait_for_replay(lsn, timeout, interrupt);
         }
         // A primary: wait for the flush (its WAL is its own, so only an
         // asynchronous commit's can be behind).
@@ -1154,12 +1155,7 @@ impl Host for Node {
                     ),
                 ));
             }
-            if cancel.swap(false, Ordering::AcqRel) {
-                return Err(PgError::new(
-                    crate::sqlstate::code::QUERY_CANCELED,
-                    "canceling statement due to user request",
-                ));
-            }
+            interrupt.check().map_err(|why| why.statement_error())?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(PgError::new(
                     crate::sqlstate::code::QUERY_CANCELED,
@@ -1168,7 +1164,7 @@ impl Host for Node {
             }
             self.db
                 .wal()
-                .wait_flushed_beyond(flushed, Duration::from_millis(50));
+                .wait_flushed_beyond(flushed, interrupt.nap(Duration::from_millis(50)));
         }
     }
     fn view_rows(&self, view: SystemView) -> Vec<Vec<Option<Value>>> {
@@ -1248,7 +1244,7 @@ impl Host for Node {
         &self,
         lsn: Lsn,
         level: SyncCommit,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
     ) -> Result<Option<PgError>, PgError> {
         if self.sync_names_in_effect().is_empty() {
             return Ok(None);
@@ -1257,7 +1253,7 @@ impl Host for Node {
             lsn,
             level,
             &|| self.sync_names_in_effect(),
-            cancel,
+            interrupt,
             &|| self.is_shutting_down(),
             &|| self.db.fenced_by(),
         )

@@ -64,6 +64,14 @@ fn proto_to_pg(e: &ProtoError) -> PgError {
     }
 }
 
+/// Whether reading failed because its deadline passed.
+fn is_timeout(e: &ProtoError) -> bool {
+    matches!(e, ProtoError::Io(e) if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
+}
+
 /// Serves one connection to its end. Errors are logged here.
 pub fn serve(node: Arc<Node>, stream: TcpStream) {
     let backend_start = walsender::pg_now();
@@ -139,12 +147,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
             }
         }
         Ok(None) => {}
-        Err(ProtoError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
+        Err(e) if is_timeout(&e) => {
             info!("closing a connection that did not log in within authentication_timeout");
             let mut out = Out::default();
             out.error(&PgError::fatal(
@@ -490,17 +493,39 @@ fn run(
         // statement commits, so it is waited for (a client sends Sync or
         // Flush before it waits for output, so this cannot hang a
         // well-behaved one).
-        let (tag, sync_follows) = match r.next_message(max).and_then(|tag| {
+        // A client idle in a transaction block it began holds its row
+        // locks: idle_in_transaction_session_timeout bounds that.
+        let idle_limit = session.idle_in_block_timeout();
+        if let Some(limit) = idle_limit {
+            let _ = r
+                .get_ref()
+                .set_deadline(Some(std::time::Instant::now() + limit));
+        }
+        let read = r.next_message(max).and_then(|tag| {
             let next = if tag == b'E' {
                 Some(r.peek_next_type()?)
             } else {
                 None
             };
             Ok((tag, next == Some(b'S')))
-        }) {
+        });
+        if idle_limit.is_some() {
+            let _ = r.get_ref().set_deadline(None);
+        }
+        let (tag, sync_follows) = match read {
             Ok(read) => read,
             Err(e) => {
                 session.abandon();
+                if idle_limit.is_some() && is_timeout(&e) {
+                    info!("ending a session idle in a transaction block past idle_in_transaction_session_timeout");
+                    let mut out = Out::default();
+                    out.error(&PgError::fatal(
+                        code::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                        "terminating connection due to idle-in-transaction timeout",
+                    ));
+                    let _ = out.send(w);
+                    return Ok(());
+                }
                 if node.is_shutting_down() {
                     let mut out = Out::default();
                     out.error(&PgError::fatal(

@@ -5,11 +5,12 @@
 //! Invariant: `replayed` only grows, and every walship record that ends at
 //! or before it has been applied to the store readers see.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::replication::walreceiver::ReceiverStatus;
+use crate::sql::interrupt::Interrupt;
 use crate::sqlstate::{code, PgError};
 use crate::store::Store;
 use crate::wal::Lsn;
@@ -78,7 +79,7 @@ impl StandbyState {
         &self,
         target: Lsn,
         timeout: Option<Duration>,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
     ) -> Result<(), PgError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut g = self.lock_signal();
@@ -87,13 +88,15 @@ impl StandbyState {
             if replayed >= target {
                 return Ok(());
             }
-            if cancel.swap(false, Ordering::AcqRel) {
+            if let Err(why) = interrupt.check() {
                 return Err(PgError::new(
                     code::QUERY_CANCELED,
-                    format!("canceling wait for LSN {target} due to user request (replayed up to {replayed})"),
+                    format!(
+                        "canceling wait for LSN {target} due to {why} (replayed up to {replayed})"
+                    ),
                 ));
             }
-            let mut nap = Duration::from_millis(50);
+            let mut nap = interrupt.nap(Duration::from_millis(50));
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {

@@ -18,7 +18,6 @@
 //! on the synchronous standbys that `synchronous_standby_names` requires.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use tracing::info;
 
 use super::walsender::Peer;
 use crate::node::config::SyncCommit;
+use crate::sql::interrupt::Interrupt;
 use crate::sqlstate::{code, PgError};
 use crate::wal::Lsn;
 
@@ -383,7 +383,7 @@ impl WalSenders {
         lsn: Lsn,
         level: SyncCommit,
         names: &dyn Fn() -> SyncStandbyNames,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
         shutting_down: &dyn Fn() -> bool,
         fenced: &dyn Fn() -> Option<u64>,
     ) -> Result<Option<PgError>, PgError> {
@@ -408,11 +408,11 @@ impl WalSenders {
                 }
                 return Ok(None);
             }
-            if cancel.swap(false, Ordering::AcqRel) {
+            if let Err(why) = interrupt.check() {
                 return Ok(Some(
                     PgError::new(
                         code::QUERY_CANCELED,
-                        "canceling wait for synchronous replication due to user request",
+                        format!("canceling wait for synchronous replication due to {why}"),
                     )
                     .with_detail("The transaction has already committed locally, but might not have been replicated to the standby."),
                 ));
@@ -435,7 +435,7 @@ impl WalSenders {
                 );
             }
             senders = self.changed[position_class(level)]
-                .wait_timeout(senders, Duration::from_millis(100))
+                .wait_timeout(senders, interrupt.nap(Duration::from_millis(100)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -603,7 +603,7 @@ mod tests {
                     Lsn(100),
                     level,
                     &|| names.clone(),
-                    &AtomicBool::new(false),
+                    &Interrupt::default(),
                     &|| false,
                     &|| None,
                 );

@@ -5,15 +5,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use super::interrupt::Interrupt;
 use super::parse::{
     Column, Expr, Filter, Func, OnConflict, Projection, RoleStatement, Select, Statement,
 };
 use super::row_locks::{LockSet, RowLocks};
 use super::views::SystemView;
-use crate::node::config::{Settings, SyncCommit};
+use crate::node::config::{parse_timeout, Settings, SyncCommit};
 use crate::sqlstate::{code, PgError};
 use crate::store::{Db, DbError, Durability, KvOp, Store, View};
 use crate::wal::{Lsn, WalError};
@@ -140,13 +141,14 @@ pub trait Host: Send + Sync {
     /// Runs a checkpoint now (the CHECKPOINT command).
     fn checkpoint(&self) -> Result<Lsn, PgError>;
     /// After a commit at `lsn` is flushed and visible locally: waits for
-    /// the synchronous standbys as `level` asks. A cancelled wait returns
-    /// a warning (the commit stands locally).
+    /// the synchronous standbys as `level` asks. A wait cut short by a
+    /// cancel or `statement_timeout` returns a warning (the commit stands
+    /// locally).
     fn wait_for_sync(
         &self,
         lsn: Lsn,
         level: SyncCommit,
-        cancel: &std::sync::atomic::AtomicBool,
+        interrupt: &Interrupt,
     ) -> Result<Option<PgError>, PgError>;
     /// A system view's rows, values in [`SystemView::columns`] order.
     fn view_rows(&self, view: SystemView) -> Vec<Vec<Option<Value>>>;
@@ -176,12 +178,12 @@ pub trait Host: Send + Sync {
     /// What the role `name` may do now (nothing, if it is gone).
     fn rights(&self, name: &str) -> Rights;
     /// `WAIT FOR LSN`: until `lsn` is replayed (standby) or flushed
-    /// (primary), `timeout` passes, or `cancel` is raised.
+    /// (primary), `timeout` passes, or `interrupt` stops the statement.
     fn wait_for_lsn(
         &self,
         lsn: Lsn,
         timeout: Option<std::time::Duration>,
-        cancel: &std::sync::atomic::AtomicBool,
+        interrupt: &Interrupt,
     ) -> Result<(), PgError>;
 }
 
@@ -242,35 +244,28 @@ fn rows_and_roles() -> PgError {
     .with_hint("commit the one before the other")
 }
 
-/// `lock_timeout` as PostgreSQL reads it: milliseconds, or a duration with
-/// a unit; `None` when it is neither.
-fn lock_timeout(v: &str) -> Option<std::time::Duration> {
-    let v = v.trim();
-    match v.parse::<u64>() {
-        Ok(ms) => Some(std::time::Duration::from_millis(ms)),
-        Err(_) => crate::node::config::parse_duration(v).ok(),
-    }
-}
-
-/// Session parameters a client may SET, with PostgreSQL's defaults.
-const SESSION_PARAMS: &[(&str, &str)] = &[
-    ("application_name", ""),
-    ("client_encoding", "UTF8"),
-    ("datestyle", "ISO, MDY"),
-    ("timezone", "UTC"),
-    ("extra_float_digits", "1"),
-    ("search_path", "\"$user\", public"),
-    ("statement_timeout", "0"),
-    ("lock_timeout", "0"),
-    ("idle_in_transaction_session_timeout", "0"),
-    ("intervalstyle", "postgres"),
-    ("default_transaction_isolation", "read committed"),
-    ("transaction_isolation", "read committed"),
+/// Session parameters a client may SET, with PostgreSQL's defaults;
+/// `None`: walship.conf's setting of the same name, as it is now.
+const SESSION_PARAMS: &[(&str, Option<&str>)] = &[
+    ("application_name", Some("")),
+    ("client_encoding", Some("UTF8")),
+    ("datestyle", Some("ISO, MDY")),
+    ("timezone", Some("UTC")),
+    ("extra_float_digits", Some("1")),
+    ("search_path", Some("\"$user\", public")),
+    ("statement_timeout", None),
+    ("lock_timeout", None),
+    ("idle_in_transaction_session_timeout", None),
+    ("intervalstyle", Some("postgres")),
+    ("default_transaction_isolation", Some("read committed")),
+    ("transaction_isolation", Some("read committed")),
 ];
 
 /// What SET changes in a session.
 #[derive(Clone, Debug, Default)]
 struct SessionSettings {
+    /// Parameters with a value of the session's own; one with
+    /// walship.conf's value is absent.
     params: HashMap<String, String>,
     /// `None`: walship.conf's, as it is now.
     synchronous_commit: Option<SyncCommit>,
@@ -279,15 +274,19 @@ struct SessionSettings {
 /// One SET, checked.
 enum SettingChange {
     SynchronousCommit(Option<SyncCommit>),
-    Param(String, String),
+    /// `None`: back to walship.conf's value.
+    Param(String, Option<String>),
 }
 
 impl SessionSettings {
     fn apply(&mut self, change: &SettingChange) {
         match change {
             SettingChange::SynchronousCommit(level) => self.synchronous_commit = *level,
-            SettingChange::Param(name, value) => {
+            SettingChange::Param(name, Some(value)) => {
                 self.params.insert(name.clone(), value.clone());
+            }
+            SettingChange::Param(name, None) => {
+                self.params.remove(name);
             }
         }
     }
@@ -302,8 +301,9 @@ pub struct Session {
     /// The settings RESET returns to: as the session began.
     baseline: SessionSettings,
     txn: Option<Txn>,
-    /// Raised by a CancelRequest for this session.
-    cancel: Arc<AtomicBool>,
+    /// A CancelRequest for this session, and the running statement's
+    /// `statement_timeout`.
+    interrupt: Interrupt,
     /// Warnings raised while running the current statement.
     notices: Vec<PgError>,
 }
@@ -394,11 +394,11 @@ impl Session {
     pub fn new(host: Arc<dyn Host>, startup_params: &[(String, String)]) -> Session {
         let mut params: HashMap<String, String> = SESSION_PARAMS
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .filter_map(|(k, v)| Some((k.to_string(), (*v)?.to_string())))
             .collect();
         for (k, v) in startup_params {
             let k = k.to_ascii_lowercase();
-            if params.contains_key(&k) {
+            if SESSION_PARAMS.iter().any(|(name, _)| *name == k) {
                 params.insert(k, v.clone());
             }
         }
@@ -417,7 +417,7 @@ impl Session {
             baseline: settings.clone(),
             settings,
             txn: None,
-            cancel: Arc::new(AtomicBool::new(false)),
+            interrupt: Interrupt::default(),
             notices: Vec::new(),
         }
     }
@@ -429,9 +429,9 @@ impl Session {
     }
 
     /// Shares the flag a CancelRequest for this session raises, so long
-    /// waits (WAIT FOR LSN, synchronous commit) can end early.
+    /// waits (row locks, WAIT FOR LSN, synchronous commit) can end early.
     pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
-        self.cancel = flag;
+        self.interrupt = Interrupt::new(flag);
     }
 
     /// The canonical name of a session setting a client may send at
@@ -461,8 +461,26 @@ impl Session {
     /// When a row-lock wait that begins now must end: `lock_timeout`
     /// (milliseconds, or a duration with a unit; 0 or unset: never).
     fn lock_deadline(&self) -> Option<std::time::Instant> {
-        let timeout = lock_timeout(self.param("lock_timeout")?)?;
-        (!timeout.is_zero()).then(|| std::time::Instant::now() + timeout)
+        self.timeout_param("lock_timeout")
+            .map(|t| std::time::Instant::now() + t)
+    }
+
+    /// A timeout setting's value, the session's or walship.conf's; `None`
+    /// for 0 (never).
+    fn timeout_param(&self, name: &str) -> Option<std::time::Duration> {
+        match self.param(name) {
+            Some(v) => parse_timeout(v),
+            None => self.host.settings().session_timeout(name),
+        }
+        .filter(|t| !t.is_zero())
+    }
+
+    /// `idle_in_transaction_session_timeout`, when the session sits in a
+    /// transaction block the client began (not a query string's or a
+    /// batch's, which the session ends itself).
+    pub fn idle_in_block_timeout(&self) -> Option<std::time::Duration> {
+        self.txn.as_ref().filter(|t| !t.implicit)?;
+        self.timeout_param("idle_in_transaction_session_timeout")
     }
 
     /// The role the session authenticated as.
@@ -514,7 +532,7 @@ impl Session {
     fn wait_for_standbys(&mut self, end: Lsn) -> Result<(), PgError> {
         let level = self.synchronous_commit();
         if level.waits_for_standbys() {
-            if let Some(warning) = self.host.wait_for_sync(end, level, &self.cancel)? {
+            if let Some(warning) = self.host.wait_for_sync(end, level, &self.interrupt)? {
                 self.notices.push(warning);
             }
         }
@@ -535,9 +553,7 @@ impl Session {
     /// cancels what was running then, not the next command. Called for
     /// every message, so it writes the shared flag only when it is set.
     pub fn forget_cancel(&self) {
-        if self.cancel.load(Ordering::Relaxed) {
-            self.cancel.store(false, Ordering::Relaxed);
-        }
+        self.interrupt.forget_cancel();
     }
 
     fn new_txn(&self, read_only: bool, implicit: bool) -> Txn {
@@ -574,7 +590,7 @@ impl Session {
         };
         // A key held before was waited for when it was taken, and no
         // write outside blocks gets past a held key since.
-        let fresh = t.locks.lock(keys, &self.cancel, deadline)?;
+        let fresh = t.locks.lock(keys, &self.interrupt, deadline)?;
         // A statement outside any block takes no lock: one that committed
         // a change to these keys just before may not be visible yet (its
         // flush, or its synchronous standbys, still to come). The block
@@ -585,7 +601,7 @@ impl Session {
         // each look takes the lock that orders commits.
         let mut nap = std::time::Duration::from_micros(200);
         while !fresh.is_empty() && self.host.db().in_flight(fresh.iter().map(String::as_str)) {
-            self.host.row_locks().may_wait(&self.cancel, deadline)?;
+            self.host.row_locks().may_wait(&self.interrupt, deadline)?;
             if let Some(epoch) = self.host.db().fenced_by() {
                 return Err(db_error(DbError::Fenced(epoch)));
             }
@@ -594,7 +610,7 @@ impl Session {
                 .wal()
                 .check_poisoned()
                 .map_err(|e| db_error(DbError::Wal(e)))?;
-            std::thread::sleep(nap);
+            std::thread::sleep(self.interrupt.nap(nap));
             nap = (nap * 2).min(std::time::Duration::from_millis(5));
         }
         Ok(fresh)
@@ -617,7 +633,10 @@ impl Session {
         let Some(txn) = self.txn.take_if(|t| t.implicit) else {
             return Ok(Vec::new());
         };
+        self.interrupt
+            .start(self.timeout_param("statement_timeout"));
         let ended = self.end_block(txn, true, false);
+        self.interrupt.stop();
         let notices = std::mem::take(&mut self.notices);
         ended.map(|_| notices)
     }
@@ -760,7 +779,10 @@ impl Session {
         stmt: &Statement,
         params: &[Option<String>],
     ) -> Result<QueryResult, PgError> {
+        self.interrupt
+            .start(self.timeout_param("statement_timeout"));
         let mut result = self.run(stmt, params);
+        self.interrupt.stop();
         if let Ok(r) = &mut result {
             r.notices.append(&mut self.notices);
         }
@@ -923,7 +945,7 @@ impl Session {
                 })
             }
             Statement::WaitForLsn { lsn, timeout } => {
-                self.host.wait_for_lsn(*lsn, *timeout, &self.cancel)?;
+                self.host.wait_for_lsn(*lsn, *timeout, &self.interrupt)?;
                 Ok(QueryResult {
                     columns: self.describe(stmt),
                     rows: vec![vec![Some(Value::Text("success".into()))]],
@@ -1188,7 +1210,7 @@ impl Session {
             let deadline = self.lock_deadline();
             self.host
                 .row_locks()
-                .wait_unlocked([key.as_str()], &self.cancel, deadline)
+                .wait_unlocked([key.as_str()], &self.interrupt, deadline)
         }
     }
 
@@ -1225,7 +1247,7 @@ impl Session {
         loop {
             if locks.any_locked(keys) {
                 let d = *deadline.get_or_insert_with(|| self.lock_deadline());
-                locks.wait_unlocked(keys.iter().copied(), &self.cancel, d)?;
+                locks.wait_unlocked(keys.iter().copied(), &self.interrupt, d)?;
             }
             let decided = self.commit_write(|view| {
                 if locks.any_locked(keys) {
@@ -1543,7 +1565,7 @@ impl Session {
             ));
         }
         match self.baseline.params.get(name) {
-            Some(value) => Ok(SettingChange::Param(name.to_string(), value.clone())),
+            Some(value) => Ok(SettingChange::Param(name.to_string(), Some(value.clone()))),
             // Says why it cannot be (unknown, or not a session setting).
             None => self.setting_change(name, None),
         }
@@ -1551,11 +1573,12 @@ impl Session {
 
     /// RESET ALL.
     fn reset_all(&self) -> Vec<SettingChange> {
-        let mut changes: Vec<SettingChange> = self
-            .baseline
-            .params
+        let mut changes: Vec<SettingChange> = SESSION_PARAMS
             .iter()
-            .map(|(name, value)| SettingChange::Param(name.clone(), value.clone()))
+            .map(|(name, _)| {
+                let value = self.baseline.params.get(*name).cloned();
+                SettingChange::Param(name.to_string(), value)
+            })
             .collect();
         changes.push(SettingChange::SynchronousCommit(
             self.baseline.synchronous_commit,
@@ -1581,14 +1604,18 @@ impl Session {
         if name == "client_encoding" {
             return Ok(SettingChange::Param(
                 name.to_string(),
-                client_encoding(value.unwrap_or("UTF8"))?.to_string(),
+                Some(client_encoding(value.unwrap_or("UTF8"))?.to_string()),
             ));
         }
-        if let (Some(v), "lock_timeout") = (value, name) {
-            if lock_timeout(v).is_none() {
+        let is_timeout = matches!(
+            name,
+            "lock_timeout" | "statement_timeout" | "idle_in_transaction_session_timeout"
+        );
+        if let (Some(v), true) = (value, is_timeout) {
+            if parse_timeout(v).is_none() {
                 return Err(PgError::new(
                     code::INVALID_PARAMETER_VALUE,
-                    format!("invalid value for parameter \"lock_timeout\": \"{v}\""),
+                    format!("invalid value for parameter \"{name}\": \"{v}\""),
                 )
                 .with_hint(
                     "milliseconds, or a duration with a unit such as 500ms or 2s; 0 for none",
@@ -1611,7 +1638,7 @@ impl Session {
         };
         Ok(SettingChange::Param(
             name.to_string(),
-            value.unwrap_or(default).to_string(),
+            value.or(*default).map(str::to_string),
         ))
     }
 

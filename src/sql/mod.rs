@@ -2,6 +2,7 @@
 //! against the store.
 
 pub mod exec;
+pub mod interrupt;
 pub mod parse;
 pub mod row_locks;
 pub mod views;

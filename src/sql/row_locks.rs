@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::interrupt::Interrupt;
 use crate::sqlstate::{code, PgError};
 
 /// Who holds or waits for locks: one transaction block.
@@ -66,11 +67,11 @@ impl RowLocks {
     }
 
     /// Waits until no block holds any of `keys` (for a statement outside a
-    /// block), or `cancel` is raised.
+    /// block), or the wait must end (see [`RowLocks::may_wait`]).
     pub fn wait_unlocked<'k>(
         &self,
         keys: impl IntoIterator<Item = &'k str>,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
         deadline: Option<Instant>,
     ) -> Result<(), PgError> {
         if self.locked.load(Ordering::Acquire) == 0 {
@@ -81,7 +82,7 @@ impl RowLocks {
         // All free at one look: after a wait, a key found free before may
         // have been locked meanwhile.
         while keys.iter().any(|k| st.owners.contains_key(*k)) {
-            st = self.wait(st, cancel, deadline)?;
+            st = self.wait(st, interrupt, deadline)?;
         }
         Ok(())
     }
@@ -96,20 +97,20 @@ impl RowLocks {
     }
 
     /// Whether a wait may go on: not past `deadline` (`lock_timeout`,
-    /// 55P03), not cancelled (57014), the node not stopping (57P01).
-    pub fn may_wait(&self, cancel: &AtomicBool, deadline: Option<Instant>) -> Result<(), PgError> {
+    /// 55P03), not cancelled nor past `statement_timeout` (57014), the
+    /// node not stopping (57P01).
+    pub fn may_wait(
+        &self,
+        interrupt: &Interrupt,
+        deadline: Option<Instant>,
+    ) -> Result<(), PgError> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(PgError::new(
                 code::LOCK_NOT_AVAILABLE,
                 "canceling statement due to lock timeout",
             ));
         }
-        if cancel.swap(false, Ordering::AcqRel) {
-            return Err(PgError::new(
-                code::QUERY_CANCELED,
-                "canceling statement due to user request",
-            ));
-        }
+        interrupt.check().map_err(|why| why.statement_error())?;
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(PgError::fatal(
                 code::ADMIN_SHUTDOWN,
@@ -132,17 +133,20 @@ impl RowLocks {
     }
 
     /// One wait for a release, or a canceled one, or one past `deadline`
-    /// (`lock_timeout`).
+    /// (`lock_timeout`) or `statement_timeout`.
     fn wait<'a>(
         &self,
         st: MutexGuard<'a, State>,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
         deadline: Option<Instant>,
     ) -> Result<MutexGuard<'a, State>, PgError> {
-        self.may_wait(cancel, deadline)?;
+        self.may_wait(interrupt, deadline)?;
+        let nap = deadline.map_or(CANCEL_POLL, |d| {
+            CANCEL_POLL.min(d.saturating_duration_since(Instant::now()))
+        });
         let (st, _) = self
             .released
-            .wait_timeout(st, CANCEL_POLL)
+            .wait_timeout(st, interrupt.nap(nap))
             .unwrap_or_else(|p| p.into_inner());
         Ok(st)
     }
@@ -189,7 +193,7 @@ impl LockSet {
     pub fn lock<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k str>,
-        cancel: &AtomicBool,
+        interrupt: &Interrupt,
         deadline: Option<Instant>,
     ) -> Result<Vec<String>, PgError> {
         let mut fresh = Vec::new();
@@ -210,7 +214,7 @@ impl LockSet {
                                 .with_hint("This transaction was aborted; run it again."));
                         }
                         st.waiting.insert(self.owner, key.to_string());
-                        st = match locks.wait(st, cancel, deadline) {
+                        st = match locks.wait(st, interrupt, deadline) {
                             Ok(st) => st,
                             Err(e) => {
                                 locks.lock_state().waiting.remove(&self.owner);
@@ -265,7 +269,7 @@ mod tests {
     #[test]
     fn a_second_block_waits_until_the_first_releases() {
         let locks = Arc::new(RowLocks::default());
-        let no = AtomicBool::new(false);
+        let no = Interrupt::default();
         let mut a = locks.lock_set();
         a.lock(["k"], &no, None).unwrap();
         a.lock(["k"], &no, None).unwrap();
@@ -273,7 +277,7 @@ mod tests {
             let locks = locks.clone();
             std::thread::spawn(move || {
                 let mut b = locks.lock_set();
-                b.lock(["k"], &AtomicBool::new(false), None).unwrap();
+                b.lock(["k"], &Interrupt::default(), None).unwrap();
                 b.keys.clone()
             })
         };
@@ -288,12 +292,12 @@ mod tests {
     #[test]
     fn a_wait_that_closes_a_cycle_fails_and_a_canceled_one_ends() {
         let locks = Arc::new(RowLocks::default());
-        let no = AtomicBool::new(false);
+        let no = Interrupt::default();
         let (mut a, mut b) = (locks.lock_set(), locks.lock_set());
         a.lock(["1"], &no, None).unwrap();
         b.lock(["2"], &no, None).unwrap();
         let waiter = std::thread::spawn(move || {
-            a.lock(["2"], &AtomicBool::new(false), None).unwrap();
+            a.lock(["2"], &Interrupt::default(), None).unwrap();
             a
         });
         while locks.lock_state().waiting.is_empty() {
@@ -303,7 +307,7 @@ mod tests {
         b.release();
         let a = waiter.join().unwrap();
         assert_eq!(a.keys, ["1", "2"]);
-        let cancel = AtomicBool::new(true);
+        let cancel = Interrupt::new(Arc::new(AtomicBool::new(true)));
         assert_eq!(
             code_of(locks.lock_set().lock(["1"], &cancel, None)),
             "57014"
@@ -311,15 +315,26 @@ mod tests {
         let soon = Some(Instant::now() + Duration::from_millis(100));
         assert_eq!(code_of(locks.lock_set().lock(["1"], &no, soon)), "55P03");
         assert_eq!(
-            code_of(locks.wait_unlocked(["2"], &AtomicBool::new(true), None)),
+            code_of(locks.wait_unlocked(
+                ["2"],
+                &Interrupt::new(Arc::new(AtomicBool::new(true))),
+                None
+            )),
             "57014"
+        );
+        let mut timed = Interrupt::default();
+        timed.start(Some(Duration::from_millis(50)));
+        let e = locks.lock_set().lock(["1"], &timed, None).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("57014", "canceling statement due to statement timeout")
         );
         assert!(locks.lock_state().waiting.is_empty());
         // At shutdown every wait ends.
         let waiter = {
             let locks = locks.clone();
             std::thread::spawn(move || {
-                code_of(locks.lock_set().lock(["1"], &AtomicBool::new(false), None))
+                code_of(locks.lock_set().lock(["1"], &Interrupt::default(), None))
             })
         };
         std::thread::sleep(Duration::from_millis(100));
