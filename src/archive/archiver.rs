@@ -462,17 +462,19 @@ pub struct Backlog {
     pub oldest: Option<String>,
 }
 
-/// The oldest segment (by name: WAL order) marked `.ready` in a WAL
-/// directory: the one a backlog policy gives up first. History and backup
-/// history files are never given up: they free no space, and a lost
-/// history file could let a later promotion reuse its timeline.
-pub fn oldest_ready_segment(wal_dir: &Path) -> Option<String> {
-    marked(wal_dir, ArchiveMark::Ready)
-        .ok()?
+/// The segments marked `.ready` in a WAL directory, oldest first (by
+/// name: WAL order): the order a backlog policy gives them up in. History
+/// and backup history files are never given up: they free no space, and
+/// a lost history file could let a later promotion reuse its timeline.
+pub fn ready_segments(wal_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = marked(wal_dir, ArchiveMark::Ready)
+        .unwrap_or_default()
         .into_iter()
         .map(|(name, _)| name)
         .filter(|name| !Archive::is_text_file(name))
-        .min()
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 /// The backlog of a WAL directory: its `.ready` files.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::config::{BacklogPolicy, Settings};
-use crate::archive::archiver::{backlog, oldest_ready_segment, Backlog};
+use crate::archive::archiver::{backlog, ready_segments, Backlog};
 use crate::sqlstate::{code, PgError};
 use crate::wal::writer::mark_done;
 use crate::wal::SegmentSize;
@@ -123,38 +123,34 @@ impl ArchiveWatch {
                 state.refusal = Some(why);
             }
             (true, BacklogPolicy::AbandonArchive) => {
-                while b.bytes > limit {
-                    let Some(oldest) = oldest_ready_segment(wal_dir) else {
-                        break;
-                    };
-                    // The gap is recorded before the segment is given up,
-                    // so no crash between the two forgets it.
+                // The oldest segments, as many as bring the backlog under
+                // the limit: each counts a whole segment.
+                let excess = (b.bytes - limit).div_ceil(seg_size.bytes()) as usize;
+                let give_up: Vec<String> =
+                    ready_segments(wal_dir).into_iter().take(excess).collect();
+                if let (Some(oldest), Some(newest)) = (give_up.first(), give_up.last()) {
+                    // The gap is recorded, once for them all, before any
+                    // is given up, so no crash between the two forgets it.
                     let gap = match state.gap.take() {
                         Some(g) => Gap {
-                            last: oldest.clone(),
+                            last: newest.clone(),
                             ..g
                         },
                         None => Gap {
                             first: oldest.clone(),
-                            last: oldest.clone(),
+                            last: newest.clone(),
                             said: Instant::now(),
                         },
                     };
                     let data_dir = wal_dir.parent().unwrap_or(wal_dir);
                     let recorded = gap.record(data_dir);
                     state.gap = Some(gap);
-                    if let Err(e) = recorded {
-                        error!("could not record the archive gap: {e}; nothing is given up");
-                        break;
+                    match recorded {
+                        Err(e) => {
+                            error!("could not record the archive gap: {e}; nothing is given up")
+                        }
+                        Ok(()) => give_up_segments(wal_dir, &give_up),
                     }
-                    if let Err(e) = mark_done(wal_dir, &oldest) {
-                        error!("could not give up {oldest}: {e}");
-                        break;
-                    }
-                    error!(
-                        segment = %oldest,
-                        "ARCHIVE CONTINUITY LOST: {oldest} was never archived and will be removed (archive_backlog_policy = abandon_archive); the archive cannot restore past it: take a new base backup once the archiver works"
-                    );
                     b = backlog(wal_dir, seg_size);
                 }
                 state.refusal = None;
@@ -174,9 +170,14 @@ impl ArchiveWatch {
         state.backlog = b;
     }
 
+    /// Why writes are refused for the backlog, if they are.
+    pub fn refusal_reason(&self) -> Option<String> {
+        self.lock().refusal.clone()
+    }
+
     /// The error every write gets while the backlog refuses writes.
     pub fn refusal(&self) -> Option<PgError> {
-        self.lock().refusal.clone().map(|why| {
+        self.refusal_reason().map(|why| {
             PgError::new(code::DISK_FULL, why)
                 .with_hint("archive_backlog_policy = refuse_writes keeps the archive complete; see pg_stat_archiver and the archiver's log")
         })
@@ -189,6 +190,21 @@ impl ArchiveWatch {
     /// The first segment given up, if the archive has a gap.
     pub fn gap(&self) -> Option<String> {
         self.lock().gap.as_ref().map(|g| g.first.clone())
+    }
+}
+
+/// Marks `segments` archived, though they never were, so that the
+/// checkpointer removes them; stops at the first that cannot be.
+fn give_up_segments(wal_dir: &Path, segments: &[String]) {
+    for segment in segments {
+        if let Err(e) = mark_done(wal_dir, segment) {
+            error!("could not give up {segment}: {e}");
+            return;
+        }
+        error!(
+            segment = %segment,
+            "ARCHIVE CONTINUITY LOST: {segment} was never archived and will be removed (archive_backlog_policy = abandon_archive); the archive cannot restore past it: take a new base backup once the archiver works"
+        );
     }
 }
 
