@@ -324,7 +324,7 @@ impl Node {
 
     /// Why writes are refused for the archive backlog, if they are.
     pub fn archive_refusal(&self) -> Option<String> {
-        self.archive_watch.refusal().map(|e| e.message)
+        self.archive_watch.refusal_reason()
     }
 
     /// The walreceiver's status, on a standby.
