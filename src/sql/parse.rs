@@ -596,8 +596,6 @@ fn strip_words<'a>(s: &'a str, words: &[&str]) -> Option<&'a str> {
     Some(rest)
 }
 
-/// A name as PostgreSQL reads it: quoted, exactly what it says; else in
-/// lower case.
 /// The object of RESET or DEALLOCATE: `ALL` (`None`) or a name.
 fn name_or_all(rest: &str) -> Result<Option<String>, PgError> {
     match rest.trim() {
@@ -610,6 +608,8 @@ fn name_or_all(rest: &str) -> Result<Option<String>, PgError> {
     }
 }
 
+/// A name as PostgreSQL reads it from text: quoted, exactly what it says;
+/// else in lower case (as [`ident_name`] reads a parsed one).
 fn folded(name: &str) -> String {
     match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
         Some(quoted) => quoted.replace("\"\"", "\""),
