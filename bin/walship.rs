@@ -241,11 +241,13 @@ Examples:
   walship basebackup --from 'host=10.0.0.1 port=5433 user=rep' -D /var/lib/walship/s1 --node-name s1
   walship basebackup --from 'host=127.0.0.1 port=5433' -D s1 --node-name s1 --slot s1 --create-slot";
 
-/// Clone a running primary into a new standby's data directory
+/// Clone a running primary or standby into a new standby's data directory
 /// (pg_basebackup's job).
 ///
 /// Over a replication connection the primary checkpoints and sends a
-/// consistent snapshot with the WAL from that checkpoint. The new directory
+/// consistent snapshot with the WAL from that checkpoint; a standby sends
+/// its last restartpoint's snapshot and the WAL it has received since, and
+/// the clone streams from it (a cascaded standby). The new directory
 /// gets standby.signal, and walship.conf gets node_name, primary_conninfo
 /// (with application_name = the node name) and primary_slot_name, so
 /// `walship server -D DIR` starts streaming at once. A progress line shows on
@@ -254,7 +256,7 @@ Examples:
 #[derive(Args)]
 #[command(after_help = BASEBACKUP_EXAMPLES)]
 struct BaseBackupArgs {
-    /// The primary, as a libpq connection string or URI.
+    /// The node to clone, as a libpq connection string or URI.
     #[arg(long, value_name = "CONNINFO", value_parser = ConnInfoParser)]
     from: ConnInfo,
     /// The new data directory (absent or empty).

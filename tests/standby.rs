@@ -363,12 +363,17 @@ fn a_standby_serves_a_cascaded_standby() {
     // it inherited (a base backup copies the primary's settings).
     s1.configure("synchronous_standby_names = 'ANY 1 (s2)'");
     s1.start();
-    let mut s2 = Node::basebackup(&primary, "s2", &[]);
-    // s2 streams from s1, not from the primary.
-    s2.configure(&format!(
-        "primary_conninfo = 'host=127.0.0.1 port={} user=tester'",
-        s1.port
-    ));
+    // s2 is cloned from s1, as PostgreSQL's pg_basebackup clones a
+    // standby to spare the primary, after s1 has replayed a checkpoint
+    // (its restartpoint is where the backup begins) and more writes.
+    write_load(&primary, 2, 100, "before");
+    primary.client().batch_execute("CHECKPOINT").unwrap();
+    write_load(&primary, 2, 50, "after");
+    catch_up(&primary, &s1);
+    let mut s2 = Node::basebackup(&s1, "s2", &[]);
+    // s2 streams from s1, the node it was cloned from.
+    let conf = std::fs::read_to_string(s2.dir.join("walship.conf")).unwrap();
+    assert!(conf.contains(&format!("port={}", s1.port)), "{conf}");
     s2.start();
     write_load(&primary, 2, 200, "cascade");
     catch_up(&primary, &s1);

@@ -613,19 +613,22 @@ impl WalSenderHost for Node {
         self.final_wal_written.load(Ordering::Acquire)
     }
     fn base_backup_sent(&self, backup: &Backup) {
-        // The archive restores from this backup on, past a gap before it.
+        // The archive restores from this backup on, past a gap before it
+        // (a primary's gap: a standby's primary archives).
+        if self.standby().is_some() {
+            return;
+        }
         let size = WalSenderHost::seg_size(self);
         let start = SegmentName::new(backup.timeline, backup.start.segno(size));
         self.archive_watch
             .base_backup_taken(&self.dir, &start.file_name(size));
     }
+    /// A primary's backup begins at a checkpoint made for it; a standby's
+    /// at a restartpoint (its last, if it has replayed no checkpoint
+    /// record since), as PostgreSQL's from a standby does. Either way the
+    /// copy holds the snapshot at its start and the WAL from there to the
+    /// node's flush position.
     fn base_backup(&self) -> Result<Backup, PgError> {
-        if self.standby().is_some() {
-            return Err(PgError::new(
-                crate::sqlstate::code::FEATURE_NOT_SUPPORTED,
-                "base backups are taken from the primary, not from a standby",
-            ));
-        }
         // Hold the checkpoint lock throughout: no later checkpoint may
         // remove the snapshot or the WAL this backup is made of.
         let _no_checkpoints = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
@@ -657,8 +660,15 @@ impl WalSenderHost for Node {
         let end = self.db.wal().flushed_lsn();
         let last = Lsn(end.0 - 1).segno(seg_size);
         let mut segno = start.segno(seg_size);
+        // A standby's restartpoint may lie before a timeline switch it
+        // followed: those segments are named for the older timeline.
+        let history = crate::wal::history::TimelineHistory::read_in(&dir.wal(), timeline);
         while segno <= last {
-            let path = crate::wal::segment::segment_path(&dir.wal(), timeline, segno, seg_size);
+            let mut path = crate::wal::segment::segment_path(&dir.wal(), timeline, segno, seg_size);
+            if let (false, Some(h)) = (path.exists(), &history) {
+                let older = h.timeline_of(segno.start_lsn(seg_size), timeline);
+                path = crate::wal::segment::segment_path(&dir.wal(), older, segno, seg_size);
+            }
             let mut bytes = read(&path)?;
             if segno == last {
                 // Only flushed WAL leaves the primary.
@@ -686,7 +696,7 @@ impl WalSenderHost for Node {
                 files.push((format!("wal/{name}"), read(&entry.path())?));
             }
         }
-        if self.settings().archive_mode {
+        if self.settings().archive_mode && self.standby().is_none() {
             self.write_backup_history(start, end, timeline, started)
                 .map_err(|e| io(format!("could not write the backup history file: {e}")))?;
         }
