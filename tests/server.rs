@@ -594,19 +594,30 @@ fn statement_timeout_ends_waits_and_an_idle_block_past_its_timeout_ends_the_sess
     let message = err.as_db_error().unwrap().message();
     assert_eq!(message, "canceling statement due to statement timeout");
     assert!(began.elapsed() >= std::time::Duration::from_millis(300));
-    // The clock is the statement's: statements that do not wait run on.
-    for _ in 0..3 {
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        b.batch_execute("SELECT value FROM kv WHERE key = '3'")
-            .unwrap();
-    }
+    // The clock is the statement's: a later one gets its whole timeout.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let began = std::time::Instant::now();
     let err = b
-        .batch_execute("SET statement_timeout = 'soon'")
+        .batch_execute("UPDATE kv SET value = 'B' WHERE key = '1'")
         .unwrap_err();
-    assert_eq!(code(&err), "22023", "{err:?}");
+    assert_eq!(code(&err), "57014", "{err:?}");
+    assert!(began.elapsed() >= std::time::Duration::from_millis(300));
+    // Values as PostgreSQL takes and shows them; none past INT_MAX ms.
+    b.batch_execute("SET statement_timeout = 90000").unwrap();
+    let shown: String = b.query_one("SHOW statement_timeout", &[]).unwrap().get(0);
+    assert_eq!(shown, "90s");
+    let shown: String = b.query_one("SHOW lock_timeout", &[]).unwrap().get(0);
+    assert_eq!(shown, "5s");
+    for bad in ["'soon'", "2147483648", "'10000000000000000000s'"] {
+        let err = b
+            .batch_execute(&format!("SET statement_timeout = {bad}"))
+            .unwrap_err();
+        assert_eq!(code(&err), "22023", "{bad}: {err:?}");
+    }
     a.batch_execute("ROLLBACK").unwrap();
-    // A commit waiting for synchronous standbys stops waiting, with a
-    // warning; it stands locally, as when the wait is cancelled.
+    // statement_timeout does not end a commit's wait for synchronous
+    // standbys: PostgreSQL stops it before it commits. A cancel does,
+    // with a warning; the commit stands locally.
     let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = notices.clone();
     let mut c = node
@@ -616,14 +627,21 @@ fn statement_timeout_ends_waits_and_an_idle_block_past_its_timeout_ends_the_sess
         .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
         .connect(postgres::NoTls)
         .unwrap();
-    c.batch_execute(
-        "SET synchronous_commit = on; SET statement_timeout = '300ms'; \
-         INSERT INTO kv VALUES ('s', 'stands')",
-    )
-    .unwrap();
+    c.batch_execute("SET synchronous_commit = on; SET statement_timeout = '300ms'")
+        .unwrap();
+    let cancel = c.cancel_token();
+    let waiting = std::thread::spawn(move || {
+        let r = c.batch_execute("INSERT INTO kv VALUES ('s', 'stands')");
+        (c, r)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(!waiting.is_finished(), "statement_timeout ended the wait");
+    cancel.cancel_query(postgres::NoTls).unwrap();
+    let (_c, r) = waiting.join().unwrap();
+    r.unwrap();
     assert_eq!(
         *notices.lock().unwrap(),
-        ["canceling wait for synchronous replication due to statement timeout"]
+        ["canceling wait for synchronous replication due to user request"]
     );
     let v: String = a
         .query_one("SELECT value FROM kv WHERE key = 's'", &[])

@@ -279,7 +279,7 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "statement_timeout",
         reload: true,
-        help: "sessions' default: a statement still waiting (for a row lock, WAIT FOR LSN, synchronous standbys) this long is stopped (0: never; a session may SET its own)",
+        help: "sessions' default: a statement still waiting (for a row lock, WAIT FOR LSN) this long is stopped; as in PostgreSQL, a commit's wait for synchronous standbys is not (0: never; a session may SET its own)",
     },
     SettingDoc {
         name: "lock_timeout",
@@ -566,7 +566,7 @@ impl Settings {
             "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
                 let d = parse_timeout(value).ok_or_else(|| {
                     SetError::Value(
-                        "expected milliseconds, or a duration with a unit such as 500ms or 2s; 0 for none"
+                        "expected milliseconds (at most 2147483647), or a duration with a unit such as 500ms or 2s; 0 for none"
                             .into(),
                     )
                 })?;
@@ -678,10 +678,8 @@ impl Settings {
             "max_message_size" => format_size(self.max_message_size as u64),
             "busy_poll" => format_duration(self.busy_poll),
             "synchronous_commit" => self.synchronous_commit.to_string(),
-            "statement_timeout" => format_duration(self.statement_timeout),
-            "lock_timeout" => format_duration(self.lock_timeout),
-            "idle_in_transaction_session_timeout" => {
-                format_duration(self.idle_in_transaction_session_timeout)
+            "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
+                format_timeout(self.session_timeout(name)?)
             }
             "wal_writer_delay" => format_duration(self.wal_writer_delay),
             "checkpoint_timeout" => format_duration(self.checkpoint_timeout),
@@ -853,14 +851,40 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         .map_err(|_| "expected a duration with a unit, such as 200ms, 30s, 5min or 1h".to_string())
 }
 
+/// The longest timeout PostgreSQL takes: `INT_MAX` milliseconds.
+const MAX_TIMEOUT_MS: u128 = i32::MAX as u128;
+
 /// A timeout as PostgreSQL reads one: milliseconds, or a duration with a
-/// unit; `None` when it is neither.
+/// unit, in whole milliseconds up to `MAX_TIMEOUT_MS`; `None` when it is
+/// neither, or longer.
 pub fn parse_timeout(v: &str) -> Option<Duration> {
     let v = v.trim();
-    match v.parse::<u64>() {
-        Ok(ms) => Some(Duration::from_millis(ms)),
-        Err(_) => parse_duration(v).ok(),
+    let d = match v.parse::<u64>() {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(_) => parse_duration(v).ok()?,
+    };
+    let ms = d.as_millis();
+    (ms <= MAX_TIMEOUT_MS).then(|| Duration::from_millis(ms as u64))
+}
+
+/// A timeout as PostgreSQL's SHOW prints one: `0`, or the largest unit
+/// that divides it exactly.
+pub fn format_timeout(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0".into();
     }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 fn format_duration(d: Duration) -> String {
@@ -904,6 +928,31 @@ fn format_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_read_and_print_as_postgresql_does() {
+        let ms = Duration::from_millis;
+        for (text, read) in [
+            ("0", Some(ms(0))),
+            ("1500", Some(ms(1500))),
+            ("2s", Some(ms(2000))),
+            ("2147483647", Some(ms(2_147_483_647))),
+            ("2147483648", None),
+            ("10000000000000000000s", None),
+            ("soon", None),
+        ] {
+            assert_eq!(parse_timeout(text), read, "{text}");
+        }
+        for (d, shown) in [
+            (ms(0), "0"),
+            (ms(1500), "1500ms"),
+            (ms(90_000), "90s"),
+            (ms(120_000), "2min"),
+            (ms(86_400_000), "1d"),
+        ] {
+            assert_eq!(format_timeout(d), shown);
+        }
+    }
 
     #[test]
     fn parses_postgres_style_lines() {

@@ -64,6 +64,20 @@ fn proto_to_pg(e: &ProtoError) -> PgError {
     }
 }
 
+/// A session's entry in the node's table, removed when this is dropped,
+/// however the session ends (a panic too: its connection slot and its
+/// socket are freed, not held until the node stops).
+struct Registered<'a> {
+    node: &'a Node,
+    pid: i32,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.node.unregister(self.pid);
+    }
+}
+
 /// Whether reading failed because its deadline passed.
 fn is_timeout(e: &ProtoError) -> bool {
     matches!(e, ProtoError::Io(e) if matches!(
@@ -102,6 +116,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
             let span = tracing::info_span!("session", user = %user);
             let _enter = span.enter();
             let (pid, key) = node.register(&writer, replication);
+            let registered = Registered { node: &node, pid };
             let result = if replication {
                 greet(
                     &node,
@@ -129,7 +144,7 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
             } else {
                 run(&node, &mut reader, &mut writer, pid, key, &params)
             };
-            node.unregister(pid);
+            drop(registered);
             match result {
                 Ok(()) | Err(ProtoError::Closed) => debug!("session ended"),
                 Err(ProtoError::Io(e)) => {
@@ -486,6 +501,8 @@ fn run(
     let mut portals: HashMap<String, Portal> = HashMap::new();
     // After an error in an extended-protocol batch, skip until Sync.
     let mut skipping = false;
+    // Whether the message just handled ends with ReadyForQuery.
+    let mut ready_sent = true;
     loop {
         let max = node.settings().max_message_size;
         // After an Execute, the next message's type: whether Sync follows
@@ -495,11 +512,15 @@ fn run(
         // well-behaved one).
         // A client idle in a transaction block it began holds its row
         // locks: idle_in_transaction_session_timeout bounds that.
-        let idle_limit = session.idle_in_block_timeout();
-        if let Some(limit) = idle_limit {
-            let _ = r
-                .get_ref()
-                .set_deadline(Some(std::time::Instant::now() + limit));
+        // Its clock runs from ReadyForQuery, as PostgreSQL's: not between
+        // the messages of a batch.
+        let idle_limit = if ready_sent {
+            session.idle_in_block_timeout()
+        } else {
+            None
+        };
+        if let Some(deadline) = idle_limit.and_then(|l| std::time::Instant::now().checked_add(l)) {
+            let _ = r.get_ref().set_deadline(Some(deadline));
         }
         let read = r.next_message(max).and_then(|tag| {
             let next = if tag == b'E' {
@@ -538,6 +559,7 @@ fn run(
                 return Err(e);
             }
         };
+        ready_sent = matches!(tag, b'Q' | b'S');
         let body = r.body();
         session.forget_cancel();
         let mut c = Cursor::new(body);

@@ -14,7 +14,7 @@ use super::parse::{
 };
 use super::row_locks::{LockSet, RowLocks};
 use super::views::SystemView;
-use crate::node::config::{parse_timeout, Settings, SyncCommit};
+use crate::node::config::{format_timeout, parse_timeout, Settings, SyncCommit};
 use crate::sqlstate::{code, PgError};
 use crate::store::{Db, DbError, Durability, KvOp, Store, View};
 use crate::wal::{Lsn, WalError};
@@ -462,7 +462,7 @@ impl Session {
     /// (milliseconds, or a duration with a unit; 0 or unset: never).
     fn lock_deadline(&self) -> Option<std::time::Instant> {
         self.timeout_param("lock_timeout")
-            .map(|t| std::time::Instant::now() + t)
+            .and_then(|t| std::time::Instant::now().checked_add(t))
     }
 
     /// A timeout setting's value, the session's or walship.conf's; `None`
@@ -532,7 +532,10 @@ impl Session {
     fn wait_for_standbys(&mut self, end: Lsn) -> Result<(), PgError> {
         let level = self.synchronous_commit();
         if level.waits_for_standbys() {
-            if let Some(warning) = self.host.wait_for_sync(end, level, &self.interrupt)? {
+            // Only a cancel ends it: the commit is made, and PostgreSQL
+            // stops statement_timeout before it commits.
+            let cancel = self.interrupt.cancel_only();
+            if let Some(warning) = self.host.wait_for_sync(end, level, &cancel)? {
                 self.notices.push(warning);
             }
         }
@@ -633,10 +636,7 @@ impl Session {
         let Some(txn) = self.txn.take_if(|t| t.implicit) else {
             return Ok(Vec::new());
         };
-        self.interrupt
-            .start(self.timeout_param("statement_timeout"));
         let ended = self.end_block(txn, true, false);
-        self.interrupt.stop();
         let notices = std::mem::take(&mut self.notices);
         ended.map(|_| notices)
     }
@@ -1612,15 +1612,18 @@ impl Session {
             "lock_timeout" | "statement_timeout" | "idle_in_transaction_session_timeout"
         );
         if let (Some(v), true) = (value, is_timeout) {
-            if parse_timeout(v).is_none() {
-                return Err(PgError::new(
+            // Kept as SHOW prints it.
+            let timeout = parse_timeout(v).ok_or_else(|| {
+                PgError::new(
                     code::INVALID_PARAMETER_VALUE,
                     format!("invalid value for parameter \"{name}\": \"{v}\""),
                 )
-                .with_hint(
-                    "milliseconds, or a duration with a unit such as 500ms or 2s; 0 for none",
-                ));
-            }
+                .with_hint("milliseconds (at most 2147483647), or a duration with a unit such as 500ms or 2s; 0 for none")
+            })?;
+            return Ok(SettingChange::Param(
+                name.to_string(),
+                Some(format_timeout(timeout)),
+            ));
         }
         let Some((_, default)) = SESSION_PARAMS.iter().find(|(n, _)| *n == name) else {
             return Err(if self.host.settings().show(name).is_some() {

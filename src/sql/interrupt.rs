@@ -1,8 +1,8 @@
 //! Why a running statement must stop early: a CancelRequest for its
 //! session, or its `statement_timeout`. Every wait a statement can make
-//! (row locks, commits in flight, synchronous standbys, `WAIT FOR LSN`)
-//! looks here between naps, as PostgreSQL's waits look at
-//! `QueryCancelPending`.
+//! (row locks, commits in flight, `WAIT FOR LSN`, and — a cancel only —
+//! synchronous standbys) looks here between naps, as PostgreSQL's waits
+//! look at `QueryCancelPending`.
 //!
 //! Invariant: a raised cancel is seen by at most one statement (looking
 //! lowers it), and the deadline belongs to the statement running now: it
@@ -65,7 +65,14 @@ impl Interrupt {
     /// Starts a statement's clock: it is stopped once `timeout` has
     /// passed (`None`: never).
     pub fn start(&mut self, timeout: Option<Duration>) {
-        self.deadline = timeout.map(|t| Instant::now() + t);
+        self.deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    }
+
+    /// These interrupts without the statement's deadline: a commit's wait
+    /// for synchronous standbys, which PostgreSQL lets only a cancel end
+    /// (it stops `statement_timeout` before it commits).
+    pub fn cancel_only(&self) -> Interrupt {
+        Interrupt::new(self.cancel.clone())
     }
 
     /// Stops the clock: the statement ended.
@@ -119,6 +126,12 @@ mod tests {
         i.start(Some(Duration::ZERO));
         assert_eq!(i.check(), Err(Interruption::StatementTimeout));
         assert_eq!(i.check(), Err(Interruption::StatementTimeout));
+        assert_eq!(i.cancel_only().check(), Ok(()), "no deadline");
+        flag.store(true, Ordering::Release);
+        assert_eq!(i.cancel_only().check(), Err(Interruption::UserRequest));
+        i.start(Some(Duration::MAX));
+        assert_eq!(i.check(), Ok(()), "a deadline past Instant's range is none");
+        i.start(Some(Duration::ZERO));
         assert_eq!(i.nap(Duration::from_secs(1)), Duration::ZERO);
         i.stop();
         assert_eq!(i.check(), Ok(()));
