@@ -306,3 +306,89 @@ fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
     assert!(first.exists(), "the slot's WAL was removed");
     drop(receiver);
 }
+
+#[test]
+fn a_standby_behind_is_in_catchup_and_not_synchronous_until_it_has_caught_up() {
+    use std::io::{Read, Write};
+    let mut node = Node::init("synchronous_standby_names = 'r1'\nsynchronous_commit = local\n");
+    node.start();
+    create_slot(&node, "r");
+    let start = node.query_one("SELECT restart_lsn FROM pg_replication_slots");
+    // More WAL than the socket buffers between them hold.
+    let mut c = node.client();
+    c.batch_execute("SET synchronous_commit = off").unwrap();
+    let big = "v".repeat(8000);
+    for i in 0..3000 {
+        c.execute("INSERT INTO kv VALUES ($1, $2)", &[&format!("k{i}"), &big])
+            .unwrap();
+    }
+    // A standby that asks for it all and reads none of it yet.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for kv in [
+        "user",
+        "tester",
+        "replication",
+        "true",
+        "application_name",
+        "r1",
+    ] {
+        startup.extend_from_slice(kv.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&startup);
+    s.write_all(&packet).unwrap();
+    // Up to ReadyForQuery.
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let len = i32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).unwrap();
+        assert_ne!(head[0], b'E', "{}", String::from_utf8_lossy(&body));
+        if head[0] == b'Z' {
+            break;
+        }
+    }
+    let query = format!("START_REPLICATION SLOT r PHYSICAL {start}\0");
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((query.len() + 4) as i32).to_be_bytes());
+    q.extend_from_slice(query.as_bytes());
+    s.write_all(&q).unwrap();
+    let row = |node: &Node| {
+        node.client()
+            .simple_query("SELECT state, sync_priority, sync_state FROM pg_stat_replication")
+            .unwrap()
+            .iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..3)
+                        .map(|i| r.get(i).unwrap_or_default().to_string())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while row(&node).is_none() {
+        assert!(std::time::Instant::now() < deadline, "no walsender");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // As PostgreSQL shows it: catching up, and not yet a synchronous
+    // standby, however it is named in synchronous_standby_names.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(row(&node).unwrap(), ["catchup", "1", "potential"]);
+    // Once it has read everything, it streams and is synchronous.
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 1 << 20];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while row(&node).unwrap() != ["streaming", "1", "sync"] {
+        assert!(std::time::Instant::now() < deadline, "{:?}", row(&node));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

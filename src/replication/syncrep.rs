@@ -167,6 +167,10 @@ impl LagTracker {
 struct Sender {
     peer: Peer,
     streaming: bool,
+    /// It has sent all WAL flushed when it looked, once since it began
+    /// streaming: PostgreSQL's `catchup` state ends then, for good, and
+    /// only then may the standby be synchronous.
+    caught_up: bool,
     /// The replication slot it streams through.
     slot: Option<String>,
     sent: Lsn,
@@ -219,6 +223,7 @@ impl WalSenders {
         self.lock().push(Sender {
             peer,
             streaming: false,
+            caught_up: false,
             slot: None,
             sent: Lsn::INVALID,
             write: Lsn::INVALID,
@@ -261,9 +266,20 @@ impl WalSenders {
     pub fn streaming(&self, pid: i32, start: Lsn, slot: Option<&str>) {
         self.with(pid, |s| {
             s.streaming = true;
+            s.caught_up = false;
             s.sent = start;
             s.slot = slot.map(str::to_string);
         });
+    }
+
+    /// The walsender has sent all the WAL there is, for the first time
+    /// since it began streaming.
+    pub fn caught_up(&self, pid: i32) {
+        self.with(pid, |s| s.caught_up = true);
+        // A new synchronous standby may release commits.
+        for changed in &self.changed {
+            changed.notify_all();
+        }
     }
 
     /// The walsender streaming through `slot` (`pg_replication_slots`'
@@ -335,6 +351,8 @@ impl WalSenders {
                 };
                 let sync_state = if priority == 0 {
                     "async"
+                } else if !s.caught_up {
+                    "potential"
                 } else if names.method == SyncMethod::Any {
                     "quorum"
                 } else if sync.contains(&s.peer.pid) {
@@ -342,9 +360,14 @@ impl WalSenders {
                 } else {
                     "potential"
                 };
+                let state = match (s.streaming, s.caught_up) {
+                    (false, _) => "startup",
+                    (true, false) => "catchup",
+                    (true, true) => "streaming",
+                };
                 SenderStatus {
                     peer: s.peer.clone(),
-                    state: if s.streaming { "streaming" } else { "startup" },
+                    state,
                     sent: s.sent,
                     write: s.write,
                     flush: s.flush,
@@ -456,11 +479,12 @@ fn level_position(s: &Sender, level: SyncCommit) -> Lsn {
     [s.write, s.flush, s.apply][position_class(level)]
 }
 
-/// The candidates, streaming, by priority (then by connection order).
+/// The candidates, streaming and caught up (as PostgreSQL's walsenders in
+/// state `streaming`), by priority (then by connection order).
 fn candidates<'a>(senders: &'a [Sender], names: &SyncStandbyNames) -> Vec<(usize, &'a Sender)> {
     let mut c: Vec<(usize, &Sender)> = senders
         .iter()
-        .filter(|s| s.streaming)
+        .filter(|s| s.streaming && s.caught_up)
         .filter_map(|s| names.priority(&s.peer.application_name).map(|p| (p, s)))
         .collect();
     c.sort_by_key(|(p, _)| *p);
@@ -501,12 +525,22 @@ fn synced_position(senders: &[Sender], names: &SyncStandbyNames, level: SyncComm
 
 /// Who is connected, for the log line of a waiting commit.
 fn describe(senders: &[Sender], names: &SyncStandbyNames) -> String {
-    let c = candidates(senders, names);
-    if c.is_empty() {
+    let listed: Vec<&Sender> = senders
+        .iter()
+        .filter(|s| s.streaming && names.priority(&s.peer.application_name).is_some())
+        .collect();
+    if listed.is_empty() {
         return "none of them is connected".into();
     }
-    c.iter()
-        .map(|(_, s)| format!("{} flushed to {}", s.peer.application_name, s.flush))
+    listed
+        .iter()
+        .map(|s| {
+            let catching_up = if s.caught_up { "" } else { ", catching up" };
+            format!(
+                "{} flushed to {}{catching_up}",
+                s.peer.application_name, s.flush
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -555,6 +589,7 @@ mod tests {
                 ..Peer::default()
             },
             streaming: true,
+            caught_up: true,
             slot: None,
             sent: Lsn(flush),
             write: Lsn(flush),
@@ -580,6 +615,11 @@ mod tests {
         assert_eq!(pos("ANY 2 (s1, s2, s3)"), Some(Lsn(200)));
         assert_eq!(pos("FIRST 1 (nobody)"), None);
         assert_eq!(pos("FIRST 2 (s1, nobody)"), None);
+        // One still catching up is no candidate: the next one is sync.
+        let mut senders = senders;
+        senders[1].caught_up = false;
+        let pos = |n: &str| synced_position(&senders, &names(n), SyncCommit::On);
+        assert_eq!(pos("FIRST 1 (s1, s2)"), Some(Lsn(200)));
     }
 
     /// A standby reports its write position before its flush: a commit at
@@ -594,6 +634,7 @@ mod tests {
             ..Peer::default()
         });
         senders.streaming(1, Lsn(0), None);
+        senders.caught_up(1);
         let names = SyncStandbyNames::parse("s1").unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for level in [SyncCommit::RemoteWrite, SyncCommit::On] {

@@ -563,6 +563,7 @@ fn stream(
             read
         });
         let mut pos = position.start;
+        let mut caught_up = false;
         let mut segment: Option<(u64, SegmentData)> = None;
         let mut last_keepalive = Instant::now();
         let mut slot_lsn = Lsn::INVALID;
@@ -701,6 +702,11 @@ fn stream(
             }
             if let Err(e) = out.send(w) {
                 break Err(write_failed(e));
+            }
+            if !caught_up {
+                // All flushed WAL is out: PostgreSQL's `catchup` ends.
+                caught_up = true;
+                host.senders().caught_up(pid);
             }
             if last_keepalive.elapsed() >= host.keepalive_interval()
                 || feedback.ping.swap(false, Ordering::AcqRel)
