@@ -177,6 +177,29 @@ fn forced_promotion_says_what_it_risks_and_pg_promote_works() {
 }
 
 #[test]
+fn statement_timeout_ends_the_wait_of_pg_promote_not_the_promotion() {
+    let mut primary = Node::init("");
+    primary.start();
+    let s1 = standby_of(&primary, "s1");
+    // A primary that answers nothing: fencing it waits.
+    primary.signal(nix::sys::signal::SIGSTOP);
+    let began = std::time::Instant::now();
+    let (code, message) = sqlstate(&s1, "SET statement_timeout = 300; SELECT pg_promote()");
+    primary.signal(nix::sys::signal::SIGCONT);
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("57014", "canceling statement due to statement timeout")
+    );
+    assert!(began.elapsed() < Duration::from_secs(5));
+    // The promotion went on: it fences the primary, now awake.
+    assert!(
+        s1.wait_log("promoted: this node is the primary"),
+        "{}",
+        s1.log()
+    );
+}
+
+#[test]
 fn two_promoters_claiming_in_one_archive_cannot_both_win() {
     let adir = tempfile::tempdir().unwrap();
     let mut primary = Node::init("");

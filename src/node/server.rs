@@ -1219,7 +1219,7 @@ impl Host for Node {
         );
         Ok(())
     }
-    fn promote(&self) -> Result<(), PgError> {
+    fn promote(&self, interrupt: &Interrupt) -> Result<(), PgError> {
         if self.standby().is_none() {
             return Err(PgError::new(
                 crate::sqlstate::code::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -1243,7 +1243,9 @@ impl Host for Node {
                     why,
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // As PostgreSQL's: the wait ends, the promotion goes on.
+            interrupt.check().map_err(|why| why.statement_error())?;
+            std::thread::sleep(interrupt.nap(Duration::from_millis(20)));
         }
         Err(PgError::new(
             crate::sqlstate::code::QUERY_CANCELED,

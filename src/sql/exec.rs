@@ -155,8 +155,9 @@ pub trait Host: Send + Sync {
     /// `walship_fence(epoch)`: persist the newer epoch, then refuse every
     /// write (before answering).
     fn fence(&self, epoch: u64) -> Result<(), PgError>;
-    /// `pg_promote()`: promote this standby and wait for it.
-    fn promote(&self) -> Result<(), PgError>;
+    /// `pg_promote()`: promote this standby and wait for it, or until
+    /// `interrupt` stops the statement (the promotion goes on).
+    fn promote(&self, interrupt: &Interrupt) -> Result<(), PgError>;
     /// CREATE / ALTER / DROP ROLE statements (one, or a transaction's),
     /// run by the role `by`: logged as one record, durable and in force
     /// when it returns. Returns where its record ends (none when nothing
@@ -1500,7 +1501,7 @@ impl Session {
                 }
                 Func::Promote => {
                     self.require_superuser("pg_promote()", false)?;
-                    self.host.promote()?;
+                    self.host.promote(&self.interrupt)?;
                     Some(Value::Bool(true))
                 }
                 Func::StoreChecksum => {
