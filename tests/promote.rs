@@ -1017,69 +1017,11 @@ fn an_unreadable_archive_refuses_the_promotion_before_anything_is_fenced() {
     let _ = &mut s1;
 }
 
-/// A proxy that passes the server's messages whole and, once `stall` is
-/// set, passes `then` more on each connection open then and holds the
-/// rest back: a stream cut off between the parts of a record.
-struct MessageProxy {
-    port: u16,
-    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl MessageProxy {
-    fn start(target: u16, then: usize) -> MessageProxy {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stalling = stall.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                let (mut from_client, mut to_server) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
-                let (mut from_server, mut to_client) = (server, client);
-                let stall = stalling.clone();
-                let opened_stalled = stall.load(Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let mut passed = 0;
-                    loop {
-                        let mut head = [0u8; 5];
-                        if from_server.read_exact(&mut head).is_err() {
-                            return;
-                        }
-                        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
-                        let mut body = vec![0u8; len.saturating_sub(4)];
-                        if from_server.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        if stall.load(Ordering::SeqCst) && !opened_stalled {
-                            if passed >= then {
-                                std::thread::sleep(Duration::from_secs(3600));
-                            }
-                            passed += 1;
-                        }
-                        if to_client.write_all(&head).is_err()
-                            || to_client.write_all(&body).is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        MessageProxy { port, stall }
-    }
-}
-
 #[test]
 fn cascaded_standbys_follow_a_promotion_that_drops_a_record_they_began() {
     let mut primary = Node::init("");
     primary.start();
-    let proxy = MessageProxy::start(primary.port, 2);
+    let proxy = common::MessageProxy::start(primary.port, 2, false);
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
     s1.configure(&format!(
         "primary_conninfo = 'host=127.0.0.1 port={} user=tester application_name=s1'",

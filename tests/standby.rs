@@ -902,3 +902,39 @@ fn a_standby_catching_up_replays_and_reports_as_it_goes() {
     seen.dedup();
     assert!(seen.len() >= 3, "replay jumped from {seen:?} to the end");
 }
+
+/// An upstream that goes silent in the middle of a message (a partition
+/// while a message is on the wire) is given up on after
+/// wal_receiver_timeout, as one silent between messages is, and the
+/// standby streams again once it can reconnect.
+#[test]
+fn an_upstream_silent_in_the_middle_of_a_message_is_given_up_on_after_wal_receiver_timeout() {
+    let mut primary = Node::init("");
+    primary.start();
+    // Once told to, the proxy passes the first half of the next message
+    // from the primary and nothing more, holding both connections open.
+    let proxy = common::MessageProxy::start(primary.port, 0, true);
+    let proxy_port = proxy.port;
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.configure(&format!(
+        "primary_conninfo = 'host=127.0.0.1 port={proxy_port} user=tester application_name=s1'\nwal_receiver_timeout = 2s"
+    ));
+    s1.start();
+    write_load(&primary, 1, 20, "before");
+    catch_up(&primary, &s1);
+    proxy.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    let began = std::time::Instant::now();
+    write_load(&primary, 1, 20, "during");
+    assert!(
+        s1.wait_log("sent part of a message, then nothing for 2000 ms"),
+        "{}",
+        s1.log()
+    );
+    assert!(began.elapsed() < std::time::Duration::from_secs(10));
+    // It reconnects (through the proxy, which now passes everything).
+    catch_up(&primary, &s1);
+    assert_eq!(
+        s1.query_one("SELECT walship_store_checksum()"),
+        primary.query_one("SELECT walship_store_checksum()")
+    );
+}

@@ -344,7 +344,7 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "wal_receiver_timeout",
         reload: true,
-        help: "a standby whose upstream has sent nothing this long (not even a keepalive) drops the connection and reconnects, so a hung primary or a black-holed network is noticed (0: never)",
+        help: "a standby whose upstream has sent nothing this long (not even a keepalive, or the rest of a message it began) drops the connection and reconnects, so a hung primary or a black-holed network is noticed (0: never; a message begun may then take 60s)",
     },
     SettingDoc {
         name: "isolation_fence_timeout",

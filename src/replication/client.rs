@@ -32,7 +32,8 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// keep it contiguous, is seldom and small next to the bytes read.
 const READ_BUFFER: usize = 1 << 20;
 
-/// How long a message already begun may take to arrive in full.
+/// How long a message already begun may take to arrive in full, unless
+/// [`Client::set_message_timeout`] says otherwise.
 const MID_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An ErrorResponse from the server.
@@ -277,6 +278,8 @@ pub struct Client {
     w: BufWriter<Conn>,
     /// ParameterStatus values the server sent.
     pub parameters: HashMap<String, String>,
+    /// How long a message already begun may take to arrive in full.
+    message_timeout: Duration,
 }
 
 impl Client {
@@ -300,6 +303,7 @@ impl Client {
             r,
             w,
             parameters: HashMap::new(),
+            message_timeout: MID_MESSAGE_TIMEOUT,
         };
         let user = info
             .user
@@ -362,6 +366,26 @@ impl Client {
         Ok(client)
     }
 
+    /// How long a message the server has begun may take to arrive in full
+    /// (zero: the default, 60 s): a walreceiver gives `wal_receiver_timeout`,
+    /// so an upstream that goes silent in the middle of a message is given
+    /// up on as soon as one that goes silent between messages.
+    pub fn set_message_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let timeout = if timeout.is_zero() {
+            MID_MESSAGE_TIMEOUT
+        } else {
+            timeout
+        };
+        if timeout != self.message_timeout {
+            self.r
+                .get_ref()
+                .set_read_timeout(timeout)
+                .map_err(|e| self.io(e))?;
+            self.message_timeout = timeout;
+        }
+        Ok(())
+    }
+
     /// The peer, `host:port`, for messages.
     pub fn peer(&self) -> &str {
         &self.peer
@@ -395,6 +419,20 @@ impl Client {
                     io::ErrorKind::UnexpectedEof,
                     "the server closed the connection",
                 )),
+                ProtoError::Io(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "timed out: the server sent part of a message, then nothing for {} ms",
+                            self.message_timeout.as_millis()
+                        ),
+                    ))
+                }
                 e => self.io(e),
             })?;
             match tag {

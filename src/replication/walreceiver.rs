@@ -698,6 +698,7 @@ fn stream(
     let mut reported_apply = host.replayed_lsn();
     let mut settings_checked = Instant::now();
     let mut receiver_timeout = host.receiver_timeout();
+    client.set_message_timeout(receiver_timeout)?;
     let mut last_heard = Instant::now();
     let mut pinged = false;
     let mut unflushed_since = Instant::now();
@@ -716,6 +717,7 @@ fn stream(
         if settings_checked.elapsed() >= Duration::from_secs(1) {
             settings_checked = Instant::now();
             receiver_timeout = host.receiver_timeout();
+            client.set_message_timeout(receiver_timeout)?;
             let now = host.primary();
             if now.as_ref().map(|(i, s)| (i, s.as_deref())) != Some((info, slot)) {
                 info!(primary = %info, "primary_conninfo or primary_slot_name changed: reconnecting");

@@ -764,6 +764,67 @@ fn pump(
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
+/// A proxy that passes the server's messages whole and, once `stall` is
+/// set, passes `then` more on each connection open then — and, with
+/// `half`, the first half of the next — and holds the rest back: a stream
+/// cut off between the parts of a record, or in the middle of a message.
+/// Connections opened later pass everything.
+pub struct MessageProxy {
+    pub port: u16,
+    pub stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MessageProxy {
+    pub fn start(target: u16, then: usize, half: bool) -> MessageProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalling = stall.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
+                let (mut from_server, mut to_client) = (server, client);
+                let stall = stalling.clone();
+                let opened_stalled = stall.load(Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut passed = 0;
+                    loop {
+                        let mut message = vec![0u8; 5];
+                        if from_server.read_exact(&mut message).is_err() {
+                            return;
+                        }
+                        let len = u32::from_be_bytes(message[1..5].try_into().unwrap()) as usize;
+                        message.resize(1 + len.max(4), 0);
+                        if from_server.read_exact(&mut message[5..]).is_err() {
+                            return;
+                        }
+                        if stall.load(Ordering::SeqCst) && !opened_stalled {
+                            if passed >= then {
+                                if half {
+                                    let _ = to_client.write_all(&message[..message.len() / 2]);
+                                }
+                                std::thread::sleep(std::time::Duration::from_secs(3600));
+                            }
+                            passed += 1;
+                        }
+                        if to_client.write_all(&message).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        MessageProxy { port, stall }
+    }
+}
+
 /// The name of the 1 MiB segment on timeline 1 that holds `lsn` (`X/X`).
 pub fn segment_of(lsn: &str) -> String {
     let (hi, lo) = lsn.split_once('/').unwrap();
