@@ -1024,8 +1024,20 @@ fn psql_and_pgbench_work_unchanged() {
 fn startup_options_set_session_parameters() {
     let mut node = Node::init("");
     node.start();
-    let conninfo = format!("{} options='-c synchronous_commit=off'", node.conninfo());
+    let conninfo = format!(
+        "{} options='-c synchronous_commit=off -c statement_timeout=5s'",
+        node.conninfo()
+    );
     let mut c = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+    let v: String = c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0);
+    assert_eq!(v, "off");
+    // SET … TO DEFAULT returns to the session's own start, as RESET does.
+    c.batch_execute("SET statement_timeout = 1000; SET synchronous_commit = local")
+        .unwrap();
+    c.batch_execute("SET statement_timeout TO DEFAULT; SET synchronous_commit TO DEFAULT")
+        .unwrap();
+    let v: String = c.query_one("SHOW statement_timeout", &[]).unwrap().get(0);
+    assert_eq!(v, "5s");
     let v: String = c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0);
     assert_eq!(v, "off");
     let bad = format!("{} options='-c synchronous_commit=never'", node.conninfo());

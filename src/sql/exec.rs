@@ -1542,7 +1542,12 @@ impl Session {
     /// SET, or SET LOCAL (`local`): in a transaction block, a ROLLBACK
     /// undoes either, and its end undoes SET LOCAL, as in PostgreSQL.
     fn set(&mut self, name: &str, value: Option<&str>, local: bool) -> Result<(), PgError> {
-        let change = self.setting_change(name, value)?;
+        // SET … TO DEFAULT is RESET, as in PostgreSQL: back to the value
+        // the session began with (its startup options included).
+        let change = match value {
+            Some(v) if !v.eq_ignore_ascii_case("default") => self.setting_change(name, Some(v))?,
+            _ => self.reset_change(name)?,
+        };
         self.apply_setting(&change, local);
         Ok(())
     }
