@@ -564,11 +564,11 @@ impl Settings {
                 self.synchronous_commit = value.parse().map_err(SetError::Value)?
             }
             "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
-                let d = parse_timeout(value).ok_or_else(|| {
-                    SetError::Value(
-                        "expected milliseconds (at most 2147483647), or a duration with a unit such as 500ms or 2s; 0 for none"
-                            .into(),
-                    )
+                let d = parse_timeout(value).map_err(|bad| {
+                    SetError::Value(format!(
+                        "{}; expected milliseconds, or a time with a unit (us, ms, s, min, h, d); 0 for none",
+                        bad.message(name, value)
+                    ))
                 })?;
                 *self.session_timeout_mut(name) = d
             }
@@ -852,19 +852,63 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
 }
 
 /// The longest timeout PostgreSQL takes: `INT_MAX` milliseconds.
-const MAX_TIMEOUT_MS: u128 = i32::MAX as u128;
+const MAX_TIMEOUT_MS: f64 = i32::MAX as f64;
 
-/// A timeout as PostgreSQL reads one: milliseconds, or a duration with a
-/// unit, in whole milliseconds up to `MAX_TIMEOUT_MS`; `None` when it is
-/// neither, or longer.
-pub fn parse_timeout(v: &str) -> Option<Duration> {
+/// Why a timeout setting's value was refused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BadTimeout {
+    /// Not a number with one of PostgreSQL's time units.
+    NotATime,
+    /// Milliseconds outside 0 .. `INT_MAX`.
+    OutOfRange(f64),
+}
+
+impl BadTimeout {
+    /// PostgreSQL's words for it, about the setting `name` set to `value`.
+    pub fn message(self, name: &str, value: &str) -> String {
+        match self {
+            BadTimeout::NotATime => format!("invalid value for parameter \"{name}\": \"{value}\""),
+            BadTimeout::OutOfRange(ms) => format!(
+                "{ms} ms is outside the valid range for parameter \"{name}\" (0 .. {})",
+                i32::MAX
+            ),
+        }
+    }
+}
+
+/// What PostgreSQL says of the units a timeout takes.
+pub const TIMEOUT_UNITS_HINT: &str =
+    "Valid units for this parameter are \"us\", \"ms\", \"s\", \"min\", \"h\", and \"d\".";
+
+/// A timeout as PostgreSQL reads one: a number (a fraction or an exponent
+/// too), then optionally one of its units (`us`, `ms`, `s`, `min`, `h`,
+/// `d`; none is milliseconds), rounded to whole milliseconds, from 0 to
+/// `INT_MAX`.
+pub fn parse_timeout(v: &str) -> Result<Duration, BadTimeout> {
     let v = v.trim();
-    let d = match v.parse::<u64>() {
-        Ok(ms) => Duration::from_millis(ms),
-        Err(_) => parse_duration(v).ok()?,
+    // No unit begins with the exponent's `e`.
+    let split = v
+        .find(|c: char| c.is_ascii_alphabetic() && !matches!(c, 'e' | 'E'))
+        .unwrap_or(v.len());
+    let (number, unit) = (v[..split].trim(), v[split..].trim());
+    let number: f64 = number.parse().map_err(|_| BadTimeout::NotATime)?;
+    let per_unit = match unit {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1e3,
+        "min" => 6e4,
+        "h" => 3.6e6,
+        "d" => 8.64e7,
+        _ => return Err(BadTimeout::NotATime),
     };
-    let ms = d.as_millis();
-    (ms <= MAX_TIMEOUT_MS).then(|| Duration::from_millis(ms as u64))
+    let ms = (number * per_unit).round_ties_even();
+    if !ms.is_finite() {
+        return Err(BadTimeout::NotATime);
+    }
+    if !(0.0..=MAX_TIMEOUT_MS).contains(&ms) {
+        return Err(BadTimeout::OutOfRange(ms));
+    }
+    Ok(Duration::from_millis(ms as u64))
 }
 
 /// A timeout as PostgreSQL's SHOW prints one: `0`, or the largest unit
@@ -933,16 +977,30 @@ mod tests {
     fn timeouts_read_and_print_as_postgresql_does() {
         let ms = Duration::from_millis;
         for (text, read) in [
-            ("0", Some(ms(0))),
-            ("1500", Some(ms(1500))),
-            ("2s", Some(ms(2000))),
-            ("2147483647", Some(ms(2_147_483_647))),
-            ("2147483648", None),
-            ("10000000000000000000s", None),
-            ("soon", None),
+            ("0", Ok(ms(0))),
+            ("1500", Ok(ms(1500))),
+            ("2s", Ok(ms(2000))),
+            (" 2 min ", Ok(ms(120_000))),
+            ("1.5", Ok(ms(2))),
+            ("1e3", Ok(ms(1000))),
+            ("100us", Ok(ms(0))),
+            ("1.5s", Ok(ms(1500))),
+            ("2147483647", Ok(ms(2_147_483_647))),
+            ("2147483648", Err(BadTimeout::OutOfRange(2_147_483_648.0))),
+            ("-1", Err(BadTimeout::OutOfRange(-1.0))),
+            ("10000000000000000000s", Err(BadTimeout::OutOfRange(1e22))),
+            ("soon", Err(BadTimeout::NotATime)),
+            ("1h30min", Err(BadTimeout::NotATime)),
+            ("5m", Err(BadTimeout::NotATime)),
+            ("nan", Err(BadTimeout::NotATime)),
+            ("inf", Err(BadTimeout::NotATime)),
         ] {
             assert_eq!(parse_timeout(text), read, "{text}");
         }
+        assert_eq!(
+            BadTimeout::OutOfRange(-1.0).message("statement_timeout", "-1"),
+            "-1 ms is outside the valid range for parameter \"statement_timeout\" (0 .. 2147483647)"
+        );
         for (d, shown) in [
             (ms(0), "0"),
             (ms(1500), "1500ms"),

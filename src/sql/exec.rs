@@ -14,7 +14,9 @@ use super::parse::{
 };
 use super::row_locks::{LockSet, RowLocks};
 use super::views::SystemView;
-use crate::node::config::{format_timeout, parse_timeout, Settings, SyncCommit};
+use crate::node::config::{
+    format_timeout, parse_timeout, BadTimeout, Settings, SyncCommit, TIMEOUT_UNITS_HINT,
+};
 use crate::sqlstate::{code, PgError};
 use crate::store::{Db, DbError, Durability, KvOp, Store, View};
 use crate::wal::{Lsn, WalError};
@@ -470,7 +472,7 @@ impl Session {
     /// for 0 (never).
     fn timeout_param(&self, name: &str) -> Option<std::time::Duration> {
         match self.param(name) {
-            Some(v) => parse_timeout(v),
+            Some(v) => parse_timeout(v).ok(),
             None => self.host.settings().session_timeout(name),
         }
         .filter(|t| !t.is_zero())
@@ -1619,12 +1621,12 @@ impl Session {
         );
         if let (Some(v), true) = (value, is_timeout) {
             // Kept as SHOW prints it.
-            let timeout = parse_timeout(v).ok_or_else(|| {
-                PgError::new(
-                    code::INVALID_PARAMETER_VALUE,
-                    format!("invalid value for parameter \"{name}\": \"{v}\""),
-                )
-                .with_hint("milliseconds (at most 2147483647), or a duration with a unit such as 500ms or 2s; 0 for none")
+            let timeout = parse_timeout(v).map_err(|bad| {
+                let e = PgError::new(code::INVALID_PARAMETER_VALUE, bad.message(name, v));
+                match bad {
+                    BadTimeout::NotATime => e.with_hint(TIMEOUT_UNITS_HINT),
+                    BadTimeout::OutOfRange(_) => e,
+                }
             })?;
             return Ok(SettingChange::Param(
                 name.to_string(),
