@@ -504,7 +504,8 @@ fn run(
     // Whether the message just handled ends with ReadyForQuery.
     let mut ready_sent = true;
     loop {
-        let max = node.settings().max_message_size;
+        // (A reload of max_message_size applies from the message after.)
+        let max = session.conf().max_message_size;
         // After an Execute, the next message's type: whether Sync follows
         // (the usual Parse/Bind/Execute/Sync in one write) decides how the
         // statement commits, so it is waited for (a client sends Sync or
@@ -560,6 +561,7 @@ fn run(
             }
         };
         ready_sent = matches!(tag, b'Q' | b'S');
+        session.use_settings(node.settings());
         let body = r.body();
         session.forget_cancel();
         let mut c = Cursor::new(body);

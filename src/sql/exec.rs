@@ -307,6 +307,9 @@ pub struct Session {
     /// A CancelRequest for this session, and the running statement's
     /// `statement_timeout`.
     interrupt: Interrupt,
+    /// walship.conf's settings as the current message found them (see
+    /// [`Session::use_settings`]).
+    conf: Arc<Settings>,
     /// Warnings raised while running the current statement.
     notices: Vec<PgError>,
 }
@@ -414,6 +417,7 @@ impl Session {
             params,
             synchronous_commit: None,
         };
+        let conf = host.settings();
         Session {
             host,
             user,
@@ -421,6 +425,7 @@ impl Session {
             settings,
             txn: None,
             interrupt: Interrupt::default(),
+            conf,
             notices: Vec::new(),
         }
     }
@@ -429,6 +434,19 @@ impl Session {
     /// startup) as the ones RESET and DISCARD ALL return to.
     pub fn mark_baseline(&mut self) {
         self.baseline = self.settings.clone();
+    }
+
+    /// walship.conf's settings for the message about to run: read once
+    /// per message by the connection, so that a statement does not take
+    /// the node's settings lock for each setting it consults, and a
+    /// reload reaches the session from its next message.
+    pub fn use_settings(&mut self, conf: Arc<Settings>) {
+        self.conf = conf;
+    }
+
+    /// The settings the last message ran with.
+    pub fn conf(&self) -> &Settings {
+        &self.conf
     }
 
     /// Shares the flag a CancelRequest for this session raises, so long
@@ -473,7 +491,7 @@ impl Session {
     fn timeout_param(&self, name: &str) -> Option<std::time::Duration> {
         match self.param(name) {
             Some(v) => parse_timeout(v).ok(),
-            None => self.host.settings().session_timeout(name),
+            None => self.conf.session_timeout(name),
         }
         .filter(|t| !t.is_zero())
     }
@@ -495,7 +513,7 @@ impl Session {
     pub fn synchronous_commit(&self) -> SyncCommit {
         self.settings
             .synchronous_commit
-            .unwrap_or_else(|| self.host.settings().synchronous_commit)
+            .unwrap_or(self.conf.synchronous_commit)
     }
 
     fn durability(&self) -> Durability {
@@ -517,7 +535,7 @@ impl Session {
     ) -> Result<R, PgError> {
         let began = std::time::Instant::now();
         let held = self.synchronous_commit().waits_for_standbys()
-            && !self.host.settings().synchronous_standby_names.is_empty();
+            && !self.conf.synchronous_standby_names.is_empty();
         let (result, end) = self.host.db().write(self.durability(), held, decide)?;
         if let Some(end) = end {
             let _hold = held.then(|| Held {
@@ -1634,7 +1652,7 @@ impl Session {
             ));
         }
         let Some((_, default)) = SESSION_PARAMS.iter().find(|(n, _)| *n == name) else {
-            return Err(if self.host.settings().show(name).is_some() {
+            return Err(if self.conf.show(name).is_some() {
                 PgError::new(
                     code::CANT_CHANGE_RUNTIME_PARAM,
                     format!("parameter \"{name}\" cannot be changed now"),
@@ -1666,7 +1684,7 @@ impl Session {
         if let Some(v) = self.settings.params.get(name) {
             return Ok(v.clone());
         }
-        if let Some(v) = self.host.settings().show(name) {
+        if let Some(v) = self.conf.show(name) {
             return Ok(v);
         }
         self.host.show(name).ok_or_else(|| {
