@@ -506,15 +506,10 @@ fn run(
     loop {
         // (A reload of max_message_size applies from the message after.)
         let max = session.conf().max_message_size;
-        // After an Execute, the next message's type: whether Sync follows
-        // (the usual Parse/Bind/Execute/Sync in one write) decides how the
-        // statement commits, so it is waited for (a client sends Sync or
-        // Flush before it waits for output, so this cannot hang a
-        // well-behaved one).
         // A client idle in a transaction block it began holds its row
-        // locks: idle_in_transaction_session_timeout bounds that.
-        // Its clock runs from ReadyForQuery, as PostgreSQL's: not between
-        // the messages of a batch.
+        // locks: idle_in_transaction_session_timeout bounds that. Its
+        // clock runs from ReadyForQuery, as PostgreSQL's: not between the
+        // messages of a batch.
         let idle_limit = if ready_sent {
             session.idle_in_block_timeout()
         } else {
@@ -523,6 +518,11 @@ fn run(
         if let Some(deadline) = idle_limit.and_then(|l| std::time::Instant::now().checked_add(l)) {
             let _ = r.get_ref().set_deadline(Some(deadline));
         }
+        // After an Execute, the next message's type: whether Sync follows
+        // (the usual Parse/Bind/Execute/Sync in one write) decides how the
+        // statement commits, so it is waited for (a client sends Sync or
+        // Flush before it waits for output, so this cannot hang a
+        // well-behaved one).
         let read = r.next_message(max).and_then(|tag| {
             let next = if tag == b'E' {
                 Some(r.peek_next_type()?)

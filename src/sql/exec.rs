@@ -143,9 +143,10 @@ pub trait Host: Send + Sync {
     /// Runs a checkpoint now (the CHECKPOINT command).
     fn checkpoint(&self) -> Result<Lsn, PgError>;
     /// After a commit at `lsn` is flushed and visible locally: waits for
-    /// the synchronous standbys as `level` asks. A wait cut short by a
-    /// cancel or `statement_timeout` returns a warning (the commit stands
-    /// locally).
+    /// the synchronous standbys as `level` asks. A wait cut short by
+    /// `interrupt` returns a warning (the commit stands locally); sessions
+    /// pass a cancel only, as PostgreSQL lets no `statement_timeout` end
+    /// this wait.
     fn wait_for_sync(
         &self,
         lsn: Lsn,
