@@ -78,6 +78,14 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// Sends the connection's last word, an error: a failure to send it is
+/// the connection's end anyway.
+fn send_last_error(w: &mut Writer, e: PgError) {
+    let mut out = Out::default();
+    out.error(&e);
+    let _ = out.send(w);
+}
+
 /// Whether reading failed because its deadline passed.
 fn is_timeout(e: &ProtoError) -> bool {
     matches!(e, ProtoError::Io(e) if matches!(
@@ -152,34 +160,37 @@ pub fn serve(node: Arc<Node>, stream: TcpStream) {
                 }
                 Err(e) => {
                     warn!("ending session: {e}");
-                    let mut out = Out::default();
-                    out.error(&PgError {
-                        fatal: true,
-                        ..proto_to_pg(&e)
-                    });
-                    let _ = out.send(&mut writer);
+                    send_last_error(
+                        &mut writer,
+                        PgError {
+                            fatal: true,
+                            ..proto_to_pg(&e)
+                        },
+                    );
                 }
             }
         }
         Ok(None) => {}
         Err(e) if is_timeout(&e) => {
             info!("closing a connection that did not log in within authentication_timeout");
-            let mut out = Out::default();
-            out.error(&PgError::fatal(
-                code::QUERY_CANCELED,
-                "canceling authentication due to timeout",
-            ));
-            let _ = out.send(&mut writer);
+            send_last_error(
+                &mut writer,
+                PgError::fatal(
+                    code::QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                ),
+            );
         }
         Err(e) => {
             if !matches!(e, ProtoError::Closed) {
                 info!("connection refused during startup: {e}");
-                let mut out = Out::default();
-                out.error(&PgError {
-                    fatal: true,
-                    ..proto_to_pg(&e)
-                });
-                let _ = out.send(&mut writer);
+                send_last_error(
+                    &mut writer,
+                    PgError {
+                        fatal: true,
+                        ..proto_to_pg(&e)
+                    },
+                );
             }
         }
     }
@@ -540,21 +551,23 @@ fn run(
                 session.abandon();
                 if idle_limit.is_some() && is_timeout(&e) {
                     info!("ending a session idle in a transaction block past idle_in_transaction_session_timeout");
-                    let mut out = Out::default();
-                    out.error(&PgError::fatal(
-                        code::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                        "terminating connection due to idle-in-transaction timeout",
-                    ));
-                    let _ = out.send(w);
+                    send_last_error(
+                        w,
+                        PgError::fatal(
+                            code::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                            "terminating connection due to idle-in-transaction timeout",
+                        ),
+                    );
                     return Ok(());
                 }
                 if node.is_shutting_down() {
-                    let mut out = Out::default();
-                    out.error(&PgError::fatal(
-                        code::ADMIN_SHUTDOWN,
-                        "terminating connection due to administrator command",
-                    ));
-                    let _ = out.send(w);
+                    send_last_error(
+                        w,
+                        PgError::fatal(
+                            code::ADMIN_SHUTDOWN,
+                            "terminating connection due to administrator command",
+                        ),
+                    );
                     return Ok(());
                 }
                 return Err(e);
