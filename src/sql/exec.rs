@@ -1634,10 +1634,7 @@ impl Session {
                 Some(client_encoding(value.unwrap_or("UTF8"))?.to_string()),
             ));
         }
-        let is_timeout = matches!(
-            name,
-            "lock_timeout" | "statement_timeout" | "idle_in_transaction_session_timeout"
-        );
+        let is_timeout = self.conf.session_timeout(name).is_some();
         if let (Some(v), true) = (value, is_timeout) {
             // Kept as SHOW prints it.
             let timeout = parse_timeout(v).map_err(|bad| {
