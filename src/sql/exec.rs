@@ -627,14 +627,7 @@ impl Session {
         let mut nap = std::time::Duration::from_micros(200);
         while !fresh.is_empty() && self.host.db().in_flight(fresh.iter().map(String::as_str)) {
             self.host.row_locks().may_wait(&self.interrupt, deadline)?;
-            if let Some(epoch) = self.host.db().fenced_by() {
-                return Err(db_error(DbError::Fenced(epoch)));
-            }
-            self.host
-                .db()
-                .wal()
-                .check_poisoned()
-                .map_err(|e| db_error(DbError::Wal(e)))?;
+            self.host.db().check_writable().map_err(db_error)?;
             std::thread::sleep(self.interrupt.nap(nap));
             nap = (nap * 2).min(std::time::Duration::from_millis(5));
         }

@@ -233,9 +233,8 @@ impl Db {
     ) -> Result<(R, Option<Lsn>), E> {
         let end = {
             let mut queue = self.lock_queue();
-            match self.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
-                0 => {}
-                epoch => return Err(DbError::Fenced(epoch).into()),
+            if let Some(epoch) = self.fenced_by() {
+                return Err(DbError::Fenced(epoch).into());
             }
             let rows = self.read();
             let (ops, result) = decide(&View {
@@ -371,6 +370,15 @@ impl Db {
     }
 
     /// The epoch that fenced this node, if one did.
+    /// Whether a write could still become durable here: not fenced, its
+    /// WAL not failed.
+    pub fn check_writable(&self) -> Result<(), DbError> {
+        if let Some(epoch) = self.fenced_by() {
+            return Err(DbError::Fenced(epoch));
+        }
+        self.wal.check_poisoned().map_err(DbError::Wal)
+    }
+
     pub fn fenced_by(&self) -> Option<u64> {
         match self.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
             0 => None,

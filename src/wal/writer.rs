@@ -366,7 +366,7 @@ impl WalWriter {
     }
 
     /// An error once a failed flush has poisoned the writer.
-    pub fn check_poisoned(&self) -> Result<(), WalError> {
+    pub(crate) fn check_poisoned(&self) -> Result<(), WalError> {
         if self.poisoned.load(Ordering::Acquire) {
             Err(WalError::Poisoned(self.flushed_lsn()))
         } else {
