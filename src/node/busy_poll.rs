@@ -106,6 +106,9 @@ pub struct BusyPoll {
     /// a read after it fails with `TimedOut`, and a blocking read waits at
     /// most until it, however the bytes trickle in.
     deadline: std::cell::Cell<Option<Instant>>,
+    /// Whether a blocking read gave the socket a read timeout, which
+    /// lifting the deadline must take off again.
+    timeout_set: std::cell::Cell<bool>,
 }
 
 impl BusyPoll {
@@ -119,14 +122,18 @@ impl BusyPoll {
             gate,
             id: gate.next_id.fetch_add(1, Ordering::Relaxed),
             deadline: std::cell::Cell::new(None),
+            timeout_set: std::cell::Cell::new(false),
         }
     }
 
     /// Sets (or, with `None`, lifts) the time by which reading must end.
     pub fn set_deadline(&self, deadline: Option<Instant>) -> io::Result<()> {
         self.deadline.set(deadline);
-        if deadline.is_none() {
+        // A read that found its bytes waiting set no timeout: nothing to
+        // take off (a system call spared per message in a block).
+        if deadline.is_none() && self.timeout_set.get() {
             self.stream.set_read_timeout(None)?;
+            self.timeout_set.set(false);
         }
         Ok(())
     }
@@ -139,6 +146,7 @@ impl BusyPoll {
                 return Err(io::ErrorKind::TimedOut.into());
             }
             self.stream.set_read_timeout(Some(left))?;
+            self.timeout_set.set(true);
         }
         self.stream.read(buf)
     }
