@@ -9,15 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{archive, file_names, restore, stderr, Background, Node, PgCluster};
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{archive, file_names, restore, stderr, wait_until, Background, Node, PgCluster};
 
 #[test]
 fn archived_segments_are_verified_whole_and_restore_byte_for_byte() {

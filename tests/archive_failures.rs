@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{archive, file_names, stderr, Background, Node, Tmpfs};
+use common::{archive, file_names, stderr, wait_until, Background, Node, Tmpfs};
 
 /// The invariants after any failure: [`check_whole`], and a segment is
 /// marked `.done` only when it is in the archive. Returns how many
@@ -111,15 +111,8 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
         ],
         std::fs::File::create(&log).unwrap().into(),
     );
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     node.complete_segments(2, "a");
-    wait("two segments archived", &|| {
+    wait_until("two segments archived", || {
         file_names(&adir, "")
             .iter()
             .filter(|n| n.len() == 24)
@@ -128,7 +121,7 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
     });
     std::fs::remove_dir_all(&adir).unwrap();
     node.complete_segments(2, "b");
-    wait("the daemon to report the vanished archive", &|| {
+    wait_until("the daemon to report the vanished archive", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("is gone")
@@ -151,7 +144,7 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
     assert_eq!(check_whole(&adir, &node), 2);
     // The daemon's lock was on the old archive's file: it keeps nobody out
     // of the new one, so the daemon stops rather than write beside another.
-    wait("the daemon to see the archive made again", &|| {
+    wait_until("the daemon to see the archive made again", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("was made again under this archiver")

@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Node;
+use common::{wait_until, Node};
 
 /// Tries one write; `None` if it was taken, else the SQLSTATE and message.
 fn write(node: &Node, key: &str) -> Option<(String, String)> {
@@ -19,21 +19,13 @@ fn write(node: &Node, key: &str) -> Option<(String, String)> {
     Some((db.code().code().to_string(), db.message().to_string()))
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_primary_cut_off_from_its_standbys_stops_taking_writes_until_one_reports() {
     let mut primary = Node::init("isolation_fence_timeout = 2s");
     primary.start();
     // Alone from the start: after the timeout, writes are refused.
     assert_eq!(write(&primary, "early"), None);
-    wait_for("the lone primary to refuse writes", || {
+    wait_until("the lone primary to refuse writes", || {
         write(&primary, "alone").is_some()
     });
     let (code, msg) = write(&primary, "alone").unwrap();
@@ -47,7 +39,7 @@ fn a_primary_cut_off_from_its_standbys_stops_taking_writes_until_one_reports() {
     // standby keeps them going (keepalives ask it to report in time).
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
     s1.start();
-    wait_for("writes to resume once s1 reports", || {
+    wait_until("writes to resume once s1 reports", || {
         write(&primary, "with-s1").is_none()
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -56,13 +48,13 @@ fn a_primary_cut_off_from_its_standbys_stops_taking_writes_until_one_reports() {
     // The standby goes silent (a partition): writes stop within the timeout
     // plus a report interval...
     s1.signal(nix::sys::signal::SIGSTOP);
-    wait_for("the cut-off primary to refuse writes", || {
+    wait_until("the cut-off primary to refuse writes", || {
         write(&primary, "cut-off").is_some()
     });
     assert_eq!(write(&primary, "cut-off").unwrap().0, "25006");
     // ...and resume when it is heard again.
     s1.signal(nix::sys::signal::SIGCONT);
-    wait_for("writes to resume after the partition heals", || {
+    wait_until("writes to resume after the partition heals", || {
         write(&primary, "healed").is_none()
     });
     let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");

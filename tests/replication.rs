@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::Node;
+use common::{wait_until, Node};
 
 fn pg_receivewal(node: &Node, dir: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(common::pg_bin("pg_receivewal"))
@@ -266,14 +266,9 @@ fn a_receiver_that_stops_reading_times_out_and_its_slot_keeps_the_wal() {
                 _ => None,
             })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sent(&node) != Some(current_lsn(&node)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the receiver never caught up"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("the receiver to catch up", || {
+        sent(&node) == Some(current_lsn(&node))
+    });
     // It names itself, as pg_receivewal does.
     assert_eq!(
         node.query_one("SELECT application_name FROM pg_stat_replication"),
@@ -372,11 +367,7 @@ fn a_standby_behind_is_in_catchup_and_not_synchronous_until_it_has_caught_up() {
                 _ => None,
             })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while row(&node).is_none() {
-        assert!(std::time::Instant::now() < deadline, "no walsender");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("a walsender", || row(&node).is_some());
     // As PostgreSQL shows it: catching up, and not yet a synchronous
     // standby, however it is named in synchronous_standby_names.
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{wait_until, Node};
 
 /// The rows of `pg_stat_replication` as (application_name, column) text.
 fn replication_column(primary: &Node, column: &str) -> Vec<(String, String)> {
@@ -42,14 +42,6 @@ fn one_row(c: &mut postgres::Client, sql: &str) -> String {
             _ => None,
         })
         .unwrap_or_else(|| panic!("{sql} returned no row"))
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -364,7 +356,11 @@ fn a_reload_applies_to_waiting_commits_and_to_streaming_walsenders() {
     let mut waiting = primary.client();
     let writer =
         std::thread::spawn(move || waiting.batch_execute("INSERT INTO kv VALUES ('a', '1')"));
-    assert!(primary.wait_log("commit is waiting for synchronous replication"));
+    assert!(
+        primary.wait_log("commit is waiting for synchronous replication"),
+        "{}",
+        primary.log()
+    );
     // No synchronous standby any more: the waiting commit goes on, as in
     // PostgreSQL.
     primary.configure("synchronous_standby_names = ''");
@@ -394,7 +390,11 @@ fn a_block_waits_for_a_commit_still_waiting_for_its_standby_before_deciding_on_i
     // A DELETE outside any block is logged, then held for s1.
     let mut a = primary.client();
     let deleting = std::thread::spawn(move || a.execute("DELETE FROM kv WHERE key = 'h'", &[]));
-    assert!(primary.wait_log("commit is waiting for synchronous replication"));
+    assert!(
+        primary.wait_log("commit is waiting for synchronous replication"),
+        "{}",
+        primary.log()
+    );
     // A block updating the row waits for that commit to show, then finds
     // no row (it used to update the row it could still see, and fail at
     // COMMIT).
@@ -430,7 +430,11 @@ fn a_block_does_not_wait_for_ever_on_a_commit_a_fence_keeps_hidden() {
     s1.signal(nix::sys::signal::SIGSTOP);
     let mut a = primary.client();
     let deleting = std::thread::spawn(move || a.execute("DELETE FROM kv WHERE key = 'h'", &[]));
-    assert!(primary.wait_log("commit is waiting for synchronous replication"));
+    assert!(
+        primary.wait_log("commit is waiting for synchronous replication"),
+        "{}",
+        primary.log()
+    );
     // The fence ends that wait unacknowledged, and the commit stays hidden
     // for good; a block that wants its row is told of the fence.
     primary

@@ -20,6 +20,19 @@ pub fn pg_bin(name: &str) -> PathBuf {
     p
 }
 
+/// Polls `f` every 20 ms until it holds; fails the test, naming `what`,
+/// after 30 s (generous: a test machine's disk can stall for seconds).
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Runs the real `walship` binary.
 pub fn walship(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_walship"))
@@ -537,9 +550,9 @@ impl Node {
         self.log.lock().unwrap().clone()
     }
 
-    /// Waits up to 10 s for the server's log to contain `pattern`.
+    /// Waits up to 30 s for the server's log to contain `pattern`.
     pub fn wait_log(&self, pattern: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if self.log().contains(pattern) {
                 return true;
