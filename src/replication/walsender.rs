@@ -141,6 +141,17 @@ pub fn serve(
                 };
                 match result {
                     Ok(()) => {}
+                    // FATAL ends the connection, as in PostgreSQL: no
+                    // ReadyForQuery after it. A timeout has been logged
+                    // where it was found; what the client sent, not yet.
+                    Err(e) if e.fatal => {
+                        if e.code == code::PROTOCOL_VIOLATION {
+                            warn!("terminating walsender: {e}");
+                        }
+                        out.error(&e);
+                        out.send(w)?;
+                        return Ok(());
+                    }
                     Err(e) => out.error(&e),
                 }
                 out.ready(b'I');
