@@ -305,10 +305,11 @@ fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured
         "{}",
         db.message()
     );
-    assert_eq!(
-        node.query_one("SELECT backlog_segments FROM pg_stat_archiver"),
-        "4"
-    );
+    // Writes stop at three segments (past 2 MB); the backlog is measured
+    // again once a second and soon counts the fourth.
+    wait_until("the backlog to count four segments", || {
+        node.query_one("SELECT backlog_segments FROM pg_stat_archiver") == "4"
+    });
     assert!(node
         .query_one("SELECT writes_refused FROM pg_stat_archiver")
         .contains("archive_backlog_limit"));
@@ -800,16 +801,19 @@ fn status_shows_the_archiver_once_a_backup_history_file_waits() {
     node.start();
     let _standby = Node::basebackup(&node, "s1", &[]);
     let from = format!("host=127.0.0.1 port={} user=tester", node.port);
-    let out = common::walship(&["status", "--from", &from]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(
-        stdout.lines().any(|l| l.starts_with("archiver:")
-            && l.contains("backlog 0 segments")
-            && l.contains("oldest waiting 00:")
-            && l.contains(".backup)")),
-        "the file that waits is named: {stdout}"
-    );
+    // The backlog is measured again once a second.
+    let mut stdout = String::new();
+    wait_until("status to name the waiting file", || {
+        let out = common::walship(&["status", "--from", &from]);
+        stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout.lines().any(|l| {
+            l.starts_with("archiver:")
+                && l.contains("backlog 0 segments")
+                && l.contains("oldest waiting 00:")
+                && l.contains(".backup)")
+        })
+    });
 }
 
 #[test]

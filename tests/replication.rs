@@ -207,7 +207,8 @@ fn bad_replication_requests_get_clear_errors() {
     let text = std::fs::read_to_string(&users).unwrap() + "plain::\n";
     std::fs::write(&users, text).unwrap();
     node.signal(nix::sys::signal::Signal::SIGHUP);
-    assert!(node.wait_log("reloaded"));
+    // The roles are in force once the edit is logged, after the reload.
+    assert!(node.wait_log("edited by hand"), "{}", node.log());
     let out = Command::new(common::pg_bin("psql"))
         .args([
             "-X",
