@@ -199,8 +199,10 @@ fn follow_mode_with_archive_timeout_archives_within_seconds_and_holds_the_lock()
     wait_until("the segment to be archived", || {
         file_names(adir.path(), "").iter().any(|n| n.len() == 24)
     });
+    // archive_timeout (1 s) and the follower's polling take about 2 s;
+    // the slack is for a slow disk.
     assert!(
-        began.elapsed() < Duration::from_secs(5),
+        began.elapsed() < Duration::from_secs(15),
         "{:?}",
         began.elapsed()
     );
@@ -334,8 +336,7 @@ fn a_backlog_past_the_limit_refuses_writes_or_abandons_the_archive_as_configured
 
     // abandon_archive: the service goes on, the gap is loud.
     node.configure("archive_backlog_policy = abandon_archive");
-    node.signal(nix::sys::signal::SIGHUP);
-    assert!(node.wait_log("reloaded walship.conf"));
+    node.reload();
     // A backup history file waits too; it frees nothing, so it is kept.
     let standby = Node::basebackup(&node, "s1", &[]);
     let status = node.dir.join("wal").join("archive_status");

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, Proxy};
+use common::{wait_until, Node, Proxy};
 use rand::Rng;
 
 fn parse_lsn(s: &str) -> u64 {
@@ -164,11 +164,20 @@ fn run_once(run: usize, synchronous: bool, fault: Fault, delay: Duration) -> usi
     let acked = load.stop();
     assert!(!acked.is_empty(), "run {run}: no write was acknowledged");
 
-    // Promote the most advanced standby (the other follows it).
-    let received: Vec<u64> = standbys
-        .iter()
-        .map(|(s, _)| parse_lsn(&s.query_one("SELECT pg_last_wal_receive_lsn()")))
-        .collect();
+    // Promote the most advanced standby (the other follows it), once what
+    // the dead primary's sockets and the proxies still held has arrived.
+    let receive_lsns = || -> Vec<u64> {
+        standbys
+            .iter()
+            .map(|(s, _)| parse_lsn(&s.query_one("SELECT pg_last_wal_receive_lsn()")))
+            .collect()
+    };
+    let mut received = receive_lsns();
+    wait_until("the standbys' receive positions to settle", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let before = std::mem::replace(&mut received, receive_lsns());
+        before == received
+    });
     let winner = usize::from(received[1] > received[0]);
     let (new_primary, _) = &standbys[winner];
     let (other, _) = &standbys[1 - winner];

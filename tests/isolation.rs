@@ -21,7 +21,8 @@ fn write(node: &Node, key: &str) -> Option<(String, String)> {
 
 #[test]
 fn a_primary_cut_off_from_its_standbys_stops_taking_writes_until_one_reports() {
-    let mut primary = Node::init("isolation_fence_timeout = 2s");
+    // Long enough that a slow start still takes the first write.
+    let mut primary = Node::init("isolation_fence_timeout = 4s");
     primary.start();
     // Alone from the start: after the timeout, writes are refused.
     assert_eq!(write(&primary, "early"), None);
@@ -42,7 +43,7 @@ fn a_primary_cut_off_from_its_standbys_stops_taking_writes_until_one_reports() {
     wait_until("writes to resume once s1 reports", || {
         write(&primary, "with-s1").is_none()
     });
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
     assert_eq!(write(&primary, "idle-but-connected"), None);
 
     // The standby goes silent (a partition): writes stop within the timeout
@@ -58,7 +59,7 @@ fn a_primary_cut_off_from_its_standbys_stops_taking_writes_until_one_reports() {
         write(&primary, "healed").is_none()
     });
     let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
-    s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '10s')"));
+    s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '30s')"));
     assert_eq!(
         s1.query_one("SELECT value FROM kv WHERE key = 'healed'"),
         "v"

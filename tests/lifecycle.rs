@@ -38,8 +38,7 @@ fn sighup_reloads_what_can_change_live() {
     assert_eq!(v, "on");
     node.configure("synchronous_commit = off");
     node.configure("port = 1");
-    node.signal(Signal::SIGHUP);
-    assert!(node.wait_log("reloaded walship.conf"), "{}", node.log());
+    node.reload();
     assert!(
         node.log().contains("setting=\"port\"") || node.log().contains("setting=port"),
         "{}",

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Node;
+use common::{wait_until, Node};
 
 fn promote(node: &Node, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["promote", "-D", node.dir.to_str().unwrap(), "--wait"];
@@ -190,7 +190,7 @@ fn statement_timeout_ends_the_wait_of_pg_promote_not_the_promotion() {
         (code.as_str(), message.as_str()),
         ("57014", "canceling statement due to statement timeout")
     );
-    assert!(began.elapsed() < Duration::from_secs(5));
+    assert!(began.elapsed() < Duration::from_secs(15));
     // The promotion went on: it fences the primary, now awake.
     assert!(
         s1.wait_log("promoted: this node is the primary"),
@@ -209,8 +209,7 @@ fn two_promoters_claiming_in_one_archive_cannot_both_win() {
     let s2 = standby_of(&primary, "s2");
     for s in [&s1, &s2] {
         s.configure(&conf);
-        s.signal(nix::sys::signal::SIGHUP);
-        assert!(s.wait_log("reloaded walship.conf"));
+        s.reload();
     }
     primary.kill9();
     let out = promote(&s1, &["--fence-command", "true"]);
@@ -557,7 +556,9 @@ fn receivers_streaming_from_a_standby_follow_its_promotion_without_a_break() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("both receivers to stream from s1", || {
+        s1.query_column("SELECT state FROM pg_stat_replication") == ["streaming", "streaming"]
+    });
     assert!(promote(&s1, &[]).status.success());
     let mut c = s1.client();
     for i in 0..50 {
@@ -628,7 +629,7 @@ fn a_primary_that_sees_a_newer_epoch_in_the_archive_fences_itself_running_or_res
             .trim(),
         "2"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         match primary
             .client()

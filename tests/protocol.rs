@@ -458,7 +458,7 @@ fn connections_that_never_log_in_are_bounded_and_closed_after_authentication_tim
     assert_eq!(sqlstate(&exchange(port, b"")).as_deref(), Some("53300"));
     // Those that said nothing are told, then closed, after 1 s.
     for mut s in idle {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut said = Vec::new();
         let _ = s.read_to_end(&mut said);
         assert_eq!(sqlstate(&said).as_deref(), Some("57014"), "{said:?}");
@@ -488,8 +488,9 @@ fn connections_that_never_log_in_are_bounded_and_closed_after_authentication_tim
         }
     }
     assert_eq!(sqlstate(&said).as_deref(), Some("57014"), "{said:?}");
+    // Well before the whole packet could have been sent (about 10 s).
     assert!(
-        began.elapsed() < Duration::from_secs(5),
+        began.elapsed() < Duration::from_secs(8),
         "{:?}",
         began.elapsed()
     );

@@ -59,7 +59,7 @@ fn caught_up(primary: &mut postgres::Client, standby: &mut postgres::Client) {
 fn require_scram(node: &Node) {
     node.configure("authentication = scram-sha-256");
     node.signal(Signal::SIGHUP);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while connect(node, "tester", "wrong").is_ok() {
         assert!(std::time::Instant::now() < deadline, "{}", node.log());
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -341,13 +341,7 @@ fn a_hand_edit_reloaded_on_the_primary_reaches_standbys_and_survives_a_crash() {
         .unwrap()
         .contains("mallory"));
     // Reloading the same file again changes nothing and logs nothing.
-    primary.signal(Signal::SIGHUP);
-    let reloads = |node: &Node| node.log().matches("reloaded walship.conf").count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while reloads(&primary) < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", primary.log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    primary.reload();
     assert_eq!(primary.log().matches("edited by hand").count(), 1);
     primary.kill9();
     primary.start();

@@ -549,7 +549,12 @@ fn a_deadlock_fails_one_block_and_a_lock_wait_ends_on_cancel_or_disconnect() {
         .unwrap();
     let cancel = b.cancel_token();
     let waiting = blocked(b, "UPDATE kv SET value = 'y' WHERE key = '1'");
-    cancel.cancel_query(postgres::NoTls).unwrap();
+    // Sent again until it lands: a cancel that comes before the statement
+    // starts is forgotten, as in PostgreSQL, and the wait would go on.
+    while !waiting.is_finished() {
+        cancel.cancel_query(postgres::NoTls).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (b, r) = waiting.join().unwrap();
     assert_eq!(code(&r.unwrap_err()), "57014");
     // A client that goes away in its block frees its rows.
@@ -636,7 +641,12 @@ fn statement_timeout_ends_waits_and_an_idle_block_past_its_timeout_ends_the_sess
     });
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert!(!waiting.is_finished(), "statement_timeout ended the wait");
-    cancel.cancel_query(postgres::NoTls).unwrap();
+    // Sent again until it lands (one sent before the statement started
+    // would be forgotten).
+    while !waiting.is_finished() {
+        cancel.cancel_query(postgres::NoTls).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (_c, r) = waiting.join().unwrap();
     r.unwrap();
     assert_eq!(

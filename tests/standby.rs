@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Node;
+use common::{wait_until, Node};
 
 fn message(e: &postgres::Error) -> String {
     e.as_db_error()
@@ -118,10 +118,13 @@ fn two_standbys_replay_a_concurrent_load_byte_for_byte() {
         .batch_execute("SELECT pg_current_wal_lsn()")
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err:?}");
-    // pg_last_wal_receive_lsn / replay_lsn report where the standby is.
-    let flushed = primary.query_one("SELECT pg_current_wal_flush_lsn()");
-    assert_eq!(s2.query_one("SELECT pg_last_wal_receive_lsn()"), flushed);
-    assert_eq!(s2.query_one("SELECT pg_last_wal_replay_lsn()"), flushed);
+    // pg_last_wal_receive_lsn / replay_lsn report where the standby is
+    // (polled: a timed checkpoint may have written since the catch-up).
+    wait_until("s2 to receive and replay all the primary flushed", || {
+        let flushed = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+        s2.query_one("SELECT pg_last_wal_receive_lsn()") == flushed
+            && s2.query_one("SELECT pg_last_wal_replay_lsn()") == flushed
+    });
 }
 
 #[test]
@@ -433,8 +436,7 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
     let mut bare = Node::basebackup(&primary, "s3", &[]);
     // All three are away while the primary writes and checkpoints.
     primary.configure("wal_keep_size = 64MB");
-    primary.signal(nix::sys::signal::SIGHUP);
-    assert!(primary.wait_log("reloaded walship.conf"));
+    primary.reload();
     fill_segments(&primary, 4, "away");
     // s1 comes back through its slot, s2 thanks to wal_keep_size.
     slotted.start();
@@ -460,7 +462,7 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
     // Without a slot and with wal_keep_size = 0, the WAL s3 needs is gone,
     // and the log says so.
     primary.configure("wal_keep_size = 0");
-    primary.signal(nix::sys::signal::SIGHUP);
+    primary.reload();
     fill_segments(&primary, 3, "gone");
     bare.start();
     assert!(bare.wait_log("has already been removed"), "{}", bare.log());
@@ -485,7 +487,7 @@ fn slots_and_wal_keep_size_hold_wal_for_standbys_that_are_away() {
     );
     primary.configure("max_slot_wal_keep_size = 2MB");
     primary.signal(nix::sys::signal::SIGHUP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let safe = loop {
         if let Some(v) = safe_wal_size(&primary) {
             break v.parse::<i64>().unwrap();
@@ -536,7 +538,7 @@ fn walship_status_shows_roles_positions_and_standbys() {
         String::from_utf8(out.stdout).unwrap()
     };
     // Wait for s1's reply to reach the primary.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut text = status(&primary, false);
     while !text.contains(&format!("replayed {flushed}")) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -804,7 +806,7 @@ fn a_standby_pings_an_idle_primary_and_reconnects_to_a_silent_one() {
     let mut primary = Node::init("");
     primary.start();
     let mut s1 = Node::basebackup(&primary, "s1", &[]);
-    s1.configure("wal_receiver_timeout = 2s");
+    s1.configure("wal_receiver_timeout = 3s");
     s1.start();
     primary
         .client()
@@ -812,16 +814,16 @@ fn a_standby_pings_an_idle_primary_and_reconnects_to_a_silent_one() {
         .unwrap();
     catch_up(&primary, &s1);
     // Idle, the primary sends a keepalive only every 10 s; the standby
-    // asks for one after 1 s of silence, so a live primary is never
+    // asks for one after 1.5 s of silence, so a live primary is never
     // taken for a dead one.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(6));
     assert!(
         !s1.log().contains("terminating walreceiver"),
         "{}",
         s1.log()
     );
     // A primary that answers nothing (a hung host) is given up on after
-    // 2 s, and streamed from again once it answers.
+    // 3 s, and streamed from again once it answers.
     primary.signal(nix::sys::signal::SIGSTOP);
     let found = s1.wait_log("terminating walreceiver due to timeout");
     primary.signal(nix::sys::signal::SIGCONT);
@@ -882,6 +884,8 @@ fn a_standby_catching_up_replays_and_reports_as_it_goes() {
     // arrived: some replay position lies strictly inside the backlog.
     let mut standby = s1.client();
     let mut seen = Vec::new();
+    let end: walship::wal::Lsn = end.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let replayed = standby
             .simple_query("SELECT pg_last_wal_replay_lsn()")
@@ -892,12 +896,19 @@ fn a_standby_catching_up_replays_and_reports_as_it_goes() {
                 _ => None,
             })
             .unwrap_or_default();
-        let done = replayed == end;
+        // At or past: the primary may log a checkpoint after `end`.
+        let done = replayed
+            .parse::<walship::wal::Lsn>()
+            .is_ok_and(|r| r >= end);
         seen.push(replayed);
         if done {
             break;
         }
-        assert!(seen.len() < 100_000, "the standby never caught up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never caught up: {:?}",
+            seen.last()
+        );
     }
     seen.dedup();
     assert!(seen.len() >= 3, "replay jumped from {seen:?} to the end");
@@ -930,7 +941,7 @@ fn an_upstream_silent_in_the_middle_of_a_message_is_given_up_on_after_wal_receiv
         "{}",
         s1.log()
     );
-    assert!(began.elapsed() < std::time::Duration::from_secs(10));
+    assert!(began.elapsed() < std::time::Duration::from_secs(20));
     // It reconnects (through the proxy, which now passes everything).
     catch_up(&primary, &s1);
     assert_eq!(

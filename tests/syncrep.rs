@@ -64,11 +64,16 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
         replication_column(&primary, "sync_state"),
         vec![("s1".into(), "sync".into()), ("s2".into(), "async".into())]
     );
-    // synchronous_commit = on (the default): acknowledged means on s1.
+    // synchronous_commit = on (the default): acknowledged means flushed on
+    // s1; visible there once replayed, as in PostgreSQL.
     primary
         .client()
         .batch_execute("INSERT INTO kv VALUES ('a', '1')")
         .unwrap();
+    s1.query_one(&format!(
+        "WAIT FOR LSN '{}' WITH (TIMEOUT '30s')",
+        s1.query_one("SELECT pg_last_wal_receive_lsn()")
+    ));
     assert_eq!(s1.query_one("SELECT value FROM kv WHERE key = 'a'"), "1");
 
     // Without s1, a commit waits (and the log says for whom); s2 does not count.
@@ -141,8 +146,7 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
     // SIGHUP: ANY 1 (s1, s2) lets s2 alone confirm.
     s1.kill9();
     primary.configure("synchronous_standby_names = 'ANY 1 (s1, s2)'");
-    primary.signal(nix::sys::signal::SIGHUP);
-    assert!(primary.wait_log("reloaded walship.conf"));
+    primary.reload();
     wait_until("s2 is a quorum member", || {
         replication_column(&primary, "sync_state") == vec![("s2".into(), "quorum".into())]
     });
@@ -156,7 +160,7 @@ fn commits_wait_for_the_synchronous_standby_and_can_be_cancelled() {
         .batch_execute("INSERT INTO kv VALUES ('e', '5')")
         .unwrap();
     s2.query_one(&format!(
-        "WAIT FOR LSN '{}' WITH (TIMEOUT '1s')",
+        "WAIT FOR LSN '{}' WITH (TIMEOUT '30s')",
         primary.query_one("SELECT pg_current_wal_flush_lsn()")
     ));
 
@@ -229,11 +233,23 @@ fn kill9_of_the_primary_never_loses_a_commit_from_the_synchronous_standby() {
                     }
                 });
             }
+            // The kill comes once commits are being acknowledged, however
+            // slowly the clients start (the node dies either way, so the
+            // clients end and the assertion below speaks).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while acked.lock().unwrap().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             std::thread::sleep(Duration::from_millis(150 + 40 * round));
             primary.kill9();
         });
         let acked = acked.into_inner().unwrap();
         assert!(!acked.is_empty(), "round {round}: nothing was acknowledged");
+        // Acknowledged means flushed on s1: wait for it to replay that.
+        s1.query_one(&format!(
+            "WAIT FOR LSN '{}' WITH (TIMEOUT '30s')",
+            s1.query_one("SELECT pg_last_wal_receive_lsn()")
+        ));
         for key in &acked {
             let n = s1.query_one(&format!("SELECT count(*) FROM kv WHERE key = '{key}'"));
             assert_eq!(

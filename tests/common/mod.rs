@@ -408,6 +408,21 @@ impl Node {
             .unwrap_or_else(|| panic!("{sql} returned no row"))
     }
 
+    /// The first column of every row `sql` returns (NULL as "").
+    pub fn query_column(&self, sql: &str) -> Vec<String> {
+        self.client()
+            .simple_query(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}\n{}", self.log()))
+            .iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => {
+                    Some(r.get(0).unwrap_or_default().to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// From now on, restarts listen on the port the node has now, so its
     /// standbys' primary_conninfo stays right.
     pub fn keep_port(&mut self) -> &mut Node {
@@ -522,6 +537,15 @@ impl Node {
     /// Sends a signal to the server.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Sends SIGHUP and waits until the server has reloaded walship.conf
+    /// once more (a check of the log alone could find an earlier reload).
+    pub fn reload(&self) {
+        let reloads = |node: &Node| node.log().matches("reloaded walship.conf").count();
+        let before = reloads(self);
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_until("walship.conf to be reloaded", || reloads(self) > before);
     }
 
     /// Appends a line to walship.conf.
