@@ -832,6 +832,27 @@ fn a_promoted_standby_archives_what_the_old_primary_had_not() {
     }
 }
 
+#[test]
+fn a_fenced_primary_writes_no_more_wal_for_archive_timeout_a_switch_or_a_checkpoint() {
+    let mut primary = Node::init("archive_mode = on\narchive_timeout = 1s");
+    primary.start();
+    let mut c = primary.client();
+    c.batch_execute("INSERT INTO kv VALUES ('a', '1')").unwrap();
+    c.batch_execute("SELECT walship_fence(2)").unwrap();
+    let end = primary.query_one("SELECT pg_current_wal_lsn()");
+    // archive_timeout would have ended the partly filled segment by now.
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, message) = sqlstate(&primary, "SELECT pg_switch_wal()");
+    assert_eq!(code, "25006", "{message}");
+    primary.client().batch_execute("CHECKPOINT").unwrap();
+    assert_eq!(primary.query_one("SELECT pg_current_wal_lsn()"), end);
+    assert!(
+        !primary.log().contains("archive_timeout"),
+        "{}",
+        primary.log()
+    );
+}
+
 /// With ANY 1 (b, c), b confirms commits c has not received: promoting
 /// c while the primary runs fences it first, then streams the WAL it
 /// wrote before the fence, so every commit it acknowledged is on c.

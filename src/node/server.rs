@@ -42,7 +42,7 @@ use crate::sql::row_locks::RowLocks;
 use crate::sql::views::SystemView;
 use crate::sqlstate::PgError;
 use crate::store::snapshot;
-use crate::store::Db;
+use crate::store::{Db, DbError};
 use crate::wal::payload::Payload;
 use crate::wal::segment::list_segments_upto;
 use crate::wal::verify::OwnRecord;
@@ -433,8 +433,10 @@ impl Node {
             // its WAL ends where it told the promoter when fenced, which is
             // where the new primary's timeline begins, so the standbys
             // still streaming from it can follow the new primary.
-            None if self.db.fenced_by().is_some() => return Ok(last()),
-            None => self.db.checkpoint(&roles)?,
+            None => match self.db.checkpoint(&roles) {
+                Err(DbError::Fenced(_)) => return Ok(last()),
+                done => done?,
+            },
             // A standby cannot write a checkpoint record: it makes a
             // restartpoint at the last checkpoint record it replayed.
             Some(standby) => match standby.take_restart_point() {
@@ -1743,14 +1745,18 @@ fn refuse_connection(node: &Node, stream: TcpStream, most: usize) {
 /// With `synchronous_commit = off`, commits are acknowledged before their
 /// WAL is flushed: this thread flushes at least every `wal_writer_delay`.
 /// It also ends a segment that has held WAL for `archive_timeout`, so the
-/// archive is never further behind than that.
+/// archive is never further behind than that; not on a fenced node, which
+/// writes no more WAL.
 fn wal_writer(node: &Node) {
     let mut segment_seen: Option<(u64, Instant)> = None;
     while !node.is_shutting_down() {
         let settings = node.settings();
         let delay = settings.wal_writer_delay;
         node.nap(delay);
-        if settings.archive_mode && !settings.archive_timeout.is_zero() && node.standby().is_none()
+        if settings.archive_mode
+            && !settings.archive_timeout.is_zero()
+            && node.standby().is_none()
+            && node.db.fenced_by().is_none()
         {
             let size = WalSenderHost::seg_size(node);
             let pos = node.db.wal().insert_lsn();

@@ -155,10 +155,7 @@ impl RolesGuard<'_> {
         let db = self.db;
         let end = {
             let _queue = db.lock_queue();
-            match db.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
-                0 => {}
-                epoch => return Err(DbError::Fenced(epoch)),
-            }
+            db.check_unfenced()?;
             let mut data = Vec::new();
             let info = Payload::Roles(text.as_bytes()).encode(&mut data);
             db.wal.append(RM_WALSHIP_ID, info, 0, &data)?.end
@@ -233,9 +230,7 @@ impl Db {
     ) -> Result<(R, Option<Lsn>), E> {
         let end = {
             let mut queue = self.lock_queue();
-            if let Some(epoch) = self.fenced_by() {
-                return Err(DbError::Fenced(epoch).into());
-            }
+            self.check_unfenced()?;
             let rows = self.read();
             let (ops, result) = decide(&View {
                 rows: &rows,
@@ -369,16 +364,24 @@ impl Db {
         Ok(())
     }
 
-    /// The epoch that fenced this node, if one did.
     /// Whether a write could still become durable here: not fenced, its
     /// WAL not failed.
     pub fn check_writable(&self) -> Result<(), DbError> {
-        if let Some(epoch) = self.fenced_by() {
-            return Err(DbError::Fenced(epoch));
-        }
+        self.check_unfenced()?;
         self.wal.check_poisoned().map_err(DbError::Wal)
     }
 
+    /// A fenced node appends nothing more to its WAL: its WAL ends where
+    /// it told the promoter, which is where the new primary's timeline
+    /// begins. Called with the queue lock held by every path that appends.
+    fn check_unfenced(&self) -> Result<(), DbError> {
+        match self.fenced_by() {
+            Some(epoch) => Err(DbError::Fenced(epoch)),
+            None => Ok(()),
+        }
+    }
+
+    /// The epoch that fenced this node, if one did.
     pub fn fenced_by(&self) -> Option<u64> {
         match self.fenced_by.load(std::sync::atomic::Ordering::Acquire) {
             0 => None,
@@ -404,9 +407,11 @@ impl Db {
 
     /// Ends the current segment (`pg_switch_wal()`), durably; returns where
     /// the switch record ends, as PostgreSQL's `pg_switch_wal()` does.
+    /// Refused on a fenced node.
     pub fn switch_wal(&self) -> Result<Lsn, DbError> {
         let end = {
             let _queue = self.lock_queue();
+            self.check_unfenced()?;
             self.wal.switch_segment()?
         };
         self.flush_all()?;
@@ -417,8 +422,10 @@ impl Db {
     /// rows holding exactly every change before it. The caller makes the
     /// snapshot durable and then records the checkpoint in the control file.
     /// It holds the roles guard, and has written out every role change.
+    /// Refused on a fenced node.
     pub fn checkpoint(&self, _roles: &RolesGuard<'_>) -> Result<(Lsn, Store), DbError> {
         let queue = self.lock_queue();
+        self.check_unfenced()?;
         let redo = self.wal.next_record_lsn();
         let mut data = Vec::new();
         let info = Payload::Checkpoint { redo }.encode(&mut data);
