@@ -935,7 +935,12 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
                     tracing::info!("archiving works again");
                 }
             }
-            Err(e @ walship::archive::archiver::ArchiverError::Replaced { .. }) => {
+            // Retrying cannot help, and the archive's lock must go to the
+            // archiver that can use it.
+            Err(
+                e @ (walship::archive::archiver::ArchiverError::Replaced { .. }
+                | walship::archive::archiver::ArchiverError::Fenced { .. }),
+            ) => {
                 return Err(e.into());
             }
             Err(e) => {
@@ -1445,7 +1450,7 @@ mod man {
                 ARCHIVE_EXTRA.to_string(),
                 exit_status(
                     r"Everything marked ready was archived (or was in the archive already, the same), or nothing was ready. With \fISEGMENT_PATH\fR: that file was archived, or was there already, the same. With \fB\-\-follow\fR: stopped by \fBSIGTERM\fR or \fBSIGINT\fR.",
-                    r"Something was not archived: a file failed verification, the archive holds different content under its name, the archive belongs to another system or has vanished (see \fB\-\-create\fR), the node is fenced (the archive records a newer epoch), another archiver holds the archive's lock, or a file could not be read or written. Standard error says which. A run stops at the failing file; the next run retries it. With \fB\-\-follow\fR only a failure to start exits; later failures are logged once and retried every second.",
+                    r"Something was not archived: a file failed verification, the archive holds different content under its name, the archive belongs to another system or has vanished (see \fB\-\-create\fR), the node is fenced (the archive records a newer epoch), another archiver holds the archive's lock, or a file could not be read or written. Standard error says which. A run stops at the failing file; the next run retries it. With \fB\-\-follow\fR a failure to start exits, and so does a running daemon whose node is fenced (it frees the archive's lock for the new primary's archiver) or whose archive was made again under it; other failures are logged once and retried every second.",
                     &[],
                 ),
                 r"\fBwalship\fR(1), \fBwalship\-restore\fR(1), \fBwalship\-cleanup\fR(1), \fBwalship\-server\fR(1), \fBwalship\-promote\fR(1), \fBwalship\-receive\fR(1), \fBpostgres\fR(1)",

@@ -93,14 +93,9 @@ fn a_full_or_read_only_archive_fails_cleanly_and_the_next_run_finishes() {
         .all(|n| !n.ends_with(".ready")));
 }
 
-#[test]
-fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_recreated() {
-    let mut node = Node::init("archive_mode = on");
-    node.start();
-    let root = tempfile::tempdir().unwrap();
-    let adir = root.path().join("archive");
-    let log = root.path().join("archiver.log");
-    let daemon = Background::walship(
+/// `walship archive --follow` for `node` into `adir`, its log in `log`.
+fn follow_daemon(node: &Node, adir: &Path, log: &Path) -> Background {
+    Background::walship(
         &[
             "archive",
             "--archive",
@@ -109,8 +104,18 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
             "-D",
             node.dir.to_str().unwrap(),
         ],
-        std::fs::File::create(&log).unwrap().into(),
-    );
+        std::fs::File::create(log).unwrap().into(),
+    )
+}
+
+#[test]
+fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_recreated() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    let root = tempfile::tempdir().unwrap();
+    let adir = root.path().join("archive");
+    let log = root.path().join("archiver.log");
+    let daemon = follow_daemon(&node, &adir, &log);
     node.complete_segments(2, "a");
     wait_until("two segments archived", || {
         file_names(&adir, "")
@@ -150,6 +155,37 @@ fn an_archive_removed_under_a_running_archiver_is_reported_and_never_silently_re
             .contains("was made again under this archiver")
     });
     assert_eq!(daemon.terminate().code(), Some(1));
+}
+
+#[test]
+fn a_running_archiver_stops_once_its_node_is_fenced_and_frees_the_archive() {
+    let mut node = Node::init("archive_mode = on");
+    node.start();
+    let root = tempfile::tempdir().unwrap();
+    let adir = root.path().join("archive");
+    let log = root.path().join("archiver.log");
+    let daemon = follow_daemon(&node, &adir, &log);
+    node.complete_segments(1, "a");
+    wait_until("a segment archived", || {
+        file_names(&adir, "").iter().any(|n| n.len() == 24)
+    });
+    // Fenced, the node writes nothing more for the daemon to find; the
+    // daemon stops anyway, and says why.
+    node.client()
+        .batch_execute("SELECT walship_fence(2)")
+        .unwrap();
+    assert_eq!(daemon.wait_exit().code(), Some(1));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("this node is fenced"), "{said}");
+    // The lock went with it: another archiver is told of the fence, not
+    // that the archive is in use.
+    let out = archive(&adir, &node, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this node is fenced"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -244,8 +244,8 @@ impl Archiver {
 
     /// Refuses when the node is fenced: the archive records a newer epoch
     /// than the node's (a promotion claimed it), or the node was fenced.
-    /// Checked at start and before every pass, so a running daemon
-    /// archives nothing more once its node is fenced. A standby is not
+    /// Checked at start and at every pass, so a running daemon archives
+    /// nothing more once its node is fenced, and stops. A standby is not
     /// fenced, whatever its epoch: it has nothing to archive (its primary
     /// archives its WAL) until it is promoted.
     fn check_not_fenced(&self) -> Result<(), ArchiverError> {
@@ -313,11 +313,14 @@ impl Archiver {
         if dir.join(IDENTITY).exists() && !self.lock.guards(dir) {
             return Err(ArchiverError::Replaced { dir: dir.clone() });
         }
+        // So is the fence: a fenced node writes no WAL, so its daemon would
+        // otherwise idle for ever, holding the lock the new primary's
+        // archiver needs.
+        self.check_not_fenced()?;
         let names = self.ready()?;
         if names.is_empty() {
             return Ok(pass);
         }
-        self.check_not_fenced()?;
         let stats = ArchiverStats::read(&self.data_dir);
         // About 256 MiB of segments in memory at once (one, if larger).
         let parallel = (256 << 20) / self.archive.seg_size.bytes().max(1);

@@ -690,6 +690,16 @@ impl Background {
         self.0.id()
     }
 
+    /// Waits up to 30 s for it to exit by itself; its exit status.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until("walship to exit", || {
+            status = self.0.try_wait().expect("wait for walship");
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
     /// Stops it with SIGTERM; its exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
