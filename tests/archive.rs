@@ -637,6 +637,52 @@ fn a_new_standby_is_built_from_a_base_backup_and_the_archive_alone_while_the_pri
 }
 
 #[test]
+fn a_standby_restoring_from_the_archive_alone_follows_a_promotion_found_there() {
+    let mut primary = Node::init("archive_mode = on");
+    primary.start();
+    let mut s1 = Node::basebackup(&primary, "s1", &[]);
+    s1.start();
+    // c has no upstream: the archive is all it reads.
+    let mut c = Node::basebackup(&primary, "c", &[]);
+    c.configure("primary_conninfo = ''");
+    let adir = tempfile::tempdir().unwrap();
+    c.restore_from(adir.path());
+    primary.complete_segments(2, "tl1");
+    let out = archive(adir.path(), &primary, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.start();
+    wait_until("c to restore timeline 1", || {
+        c.query_one("SELECT count(*) FROM kv WHERE key LIKE 'tl1%'") == "2"
+    });
+    // s1 is promoted (timeline 2) and archives; the old primary's last,
+    // partly filled segment never reaches the archive.
+    let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
+    s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '30s')"));
+    let out = common::walship(&["promote", "-D", s1.dir.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    s1.complete_segments(2, "tl2");
+    let out = archive(adir.path(), &s1, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(file_names(adir.path(), "").contains(&"00000002.history".to_string()));
+    // As PostgreSQL's recovery_target_timeline = 'latest': c finds the
+    // newer timeline's history in the archive and restores on along it.
+    wait_until("c to follow timeline 2 from the archive", || {
+        c.query_one("SELECT count(*) FROM kv WHERE key LIKE 'tl2%'") == "2"
+    });
+    assert!(
+        c.log()
+            .contains("following timeline 2 found in the archive"),
+        "{}",
+        c.log()
+    );
+    assert!(c.dir.join("wal/00000002.history").exists());
+    assert_eq!(
+        c.query_one("SELECT walship_store_checksum()"),
+        s1.query_one("SELECT walship_store_checksum()")
+    );
+}
+
+#[test]
 fn a_postgresql_standby_replicates_through_a_walship_archive_alone() {
     let (_bin, exe) = walship_for_postgres();
     let mut primary = PgCluster::init(1);

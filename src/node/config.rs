@@ -384,7 +384,7 @@ const DOCS: &[SettingDoc] = &[
     SettingDoc {
         name: "restore_command",
         reload: true,
-        help: "on a standby: shell command copying archived segment %f to %p, used when the primary no longer has the WAL (%r: the segment of the last restartpoint, %%: a %)",
+        help: "on a standby: shell command copying archived segment %f to %p, used when the primary no longer has the WAL (%r: the segment of the last restartpoint, %%: a %); at the archive's end it also fetches newer timelines' history files, to follow a promotion",
     },
     SettingDoc {
         name: "primary_slot_name",

@@ -14,7 +14,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::client::{Client, ClientError, CopyMessage, Interrupter};
 use super::conninfo::ConnInfo;
@@ -221,58 +221,43 @@ pub enum ReceiveError {
     Restore(String),
 }
 
-/// Restores segments with `restore_command`, from the one holding the end
-/// of local WAL on, until the command fails (the archive has no more).
-/// Each restored segment is verified like streamed WAL, written through
-/// the WAL writer, flushed and replayed. Returns how many were restored.
-fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveError> {
-    let size = host.seg_size();
-    let tli = host.timeline();
-    let wal = host.wal();
-    let scratch = host.wal_dir().join("RECOVERYXLOG");
-    let said_file = host.wal_dir().join("RECOVERYXLOG.said");
-    let mut restored = 0;
-    // A long catch-up says how it goes every ten seconds.
-    let mut progress = Progress::for_log("restoring WAL from the archive", Total::Unknown);
-    // One verifier for every segment restored in a row, so a record that
-    // runs from one segment into the next is checked and replayed whole.
-    let (_, mut verifier) = resume(host, true)?;
-    // The timeline restored is fixed for the loop, so its history is too
-    // (for %r's timeline).
-    let history = TimelineHistory::read_in(&host.wal_dir(), tli);
-    loop {
-        if host.is_shutting_down() || host.paused() {
-            return Ok(restored);
-        }
-        let pos = wal.insert_lsn();
-        let segno = pos.segno(size);
-        let name = SegmentName::new(tli, segno).file_name(size);
-        let _ = std::fs::remove_file(&scratch);
-        // %r as PostgreSQL gives it: the segment of the last restartpoint,
-        // the oldest one a restart still needs (pg_archivecleanup's cut),
-        // named with the timeline it was written on.
-        let restart_lsn = host.restart_point();
-        let restart_tli = history
-            .as_ref()
-            .map_or(tli, |history| history.timeline_of(restart_lsn, tli));
-        let restart = SegmentName::new(restart_tli, restart_lsn.segno(size)).file_name(size);
-        let cmd = command
+/// `restore_command` for one standby's restoring: where it puts what it
+/// fetches, and where what it prints is caught.
+struct Fetcher<'a> {
+    command: &'a str,
+    scratch: PathBuf,
+    said_file: PathBuf,
+}
+
+impl Fetcher<'_> {
+    /// Runs the command for the file `name` (`%r` is `restart`): the
+    /// file's bytes, or `None` when the archive does not have it (an exit
+    /// status from 1 to 125, logged at info if `say_absent`, else at
+    /// debug; or a command that could not run, a warning). Above 125 is a
+    /// real failure (walship restore: corrupt, another system's,
+    /// unreadable), not "not in the archive": an error.
+    fn fetch(
+        &self,
+        name: &str,
+        restart: &str,
+        say_absent: bool,
+    ) -> Result<Option<Vec<u8>>, ReceiveError> {
+        let _ = std::fs::remove_file(&self.scratch);
+        let cmd = self
+            .command
             .replace("%%", "\u{0}")
-            .replace("%f", &name)
-            .replace("%p", &scratch.to_string_lossy())
-            .replace("%r", &restart)
+            .replace("%f", name)
+            .replace("%p", &self.scratch.to_string_lossy())
+            .replace("%r", restart)
             .replace('\u{0}', "%");
         // What it prints is kept, to go into this log as one field of the
         // line that says how the command ended, not as loose lines.
-        let run = run_capturing(&cmd, &said_file);
-        match run {
+        match run_capturing(&cmd, &self.said_file) {
             Ok((status, said)) if status.success() => {
                 if !said.is_empty() {
-                    info!(segment = %name, said = %said, "restore_command");
+                    info!(file = %name, said = %said, "restore_command");
                 }
             }
-            // Above 125: a real failure (walship restore: corrupt, another
-            // system's, unreadable), not "not in the archive".
             Ok((status, said)) if status.code().is_none_or(|c| c > 125) => {
                 let said = if said.is_empty() {
                     String::new()
@@ -284,19 +269,141 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
                     crate::shell::ended(status)
                 )));
             }
+            // Absent: the usual answer at the archive's end.
             Ok((status, said)) => {
-                info!(segment = %name, command = %cmd, ended = %crate::shell::ended(status), said = %said, "restore_command did not restore the segment");
-                return Ok(restored);
+                let ended = crate::shell::ended(status);
+                if say_absent {
+                    info!(file = %name, command = %cmd, ended = %ended, said = %said, "restore_command did not restore the file");
+                } else {
+                    debug!(file = %name, command = %cmd, ended = %ended, said = %said, "restore_command did not restore the file");
+                }
+                return Ok(None);
             }
             Err(e) => {
                 warn!(command = %cmd, "could not run restore_command: {}", io_cause(&e));
-                return Ok(restored);
+                return Ok(None);
             }
         }
-        let bytes = std::fs::read(&scratch)
-            .map_err(|e| WalError::from(FileError::new("read restored segment", &scratch, e)))?;
+        let bytes = std::fs::read(&self.scratch)
+            .map_err(|e| WalError::from(FileError::new("read restored file", &self.scratch, e)))?;
+        let _ = std::fs::remove_file(&self.scratch);
+        Ok(Some(bytes))
+    }
+
+    /// The next timeline this standby can follow from the archive once
+    /// its own timeline `tli` has no more there (its primary was promoted
+    /// away, as PostgreSQL's recovery_target_timeline = 'latest' follows
+    /// it): the newest `TTTTTTTT.history` above `tli` (probed upwards
+    /// until one is absent) whose history branches off `tli` at or after
+    /// `end`, the end of local WAL. Returns the timeline after `tli` on
+    /// that path, where it branches off, and its history's text.
+    fn next_timeline(
+        &self,
+        tli: TimelineId,
+        end: Lsn,
+        restart: &str,
+    ) -> Result<Option<(TimelineId, Lsn, String)>, ReceiveError> {
+        let mut found: Vec<(TimelineId, String)> = Vec::new();
+        let mut probe = tli;
+        while let Some(t) = probe
+            .get()
+            .checked_add(1)
+            .and_then(|t| TimelineId::new(t).ok())
+        {
+            let name = history_file_name(t);
+            let Some(bytes) = self.fetch(&name, restart, false)? else {
+                break;
+            };
+            found.push((t, String::from_utf8_lossy(&bytes).into_owned()));
+            probe = t;
+        }
+        let Some((newest, text)) = found.last() else {
+            return Ok(None);
+        };
+        let history = TimelineHistory::parse(text).map_err(|e| {
+            ReceiveError::Restore(format!(
+                "the archive's {} is damaged: {e}",
+                history_file_name(*newest)
+            ))
+        })?;
+        let Some((switch, next)) = history.switch_of(tli, *newest) else {
+            warn!(timeline = %tli, newest = %newest, "the archive holds timeline {newest}, which does not descend from this standby's timeline {tli}: not followed");
+            return Ok(None);
+        };
+        if end > switch {
+            warn!(timeline = %tli, newest = %newest, switch = %switch, end = %end, "the archive holds timeline {newest}, which left timeline {tli} at {switch}, but this standby's WAL goes on to {end}: not followed (walship rejoin, or a new base backup)");
+            return Ok(None);
+        }
+        let text = found
+            .iter()
+            .find(|(t, _)| *t == next)
+            .map(|(_, text)| text.clone());
+        Ok(text.map(|text| (next, switch, text)))
+    }
+}
+
+/// Restores segments with `restore_command`, from the one holding the end
+/// of local WAL on, until the command fails (the archive has no more);
+/// then follows a newer timeline the archive holds, if one branched off
+/// this standby's at or after where its WAL ends, and restores on. Each
+/// restored segment is verified like streamed WAL, written through the
+/// WAL writer, flushed and replayed. Returns how many were restored.
+/// `absent_said` names the segment last logged as absent, so that the
+/// retries that ask for it again are not logged above debug.
+fn restore(
+    host: &dyn WalReceiverHost,
+    command: &str,
+    absent_said: &mut Option<String>,
+) -> Result<usize, ReceiveError> {
+    let size = host.seg_size();
+    let wal = host.wal();
+    let fetcher = Fetcher {
+        command,
+        scratch: host.wal_dir().join("RECOVERYXLOG"),
+        said_file: host.wal_dir().join("RECOVERYXLOG.said"),
+    };
+    let mut restored = 0;
+    // A long catch-up says how it goes every ten seconds.
+    let mut progress = Progress::for_log("restoring WAL from the archive", Total::Unknown);
+    // One verifier for every segment restored in a row, so a record that
+    // runs from one segment into the next is checked and replayed whole.
+    let (_, mut verifier) = resume(host, true)?;
+    // The timeline restored, and its history (for %r's timeline): fixed
+    // until the loop follows a newer timeline.
+    let mut tli = host.timeline();
+    let mut history = TimelineHistory::read_in(&host.wal_dir(), tli);
+    loop {
+        if host.is_shutting_down() || host.paused() {
+            return Ok(restored);
+        }
+        let pos = wal.insert_lsn();
+        let segno = pos.segno(size);
+        let name = SegmentName::new(tli, segno).file_name(size);
+        // %r as PostgreSQL gives it: the segment of the last restartpoint,
+        // the oldest one a restart still needs (pg_archivecleanup's cut),
+        // named with the timeline it was written on.
+        let restart_lsn = host.restart_point();
+        let restart_tli = history
+            .as_ref()
+            .map_or(tli, |history| history.timeline_of(restart_lsn, tli));
+        let restart = SegmentName::new(restart_tli, restart_lsn.segno(size)).file_name(size);
+        let say_absent = absent_said.as_deref() != Some(name.as_str());
+        let Some(bytes) = fetcher.fetch(&name, &restart, say_absent)? else {
+            *absent_said = Some(name);
+            let Some((next, switch, text)) = fetcher.next_timeline(tli, pos, &restart)? else {
+                return Ok(restored);
+            };
+            // The new timeline's segments hold this one's WAL up to the
+            // switch point: this standby's WAL goes on in them from its end.
+            save_history(host, next, &text)?;
+            host.follow_timeline(next, pos)
+                .map_err(ReceiveError::Replay)?;
+            info!(timeline = %next, switch = %switch, from = %pos, "following timeline {next} found in the archive");
+            tli = next;
+            history = TimelineHistory::read_in(&host.wal_dir(), tli);
+            continue;
+        };
         if bytes.len() as u64 != size.bytes() {
-            let _ = std::fs::remove_file(&scratch);
             return Err(ReceiveError::Restore(format!(
                 "restore_command produced {} bytes for {name}, not a {size} segment",
                 bytes.len()
@@ -306,7 +413,6 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         // when only its tail is new to us.
         let theirs = PageHeader::decode(&bytes).long.map(|l| l.sysid);
         if theirs != Some(host.system_id()) {
-            let _ = std::fs::remove_file(&scratch);
             return Err(ReceiveError::Restore(format!(
                 "restore_command produced {name} of system {}, not this standby's system {}: the archive belongs to another system",
                 theirs.map_or("unknown".to_string(), |s| s.to_string()),
@@ -328,7 +434,6 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
             let seg_start = segno.start_lsn(size);
             let ours = wal.read_back(Lsn(seg_start.0 + held_from as u64), pos)?;
             if bytes[held_from..from] != ours[..] {
-                let _ = std::fs::remove_file(&scratch);
                 return Err(ReceiveError::Differs {
                     peer: format!("the archive ({name})"),
                     at: Lsn(seg_start.0 + held_from as u64),
@@ -344,11 +449,9 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
                 wal.write_received(pos, &chunk[..rejected.valid], verifier.last_record())?;
                 let mut own = Vec::new();
                 flush_and_replay(host, &mut own, Lsn::INVALID)?;
-                let _ = std::fs::remove_file(&scratch);
                 return Ok(restored);
             }
             Err(rejected) => {
-                let _ = std::fs::remove_file(&scratch);
                 return Err(ReceiveError::Restore(format!(
                     "archived segment {name} fails verification: {}",
                     rejected.end
@@ -358,7 +461,6 @@ fn restore(host: &dyn WalReceiverHost, command: &str) -> Result<usize, ReceiveEr
         wal.write_received(pos, chunk, verifier.last_record())?;
         let mut own = checked.own;
         flush_and_replay(host, &mut own, checked.last_end.unwrap_or(Lsn::INVALID))?;
-        let _ = std::fs::remove_file(&scratch);
         info!(segment = %name, "restored segment from the archive");
         progress.advance(1, size.bytes());
         restored += 1;
@@ -439,13 +541,16 @@ fn resume(
 
 /// Restores what the archive has with `restore_command`, if one is set;
 /// returns how many segments came, or the replay failure that must stop
-/// the standby.
-fn restore_from_archive(host: &dyn WalReceiverHost) -> Result<usize, String> {
+/// the standby. `absent_said`: as [`restore`]'s, kept across retries.
+fn restore_from_archive(
+    host: &dyn WalReceiverHost,
+    absent_said: &mut Option<String>,
+) -> Result<usize, String> {
     let Some(command) = host.restore_command() else {
         return Ok(0);
     };
     let before = host.wal().insert_lsn();
-    match restore(host, &command) {
+    match restore(host, &command, absent_said) {
         // Restoring nothing new is no progress: the caller must still back
         // off before it tries the primary again.
         Ok(_) if host.wal().insert_lsn() <= before => Ok(0),
@@ -474,6 +579,7 @@ fn stop_replaying(host: &dyn WalReceiverHost, why: String) -> Result<(), String>
 /// nothing (a promotion) builds on a store that lacks records its WAL has.
 pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
     let mut backoff = Duration::from_millis(100);
+    let mut absent_said = None;
     while !host.is_shutting_down() {
         if host.paused() {
             host.receiver_status().status = "stopped";
@@ -484,7 +590,7 @@ pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
         let Some((info, slot)) = host.primary() else {
             // No primary to stream from: an archive-only standby.
             host.receiver_status().status = "waiting";
-            if let Err(why) = restore_from_archive(host) {
+            if let Err(why) = restore_from_archive(host, &mut absent_said) {
                 return stop_replaying(host, why);
             }
             host.nap(Duration::from_secs(1));
@@ -517,7 +623,7 @@ pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
                 }
                 // The primary is down or no longer has the WAL we need: the
                 // archive may have it. Then back to streaming.
-                match restore_from_archive(host) {
+                match restore_from_archive(host, &mut absent_said) {
                     Err(why) => return stop_replaying(host, why),
                     Ok(0) => {}
                     Ok(_) => {
