@@ -1130,6 +1130,30 @@ fn show_all_lists_every_setting_as_postgresql_does() {
     names.sort();
     names.dedup();
     assert_eq!(names, listed, "sorted by name, each once");
+    // current_setting as PostgreSQL's: missing_ok gives NULL for a name
+    // it does not know, and only then.
+    let row = c
+        .query_one(
+            "SELECT current_setting('checkpoint_timeout', true), current_setting('no_such', true)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some(alone.as_str())
+    );
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    for sql in [
+        "SELECT current_setting('no_such')",
+        "SELECT current_setting('no_such', false)",
+    ] {
+        let err = c.query_one(sql, &[]).unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("42704"),
+            "{sql}: {err:?}"
+        );
+    }
 }
 
 #[test]

@@ -835,7 +835,9 @@ fn parse_num<T: TryFrom<u64>>(v: &str, min: u64, max: u64) -> Result<T, String> 
         .ok_or_else(|| format!("expected a whole number from {min} to {max}"))
 }
 
-fn parse_bool(v: &str) -> Result<bool, String> {
+/// A boolean as PostgreSQL spells one in settings (on/off, true/false,
+/// yes/no, 1/0; any case).
+pub(crate) fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),

@@ -1534,9 +1534,25 @@ impl Session {
                     "PostgreSQL 15.0 (walship {})",
                     env!("CARGO_PKG_VERSION")
                 ))),
-                Func::CurrentSetting(e) => {
-                    let name = resolve(e, params)?.unwrap_or_default();
-                    Some(Value::Text(self.show(&name.to_ascii_lowercase())?))
+                Func::CurrentSetting { name, missing_ok } => {
+                    let name = resolve(name, params)?.unwrap_or_default();
+                    let missing_ok = match missing_ok {
+                        None => false,
+                        Some(e) => {
+                            let v = resolve(e, params)?.unwrap_or_default();
+                            crate::node::config::parse_bool(&v).map_err(|_| {
+                                PgError::new(
+                                    code::INVALID_TEXT_REPRESENTATION,
+                                    format!("invalid input syntax for type boolean: \"{v}\""),
+                                )
+                            })?
+                        }
+                    };
+                    match self.show(&name.to_ascii_lowercase()) {
+                        Ok(v) => Some(Value::Text(v)),
+                        Err(e) if missing_ok && e.code == code::UNDEFINED_OBJECT => None,
+                        Err(e) => return Err(e),
+                    }
                 }
                 Func::Literal(e) => resolve(e, params)?.map(|s| match s.parse::<i32>() {
                     Ok(i) => Value::Int(i64::from(i)),

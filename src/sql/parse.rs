@@ -101,7 +101,12 @@ pub enum Func {
     Fence(Expr),
     /// `pg_promote()`: promote this standby (waits for it).
     Promote,
-    CurrentSetting(Expr),
+    /// `current_setting(name [, missing_ok])`: with `missing_ok` true, an
+    /// unknown name gives NULL, not an error.
+    CurrentSetting {
+        name: Expr,
+        missing_ok: Option<Expr>,
+    },
     Literal(Expr),
 }
 
@@ -288,7 +293,11 @@ impl Statement {
                 s.limit.iter().for_each(&mut see);
             }
             Statement::Functions(items) => items.iter().for_each(|i| match &i.func {
-                Func::CurrentSetting(e) | Func::Literal(e) | Func::Fence(e) => see(e),
+                Func::CurrentSetting { name, missing_ok } => {
+                    see(name);
+                    missing_ok.iter().for_each(&mut see);
+                }
+                Func::Literal(e) | Func::Fence(e) => see(e),
                 _ => {}
             }),
             _ => {}
@@ -1516,46 +1525,52 @@ fn func_item(item: &SelectItem) -> Result<FuncItem, PgError> {
                     ))
                 }
             };
-            let func = match name.as_str() {
-                "pg_current_wal_lsn" => no_args(Func::CurrentWalLsn)?,
-                "pg_current_wal_insert_lsn" => no_args(Func::CurrentWalInsertLsn)?,
-                "pg_current_wal_flush_lsn" => no_args(Func::CurrentWalFlushLsn)?,
-                "pg_switch_wal" => no_args(Func::SwitchWal)?,
-                "pg_is_in_recovery" => no_args(Func::IsInRecovery)?,
-                "pg_last_wal_receive_lsn" => no_args(Func::LastWalReceiveLsn)?,
-                "pg_last_wal_replay_lsn" => no_args(Func::LastWalReplayLsn)?,
-                "version" => no_args(Func::Version)?,
-                "current_user" | "session_user" | "current_role" | "user" => {
-                    no_args(Func::CurrentUser)?
-                }
-                "walship_store_checksum" => no_args(Func::StoreChecksum)?,
-                "pg_promote" => Func::Promote,
-                "walship_fence" => match &args[..] {
-                    [a] => Func::Fence(expr(a)?),
+            let func =
+                match name.as_str() {
+                    "pg_current_wal_lsn" => no_args(Func::CurrentWalLsn)?,
+                    "pg_current_wal_insert_lsn" => no_args(Func::CurrentWalInsertLsn)?,
+                    "pg_current_wal_flush_lsn" => no_args(Func::CurrentWalFlushLsn)?,
+                    "pg_switch_wal" => no_args(Func::SwitchWal)?,
+                    "pg_is_in_recovery" => no_args(Func::IsInRecovery)?,
+                    "pg_last_wal_receive_lsn" => no_args(Func::LastWalReceiveLsn)?,
+                    "pg_last_wal_replay_lsn" => no_args(Func::LastWalReplayLsn)?,
+                    "version" => no_args(Func::Version)?,
+                    "current_user" | "session_user" | "current_role" | "user" => {
+                        no_args(Func::CurrentUser)?
+                    }
+                    "walship_store_checksum" => no_args(Func::StoreChecksum)?,
+                    "pg_promote" => Func::Promote,
+                    "walship_fence" => match &args[..] {
+                        [a] => Func::Fence(expr(a)?),
+                        _ => {
+                            return Err(PgError::new(
+                                code::UNDEFINED_FUNCTION,
+                                "walship_fence takes one argument: the new epoch",
+                            ))
+                        }
+                    },
+                    "current_setting" => match &args[..] {
+                        [a] => Func::CurrentSetting {
+                            name: expr(a)?,
+                            missing_ok: None,
+                        },
+                        [a, b] => Func::CurrentSetting {
+                            name: expr(a)?,
+                            missing_ok: Some(expr(b)?),
+                        },
+                        _ => return Err(PgError::new(
+                            code::UNDEFINED_FUNCTION,
+                            "current_setting takes a setting's name and, optionally, missing_ok",
+                        )),
+                    },
                     _ => {
                         return Err(PgError::new(
                             code::UNDEFINED_FUNCTION,
-                            "walship_fence takes one argument: the new epoch",
-                        ))
+                            format!("function {name}() does not exist"),
+                        )
+                        .with_hint(SUPPORTED))
                     }
-                },
-                "current_setting" => match &args[..] {
-                    [a] => Func::CurrentSetting(expr(a)?),
-                    _ => {
-                        return Err(PgError::new(
-                            code::UNDEFINED_FUNCTION,
-                            "current_setting takes one argument",
-                        ))
-                    }
-                },
-                _ => {
-                    return Err(PgError::new(
-                        code::UNDEFINED_FUNCTION,
-                        format!("function {name}() does not exist"),
-                    )
-                    .with_hint(SUPPORTED))
-                }
-            };
+                };
             (name, func)
         }
         other => ("?column?".to_string(), Func::Literal(expr(other)?)),
