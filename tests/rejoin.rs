@@ -38,11 +38,13 @@ fn caught_up(primary: &Node, standby: &Node) {
 
 #[test]
 fn a_fenced_primary_stopped_cleanly_rejoins_as_a_standby_of_the_new_one() {
-    let mut old = Node::init("");
+    let mut old = Node::init("archive_mode = on");
     old.start();
     let mut new = Node::basebackup(&old, "s1", &[]);
     new.start();
     old.complete_segments(2, "before");
+    let adir = tempfile::tempdir().unwrap();
+    assert!(common::archive(adir.path(), &old, &[]).status.success());
     caught_up(&old, &new);
     let out = common::walship(&["promote", "-D", new.dir.to_str().unwrap(), "--wait"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -88,6 +90,12 @@ fn a_fenced_primary_stopped_cleanly_rejoins_as_a_standby_of_the_new_one() {
     assert_eq!(old.query_one("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(old.query_one("SHOW timeline"), "2");
     assert_eq!(old.query_one("SHOW epoch"), "2");
+    // Its archiver's counters are from its time as the primary: status
+    // does not show them for the standby it is now.
+    let status = common::walship(&["status", "--from", &old.conninfo()]);
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains("(standby)"), "{said}");
+    assert!(!said.contains("archiver:"), "{said}");
     // Failback: promoted while it runs, it takes writes at once (the fence
     // of epoch 2 lies below its new epoch), without a restart.
     let out = common::walship(&["promote", "-D", old.dir.to_str().unwrap(), "--wait"]);

@@ -112,7 +112,12 @@ fn two_standbys_replay_a_concurrent_load_byte_for_byte() {
         .batch_execute("INSERT INTO kv VALUES ('no', 'writes')")
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err:?}");
-    assert!(message(&err).contains("standby"), "{err:?}");
+    // It names its upstream (the primary here; another standby when it
+    // cascades) as what it is.
+    assert!(
+        message(&err).contains("standby") && message(&err).contains("it streams from host="),
+        "{err:?}"
+    );
     let err = s1
         .client()
         .batch_execute("SELECT pg_current_wal_lsn()")

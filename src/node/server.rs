@@ -1094,11 +1094,18 @@ impl Host for Node {
         if self.standby().is_none() {
             return self.isolation().or_else(|| self.archive_watch.refusal());
         }
-        let primary = self.settings().show("primary_conninfo").unwrap_or_default();
+        // Its upstream may be the primary or, cascading, another standby:
+        // it is named for what it is here.
+        let upstream = self.settings().show("primary_conninfo").unwrap_or_default();
+        let from = if upstream.is_empty() {
+            "it has no upstream and restores from the archive".to_string()
+        } else {
+            format!("it streams from {upstream}")
+        };
         Some(
             PgError::new(
                 crate::sqlstate::code::READ_ONLY_TRANSACTION,
-                format!("this node is a standby: it takes no writes (its primary: {primary})"),
+                format!("this node is a standby: it takes no writes ({from})"),
             )
             .with_hint("send writes to the primary; reads here see what the standby has replayed"),
         )

@@ -127,12 +127,16 @@ impl Status {
             ));
         }
         let a = &j["archiver"];
-        // Shown once there is anything to say: something archived, failed
-        // or waiting (a backup history file waits too, with no segment).
-        let active = a["archived_count"] != "0"
-            || a["failed_count"] != "0"
-            || a["backlog_segments"] != "0"
-            || !a["oldest_backlog_age"].is_null();
+        // Shown on a primary (fenced or not) once there is anything to
+        // say: something archived, failed or waiting (a backup history
+        // file waits too, with no segment). A standby archives nothing:
+        // its counters are from a time it was a primary, if any, and
+        // would mislead.
+        let active = j["role"] != "standby"
+            && (a["archived_count"] != "0"
+                || a["failed_count"] != "0"
+                || a["backlog_segments"] != "0"
+                || !a["oldest_backlog_age"].is_null());
         if !a.is_null() && active {
             let backlog = if a["oldest_backlog_age"].is_null() {
                 "nothing waiting".to_string()
