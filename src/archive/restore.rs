@@ -36,7 +36,7 @@ use thiserror::Error;
 
 use super::archiver::verify_file;
 use super::store::{Archive, ArchiveError, Content};
-use crate::durable::{self, DirLock, FileError, IoContext, LockError};
+use crate::durable::{self, DirLock, FileError, LockError};
 use crate::wal::{SegNo, SegmentName, WalFileName};
 
 /// The spool directory's name, inside the destination's directory.
@@ -179,13 +179,21 @@ fn take_from_spool(
     // hold other WAL under the same name.
     let intact =
         verified_as.is_some_and(|c| c.trim() == hint_text(&archive_identity(archive), &bytes));
-    let _ = std::fs::remove_file(&crc_path);
     if !intact {
+        let _ = std::fs::remove_file(&crc_path);
         let _ = std::fs::remove_file(&path);
         return Ok(false);
     }
-    std::fs::rename(&path, dest).at("rename", &path)?;
-    Ok(true)
+    // Renamed before its hint goes: a worker starting now drops a spooled
+    // segment without a hint as half-made. Should one take it anyway (a
+    // worker that started just before), the request fetches it itself.
+    let taken = match std::fs::rename(&path, dest) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(FileError::new("rename", &path, e).into()),
+    };
+    let _ = std::fs::remove_file(&crc_path);
+    Ok(taken)
 }
 
 /// Where the worker leaves the CRC-32C of the spooled segment at `path`.
