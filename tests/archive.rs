@@ -693,6 +693,10 @@ fn a_standby_restoring_from_the_archive_alone_follows_a_promotion_found_there() 
         c.log()
     );
     assert!(c.dir.join("wal/00000002.history").exists());
+    let status = common::walship(&["status", "--from", &c.conninfo()]);
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains("timeline:  2"), "{said}");
+    assert!(said.contains("upstream:  none (waiting)"), "{said}");
     assert_eq!(
         c.query_one("SELECT walship_store_checksum()"),
         s1.query_one("SELECT walship_store_checksum()")

@@ -107,6 +107,9 @@ impl Status {
             let u = &j["upstream"];
             if u.is_null() {
                 out.push_str("upstream:  none\n");
+            } else if u["sender_host"].is_null() {
+                // No primary_conninfo: it restores from the archive alone.
+                out.push_str(&format!("upstream:  none ({})\n", s(&u["status"])));
             } else {
                 out.push_str(&format!(
                     "upstream:  {}:{} ({}{})\n",
