@@ -572,10 +572,7 @@ Examples:
 /// backup recorded in the archive needs: SEGNAME is moved back to that
 /// backup's start segment when it lies beyond it, and the output says so.
 /// SEGNAME may also be a backup history file's name
-/// (SEGNAME.OOOOOOOO.backup). --dry-run lists what would go. The archive
-/// records the oldest segment kept, so that no archiver stores an older
-/// one again (a promoted standby marks the segments it holds for
-/// archiving).
+/// (SEGNAME.OOOOOOOO.backup). --dry-run lists what would go.
 #[derive(Args)]
 #[command(after_help = CLEANUP_EXAMPLES)]
 struct CleanupArgs {
@@ -880,14 +877,7 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     let compression: Compression = args.compression.parse().map_err(anyhow::Error::msg)?;
     if let Some(file) = &args.file {
         let put = archiver::archive_file(file, &args.archive, compression, args.create)?;
-        match put {
-            Put::CleanedUp => {
-                tracing::info!(file = %file.display(), "not archived again: walship cleanup removed it from the archive since")
-            }
-            put => {
-                tracing::info!(file = %file.display(), already_archived = put == Put::AlreadyThere, "archived")
-            }
-        }
+        tracing::info!(file = %file.display(), already_archived = put == Put::AlreadyThere, "archived");
         return Ok(ExitCode::SUCCESS);
     }
     let dir = args.dir.unwrap_or_default();
@@ -906,12 +896,6 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
         });
         lock().finish();
         let pass = pass?;
-        if let (Some(first), Some(last)) = (pass.cleaned_up.first(), pass.cleaned_up.last()) {
-            out!(
-                "Not archived again: {} segment(s), {first} to {last}, that walship cleanup removed from the archive since.",
-                pass.cleaned_up.len()
-            );
-        }
         match (pass.archived.first(), pass.archived.last()) {
             (Some(first), Some(last)) => out!(
                 "Archived {} file(s), {first} to {last}{}.",
@@ -922,8 +906,6 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             ),
-            // Said above.
-            _ if !pass.cleaned_up.is_empty() => {}
             _ if datadir::DataDir::new(&dir).standby_signal().exists() => out!(
                 "Nothing to archive: {} is a standby (its primary archives its WAL).",
                 dir.display()
@@ -948,9 +930,6 @@ fn run_archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
             Ok(pass) => {
                 for name in &pass.archived {
                     tracing::info!(file = %name, "archived");
-                }
-                for name in &pass.cleaned_up {
-                    tracing::info!(file = %name, "not archived again: walship cleanup removed it from the archive since");
                 }
                 if failing.take().is_some() {
                     tracing::info!("archiving works again");
@@ -1691,9 +1670,6 @@ Timeline history and backup history files, never compressed.
 \fIADIR/walship.lock\fR
 Held, with the pid, by the archiver at work: a second one is refused.
 .TP
-\fIADIR/CLEANED_BEFORE\fR
-The oldest segment \fBwalship cleanup\fR kept (timeline aside). A segment older than it is verified and marked archived, but not stored again: a promoted standby marks the segments it holds for archiving, and they would otherwise undo the cleanup.
-.TP
 \fIADIR/.NAME.tmp.PID\fR
 A copy under way. One an interrupted archiver left is removed when the next \fB\-D\fR run starts.
 .TP
@@ -1729,9 +1705,6 @@ Backup history files: the newest one's start segment, and all after it, are kept
 .TP
 \fIADIR/TTTTTTTT.history\fR, \fIADIR/epoch\fR, \fIADIR/epoch.N\fR, \fIADIR/walship.lock\fR
 Never removed, nor \fIADIR/ARCHIVE\fR.
-.TP
-\fIADIR/CLEANED_BEFORE\fR
-Written (before anything is removed, and never moved back) with the oldest segment kept: archivers do not store older segments again.
 "#;
 
     const PROMOTE_EXTRA: &str = r#".SH FILES

@@ -576,23 +576,6 @@ fn restore_prefetches_verified_segments_and_cleanup_keeps_what_the_newest_backup
     );
     assert!(left.contains(last));
     assert_eq!(file_names(adir.path(), ".backup"), backups);
-    // A segment marked for archiving again after its cleanup (as a
-    // promoted standby marks what it holds) is not put back.
-    let removed = &segments[0];
-    assert!(!left.contains(removed));
-    let status_dir = node.dir.join("wal/archive_status");
-    assert!(node.dir.join("wal").join(removed).exists());
-    std::fs::rename(
-        status_dir.join(format!("{removed}.done")),
-        status_dir.join(format!("{removed}.ready")),
-    )
-    .unwrap();
-    let out = archive(adir.path(), &node, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.contains("Not archived again: 1 segment(s)"), "{said}");
-    assert!(!adir.path().join(removed).exists());
-    assert!(status_dir.join(format!("{removed}.done")).exists());
     // A --before that is no WAL file name at all is a usage error.
     let out = common::walship(&[
         "cleanup",

@@ -194,9 +194,6 @@ pub struct Pass {
     pub archived: Vec<String>,
     /// Found in the archive already, identical.
     pub already: usize,
-    /// Segments `walship cleanup` removed from the archive since they were
-    /// archived: marked `.done`, not stored again.
-    pub cleaned_up: Vec<String>,
 }
 
 /// An archiver of one data directory into one archive, holding the
@@ -361,10 +358,6 @@ impl Archiver {
                 };
                 let name = &names[m.next];
                 match copied.and_then(|put| self.mark_done(name).map(|()| put)) {
-                    Ok(Put::CleanedUp) => {
-                        m.pass.cleaned_up.push(name.clone());
-                        m.next += 1;
-                    }
                     Ok(put) => {
                         if put == Put::AlreadyThere {
                             m.pass.already += 1;

@@ -29,7 +29,6 @@ pub enum CleanupError {
 /// What a cleanup removes, decided before anything is touched.
 #[derive(Debug)]
 pub struct Plan {
-    archive: Archive,
     /// The oldest segment kept (timeline aside).
     pub keep_from: String,
     /// The newest base backup's history file, when it moved `keep_from`
@@ -41,7 +40,7 @@ pub struct Plan {
 
 /// A segment's position, timeline aside: the name's last 16 digits.
 fn position(seg: &SegmentName, size: SegmentSize) -> String {
-    super::store::position(&seg.file_name(size)).to_string()
+    seg.file_name(size)[8..].to_string()
 }
 
 /// Decides what `walship cleanup --archive ADIR --before NAME` removes.
@@ -87,7 +86,6 @@ pub fn plan(archive_dir: &Path, before: &str) -> Result<Plan, CleanupError> {
     files.retain(|(pos, _)| *pos < keep);
     files.sort();
     Ok(Plan {
-        archive,
         keep_from: keep_from.file_name(size),
         kept_for_backup,
         remove: files.into_iter().map(|(_, path)| path).collect(),
@@ -95,11 +93,8 @@ pub fn plan(archive_dir: &Path, before: &str) -> Result<Plan, CleanupError> {
 }
 
 /// Removes the plan's files durably; returns how many bytes went. A file
-/// already gone (another cleanup) is not an error. First records in the
-/// archive what is kept, so that no archiver stores a removed segment
-/// again (a promoted standby marks for archiving the segments it holds).
-pub fn execute(plan: &Plan) -> Result<u64, CleanupError> {
-    plan.archive.record_cleanup(&plan.keep_from)?;
+/// already gone (another cleanup) is not an error.
+pub fn execute(plan: &Plan) -> Result<u64, FileError> {
     let mut bytes = 0;
     for path in &plan.remove {
         bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);

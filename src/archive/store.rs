@@ -6,8 +6,6 @@
 //! ADIR/SEGNAME[.zst]      archived segments
 //! ADIR/TTTTTTTT.history   timeline history files
 //! ADIR/walship.lock       held by the one archiver at work
-//! ADIR/CLEANED_BEFORE     the oldest segment `walship cleanup` kept
-//!                         (timeline aside): older ones are not stored again
 //! ```
 //!
 //! Invariants: a file appears under its final name only complete and
@@ -116,9 +114,6 @@ impl std::ops::Deref for Content {
 /// The identity file's name.
 pub const IDENTITY: &str = "ARCHIVE";
 
-/// Where `walship cleanup` records the oldest segment it kept.
-pub const CLEANED_BEFORE: &str = "CLEANED_BEFORE";
-
 /// How segments are stored; chosen when the archive is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -172,12 +167,6 @@ pub enum ArchiveError {
     Corrupt { path: PathBuf, why: String },
 }
 
-/// A WAL file name's segment position, timeline aside (its last 16 hex
-/// digits), as pg_archivecleanup compares names.
-pub fn position(name: &str) -> &str {
-    name.get(8..24).unwrap_or(name)
-}
-
 /// An open archive directory. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Archive {
@@ -196,10 +185,6 @@ pub enum Put {
     Stored,
     /// The same content was archived already.
     AlreadyThere,
-    /// A segment older than what `walship cleanup` kept (a promoted
-    /// standby's copy of WAL archived before, say): archived once and
-    /// removed on purpose since, so not stored again.
-    CleanedUp,
 }
 
 impl Archive {
@@ -285,42 +270,6 @@ impl Archive {
             .map_err(|e| FileError::new("look for", &path, e))
     }
 
-    /// Records that `walship cleanup` kept segments from `keep_from` on
-    /// (timeline aside), durably; never moves the mark back.
-    pub fn record_cleanup(&self, keep_from: &str) -> Result<(), ArchiveError> {
-        if self
-            .cleaned_before()?
-            .is_some_and(|kept| kept.as_str() >= position(keep_from))
-        {
-            return Ok(());
-        }
-        let path = self.dir.join(CLEANED_BEFORE);
-        durable::replace_file(&path, format!("{}\n", position(keep_from)).as_bytes())?;
-        Ok(())
-    }
-
-    /// The oldest segment position `walship cleanup` kept, if it ran.
-    fn cleaned_before(&self) -> Result<Option<String>, ArchiveError> {
-        let path = self.dir.join(CLEANED_BEFORE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.trim().to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(FileError::new("read", &path, e).into()),
-        }
-    }
-
-    /// Whether `name` is a segment `walship cleanup` removed on purpose.
-    fn cleaned_up(&self, name: &str) -> Result<bool, ArchiveError> {
-        let segment = matches!(
-            WalFileName::parse(name, self.seg_size),
-            Ok(WalFileName::Segment(_) | WalFileName::Partial(_))
-        );
-        Ok(segment
-            && self
-                .cleaned_before()?
-                .is_some_and(|kept| position(name) < kept.as_str()))
-    }
-
     /// History and backup history files: small text, never compressed.
     pub fn is_text_file(name: &str) -> bool {
         name.ends_with(".history") || name.ends_with(".backup")
@@ -338,18 +287,13 @@ impl Archive {
     /// `verify` (the file's checks) run on another thread beside the copy,
     /// so that its CPU overlaps the write and the fsync; nothing is
     /// published under `name` unless it passes (the inner `Err` says why it
-    /// did not). A file already archived is verified before it is compared;
-    /// a segment older than what `walship cleanup` kept is verified and
-    /// not stored again.
+    /// did not). A file already archived is verified before it is compared.
     pub fn put(
         &self,
         name: &str,
         bytes: &[u8],
         verify: impl FnOnce() -> Result<(), String> + Send,
     ) -> Result<Result<Put, String>, ArchiveError> {
-        if self.cleaned_up(name)? {
-            return Ok(verify().map(|()| Put::CleanedUp));
-        }
         let path = self.path_of(name);
         if path.exists() {
             return match verify() {
@@ -452,37 +396,6 @@ mod tests {
 
     fn size() -> SegmentSize {
         SegmentSize::from_mib(1).unwrap()
-    }
-
-    #[test]
-    fn segments_older_than_a_cleanup_are_not_stored_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Archive::open_or_create(dir.path(), 42, size(), Compression::None).unwrap();
-        let seg = vec![7u8; 1 << 20];
-        let passes = || Ok(());
-        a.record_cleanup("000000010000000000000005").unwrap();
-        // Never moved back.
-        a.record_cleanup("000000010000000000000003").unwrap();
-        // Timeline aside, as pg_archivecleanup compares.
-        for older in ["000000010000000000000004", "000000020000000000000004"] {
-            assert_eq!(a.put(older, &seg, passes).unwrap(), Ok(Put::CleanedUp));
-            assert!(!dir.path().join(older).exists());
-        }
-        assert_eq!(
-            a.put("000000010000000000000004", &seg, || Err("bad".into()))
-                .unwrap(),
-            Err("bad".into()),
-            "still verified"
-        );
-        assert_eq!(
-            a.put("000000010000000000000005", &seg, passes).unwrap(),
-            Ok(Put::Stored)
-        );
-        assert_eq!(
-            a.put("00000002.history", b"1\t0/5000000\tx\n", passes)
-                .unwrap(),
-            Ok(Put::Stored)
-        );
     }
 
     #[test]
