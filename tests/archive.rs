@@ -654,8 +654,12 @@ fn a_standby_restoring_from_the_archive_alone_follows_a_promotion_found_there() 
     wait_until("c to restore timeline 1", || {
         c.query_one("SELECT count(*) FROM kv WHERE key LIKE 'tl1%'") == "2"
     });
-    // s1 is promoted (timeline 2) and archives; the old primary's last,
-    // partly filled segment never reaches the archive.
+    // A last write the old primary never archives (its segment is not
+    // complete); s1 is promoted (timeline 2) and archives.
+    primary
+        .client()
+        .batch_execute("INSERT INTO kv VALUES ('tail', 'x')")
+        .unwrap();
     let lsn = primary.query_one("SELECT pg_current_wal_flush_lsn()");
     s1.query_one(&format!("WAIT FOR LSN '{lsn}' WITH (TIMEOUT '30s')"));
     let out = common::walship(&["promote", "-D", s1.dir.to_str().unwrap(), "--wait"]);
@@ -669,6 +673,7 @@ fn a_standby_restoring_from_the_archive_alone_follows_a_promotion_found_there() 
     wait_until("c to follow timeline 2 from the archive", || {
         c.query_one("SELECT count(*) FROM kv WHERE key LIKE 'tl2%'") == "2"
     });
+    assert_eq!(c.query_one("SELECT value FROM kv WHERE key = 'tail'"), "x");
     assert!(
         c.log()
             .contains("following timeline 2 found in the archive"),
@@ -676,6 +681,28 @@ fn a_standby_restoring_from_the_archive_alone_follows_a_promotion_found_there() 
         c.log()
     );
     assert!(c.dir.join("wal/00000002.history").exists());
+    // Its WAL ended short of the switch (the old primary's last segment
+    // was never archived): it took timeline 1's WAL up to the switch from
+    // timeline 2's segment, so its timeline 1 is whole where its history
+    // says it ends, as s1's is.
+    let history = std::fs::read_to_string(c.dir.join("wal/00000002.history")).unwrap();
+    let switch: walship::wal::Lsn = history.split('\t').nth(1).unwrap().parse().unwrap();
+    let size = walship::wal::SegmentSize::from_mib(1).unwrap();
+    let seg = walship::wal::SegmentName::new(walship::wal::TimelineId::FIRST, switch.segno(size))
+        .file_name(size);
+    let upto = switch.segment_offset(size) as usize;
+    assert!(upto > 0, "{history}");
+    let ours = std::fs::read(c.dir.join("wal").join(&seg)).unwrap();
+    let theirs = std::fs::read(s1.dir.join("wal").join(&seg)).unwrap();
+    assert!(
+        ours[..upto] == theirs[..upto],
+        "{seg} differs before {switch}"
+    );
+    assert!(
+        !c.log().contains("restoring from the archive stopped"),
+        "{}",
+        c.log()
+    );
     let status = common::walship(&["status", "--from", &c.conninfo()]);
     let said = String::from_utf8_lossy(&status.stdout);
     assert!(said.contains("timeline:  2"), "{said}");

@@ -294,15 +294,14 @@ impl Fetcher<'_> {
     /// its own timeline `tli` has no more there (its primary was promoted
     /// away, as PostgreSQL's recovery_target_timeline = 'latest' follows
     /// it): the newest `TTTTTTTT.history` above `tli` (probed upwards
-    /// until one is absent) whose history branches off `tli` at or after
-    /// `end`, the end of local WAL. Returns the timeline after `tli` on
-    /// that path, where it branches off, and its history's text.
+    /// until one is absent), if its history branches off `tli` at or
+    /// after `complete`, where the last whole record of local WAL ends.
     fn next_timeline(
         &self,
         tli: TimelineId,
-        end: Lsn,
+        complete: Lsn,
         restart: &str,
-    ) -> Result<Option<(TimelineId, Lsn, String)>, ReceiveError> {
+    ) -> Result<Next, ReceiveError> {
         let mut found: Vec<(TimelineId, String)> = Vec::new();
         let mut probe = tli;
         while let Some(t) = probe
@@ -318,7 +317,7 @@ impl Fetcher<'_> {
             probe = t;
         }
         let Some((newest, text)) = found.last() else {
-            return Ok(None);
+            return Ok(Next::None);
         };
         let history = TimelineHistory::parse(text).map_err(|e| {
             ReceiveError::Restore(format!(
@@ -327,19 +326,44 @@ impl Fetcher<'_> {
             ))
         })?;
         let Some((switch, next)) = history.switch_of(tli, *newest) else {
-            warn!(timeline = %tli, newest = %newest, "the archive holds timeline {newest}, which does not descend from this standby's timeline {tli}: not followed");
-            return Ok(None);
+            return Ok(Next::Refused(format!("the archive holds timeline {newest}, which does not descend from this standby's timeline {tli}: not followed")));
         };
-        if end > switch {
-            warn!(timeline = %tli, newest = %newest, switch = %switch, end = %end, "the archive holds timeline {newest}, which left timeline {tli} at {switch}, but this standby's WAL goes on to {end}: not followed (walship rejoin, or a new base backup)");
-            return Ok(None);
+        if complete > switch {
+            return Ok(Next::Refused(format!("the archive holds timeline {newest}, which left timeline {tli} at {switch}, but this standby's WAL goes on to {complete}: not followed (walship rejoin, or a new base backup)")));
         }
-        let text = found
+        Ok(found
             .iter()
             .find(|(t, _)| *t == next)
-            .map(|(_, text)| text.clone());
-        Ok(text.map(|text| (next, switch, text)))
+            .map_or(Next::None, |(_, text)| Next::Follow {
+                next,
+                switch,
+                history: text.clone(),
+            }))
     }
+}
+
+/// What [`Fetcher::next_timeline`] found.
+enum Next {
+    /// No newer timeline (or not all of its path) in the archive.
+    None,
+    /// `next` branched off at `switch`; `history` is its history's text.
+    Follow {
+        next: TimelineId,
+        switch: Lsn,
+        history: String,
+    },
+    /// One that this standby cannot follow, and why.
+    Refused(String),
+}
+
+/// What the restore loop said last, so that retries that find the same do
+/// not say it again above debug.
+#[derive(Default)]
+struct Said {
+    /// The segment last logged as absent.
+    absent: Option<String>,
+    /// The last reason a newer timeline was not followed.
+    refused: Option<String>,
 }
 
 /// Restores segments with `restore_command`, from the one holding the end
@@ -348,12 +372,17 @@ impl Fetcher<'_> {
 /// this standby's at or after where its WAL ends, and restores on. Each
 /// restored segment is verified like streamed WAL, written through the
 /// WAL writer, flushed and replayed. Returns how many were restored.
-/// `absent_said` names the segment last logged as absent, so that the
-/// retries that ask for it again are not logged above debug.
+/// `said` is what the last retries logged.
+///
+/// Following a timeline that branched off past the end of local WAL, the
+/// WAL up to the switch point is first taken from the new timeline's
+/// segment (which holds the old timeline's WAL up to there) and written on
+/// this one, as a stream would deliver it: so this standby's old timeline
+/// is whole up to where its history says it ends, for standbys of its own.
 fn restore(
     host: &dyn WalReceiverHost,
     command: &str,
-    absent_said: &mut Option<String>,
+    said: &mut Said,
 ) -> Result<usize, ReceiveError> {
     let size = host.seg_size();
     let wal = host.wal();
@@ -378,7 +407,10 @@ fn restore(
         }
         let pos = wal.insert_lsn();
         let segno = pos.segno(size);
-        let name = SegmentName::new(tli, segno).file_name(size);
+        let mut name = SegmentName::new(tli, segno).file_name(size);
+        // Where this segment's WAL is taken to: its end, or the switch
+        // point of a newer timeline whose segment it comes from.
+        let mut upto = None;
         // %r as PostgreSQL gives it: the segment of the last restartpoint,
         // the oldest one a restart still needs (pg_archivecleanup's cut),
         // named with the timeline it was written on.
@@ -387,21 +419,56 @@ fn restore(
             .as_ref()
             .map_or(tli, |history| history.timeline_of(restart_lsn, tli));
         let restart = SegmentName::new(restart_tli, restart_lsn.segno(size)).file_name(size);
-        let say_absent = absent_said.as_deref() != Some(name.as_str());
-        let Some(bytes) = fetcher.fetch(&name, &restart, say_absent)? else {
-            *absent_said = Some(name);
-            let Some((next, switch, text)) = fetcher.next_timeline(tli, pos, &restart)? else {
-                return Ok(restored);
-            };
-            // The new timeline's segments hold this one's WAL up to the
-            // switch point: this standby's WAL goes on in them from its end.
-            save_history(host, next, &text)?;
-            host.follow_timeline(next, pos)
-                .map_err(ReceiveError::Replay)?;
-            info!(timeline = %next, switch = %switch, from = %pos, "following timeline {next} found in the archive");
-            tli = next;
-            history = TimelineHistory::read_in(&host.wal_dir(), tli);
-            continue;
+        let say_absent = said.absent.as_deref() != Some(name.as_str());
+        let bytes = match fetcher.fetch(&name, &restart, say_absent)? {
+            Some(bytes) => bytes,
+            None => {
+                said.absent = Some(name);
+                match fetcher.next_timeline(tli, wal.complete_lsn(), &restart)? {
+                    Next::None => return Ok(restored),
+                    Next::Refused(why) => {
+                        if said.refused.as_deref() != Some(why.as_str()) {
+                            warn!(timeline = %tli, "{why}");
+                            said.refused = Some(why);
+                        }
+                        return Ok(restored);
+                    }
+                    // At the switch point (or past it by the first part of
+                    // a record the new timeline does not have, which the
+                    // switch drops): on to the new timeline.
+                    Next::Follow {
+                        next,
+                        switch,
+                        history: text,
+                    } if pos >= switch => {
+                        save_history(host, next, &text)?;
+                        host.follow_timeline(next, switch)
+                            .map_err(ReceiveError::Restore)?;
+                        info!(timeline = %next, switch = %switch, "following timeline {next} found in the archive");
+                        tli = next;
+                        history = TimelineHistory::read_in(&host.wal_dir(), tli);
+                        verifier = resume(host, true)?.1;
+                        said.refused = None;
+                        continue;
+                    }
+                    // Short of it: this timeline's WAL up to there, from
+                    // the new timeline's segment.
+                    Next::Follow { next, switch, .. } => {
+                        name = SegmentName::new(next, segno).file_name(size);
+                        if switch.segno(size) == segno {
+                            upto = Some(switch);
+                        }
+                        let say_absent = said.absent.as_deref() != Some(name.as_str());
+                        match fetcher.fetch(&name, &restart, say_absent)? {
+                            Some(bytes) => bytes,
+                            None => {
+                                said.absent = Some(name);
+                                return Ok(restored);
+                            }
+                        }
+                    }
+                }
+            }
         };
         if bytes.len() as u64 != size.bytes() {
             return Err(ReceiveError::Restore(format!(
@@ -440,7 +507,8 @@ fn restore(
                 });
             }
         }
-        let chunk = &bytes[from..];
+        let to = upto.map_or(bytes.len(), |s: Lsn| s.segment_offset(size) as usize);
+        let chunk = &bytes[from..to.max(from)];
         let checked = match verifier.check(pos, chunk) {
             Ok(c) => c,
             Err(rejected) if rejected.end.is_clean() => {
@@ -541,16 +609,13 @@ fn resume(
 
 /// Restores what the archive has with `restore_command`, if one is set;
 /// returns how many segments came, or the replay failure that must stop
-/// the standby. `absent_said`: as [`restore`]'s, kept across retries.
-fn restore_from_archive(
-    host: &dyn WalReceiverHost,
-    absent_said: &mut Option<String>,
-) -> Result<usize, String> {
+/// the standby. `said`: as [`restore`]'s, kept across retries.
+fn restore_from_archive(host: &dyn WalReceiverHost, said: &mut Said) -> Result<usize, String> {
     let Some(command) = host.restore_command() else {
         return Ok(0);
     };
     let before = host.wal().insert_lsn();
-    match restore(host, &command, absent_said) {
+    match restore(host, &command, said) {
         // Restoring nothing new is no progress: the caller must still back
         // off before it tries the primary again.
         Ok(_) if host.wal().insert_lsn() <= before => Ok(0),
@@ -579,7 +644,7 @@ fn stop_replaying(host: &dyn WalReceiverHost, why: String) -> Result<(), String>
 /// nothing (a promotion) builds on a store that lacks records its WAL has.
 pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
     let mut backoff = Duration::from_millis(100);
-    let mut absent_said = None;
+    let mut said = Said::default();
     while !host.is_shutting_down() {
         if host.paused() {
             host.receiver_status().status = "stopped";
@@ -590,7 +655,7 @@ pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
         let Some((info, slot)) = host.primary() else {
             // No primary to stream from: an archive-only standby.
             host.receiver_status().status = "waiting";
-            if let Err(why) = restore_from_archive(host, &mut absent_said) {
+            if let Err(why) = restore_from_archive(host, &mut said) {
                 return stop_replaying(host, why);
             }
             host.nap(Duration::from_secs(1));
@@ -623,7 +688,7 @@ pub fn run(host: &dyn WalReceiverHost) -> Result<(), String> {
                 }
                 // The primary is down or no longer has the WAL we need: the
                 // archive may have it. Then back to streaming.
-                match restore_from_archive(host, &mut absent_said) {
+                match restore_from_archive(host, &mut said) {
                     Err(why) => return stop_replaying(host, why),
                     Ok(0) => {}
                     Ok(_) => {
