@@ -498,6 +498,43 @@ fn connections_that_never_log_in_are_bounded_and_closed_after_authentication_tim
 }
 
 #[test]
+fn a_standby_whose_connection_is_reset_is_no_protocol_violation() {
+    let mut node = Node::init("");
+    node.start();
+    let lsn = node.query_one("SELECT pg_current_wal_lsn()");
+    let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    let mut bytes = startup_packet(&[("user", "tester"), ("replication", "true")]);
+    bytes.extend(msg(b'Q', format!("START_REPLICATION {lsn}\0").as_bytes()));
+    s.write_all(&bytes).unwrap();
+    wait_until("the walsender to stream", || {
+        node.query_column("SELECT state FROM pg_stat_replication") == ["streaming"]
+    });
+    // Gone without a goodbye: a reset, as from a host that lost its state.
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(s);
+    node.client()
+        .batch_execute("INSERT INTO kv VALUES ('after', 'reset')")
+        .unwrap();
+    wait_until("the walsender to end", || {
+        node.query_column("SELECT state FROM pg_stat_replication")
+            .is_empty()
+    });
+    assert!(
+        !node.log().contains("terminating walsender"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
 fn a_malformed_standby_status_update_ends_the_walsender() {
     let mut node = Node::init("");
     node.start();

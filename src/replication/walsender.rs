@@ -404,6 +404,11 @@ fn run_command(
                     out.command_complete("START_STREAMING");
                     out.command_complete("START_REPLICATION")
                 }
+                // A standby gone (killed, its connection reset) is no
+                // violation: nobody is there to be told, or to log it for.
+                Err(StreamEnd::Client(e @ (ProtoError::Io(_) | ProtoError::Closed))) => {
+                    return Err(PgError::fatal(code::CONNECTION_FAILURE, e.to_string()))
+                }
                 Err(StreamEnd::Client(e)) => {
                     return Err(PgError::fatal(code::PROTOCOL_VIOLATION, e.to_string()))
                 }
@@ -492,7 +497,7 @@ fn write_failed(e: std::io::Error) -> StreamEnd {
             "terminating walsender: the standby stopped reading for longer than wal_sender_timeout"
         );
         StreamEnd::Error(PgError::fatal(
-            "08006",
+            code::CONNECTION_FAILURE,
             "terminating walsender process due to replication timeout",
         ))
     } else {
@@ -631,7 +636,7 @@ fn stream(
             if !timeout.is_zero() && silent_ms > timeout.as_millis() as u64 {
                 warn!(silent_ms, "terminating walsender: the standby sent nothing for longer than wal_sender_timeout");
                 break Err(StreamEnd::Error(PgError::fatal(
-                    "08006",
+                    code::CONNECTION_FAILURE,
                     "terminating walsender process due to replication timeout",
                 )));
             }
