@@ -264,6 +264,9 @@ fn a_killed_archiver_leaves_no_partial_file_and_the_next_run_finishes() {
             );
         }
     }
+    // What a run killed as it created the archive leaves (when no kill
+    // above came that early).
+    std::fs::write(adir.path().join(".ARCHIVE.tmp.4242"), b"half").unwrap();
     let out = archive(adir.path(), &node, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let archived = file_names(adir.path(), ".zst");

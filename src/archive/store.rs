@@ -372,9 +372,11 @@ impl Archive {
     /// holding the archive's lock): those of archived files, never those
     /// of the epoch files a promotion writes without the lock.
     pub fn remove_stale_temporaries(&self) -> Result<usize, FileError> {
+        // The identity's too: a run killed while it created the archive
+        // leaves one (the next run creates the identity anew).
         durable::remove_stale_temporaries(&self.dir, |name| {
             let plain = name.strip_suffix(".zst").unwrap_or(name);
-            WalFileName::parse(plain, self.seg_size).is_ok()
+            plain == IDENTITY || WalFileName::parse(plain, self.seg_size).is_ok()
         })
     }
 }
