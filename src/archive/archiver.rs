@@ -202,6 +202,9 @@ pub struct Archiver {
     data_dir: PathBuf,
     archive: Archive,
     lock: DirLock,
+    /// When an idle pass last looked for a fence: at most once a second
+    /// (before any promotion that reads the whole archive directory).
+    fence_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Archiver {
@@ -236,6 +239,7 @@ impl Archiver {
             data_dir: data_dir.to_path_buf(),
             archive,
             lock,
+            fence_checked: std::sync::Mutex::new(None),
         };
         archiver.check_not_fenced()?;
         archiver.archive.remove_stale_temporaries()?;
@@ -313,14 +317,19 @@ impl Archiver {
         if dir.join(IDENTITY).exists() && !self.lock.guards(dir) {
             return Err(ArchiverError::Replaced { dir: dir.clone() });
         }
-        // So is the fence: a fenced node writes no WAL, so its daemon would
-        // otherwise idle for ever, holding the lock the new primary's
-        // archiver needs.
-        self.check_not_fenced()?;
+        // So is the fence, once a second: a fenced node writes no WAL, so
+        // its daemon would otherwise idle for ever, holding the lock the
+        // new primary's archiver needs.
         let names = self.ready()?;
         if names.is_empty() {
+            let mut checked = self.fence_checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                *checked = Some(std::time::Instant::now());
+                self.check_not_fenced()?;
+            }
             return Ok(pass);
         }
+        self.check_not_fenced()?;
         let stats = ArchiverStats::read(&self.data_dir);
         // About 256 MiB of segments in memory at once (one, if larger).
         let parallel = (256 << 20) / self.archive.seg_size.bytes().max(1);
