@@ -1143,6 +1143,16 @@ fn show_all_lists_every_setting_as_postgresql_does() {
         Some(alone.as_str())
     );
     assert_eq!(row.get::<_, Option<String>>(1), None);
+    // Booleans as PostgreSQL reads them; NULL in, NULL out.
+    let row = c
+        .query_one(
+            "SELECT current_setting('no_such', 't'), current_setting('no_such', ' Y '), current_setting('checkpoint_timeout', NULL)",
+            &[],
+        )
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(row.get::<_, Option<String>>(i), None, "column {i}");
+    }
     for sql in [
         "SELECT current_setting('no_such')",
         "SELECT current_setting('no_such', false)",

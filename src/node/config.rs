@@ -835,13 +835,18 @@ fn parse_num<T: TryFrom<u64>>(v: &str, min: u64, max: u64) -> Result<T, String> 
         .ok_or_else(|| format!("expected a whole number from {min} to {max}"))
 }
 
-/// A boolean as PostgreSQL spells one in settings (on/off, true/false,
-/// yes/no, 1/0; any case).
+/// A boolean as PostgreSQL reads one (its `parse_bool`): true, yes, false
+/// and no or any prefix of them, on, off (or "of"), 1, 0; any case,
+/// surrounding blanks ignored.
 pub(crate) fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "on" | "true" | "yes" | "1" => Ok(true),
-        "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err("expected on or off".into()),
+    let v = v.trim().to_ascii_lowercase();
+    let prefix_of = |word: &str| !v.is_empty() && word.starts_with(v.as_str());
+    if prefix_of("true") || prefix_of("yes") || v == "on" || v == "1" {
+        Ok(true)
+    } else if prefix_of("false") || prefix_of("no") || v == "off" || v == "of" || v == "0" {
+        Ok(false)
+    } else {
+        Err("expected on or off".into())
     }
 }
 

@@ -1536,22 +1536,27 @@ impl Session {
                 ))),
                 Func::CurrentSetting { name, missing_ok } => {
                     let name = resolve(name, params)?.unwrap_or_default();
+                    // NULL in, NULL out: PostgreSQL's function is strict.
                     let missing_ok = match missing_ok {
-                        None => false,
-                        Some(e) => {
-                            let v = resolve(e, params)?.unwrap_or_default();
-                            crate::node::config::parse_bool(&v).map_err(|_| {
-                                PgError::new(
-                                    code::INVALID_TEXT_REPRESENTATION,
-                                    format!("invalid input syntax for type boolean: \"{v}\""),
-                                )
-                            })?
-                        }
+                        None => Some(false),
+                        Some(e) => resolve(e, params)?
+                            .map(|v| {
+                                crate::node::config::parse_bool(&v).map_err(|_| {
+                                    PgError::new(
+                                        code::INVALID_TEXT_REPRESENTATION,
+                                        format!("invalid input syntax for type boolean: \"{v}\""),
+                                    )
+                                })
+                            })
+                            .transpose()?,
                     };
-                    match self.show(&name.to_ascii_lowercase()) {
-                        Ok(v) => Some(Value::Text(v)),
-                        Err(e) if missing_ok && e.code == code::UNDEFINED_OBJECT => None,
-                        Err(e) => return Err(e),
+                    match missing_ok {
+                        None => None,
+                        Some(missing_ok) => match self.show(&name.to_ascii_lowercase()) {
+                            Ok(v) => Some(Value::Text(v)),
+                            Err(e) if missing_ok && e.code == code::UNDEFINED_OBJECT => None,
+                            Err(e) => return Err(e),
+                        },
                     }
                 }
                 Func::Literal(e) => resolve(e, params)?.map(|s| match s.parse::<i32>() {
