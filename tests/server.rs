@@ -1153,6 +1153,11 @@ fn show_all_lists_every_setting_as_postgresql_does() {
     for i in 0..3 {
         assert_eq!(row.get::<_, Option<String>>(i), None, "column {i}");
     }
+    // missing_ok is described as a boolean, so a driver binds one.
+    let row = c
+        .query_one("SELECT current_setting($1, $2)", &[&"no_such", &true])
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None);
     for sql in [
         "SELECT current_setting('no_such')",
         "SELECT current_setting('no_such', false)",

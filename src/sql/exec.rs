@@ -777,12 +777,25 @@ impl Session {
     /// other parameter text.
     pub fn param_types(stmt: &Statement) -> Vec<u32> {
         let mut types = vec![oid::TEXT; stmt.param_count()];
-        if let Statement::Select(Select {
-            limit: Some(Expr::Param(i)),
-            ..
-        }) = stmt
-        {
-            types[*i] = oid::INT8;
+        match stmt {
+            Statement::Select(Select {
+                limit: Some(Expr::Param(i)),
+                ..
+            }) => types[*i] = oid::INT8,
+            // current_setting's missing_ok is a boolean, so a driver may
+            // bind one.
+            Statement::Functions(items) => {
+                for item in items {
+                    if let Func::CurrentSetting {
+                        missing_ok: Some(Expr::Param(i)),
+                        ..
+                    } = &item.func
+                    {
+                        types[*i] = oid::BOOL;
+                    }
+                }
+            }
+            _ => {}
         }
         types
     }
