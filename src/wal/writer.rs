@@ -986,7 +986,6 @@ impl WalWriter {
                 return Err(FileError::new("fdatasync", &seg.path, e).into());
             }
         }
-        self.flushed.store(target.0, Ordering::Release);
         let mut done = Vec::new();
         {
             let mut ins = self.lock_insert();
@@ -1010,6 +1009,9 @@ impl WalWriter {
                 }
             }
         }
+        // Published last: whoever sees a segment's end flushed (a
+        // pg_switch_wal() whose flush another thread did) finds it marked.
+        self.flushed.store(target.0, Ordering::Release);
         Ok(target)
     }
 
