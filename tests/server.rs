@@ -150,6 +150,29 @@ fn transactions_are_atomic_and_fail_as_postgres_does() {
         .get(0);
     assert_eq!(n, 2);
 
+    // A block that deletes a row and inserts its key again commits, as in
+    // PostgreSQL: the key is absent by the block's own doing. So does one
+    // statement string that does the same (an implicit block).
+    c.batch_execute(
+        "BEGIN; DELETE FROM kv WHERE key = 't1'; INSERT INTO kv VALUES ('t1', 'again'); COMMIT",
+    )
+    .unwrap();
+    c.batch_execute("DELETE FROM kv WHERE key = 't2'; INSERT INTO kv VALUES ('t2', 'again')")
+        .unwrap();
+    for key in ["t1", "t2"] {
+        let v: String = other
+            .query_one("SELECT value FROM kv WHERE key = $1", &[&key])
+            .unwrap()
+            .get(0);
+        assert_eq!(v, "again", "{key}");
+    }
+    // Inserting it a second time is still a unique violation.
+    let err = c
+        .batch_execute("BEGIN; DELETE FROM kv WHERE key = 't1'; INSERT INTO kv VALUES ('t1', 'x'); INSERT INTO kv VALUES ('t1', 'y')")
+        .unwrap_err();
+    assert_eq!(code(&err), "23505", "{err:?}");
+    c.batch_execute("ROLLBACK").unwrap();
+
     c.batch_execute("BEGIN; INSERT INTO kv VALUES ('t3', 'c')")
         .unwrap();
     c.batch_execute("ROLLBACK").unwrap();

@@ -1140,6 +1140,13 @@ impl Session {
                 let store = self.host.db().read();
                 decide(&|k| self.lookup(&store, k).is_some())?
             };
+            // A plain INSERT's key must still be absent at COMMIT, unless
+            // this block wrote it before: a key it deleted is absent by
+            // its own doing (the DELETE rests on the row it found).
+            let absent: Vec<String> = absent
+                .into_iter()
+                .filter(|k| !t.writes.contains_key(k))
+                .collect();
             // A DO NOTHING insert rests on the key's absence from the
             // store, unless this block wrote the key before.
             let still_absent = if on_conflict == OnConflict::DoNothing {
