@@ -290,6 +290,22 @@ impl Fetcher<'_> {
         Ok(Some(bytes))
     }
 
+    /// [`Fetcher::fetch`] for a segment, saying it is absent at info only
+    /// the first time in a row it is asked for.
+    fn fetch_segment(
+        &self,
+        name: &str,
+        restart: &str,
+        said: &mut Said,
+    ) -> Result<Option<Vec<u8>>, ReceiveError> {
+        let first_ask = said.absent.as_deref() != Some(name);
+        let fetched = self.fetch(name, restart, first_ask)?;
+        if fetched.is_none() {
+            said.absent = Some(name.to_string());
+        }
+        Ok(fetched)
+    }
+
     /// The next timeline this standby can follow from the archive once
     /// its own timeline `tli` has no more there (its primary was promoted
     /// away, as PostgreSQL's recovery_target_timeline = 'latest' follows
@@ -419,56 +435,48 @@ fn restore(
             .as_ref()
             .map_or(tli, |history| history.timeline_of(restart_lsn, tli));
         let restart = SegmentName::new(restart_tli, restart_lsn.segno(size)).file_name(size);
-        let say_absent = said.absent.as_deref() != Some(name.as_str());
-        let bytes = match fetcher.fetch(&name, &restart, say_absent)? {
+        let bytes = match fetcher.fetch_segment(&name, &restart, said)? {
             Some(bytes) => bytes,
-            None => {
-                said.absent = Some(name);
-                match fetcher.next_timeline(tli, wal.complete_lsn(), &restart)? {
-                    Next::None => return Ok(restored),
-                    Next::Refused(why) => {
-                        if said.refused.as_deref() != Some(why.as_str()) {
-                            warn!(timeline = %tli, "{why}");
-                            said.refused = Some(why);
-                        }
-                        return Ok(restored);
+            None => match fetcher.next_timeline(tli, wal.complete_lsn(), &restart)? {
+                Next::None => return Ok(restored),
+                Next::Refused(why) => {
+                    if said.refused.as_deref() != Some(why.as_str()) {
+                        warn!(timeline = %tli, "{why}");
+                        said.refused = Some(why);
                     }
-                    // At the switch point (or past it by the first part of
-                    // a record the new timeline does not have, which the
-                    // switch drops): on to the new timeline.
-                    Next::Follow {
-                        next,
-                        switch,
-                        history: text,
-                    } if pos >= switch => {
-                        save_history(host, next, &text)?;
-                        host.follow_timeline(next, switch)
-                            .map_err(ReceiveError::Restore)?;
-                        info!(timeline = %next, switch = %switch, "following timeline {next} found in the archive");
-                        tli = next;
-                        history = TimelineHistory::read_in(&host.wal_dir(), tli);
-                        verifier = resume(host, true)?.1;
-                        said.refused = None;
-                        continue;
+                    return Ok(restored);
+                }
+                // At the switch point (or past it by the first part of
+                // a record the new timeline does not have, which the
+                // switch drops): on to the new timeline.
+                Next::Follow {
+                    next,
+                    switch,
+                    history: text,
+                } if pos >= switch => {
+                    save_history(host, next, &text)?;
+                    host.follow_timeline(next, switch)
+                        .map_err(ReceiveError::Restore)?;
+                    info!(timeline = %next, switch = %switch, "following timeline {next} found in the archive");
+                    tli = next;
+                    history = TimelineHistory::read_in(&host.wal_dir(), tli);
+                    verifier = resume(host, true)?.1;
+                    said.refused = None;
+                    continue;
+                }
+                // Short of it: this timeline's WAL up to there, from
+                // the new timeline's segment.
+                Next::Follow { next, switch, .. } => {
+                    name = SegmentName::new(next, segno).file_name(size);
+                    if switch.segno(size) == segno {
+                        upto = Some(switch);
                     }
-                    // Short of it: this timeline's WAL up to there, from
-                    // the new timeline's segment.
-                    Next::Follow { next, switch, .. } => {
-                        name = SegmentName::new(next, segno).file_name(size);
-                        if switch.segno(size) == segno {
-                            upto = Some(switch);
-                        }
-                        let say_absent = said.absent.as_deref() != Some(name.as_str());
-                        match fetcher.fetch(&name, &restart, say_absent)? {
-                            Some(bytes) => bytes,
-                            None => {
-                                said.absent = Some(name);
-                                return Ok(restored);
-                            }
-                        }
+                    match fetcher.fetch_segment(&name, &restart, said)? {
+                        Some(bytes) => bytes,
+                        None => return Ok(restored),
                     }
                 }
-            }
+            },
         };
         if bytes.len() as u64 != size.bytes() {
             return Err(ReceiveError::Restore(format!(
